@@ -1,0 +1,36 @@
+# Wallaby Gateway — every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test test-fast lint check bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
+
+## run: start the gateway (and an embedded CouchDB-compatible server unless COUCHDB_URL is set)
+run: install
+	$(BIN)/python -m gateway run
+
+## test: the whole test suite against a real CouchDB-compatible server
+test: install
+	$(BIN)/pytest
+
+## lint: ruff and mypy --strict
+lint: install
+	$(BIN)/ruff check gateway tests
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Wallaby Gateway: a safe, fast front door for CouchDB."""

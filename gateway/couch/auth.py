@@ -1,0 +1,249 @@
+"""How a request proves who it is to CouchDB.
+
+Every credential type is an :class:`Auth`: it adds headers to each request and may
+renew itself once when CouchDB answers 401. Credentials live only in these objects;
+their ``repr`` never shows a secret, so they are safe in logs and tracebacks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http.cookies import SimpleCookie
+from typing import Protocol
+
+__all__ = [
+    "Auth",
+    "BasicAuth",
+    "BearerAuth",
+    "ForwardedAuth",
+    "NoAuth",
+    "ProxyAuth",
+    "SessionAuth",
+    "SessionLogin",
+    "session_cookie_from_headers",
+]
+
+#: Signature of the callable a :class:`SessionAuth` uses to log in: it posts the name
+#: and password to ``/_session`` and returns the ``AuthSession`` cookie value.
+SessionLogin = Callable[[str, str], Awaitable[str]]
+
+HeaderMap = dict[str, str]
+
+
+class Auth(Protocol):
+    """Credentials for CouchDB requests."""
+
+    async def headers(self) -> HeaderMap:
+        """Headers to add to the next request."""
+        ...
+
+    async def renew(self) -> bool:
+        """Try to obtain fresh credentials after a 401; ``True`` if a retry makes sense."""
+        ...
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """See the ``Set-Cookie`` headers of a response (CouchDB refreshes sessions so)."""
+        ...
+
+
+class NoAuth:
+    """Anonymous requests."""
+
+    async def headers(self) -> HeaderMap:
+        """No headers."""
+        return {}
+
+    async def renew(self) -> bool:
+        """Anonymous credentials cannot be renewed."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies."""
+
+    def __repr__(self) -> str:
+        return "NoAuth()"
+
+
+class BasicAuth:
+    """HTTP Basic authentication.
+
+    Args:
+        username: The CouchDB user name.
+        password: Its password.
+    """
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._header = f"Basic {token}"
+
+    async def headers(self) -> HeaderMap:
+        """An ``Authorization: Basic`` header."""
+        return {"Authorization": self._header}
+
+    async def renew(self) -> bool:
+        """Basic credentials are fixed: a 401 is final."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies."""
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(username={self.username!r}, password=<hidden>)"
+
+
+class BearerAuth:
+    """A JWT bearer token (CouchDB's ``jwt_authentication_handler``).
+
+    Args:
+        token: The encoded token.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    async def headers(self) -> HeaderMap:
+        """An ``Authorization: Bearer`` header."""
+        return {"Authorization": self._header}
+
+    async def renew(self) -> bool:
+        """A token cannot renew itself."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies."""
+
+    def __repr__(self) -> str:
+        return "BearerAuth(token=<hidden>)"
+
+
+def session_cookie_from_headers(set_cookie_headers: Sequence[str]) -> str | None:
+    """Extract the ``AuthSession`` value from ``Set-Cookie`` headers, if any."""
+    for raw in set_cookie_headers:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except Exception:  # noqa: S112 - a malformed cookie is simply not ours
+            continue
+        morsel = jar.get("AuthSession")
+        if morsel is not None:
+            return morsel.value
+    return None
+
+
+class SessionAuth:
+    """Cookie authentication via ``POST /_session``, renewed transparently.
+
+    The first request logs in; CouchDB's refreshed cookies (sent when a session is
+    near expiry) are adopted; a 401 triggers one fresh login and a retry.
+
+    Args:
+        username: The CouchDB user name.
+        password: Its password.
+        login: Performs the login; supplied by the client that owns this object.
+    """
+
+    def __init__(self, username: str, password: str, login: SessionLogin) -> None:
+        self.username = username
+        self._password = password
+        self._login = login
+        self._cookie: str | None = None
+
+    async def headers(self) -> HeaderMap:
+        """A ``Cookie: AuthSession=…`` header, logging in first when needed."""
+        if self._cookie is None:
+            self._cookie = await self._login(self.username, self._password)
+        return {"Cookie": f"AuthSession={self._cookie}"}
+
+    async def renew(self) -> bool:
+        """Forget the cookie so the retry logs in again."""
+        if self._cookie is None:
+            return False
+        self._cookie = None
+        return True
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Adopt a refreshed ``AuthSession`` cookie."""
+        cookie = session_cookie_from_headers(set_cookie_headers)
+        if cookie:
+            self._cookie = cookie
+
+    def __repr__(self) -> str:
+        return f"SessionAuth(username={self.username!r}, password=<hidden>)"
+
+
+class ForwardedAuth:
+    """Caller-supplied headers forwarded as they are (how the gateway acts as its user).
+
+    Args:
+        headers: e.g. ``{"Cookie": "AuthSession=…"}`` or ``{"Authorization": "Basic …"}``.
+    """
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+
+    async def headers(self) -> HeaderMap:
+        """The forwarded headers."""
+        return dict(self._headers)
+
+    async def renew(self) -> bool:
+        """Forwarded credentials belong to the caller: a 401 is final."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies (the caller handles its own session)."""
+
+    def __repr__(self) -> str:
+        return f"ForwardedAuth(headers={sorted(self._headers)!r} <values hidden>)"
+
+
+class ProxyAuth:
+    """CouchDB proxy authentication (``X-Auth-CouchDB-*`` headers).
+
+    Args:
+        username: The user the request acts as.
+        roles: Its roles.
+        secret: The shared ``[chttpd_auth] secret``; when given, a token is added.
+        digest: Hash of the HMAC token (CouchDB 3 uses the first of its
+            ``hash_algorithms``, ``sha256`` by default).
+    """
+
+    def __init__(
+        self,
+        username: str,
+        roles: Sequence[str] = (),
+        secret: str | None = None,
+        digest: str = "sha256",
+    ) -> None:
+        self.username = username
+        self.roles = list(roles)
+        self._token = (
+            hmac.new(secret.encode(), username.encode(), digest).hexdigest()
+            if secret is not None
+            else None
+        )
+        if digest not in hashlib.algorithms_available:
+            raise ValueError(f"unknown digest {digest!r}")
+
+    async def headers(self) -> HeaderMap:
+        """The proxy headers."""
+        headers = {
+            "X-Auth-CouchDB-UserName": self.username,
+            "X-Auth-CouchDB-Roles": ",".join(self.roles),
+        }
+        if self._token is not None:
+            headers["X-Auth-CouchDB-Token"] = self._token
+        return headers
+
+    async def renew(self) -> bool:
+        """Proxy identities are fixed: a 401 is final."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies."""
+
+    def __repr__(self) -> str:
+        return f"ProxyAuth(username={self.username!r}, roles={self.roles!r})"

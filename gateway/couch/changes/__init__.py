@@ -1,0 +1,1 @@
+"""CouchDB ``_changes`` feeds: parsing, reconnecting feeds and shared subscriptions."""

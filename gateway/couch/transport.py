@@ -1,0 +1,324 @@
+"""The HTTP layer between the client and CouchDB.
+
+One :class:`CouchTransport` owns a base URL, a persistent connection pool, a request
+timeout and an :class:`~gateway.couch.auth.Auth`. JSON requests go through treq;
+streams (attachments, feeds) go through the bare Twisted ``Agent`` so that nothing asks
+for gzip and nothing buffers. Transport failures become
+:class:`~gateway.errors.CouchUnreachable` / :class:`~gateway.errors.CouchTimeout`;
+error answers become the matching :class:`~gateway.errors.CouchError`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Final, TypeVar
+
+import treq
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.web import client as webclient
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+
+from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
+from gateway.couch.urls import encode_query, join_url, split_credentials
+from gateway.errors import CouchError, CouchTimeout, CouchUnreachable, Unauthorized
+
+__all__ = ["CouchResponse", "CouchTransport", "Reactor", "read_body"]
+
+T = TypeVar("T")
+
+
+class Reactor(IReactorTCP, IReactorTime):
+    """The reactor features the client needs (TCP connections and a clock)."""
+
+
+_NO_BODY: Final = object()
+_UNREACHABLE_ERRORS = (
+    neterror.ConnectError,
+    neterror.ConnectionLost,
+    neterror.ConnectionDone,
+    ResponseNeverReceived,
+    ResponseFailed,
+    RequestTransmissionFailed,
+    RequestNotSent,
+    webclient.PartialDownloadError,
+)
+
+
+def _unreachable(exc: Exception) -> Exception:
+    """Translate a Twisted transport failure, keeping cancellation a cancellation."""
+    reasons = getattr(exc, "reasons", None) or []
+    if any(reason.check(CancelledError) for reason in reasons):
+        return CancelledError()
+    return CouchUnreachable(f"CouchDB is unreachable ({type(exc).__name__})")
+
+
+def _refuse_all_cookies() -> IndexableCookieJar:
+    # A shared client must never replay one user's cookies for another user.
+    return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
+@dataclass
+class CouchResponse:
+    """A fully read CouchDB answer.
+
+    Attributes:
+        status: HTTP status.
+        headers: Response headers.
+        body: Decoded JSON body (``None`` when empty).
+    """
+
+    status: int
+    headers: Headers
+    body: Any
+
+    def header(self, name: str) -> str | None:
+        """The first value of a response header, or ``None``."""
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("latin-1") if values else None
+
+
+def _decode_json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return jsonlib.loads(raw)
+    except ValueError:
+        return {"error": "bad_response", "reason": raw[:200].decode("utf-8", "replace")}
+
+
+async def read_body(response: IResponse) -> bytes:
+    """Read a (small) response body completely, mapping connection loss."""
+    try:
+        return await treq.content(response)
+    except _UNREACHABLE_ERRORS as exc:
+        translated = _unreachable(exc)
+        if isinstance(translated, CouchUnreachable):
+            translated = CouchUnreachable("connection to CouchDB lost while reading its answer")
+        raise translated from exc
+
+
+@dataclass
+class CouchTransport:
+    """HTTP access to one CouchDB server as one identity.
+
+    Args:
+        url: The server URL; ``user:password@`` in it become Basic credentials when
+            ``auth`` is not given (and are removed from the URL).
+        reactor: The reactor (TCP and clock).
+        pool: A shared connection pool; a persistent one is created when omitted.
+        auth: How requests authenticate; anonymous by default.
+        timeout: Seconds a request may take before :class:`CouchTimeout` (``None``: no limit).
+    """
+
+    url: str
+    reactor: Reactor
+    pool: webclient.HTTPConnectionPool | None = None
+    auth: Auth | None = None
+    timeout: float | None = 30.0
+    base_url: str = field(init=False)
+    _agent: webclient.Agent = field(init=False, repr=False)
+    _treq: HTTPClient = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        base, username, password = split_credentials(self.url)
+        self.base_url = base
+        self.url = base
+        if self.auth is None:
+            self.auth = (
+                BasicAuth(username, password or "") if username is not None else NoAuth()
+            )
+        if self.pool is None:
+            self.pool = webclient.HTTPConnectionPool(self.reactor, persistent=True)
+            self.pool.maxPersistentPerHost = 16
+        self._agent = webclient.Agent(self.reactor, pool=self.pool, connectTimeout=10)
+        self._treq = HTTPClient(self._agent, cookiejar=_refuse_all_cookies())
+
+    def with_auth(self, auth: Auth) -> CouchTransport:
+        """A transport for another identity sharing this one's pool and settings."""
+        return CouchTransport(
+            self.base_url, self.reactor, pool=self.pool, auth=auth, timeout=self.timeout
+        )
+
+    def url_for(self, segments: Sequence[str], params: Any = None) -> str:
+        """The full URL of a path (raw segments) and query parameters."""
+        return join_url(self.base_url, segments, encode_query(params))
+
+    async def _with_timeout(
+        self, start: Callable[[], Awaitable[T]], timeout: float | None
+    ) -> T:
+        deferred: Deferred[T] = Deferred.fromCoroutine(start())  # type: ignore[arg-type]
+        if timeout is None:
+            return await deferred
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            deferred.cancel()
+
+        call = self.reactor.callLater(timeout, expire)
+        try:
+            return await deferred
+        except CancelledError:
+            if expired:
+                raise CouchTimeout(f"CouchDB did not answer within {timeout:g} s") from None
+            raise
+        finally:
+            if call.active():
+                call.cancel()
+
+    async def send(
+        self,
+        method: str,
+        segments: Sequence[str],
+        *,
+        params: Any = None,
+        json: Any = _NO_BODY,
+        data: bytes | IBodyProducer | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | object | None = _NO_BODY,
+        raise_for_status: bool = True,
+    ) -> CouchResponse:
+        """Send a request and read its JSON answer.
+
+        Args:
+            method: HTTP method.
+            segments: Raw path segments (encoded here).
+            params: Query parameters (see :func:`~gateway.couch.urls.encode_query`).
+            json: A JSON-serialisable body (sent with ``Content-Type: application/json``).
+            data: A raw body: bytes or a body producer.
+            headers: Extra request headers.
+            timeout: Override of the transport's timeout.
+            raise_for_status: Raise a :class:`CouchError` for 4xx/5xx answers.
+
+        Returns:
+            The answer.
+
+        Raises:
+            CouchError: CouchDB answered with an error status.
+            CouchUnreachable: CouchDB could not be reached.
+            CouchTimeout: CouchDB did not answer in time.
+        """
+        url = self.url_for(segments, params)
+        limit = self.timeout if timeout is _NO_BODY else timeout
+        assert limit is None or isinstance(limit, (int, float))
+        replayable = not (data is not None and not isinstance(data, bytes))
+        auth = self.auth
+        assert auth is not None
+
+        async def attempt() -> CouchResponse:
+            request_headers = dict(headers or {})
+            request_headers.update(await auth.headers())
+            kwargs: dict[str, Any] = {
+                "headers": {k: [v] for k, v in request_headers.items()},
+                "allow_redirects": False,
+                "unbuffered": True,
+            }
+            if json is not _NO_BODY:
+                kwargs["json"] = json
+            elif data is not None:
+                kwargs["data"] = data
+            try:
+                response = await self._treq.request(method, url, **kwargs)
+            except _UNREACHABLE_ERRORS as exc:
+                raise _unreachable(exc) from exc
+            auth.observe(_set_cookies(response))
+            raw = await read_body(response)
+            return CouchResponse(response.code, response.headers, _decode_json(raw))
+
+        answer = await self._with_timeout(attempt, limit)
+        if answer.status == 401 and replayable and await auth.renew():
+            answer = await self._with_timeout(attempt, limit)
+        if raise_for_status and answer.status >= 400:
+            raise CouchError.from_response(answer.status, answer.body)
+        return answer
+
+    async def request(self, method: str, segments: Sequence[str], **kwargs: Any) -> Any:
+        """Like :meth:`send`, returning only the decoded JSON body."""
+        return (await self.send(method, segments, **kwargs)).body
+
+    async def open_stream(
+        self,
+        method: str,
+        segments: Sequence[str],
+        *,
+        params: Any = None,
+        body: IBodyProducer | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | object | None = _NO_BODY,
+        raise_for_status: bool = True,
+    ) -> IResponse:
+        """Start a request and return the response as soon as its headers arrive.
+
+        The body is not read: the caller streams it with ``response.deliverBody`` (and
+        must read or abort it). Nothing asks for compression, so bytes arrive as stored.
+        The timeout covers only the wait for the response headers.
+
+        Raises:
+            CouchError: For an error status (its small body is read to build the error).
+            CouchUnreachable: CouchDB could not be reached.
+            CouchTimeout: No response headers in time.
+        """
+        url = self.url_for(segments, params)
+        limit = self.timeout if timeout is _NO_BODY else timeout
+        assert limit is None or isinstance(limit, (int, float))
+        auth = self.auth
+        assert auth is not None
+
+        async def attempt() -> IResponse:
+            request_headers = dict(headers or {})
+            request_headers.update(await auth.headers())
+            raw_headers = Headers({k: [v] for k, v in request_headers.items()})
+            try:
+                response: IResponse = await self._agent.request(
+                    method.encode("ascii"), url.encode("ascii"), raw_headers, body
+                )
+            except _UNREACHABLE_ERRORS as exc:
+                raise _unreachable(exc) from exc
+            auth.observe(_set_cookies(response))
+            return response
+
+        response = await self._with_timeout(attempt, limit)
+        if raise_for_status and response.code >= 400:
+            raw = await read_body(response)
+            raise CouchError.from_response(response.code, _decode_json(raw))
+        return response
+
+    async def login(self, username: str, password: str) -> str:
+        """Log in with ``POST /_session`` and return the ``AuthSession`` cookie value.
+
+        Raises:
+            Unauthorized: The name or password is wrong.
+        """
+        plain = CouchTransport(
+            self.base_url, self.reactor, pool=self.pool, auth=NoAuth(), timeout=self.timeout
+        )
+        answer = await plain.send(
+            "POST", ["_session"], json={"name": username, "password": password}
+        )
+        cookie = session_cookie_from_headers(_set_cookies_from(answer.headers))
+        if not cookie:
+            raise Unauthorized("CouchDB did not issue a session cookie", error="unauthorized")
+        return cookie
+
+
+def _set_cookies_from(headers: Headers) -> list[str]:
+    return [v.decode("latin-1") for v in headers.getRawHeaders(b"set-cookie", [])]
+
+
+def _set_cookies(response: IResponse) -> list[str]:
+    return _set_cookies_from(response.headers)

@@ -1,0 +1,133 @@
+"""Building CouchDB request paths and query strings (pure functions, no I/O).
+
+CouchDB ids may contain any character. Each path segment is percent-encoded in full,
+so an id like ``a/b?c#d%e`` becomes one segment ``a%2Fb%3Fc%23d%25e``. Design and
+local documents keep their literal prefix (``_design/name``), which is the form CouchDB
+documents and answers without a redirect. Attachment names keep ``/`` as a separator,
+because CouchDB joins the remaining segments of an attachment path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+__all__ = [
+    "JSON_QUERY_PARAMS",
+    "attachment_path",
+    "database_path",
+    "doc_path",
+    "encode_query",
+    "join_url",
+    "split_credentials",
+]
+
+#: View and feed parameters whose values CouchDB expects as JSON.
+JSON_QUERY_PARAMS = frozenset(
+    {"key", "keys", "startkey", "endkey", "start_key", "end_key", "doc_ids", "selector"}
+)
+
+_SPECIAL_PREFIXES = ("_design/", "_local/")
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def database_path(name: str) -> list[str]:
+    """Path segments of a database (its name is one segment, ``/`` encoded)."""
+    return [name]
+
+
+def doc_path(db: str, doc_id: str) -> list[str]:
+    """Path segments of a document, keeping ``_design/`` and ``_local/`` literal.
+
+    Args:
+        db: The database name.
+        doc_id: Any document id.
+
+    Returns:
+        Unencoded segments; :func:`join_url` encodes each of them.
+    """
+    for prefix in _SPECIAL_PREFIXES:
+        if doc_id.startswith(prefix) and len(doc_id) > len(prefix):
+            return [db, prefix[:-1], doc_id[len(prefix) :]]
+    return [db, doc_id]
+
+
+def attachment_path(db: str, doc_id: str, name: str) -> list[str]:
+    """Path segments of an attachment; ``/`` in its name separates segments."""
+    return [*doc_path(db, doc_id), *name.split("/")]
+
+
+def join_url(base: str, segments: Sequence[str], query: str = "") -> str:
+    """Join an already-encoded base URL, raw path segments and an encoded query.
+
+    Args:
+        base: The server URL without credentials, e.g. ``http://127.0.0.1:5984``.
+        segments: Raw (unencoded) path segments.
+        query: An encoded query string without the leading ``?``.
+
+    Returns:
+        The full request URL.
+    """
+    path = "/".join(_segment(s) for s in segments)
+    url = base.rstrip("/") + "/" + path
+    return f"{url}?{query}" if query else url
+
+
+def _query_value(name: str, value: Any) -> str:
+    if name in JSON_QUERY_PARAMS:
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def encode_query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> str:
+    """Encode query parameters as CouchDB expects them.
+
+    JSON-valued parameters (``key``, ``startkey`` …) are JSON-encoded, booleans become
+    ``true``/``false``, ``None`` values are dropped.
+
+    Args:
+        params: A mapping or pairs.
+
+    Returns:
+        The encoded query string (no leading ``?``).
+    """
+    if params is None:
+        return ""
+    items = params.items() if isinstance(params, Mapping) else params
+    parts = []
+    for name, value in items:
+        if value is None:
+            continue
+        parts.append(f"{quote(name, safe='')}={quote(_query_value(name, value), safe='')}")
+    return "&".join(parts)
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """Remove ``user:password@`` from a URL.
+
+    Args:
+        url: A server URL that may carry credentials.
+
+    Returns:
+        ``(url_without_credentials, username, password)``, credentials percent-decoded.
+    """
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return clean, username, password

@@ -1,0 +1,190 @@
+"""The embedded CouchDB-compatible server: ``pouchdb-server`` in a child process.
+
+Used by the test suite and by ``make run`` when no ``COUCHDB_URL`` is given. The server
+listens on loopback only, keeps its data in an on-disk folder (a restart keeps the
+data), and has one admin user. This module manages a child process from outside any
+reactor (before it starts, or from test fixtures), so it uses ``subprocess`` directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EmbeddedCouch", "find_pouchdb_server", "free_port"]
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_pouchdb_server() -> Path:
+    """Locate the ``pouchdb-server`` executable installed by ``npm ci``.
+
+    ``WALLABY_POUCHDB_SERVER`` overrides the search; otherwise the project's
+    ``node_modules/.bin`` is used.
+
+    Raises:
+        FileNotFoundError: It is not installed (run ``make node_modules``).
+    """
+    override = os.environ.get("WALLABY_POUCHDB_SERVER")
+    candidates = [Path(override)] if override else []
+    candidates.append(_PROJECT_ROOT / "node_modules" / ".bin" / "pouchdb-server")
+    candidates.append(Path.cwd() / "node_modules" / ".bin" / "pouchdb-server")
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(
+        "pouchdb-server is not installed: run 'npm ci' in the project folder (make does it)"
+    )
+
+
+@dataclass
+class EmbeddedCouch:
+    """A ``pouchdb-server`` child process with an admin user and an on-disk data folder.
+
+    Args:
+        data_dir: Where databases, the config file and the log live.
+        port: TCP port on 127.0.0.1 (a free one when 0).
+        admin_username: The admin user created on first start.
+        admin_password: Its password.
+    """
+
+    data_dir: Path
+    port: int = 0
+    admin_username: str = "admin"
+    admin_password: str = "admin"  # noqa: S105 - local development default, loopback only
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The server URL without credentials."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The server URL with the admin credentials in it."""
+        return f"http://{self.admin_username}:{self.admin_password}@{self.host}:{self.port}"
+
+    def _write_config(self) -> Path:
+        config = self.data_dir / "config.json"
+        settings: dict[str, dict[str, object]] = {}
+        if config.exists():
+            settings = json.loads(config.read_text())
+        settings.setdefault("admins", {})
+        if self.admin_username not in settings["admins"]:
+            # pouchdb-server hashes plain-text admin passwords on start, like CouchDB.
+            settings["admins"][self.admin_username] = self.admin_password
+        settings.setdefault("log", {})["file"] = str(self.data_dir / "log.txt")
+        settings.setdefault("httpd", {})["bind_address"] = self.host
+        config.write_text(json.dumps(settings, indent=2))
+        return config
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it answers as the admin.
+
+        Raises:
+            RuntimeError: It exited or did not answer within ``timeout`` seconds.
+        """
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        config = self._write_config()
+        log = (self.data_dir / "stdout.log").open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [
+                str(find_pouchdb_server()),
+                "--port", str(self.port),
+                "--host", self.host,
+                "--dir", str(self.data_dir) + os.sep,
+                "--config", str(config),
+                "--no-stdout-logs",
+            ],
+            cwd=self.data_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        token = base64.b64encode(f"{self.admin_username}:{self.admin_password}".encode())
+        request = urllib.request.Request(  # noqa: S310 - loopback http only
+            f"{self.url}/_session", headers={"Authorization": f"Basic {token.decode()}"}
+        )
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                tail = (self.data_dir / "stdout.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"pouchdb-server exited with {self.process.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(request, timeout=2) as answer:  # noqa: S310
+                    body = json.loads(answer.read())
+                if "_admin" in body.get("userCtx", {}).get("roles", []):
+                    return
+            except (OSError, ValueError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"pouchdb-server did not become ready within {timeout:g} s")
+
+    def kill(self) -> None:
+        """``SIGKILL`` the server (for fault tests); its data stays on disk."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the server: ``SIGTERM``, then ``SIGKILL`` after ``grace`` seconds."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def _signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            return
+        if signum == signal.SIGKILL:
+            self.process.wait()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start again on the same port with the same data (after ``kill`` or ``stop``)."""
+        if self.process is not None:
+            self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> EmbeddedCouch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,324 @@
+"""The one error hierarchy of Wallaby Gateway.
+
+Every failure the gateway raises or reports is an instance of a class below, and every
+class knows the HTTP status and the machine-readable ``error`` code it maps to, so the
+REST layer and the WebSocket layer translate errors in exactly one place
+(:func:`error_body`)::
+
+    GatewayError                       anything the gateway reports (status 500)
+    ├── CouchError                     a CouchDB request failed: .status, .error, .reason
+    │   ├── BadRequest                 400
+    │   ├── Unauthorized               401
+    │   ├── Forbidden                  403
+    │   ├── NotFound                   404
+    │   ├── MethodNotAllowed           405
+    │   ├── NotAcceptable              406
+    │   ├── Conflict                   409
+    │   ├── PreconditionFailed         412 (also "database already exists")
+    │   ├── RequestEntityTooLarge      413
+    │   ├── UnsupportedMediaType       415
+    │   ├── RangeNotSatisfiable        416
+    │   ├── ExpectationFailed          417
+    │   ├── UpstreamServerError        5xx answered by CouchDB
+    │   └── CouchUnreachable           no answer at all (status 503)
+    │       └── CouchTimeout           no answer in time (status 504)
+    └── GatewayRequestError            the gateway refuses a client's request itself
+        ├── InvalidRequest             400 (schema violation, bad JSON, bad id)
+        ├── AuthenticationRequired     401
+        ├── AccessDenied               403 (path not exposed, origin not allowed)
+        ├── RouteNotFound              404
+        ├── PayloadTooLarge            413
+        └── RateLimited                429 (carries retry_after)
+
+Messages never contain credentials: classes only ever receive CouchDB's ``error`` and
+``reason`` strings and the method and path of a request (never its headers or query).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AccessDenied",
+    "AuthenticationRequired",
+    "BadRequest",
+    "Conflict",
+    "CouchError",
+    "CouchTimeout",
+    "CouchUnreachable",
+    "ExpectationFailed",
+    "Forbidden",
+    "GatewayError",
+    "GatewayRequestError",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "NotFound",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "RangeNotSatisfiable",
+    "RateLimited",
+    "RequestEntityTooLarge",
+    "RouteNotFound",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UpstreamServerError",
+    "error_body",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises.
+
+    Attributes:
+        status: The HTTP status this error maps to.
+        error: A short machine-readable code (CouchDB's vocabulary where one exists).
+        reason: A human-readable explanation, safe to show to the client.
+    """
+
+    default_status: ClassVar[int] = 500
+    default_error: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self, reason: str = "", *, error: str | None = None, status: int | None = None
+    ) -> None:
+        self.status: int = status if status is not None else self.default_status
+        self.error: str = error if error is not None else self.default_error
+        self.reason: str = reason or self.error
+        super().__init__(self.reason)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.error}: {self.reason}"
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(status={self.status!r}, error={self.error!r}, reason={self.reason!r})"
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers this error implies (e.g. ``Retry-After``)."""
+        return {}
+
+
+class CouchError(GatewayError):
+    """A request to CouchDB failed; ``status``, ``error`` and ``reason`` come from its answer."""
+
+    default_status = 500
+    default_error = "unknown_error"
+
+    _by_status: ClassVar[dict[int, type[CouchError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        status = cls.__dict__.get("default_status")
+        if status is not None and status not in CouchError._by_status:
+            CouchError._by_status[status] = cls
+
+    @classmethod
+    def from_response(cls, status: int, body: Any) -> CouchError:
+        """Build the most specific error for an HTTP error answer from CouchDB.
+
+        Args:
+            status: The HTTP status CouchDB answered with.
+            body: The decoded JSON body (``{"error": ..., "reason": ...}``), or anything else.
+
+        Returns:
+            An instance of the subclass registered for ``status`` (or ``UpstreamServerError``
+            for 5xx, or plain ``CouchError``).
+        """
+        error = reason = None
+        if isinstance(body, dict):
+            raw_error, raw_reason = body.get("error"), body.get("reason")
+            error = raw_error if isinstance(raw_error, str) else None
+            reason = raw_reason if isinstance(raw_reason, str) else None
+        klass = cls._by_status.get(status)
+        if klass is None:
+            klass = UpstreamServerError if status >= 500 else CouchError
+        return klass(reason or "", error=error, status=status)
+
+
+class BadRequest(CouchError):
+    """CouchDB rejected the request as malformed (400)."""
+
+    default_status = 400
+    default_error = "bad_request"
+
+
+class Unauthorized(CouchError):
+    """CouchDB needs (other) credentials (401)."""
+
+    default_status = 401
+    default_error = "unauthorized"
+
+
+class Forbidden(CouchError):
+    """The authenticated user may not do this (403)."""
+
+    default_status = 403
+    default_error = "forbidden"
+
+
+class NotFound(CouchError):
+    """The database, document, attachment or view does not exist (404)."""
+
+    default_status = 404
+    default_error = "not_found"
+
+
+class MethodNotAllowed(CouchError):
+    """CouchDB does not allow this method here (405)."""
+
+    default_status = 405
+    default_error = "method_not_allowed"
+
+
+class NotAcceptable(CouchError):
+    """CouchDB cannot answer in an acceptable content type (406)."""
+
+    default_status = 406
+    default_error = "not_acceptable"
+
+
+class Conflict(CouchError):
+    """The document was changed meanwhile: the revision given is not the current one (409)."""
+
+    default_status = 409
+    default_error = "conflict"
+
+
+class PreconditionFailed(CouchError):
+    """A precondition failed, e.g. the database already exists (412)."""
+
+    default_status = 412
+    default_error = "precondition_failed"
+
+
+class RequestEntityTooLarge(CouchError):
+    """CouchDB refused a body as too large (413)."""
+
+    default_status = 413
+    default_error = "too_large"
+
+
+class UnsupportedMediaType(CouchError):
+    """CouchDB refused the request's content type (415)."""
+
+    default_status = 415
+    default_error = "bad_content_type"
+
+
+class RangeNotSatisfiable(CouchError):
+    """The requested byte range is outside the attachment (416)."""
+
+    default_status = 416
+    default_error = "requested_range_not_satisfiable"
+
+
+class ExpectationFailed(CouchError):
+    """CouchDB refused a bulk request's expectations (417)."""
+
+    default_status = 417
+    default_error = "expectation_failed"
+
+
+class UpstreamServerError(CouchError):
+    """CouchDB answered with a 5xx status."""
+
+    default_status = 500
+    default_error = "upstream_error"
+
+
+class CouchUnreachable(CouchError):
+    """CouchDB could not be reached: connection refused, reset or lost before an answer."""
+
+    default_status = 503
+    default_error = "upstream_unavailable"
+    retry_after: ClassVar[int] = 5
+
+    def headers(self) -> dict[str, str]:
+        """Tell clients when to try again."""
+        return {"Retry-After": str(self.retry_after)}
+
+
+class CouchTimeout(CouchUnreachable):
+    """CouchDB did not answer within the request's timeout."""
+
+    default_status = 504
+    default_error = "upstream_timeout"
+
+
+class GatewayRequestError(GatewayError):
+    """The gateway refuses a client's request on its own, without asking CouchDB."""
+
+    default_status = 400
+    default_error = "bad_request"
+
+
+class InvalidRequest(GatewayRequestError):
+    """The request does not match the API contract (400)."""
+
+    default_status = 400
+    default_error = "bad_request"
+
+
+class AuthenticationRequired(GatewayRequestError):
+    """The request carries no (valid) credentials (401)."""
+
+    default_status = 401
+    default_error = "unauthorized"
+
+
+class AccessDenied(GatewayRequestError):
+    """The gateway never exposes this resource to this client (403)."""
+
+    default_status = 403
+    default_error = "forbidden"
+
+
+class RouteNotFound(GatewayRequestError):
+    """No API route matches the path (404)."""
+
+    default_status = 404
+    default_error = "not_found"
+
+
+class PayloadTooLarge(GatewayRequestError):
+    """The request body exceeds the configured limit (413)."""
+
+    default_status = 413
+    default_error = "too_large"
+
+
+class RateLimited(GatewayRequestError):
+    """The client sent too many requests (429)."""
+
+    default_status = 429
+    default_error = "too_many_requests"
+
+    def __init__(self, reason: str = "", *, retry_after: float = 1.0) -> None:
+        super().__init__(reason or "too many requests")
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """Tell clients when to try again."""
+        return {"Retry-After": str(max(1, round(self.retry_after + 0.4999)))}
+
+
+def error_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Map any exception to the gateway's JSON error envelope.
+
+    Args:
+        exc: The exception to report. Anything that is not a ``GatewayError`` is an
+            internal error whose details are not disclosed.
+
+    Returns:
+        ``(status, body, headers)`` where body is
+        ``{"error": ..., "reason": ..., "status": ...}``.
+    """
+    if isinstance(exc, GatewayError):
+        status, error, reason, headers = exc.status, exc.error, exc.reason, exc.headers()
+        if isinstance(exc, UpstreamServerError):
+            # CouchDB's 500s are the gateway's 502: the fault is upstream.
+            status = 502
+    else:
+        status, error, reason, headers = 500, "internal_error", "internal server error", {}
+    return status, {"error": error, "reason": reason, "status": status}, headers
