@@ -1,0 +1,145 @@
+"""Gateway settings: one frozen dataclass, read from environment variables.
+
+Every field is documented in the README's configuration table; the environment variable
+of a field is ``WALLABY_`` + its upper-cased name, except ``COUCHDB_URL`` and the service
+credentials, which use the names CouchDB deployments already use. CLI flags of
+``python -m gateway run`` override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["Settings"]
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway can be configured with.
+
+    Attributes:
+        couchdb_url: Upstream CouchDB URL (``COUCHDB_URL``); credentials in it are the
+            service credentials.
+        couchdb_user: Service user (``COUCHDB_USER``), used only for the gateway's own
+            checks (readiness), never for a user's request.
+        couchdb_password: Its password (``COUCHDB_PASSWORD``).
+        host: Listen address.
+        port: Listen port.
+        public_url: The externally visible base URL (for links and cookies), optional.
+        cors_origins: Origins allowed by CORS and for WebSocket handshakes (``*`` allows any).
+        allow_anonymous: Let requests without credentials through (CouchDB still decides).
+        auth_mode: How a user's identity reaches CouchDB: ``forward`` (their session
+            cookie or Basic credentials), ``proxy`` (CouchDB proxy authentication, needs
+            ``proxy_secret``) or ``jwt`` (bearer tokens passed to CouchDB's JWT handler).
+        proxy_secret: ``[chttpd_auth] secret`` for proxy authentication.
+        cookie_name: Name of the gateway's session cookie.
+        cookie_secure: Mark the cookie ``Secure`` (on behind TLS).
+        cookie_samesite: ``Strict``, ``Lax`` or ``None``.
+        max_body_bytes: Largest JSON request body accepted (413 beyond).
+        max_attachment_bytes: Largest attachment upload accepted (413 beyond).
+        request_timeout: Seconds an upstream request may take (504 beyond).
+        rate_limit_per_second: Sustained requests per second per client (0: off).
+        rate_limit_burst: Requests a client may burst above the sustained rate.
+        shutdown_grace: Seconds in-flight requests get after SIGTERM.
+        ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
+        ws_max_message_bytes: Largest WebSocket message a client may send.
+        ws_queue_bytes: Bytes queued for one slow WebSocket client before it is closed.
+        ws_ping_interval: Seconds between keep-alive pings.
+        ws_auth_recheck: Seconds between re-checks that a subscriber may still read.
+        feed_heartbeat_ms: Heartbeat CouchDB sends on upstream ``_changes`` feeds.
+        log_format: ``json`` or ``text`` access logs.
+        embedded_data_dir: Data folder of the embedded server (no ``COUCHDB_URL``).
+    """
+
+    couchdb_url: str = "http://127.0.0.1:5984"
+    couchdb_user: str | None = None
+    couchdb_password: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    auth_mode: str = "forward"
+    proxy_secret: str | None = field(default=None, repr=False)
+    cookie_name: str = "wallaby_session"
+    cookie_secure: bool = False
+    cookie_samesite: str = "Lax"
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_attachment_bytes: int = 4 * 1024 * 1024 * 1024
+    request_timeout: float = 30.0
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 200
+    shutdown_grace: float = 10.0
+    ws_max_subscriptions: int = 32
+    ws_max_message_bytes: int = 64 * 1024
+    ws_queue_bytes: int = 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_auth_recheck: float = 30.0
+    feed_heartbeat_ms: int = 10_000
+    log_format: str = "json"
+    embedded_data_dir: str = "var/couch"
+
+    _ENV_NAMES = {
+        "couchdb_url": "COUCHDB_URL",
+        "couchdb_user": "COUCHDB_USER",
+        "couchdb_password": "COUCHDB_PASSWORD",
+    }
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of a field."""
+        return cls._ENV_NAMES.get(name, "WALLABY_" + name.upper())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from environment variables (``os.environ`` by default).
+
+        Raises:
+            ValueError: A variable does not parse; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            if spec.name.startswith("_"):
+                continue
+            raw = env.get(cls.env_name(spec.name))
+            if raw is None:
+                continue
+            values[spec.name] = cls._parse(spec.name, raw)
+        return cls(**values)
+
+    @classmethod
+    def _parse(cls, name: str, raw: str) -> Any:
+        default = getattr(cls, name, None)
+        try:
+            if isinstance(default, bool):
+                return _bool(raw)
+            if isinstance(default, int):
+                return int(raw)
+            if isinstance(default, float):
+                return float(raw)
+            if isinstance(default, tuple):
+                return _split(raw)
+        except ValueError as exc:
+            raise ValueError(f"{cls.env_name(name)}: {exc}") from None
+        return raw
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
