@@ -110,7 +110,8 @@ class CouchError(GatewayError):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         status = cls.__dict__.get("default_status")
-        if status is not None and status not in CouchError._by_status:
+        # Only 4xx answers map to specific classes; every 5xx answer is UpstreamServerError.
+        if status is not None and status < 500 and status not in CouchError._by_status:
             CouchError._by_status[status] = cls
 
     @classmethod

@@ -10,6 +10,7 @@ server (e.g. Apache CouchDB 3.x) instead. Every test gets its own fresh database
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import uuid
@@ -168,7 +169,5 @@ async def make_user(admin: CouchServer) -> AsyncIterator[Callable[..., Awaitable
 
     yield make
     for name in created:
-        try:
+        with contextlib.suppress(Exception):
             await admin.delete_user(name)
-        except Exception:  # noqa: BLE001 - cleanup of a user a test may have removed
-            pass

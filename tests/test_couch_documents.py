@@ -107,7 +107,7 @@ async def test_get_with_revision_parameters(db: Database) -> None:
     assert old["v"] == 1
     with_revs = await db.get("r", revs=True, revs_info=True, conflicts=True)
     assert with_revs["_revisions"]["start"] == 2
-    assert [info["rev"] for info in with_revs["_revs_info"]][0] == doc["_rev"]
+    assert next(info["rev"] for info in with_revs["_revs_info"]) == doc["_rev"]
 
 
 async def test_delete_then_get_is_not_found(db: Database) -> None:
@@ -202,9 +202,9 @@ async def test_session_auth_logs_in_and_renews(
     who = await admin.as_identity(auth).session()
     assert who["userCtx"]["name"] == user.name
     # A session CouchDB no longer accepts is replaced by a fresh login, transparently.
-    auth._cookie = "bm90LWEtdmFsaWQtY29va2ll"  # noqa: SLF001 - simulate an expired cookie
+    auth._cookie = "bm90LWEtdmFsaWQtY29va2ll"
     assert (await as_user.get("mine"))["_id"] == "mine"
-    assert auth._cookie != "bm90LWEtdmFsaWQtY29va2ll"  # noqa: SLF001
+    assert auth._cookie != "bm90LWEtdmFsaWQtY29va2ll"
 
 
 async def test_security_members_only(

@@ -1,0 +1,133 @@
+"""Fast unit tests of the pure parts: URL building, errors, auth headers, settings."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config import Settings
+from gateway.couch.auth import ProxyAuth, SessionAuth, session_cookie_from_headers
+from gateway.couch.urls import attachment_path, doc_path, encode_query, join_url, split_credentials
+from gateway.couch.views import split_view_params, view_path
+from gateway.errors import (
+    Conflict,
+    CouchError,
+    CouchTimeout,
+    CouchUnreachable,
+    NotFound,
+    RateLimited,
+    UpstreamServerError,
+    error_body,
+)
+
+
+def test_doc_ids_are_one_encoded_segment() -> None:
+    url = join_url("http://h:1", doc_path("db", "a/b?c#d%e f+g"))
+    assert url == "http://h:1/db/a%2Fb%3Fc%23d%25e%20f%2Bg"
+
+
+def test_design_and_local_ids_keep_their_prefix() -> None:
+    assert join_url("http://h", doc_path("db", "_design/x/y")) == "http://h/db/_design/x%2Fy"
+    assert join_url("http://h", doc_path("db", "_local/cp")) == "http://h/db/_local/cp"
+    assert doc_path("db", "_design/") == ["db", "_design/"]
+
+
+def test_attachment_names_keep_slashes_as_separators() -> None:
+    url = join_url("http://h", attachment_path("db", "d", "img/a b.png"))
+    assert url == "http://h/db/d/img/a%20b.png"
+
+
+@given(st.text(min_size=1))
+def test_any_doc_id_never_escapes_its_segment(doc_id: str) -> None:
+    url = join_url("http://h", doc_path("db", doc_id))
+    path = url[len("http://h/db/"):]
+    if doc_id.startswith(("_design/", "_local/")) and len(doc_id.split("/", 1)[1]) > 0:
+        prefix, rest = path.split("/", 1)
+        assert "/" not in rest and prefix in ("_design", "_local")
+    else:
+        assert "/" not in path and "?" not in path and "#" not in path
+
+
+def test_query_encoding_json_for_keys_and_booleans() -> None:
+    query = encode_query({"key": ["a", 1], "startkey": "x", "include_docs": True,
+                          "limit": 5, "skip": None})
+    assert query == "key=%5B%22a%22%2C1%5D&startkey=%22x%22&include_docs=true&limit=5"
+
+
+def test_split_credentials() -> None:
+    assert split_credentials("http://ad%40m:p%3Aw@127.0.0.1:5984/") == (
+        "http://127.0.0.1:5984", "ad@m", "p:w")
+    assert split_credentials("http://127.0.0.1:5984") == ("http://127.0.0.1:5984", None, None)
+
+
+def test_view_params_and_paths() -> None:
+    assert split_view_params({"count": 3, "keys": [1]}) == ({"limit": 3}, {"keys": [1]})
+    assert view_path("db", "_design/d/_view/v") == ["db", "_design", "d", "_view", "v"]
+    assert view_path("db", "d/v") == ["db", "_design", "d", "_view", "v"]
+    with pytest.raises(ValueError):
+        view_path("db", "_design/d/_list/v")
+
+
+def test_errors_from_couch_answers() -> None:
+    error = CouchError.from_response(404, {"error": "not_found", "reason": "missing"})
+    assert isinstance(error, NotFound) and error.status == 404 and error.reason == "missing"
+    assert isinstance(CouchError.from_response(409, {"error": "conflict"}), Conflict)
+    assert isinstance(CouchError.from_response(503, "garbage"), UpstreamServerError)
+    odd = CouchError.from_response(418, None)
+    assert type(odd) is CouchError and odd.status == 418
+
+
+def test_error_envelope_mapping() -> None:
+    status, body, headers = error_body(NotFound("missing"))
+    assert (status, body, headers) == (404, {"error": "not_found", "reason": "missing",
+                                             "status": 404}, {})
+    status, body, headers = error_body(CouchUnreachable("down"))
+    assert status == 503 and headers["Retry-After"] == "5"
+    assert error_body(CouchTimeout("slow"))[0] == 504
+    assert error_body(UpstreamServerError("boom", status=500))[0] == 502
+    status, body, _ = error_body(KeyError("secret-detail"))
+    assert status == 500 and "secret-detail" not in str(body)
+    assert error_body(RateLimited(retry_after=2.2))[2] == {"Retry-After": "3"}
+
+
+async def test_proxy_auth_headers_follow_couchdb() -> None:
+    auth = ProxyAuth("alice", ["a", "b"], secret="s3cret")
+    headers = await auth.headers()
+    expected = hmac.new(b"s3cret", b"alice", hashlib.sha256).hexdigest()
+    assert headers == {"X-Auth-CouchDB-UserName": "alice", "X-Auth-CouchDB-Roles": "a,b",
+                       "X-Auth-CouchDB-Token": expected}
+    assert "s3cret" not in repr(auth)
+
+
+async def test_session_auth_adopts_refreshed_cookie() -> None:
+    logins: list[str] = []
+
+    async def login(name: str, password: str) -> str:
+        logins.append(name)
+        return "first"
+
+    auth = SessionAuth("bob", "pw", login)
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    auth.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
+    assert await auth.headers() == {"Cookie": "AuthSession=second"}
+    assert await auth.renew() is True
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    assert logins == ["bob", "bob"]
+    assert "pw" not in repr(auth)
+    assert session_cookie_from_headers(["other=1", "AuthSession=x; Path=/"]) == "x"
+
+
+def test_settings_from_environment() -> None:
+    settings = Settings.from_env({"WALLABY_PORT": "9000", "WALLABY_CORS_ORIGINS": "http://a, http://b",
+                                  "WALLABY_COOKIE_SECURE": "true", "COUCHDB_URL": "http://c:1"})
+    assert settings.port == 9000 and settings.cookie_secure is True
+    assert settings.cors_origins == ("http://a", "http://b")
+    assert settings.couchdb_url == "http://c:1"
+    with pytest.raises(ValueError, match="WALLABY_PORT"):
+        Settings.from_env({"WALLABY_PORT": "eighty"})
+    assert "password" not in repr(Settings(couchdb_password="hunter2")) or "hunter2" not in repr(
+        Settings(couchdb_password="hunter2"))
