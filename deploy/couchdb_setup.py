@@ -81,6 +81,7 @@ class Node:
 
 
 def log(message: str) -> None:
+    """Print one progress line (never a secret)."""
     print(f"couchdb-setup: {message}", flush=True)
 
 
@@ -102,11 +103,13 @@ def wait_up(nodes: list[Node], timeout: float) -> None:
 
 
 def setup_state(node: Node) -> str:
+    """The node's ``/_cluster_setup`` state."""
     doc = node.expect("GET", "/_cluster_setup")
     return str((doc or {}).get("state", ""))
 
 
 def setup_single(node: Node, user: str, password: str) -> None:
+    """Single-node mode and system databases, unless already done."""
     state = setup_state(node)
     if state == "single_node_enabled":
         log("single node already set up")
@@ -120,6 +123,7 @@ def setup_single(node: Node, user: str, password: str) -> None:
 
 
 def setup_cluster(nodes: list[Node], user: str, password: str) -> None:
+    """Form the cluster from the coordinator, then verify the membership."""
     coordinator, others = nodes[0], nodes[1:]
     state = setup_state(coordinator)
     if state == "cluster_finished":
@@ -165,6 +169,7 @@ def setup_cluster(nodes: list[Node], user: str, password: str) -> None:
 
 
 def ensure_system_dbs(node: Node) -> None:
+    """Create the system databases that are missing."""
     for db in SYSTEM_DBS:
         node.expect("PUT", "/" + db, ok=(412,))
     log("system databases present: " + ", ".join(SYSTEM_DBS))
@@ -194,6 +199,7 @@ def configure(nodes: list[Node], env: dict[str, str]) -> None:
 
 
 def ensure_demo_user(node: Node, name: str, password: str) -> None:
+    """Create an ordinary ``_users`` account for the demo page, once."""
     doc_id = urllib.parse.quote("org.couchdb.user:" + name, safe="")
     status, _ = node.request("GET", "/_users/" + doc_id)
     if status == 200:
@@ -207,6 +213,7 @@ def ensure_demo_user(node: Node, name: str, password: str) -> None:
 
 
 def main(env: dict[str, str] | None = None) -> int:
+    """Run every step; returns the exit status."""
     env = dict(os.environ if env is None else env)
     user, password = env.get("COUCHDB_USER", ""), env.get("COUCHDB_PASSWORD", "")
     if not user or not password:
