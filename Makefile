@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint check bench clean
+.PHONY: install run test lint check bench bench-rest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: install
 	$(BIN)/mypy
 
 check: lint test
+
+## bench-rest: REST proxy cost, direct vs nginx vs gateway (needs Debian's wrk and nginx)
+bench-rest: install
+	$(BIN)/python -m benches.rest_proxy
+
+bench: bench-rest
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

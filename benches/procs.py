@@ -1,0 +1,181 @@
+"""Processes for benchmarks: the upstream server, nginx and the gateway, plus CPU accounting.
+
+Everything listens on 127.0.0.1 only. Each helper returns an object with ``stop()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.embedded import EmbeddedCouch, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU seconds consumed so far by the given processes."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def basic(username: str, password: str) -> str:
+    """An Authorization header value."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def wait_http(url: str, timeout: float = 30.0, auth: str | None = None) -> None:
+    """Poll a URL until it answers 2xx."""
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if answer.status < 300:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def couch_request(url: str, method: str, path: str, auth: str, body: object = None) -> object:
+    """A small synchronous CouchDB call for setting up fixtures."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "Authorization": auth, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+@dataclass
+class Nginx:
+    """nginx as a keep-alive reverse proxy in front of the upstream."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @classmethod
+    def start(cls, workdir: Path, upstream_port: int, workers: int = 1) -> Nginx:
+        """Start nginx with a generated configuration."""
+        if shutil.which("nginx") is None:
+            raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
+        port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "logs").mkdir(exist_ok=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""
+worker_processes {workers};
+error_log {workdir}/logs/error.log warn;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  upstream couch {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://couch;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      client_max_body_size 0;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+        process = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{port}/")
+        return cls(process, port)
+
+    def pids(self) -> list[int]:
+        """Master and workers."""
+        return [self.process.pid, *children(self.process.pid)]
+
+    def stop(self) -> None:
+        """Stop nginx."""
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@dataclass
+class Gateway:
+    """``python -m gateway run`` against an upstream, as a child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @classmethod
+    def start(cls, upstream_admin_url: str, extra_env: dict[str, str] | None = None) -> Gateway:
+        """Start the gateway and wait for ``/health``."""
+        port = free_port()
+        env = dict(os.environ)
+        env.update({
+            "COUCHDB_URL": upstream_admin_url,
+            "WALLABY_HOST": "127.0.0.1",
+            "WALLABY_PORT": str(port),
+            "WALLABY_RATE_LIMIT_PER_SECOND": "0",
+            "WALLABY_LOG_FORMAT": "json",
+        })
+        env.update(extra_env or {})
+        log = open(ROOT / "var" / f"bench-gateway-{port}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "run"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
+        return cls(process, port)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_upstream(workdir: Path) -> EmbeddedCouch:
+    """The embedded pouchdb-server, or nothing when ``COUCHDB_URL`` points elsewhere."""
+    server = EmbeddedCouch(workdir / "couch", admin_password="bench-admin")
+    server.start()
+    return server
