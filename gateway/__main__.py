@@ -1,48 +1,175 @@
 """Entry point: ``python -m gateway run``.
 
-The only module that imports the global reactor. Until the HTTP gateway lands this
-starts the embedded CouchDB-compatible server (unless ``COUCHDB_URL`` is set) and
-prints how to reach it.
+The only module that imports the global reactor. Without ``COUCHDB_URL`` (or
+``--couchdb-url``) it starts the embedded CouchDB-compatible server (pouchdb-server,
+data in ``WALLABY_EMBEDDED_DATA_DIR``, port 5984 unless busy), creates a demo user
+``demo``/``demo`` and a demo database ``demo`` that user may use, then serves the
+gateway. SIGTERM or Ctrl-C stops accepting, lets in-flight requests finish within
+``WALLABY_SHUTDOWN_GRACE`` seconds, and stops the embedded server.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
-import signal
+import socket
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from gateway.embedded import EmbeddedCouch
+from gateway.config import Settings
+from gateway.embedded import EmbeddedCouch, free_port
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"  # noqa: S105 - the documented local demo account
+DEMO_DB = "demo"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _call(url: str, method: str, path: str, auth: tuple[str, str], body: Any = None) -> int:
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(  # noqa: S310 - loopback embedded server only
+        url + path, data=data, method=method,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def provision_demo(url: str, admin: tuple[str, str]) -> None:
+    """Create the demo user and database (idempotent)."""
+    _call(url, "PUT", f"/_users/org.couchdb.user:{DEMO_USER}", admin,
+          {"_id": f"org.couchdb.user:{DEMO_USER}", "name": DEMO_USER, "type": "user",
+           "roles": [], "password": DEMO_PASSWORD})
+    _call(url, "PUT", f"/{DEMO_DB}", admin)
+    _call(url, "PUT", f"/{DEMO_DB}/_security", admin,
+          {"admins": {"names": [], "roles": []},
+           "members": {"names": [DEMO_USER], "roles": []}})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wallaby-gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the gateway")
+    run.add_argument("--host", help="listen address (WALLABY_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (WALLABY_PORT, default 8080)")
+    run.add_argument("--couchdb-url", help="upstream CouchDB (COUCHDB_URL); embedded if unset")
+    run.add_argument("--cors-origins", help="comma-separated allowed origins")
+    run.add_argument("--allow-anonymous", action="store_true", default=None,
+                     help="let requests without credentials through")
+    run.add_argument("--auth-mode", choices=["forward", "proxy", "jwt"])
+    run.add_argument("--request-timeout", type=float, help="upstream timeout in seconds")
+    run.add_argument("--max-body-bytes", type=int)
+    run.add_argument("--max-attachment-bytes", type=int)
+    run.add_argument("--log-format", choices=["json", "text"])
+    run.add_argument("--data-dir", help="data folder of the embedded server")
+    run.add_argument("--couch-port", type=int,
+                     help="port of the embedded server (default 5984, or a free one)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """Environment settings overridden by CLI flags."""
+    settings = Settings.from_env(environ)
+    return settings.with_overrides(
+        host=args.host, port=args.port, couchdb_url=args.couchdb_url,
+        cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip())
+        if args.cors_origins else None,
+        allow_anonymous=args.allow_anonymous, auth_mode=args.auth_mode,
+        request_timeout=args.request_timeout, max_body_bytes=args.max_body_bytes,
+        max_attachment_bytes=args.max_attachment_bytes, log_format=args.log_format,
+        embedded_data_dir=args.data_dir,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start (embedded CouchDB and) the gateway; return when stopped."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web.client import HTTPConnectionPool
+
+    from gateway.couch import BasicAuth, CouchServer
+    from gateway.http.accesslog import json_lines_observer
+    from gateway.http.app import GatewayApp
+    from gateway.http.service import GatewayService
+
+    environ = dict(os.environ)
+    settings = settings_from(args, environ)
+    embedded: EmbeddedCouch | None = None
+    if not (args.couchdb_url or environ.get("COUCHDB_URL")):
+        password = environ.get("WALLABY_EMBEDDED_ADMIN_PASSWORD", "admin")
+        port = args.couch_port or 5984
+        if not _port_free("127.0.0.1", port):
+            port = free_port()
+        embedded = EmbeddedCouch(Path(settings.embedded_data_dir), port=port,
+                                 admin_password=password)
+        embedded.start()
+        provision_demo(embedded.url, (embedded.admin_username, password))
+        settings = settings.with_overrides(
+            couchdb_url=embedded.url, couchdb_user=embedded.admin_username,
+            couchdb_password=password,
+        )
+    observer = (json_lines_observer(sys.stdout) if settings.log_format == "json"
+                else textFileLogObserver(sys.stdout))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    service_auth = (BasicAuth(settings.couchdb_user, settings.couchdb_password or "")
+                    if settings.couchdb_user else None)
+    couch = CouchServer(settings.couchdb_url, reactor=reactor, pool=pool, auth=service_auth,
+                        timeout=settings.request_timeout)
+    app = GatewayApp(settings, couch=couch, reactor=reactor)
+    service = GatewayService(app, reactor, settings.host, settings.port, pool=pool)
+
+    def announce(_: object) -> None:
+        url = f"http://{settings.host}:{service.port}/"
+        sys.stderr.write(f"Wallaby Gateway listening on {url}  (API docs: {url}docs)\n")
+        sys.stderr.write(f"Upstream CouchDB: {couch.url}\n")
+        if embedded is not None:
+            sys.stderr.write(f"Demo page: {url}  user {DEMO_USER} / password {DEMO_PASSWORD}, "
+                             f"database '{DEMO_DB}'\n")
+        sys.stderr.write(f"READY {service.port}\n")
+        sys.stderr.flush()
+
+    def failed(failure: Any) -> None:
+        sys.stderr.write(f"cannot listen: {failure.getErrorMessage()}\n")
+        reactor.stop()
+
+    service.ready.addCallbacks(announce, failed)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    try:
+        reactor.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
-    parser = argparse.ArgumentParser(prog="wallaby-gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the service")
-    run.add_argument("--data-dir", default=os.environ.get("WALLABY_DATA_DIR", "var/couch"),
-                     help="data folder of the embedded server (default: var/couch)")
-    run.add_argument("--couch-port", type=int,
-                     default=int(os.environ.get("WALLABY_EMBEDDED_PORT", "5984")))
-    args = parser.parse_args(argv)
-
-    if os.environ.get("COUCHDB_URL"):
-        print(f"Using CouchDB at {os.environ['COUCHDB_URL'].split('@')[-1]}")
-        return 0
-    password = os.environ.get("WALLABY_EMBEDDED_ADMIN_PASSWORD", "admin")
-    server = EmbeddedCouch(Path(args.data_dir), port=args.couch_port, admin_password=password)
-    server.start()
-    print(f"Embedded CouchDB-compatible server: {server.url}  (admin / {password})")
-    print("Press Ctrl-C to stop.")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.stop()
-    return 0
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return 2  # pragma: no cover - argparse requires a command
 
 
 if __name__ == "__main__":

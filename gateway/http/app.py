@@ -1,0 +1,656 @@
+"""The REST gateway: a class-bound Klein app whose routes are the API contract.
+
+Every route validates its request against ``api_schema/openapi.yaml``
+(:mod:`gateway.http.contract`), identifies the caller (:func:`gateway.identity.identify`)
+and calls CouchDB *as that caller* (``CouchServer.as_identity``) over one shared
+persistent pool. Errors are mapped once, by :meth:`GatewayApp.on_error`, through
+:func:`gateway.errors.error_body`.
+
+Build and serve::
+
+    app = GatewayApp(settings, couch=CouchServer(url, reactor=reactor, pool=pool),
+                     reactor=reactor)
+    app.mount(b"/api/v1/changes", websocket_resource)   # before serving
+    site = app.site()                                    # a twisted.web Site
+
+Mounting: :meth:`GatewayApp.mount` (or the ``extra_resources`` argument) serves an
+``IResource`` at an exact path, after the front door (request id, CORS, rate limit,
+traversal checks, access log) and instead of the router — the WebSocket endpoint
+``/api/v1/changes`` is mounted so, and authenticates with the same
+:func:`gateway.identity.identify`, passing :attr:`GatewayApp.identities` as cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.static import File
+from werkzeug import exceptions as wz
+
+from gateway.config import Settings
+from gateway.couch import CouchServer
+from gateway.couch.auth import ForwardedAuth
+from gateway.couch.transport import CouchResponse, Reactor, read_body
+from gateway.couch.urls import attachment_path, doc_path
+from gateway.errors import (
+    CouchError,
+    CouchUnreachable,
+    GatewayRequestError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    RouteNotFound,
+)
+from gateway.http import paths
+from gateway.http.accesslog import AccessLog
+from gateway.http.contract import Contract, load_contract
+from gateway.http.cors import Cors
+from gateway.http.docs_page import DOCS_HTML
+from gateway.http.metrics import Metrics
+from gateway.http.ratelimit import RateLimiter
+from gateway.http.responses import json_response, render_error
+from gateway.http.site import FrontDoor, GatewaySite, InFlight
+from gateway.http.streaming import parse_range, relay, upload_producer
+from gateway.identity import Identity, IdentityCache, identify
+
+__all__ = ["STATIC_DIR", "GatewayApp"]
+
+T = TypeVar("T")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_PREFIX = "/api/v1"
+_DB = _PREFIX + "/db/<db>"
+_COPIED_ATTACHMENT_HEADERS = (
+    "Content-Type", "ETag", "Content-Range",
+    "Content-Encoding", "Content-MD5", "Last-Modified",
+)
+_UPLOAD_BYTES_PER_SECOND = 1024 * 1024
+
+
+def _decode_args(request: Any) -> dict[str, list[str]]:
+    args: dict[bytes, list[bytes]] = request.args  # type: ignore[attr-defined]
+    try:
+        return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
+    except UnicodeDecodeError:
+        raise InvalidRequest("the query string is not valid UTF-8") from None
+
+
+def _if_match(request: Any, query: dict[str, Any]) -> None:
+    """Turn ``If-Match`` into ``rev`` (refusing two different revisions)."""
+    header = request.getHeader("if-match")
+    if header is None:
+        return
+    rev = header.strip().strip('"')
+    if "rev" in query and query["rev"] != rev:
+        raise InvalidRequest("'If-Match' and 'rev' name different revisions")
+    query["rev"] = rev
+
+
+def _etag(answer: CouchResponse) -> dict[str, str]:
+    etag = answer.header("ETag")
+    return {"ETag": etag} if etag else {}
+
+
+class GatewayApp:
+    """The gateway's HTTP application.
+
+    Args:
+        settings: Configuration.
+        couch: The upstream server; its own credentials (service credentials) are used
+            only by ``/ready``. Users' calls use ``couch.as_identity(...)``.
+        reactor: The reactor (clock for rate limits, caches and latencies).
+        contract: The API contract (loaded from ``api_schema/openapi.yaml`` if omitted).
+        extra_resources: Resources served at exact paths (see :meth:`mount`).
+        static_dir: Folder served at ``/static/`` (``/`` serves its ``index.html``).
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        couch: CouchServer,
+        reactor: Reactor,
+        contract: Contract | None = None,
+        extra_resources: Mapping[bytes, IResource] | None = None,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
+        self.settings = settings
+        self.couch = couch
+        self.reactor = reactor
+        self.contract = contract or load_contract()
+        self.metrics = Metrics()
+        self.in_flight = InFlight()
+        self.identities = IdentityCache(clock=reactor.seconds)
+        self.limiter = RateLimiter(
+            settings.rate_limit_per_second, settings.rate_limit_burst, reactor.seconds
+        )
+        self.mounts: dict[bytes, IResource] = dict(extra_resources or {})
+        self.static_dir = static_dir
+        self._spec_json = json.dumps(self.contract.document).encode("utf-8")
+
+    # -- assembly --------------------------------------------------------------
+
+    def mount(self, path: bytes, resource: IResource) -> None:
+        """Serve ``resource`` at exactly ``path`` (e.g. ``b"/api/v1/changes"``)."""
+        self.mounts[path] = resource
+
+    def resource(self) -> IResource:
+        """The root resource: the front door in front of the router."""
+        return FrontDoor(
+            self.app.resource(),
+            clock=self.reactor.seconds,
+            metrics=self.metrics,
+            access_log=AccessLog(self.settings.log_format),
+            cors=Cors(self.settings.cors_origins),
+            limiter=self.limiter,
+            in_flight=self.in_flight,
+            mounts=self.mounts,
+        )
+
+    def site(self) -> GatewaySite:
+        """A ``Site`` serving :meth:`resource`."""
+        limit = max(self.settings.max_body_bytes, self.settings.max_attachment_bytes)
+        return GatewaySite(self.resource(), limit)
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def identify(self, request: Any) -> Identity:
+        """Authenticate the request (see :mod:`gateway.identity`)."""
+        headers = {
+            k.decode("latin-1").lower(): v[0].decode("latin-1")
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        raw_cookies: dict[bytes, bytes] = request.received_cookies  # type: ignore[attr-defined]
+        cookies = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
+        }
+        identity = await identify(
+            headers, cookies, self.couch, self.settings, cache=self.identities
+        )
+        setattr(request, "user", identity.name)  # noqa: B010 - for the access log
+        return identity
+
+    async def _begin(
+        self, request: Any, operation: str, **path: str
+    ) -> tuple[CouchServer, dict[str, Any]]:
+        """Label, validate and authenticate a request; returns the user's server and query."""
+        setattr(request, "route", operation)  # noqa: B010 - metrics label
+        self.contract.check_path(operation, path)
+        query = self.contract.check_query(operation, _decode_args(request))
+        identity = await self.identify(request)
+        return self.couch.as_identity(identity.auth), query
+
+    def _json_body(self, request: Any, operation: str) -> Any:
+        content: Any = request.content  # type: ignore[attr-defined]
+        content.seek(0, 2)
+        size = content.tell()
+        if size > self.settings.max_body_bytes:
+            raise PayloadTooLarge(
+                f"JSON bodies are limited to {self.settings.max_body_bytes} bytes"
+            )
+        media = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise GatewayRequestError(
+                "the request body must be application/json", error="bad_content_type",
+                status=415,
+            )
+        content.seek(0)
+        try:
+            body = json.loads(content.read())
+        except ValueError as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        self.contract.check_body(operation, body)
+        return body
+
+    async def _timed(self, request: Any, call: Awaitable[T]) -> T:
+        started = self.reactor.seconds()
+        try:
+            return await call
+        finally:
+            route = getattr(request, "route", "unmatched")
+            self.metrics.observe_upstream(route, self.reactor.seconds() - started)
+
+    async def _forward(
+        self,
+        request: Any,
+        couch: CouchServer,
+        method: str,
+        segments: list[str],
+        **kwargs: Any,
+    ) -> bytes:
+        """Send a JSON request upstream and answer with CouchDB's status and body."""
+        answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
+        return json_response(request, answer.status, answer.body, _etag(answer))
+
+    # -- errors ----------------------------------------------------------------
+
+    @app.handle_errors
+    def on_error(self, request: Any, failure: Failure) -> bytes | None:
+        """Map every failure to the error envelope, once."""
+        exc = failure.value
+        if isinstance(exc, CancelledError):
+            return None  # the client went away: nobody to answer
+        if isinstance(exc, wz.MethodNotAllowed):
+            exc = GatewayRequestError(
+                "method not allowed on this route", error="method_not_allowed", status=405
+            )
+        elif isinstance(exc, wz.HTTPException):
+            exc = RouteNotFound("no such route")
+        if getattr(request, "startedWriting", False):
+            # Headers are gone (a stream broke midway): all we can do is cut it short.
+            transport = getattr(getattr(request, "channel", None), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            return None
+        return render_error(request, exc)
+
+    # -- operations ------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        """The process is alive."""
+        setattr(request, "route", "getHealth")  # noqa: B010
+        return json_response(request, 200, {"ok": True})
+
+    @app.route("/ready", methods=["GET"])
+    async def ready(self, request: Any) -> bytes:
+        """CouchDB answers (asked with the service credentials, if any)."""
+        setattr(request, "route", "getReady")  # noqa: B010
+        if not await self._timed(request, self.couch.up()):
+            raise CouchUnreachable("CouchDB is not ready")
+        return json_response(request, 200, {"ok": True})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request: Any) -> bytes:
+        """Prometheus metrics."""
+        setattr(request, "route", "getMetrics")  # noqa: B010
+        request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.render().encode("utf-8")
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: Any) -> bytes:
+        """The contract as JSON."""
+        setattr(request, "route", "getOpenApi")  # noqa: B010
+        request.setHeader("Content-Type", "application/json")
+        return self._spec_json
+
+    @app.route("/docs", methods=["GET"])
+    def docs(self, request: Any) -> bytes:
+        """A self-contained page rendering the contract."""
+        setattr(request, "route", "getApiDocs")  # noqa: B010
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        request.setHeader(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+        )
+        return DOCS_HTML.encode("utf-8")
+
+    @app.route("/static/", branch=True, methods=["GET"])
+    def static(self, request: Any) -> IResource:
+        """The demo page's assets."""
+        setattr(request, "route", "static")  # noqa: B010
+        if not self.static_dir.is_dir():
+            raise RouteNotFound("no static files")
+        request.responseHeaders.removeHeader(b"cache-control")
+        return File(str(self.static_dir))
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: Any) -> IResource:
+        """The demo page (``static/index.html``)."""
+        setattr(request, "route", "index")  # noqa: B010
+        page = self.static_dir / "index.html"
+        if not page.is_file():
+            raise RouteNotFound("no demo page installed; see /docs")
+        return File(str(page), defaultType="text/html")
+
+    # -- session ---------------------------------------------------------------
+
+    def _cookie(self, value: str, max_age: int | None = None) -> str:
+        parts = [f"{self.settings.cookie_name}={value}", "Path=/", "HttpOnly",
+                 f"SameSite={self.settings.cookie_samesite}"]
+        if self.settings.cookie_secure or self.settings.cookie_samesite.lower() == "none":
+            parts.append("Secure")
+        if max_age is not None:
+            parts.append(f"Max-Age={max_age}")
+        return "; ".join(parts)
+
+    @app.route(_PREFIX + "/session", methods=["POST"])
+    async def login(self, request: Any) -> bytes:
+        """Log in with CouchDB credentials; sets the session cookie, returns a token."""
+        setattr(request, "route", "login")  # noqa: B010
+        self.contract.check_query("login", _decode_args(request))
+        body = self._json_body(request, "login")
+        token = await self._timed(request, self.couch.login(body["name"], body["password"]))
+        user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
+        session = await self._timed(request, user.session())
+        context = session.get("userCtx") or {}
+        setattr(request, "user", context.get("name"))  # noqa: B010
+        request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie(token).encode())
+        return json_response(request, 200, {
+            "ok": True, "name": context.get("name") or body["name"],
+            "roles": list(context.get("roles") or []), "token": token,
+        })
+
+    @app.route(_PREFIX + "/session", methods=["GET"])
+    async def get_session(self, request: Any) -> bytes:
+        """The current user as CouchDB sees it."""
+        setattr(request, "route", "getSession")  # noqa: B010
+        self.contract.check_query("getSession", _decode_args(request))
+        identity = await self.identify(request)
+        return json_response(request, 200, {"name": identity.name, "roles": list(identity.roles)})
+
+    @app.route(_PREFIX + "/session", methods=["DELETE"])
+    def logout(self, request: Any) -> bytes:
+        """Forget the session cookie (CouchDB sessions are stateless: it simply expires)."""
+        setattr(request, "route", "logout")  # noqa: B010
+        request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie("", 0).encode())
+        return json_response(request, 200, {"ok": True})
+
+    # -- databases -------------------------------------------------------------
+
+    @app.route(_DB, methods=["GET"])
+    async def get_database(self, request: Any, db: str) -> bytes:
+        """Database information."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "getDatabase", db=name)
+        return await self._forward(request, couch, "GET", [name], params=query)
+
+    @app.route(_DB, methods=["PUT"])
+    async def create_database(self, request: Any, db: str) -> bytes:
+        """Create a database (CouchDB decides who may)."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "createDatabase", db=name)
+        return await self._forward(request, couch, "PUT", [name], params=query)
+
+    @app.route(_DB, methods=["DELETE"])
+    async def delete_database(self, request: Any, db: str) -> bytes:
+        """Delete a database."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "deleteDatabase", db=name)
+        return await self._forward(request, couch, "DELETE", [name], params=query)
+
+    # -- documents -------------------------------------------------------------
+
+    @app.route(_DB + "/docs", methods=["POST"])
+    async def create_document(self, request: Any, db: str) -> bytes:
+        """Create a document with a server id (or the body's ``_id``)."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "createDocument", db=name)
+        body = self._json_body(request, "createDocument")
+        if "_id" in body:
+            paths.document_id(body["_id"].replace("%", "%25"))
+        return await self._forward(request, couch, "POST", [name], params=query, json=body)
+
+    @app.route(_DB + "/docs/<docid>", methods=["GET"])
+    async def get_document(self, request: Any, db: str, docid: str) -> bytes:
+        """Read a document (``rev``, ``conflicts``, ``revs``, ``revs_info``, ``attachments``…)."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
+        return await self._forward(request, couch, "GET", doc_path(name, doc_id), params=query)
+
+    @app.route(_DB + "/docs/<docid>", methods=["PUT"])
+    async def put_document(self, request: Any, db: str, docid: str) -> bytes:
+        """Create or update a document (``If-Match``, ``rev`` or the body's ``_rev``)."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        couch, query = await self._begin(request, "putDocument", db=name, docid=doc_id)
+        body = self._json_body(request, "putDocument")
+        if body.get("_id", doc_id) != doc_id:
+            raise InvalidRequest("the body's '_id' differs from the id in the path")
+        _if_match(request, query)
+        return await self._forward(
+            request, couch, "PUT", doc_path(name, doc_id), params=query, json=body
+        )
+
+    @app.route(_DB + "/docs/<docid>", methods=["DELETE"])
+    async def delete_document(self, request: Any, db: str, docid: str) -> bytes:
+        """Delete a document (``rev`` or ``If-Match``)."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        couch, query = await self._begin(request, "deleteDocument", db=name, docid=doc_id)
+        _if_match(request, query)
+        return await self._forward(request, couch, "DELETE", doc_path(name, doc_id), params=query)
+
+    @app.route(_DB + "/bulk_docs", methods=["POST"])
+    async def bulk_docs(self, request: Any, db: str) -> bytes:
+        """``_bulk_docs``."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "bulkDocs", db=name)
+        body = self._json_body(request, "bulkDocs")
+        return await self._forward(
+            request, couch, "POST", [name, "_bulk_docs"], params=query, json=body
+        )
+
+    @app.route(_DB + "/bulk_get", methods=["POST"])
+    async def bulk_get(self, request: Any, db: str) -> bytes:
+        """``_bulk_get``."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "bulkGet", db=name)
+        body = self._json_body(request, "bulkGet")
+        return await self._forward(
+            request, couch, "POST", [name, "_bulk_get"], params=query, json=body
+        )
+
+    # -- attachments -----------------------------------------------------------
+
+    @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["GET", "HEAD"])
+    async def get_attachment(
+        self, request: Any, db: str, docid: str, attname: str
+    ) -> bytes:
+        """Stream an attachment down (``ETag``/``If-None-Match``, ``Range``)."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        att = paths.attachment_name(attname)
+        couch, query = await self._begin(
+            request, "getAttachment", db=name, docid=doc_id, attname=att
+        )
+        headers = {}
+        for header in ("Range", "If-None-Match", "If-Range"):
+            value = request.getHeader(header)
+            if value is not None:
+                headers[header] = value
+        method = "HEAD" if request.method == b"HEAD" else "GET"
+        segments = attachment_path(name, doc_id, att)
+        response = await self._timed(request, couch.transport.open_stream(
+            method, segments, params=query, headers=headers, raise_for_status=False,
+        ))
+        if response.code >= 400:
+            raw = await read_body(response)
+            try:
+                detail = json.loads(raw) if raw else None
+            except ValueError:
+                detail = None
+            raise CouchError.from_response(response.code, detail)
+        etag = response.headers.getRawHeaders("etag", [None])[0]
+        status = response.code
+        if status == 200 and etag and request.getHeader("if-none-match") in (etag,):
+            status = 304  # the server ignored If-None-Match: answer it here
+        length = response.headers.getRawHeaders("content-length", [None])[0]
+        wanted = request.getHeader("range") if status == 200 else None
+        skip, limit = 0, None
+        if status == 200 and (length is None or wanted is not None):
+            # Upstream sent no length or ignored Range (pouchdb-server): the stub knows.
+            stub = await self._attachment_stub(request, couch, name, doc_id, att, query)
+            length = str(stub) if stub is not None else None
+            if wanted is not None and stub is not None:
+                try:
+                    span = parse_range(wanted, stub)
+                except ValueError:
+                    response.deliverBody(_Discard())
+                    request.setHeader("Content-Range", f"bytes */{stub}")
+                    raise RangeNotSatisfiable("the range is outside the attachment") from None
+                if span is not None:
+                    skip, limit = span[0], span[1] - span[0] + 1
+                    status = 206
+                    request.setHeader("Content-Range", f"bytes {span[0]}-{span[1]}/{stub}")
+                    length = str(limit)
+        request.setResponseCode(status)
+        request.responseHeaders.removeHeader(b"cache-control")
+        request.setHeader("Cache-Control", "private, no-cache")
+        for header in _COPIED_ATTACHMENT_HEADERS:
+            values = response.headers.getRawHeaders(header)
+            if values and not request.responseHeaders.hasHeader(header.encode()):
+                request.setHeader(header, values[0])
+        request.setHeader("Accept-Ranges", "bytes")
+        if status == 304 or method == "HEAD":
+            if length is not None and status != 304:
+                request.setHeader("Content-Length", length)
+            response.deliverBody(_Discard())
+            return b""
+        if length is not None:
+            request.setHeader("Content-Length", length)
+        await relay(response, request, skip, limit)
+        return b""
+
+    async def _attachment_stub(
+        self, request: Any, couch: CouchServer, db: str, doc_id: str, att: str,
+        query: Mapping[str, Any],
+    ) -> int | None:
+        """The attachment's length from its document's stub (``None`` if unknown)."""
+        params = {"rev": query["rev"]} if "rev" in query else None
+        doc = await self._timed(
+            request, couch.transport.request("GET", doc_path(db, doc_id), params=params)
+        )
+        stub = (doc.get("_attachments") or {}).get(att) if isinstance(doc, dict) else None
+        length = stub.get("length") if isinstance(stub, dict) else None
+        return length if isinstance(length, int) and not stub.get("encoding") else None
+
+    @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["PUT"])
+    async def put_attachment(
+        self, request: Any, db: str, docid: str, attname: str
+    ) -> bytes:
+        """Stream an attachment up; its ``Content-Type`` is stored."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        att = paths.attachment_name(attname)
+        couch, query = await self._begin(
+            request, "putAttachment", db=name, docid=doc_id, attname=att
+        )
+        _if_match(request, query)
+        producer = upload_producer(request)
+        size = producer.length if isinstance(producer.length, int) else 0
+        if size > self.settings.max_attachment_bytes:
+            raise PayloadTooLarge("the attachment is too large")
+        content_type = request.getHeader("content-type") or "application/octet-stream"
+        timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
+        answer = await self._timed(request, couch.transport.send(
+            "PUT", attachment_path(name, doc_id, att), params=query, data=producer,
+            headers={"Content-Type": content_type}, timeout=timeout,
+        ))
+        return json_response(request, answer.status, answer.body, _etag(answer))
+
+    @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["DELETE"])
+    async def delete_attachment(
+        self, request: Any, db: str, docid: str, attname: str
+    ) -> bytes:
+        """Delete an attachment (``rev`` or ``If-Match``)."""
+        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        att = paths.attachment_name(attname)
+        couch, query = await self._begin(
+            request, "deleteAttachment", db=name, docid=doc_id, attname=att
+        )
+        _if_match(request, query)
+        return await self._forward(
+            request, couch, "DELETE", attachment_path(name, doc_id, att), params=query
+        )
+
+    # -- queries ---------------------------------------------------------------
+
+    @app.route(_DB + "/all_docs", methods=["GET"])
+    async def all_docs(self, request: Any, db: str) -> bytes:
+        """``_all_docs`` with every view parameter."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "allDocs", db=name)
+        return await self._forward(request, couch, "GET", [name, "_all_docs"], params=query)
+
+    @app.route(_DB + "/all_docs", methods=["POST"])
+    async def all_docs_keys(self, request: Any, db: str) -> bytes:
+        """``_all_docs`` for a list of keys."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "allDocsKeys", db=name)
+        body = self._json_body(request, "allDocsKeys")
+        return await self._forward(
+            request, couch, "POST", [name, "_all_docs"], params=query, json=body
+        )
+
+    @app.route(_DB + "/views/<ddoc>/<view>", methods=["GET"])
+    async def query_view(self, request: Any, db: str, ddoc: str, view: str) -> bytes:
+        """Query a view."""
+        name, design = paths.database_name(db), paths.design_name(ddoc)
+        view_name = paths.design_name(view, "the view name")
+        couch, query = await self._begin(
+            request, "queryView", db=name, ddoc=design, view=view_name
+        )
+        return await self._forward(
+            request, couch, "GET", [name, "_design", design, "_view", view_name], params=query
+        )
+
+    @app.route(_DB + "/views/<ddoc>/<view>", methods=["POST"])
+    async def query_view_keys(self, request: Any, db: str, ddoc: str, view: str) -> bytes:
+        """Query a view for a list of keys."""
+        name, design = paths.database_name(db), paths.design_name(ddoc)
+        view_name = paths.design_name(view, "the view name")
+        couch, query = await self._begin(
+            request, "queryViewKeys", db=name, ddoc=design, view=view_name
+        )
+        body = self._json_body(request, "queryViewKeys")
+        return await self._forward(
+            request, couch, "POST", [name, "_design", design, "_view", view_name],
+            params=query, json=body,
+        )
+
+    @app.route(_DB + "/find", methods=["POST"])
+    async def find(self, request: Any, db: str) -> bytes:
+        """Mango ``_find``."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "find", db=name)
+        body = self._json_body(request, "find")
+        return await self._forward(request, couch, "POST", [name, "_find"], params=query, json=body)
+
+    @app.route(_DB + "/indexes", methods=["GET"])
+    async def list_indexes(self, request: Any, db: str) -> bytes:
+        """Mango indexes."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "listIndexes", db=name)
+        return await self._forward(request, couch, "GET", [name, "_index"], params=query)
+
+    @app.route(_DB + "/indexes", methods=["POST"])
+    async def create_index(self, request: Any, db: str) -> bytes:
+        """Create a Mango index (CouchDB checks design-document write rights)."""
+        name = paths.database_name(db)
+        couch, query = await self._begin(request, "createIndex", db=name)
+        body = self._json_body(request, "createIndex")
+        return await self._forward(
+            request, couch, "POST", [name, "_index"], params=query, json=body
+        )
+
+    @app.route(_DB + "/indexes/<ddoc>/<index>", methods=["DELETE"])
+    async def delete_index(self, request: Any, db: str, ddoc: str, index: str) -> bytes:
+        """Delete a Mango index."""
+        name, design = paths.database_name(db), paths.design_name(ddoc)
+        index_name = paths.design_name(index, "the index name")
+        couch, query = await self._begin(
+            request, "deleteIndex", db=name, ddoc=design, name=index_name
+        )
+        return await self._forward(
+            request, couch, "DELETE", [name, "_index", design, "json", index_name], params=query
+        )
+
+    @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                       "OPTIONS", "COPY"])
+    def no_route(self, request: Any, rest: str) -> bytes:
+        """Anything else: the API does not expose it."""
+        setattr(request, "route", "unmatched")  # noqa: B010
+        raise RouteNotFound("no such route")
+
+
+class _Discard(Protocol):
+    """A body protocol that drops what it receives (304s and HEADs)."""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        """Drop the bytes."""

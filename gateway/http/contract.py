@@ -1,0 +1,244 @@
+"""The API contract: ``api_schema/openapi.yaml`` loaded, and requests checked against it.
+
+OpenAPI 3.1 schema objects are JSON Schema 2020-12, so ``jsonschema`` validates them
+directly; ``$ref`` s into the document resolve through a ``referencing`` registry.
+Query parameters arrive as text and are coerced by their schema's type first
+(``integer``, ``number``, ``boolean``); parameters marked ``x-json: true`` carry JSON
+text (view keys) and are decoded before validation. Unknown query parameters are
+refused, so a typo is a precise 400 rather than a silently ignored option.
+
+The same object also checks responses (used by the test-suite's client).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from gateway.errors import InvalidRequest
+
+__all__ = ["SPEC_PATH", "Contract", "Operation", "load_contract"]
+
+SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "api_schema" / "openapi.yaml"
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+_BASE_URI = "urn:wallaby:openapi"
+
+
+@dataclass
+class Operation:
+    """One operation of the contract.
+
+    Attributes:
+        operation_id: Its ``operationId``.
+        method: Upper-case HTTP method.
+        path: The path template, e.g. ``/api/v1/db/{db}``.
+        parameters: ``(location, name) -> parameter object`` (path-level ones included).
+        body_schema: The JSON schema of an ``application/json`` body, if any.
+        body_required: Whether a body is required.
+        responses: The ``responses`` object.
+    """
+
+    operation_id: str
+    method: str
+    path: str
+    parameters: dict[tuple[str, str], dict[str, Any]]
+    body_schema: dict[str, Any] | None
+    body_required: bool
+    responses: dict[str, Any]
+    pattern: re.Pattern[str] = field(repr=False, default=re.compile(""))
+
+
+def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
+    schema = param.get("schema", {})
+    if param.get("x-json"):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise InvalidRequest(f"query parameter '{name}' must be JSON") from None
+    kind = schema.get("type")
+    if kind == "integer":
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidRequest(f"query parameter '{name}' must be an integer") from None
+    if kind == "number":
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidRequest(f"query parameter '{name}' must be a number") from None
+    if kind == "boolean":
+        if raw in ("true", "false"):
+            return raw == "true"
+        raise InvalidRequest(f"query parameter '{name}' must be 'true' or 'false'")
+    return raw
+
+
+def _describe(error: ValidationError, where: str) -> str:
+    location = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path)
+    return f"{where}{location}: {error.message}"
+
+
+class Contract:
+    """The OpenAPI document and validators for its operations.
+
+    Args:
+        document: The parsed OpenAPI document.
+    """
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self._registry: Registry[Any] = Registry().with_resource(_BASE_URI, resource)
+        self.operations: dict[str, Operation] = {}
+        for path, item in document["paths"].items():
+            shared = [self._deref(p) for p in item.get("parameters", [])]
+            for method in _METHODS:
+                op = item.get(method)
+                if op is None:
+                    continue
+                params = {(p["in"], p["name"]): p for p in shared}
+                for p in op.get("parameters", []):
+                    p = self._deref(p)
+                    params[(p["in"], p["name"])] = p
+                body = op.get("requestBody", {})
+                json_body = body.get("content", {}).get("application/json")
+                pattern = re.compile(
+                    "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"
+                )
+                self.operations[op["operationId"]] = Operation(
+                    op["operationId"], method.upper(), path, params,
+                    json_body.get("schema") if json_body else None,
+                    bool(body.get("required")), op.get("responses", {}), pattern,
+                )
+
+    def _deref(self, obj: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in obj:
+            node: Any = self.document
+            for part in obj["$ref"].lstrip("#/").split("/"):
+                node = node[part]
+            obj = node
+        return obj
+
+    @cache  # noqa: B019 - one contract per process; validators are costly to build
+    def _validator(self, schema_json: str) -> Draft202012Validator:
+        schema = json.loads(schema_json)
+        return Draft202012Validator(schema, registry=self._registry)
+
+    def validate(self, schema: Mapping[str, Any], value: Any, where: str) -> None:
+        """Validate ``value`` against a schema of the document.
+
+        Raises:
+            InvalidRequest: It does not conform; the message names the first problem.
+        """
+        rewritten = json.dumps(schema, sort_keys=True).replace(
+            '"$ref": "#', f'"$ref": "{_BASE_URI}#'
+        )
+        validator = self._validator(rewritten)
+        error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
+        if error is not None:
+            raise InvalidRequest(_describe(error, where))
+
+    def check_query(self, operation_id: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """Validate and coerce the query parameters of a request.
+
+        Args:
+            operation_id: The operation.
+            query: Decoded query parameters (name -> values).
+
+        Returns:
+            The parameters with typed values.
+
+        Raises:
+            InvalidRequest: An unknown, repeated or ill-typed parameter.
+        """
+        op = self.operations[operation_id]
+        result: dict[str, Any] = {}
+        for name, values in query.items():
+            param = op.parameters.get(("query", name))
+            if param is None:
+                raise InvalidRequest(f"unknown query parameter '{name}' for {op.operation_id}")
+            if len(values) != 1:
+                raise InvalidRequest(f"query parameter '{name}' given more than once")
+            value = _coerce(name, values[0], param)
+            self.validate(param.get("schema", {}), value, f"query parameter '{name}'")
+            result[name] = value
+        for (location, name), param in op.parameters.items():
+            if location == "query" and param.get("required") and name not in result:
+                raise InvalidRequest(f"query parameter '{name}' is required")
+        return result
+
+    def check_path(self, operation_id: str, values: Mapping[str, str]) -> None:
+        """Validate decoded path parameters.
+
+        Raises:
+            InvalidRequest: A value violates its schema.
+        """
+        op = self.operations[operation_id]
+        for name, value in values.items():
+            param = op.parameters.get(("path", name))
+            if param is not None:
+                self.validate(param.get("schema", {}), value, f"path parameter '{name}'")
+
+    def check_body(self, operation_id: str, body: Any) -> None:
+        """Validate a decoded JSON request body.
+
+        Raises:
+            InvalidRequest: The body violates the operation's schema.
+        """
+        schema = self.operations[operation_id].body_schema
+        if schema is not None:
+            self.validate(schema, body, "request body")
+
+    # -- responses (used by tests) ---------------------------------------------
+
+    def match(self, method: str, path: str) -> Operation | None:
+        """The operation serving a request path (percent-encoded), if any."""
+        method = "GET" if method.upper() == "HEAD" else method.upper()
+        for op in self.operations.values():
+            if op.method == method and op.pattern.match(path):
+                return op
+        return None
+
+    def check_response(
+        self, operation: Operation, status: int, content_type: str | None, body: bytes
+    ) -> None:
+        """Check that a response is one the contract declares.
+
+        Raises:
+            AssertionError: Undeclared status, or a JSON body that violates its schema.
+        """
+        declared = operation.responses.get(str(status)) or operation.responses.get("default")
+        assert declared is not None, f"{operation.operation_id}: status {status} not declared"
+        declared = self._deref(declared)
+        content = declared.get("content")
+        if not content or not body:
+            return
+        media = (content_type or "").split(";")[0].strip()
+        if "application/json" in content and media == "application/json":
+            try:
+                self.validate(content["application/json"].get("schema", {}), json.loads(body),
+                              f"{operation.operation_id} {status} body")
+            except InvalidRequest as exc:
+                raise AssertionError(exc.reason) from None
+        elif "*/*" not in content:
+            assert media in content, (
+                f"{operation.operation_id} {status}: content type {media!r} not declared"
+            )
+
+
+def load_contract(path: Path | None = None) -> Contract:
+    """Load the contract from ``api_schema/openapi.yaml`` (or ``path``)."""
+    with (path or SPEC_PATH).open(encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    return Contract(document)

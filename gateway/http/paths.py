@@ -1,0 +1,126 @@
+"""Which paths may reach CouchDB: raw-path checks and name validation (pure functions).
+
+Route parameters arrive percent-encoded (Twisted and Klein do not decode them); they are
+decoded here, once, and validated before any upstream call. The CouchDB client then
+encodes every segment in full, so a decoded value can never become a path separator,
+a ``..`` or another endpoint upstream. System databases (``_users``, ``_replicator``
+…) and server endpoints (``_config``, ``_node``, ``_all_dbs`` …) have no route, and
+names that would reach them are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from gateway.errors import AccessDenied, InvalidRequest
+
+__all__ = ["attachment_name", "check_raw_path", "database_name", "design_name", "document_id"]
+
+_DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_SPECIAL_DOC_PREFIXES = ("_design/", "_local/")
+
+
+def _decode(raw: str, what: str) -> str:
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{what} is not valid UTF-8") from None
+    if _FORBIDDEN_CHARS.search(value):
+        raise InvalidRequest(f"{what} contains control characters")
+    return value
+
+
+def check_raw_path(raw: bytes) -> None:
+    """Refuse request paths that try to traverse or smuggle.
+
+    Refused: control characters (raw or percent-encoded), empty segments (``//`` or a
+    trailing ``/``), and
+    segments that are ``.`` or ``..`` in any encoding.
+
+    Raises:
+        InvalidRequest: The path is malformed.
+    """
+    path = raw.split(b"?", 1)[0]
+    try:
+        text = path.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request path must be ASCII (percent-encode the rest)") from None
+    if not text.startswith("/"):
+        raise InvalidRequest("the request path must start with '/'")
+    segments = text.split("/")[1:]
+    for segment in segments:
+        if segment == "" and text != "/":
+            raise InvalidRequest("empty path segments ('//') are not allowed")
+        decoded = unquote(segment, errors="replace")
+        if decoded in (".", "..") or _FORBIDDEN_CHARS.search(decoded):
+            raise InvalidRequest("relative or control segments are not allowed in the path")
+
+
+def database_name(raw: str) -> str:
+    """Decode and validate a database name.
+
+    Raises:
+        AccessDenied: A system database or any ``_``-prefixed name (never exposed).
+        InvalidRequest: Not a valid CouchDB database name.
+    """
+    name = _decode(raw, "the database name")
+    if name.startswith("_") or name.lstrip("/").startswith("_"):
+        raise AccessDenied("system databases and server endpoints are not exposed")
+    if len(name) > 238 or not _DB_NAME.match(name):
+        raise InvalidRequest(
+            "invalid database name: lower-case letters, digits and _$()+-/ only, "
+            "starting with a letter"
+        )
+    return name
+
+
+def document_id(raw: str) -> str:
+    """Decode and validate a document id.
+
+    Ordinary ids may not start with ``_`` (CouchDB reserves those for endpoints such as
+    ``_all_docs``); ``_design/name`` and ``_local/name`` are allowed.
+
+    Raises:
+        InvalidRequest: Empty or reserved.
+    """
+    doc_id = _decode(raw, "the document id")
+    if not doc_id:
+        raise InvalidRequest("the document id is empty")
+    if doc_id.startswith("_"):
+        for prefix in _SPECIAL_DOC_PREFIXES:
+            if doc_id.startswith(prefix):
+                rest = doc_id[len(prefix):]
+                if rest and "/" not in rest and rest not in (".", ".."):
+                    return doc_id
+        raise InvalidRequest(
+            "document ids starting with '_' are reserved (except '_design/x' and '_local/x')"
+        )
+    return doc_id
+
+
+def design_name(raw: str, what: str = "the design document name") -> str:
+    """Decode and validate a design-document, view or index name (one segment).
+
+    Raises:
+        InvalidRequest: Empty, containing ``/``, or a relative segment.
+    """
+    name = _decode(raw, what)
+    if not name or "/" in name or name in (".", ".."):
+        raise InvalidRequest(f"{what} must be one non-empty path segment")
+    return name
+
+
+def attachment_name(raw: str) -> str:
+    """Decode and validate an attachment name (``/`` allowed inside, encoded as ``%2F``).
+
+    Raises:
+        InvalidRequest: Empty, ``_``-prefixed, or with relative or empty segments.
+    """
+    name = _decode(raw, "the attachment name")
+    if not name or name.startswith("_"):
+        raise InvalidRequest("attachment names may not be empty or start with '_'")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise InvalidRequest("attachment names may not contain empty or relative segments")
+    return name

@@ -1,0 +1,45 @@
+"""Writing JSON answers, and the one place errors become HTTP responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from gateway.errors import GatewayError, error_body
+
+__all__ = ["json_response", "render_error"]
+
+_log = Logger(namespace="gateway.http")
+
+
+def json_response(
+    request: Any, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """Set status and headers for a JSON answer and return its encoded body."""
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def render_error(request: Any, exc: BaseException) -> bytes:
+    """Answer with the error envelope for ``exc`` (through :func:`error_body`, once).
+
+    Unexpected exceptions are logged with their traceback and answered as an opaque 500.
+    """
+    if not isinstance(exc, GatewayError):
+        _log.failure("unexpected error serving {path}", path=_path(request))
+    status, body, headers = error_body(exc)
+    setattr(request, "error_code", body["error"])  # noqa: B010 - read by the access log
+    # A body-less error must not inherit headers of a partial success (e.g. ETag).
+    for name in (b"etag", b"content-length", b"content-disposition"):
+        request.responseHeaders.removeHeader(name)
+    return json_response(request, status, body, headers)
+
+
+def _path(request: Any) -> str:
+    return bytes(request.path).decode("latin-1")  # type: ignore[attr-defined]

@@ -1,0 +1,92 @@
+"""The gateway as a ``twisted.application`` service: listen, and shut down gracefully.
+
+``stopService`` (run on SIGTERM via the reactor's ``before shutdown`` trigger) stops
+accepting connections first, then waits for in-flight requests to finish — at most
+``settings.shutdown_grace`` seconds — and finally closes the upstream connection pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+
+from gateway.http.app import GatewayApp
+
+__all__ = ["GatewayService"]
+
+_log = Logger(namespace="gateway.service")
+
+
+class GatewayService(Service):
+    """Serves a :class:`GatewayApp` on ``host:port``.
+
+    Args:
+        app: The application.
+        reactor: The reactor (TCP listening and clock).
+        host: Listen address.
+        port: Listen port (0: any free one; see :attr:`port`).
+        pool: The upstream pool to close on shutdown (optional).
+    """
+
+    def __init__(
+        self, app: GatewayApp, reactor: Any, host: str, port: int,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        self.app = app
+        self.reactor = reactor
+        self.host = host
+        self.requested_port = port
+        self.pool = pool
+        self.listening_port: IListeningPort | None = None
+        self.ready: Deferred[IListeningPort] = Deferred()
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on."""
+        assert self.listening_port is not None
+        number: int = self.listening_port.getHost().port  # type: ignore[attr-defined]
+        return number
+
+    def startService(self) -> None:  # noqa: N802
+        """Start listening."""
+        super().startService()
+        endpoint = TCP4ServerEndpoint(self.reactor, self.requested_port, interface=self.host)
+        listening = endpoint.listen(self.app.site())
+
+        def started(port: IListeningPort) -> IListeningPort:
+            self.listening_port = port
+            self.ready.callback(port)
+            return port
+
+        listening.addCallbacks(started, self.ready.errback)
+
+    async def _stop(self) -> None:
+        if self.listening_port is not None:
+            await self.listening_port.stopListening()
+        grace = self.app.settings.shutdown_grace
+        if self.app.in_flight.count > 0:
+            _log.info("waiting up to {grace}s for {n} in-flight requests",
+                      grace=grace, n=self.app.in_flight.count)
+            idle = self.app.in_flight.wait_idle()
+            timer = self.reactor.callLater(grace, idle.cancel)
+            try:
+                await idle
+            except Exception:
+                _log.warn("shutdown deadline passed with {n} requests in flight",
+                          n=self.app.in_flight.count)
+            finally:
+                if timer.active():
+                    timer.cancel()
+        if self.pool is not None:
+            await self.pool.closeCachedConnections()
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        """Stop accepting, finish in-flight requests (within the grace), close the pool."""
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())

@@ -1,0 +1,159 @@
+"""Proxying bodies without buffering them in memory.
+
+Upload: Twisted spools a request body to a temporary file beyond 100 kB (see
+:class:`~gateway.http.site.GatewayRequest`, which also caps its size), and
+:func:`upload_producer` sends that file upstream in 64 KiB chunks with a known
+``Content-Length``.
+
+Download: :func:`relay` delivers an upstream ``IResponse`` into ``request.write`` and
+registers itself as the request's streaming producer, so a slow client pauses the
+upstream connection (TCP backpressure both ways) and memory stays flat. Cancelling the
+returned Deferred (a client disconnect) aborts the upstream transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+__all__ = ["parse_range", "relay", "upload_producer"]
+
+_CHUNK = 64 * 1024
+
+
+def upload_producer(request: Any) -> IBodyProducer:
+    """A body producer reading the (spooled) request body from its start."""
+    content: Any = request.content  # type: ignore[attr-defined]
+    content.seek(0)
+    return FileBodyProducer(content, readSize=_CHUNK)
+
+
+@implementer(IPushProducer)
+class _Relay(Protocol):
+    def __init__(
+        self, request: Any, done: Deferred[int], skip: int = 0, limit: int | None = None
+    ) -> None:
+        self.request = request
+        self.done = done
+        self.skip = skip
+        self.limit = limit
+        self.sent = 0
+        self.finished = False
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.request.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.finished:
+            return
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+        if self.limit is not None:
+            data = data[: self.limit - self.sent]
+        if data:
+            self.sent += len(data)
+            self.request.write(data)
+        if self.limit is not None and self.sent >= self.limit:
+            # The range is complete: stop reading the rest of the upstream body.
+            self.finished = True
+            self.request.unregisterProducer()
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+            self.done.callback(self.sent)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:  # noqa: N802
+        if self.transport is not None and not self.finished:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008, N802
+        if self.finished:
+            return
+        self.finished = True
+        self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(self.sent)
+        else:
+            self.done.errback(reason)
+
+
+def relay(
+    response: IResponse, request: Any, skip: int = 0, limit: int | None = None
+) -> Deferred[int]:
+    """Stream ``response``'s body into ``request`` with backpressure.
+
+    Args:
+        response: The unread upstream response.
+        request: Where the bytes go.
+        skip: Bytes to drop first (a byte range the upstream did not honour).
+        limit: Bytes to relay at most; the upstream body is aborted after them.
+
+    Returns:
+        A Deferred firing with the number of bytes relayed; cancelling it aborts the
+        upstream body.
+    """
+    protocol: _Relay | None = None
+
+    def cancel(_: Deferred[int]) -> None:
+        if protocol is not None and not protocol.finished:
+            protocol.finished = True
+            protocol.request.unregisterProducer()
+            if protocol.transport is not None:
+                protocol.transport.stopProducing()  # type: ignore[attr-defined]
+
+    done: Deferred[int] = Deferred(cancel)
+    protocol = _Relay(request, done, skip, limit)
+    response.deliverBody(protocol)
+    return done
+
+
+def parse_range(header: str, total: int) -> tuple[int, int] | None:
+    """Parse a single ``bytes=`` range against a known total length.
+
+    Returns:
+        ``(first, last)`` inclusive, or ``None`` when the header is not a single byte
+        range the gateway serves (the full body is then sent, as RFC 9110 allows).
+
+    Raises:
+        ValueError: The range is syntactically fine but unsatisfiable (416).
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first_text == "":
+            suffix = int(last_text)
+            if suffix <= 0:
+                raise ValueError("empty suffix range")
+            return max(0, total - suffix), total - 1
+        first = int(first_text)
+        last = int(last_text) if last_text else total - 1
+    except ValueError as exc:
+        if "suffix" in str(exc):
+            raise
+        return None
+    if first >= total:
+        raise ValueError("range starts beyond the end")
+    if first < 0 or last < first:
+        return None
+    return first, min(last, total - 1)

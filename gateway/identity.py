@@ -1,0 +1,205 @@
+"""Who is calling: one authentication routine for the REST gateway and the WebSocket.
+
+A request proves its identity with one of:
+
+* ``Authorization: Bearer <token>`` — the token returned by ``POST /api/v1/session``
+  (the value of CouchDB's ``AuthSession`` cookie); in ``auth_mode=jwt`` a JWT that is
+  passed on to CouchDB's JWT handler instead;
+* ``Authorization: Basic …`` — CouchDB credentials, forwarded as they are;
+* the gateway's session cookie (``settings.cookie_name``), holding the ``AuthSession``
+  value.
+
+The credentials are checked by CouchDB itself (``GET /_session`` as that user: CouchDB
+verifies the cookie's signature and expiry, the password, or the JWT), so a forged or
+expired token is rejected by CouchDB. Results are cached for a few seconds, keyed by a
+hash of the credential (never the credential itself), in a bounded cache.
+
+The resulting :class:`Identity` carries the credentials to use *upstream* on the
+user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode=proxy``
+— CouchDB proxy-authentication headers for the verified name and roles, signed with
+``settings.proxy_secret``.
+
+Usage (REST and WebSocket alike)::
+
+    identity = await identify(headers, cookies, couch, settings, cache=cache)
+    user_couch = couch.as_identity(identity.auth)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import Settings
+from gateway.couch import CouchServer
+from gateway.couch.auth import Auth, BearerAuth, ForwardedAuth, NoAuth, ProxyAuth
+from gateway.errors import AuthenticationRequired, CouchError, Unauthorized
+
+__all__ = ["Identity", "IdentityCache", "credentials_from", "identify"]
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-=.:+/]{1,4096}$")
+_BASIC = re.compile(r"^Basic [A-Za-z0-9+/=]{1,4096}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller.
+
+    Attributes:
+        name: The CouchDB user name (``None`` for an anonymous caller).
+        roles: Its CouchDB roles.
+        auth: Credentials acting as this caller upstream (``CouchServer.as_identity``).
+    """
+
+    name: str | None
+    roles: tuple[str, ...]
+    auth: Auth = field(repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether CouchDB considers the caller a server admin."""
+        return "_admin" in self.roles
+
+
+@dataclass
+class IdentityCache:
+    """A small TTL cache of verified identities.
+
+    Args:
+        clock: Returns the current time in seconds (e.g. ``reactor.seconds``).
+        ttl: Seconds an entry stays valid.
+        max_entries: Oldest entries are dropped beyond this size.
+    """
+
+    clock: Callable[[], float]
+    ttl: float = 5.0
+    max_entries: int = 1024
+    _entries: OrderedDict[str, tuple[float, Identity]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+
+    def get(self, key: str) -> Identity | None:
+        """A fresh cached identity, or ``None``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, identity: Identity) -> None:
+        """Remember an identity for ``ttl`` seconds."""
+        self._entries[key] = (self.clock() + self.ttl, identity)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def credentials_from(
+    headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
+) -> Auth | None:
+    """The upstream credentials a request presents (unverified), or ``None``.
+
+    Args:
+        headers: Request headers with lower-case names.
+        cookies: Request cookies.
+        settings: Gateway settings (``auth_mode``, ``cookie_name``).
+
+    Raises:
+        AuthenticationRequired: Malformed credentials.
+    """
+    authorization = headers.get("authorization", "").strip()
+    if authorization:
+        scheme = authorization.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            if not _BASIC.match(authorization):
+                raise AuthenticationRequired("malformed Basic credentials")
+            return ForwardedAuth({"Authorization": authorization})
+        if scheme == "bearer":
+            token = authorization[len("bearer"):].strip()
+            if not _TOKEN.match(token):
+                raise AuthenticationRequired("malformed bearer token")
+            if settings.auth_mode == "jwt":
+                return BearerAuth(token)
+            return ForwardedAuth({"Cookie": f"AuthSession={token}"})
+        raise AuthenticationRequired("unsupported Authorization scheme")
+    cookie = cookies.get(settings.cookie_name)
+    if cookie:
+        if not _TOKEN.match(cookie):
+            raise AuthenticationRequired("malformed session cookie")
+        return ForwardedAuth({"Cookie": f"AuthSession={cookie}"})
+    return None
+
+
+def _cache_key(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> str:
+    material = "\0".join(
+        (
+            settings.auth_mode,
+            headers.get("authorization", ""),
+            cookies.get(settings.cookie_name, ""),
+        )
+    )
+    return hashlib.sha256(material.encode("utf-8", "replace")).hexdigest()
+
+
+async def identify(
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    couch: CouchServer,
+    settings: Settings,
+    *,
+    cache: IdentityCache | None = None,
+) -> Identity:
+    """Authenticate a request (REST or WebSocket handshake) with CouchDB's help.
+
+    Args:
+        headers: Request headers, lower-case names.
+        cookies: Request cookies.
+        couch: The server (any identity: only its pool and URL are used).
+        settings: Gateway settings.
+        cache: A shared :class:`IdentityCache` (verification results for a few seconds).
+
+    Returns:
+        The verified identity; anonymous (``NoAuth``) when no credentials are presented
+        and ``settings.allow_anonymous`` is on.
+
+    Raises:
+        AuthenticationRequired: Missing (and anonymous not allowed), malformed, wrong,
+            forged or expired credentials.
+        CouchUnreachable: CouchDB could not be asked.
+    """
+    auth = credentials_from(headers, cookies, settings)
+    if auth is None:
+        if settings.allow_anonymous:
+            return Identity(None, (), NoAuth())
+        raise AuthenticationRequired("authentication required")
+    key = _cache_key(headers, cookies, settings)
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    try:
+        session: dict[str, Any] = await couch.as_identity(auth).session()
+    except Unauthorized:
+        raise AuthenticationRequired("invalid credentials") from None
+    except CouchError as exc:
+        if exc.status in (400, 403):
+            raise AuthenticationRequired("invalid credentials") from None
+        raise
+    context = session.get("userCtx") or {}
+    name = context.get("name")
+    if not isinstance(name, str) or not name:
+        raise AuthenticationRequired("invalid or expired credentials")
+    roles = tuple(r for r in context.get("roles", []) if isinstance(r, str))
+    upstream: Auth = auth
+    if settings.auth_mode == "proxy":
+        upstream = ProxyAuth(name, roles, secret=settings.proxy_secret)
+    identity = Identity(name, roles, upstream)
+    if cache is not None:
+        cache.put(key, identity)
+    return identity
