@@ -1,0 +1,785 @@
+"""The WebSocket endpoint of live changes (Autobahn on Twisted).
+
+:class:`ChangesServerFactory` builds :class:`ChangesServerProtocol` connections;
+:class:`ChangesService` owns the factory and its :class:`~gateway.ws.hub.FeedHub` and
+closes every socket with code 1001 (after a ``closing`` message with resume seqs) on
+shutdown. ``ChangesService.resource()`` is the Twisted Web resource to mount at
+``/api/v1/changes``; ``factory`` can also listen on its own port (as the tests do).
+
+Per connection: handshake authentication (the REST API's identities, checked by the
+same code) and Origin check; every client message validated against its schema; at most
+``ws_max_subscriptions`` subscriptions; messages beyond ``ws_max_message_bytes`` close
+the connection with 1009; a bounded send queue (``ws_queue_bytes``, coalescing to the
+newest change per document while the socket is backed up) whose overflow closes the
+connection with 4008 and the seqs to resume from; keep-alive pings; a periodic
+re-check (``ws_auth_recheck``) that ends subscriptions the user may no longer read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from gateway.config import Settings
+from gateway.couch.auth import Auth
+from gateway.couch.transport import CouchTransport
+from gateway.errors import (
+    AccessDenied,
+    AuthenticationRequired,
+    CouchError,
+    CouchUnreachable,
+    NotFound,
+    Unauthorized,
+)
+from gateway.ws.catchup import Join, fetch_changes, row_rev
+from gateway.ws.hub import FeedHub, PreparedChange, SharedFeed
+from gateway.ws.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    Ping,
+    ProtocolError,
+    Seq,
+    Subscribe,
+    Unsubscribe,
+    change_message,
+    closing_message,
+    encode,
+    error_message,
+    exception_message,
+    parse_client_message,
+    pong_message,
+    subscribed_message,
+    unsubscribed_message,
+)
+
+__all__ = [
+    "Authenticate",
+    "ChangesServerFactory",
+    "ChangesServerProtocol",
+    "ChangesService",
+    "WsIdentity",
+    "WsMetrics",
+    "origin_allowed",
+]
+
+log = logging.getLogger(__name__)
+
+#: Consecutive invalid messages after which a connection is closed with 1008.
+MAX_INVALID_STREAK = 20
+
+
+@dataclass(frozen=True)
+class WsIdentity:
+    """Who a connection acts as (the shape of ``gateway.identity.Identity``)."""
+
+    name: str | None
+    roles: tuple[str, ...]
+    auth: Auth = field(repr=False)
+
+
+#: Verifies a handshake's credentials: ``(headers with lower-case names, cookies)`` →
+#: an object with ``name``, ``roles`` and ``auth``; raises ``AuthenticationRequired``.
+Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Any]]
+
+
+@dataclass
+class WsMetrics:
+    """Counters of the WebSocket layer (exported by the metrics endpoint).
+
+    Attributes:
+        connections: Open connections.
+        connections_total: Connections accepted since start.
+        rejected_handshakes: Handshakes refused (credentials or origin).
+        subscriptions: Active subscriptions.
+        messages_sent: Messages written to sockets.
+        coalesced: Queued changes replaced by a newer change of the same document.
+        slow_closed: Connections closed for exceeding their queue budget.
+        invalid_messages: Client messages refused.
+        lag_sum: Sum of delivery lags (seconds from upstream receipt to socket write).
+        lag_count: Number of lag samples.
+        lag_max: Largest lag seen.
+    """
+
+    connections: int = 0
+    connections_total: int = 0
+    rejected_handshakes: int = 0
+    subscriptions: int = 0
+    messages_sent: int = 0
+    coalesced: int = 0
+    slow_closed: int = 0
+    invalid_messages: int = 0
+    lag_sum: float = 0.0
+    lag_count: int = 0
+    lag_max: float = 0.0
+
+    def observe_lag(self, seconds: float) -> None:
+        """Record one delivery lag."""
+        seconds = max(0.0, seconds)
+        self.lag_sum += seconds
+        self.lag_count += 1
+        self.lag_max = max(self.lag_max, seconds)
+
+    def snapshot(self, hub: FeedHub | None = None) -> dict[str, float | int]:
+        """All counters (plus the hub's upstream feeds) as a flat mapping."""
+        values: dict[str, float | int] = {
+            "ws_connections": self.connections,
+            "ws_connections_total": self.connections_total,
+            "ws_rejected_handshakes_total": self.rejected_handshakes,
+            "ws_subscriptions": self.subscriptions,
+            "ws_messages_sent_total": self.messages_sent,
+            "ws_coalesced_total": self.coalesced,
+            "ws_slow_clients_closed_total": self.slow_closed,
+            "ws_invalid_messages_total": self.invalid_messages,
+            "ws_delivery_lag_seconds_sum": self.lag_sum,
+            "ws_delivery_lag_seconds_count": self.lag_count,
+            "ws_delivery_lag_seconds_max": self.lag_max,
+        }
+        if hub is not None:
+            values["ws_upstream_feeds"] = len(hub.feeds)
+            values["ws_upstream_feeds_opened_total"] = hub.feeds_opened
+            values["ws_upstream_changes_total"] = hub.changes_received
+        return values
+
+    def prometheus(self, hub: FeedHub | None = None) -> str:
+        """The counters in Prometheus text format."""
+        lines = []
+        for name, value in self.snapshot(hub).items():
+            lines.append(f"wallaby_{name} {value}")
+        return "\n".join(lines) + "\n"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a handshake's ``Origin`` may connect.
+
+    No Origin (not a browser), the gateway's own origin (same host and port), ``*``
+    or an origin listed in ``cors_origins`` are allowed.
+    """
+    if not origin:
+        return True
+    if "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+        return True
+    if origin == "null" or host is None:
+        return False
+    return urlsplit(origin).netloc.lower() == host.strip().lower()
+
+
+def _cookies(header: str | None) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    if header:
+        try:
+            jar.load(header)
+        except Exception:
+            return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscription of one connection.
+
+    Attributes:
+        id: Client-chosen id.
+        request: The ``subscribe`` message.
+        feed: The shared feed, once attached.
+        join: Resume state while catching up (``None`` once live).
+        last_seq: Seq of the last change written to the socket.
+        active: False once ended.
+    """
+
+    id: str
+    request: Subscribe
+    feed: SharedFeed | None = None
+    join: Join | None = None
+    last_seq: Seq | None = None
+    active: bool = True
+
+    def ended(self) -> bool:
+        """Whether the subscription has ended (re-read after every await)."""
+        return not self.active
+
+
+@dataclass(eq=False)
+class _Item:
+    message: Any
+    size: int
+    sub: Subscription | None = None
+    seq: Seq | None = None
+    received: float | None = None
+
+
+class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unused-ignore]
+    """One client connection (see the module documentation)."""
+
+    factory: ChangesServerFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity: Any = None
+        self.user_transport: CouchTransport | None = None
+        self.subs: dict[str, Subscription] = {}
+        self.by_feed: dict[SharedFeed, Subscription] = {}
+        self._queue: OrderedDict[Hashable, _Item] = OrderedDict()
+        self._queued_bytes = 0
+        self._item_ids = 0
+        self._paused = False
+        self._open = False
+        self._ending = False
+        self._invalid_streak = 0
+        self._pending: set[Deferred[Any]] = set()
+        self._recheck: LoopingCall | None = None
+        self._recheck_running: Deferred[Any] | None = None
+        self._lost: Deferred[None] = Deferred()
+
+    # -- handshake ---------------------------------------------------------------
+
+    def onConnect(self, request: Any) -> Deferred[None]:  # type: ignore[override]  # noqa: N802
+        """Check the Origin and the credentials before accepting."""
+        return Deferred.fromCoroutine(self._handshake(request))
+
+    async def _handshake(self, request: Any) -> None:
+        factory = self.factory
+        headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
+        if not origin_allowed(headers.get("origin"), headers.get("host"),
+                              factory.settings.cors_origins):
+            factory.metrics.rejected_handshakes += 1
+            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+                403, "origin not allowed")
+        token = (request.params.get("token") or [None])[0]
+        if token and "authorization" not in headers:
+            headers["authorization"] = f"Bearer {token}"
+        try:
+            identity = await factory.authenticate(headers, _cookies(headers.get("cookie")))
+        except (AuthenticationRequired, Unauthorized, AccessDenied) as exc:
+            factory.metrics.rejected_handshakes += 1
+            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+                exc.status, exc.reason) from None
+        except CouchUnreachable as exc:
+            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+                503, exc.reason) from None
+        if getattr(identity, "name", None) is None and not factory.settings.allow_anonymous:
+            factory.metrics.rejected_handshakes += 1
+            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+                401, "authentication required")
+        self.identity = identity
+        self.user_transport = factory.hub.transport.with_auth(identity.auth)
+
+    def onOpen(self) -> None:  # noqa: N802 - Autobahn's name
+        """Start flow control, keep-alive and access re-checks."""
+        self._open = True
+        factory = self.factory
+        factory.connections.add(self)
+        factory.metrics.connections += 1
+        factory.metrics.connections_total += 1
+        self._register_producer()
+        interval = factory.settings.ws_auth_recheck
+        if interval > 0:
+            self._recheck = LoopingCall(
+                lambda: Deferred.fromCoroutine(self._recheck_access())
+            )
+            self._recheck.clock = factory.clock
+            self._recheck_running = self._recheck.start(interval, now=False)
+            self._recheck_running.addErrback(
+                lambda failure: log.error("access re-check: %s", failure.value)
+            )
+
+    def _register_producer(self) -> None:
+        transport: Any = self.transport
+        try:
+            transport.registerProducer(self, True)
+        except RuntimeError:
+            # Served through twisted.web: the HTTP channel was the producer.
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
+        if self.factory.socket_send_buffer:
+            import socket
+
+            handle = getattr(transport, "getHandle", lambda: None)()
+            if handle is not None:
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                  self.factory.socket_send_buffer)
+
+    # -- flow control (IPushProducer of the socket) --------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """The socket is backed up: queue instead of writing."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """The socket drained: write queued messages."""
+        self._paused = False
+        self._drain()
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """The connection is going away."""
+        self._paused = True
+
+    def _reply(self, message: Mapping[str, Any], sub: Subscription | None = None) -> None:
+        """Queue a per-connection message (serialised for this client only)."""
+        payload = encode(message)
+        self._enqueue(_Item(self.factory.prepareMessage(payload), len(payload), sub), None)
+
+    def _enqueue(self, item: _Item, coalesce: Hashable | None) -> None:
+        if not self._open or self._ending:
+            return
+        if not self._paused and not self._queue:
+            self._write(item)
+            return
+        if coalesce is not None:
+            previous = self._queue.pop(coalesce, None)
+            if previous is not None:
+                self._queued_bytes -= previous.size
+                self.factory.metrics.coalesced += 1
+            key = coalesce
+        else:
+            self._item_ids += 1
+            key = ("m", self._item_ids)
+        self._queue[key] = item
+        self._queued_bytes += item.size
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        joins = sum(s.join.buffer_bytes for s in self.subs.values() if s.join is not None)
+        if self._queued_bytes + joins > self.factory.settings.ws_queue_bytes:
+            self._close_slow()
+
+    def _drain(self) -> None:
+        while self._queue and not self._paused and self._open and not self._ending:
+            _key, item = self._queue.popitem(last=False)
+            self._queued_bytes -= item.size
+            self._write(item)
+
+    def _write(self, item: _Item) -> None:
+        self.sendPreparedMessage(item.message)
+        metrics = self.factory.metrics
+        metrics.messages_sent += 1
+        if item.sub is not None and item.seq is not None:
+            item.sub.last_seq = item.seq
+        if item.received is not None:
+            metrics.observe_lag(self.factory.clock.seconds() - item.received)
+
+    def _deliver(self, sub: Subscription, change: PreparedChange) -> None:
+        item = _Item(change.message, change.size, sub, change.seq, change.received)
+        self._enqueue(item, ("c", id(sub), change.doc_id))
+
+    def resume_seqs(self) -> dict[str, Seq | None]:
+        """The seq of the last change written per subscription."""
+        return {sub_id: sub.last_seq for sub_id, sub in self.subs.items()}
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the connection after a ``closing`` message with the resume seqs."""
+        if self._ending or not self._open:
+            return
+        resume = self.resume_seqs()
+        self._queue.clear()
+        self._queued_bytes = 0
+        for sub in self.subs.values():
+            if sub.join is not None:
+                sub.join.buffer, sub.join.buffer_bytes = [], 0
+        self.sendMessage(  # type: ignore[no-untyped-call,unused-ignore]
+            encode(closing_message(code, reason, resume))
+        )
+        self.factory.metrics.messages_sent += 1
+        self._ending = True
+        # sendClose() only accepts 1000 and 3000-4999; 1001/1008 are valid server codes.
+        self.sendCloseFrame(  # type: ignore[no-untyped-call,unused-ignore]
+            code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False
+        )
+
+    def _close_slow(self) -> None:
+        self.factory.metrics.slow_closed += 1
+        self.end(CLOSE_SLOW_CONSUMER, "slow consumer: send queue over budget")
+
+    # -- client messages -----------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        """Validate and dispatch one client message."""
+        if self._ending:
+            return
+        try:
+            if isBinary:
+                raise ProtocolError("bad_message", "binary messages are not supported")
+            message = parse_client_message(payload)
+        except ProtocolError as exc:
+            self.factory.metrics.invalid_messages += 1
+            self._invalid_streak += 1
+            self._reply(exc.message())
+            if self._invalid_streak >= MAX_INVALID_STREAK:
+                self.end(CLOSE_POLICY_VIOLATION, "too many invalid messages")
+            return
+        self._invalid_streak = 0
+        if isinstance(message, Ping):
+            self._reply(pong_message(message.data))
+        elif isinstance(message, Unsubscribe):
+            self._track(self._unsubscribe(message))
+        else:
+            self._track(self._subscribe(message))
+
+    def _track(self, coroutine: Any) -> None:
+        deferred: Deferred[Any] = Deferred.fromCoroutine(coroutine)
+        if deferred.called:
+            deferred.addErrback(self._log_failure)
+            return
+        self._pending.add(deferred)
+
+        def done(result: Any) -> Any:
+            self._pending.discard(deferred)
+            return result
+
+        deferred.addBoth(done)
+        deferred.addErrback(self._log_failure)
+
+    @staticmethod
+    def _log_failure(failure: Failure) -> None:
+        if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
+            log.error("websocket task failed: %s", failure.getTraceback())
+
+    async def _subscribe(self, request: Subscribe) -> None:
+        factory = self.factory
+        if request.id in self.subs:
+            self._reply(error_message("duplicate_id", "a subscription with this id exists",
+                                     sub_id=request.id, status=409))
+            return
+        if len(self.subs) >= factory.settings.ws_max_subscriptions:
+            self._reply(error_message(
+                "too_many_subscriptions",
+                f"at most {factory.settings.ws_max_subscriptions} subscriptions per connection",
+                sub_id=request.id, status=429))
+            return
+        for other in self.subs.values():
+            if other.request.db == request.db and other.request.params == request.params:
+                self._reply(error_message(
+                    "duplicate_subscription",
+                    f"subscription {other.id!r} already follows this database with these options",
+                    sub_id=request.id, status=409))
+                return
+        sub = Subscription(request.id, request)
+        self.subs[request.id] = sub
+        factory.metrics.subscriptions += 1
+        try:
+            await self._authorize(request)
+            if not sub.active:
+                return
+            if request.catch_up:
+                sub.join = Join()
+            feed = factory.hub.acquire(request.db, request.params, self)
+            sub.feed = feed
+            self.by_feed[feed] = sub
+            await factory.hub.ready(feed)
+            if sub.ended():
+                return
+            self._reply(subscribed_message(sub.id, request.db, feed.id, request.since), sub)
+            if sub.join is not None:
+                await self._catch_up(sub, feed)
+        except CancelledError:
+            raise
+        except Exception as exc:
+            if sub.active:
+                self._reply(exception_message(exc, sub.id), sub)
+                await self._drop(sub)
+
+    async def _authorize(self, request: Subscribe) -> None:
+        """Check, as the user, that the database (and its filter/view) may be read."""
+        transport = self.user_transport
+        assert transport is not None
+        await transport.request("GET", [request.db])
+        design = request.params.design_doc
+        if design is not None:
+            ddoc, name, kind = design
+            doc = await transport.request("GET", [request.db, "_design", ddoc])
+            members = doc.get(kind) if isinstance(doc, dict) else None
+            if not isinstance(members, dict) or name not in members:
+                singular = "filter" if kind == "filters" else "view"
+                raise NotFound(f"no {singular} {name!r} in _design/{ddoc}", error="not_found")
+
+    async def _catch_up(self, sub: Subscription, feed: SharedFeed) -> None:
+        transport = self.user_transport
+        join = sub.join
+        assert transport is not None and join is not None
+        since = sub.request.since
+        assert since is not None
+        more = True
+        while more:
+            rows, since, more = await fetch_changes(
+                transport, sub.request.db, sub.request.params, since
+            )
+            if not sub.active or self._ending:
+                return
+            for row in rows:
+                if "id" not in row or "seq" not in row:
+                    continue
+                rev = row_rev(row)
+                join.record(row["id"], rev)
+                payload = encode(change_message(feed.id, row))
+                item = _Item(self.factory.prepareMessage(payload), len(payload), sub, row["seq"])
+                self._enqueue(item, ("c", id(sub), row["id"]))
+                if sub.ended() or self._ending:
+                    return
+        sub.join = None
+        for change in join.merge():
+            self._deliver(sub, change)
+
+    async def _unsubscribe(self, request: Unsubscribe) -> None:
+        sub = self.subs.get(request.id)
+        if sub is None:
+            self._reply(error_message("not_subscribed", "no subscription with this id",
+                                     sub_id=request.id, status=404))
+            return
+        self._reply(unsubscribed_message(sub.id))
+        await self._drop(sub)
+
+    async def _drop(self, sub: Subscription) -> None:
+        if not sub.active:
+            return
+        sub.active = False
+        sub.join = None
+        if self.subs.get(sub.id) is sub:
+            del self.subs[sub.id]
+            self.factory.metrics.subscriptions -= 1
+        feed = sub.feed
+        if feed is not None:
+            if self.by_feed.get(feed) is sub:
+                del self.by_feed[feed]
+            await self.factory.hub.release(feed, self)
+
+    # -- shared feed deliveries (ChangeSink) -----------------------------------------
+
+    def feed_changes(self, feed: SharedFeed, changes: Sequence[PreparedChange]) -> None:
+        """Send (or buffer, while catching up) changes of a shared feed."""
+        sub = self.by_feed.get(feed)
+        if sub is None or not sub.active or self._ending:
+            return
+        if sub.join is not None:
+            for change in changes:
+                sub.join.buffer_live(change)
+            self._check_budget()
+            return
+        for change in changes:
+            self._deliver(sub, change)
+
+    def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:
+        """Tell the client its feed was interrupted or resumed."""
+        sub = self.by_feed.get(feed)
+        if sub is None or not sub.active:
+            return
+        self._enqueue(_Item(message, size), None)
+
+    def feed_failed(self, feed: SharedFeed, exc: BaseException) -> None:
+        """End the subscription of a feed that cannot continue."""
+        sub = self.by_feed.get(feed)
+        if sub is None or not sub.active:
+            return
+        self._reply(exception_message(exc, sub.id))
+        self._track(self._drop(sub))
+
+    # -- access re-check -------------------------------------------------------------
+
+    async def _recheck_access(self) -> None:
+        transport = self.user_transport
+        if transport is None or self._ending:
+            return
+        for db in sorted({sub.request.db for sub in self.subs.values()}):
+            try:
+                await transport.request("GET", [db])
+            except CouchError as exc:
+                if isinstance(exc, CouchUnreachable) or exc.status not in (401, 403, 404):
+                    continue
+                for sub in [s for s in self.subs.values() if s.request.db == db]:
+                    self._reply(error_message(
+                        "access_revoked", f"you may no longer read {db!r}: {exc.reason}",
+                        sub_id=sub.id, status=exc.status), sub)
+                    await self._drop(sub)
+
+    # -- teardown --------------------------------------------------------------------
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
+        """Forget the connection: stop tasks, release its feeds."""
+        was_open, self._open = self._open, False
+        self._ending = True
+        if self._recheck is not None and self._recheck.running:
+            self._recheck.stop()
+        self._recheck = None
+        for deferred in list(self._pending):
+            deferred.cancel()
+        self._queue.clear()
+        self._queued_bytes = 0
+        factory = self.factory
+        if was_open:
+            factory.connections.discard(self)
+            factory.metrics.connections -= 1
+        subs = list(self.subs.values())
+        factory.track(Deferred.fromCoroutine(self._release_all(subs)))
+        if not self._lost.called:
+            self._lost.callback(None)
+
+    async def _release_all(self, subs: list[Subscription]) -> None:
+        for sub in subs:
+            await self._drop(sub)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is closed."""
+        waiter: Deferred[None] = Deferred()
+        if self._lost.called:
+            waiter.callback(None)
+        else:
+            def fire(result: object) -> object:
+                waiter.callback(None)
+                return result
+
+            self._lost.addBoth(fire)
+        return waiter
+
+
+class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-ignore]
+    """Builds connections sharing one hub, settings and metrics.
+
+    Args:
+        hub: The feed hub.
+        settings: Gateway settings (``ws_*``, ``cors_origins``).
+        authenticate: Verifies handshake credentials (see :data:`Authenticate`).
+        clock: The reactor's clock (keep-alive, re-checks, lag).
+        url: The public ``ws://`` URL (only used in Autobahn's handshake checks).
+        socket_send_buffer: ``SO_SNDBUF`` for accepted sockets (``None``: the OS default);
+            bounds the kernel memory a client that does not read can pin.
+    """
+
+    protocol = ChangesServerProtocol  # type: ignore[assignment,unused-ignore]
+
+    def __init__(
+        self,
+        hub: FeedHub,
+        settings: Settings,
+        authenticate: Authenticate,
+        clock: IReactorTime,
+        *,
+        url: str | None = None,
+        socket_send_buffer: int | None = None,
+        metrics: WsMetrics | None = None,
+    ) -> None:
+        super().__init__(url, reactor=clock)  # type: ignore[no-untyped-call,unused-ignore]
+        self.hub = hub
+        self.settings = settings
+        self.authenticate = authenticate
+        self.clock = clock
+        self.socket_send_buffer = socket_send_buffer
+        self.metrics = metrics or WsMetrics()
+        self.connections: set[ChangesServerProtocol] = set()
+        self._tasks: set[Deferred[Any]] = set()
+        self.setProtocolOptions(  # type: ignore[no-untyped-call,unused-ignore]
+            maxMessagePayloadSize=settings.ws_max_message_bytes,
+            maxFramePayloadSize=settings.ws_max_message_bytes,
+            autoPingInterval=settings.ws_ping_interval or 0,
+            autoPingTimeout=max(1.0, min(settings.ws_ping_interval or 10.0, 30.0)),
+            closeHandshakeTimeout=2,
+            openHandshakeTimeout=30,
+        )
+
+    def track(self, deferred: Deferred[Any]) -> None:
+        """Keep a background task until it ends (awaited at shutdown)."""
+        if deferred.called:
+            deferred.addErrback(ChangesServerProtocol._log_failure)
+            return
+        self._tasks.add(deferred)
+
+        def done(result: Any) -> Any:
+            self._tasks.discard(deferred)
+            return result
+
+        deferred.addBoth(done)
+        deferred.addErrback(ChangesServerProtocol._log_failure)
+
+    async def drain_tasks(self) -> None:
+        """Wait for background tasks (feed releases) to finish."""
+        while self._tasks:
+            await DeferredList(list(self._tasks), consumeErrors=True)
+
+
+class ChangesService(Service):
+    """The live-changes endpoint as a service: hub + factory + graceful shutdown.
+
+    Args:
+        service_transport: The gateway's own CouchDB identity (reads shared feeds).
+        settings: Gateway settings.
+        authenticate: Verifies handshake credentials.
+        clock: The reactor.
+        feed_factory: Optional override of the upstream feed implementation.
+        socket_send_buffer: See :class:`ChangesServerFactory`.
+    """
+
+    def __init__(
+        self,
+        service_transport: CouchTransport,
+        settings: Settings,
+        authenticate: Authenticate,
+        clock: IReactorTime,
+        *,
+        feed_factory: Any = None,
+        socket_send_buffer: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.hub = FeedHub(service_transport, self._prepare, clock,
+                           feed_factory=feed_factory, heartbeat_ms=settings.feed_heartbeat_ms)
+        self.factory = ChangesServerFactory(
+            self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer
+        )
+        self.clock = clock
+
+    def _prepare(self, payload: bytes) -> Any:
+        return self.factory.prepareMessage(payload)
+
+    @property
+    def metrics(self) -> WsMetrics:
+        """The WebSocket counters."""
+        return self.factory.metrics
+
+    def metrics_snapshot(self) -> dict[str, float | int]:
+        """Counters including the number of upstream feeds."""
+        return self.metrics.snapshot(self.hub)
+
+    def resource(self) -> WebSocketResource:
+        """The Twisted Web resource to mount at ``/api/v1/changes``."""
+        return WebSocketResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Start the hub."""
+        super().startService()  # type: ignore[no-untyped-call,unused-ignore]
+        self.hub.startService()  # type: ignore[no-untyped-call,unused-ignore]
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Close every socket with 1001 and resume seqs, then every upstream feed."""
+        super().stopService()  # type: ignore[no-untyped-call,unused-ignore]
+        return Deferred.fromCoroutine(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        connections = list(self.factory.connections)
+        closed = [c.when_closed() for c in connections]
+        for connection in connections:
+            connection.end(CLOSE_GOING_AWAY, "server shutting down")
+        if closed:
+            waiting = DeferredList(closed, consumeErrors=True)
+            timer = self.clock.callLater(max(1.0, self.settings.shutdown_grace), waiting.cancel)
+            try:
+                await waiting
+            except CancelledError:
+                for connection in connections:
+                    connection.dropConnection(abort=True)
+            finally:
+                if timer.active():
+                    timer.cancel()
+        await self.factory.drain_tasks()
+        await self.hub.stopService()
+

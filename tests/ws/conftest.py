@@ -1,0 +1,243 @@
+"""Harness of the live-changes tests: a real Autobahn server on loopback, wired to the hub.
+
+Every message a client receives is validated against its JSON Schema in
+``api_schema/ws`` (a failure is raised when the test awaits the next message).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+
+from gateway.config import Settings
+from gateway.couch import CouchServer
+from gateway.couch.auth import ForwardedAuth
+from gateway.errors import AuthenticationRequired
+from gateway.ws.protocol import SERVER_TYPES, validator
+from gateway.ws.server import ChangesService, WsIdentity
+
+DEFAULT_TIMEOUT = 15.0
+
+
+def validate_server_message(message: Any) -> None:
+    """Assert a server message matches its schema."""
+    assert isinstance(message, dict), message
+    kind = message.get("type")
+    assert kind in SERVER_TYPES, message
+    errors = list(validator(kind).iter_errors(message))
+    assert not errors, f"{kind} violates its schema: {errors[0].message} in {message}"
+
+
+def session_authenticator(admin: CouchServer, cookie_name: str = "wallaby_session") -> Callable[..., Awaitable[Any]]:
+    """The handshake check of the tests: a session token (bearer, ?token= or cookie)."""
+
+    async def authenticate(headers: Mapping[str, str], cookies: Mapping[str, str]) -> WsIdentity:
+        token = None
+        authorization = headers.get("authorization", "")
+        if authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        token = token or cookies.get(cookie_name)
+        if not token:
+            raise AuthenticationRequired("no credentials")
+        auth = ForwardedAuth({"Cookie": f"AuthSession={token}"})
+        session = await admin.as_identity(auth).session()
+        ctx = session.get("userCtx", {})
+        if not ctx.get("name"):
+            raise AuthenticationRequired("invalid session")
+        return WsIdentity(ctx["name"], tuple(ctx.get("roles", [])), auth)
+
+    return authenticate
+
+
+class ClientProtocol(WebSocketClientProtocol):
+    """A test client: collects (validated) messages, lets the test await them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
+        self.errors: list[str] = []
+        self._waiters: list[tuple[Callable[[dict[str, Any]], bool], Deferred[dict[str, Any]]]] = []
+        self.opened: Deferred[None] = Deferred()
+        self.closed: Deferred[tuple[bool, int | None, str | None]] = Deferred()
+        self.cursor = 0
+
+    def onOpen(self) -> None:
+        self.factory.client = self
+        if not self.opened.called:
+            self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N803
+        self.raw.append(payload)
+        try:
+            message = json.loads(payload)
+            validate_server_message(message)
+        except Exception as exc:  # surfaced in the test
+            self.errors.append(f"{exc}: {payload[:300]!r}")
+            return
+        self.messages.append(message)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N803
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback((wasClean, code, reason))
+
+    def send(self, message: Any) -> None:
+        payload = message if isinstance(message, bytes) else json.dumps(message).encode()
+        self.sendMessage(payload)
+
+
+@dataclass
+class Client:
+    """Test-side handle of one connection."""
+
+    protocol: ClientProtocol
+    reactor: Any
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.protocol.messages
+
+    def send(self, message: Any) -> None:
+        self.protocol.send(message)
+
+    def check(self) -> None:
+        assert not self.protocol.errors, self.protocol.errors
+
+    async def next(self, kind: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                   where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next unconsumed message (of a type / matching a predicate), in order."""
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            self.check()
+            while self.protocol.cursor < len(self.protocol.messages):
+                message = self.protocol.messages[self.protocol.cursor]
+                self.protocol.cursor += 1
+                if (kind is None or message["type"] == kind) and (where is None or where(message)):
+                    return message
+            if self.reactor.seconds() > deadline:
+                raise DeferredTimeout(f"no {kind or 'message'} within {timeout} s; got {self.messages[-5:]}")
+            if self.protocol.closed.called:
+                raise ConnectionError(f"closed while waiting for {kind}: {self.protocol.closed.result}")
+            await sleep(self.reactor, 0.01)
+
+    async def collect_changes(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+        changes = []
+        while len(changes) < count:
+            changes.append(await self.next("change", timeout=timeout))
+        return changes
+
+    async def subscribe(self, sub_id: str, db: str, **options: Any) -> dict[str, Any]:
+        self.send({"type": "subscribe", "id": sub_id, "db": db, **options})
+        message = await self.next(where=lambda m: m.get("id") == sub_id and m["type"] in ("subscribed", "error"))
+        return message
+
+    async def close(self) -> None:
+        if not self.protocol.closed.called:
+            self.protocol.sendClose(1000)
+            await self.protocol.closed
+
+
+def sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    deferred: Deferred[None] = Deferred()
+    reactor.callLater(seconds, deferred.callback, None)
+    return deferred
+
+
+@dataclass
+class WsServer:
+    """A running live-changes endpoint."""
+
+    service: ChangesService
+    port: Any
+    reactor: Any
+    admin: CouchServer
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port.getHost().port}/api/v1/changes"
+
+    async def connect(self, token: str | None = None, *, headers: dict[str, str] | None = None,
+                      query: bool = False, protocol: type[ClientProtocol] = ClientProtocol) -> Client:
+        url = self.url + (f"?token={token}" if token and query else "")
+        all_headers = dict(headers or {})
+        if token and not query:
+            all_headers["Authorization"] = f"Bearer {token}"
+        factory = WebSocketClientFactory(url, headers=all_headers, reactor=self.reactor)
+        factory.protocol = protocol
+        built: list[ClientProtocol] = []
+        original = factory.buildProtocol
+
+        def build(addr: Any) -> Any:
+            proto = original(addr)
+            built.append(proto)
+            return proto
+
+        factory.buildProtocol = build
+        factory.setProtocolOptions(autoPingInterval=0)
+        self.reactor.connectTCP("127.0.0.1", self.port.getHost().port, factory, timeout=10)
+        while not built:
+            await sleep(self.reactor, 0.005)
+        await built[0].opened
+        client = Client(built[0], self.reactor)
+        self.clients.append(client)
+        return client
+
+    async def login(self, user: Any) -> str:
+        return await self.admin.login(user.name, user.password)
+
+    def feeds(self) -> int:
+        return len(self.service.hub.feeds)
+
+
+def ws_settings(**overrides: Any) -> Settings:
+    base = dict(ws_ping_interval=0.0, ws_auth_recheck=0.0, feed_heartbeat_ms=1000, shutdown_grace=3.0)
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+async def start_server(reactor: Any, admin: CouchServer, settings: Settings, **kwargs: Any) -> WsServer:
+    service = ChangesService(admin.transport, settings, session_authenticator(admin), reactor, **kwargs)
+    service.startService()
+    port = reactor.listenTCP(0, service.factory, interface="127.0.0.1")
+    return WsServer(service, port, reactor, admin)
+
+
+async def stop_server(server: WsServer) -> None:
+    for client in server.clients:
+        if not client.protocol.closed.called:
+            client.protocol.dropConnection(abort=True)
+    if server.service.running:
+        await server.service.stopService()
+    if server.port.connected:
+        await server.port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def make_server(reactor: Any, admin: CouchServer) -> AsyncIterator[Callable[..., Awaitable[WsServer]]]:
+    """A factory of live-changes servers (stopped after the test)."""
+    servers: list[WsServer] = []
+
+    async def make(settings: Settings | None = None, **kwargs: Any) -> WsServer:
+        server = await start_server(reactor, admin, settings or ws_settings(), **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await stop_server(server)
+
+
+@pytest_twisted.async_yield_fixture
+async def ws_server(make_server: Callable[..., Awaitable[WsServer]]) -> AsyncIterator[WsServer]:
+    """One live-changes server with test-friendly settings."""
+    yield await make_server()

@@ -1,0 +1,109 @@
+"""Subscribing, fan-out from one upstream feed, unsubscribe and feed lifetime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.couch import Database
+from tests.ws.conftest import WsServer, sleep
+
+
+async def test_subscribe_receives_live_changes(ws_server: WsServer, db: Database, make_user: Any) -> None:
+    user = await make_user()
+    client = await ws_server.connect(await ws_server.login(user))
+    answer = await client.subscribe("s1", db.name)
+    assert answer["type"] == "subscribed", answer
+    assert answer["db"] == db.name
+    await db.save({"_id": "a", "n": 1})
+    change = await client.next("change")
+    assert change["id"] == "a" and change["feed"] == answer["feed"]
+    assert change["changes"][0]["rev"].startswith("1-") and change["deleted"] is False
+    assert "doc" not in change
+    await client.close()
+
+
+async def test_many_subscribers_share_exactly_one_upstream_feed(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any
+) -> None:
+    user = await make_user()
+    token = await ws_server.login(user)
+    clients = [await ws_server.connect(token) for _ in range(25)]
+    feeds = set()
+    for i, client in enumerate(clients):
+        answer = await client.subscribe(f"sub{i}", db.name, include_docs=True)
+        assert answer["type"] == "subscribed", answer
+        feeds.add(answer["feed"])
+    assert len(feeds) == 1
+    assert ws_server.feeds() == 1
+    hub = ws_server.service.hub
+    received_before = hub.changes_received
+    await db.bulk_save([{"_id": f"d{i}", "n": i} for i in range(10)])
+    for client in clients:
+        changes = await client.collect_changes(10)
+        assert [c["id"] for c in changes] == [f"d{i}" for i in range(10)]
+        assert all(c["doc"]["n"] == int(c["id"][1:]) for c in changes)
+    # each change came from upstream once, however many clients got it
+    assert hub.changes_received - received_before == 10
+    assert ws_server.feeds() == 1
+    metrics = ws_server.service.metrics_snapshot()
+    assert metrics["ws_connections"] == 25 and metrics["ws_subscriptions"] == 25
+    assert metrics["ws_upstream_feeds"] == 1
+    for client in clients:
+        await client.close()
+    for _ in range(200):
+        if ws_server.feeds() == 0:
+            break
+        await sleep(reactor, 0.01)
+    assert ws_server.feeds() == 0
+    assert ws_server.service.metrics_snapshot()["ws_subscriptions"] == 0
+
+
+async def test_prepared_once_per_change(ws_server: WsServer, db: Database, make_user: Any,
+                                        monkeypatch: Any) -> None:
+    user = await make_user()
+    token = await ws_server.login(user)
+    clients = [await ws_server.connect(token) for _ in range(5)]
+    for i, client in enumerate(clients):
+        await client.subscribe(f"s{i}", db.name)
+    factory = ws_server.service.factory
+    prepared: list[bytes] = []
+    original = factory.prepareMessage
+
+    def counting(payload: bytes, *args: Any, **kwargs: Any) -> Any:
+        prepared.append(payload)
+        return original(payload, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "prepareMessage", counting)
+    await db.save({"_id": "once"})
+    for client in clients:
+        await client.next("change")
+    assert len([p for p in prepared if b'"once"' in p]) == 1
+
+
+async def test_distinct_options_get_distinct_feeds_and_unsubscribe_closes(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any
+) -> None:
+    user = await make_user()
+    client = await ws_server.connect(await ws_server.login(user))
+    a = await client.subscribe("a", db.name)
+    b = await client.subscribe("b", db.name, include_docs=True)
+    assert a["feed"] != b["feed"] and ws_server.feeds() == 2
+    dup = await client.subscribe("c", db.name)
+    assert dup["type"] == "error" and dup["error"] == "duplicate_subscription"
+    again = await client.subscribe("a", db.name, include_docs=True)
+    assert again["type"] == "error" and again["error"] == "duplicate_id"
+    client.send({"type": "unsubscribe", "id": "b"})
+    assert (await client.next("unsubscribed"))["id"] == "b"
+    for _ in range(200):
+        if ws_server.feeds() == 1:
+            break
+        await sleep(reactor, 0.01)
+    assert ws_server.feeds() == 1
+    await db.save({"_id": "x"})
+    change = await client.next("change")
+    assert change["feed"] == a["feed"]
+    client.send({"type": "unsubscribe", "id": "nope"})
+    err = await client.next("error")
+    assert err["error"] == "not_subscribed" and err["id"] == "nope"
+    client.send({"type": "ping", "data": "hi"})
+    assert (await client.next("pong"))["data"] == "hi"
