@@ -1,0 +1,57 @@
+"""Operations routes, the contract endpoints, request ids and unknown routes."""
+
+from __future__ import annotations
+
+from tests.rest.conftest import RunningGateway
+
+
+async def test_health_ready_and_request_id(gateway: RunningGateway) -> None:
+    reply = await gateway.client.get("/health")
+    assert reply.status == 200 and reply.json == {"ok": True}
+    ready = await gateway.client.get("/ready")
+    assert ready.status == 200
+    echoed = await gateway.client.get("/health", headers={"X-Request-Id": "abc-123"})
+    assert echoed.header("X-Request-Id") == "abc-123"
+    bogus = await gateway.client.get("/health", headers={"X-Request-Id": "bad id\twith space"})
+    assert bogus.header("X-Request-Id") not in (None, "bad id\twith space")
+
+
+async def test_metrics_count_requests_by_route_and_status(gateway: RunningGateway) -> None:
+    await gateway.client.get("/health")
+    await gateway.client.get("/api/v1/db/nosuchdb")  # 401: anonymous
+    reply = await gateway.client.get("/metrics")
+    assert reply.status == 200
+    assert reply.header("Content-Type").startswith("text/plain")
+    text = reply.body.decode()
+    assert 'wallaby_http_requests_total{route="getHealth",method="GET",status="200"}' in text
+    assert 'route="getDatabase",method="GET",status="401"' in text
+    assert "wallaby_http_request_duration_seconds_bucket" in text
+    assert 'wallaby_errors_total{route="getDatabase",error="unauthorized"} 1' in text
+    assert "wallaby_upstream_duration_seconds" in text
+
+
+async def test_openapi_and_docs_page(gateway: RunningGateway) -> None:
+    spec = await gateway.client.get("/openapi.json")
+    assert spec.status == 200 and spec.json["openapi"].startswith("3.1")
+    assert "/api/v1/db/{db}/docs/{docid}" in spec.json["paths"]
+    docs = await gateway.client.get("/docs")
+    assert docs.status == 200 and b"/openapi.json" in docs.body
+    assert b"<script src=" not in docs.body  # self-contained, no CDN
+
+
+async def test_unknown_routes_and_methods_get_the_envelope(gateway: RunningGateway) -> None:
+    for path in ("/nope", "/api/v1/nope", "/api/v2/db/x"):
+        reply = await gateway.client.get(path)
+        assert reply.status == 404 and reply.json["error"] == "not_found"
+    reply = await gateway.client.request("PATCH", "/api/v1/db/x")
+    assert reply.status in (404, 405)
+    assert reply.json["status"] == reply.status
+
+
+async def test_index_without_demo_page_is_a_clean_404_or_the_page(
+    gateway: RunningGateway,
+) -> None:
+    reply = await gateway.client.get("/")
+    assert reply.status in (200, 404)
+    if reply.status == 200:
+        assert reply.header("Content-Type").startswith("text/html")
