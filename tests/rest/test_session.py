@@ -1,0 +1,115 @@
+"""Session routes and authentication: cookie, bearer token, Basic, anonymous, forgeries."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+
+from tests.conftest import CouchBackend, TestUser
+from tests.rest.conftest import RunningGateway, StartGateway, basic
+
+MakeUser = Callable[..., Awaitable[TestUser]]
+
+
+async def test_login_sets_a_safe_cookie_and_returns_a_token(
+    gateway: RunningGateway, make_user: MakeUser
+) -> None:
+    user = await make_user(["reader"])
+    reply = await gateway.client.post(
+        "/api/v1/session", json_body={"name": user.name, "password": user.password}
+    )
+    assert reply.status == 200
+    assert reply.json["name"] == user.name and "reader" in reply.json["roles"]
+    token = reply.json["token"]
+    (cookie,) = reply.headers_all("Set-Cookie")
+    assert cookie.startswith(f"wallaby_session={token};")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert user.password not in cookie
+
+    by_cookie = await gateway.client.get(
+        "/api/v1/session", headers={"Cookie": f"wallaby_session={token}"}
+    )
+    assert by_cookie.status == 200 and by_cookie.json["name"] == user.name
+    by_bearer = await gateway.client.get(
+        "/api/v1/session", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert by_bearer.status == 200 and by_bearer.json["name"] == user.name
+    by_basic = await gateway.client.get("/api/v1/session", headers=basic(user.name, user.password))
+    assert by_basic.json == {"name": user.name, "roles": ["reader"]}
+
+    out = await gateway.client.delete("/api/v1/session")
+    assert out.status == 200
+    assert "Max-Age=0" in out.headers_all("Set-Cookie")[0]
+
+
+async def test_wrong_password_fails(gateway: RunningGateway, make_user: MakeUser) -> None:
+    user = await make_user()
+    reply = await gateway.client.post(
+        "/api/v1/session", json_body={"name": user.name, "password": "wrong"}
+    )
+    assert reply.status == 401 and reply.json["error"] == "unauthorized"
+    assert not reply.headers_all("Set-Cookie")
+    basic_reply = await gateway.client.get("/api/v1/session", headers=basic(user.name, "wrong"))
+    assert basic_reply.status == 401
+
+
+async def test_forged_and_expired_tokens_are_rejected(
+    gateway: RunningGateway, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    login = await gateway.client.post(
+        "/api/v1/session", json_body={"name": user.name, "password": user.password}
+    )
+    token = login.json["token"]
+    # Same user and timestamp, signature of another secret: CouchDB rejects the HMAC.
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    name, stamp, _mac = raw.split(b":", 2)
+    forged = base64.urlsafe_b64encode(name + b":" + stamp + b":" + b"\x00" * 20).decode()
+    # A token minted long ago (timestamp 1) is expired whatever its signature.
+    expired = base64.urlsafe_b64encode(name + b":1:" + b"\x01" * 20).decode().rstrip("=")
+    for bad in (forged.rstrip("="), expired, "not-a-token", "admin"):
+        for headers in ({"Authorization": f"Bearer {bad}"}, {"Cookie": f"wallaby_session={bad}"}):
+            reply = await gateway.client.get("/api/v1/session", headers=headers)
+            assert reply.status == 401, (bad, headers, reply.body)
+    malformed = await gateway.client.get(
+        "/api/v1/session", headers={"Authorization": "Bearer a;b\x7f"}
+    )
+    assert malformed.status == 401
+    other_scheme = await gateway.client.get(
+        "/api/v1/session", headers={"Authorization": "Digest abc"}
+    )
+    assert other_scheme.status == 401
+
+
+async def test_anonymous_requests_get_401(gateway: RunningGateway) -> None:
+    for method, path in (("GET", "/api/v1/session"), ("GET", "/api/v1/db/somedb"),
+                         ("GET", "/api/v1/db/somedb/docs/x"), ("POST", "/api/v1/db/somedb/find")):
+        reply = await gateway.client.request(method, path, json_body={"selector": {}}
+                                             if method == "POST" else None)
+        assert reply.status == 401, (method, path)
+        assert reply.json == {"error": "unauthorized", "reason": "authentication required",
+                              "status": 401}
+
+
+async def test_anonymous_allowed_when_configured(
+    start_gateway: StartGateway, couch_backend: CouchBackend
+) -> None:
+    gateway = await start_gateway(allow_anonymous=True)
+    reply = await gateway.client.get("/api/v1/session")
+    assert reply.status == 200 and reply.json == {"name": None, "roles": []}
+
+
+async def test_login_body_is_validated(gateway: RunningGateway) -> None:
+    for body in ({}, {"name": "x"}, {"name": "x", "password": "y", "extra": 1},
+                 {"name": 3, "password": "y"}):
+        reply = await gateway.client.post("/api/v1/session", json_body=body)
+        assert reply.status == 400, body
+        assert reply.json["reason"].startswith("request body")
+    not_json = await gateway.client.post(
+        "/api/v1/session", data=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status == 400
+    wrong_type = await gateway.client.post(
+        "/api/v1/session", data=b"name=x", headers={"Content-Type": "text/plain"}
+    )
+    assert wrong_type.status == 415
