@@ -685,6 +685,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             autoPingInterval=settings.ws_ping_interval or 0,
             autoPingTimeout=max(1.0, min(settings.ws_ping_interval or 10.0, 30.0)),
             closeHandshakeTimeout=2,
+            failByDrop=False,
             openHandshakeTimeout=30,
         )
 

@@ -1,0 +1,58 @@
+"""Wiring the live-changes endpoint into the REST gateway.
+
+Usage (in ``python -m gateway run``)::
+
+    changes = install_changes(app, couch, settings, reactor)
+    reactor.callWhenRunning(changes.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", changes.stopService)
+
+The handshake authenticates with :func:`gateway.identity.identify` — the REST API's
+code and identity cache — so a session cookie, a bearer token or ``?token=`` work the
+same way on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.config import Settings
+from gateway.couch import CouchServer
+from gateway.identity import Identity, IdentityCache, identify
+from gateway.ws.server import Authenticate, ChangesService
+
+__all__ = ["CHANGES_PATH", "identity_authenticator", "install_changes"]
+
+CHANGES_PATH = b"/api/v1/changes"
+
+
+def identity_authenticator(
+    couch: CouchServer, settings: Settings, cache: IdentityCache | None = None
+) -> Authenticate:
+    """The handshake check: :func:`gateway.identity.identify` with the REST API's cache."""
+
+    async def authenticate(headers: Mapping[str, str], cookies: Mapping[str, str]) -> Identity:
+        return await identify(headers, cookies, couch, settings, cache=cache)
+
+    return authenticate
+
+
+def install_changes(
+    app: Any, couch: CouchServer, settings: Settings, reactor: Any
+) -> ChangesService:
+    """Build the live-changes service and mount it on a ``GatewayApp`` at ``/api/v1/changes``.
+
+    Args:
+        app: The REST application (``gateway.http.app.GatewayApp``): its ``mount`` and
+            ``identities`` cache are used.
+        couch: The server as the gateway's service identity (reads the shared feeds).
+        settings: Gateway settings.
+        reactor: The reactor.
+
+    Returns:
+        The service (start it, and stop it before the HTTP service on shutdown).
+    """
+    authenticate = identity_authenticator(couch, settings, getattr(app, "identities", None))
+    service = ChangesService(couch.transport, settings, authenticate, reactor)
+    app.mount(CHANGES_PATH, service.resource())
+    return service

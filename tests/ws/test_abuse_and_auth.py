@@ -1,0 +1,139 @@
+"""Authentication, authorisation, origins, malformed/oversize messages, limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.couch import Database
+from gateway.ws.protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
+from tests.ws.conftest import WsServer, sleep, ws_settings
+
+
+async def test_handshake_requires_valid_credentials(ws_server: WsServer) -> None:
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await ws_server.connect()
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await ws_server.connect("forged-token")
+    assert ws_server.service.metrics.rejected_handshakes == 2
+
+
+async def test_token_in_query_and_cookie(ws_server: WsServer, make_user: Any, db: Database) -> None:
+    token = await ws_server.login(await make_user())
+    by_query = await ws_server.connect(token, query=True)
+    assert (await by_query.subscribe("s", db.name))["type"] == "subscribed"
+    by_cookie = await ws_server.connect(headers={"Cookie": f"wallaby_session={token}"})
+    assert (await by_cookie.subscribe("s", db.name))["type"] == "subscribed"
+
+
+async def test_origin_is_checked(make_server: Any, make_user: Any) -> None:
+    server: WsServer = await make_server(ws_settings(cors_origins=("http://app.example",)))
+    token = await server.login(await make_user())
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await server.connect(token, headers={"Origin": "http://evil.example"})
+    await server.connect(token, headers={"Origin": "http://app.example"})
+    own = f"http://127.0.0.1:{server.port.getHost().port}"
+    await server.connect(token, headers={"Origin": own})
+
+
+async def test_unauthorised_subscribe_is_refused(
+    ws_server: WsServer, db: Database, make_user: Any
+) -> None:
+    owner, stranger = await make_user(), await make_user()
+    await db.set_security({"members": {"names": [owner.name], "roles": []}})
+    client = await ws_server.connect(await ws_server.login(stranger))
+    answer = await client.subscribe("s", db.name)
+    assert answer["type"] == "error" and answer["id"] == "s"
+    assert answer["status"] in (401, 403)
+    assert ws_server.feeds() == 0
+    missing = await client.subscribe("m", "no_such_db_here")
+    assert missing["type"] == "error" and missing["error"] == "not_found"
+    # the connection carries on
+    client.send({"type": "ping"})
+    await client.next("pong")
+
+
+async def test_lost_access_stops_changes_within_recheck_interval(
+    make_server: Any, db: Database, make_user: Any, reactor: Any
+) -> None:
+    server: WsServer = await make_server(ws_settings(ws_auth_recheck=0.3))
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    client = await server.connect(await server.login(user))
+    assert (await client.subscribe("s", db.name))["type"] == "subscribed"
+    await db.save({"_id": "before"})
+    assert (await client.next("change"))["id"] == "before"
+    await db.set_security({"members": {"names": ["someone_else"], "roles": []}})
+    revoked = await client.next("error", timeout=5)
+    assert revoked["error"] == "access_revoked" and revoked["id"] == "s"
+    await db.save({"_id": "after"})
+    await sleep(reactor, 0.5)
+    assert not [m for m in client.messages if m.get("id") == "after"]
+    assert server.feeds() == 0
+
+
+async def test_malformed_and_unknown_messages_get_errors(
+    ws_server: WsServer, make_user: Any, db: Database
+) -> None:
+    client = await ws_server.connect(await ws_server.login(await make_user()))
+    other = await ws_server.connect(await ws_server.login(await make_user()))
+    await other.subscribe("s", db.name)
+    cases: list[Any] = [
+        b"{not json",
+        b"[1, 2]",
+        {"type": "launch_missiles"},
+        {"type": "subscribe", "id": "x"},
+        {"type": "subscribe", "id": "x", "db": "Bad Name"},
+        {"type": "subscribe", "id": "x", "db": "ok", "filter": "_doc_ids"},
+        {"type": "subscribe", "id": "x", "db": "ok", "doc_ids": ["a"]},
+        {"type": "subscribe", "id": "x", "db": "ok", "since": {"no": 1}},
+        {"type": "unsubscribe"},
+        {"type": "ping", "extra": True},
+    ]
+    for case in cases:
+        client.send(case)
+        error = await client.next("error")
+        assert error["error"] in ("bad_message", "unknown_type"), error
+    client.protocol.sendMessage(b"\x00\x01", isBinary=True)
+    assert (await client.next("error"))["error"] == "bad_message"
+    client.send({"type": "ping", "data": 1})
+    assert (await client.next("pong"))["data"] == 1
+    await db.save({"_id": "still-live"})
+    assert (await other.next("change"))["id"] == "still-live"
+    assert ws_server.service.metrics.invalid_messages == len(cases) + 1
+
+
+async def test_too_many_subscriptions(make_server: Any, make_user: Any, db: Database) -> None:
+    server: WsServer = await make_server(ws_settings(ws_max_subscriptions=3))
+    client = await server.connect(await server.login(await make_user()))
+    for i in range(3):
+        answer = await client.subscribe(f"s{i}", db.name, filter="_doc_ids", doc_ids=[f"d{i}"])
+        assert answer["type"] == "subscribed"
+    refused = await client.subscribe("s3", db.name)
+    assert refused["error"] == "too_many_subscriptions" and refused["id"] == "s3"
+
+
+async def test_oversize_message_closes_with_1009(make_server: Any, make_user: Any, db: Database) -> None:
+    server: WsServer = await make_server(ws_settings(ws_max_message_bytes=1024))
+    client = await server.connect(await server.login(await make_user()))
+    bystander = await server.connect(await server.login(await make_user()))
+    await bystander.subscribe("s", db.name)
+    client.send({"type": "subscribe", "id": "x", "db": "a", "filter": "_doc_ids",
+                 "doc_ids": ["y" * 900, "z" * 900]})
+    _clean, code, _reason = await client.protocol.closed
+    assert code == CLOSE_MESSAGE_TOO_BIG
+    await db.save({"_id": "fine"})
+    assert (await bystander.next("change"))["id"] == "fine"
+
+
+async def test_flood_of_invalid_messages_closes_with_1008(ws_server: WsServer, make_user: Any) -> None:
+    client = await ws_server.connect(await ws_server.login(await make_user()))
+    for _ in range(25):
+        client.send(b"garbage")
+    _clean, code, _reason = await client.protocol.closed
+    assert code == CLOSE_POLICY_VIOLATION
+    closing = [m for m in client.messages if m["type"] == "closing"]
+    assert closing and closing[0]["code"] == CLOSE_POLICY_VIOLATION
+    assert json.dumps(closing[0])
