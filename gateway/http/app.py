@@ -638,7 +638,7 @@ class GatewayApp:
             request, "deleteIndex", db=name, ddoc=design, name=index_name
         )
         return await self._forward(
-            request, couch, "DELETE", [name, "_index", design, "json", index_name], params=query
+            request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name], params=query
         )
 
     @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",

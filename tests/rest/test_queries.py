@@ -1,0 +1,78 @@
+"""Views (GET and POST keys, reduce/group, include_docs, paging) and Mango."""
+
+from __future__ import annotations
+
+from tests.rest.conftest import Scenario
+
+DDOC = {
+    "views": {
+        "by_kind": {
+            "map": "function(doc) { if (doc.kind) { emit(doc.kind, doc.n); } }",
+            "reduce": "_sum",
+        }
+    }
+}
+
+
+async def _seed(scenario: Scenario) -> str:
+    db = scenario.db.name
+    await scenario.admin.put(f"/api/v1/db/{db}/docs/_design%2Fstats", json_body=DDOC)
+    docs = [{"_id": f"d{i}", "kind": "odd" if i % 2 else "even", "n": i} for i in range(10)]
+    await scenario.member_client.post(f"/api/v1/db/{db}/bulk_docs", json_body={"docs": docs})
+    return f"/api/v1/db/{db}/views/stats/by_kind"
+
+
+async def test_view_reduce_group_and_map_parameters(scenario: Scenario) -> None:
+    view, client = await _seed(scenario), scenario.member_client
+    total = await client.get(view)
+    assert total.status == 200 and total.json["rows"][0]["value"] == 45
+    grouped = await client.get(f"{view}?group=true")
+    assert {r["key"]: r["value"] for r in grouped.json["rows"]} == {"even": 20, "odd": 25}
+    level = await client.get(f"{view}?group_level=1")
+    assert len(level.json["rows"]) == 2
+    mapped = await client.get(f"{view}?reduce=false&key=%22odd%22&include_docs=true&limit=2")
+    rows = mapped.json["rows"]
+    assert len(rows) == 2 and all(r["doc"]["kind"] == "odd" for r in rows)
+    page = await client.get(
+        f"{view}?reduce=false&startkey=%22odd%22&endkey=%22odd%22&skip=3&descending=false"
+    )
+    assert [r["value"] for r in page.json["rows"]] == [7, 9]
+    inclusive = await client.get(
+        f"{view}?reduce=false&start_key=%22even%22&end_key=%22odd%22&inclusive_end=false"
+    )
+    assert {r["key"] for r in inclusive.json["rows"]} == {"even"}
+    keys = await client.post(f"{view}?reduce=false", json_body={"keys": ["even"]})
+    assert len(keys.json["rows"]) == 5
+    missing = await client.get(f"/api/v1/db/{scenario.db.name}/views/stats/nope")
+    assert missing.status == 404
+    bad = await client.get(f"{view}?group_level=-2")
+    assert bad.status == 400
+    bad_keys = await client.post(view, json_body={"keys": "even"})
+    assert bad_keys.status == 400
+
+
+async def test_mango_find_and_index_management(scenario: Scenario) -> None:
+    await _seed(scenario)
+    db, client = scenario.db.name, scenario.member_client
+    found = await client.post(f"/api/v1/db/{db}/find", json_body={
+        "selector": {"kind": "odd", "n": {"$gt": 4}}, "fields": ["_id", "n"], "limit": 10,
+    })
+    assert found.status == 200
+    assert sorted(d["n"] for d in found.json["docs"]) == [5, 7, 9]
+    invalid = await client.post(f"/api/v1/db/{db}/find", json_body={"selector": 3})
+    assert invalid.status == 400 and "selector" in invalid.json["reason"]
+    unknown = await client.post(f"/api/v1/db/{db}/find", json_body={"selector": {}, "x": 1})
+    assert unknown.status == 400
+
+    made = await scenario.admin.post(f"/api/v1/db/{db}/indexes", json_body={
+        "index": {"fields": ["n"]}, "name": "by-n", "ddoc": "idx", "type": "json",
+    })
+    assert made.status == 200 and made.json["result"] in ("created", "exists")
+    listed = await client.get(f"/api/v1/db/{db}/indexes")
+    assert any(i.get("name") == "by-n" for i in listed.json["indexes"])
+    sorted_find = await client.post(f"/api/v1/db/{db}/find", json_body={
+        "selector": {"n": {"$gte": 7}}, "sort": [{"n": "asc"}], "use_index": "idx",
+    })
+    assert [d["n"] for d in sorted_find.json["docs"]] == [7, 8, 9]
+    removed = await scenario.admin.delete(f"/api/v1/db/{db}/indexes/idx/by-n")
+    assert removed.status == 200
