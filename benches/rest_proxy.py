@@ -14,14 +14,25 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benches.procs import ROOT, Gateway, Nginx, basic, couch_request, cpu_seconds, start_upstream
+from benches.procs import (
+    ROOT,
+    Gateway,
+    Nginx,
+    basic,
+    children,
+    couch_request,
+    cpu_seconds,
+    start_upstream,
+)
 
 LUA = Path(__file__).resolve().parent / "lua"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,17 +65,34 @@ def parse_wrk(output: str) -> dict[str, float]:
 
 
 def run_wrk(url: str, script: str, concurrency: int, duration: int, env: dict[str, str]) -> dict[str, float]:
-    """One wrk run (one thread: the machine has 2 cores, one is the server's)."""
+    """One wrk run (one thread: the machine has 2 cores, one is the server's).
+
+    Also returns wrk's own CPU use as a fraction of one core (``wrk_cpu``), from
+    ``RUSAGE_CHILDREN``: the check that the load generator is not the bottleneck.
+    """
     full_env = dict(os.environ, **env)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency",
                "-s", str(LUA / script), url]
-    output = subprocess.run(command, env=full_env, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(output)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    output = subprocess.run(command, env=full_env, capture_output=True, text=True, check=True,
+                            timeout=duration + 30).stdout
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = parse_wrk(output)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["wrk_cpu"] = used / elapsed if elapsed else float("nan")
+    return result
 
 
 def setup_database(admin_url: str, auth: str, docs: int) -> None:
-    """A database with N small documents and a view."""
+    """A database with N small documents and a view, and an empty one for PUTs.
+
+    PUTs go to ``bench_w`` so that they do not make the view of ``bench`` stale (a
+    stale view would be re-indexed inside the next timed run).
+    """
     couch_request(admin_url, "PUT", "/bench", auth)
+    couch_request(admin_url, "PUT", "/bench_w", auth)
     batch = [{"_id": f"doc{i}", "n": i, "tag": f"t{i % 10}"} for i in range(docs)]
     couch_request(admin_url, "POST", "/bench/_bulk_docs", auth, {"docs": batch})
     couch_request(admin_url, "PUT", "/bench/_design/b", auth, {"views": {"by_n": {
@@ -72,12 +100,20 @@ def setup_database(admin_url: str, auth: str, docs: int) -> None:
     couch_request(admin_url, "GET", "/bench/_design/b/_view/by_n?limit=1", auth)
 
 
+SCENARIOS = (("GET doc", "get.lua"), ("PUT doc", "put.lua"), ("view", "view.lua"))
+TARGETS = ("direct", "nginx", "gateway")
+METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cpu_us_per_req", "wrk_cpu")
+
+
 def main() -> None:
     """Run the benchmark and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; targets are interleaved and rotated, medians reported")
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--output", default=str(RESULTS / "rest_proxy.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -86,41 +122,60 @@ def main() -> None:
     upstream = start_upstream(workdir)
     auth = basic(upstream.admin_username, upstream.admin_password)
     nginx = gateway = None
+    started = time.time()
+    load_before = os.getloadavg()
     try:
         setup_database(upstream.url, auth, args.docs)
         nginx = Nginx.start(workdir / "nginx", upstream.port)
         gateway = Gateway.start(upstream.admin_url)
+        assert upstream.process is not None
+        upstream_pids = [upstream.process.pid, *children(upstream.process.pid)]
         targets: dict[str, tuple[str, str, list[int]]] = {
-            "direct": (f"http://127.0.0.1:{upstream.port}", "/bench/", []),
-            "nginx": (f"http://127.0.0.1:{nginx.port}", "/bench/", nginx.pids()),
-            "gateway": (f"http://127.0.0.1:{gateway.port}", "/api/v1/db/bench/docs/",
+            "direct": (f"http://127.0.0.1:{upstream.port}", "/", []),
+            "nginx": (f"http://127.0.0.1:{nginx.port}", "/", nginx.pids()),
+            "gateway": (f"http://127.0.0.1:{gateway.port}", "/api/v1/db/",
                         [gateway.process.pid]),
         }
+        doc_paths = {"direct": "{db}/", "nginx": "{db}/", "gateway": "{db}/docs/"}
         view_paths = {
             "direct": "/bench/_design/b/_view/by_n?startkey=100&limit=20",
             "nginx": "/bench/_design/b/_view/by_n?startkey=100&limit=20",
             "gateway": "/api/v1/db/bench/views/b/by_n?startkey=100&limit=20",
         }
-        results: list[dict[str, Any]] = []
-        for scenario, script in (("GET doc", "get.lua"), ("PUT doc", "put.lua"),
-                                 ("view", "view.lua")):
-            for concurrency in args.concurrency:
-                for name, (base, prefix, pids) in targets.items():
-                    env = {"BENCH_PREFIX": prefix, "BENCH_AUTH": auth,
-                           "BENCH_DOCS": str(args.docs), "BENCH_PATH": view_paths[name],
-                           "BENCH_TAG": f"{name}-{concurrency}-{time.monotonic_ns()}"}
-                    cpu_before = cpu_seconds(pids)
-                    measured = run_wrk(base + "/", script, concurrency, args.duration, env)
-                    cpu = cpu_seconds(pids) - cpu_before
-                    measured["cpu_us_per_req"] = (cpu / measured["requests"] * 1e6
-                                                  if pids and measured["requests"] else float("nan"))
-                    row = {"scenario": scenario, "concurrency": concurrency, "target": name,
-                           **measured}
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "rest_proxy.json").write_text(json.dumps(results, indent=2))
+        runs: list[dict[str, Any]] = []
+        for round_no in range(args.rounds):
+            order = TARGETS[round_no % 3:] + TARGETS[:round_no % 3]
+            for scenario, script in SCENARIOS:
+                db = "bench_w" if script == "put.lua" else "bench"
+                for concurrency in args.concurrency:
+                    for name in order:
+                        base, prefix, pids = targets[name]
+                        env = {"BENCH_PREFIX": prefix + doc_paths[name].format(db=db),
+                               "BENCH_AUTH": auth, "BENCH_DOCS": str(args.docs),
+                               "BENCH_PATH": view_paths[name],
+                               "BENCH_TAG": f"{name}-{concurrency}-{time.monotonic_ns()}"}
+                        cpu_before = cpu_seconds(pids)
+                        up_before = cpu_seconds(upstream_pids)
+                        measured = run_wrk(base + "/", script, concurrency, args.duration, env)
+                        cpu = cpu_seconds(pids) - cpu_before
+                        up_cpu = cpu_seconds(upstream_pids) - up_before
+                        n = measured["requests"]
+                        measured["cpu_us_per_req"] = cpu / n * 1e6 if pids and n else float("nan")
+                        measured["upstream_cpu_us_per_req"] = up_cpu / n * 1e6 if n else float("nan")
+                        row = {"round": round_no, "scenario": scenario,
+                               "concurrency": concurrency, "target": name, **measured}
+                        runs.append(row)
+                        print(json.dumps(row), flush=True)
+        results = aggregate(runs)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "benchmark": "rest_proxy", "started": started, "duration_s": args.duration,
+            "rounds": args.rounds, "docs": args.docs, "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(), "machine": machine(), "results": results,
+            "runs": runs}, indent=2))
         print(markdown(results))
+        plot(results, out.with_suffix(".png"))
     finally:
         if gateway:
             gateway.stop()
@@ -129,22 +184,84 @@ def main() -> None:
         upstream.stop()
 
 
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median over rounds of every metric, per (scenario, concurrency, target)."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["scenario"], run["concurrency"], run["target"]), []).append(run)
+    results = []
+    for (scenario, concurrency, target), rows in groups.items():
+        row: dict[str, Any] = {"scenario": scenario, "concurrency": concurrency, "target": target}
+        for metric in METRICS:
+            values = [r[metric] for r in rows if r[metric] == r[metric]]
+            row[metric] = statistics.median(values) if values else float("nan")
+        row["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in rows)
+        results.append(row)
+    order = {s: i for i, (s, _) in enumerate(SCENARIOS)}
+    results.sort(key=lambda r: (order[r["scenario"]], r["concurrency"], TARGETS.index(r["target"])))
+    return results
+
+
+def machine() -> dict[str, Any]:
+    """Where the benchmark ran."""
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "?")
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {"nproc": os.cpu_count(), "cpu": model, "mem_kib": int(mem),
+            "kernel": os.uname().release}
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """A table with ratios against direct and nginx in the same run."""
     lines = ["| scenario | c | target | req/s | p50 ms | p99 ms | added p50 vs direct | "
-             "req/s ÷ nginx | CPU µs/req | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "req/s ÷ nginx | proxy CPU µs/req | upstream CPU µs/req | wrk CPU | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     index = {(r["scenario"], r["concurrency"], r["target"]): r for r in results}
     for r in results:
         direct = index[(r["scenario"], r["concurrency"], "direct")]
         nginx = index[(r["scenario"], r["concurrency"], "nginx")]
         added = r["p50_ms"] - direct["p50_ms"]
         ratio = r["rps"] / nginx["rps"] if nginx["rps"] else float("nan")
+        cpu = "-" if r["cpu_us_per_req"] != r["cpu_us_per_req"] else f"{r['cpu_us_per_req']:.0f}"
         lines.append(
             f"| {r['scenario']} | {r['concurrency']} | {r['target']} | {r['rps']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added:+.2f} ms | {ratio:.2f} | "
-            f"{r['cpu_us_per_req']:.0f} | {int(r['non_2xx'] + r['socket_errors'])} |")
+            f"{cpu} | {r['upstream_cpu_us_per_req']:.0f} | {r['wrk_cpu']:.0%} | "
+            f"{int(r['errors'])} |")
     return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: req/s and p50 per scenario/concurrency and target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["scenario"], r["concurrency"]) for r in results},
+                    key=lambda g: ([s for s, _ in SCENARIOS].index(g[0]), g[1]))
+    index = {(r["scenario"], r["concurrency"], r["target"]): r for r in results}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    width = 0.27
+    for ax, metric, label in ((axes[0], "rps", "requests/s (higher is better)"),
+                              (axes[1], "p50_ms", "p50 latency, ms (lower is better)"),
+                              (axes[2], "cpu_us_per_req", "proxy CPU µs per request")):
+        for i, target in enumerate(TARGETS):
+            if metric == "cpu_us_per_req" and target == "direct":
+                continue
+            values = [index[(s, c, target)][metric] for s, c in groups]
+            ax.bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=target)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{s}\nc={c}" for s, c in groups], fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if metric == "cpu_us_per_req":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("REST proxy cost: direct vs nginx vs gateway (medians, same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
