@@ -47,6 +47,8 @@ class Reply:
     status: int
     headers: Headers
     body: bytes
+    length: int | None = None  # Twisted's client moves Content-Length here
+
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)
@@ -105,7 +107,8 @@ class ApiClient:
         """Send a request, read the whole answer and check it against the contract."""
         response = await self.open(method, path, **kwargs)
         content = await treq.content(response)
-        reply = Reply(response.code, response.headers, content)
+        length = response.length if isinstance(response.length, int) else None
+        reply = Reply(response.code, response.headers, content, length)
         self.check(method, path, reply)
         return reply
 
