@@ -1,0 +1,105 @@
+"""The demo page in a real headless Chromium: live edits between two pages, and resume
+after the gateway restarts (every change made while it was down shows up)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.embedded import free_port
+from tests.conftest import CouchBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.browser
+
+
+def _call(backend: CouchBackend, method: str, path: str, body: Any = None) -> Any:
+    token = base64.b64encode(f"{backend.admin_username}:{backend.admin_password}".encode()).decode()
+    request = urllib.request.Request(
+        backend.url + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # loopback test server
+        return json.loads(answer.read())
+
+
+def _start_gateway(backend: CouchBackend, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, COUCHDB_URL=backend.url, COUCHDB_USER=backend.admin_username,
+               COUCHDB_PASSWORD=backend.admin_password)
+    process = subprocess.Popen(  # fixed argv
+        [sys.executable, "-m", "tests.browser.run_gateway", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stderr.readline().decode(errors="replace")
+        if line.startswith("READY"):
+            return process
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError("gateway did not start")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBackend) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    db = f"demo_{uuid.uuid4().hex[:10]}"
+    user, password = f"user_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{user}",
+          {"name": user, "password": password, "type": "user", "roles": []})
+    _call(couch_backend, "PUT", f"/{db}")
+    _call(couch_backend, "PUT", f"/{db}/_security", {"members": {"names": [user], "roles": []}})
+    port = free_port()
+    gateway = _start_gateway(couch_backend, port)
+    node = subprocess.Popen(
+        ["node", str(ROOT / "tests/browser/demo_two_pages.mjs"), f"http://127.0.0.1:{port}",
+         db, user, password],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert node.stdin is not None and node.stdout is not None
+    try:
+        line = node.stdout.readline().strip()
+        assert line == "RESTART", line
+        _stop(gateway)
+        added = []
+        for i in range(3):  # written while the gateway is down
+            title = f"while down {i}"
+            _call(couch_backend, "PUT", f"/{db}/down{i}",
+                  {"title": title, "done": False, "created": f"2099-01-0{i + 1}"})
+            added.append(title)
+        gateway = _start_gateway(couch_backend, port)
+        node.stdin.write("RESTARTED " + json.dumps(added) + "\n")
+        node.stdin.flush()
+        result = node.stdout.readline().strip()
+        assert result == "OK", result
+        assert node.wait(30) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+        _stop(gateway)
+        _call(couch_backend, "DELETE", f"/{db}")
