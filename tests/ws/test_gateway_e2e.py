@@ -1,0 +1,66 @@
+"""End to end through the real gateway: REST login sets the cookie, the WebSocket
+handshake is authenticated by the same identity code, changes flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+
+from gateway.config import Settings
+from gateway.couch import CouchServer, Database
+from gateway.http.app import GatewayApp
+from gateway.ws.mount import install_changes
+from tests.ws.conftest import Client, ClientProtocol, sleep
+
+
+async def test_cookie_login_then_websocket_through_gateway(
+    reactor: Any, admin: CouchServer, db: Database, make_user: Any
+) -> None:
+    from autobahn.twisted.websocket import WebSocketClientFactory
+
+    settings = Settings(couchdb_url=admin.url, ws_ping_interval=0, ws_auth_recheck=0)
+    app = GatewayApp(settings, couch=admin, reactor=reactor)
+    changes = install_changes(app, admin, settings, reactor)
+    changes.startService()
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    base = f"127.0.0.1:{port.getHost().port}"
+    try:
+        user = await make_user()
+        answer = await treq.post(f"http://{base}/api/v1/session",
+                                 json={"name": user.name, "password": user.password})
+        assert answer.code == 200, await answer.text()
+        cookie = answer.headers.getRawHeaders("set-cookie")[0].split(";")[0]
+        factory = WebSocketClientFactory(f"ws://{base}/api/v1/changes",
+                                         headers={"Cookie": cookie}, reactor=reactor)
+        factory.protocol = ClientProtocol
+        built: list[ClientProtocol] = []
+        original = factory.buildProtocol
+        factory.buildProtocol = lambda addr: built.append(original(addr)) or built[-1]
+        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        while not built:
+            await sleep(reactor, 0.005)
+        await built[0].opened
+        client = Client(built[0], reactor)
+        assert (await client.subscribe("s", db.name, include_docs=True))["type"] == "subscribed"
+        await db.save({"_id": "e2e", "v": 1})
+        change = await client.next("change")
+        assert change["id"] == "e2e" and change["doc"]["v"] == 1
+        # no credentials: refused at the handshake
+        anonymous = WebSocketClientFactory(f"ws://{base}/api/v1/changes", reactor=reactor)
+        anonymous.protocol = ClientProtocol
+        refused: list[ClientProtocol] = []
+        original_anon = anonymous.buildProtocol
+        anonymous.buildProtocol = lambda addr: refused.append(original_anon(addr)) or refused[-1]
+        reactor.connectTCP("127.0.0.1", port.getHost().port, anonymous)
+        while not refused:
+            await sleep(reactor, 0.005)
+        try:
+            await refused[0].opened
+            raise AssertionError("anonymous handshake accepted")
+        except ConnectionError:
+            pass
+        await client.close()
+    finally:
+        await changes.stopService()
+        await port.stopListening()

@@ -1,0 +1,85 @@
+"""The sans-IO message layer: parsing, validation, building."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.errors import Forbidden
+from gateway.ws.catchup import Join, rev_generation
+from gateway.ws.hub import PreparedChange
+from gateway.ws.protocol import (
+    FeedParams,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    change_message,
+    closing_message,
+    encode,
+    exception_message,
+    parse_client_message,
+)
+from gateway.ws.server import origin_allowed
+from tests.ws.conftest import validate_server_message
+
+
+def test_subscribe_is_parsed_and_normalised() -> None:
+    a = parse_client_message(json.dumps({"type": "subscribe", "id": "x", "db": "d",
+                                         "filter": "_doc_ids", "doc_ids": ["b", "a"]}))
+    b = parse_client_message(json.dumps({"type": "subscribe", "id": "y", "db": "d",
+                                         "filter": "_doc_ids", "doc_ids": ["a", "b"]}))
+    assert isinstance(a, Subscribe) and isinstance(b, Subscribe)
+    assert a.params == b.params and hash(a.params) == hash(b.params)
+    assert a.params.changes_body() == {"doc_ids": ["a", "b"]}
+    s1 = FeedParams.build(filter="_selector", selector={"a": 1, "b": 2})
+    s2 = FeedParams.build(filter="_selector", selector={"b": 2, "a": 1})
+    assert s1 == s2 and s1 != FeedParams.build(filter="_selector", selector={"a": 2})
+    assert not a.catch_up
+    assert parse_client_message(b'{"type":"subscribe","id":"x","db":"d","since":0}').catch_up
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b"\xff", "bad_message"),
+    (b"null", "bad_message"),
+    (b'{"type": 3}', "unknown_type"),
+    (b'{"type": "subscribe", "id": "", "db": "d"}', "bad_message"),
+    (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "_view"}', "bad_message"),
+    (b'{"type": "subscribe", "id": "x", "db": "d", "query": {"a": "b"}}', "bad_message"),
+    (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "nofilter"}', "bad_message"),
+])
+def test_invalid_messages(raw: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message(raw)
+    assert info.value.error == code
+    validate_server_message(info.value.message())
+
+
+def test_ping_and_server_messages_match_schemas() -> None:
+    assert parse_client_message(b'{"type":"ping","data":"x"}') == Ping("x")
+    row = {"seq": "3-abc", "id": "d", "changes": [{"rev": "1-x"}], "doc": {"_id": "d"}}
+    validate_server_message(change_message("f1", row))
+    validate_server_message(closing_message(1001, "bye", {"s": None, "t": 4}))
+    validate_server_message(exception_message(Forbidden("no"), "s"))
+    validate_server_message(exception_message(RuntimeError("secret detail")))
+    assert b"secret" not in encode(exception_message(RuntimeError("secret detail")))
+
+
+def test_join_drops_duplicates_and_older_revisions() -> None:
+    join = Join()
+    join.record("a", "2-x")
+    join.record("b", "1-y")
+    for doc_id, rev in [("a", "1-w"), ("a", "2-x"), ("b", "2-z"), ("c", "1-q"), ("b", "2-z")]:
+        join.buffer_live(PreparedChange(doc_id, rev, 0, None, 10, 0.0))
+    assert [(c.doc_id, c.rev) for c in join.merge()] == [("b", "2-z"), ("c", "1-q")]
+    assert join.buffer_bytes == 0
+    assert rev_generation("12-abc") == 12 and rev_generation("junk") == 0
+
+
+def test_origins() -> None:
+    assert origin_allowed(None, "h:1", ())
+    assert origin_allowed("http://h:1", "h:1", ())
+    assert not origin_allowed("http://evil", "h:1", ())
+    assert origin_allowed("http://app", "h:1", ("http://app",))
+    assert origin_allowed("http://any", "h:1", ("*",))
+    assert not origin_allowed("null", "h:1", ("http://app",))
