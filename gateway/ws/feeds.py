@@ -4,9 +4,9 @@ The hub needs one thing from a feed: a ``Service`` that follows a database's
 ``_changes`` from a given seq, calls ``on_changes(rows, last_seq)`` in order without
 loss or duplicates across reconnects, and reports its state (``connecting``, ``live``,
 ``interrupted``, ``stopped``) through ``on_state(state, detail)``.
-:func:`default_feed_factory` builds :class:`gateway.couch.changes.feed.ChangesFeed`
-(one continuous connection, heartbeat dead-connection detection) when it is available
-and falls back to :class:`LongPollFeed` otherwise.
+:func:`default_feed_factory` builds a :class:`LongPollFeed` for now; the continuous
+``gateway.couch.changes.feed.ChangesFeed`` (heartbeat dead-connection detection) can be
+passed as ``feed_factory`` (same constructor shape) once it exists.
 """
 
 from __future__ import annotations
