@@ -1,0 +1,153 @@
+"""Production behaviour: size limits, rate limits, CORS, upstream failures, no secrets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+
+from tests.conftest import CouchBackend
+from tests.rest.conftest import RunningGateway, Scenario, StartGateway, basic
+
+
+async def test_request_size_limits_answer_413(
+    start_gateway: StartGateway, couch_backend: CouchBackend
+) -> None:
+    gateway = await start_gateway(max_body_bytes=2_000, max_attachment_bytes=50_000)
+    admin = gateway.client.with_headers(basic(couch_backend.admin_username,
+                                              couch_backend.admin_password))
+    big_json = await admin.post("/api/v1/db/anydb/docs", json_body={"x": "y" * 5_000})
+    assert big_json.status == 413 and big_json.json["error"] == "too_large"
+    huge = await admin.put("/api/v1/db/anydb/docs/d/attachments/a?rev=1-x", data=b"z" * 60_000,
+                           headers={"Content-Type": "application/octet-stream"})
+    assert huge.status == 413
+    login = await gateway.client.post("/api/v1/session",
+                                      json_body={"name": "n", "password": "p" * 3_000})
+    assert login.status == 413
+
+
+async def test_rate_limit_answers_429_with_retry_after(start_gateway: StartGateway) -> None:
+    gateway = await start_gateway(rate_limit_per_second=0.5, rate_limit_burst=3)
+    statuses = [(await gateway.client.get("/api/v1/session")).status for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    limited = await gateway.client.get("/api/v1/session")
+    assert limited.status == 429 and limited.json["error"] == "too_many_requests"
+    assert int(limited.header("Retry-After") or 0) >= 1
+    health = await gateway.client.get("/health")  # probes are never limited
+    assert health.status == 200
+
+
+async def test_cors_preflight_and_simple_requests(start_gateway: StartGateway) -> None:
+    gateway = await start_gateway(cors_origins=("https://app.example",))
+    preflight = await gateway.client.request("OPTIONS", "/api/v1/db/x/docs/y", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type,authorization",
+    })
+    assert preflight.status == 204
+    assert preflight.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert "PUT" in (preflight.header("Access-Control-Allow-Methods") or "")
+    assert "Authorization" in (preflight.header("Access-Control-Allow-Headers") or "")
+    assert preflight.header("Access-Control-Allow-Credentials") == "true"
+    simple = await gateway.client.get("/health", headers={"Origin": "https://app.example"})
+    assert simple.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert "X-Request-Id" in (simple.header("Access-Control-Expose-Headers") or "")
+    denied = await gateway.client.request("OPTIONS", "/api/v1/db/x", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+    })
+    assert denied.status == 403
+    foreign = await gateway.client.get("/health", headers={"Origin": "https://evil.example"})
+    assert foreign.header("Access-Control-Allow-Origin") is None
+
+
+async def test_unreachable_upstream_is_503_with_retry_after(
+    start_gateway: StartGateway, make_user: Any
+) -> None:
+    from gateway.embedded import free_port
+
+    gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{free_port()}")
+    for reply in (
+        await gateway.client.get("/ready"),
+        await gateway.client.get("/api/v1/db/x", headers=basic("u", "p")),
+        await gateway.client.post("/api/v1/session", json_body={"name": "u", "password": "p"}),
+    ):
+        assert reply.status == 503, reply.body
+        assert reply.json["error"] == "upstream_unavailable"
+        assert reply.header("Retry-After") == "5"
+        assert b"Traceback" not in reply.body
+
+
+async def test_silent_upstream_times_out_with_504(
+    start_gateway: StartGateway, reactor: Any
+) -> None:
+    class Silent(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            pass  # never answer
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(
+            couchdb_url=f"http://127.0.0.1:{port.getHost().port}", request_timeout=0.5
+        )
+        started = reactor.seconds()
+        reply = await gateway.client.get("/api/v1/db/x", headers=basic("u", "p"))
+        assert reply.status == 504 and reply.json["error"] == "upstream_timeout"
+        assert reactor.seconds() - started < 5
+        ready = await gateway.client.get("/ready")
+        assert ready.status == 504
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+
+
+async def test_client_disconnect_cancels_the_upstream_call(
+    start_gateway: StartGateway, reactor: Any
+) -> None:
+    connections: list[Protocol] = []
+    lost: defer.Deferred[None] = defer.Deferred()
+
+    class Silent(Protocol):
+        def connectionMade(self) -> None:
+            connections.append(self)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if not lost.called:
+                lost.callback(None)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(
+            couchdb_url=f"http://127.0.0.1:{port.getHost().port}", request_timeout=30
+        )
+        pending = defer.ensureDeferred(
+            gateway.client.open("GET", "/api/v1/db/x", headers=basic("u", "p"))
+        )
+        pending.addErrback(lambda _: None)
+        while not connections:
+            await deferLater(reactor, 0.05)
+        pending.cancel()  # the client goes away
+        await defer.gatherResults([lost]).addTimeout(5, reactor)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+
+
+def deferLater(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
+
+
+async def test_service_credentials_never_answer_for_a_user(
+    gateway: RunningGateway, scenario: Scenario, couch_backend: CouchBackend
+) -> None:
+    """The gateway's service identity is the server admin here: a user must not inherit it."""
+    session = await scenario.member_client.get("/api/v1/session")
+    assert "_admin" not in session.json["roles"]
+    ddoc = await scenario.member_client.put(
+        f"/api/v1/db/{scenario.db.name}/docs/_design%2Fx", json_body={}
+    )
+    assert ddoc.status in (401, 403)
+    anonymous = await gateway.client.get(f"/api/v1/db/{scenario.db.name}")
+    assert anonymous.status == 401
+    everything = json.dumps(gateway.client.seen)
+    assert couch_backend.admin_password not in everything
