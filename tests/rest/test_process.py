@@ -1,0 +1,218 @@
+"""The gateway as a process (``python -m gateway run``): shutdown and flat memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.web import resource, server
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+
+from gateway.couch import CouchServer
+from tests.conftest import CouchBackend, unique_name
+from tests.rest.conftest import ApiClient, basic
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class GatewayProcess:
+    """A ``python -m gateway run`` child process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field}")
+
+
+async def _spawn(reactor: Any, tmp_path: Path, couchdb_url: str, **env: str) -> GatewayProcess:
+    log = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.err"
+    environment = {**os.environ, "COUCHDB_URL": couchdb_url, "WALLABY_LOG_FORMAT": "json",
+                   "WALLABY_RATE_LIMIT_PER_SECOND": "0", **env}
+    with log.open("wb") as err, (tmp_path / "gateway.out").open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "gateway", "run", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=environment, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+        )
+    for _ in range(300):
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith("READY "):
+                return GatewayProcess(process, int(line.split()[1]), log)
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited: {text}")
+        await deferLater(reactor, 0.05, lambda: None)
+    process.kill()
+    raise AssertionError("gateway did not start")
+
+
+async def _wait_exit(reactor: Any, process: subprocess.Popen[bytes], seconds: float) -> int:
+    for _ in range(int(seconds / 0.05)):
+        code = process.poll()
+        if code is not None:
+            return code
+        await deferLater(reactor, 0.05, lambda: None)
+    process.kill()
+    raise AssertionError("the gateway did not exit")
+
+
+@pytest_twisted.async_yield_fixture
+async def spawn(reactor: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start gateway processes; kill leftovers afterwards."""
+    children: list[GatewayProcess] = []
+
+    async def start(couchdb_url: str, **env: str) -> GatewayProcess:
+        child = await _spawn(reactor, tmp_path, couchdb_url, **env)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
+
+
+class SlowCouch(resource.Resource):
+    """A stand-in CouchDB whose answers take ``delay`` seconds."""
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any, delay: float) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.delay = delay
+        self.seen: list[bytes] = []
+
+    def render(self, request: Any) -> Any:
+        self.seen.append(request.path)
+        if request.path == b"/_session":
+            body = {"ok": True, "userCtx": {"name": "slow", "roles": []}}
+        else:
+            body = {"db_name": "slowdb", "doc_count": 0}
+
+        def answer() -> None:
+            request.setHeader(b"Content-Type", b"application/json")
+            request.write(json.dumps(body).encode())
+            request.finish()
+
+        self.reactor.callLater(self.delay, answer)
+        return server.NOT_DONE_YET
+
+
+async def test_sigterm_finishes_in_flight_requests(
+    reactor: Any, spawn: Callable[..., Any]
+) -> None:
+    stub = SlowCouch(reactor, delay=1.0)
+    port = reactor.listenTCP(0, server.Site(stub), interface="127.0.0.1")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        child = await spawn(f"http://127.0.0.1:{port.getHost().port}",
+                            WALLABY_SHUTDOWN_GRACE="10")
+        client = ApiClient(child.url, Agent(reactor, pool=pool))
+        in_flight = defer.ensureDeferred(client.get("/api/v1/db/slowdb", headers=basic("s", "p")))
+        while not stub.seen:
+            await deferLater(reactor, 0.02, lambda: None)
+        child.process.send_signal(signal.SIGTERM)
+        reply = await in_flight
+        assert reply.status == 200 and reply.json["db_name"] == "slowdb"
+        with pytest.raises(ConnectionRefusedError):
+            await client.get("/health")
+        assert await _wait_exit(reactor, child.process, 15) == 0
+        log = (child.log.parent / "gateway.out").read_text()
+        access = [json.loads(line) for line in log.splitlines() if '"type": "access"' in line]
+        assert any(a["route"] == "getDatabase" and a["status"] == 200 for a in access)
+        assert all("p" != a.get("user") and "Authorization" not in json.dumps(a) for a in access)
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+        await pool.closeCachedConnections()
+
+
+SIZE = 110 * 1024 * 1024
+
+
+@pytest.mark.slow
+async def test_large_attachment_streams_with_flat_gateway_memory(
+    reactor: Any, spawn: Callable[..., Any], admin: CouchServer, couch_backend: CouchBackend,
+    tmp_path: Path,
+) -> None:
+    database = admin.database(unique_name("big"))
+    await database.create()
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    try:
+        source = tmp_path / "big.bin"
+        digest = hashlib.sha256()
+        with source.open("wb") as handle:
+            block = os.urandom(1024 * 1024)
+            for i in range(SIZE // len(block)):
+                chunk = block[:-8] + i.to_bytes(8, "big")
+                digest.update(chunk)
+                handle.write(chunk)
+        child = await spawn(couch_backend.url)
+        client = ApiClient(child.url, Agent(reactor, pool=pool)).with_headers(
+            basic(couch_backend.admin_username, couch_backend.admin_password)
+        )
+        made = await client.put(f"/api/v1/db/{database.name}/docs/big", json_body={})
+        assert made.status == 201
+        baseline = child.rss_kib()
+        peak = [baseline]
+
+        def sample() -> None:
+            peak[0] = max(peak[0], child.rss_kib())
+
+        sampler = LoopingCall(sample)
+        sampler.start(0.1)
+        try:
+            with source.open("rb") as handle:
+                up = await client.put(
+                    f"/api/v1/db/{database.name}/docs/big/attachments/blob?rev={made.json['rev']}",
+                    data=FileBodyProducer(handle, readSize=256 * 1024),
+                    headers={"Content-Type": "application/x-big"},
+                )
+            assert up.status == 201, up.body
+            response = await client.open(
+                "GET", f"/api/v1/db/{database.name}/docs/big/attachments/blob"
+            )
+            assert response.code == 200
+            assert response.headers.getRawHeaders("Content-Type") == ["application/x-big"]
+            received = hashlib.sha256()
+            count = [0]
+
+            def collect(data: bytes) -> None:
+                count[0] += len(data)
+                received.update(data)
+
+            await treq.collect(response, collect)
+        finally:
+            sampler.stop()
+        assert count[0] == SIZE and received.digest() == digest.digest()
+        assert response.length == SIZE
+        growth_mib = (max(peak[0], child.rss_kib("VmHWM")) - baseline) / 1024
+        print(f"gateway RSS baseline {baseline / 1024:.1f} MiB, growth {growth_mib:.1f} MiB")
+        assert growth_mib < 40, f"gateway memory grew by {growth_mib:.1f} MiB"
+    finally:
+        await pool.closeCachedConnections()
+        await database.destroy()
