@@ -101,7 +101,9 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 
 def run(args: argparse.Namespace) -> int:
     """Start (embedded CouchDB and) the gateway; return when stopped."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    reactor: Any = global_reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.client import HTTPConnectionPool
 

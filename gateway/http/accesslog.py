@@ -8,7 +8,7 @@ client address, user name. Never headers, cookies, tokens or credentials.
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import ILogObserver, Logger, formatEvent
 from zope.interface import provider
@@ -65,4 +65,4 @@ def json_lines_observer(stream: IO[str]) -> ILogObserver:
         stream.write(json.dumps(record, default=str) + "\n")
         stream.flush()
 
-    return observe
+    return cast(ILogObserver, observe)

@@ -75,7 +75,7 @@ _UPLOAD_BYTES_PER_SECOND = 1024 * 1024
 
 
 def _decode_args(request: Any) -> dict[str, list[str]]:
-    args: dict[bytes, list[bytes]] = request.args  # type: ignore[attr-defined]
+    args: dict[bytes, list[bytes]] = request.args
     try:
         return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
     except UnicodeDecodeError:
@@ -169,14 +169,14 @@ class GatewayApp:
             k.decode("latin-1").lower(): v[0].decode("latin-1")
             for k, v in request.requestHeaders.getAllRawHeaders()
         }
-        raw_cookies: dict[bytes, bytes] = request.received_cookies  # type: ignore[attr-defined]
+        raw_cookies: dict[bytes, bytes] = request.received_cookies
         cookies = {
             k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
         }
         identity = await identify(
             headers, cookies, self.couch, self.settings, cache=self.identities
         )
-        setattr(request, "user", identity.name)  # noqa: B010 - for the access log
+        setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
         return identity
 
     async def _begin(
@@ -190,7 +190,7 @@ class GatewayApp:
         return self.couch.as_identity(identity.auth), query
 
     def _json_body(self, request: Any, operation: str) -> Any:
-        content: Any = request.content  # type: ignore[attr-defined]
+        content: Any = request.content
         content.seek(0, 2)
         size = content.tell()
         if size > self.settings.max_body_bytes:
@@ -234,9 +234,9 @@ class GatewayApp:
     # -- errors ----------------------------------------------------------------
 
     @app.handle_errors
-    def on_error(self, request: Any, failure: Failure) -> bytes | None:
+    def on_error(self, request: Any, failure: Failure) -> bytes | None:  # type: ignore[misc]
         """Map every failure to the error envelope, once."""
-        exc = failure.value
+        exc: BaseException = failure.value or Exception("unknown failure")
         if isinstance(exc, CancelledError):
             return None  # the client went away: nobody to answer
         if isinstance(exc, wz.MethodNotAllowed):
@@ -333,7 +333,7 @@ class GatewayApp:
         user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
         session = await self._timed(request, user.session())
         context = session.get("userCtx") or {}
-        setattr(request, "user", context.get("name"))  # noqa: B010
+        setattr(request, "user_name", context.get("name"))  # noqa: B010
         request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie(token).encode())
         return json_response(request, 200, {
             "ok": True, "name": context.get("name") or body["name"],
@@ -457,7 +457,7 @@ class GatewayApp:
                 headers[header] = value
         method = "HEAD" if request.method == b"HEAD" else "GET"
         segments = attachment_path(name, doc_id, att)
-        response = await self._timed(request, couch.transport.open_stream(
+        response: Any = await self._timed(request, couch.transport.open_stream(
             method, segments, params=query, headers=headers, raise_for_status=False,
         ))
         if response.code >= 400:
@@ -517,9 +517,12 @@ class GatewayApp:
         doc = await self._timed(
             request, couch.transport.request("GET", doc_path(db, doc_id), params=params)
         )
-        stub = (doc.get("_attachments") or {}).get(att) if isinstance(doc, dict) else None
-        length = stub.get("length") if isinstance(stub, dict) else None
-        return length if isinstance(length, int) and not stub.get("encoding") else None
+        stubs = doc.get("_attachments") if isinstance(doc, dict) else None
+        stub = stubs.get(att) if isinstance(stubs, dict) else None
+        if not isinstance(stub, dict) or stub.get("encoding"):
+            return None
+        length = stub.get("length")
+        return length if isinstance(length, int) else None
 
     @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["PUT"])
     async def put_attachment(
@@ -638,7 +641,8 @@ class GatewayApp:
             request, "deleteIndex", db=name, ddoc=design, name=index_name
         )
         return await self._forward(
-            request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name], params=query
+            request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name],
+            params=query,
         )
 
     @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",

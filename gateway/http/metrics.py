@@ -94,8 +94,8 @@ class Metrics:
             "# TYPE wallaby_errors_total counter",
         ]
         for (route, error), n in sorted(self.errors.items()):
-            labels = (("route", route), ("error", error))
-            lines.append(f"wallaby_errors_total{{{_labels(labels)}}} {n}")
+            pairs = (("route", route), ("error", error))
+            lines.append(f"wallaby_errors_total{{{_labels(pairs)}}} {n}")
         lines += [
             "# HELP wallaby_http_requests_in_flight Requests being served.",
             "# TYPE wallaby_http_requests_in_flight gauge",

@@ -42,4 +42,4 @@ def render_error(request: Any, exc: BaseException) -> bytes:
 
 
 def _path(request: Any) -> str:
-    return bytes(request.path).decode("latin-1")  # type: ignore[attr-defined]
+    return bytes(request.path).decode("latin-1")

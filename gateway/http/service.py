@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -55,9 +55,11 @@ class GatewayService(Service):
 
     def startService(self) -> None:  # noqa: N802
         """Start listening."""
-        super().startService()
-        endpoint = TCP4ServerEndpoint(self.reactor, self.requested_port, interface=self.host)
-        listening = endpoint.listen(self.app.site())
+        super().startService()  # type: ignore[no-untyped-call]
+        endpoint: Any = TCP4ServerEndpoint(  # type: ignore[no-untyped-call]
+            self.reactor, self.requested_port, interface=self.host
+        )
+        listening: Deferred[IListeningPort] = endpoint.listen(self.app.site())
 
         def started(port: IListeningPort) -> IListeningPort:
             self.listening_port = port
@@ -68,7 +70,7 @@ class GatewayService(Service):
 
     async def _stop(self) -> None:
         if self.listening_port is not None:
-            await self.listening_port.stopListening()
+            await maybeDeferred(self.listening_port.stopListening)
         grace = self.app.settings.shutdown_grace
         if self.app.in_flight.count > 0:
             _log.info("waiting up to {grace}s for {n} in-flight requests",
@@ -88,5 +90,5 @@ class GatewayService(Service):
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting, finish in-flight requests (within the grace), close the pool."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._stop())

@@ -36,10 +36,10 @@ class GatewayRequest(server.Request):
     """A request that knows its id, route label and whether its body was too large."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.request_id = uuid.uuid4().hex
         self.route = "unmatched"
-        self.user: str | None = None
+        self.user_name: str | None = None
         self.error_code: str | None = None
         self.started = 0.0
         self.too_large = False
@@ -54,7 +54,7 @@ class GatewayRequest(server.Request):
         if length is not None and length > self._body_limit():
             self.too_large = True
             length = 0
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
         """Store body bytes until the cap; discard the rest."""
@@ -63,10 +63,11 @@ class GatewayRequest(server.Request):
         self._body_seen += len(data)
         if self._body_seen > self._body_limit():
             self.too_large = True
+            assert self.content is not None
             self.content.seek(0)
             self.content.truncate()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
 
 class GatewaySite(server.Site):
@@ -78,7 +79,9 @@ class GatewaySite(server.Site):
     """
 
     def __init__(self, resource: IResource, max_upload_bytes: int, **kwargs: Any) -> None:
-        super().__init__(resource, requestFactory=GatewayRequest, **kwargs)
+        super().__init__(  # type: ignore[no-untyped-call]
+            resource, requestFactory=GatewayRequest, **kwargs
+        )
         self.max_upload_bytes = max_upload_bytes
         self.displayTracebacks = False
 
@@ -142,8 +145,8 @@ class FrontDoor(Resource):
         in_flight: InFlight,
         mounts: Mapping[bytes, IResource],
     ) -> None:
-        super().__init__()
-        self.router = router
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.router: Any = router
         self.clock = clock
         self.metrics = metrics
         self.access_log = access_log
@@ -154,7 +157,6 @@ class FrontDoor(Resource):
 
     def render(self, request: Any) -> bytes | int:
         """Serve one request."""
-        assert isinstance(request, GatewayRequest)
         request.started = self.clock()
         incoming = request.getHeader("x-request-id")
         if incoming and _REQUEST_ID.match(incoming):
@@ -171,12 +173,12 @@ class FrontDoor(Resource):
                 request.route = "preflight"
                 return b""
             if request.path not in _UNLIMITED:
-                self.limiter.check(request.getClientAddress().host or "unknown")  # type: ignore[attr-defined]
+                self.limiter.check(request.getClientAddress().host or "unknown")
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
         except GatewayError as exc:
             return render_error(request, exc)
-        mounted = self.mounts.get(request.path)
+        mounted: Any = self.mounts.get(request.path)
         if mounted is not None:
             request.route = "mounted"
             result: bytes | int = mounted.render(request)
@@ -187,7 +189,7 @@ class FrontDoor(Resource):
         result = self.router.render(request)
         return result
 
-    def _finished(self, outcome: Any, request: GatewayRequest) -> None:
+    def _finished(self, outcome: Any, request: Any) -> None:
         self.in_flight.end()
         self.metrics.in_flight -= 1
         duration = self.clock() - request.started
@@ -205,7 +207,7 @@ class FrontDoor(Resource):
             duration_ms=round(duration * 1000, 2),
             bytes_sent=request.sentLength,
             client=getattr(request.getClientAddress(), "host", None),
-            user=request.user,
+            user=request.user_name,
             aborted=outcome is not None,
         )
         return None

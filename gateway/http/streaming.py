@@ -18,10 +18,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 __all__ = ["parse_range", "relay", "upload_producer"]
@@ -31,7 +30,7 @@ _CHUNK = 64 * 1024
 
 def upload_producer(request: Any) -> IBodyProducer:
     """A body producer reading the (spooled) request body from its start."""
-    content: Any = request.content  # type: ignore[attr-defined]
+    content: Any = request.content
     content.seek(0)
     return FileBodyProducer(content, readSize=_CHUNK)
 
@@ -83,19 +82,19 @@ class _Relay(Protocol):
         if self.transport is not None and not self.finished:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008, N802
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         if self.finished:
             return
         self.finished = True
         self.request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.sent)
         else:
             self.done.errback(reason)
 
 
 def relay(
-    response: IResponse, request: Any, skip: int = 0, limit: int | None = None
+    response: Any, request: Any, skip: int = 0, limit: int | None = None
 ) -> Deferred[int]:
     """Stream ``response``'s body into ``request`` with backpressure.
 

@@ -132,9 +132,9 @@ async def test_client_disconnect_cancels_the_upstream_call(
 
 
 def deferLater(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater as later
+    from twisted.internet import task
 
-    return later(reactor, seconds, lambda: None)
+    return task.deferLater(reactor, seconds, lambda: None)
 
 
 async def test_service_credentials_never_answer_for_a_user(

@@ -48,12 +48,14 @@ class GatewayProcess:
         raise AssertionError(f"no {field}")
 
 
-async def _spawn(reactor: Any, tmp_path: Path, couchdb_url: str, **env: str) -> GatewayProcess:
-    log = tmp_path / f"gateway-{len(list(tmp_path.iterdir()))}.err"
+async def _spawn(
+    reactor: Any, tmp_path: Path, couchdb_url: str, **env: str
+) -> GatewayProcess:
+    log = tmp_path / f"gateway-{os.urandom(4).hex()}.err"
     environment = {**os.environ, "COUCHDB_URL": couchdb_url, "WALLABY_LOG_FORMAT": "json",
                    "WALLABY_RATE_LIMIT_PER_SECOND": "0", **env}
     with log.open("wb") as err, (tmp_path / "gateway.out").open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv
+        process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
             [sys.executable, "-m", "gateway", "run", "--host", "127.0.0.1", "--port", "0"],
             cwd=ROOT, env=environment, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
         )
@@ -99,7 +101,7 @@ async def spawn(reactor: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Any
 class SlowCouch(resource.Resource):
     """A stand-in CouchDB whose answers take ``delay`` seconds."""
 
-    isLeaf = True
+    isLeaf = True  # noqa: N815 - Twisted's name
 
     def __init__(self, reactor: Any, delay: float) -> None:
         super().__init__()
@@ -145,7 +147,7 @@ async def test_sigterm_finishes_in_flight_requests(
         log = (child.log.parent / "gateway.out").read_text()
         access = [json.loads(line) for line in log.splitlines() if '"type": "access"' in line]
         assert any(a["route"] == "getDatabase" and a["status"] == 200 for a in access)
-        assert all("p" != a.get("user") and "Authorization" not in json.dumps(a) for a in access)
+        assert all(a.get("user") != "p" and "Authorization" not in json.dumps(a) for a in access)
     finally:
         await defer.maybeDeferred(port.stopListening)
         await pool.closeCachedConnections()
