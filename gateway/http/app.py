@@ -31,7 +31,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from werkzeug import exceptions as wz
 
@@ -301,7 +301,7 @@ class GatewayApp:
         if not self.static_dir.is_dir():
             raise RouteNotFound("no static files")
         request.responseHeaders.removeHeader(b"cache-control")
-        return File(str(self.static_dir))
+        return _StaticFiles(str(self.static_dir))
 
     @app.route("/", methods=["GET"])
     def index(self, request: Any) -> IResource:
@@ -310,6 +310,8 @@ class GatewayApp:
         page = self.static_dir / "index.html"
         if not page.is_file():
             raise RouteNotFound("no demo page installed; see /docs")
+        request.responseHeaders.removeHeader(b"cache-control")
+        request.postpath = []  # the file itself, not a child of it
         return File(str(page), defaultType="text/html")
 
     # -- session ---------------------------------------------------------------
@@ -651,6 +653,27 @@ class GatewayApp:
         """Anything else: the API does not expose it."""
         setattr(request, "route", "unmatched")  # noqa: B010
         raise RouteNotFound("no such route")
+
+
+class _Missing(Resource):
+    """A missing static file, answered with the error envelope."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def render(self, request: Any) -> bytes:
+        """404 in the envelope."""
+        return render_error(request, RouteNotFound("no such file"))
+
+
+class _StaticFiles(File):
+    """``/static/``: files only (no directory listings), errors in the envelope."""
+
+    childNotFound = _Missing()
+    forbidden = _Missing()
+
+    def directoryListing(self) -> Resource:  # noqa: N802 - Twisted's name
+        """No listings."""
+        return _Missing()
 
 
 class _Discard(Protocol):

@@ -48,10 +48,21 @@ async def test_unknown_routes_and_methods_get_the_envelope(gateway: RunningGatew
     assert reply.json["status"] == reply.status
 
 
-async def test_index_without_demo_page_is_a_clean_404_or_the_page(
-    gateway: RunningGateway,
-) -> None:
-    reply = await gateway.client.get("/")
-    assert reply.status in (200, 404)
-    if reply.status == 200:
-        assert reply.header("Content-Type").startswith("text/html")
+async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:
+    import treq
+
+    from gateway.http.app import STATIC_DIR
+
+    response = await gateway.client.open("GET", "/")
+    body = await treq.content(response)
+    if not (STATIC_DIR / "index.html").is_file():
+        assert response.code == 404 and b"not_found" in body
+        return
+    assert response.code == 200 and body == (STATIC_DIR / "index.html").read_bytes()
+    assert response.headers.getRawHeaders("Content-Type")[0].startswith("text/html")
+    for asset in sorted(p.name for p in STATIC_DIR.iterdir() if p.is_file())[:2]:
+        static = await gateway.client.open("GET", f"/static/{asset}")
+        assert static.code == 200
+        assert await treq.content(static) == (STATIC_DIR / asset).read_bytes()
+    missing = await gateway.client.get("/static/nope.js")
+    assert missing.status == 404
