@@ -660,6 +660,9 @@ class _Missing(Resource):
 
     isLeaf = True  # noqa: N815 - Twisted's name
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
     def render(self, request: Any) -> bytes:
         """404 in the envelope."""
         return render_error(request, RouteNotFound("no such file"))
@@ -668,12 +671,12 @@ class _Missing(Resource):
 class _StaticFiles(File):
     """``/static/``: files only (no directory listings), errors in the envelope."""
 
-    childNotFound = _Missing()
-    forbidden = _Missing()
+    childNotFound: Any = _Missing()  # noqa: N815 - Twisted's name
+    forbidden: Any = _Missing()
 
-    def directoryListing(self) -> Resource:  # noqa: N802 - Twisted's name
+    def directoryListing(self) -> Any:  # noqa: N802 - Twisted's name
         """No listings."""
-        return _Missing()
+        return self.childNotFound
 
 
 class _Discard(Protocol):
