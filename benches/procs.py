@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,39 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def raise_nofile(limit: int = 65536) -> int:
+    """Raise this process's open-files soft limit (up to the hard limit); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def tcp_connections(pid: int, remote_port: int) -> int:
+    """Established TCP connections of ``pid`` to 127.0.0.1:``remote_port``.
+
+    Reads the process's sockets from ``/proc/<pid>/fd`` and matches them with
+    ``/proc/net/tcp`` (state 01 = ESTABLISHED), independently of the gateway's counters.
+    """
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        remote, state, inode = parts[2], parts[3], parts[9]
+        if state == "01" and inode in inodes and int(remote.split(":")[1], 16) == remote_port:
+            count += 1
+    return count
+
+
 def basic(username: str, password: str) -> str:
     """An Authorization header value."""
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -89,21 +123,32 @@ class Nginx:
     port: int
 
     @classmethod
-    def start(cls, workdir: Path, upstream_port: int, workers: int = 1) -> Nginx:
-        """Start nginx with a generated configuration."""
+    def start(cls, workdir: Path, upstream_port: int, workers: int = 1,
+              access_log: Path | None = None) -> Nginx:
+        """Start nginx with a generated configuration.
+
+        With ``access_log``, every proxied request is logged (``$request``, status,
+        bytes): the benchmarks count the gateway's upstream requests from it.
+        """
         if shutil.which("nginx") is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
         port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "logs").mkdir(exist_ok=True)
         conf = workdir / "nginx.conf"
+        log_directive = "access_log off;" if access_log is None else (
+            "log_format bench '$msec $request_time $status $body_bytes_sent \"$request\"'; "
+            f"access_log {access_log} bench;")
         conf.write_text(f"""
 worker_processes {workers};
 error_log {workdir}/logs/error.log warn;
 pid {workdir}/nginx.pid;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
 http {{
-  access_log off;
+  {log_directive}
+  proxy_read_timeout 3600s;
+  proxy_send_timeout 3600s;
   client_body_temp_path {workdir}/body;
   proxy_temp_path {workdir}/proxy;
   upstream couch {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
@@ -147,8 +192,14 @@ class Gateway:
     port: int
 
     @classmethod
-    def start(cls, upstream_admin_url: str, extra_env: dict[str, str] | None = None) -> Gateway:
-        """Start the gateway and wait for ``/health``."""
+    def start(cls, upstream_admin_url: str, extra_env: dict[str, str] | None = None,
+              module: str = "gateway", nofile: int = 65536) -> Gateway:
+        """Start the gateway and wait for ``/health``.
+
+        ``module`` is ``gateway`` (``python -m gateway run``) or ``benches.gateway_ws``
+        (the same, with the live-changes endpoint and ``/bench/ws-metrics``). The
+        child's open-files limit is raised to ``nofile``.
+        """
         port = free_port()
         env = dict(os.environ)
         env.update({
@@ -160,8 +211,9 @@ class Gateway:
         })
         env.update(extra_env or {})
         log = open(ROOT / "var" / f"bench-gateway-{port}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "run"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", module, "run"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: raise_nofile(nofile))
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
         return cls(process, port)
 

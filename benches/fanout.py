@@ -1,0 +1,233 @@
+"""Benchmark 2: WebSocket fan-out through the gateway vs one direct ``_changes`` feed per client.
+
+Usage: ``make bench-fanout`` (or ``.venv/bin/python -m benches.fanout``).
+
+For each subscriber count (100, 1,000, 10,000): load children (:mod:`benches.wsload`)
+open that many WebSocket connections to ``/api/v1/changes``, each subscribing to the
+same database; the gateway's RSS is read before and after (idle connections). A writer
+then PUTs new documents straight to the upstream at a fixed rate; each load client
+timestamps every delivery on receipt, and latency is receipt time minus the time the
+writer's PUT was acknowledged (both ``time.monotonic()``, one system-wide clock).
+Baseline in the same run (100 and 1,000): the same number of clients, each holding its
+own continuous ``_changes`` feed straight to the upstream server.
+
+Reports latency p50/p99/max over all deliveries, deliveries/s, gateway CPU per
+delivery (``/proc``), RSS per idle connection, upstream ``_changes`` connections
+(gateway counters and, independently, ``/proc`` TCP sockets of the gateway to the
+upstream), missing/duplicate deliveries, and the load clients' own CPU.
+Results: ``benches/results/fanout.json`` and ``fanout.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benches.wsbench import (
+    RESULTS,
+    LoadProcess,
+    Stack,
+    Writer,
+    call_all,
+    create_db,
+    load_deliveries,
+    machine,
+    percentiles,
+    spawn_clients,
+)
+
+WARMUP_DOCS = 3
+
+
+def wait_delivered(loads: list[LoadProcess], expected: int, timeout: float) -> int:
+    """Poll the children until ``expected`` deliveries arrived or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    total = 0
+    while time.monotonic() < deadline:
+        total = sum(a["deliveries"] for a in call_all(loads, {"cmd": "stats"}, 30))
+        if total >= expected:
+            break
+        time.sleep(0.2)
+    return total
+
+
+def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
+            processes: int, db: str) -> dict[str, Any]:
+    """One configuration: open, idle RSS, write at ``rate`` for ``seconds``, collect."""
+    import numpy as np
+
+    port = stack.gateway.port if mode == "ws" else stack.upstream.port
+    writer = Writer(stack.upstream.port, db, stack.auth)
+    writer.next_doc = int(time.time() * 1000) % 10**9 * 1000  # unique across runs
+    rss_before = stack.gateway_rss()
+    metrics_before = stack.ws_metrics()
+    loads = spawn_clients(mode, port, db, stack.auth, clients, processes)
+    row: dict[str, Any] = {"mode": "gateway" if mode == "ws" else "direct", "clients": clients,
+                           "rate_per_s": rate, "seconds": seconds, "load_processes": processes}
+    try:
+        wall_open = time.time()
+        opened = call_all(loads, {"cmd": "open", "concurrency": 200}, 600)
+        row["open_seconds"] = max(a["seconds"] for a in opened)
+        row["connected"] = sum(a["ready"] for a in opened)
+        row["connect_failures"] = sum(a["failed"] for a in opened)
+        row["connect_errors"] = [e for a in opened for e in a["errors"]][:5]
+        time.sleep(2.0)
+        rss_after = stack.gateway_rss()
+        if mode == "ws":
+            row["rss_per_idle_connection_bytes"] = (rss_after - rss_before) / max(1, row["connected"])
+            row["gateway_rss_mb"] = rss_after / 2**20
+        metrics = stack.ws_metrics()
+        row["upstream_feeds_gateway_metric"] = metrics.get("ws_upstream_feeds")
+        row["upstream_tcp_connections_from_gateway"] = stack.upstream_feed_connections()
+        row["open_upstream_requests"] = stack.upstream_requests(wall_open)
+        for _ in range(WARMUP_DOCS):
+            writer.put()
+            time.sleep(0.2)
+        wait_delivered(loads, clients * WARMUP_DOCS, 20)
+        cpu0 = (stack.gateway_cpu(), stack.upstream_cpu(), sum(x.cpu() for x in loads))
+        wall0, mono0 = time.time(), time.monotonic()
+        docs = writer.run(rate, seconds)
+        during = (stack.upstream_feed_connections(), stack.ws_metrics().get("ws_upstream_feeds"))
+        expected = clients * (WARMUP_DOCS + len(docs))
+        total = wait_delivered(loads, expected, 30)
+        mono1 = time.monotonic()
+        cpu1 = (stack.gateway_cpu(), stack.upstream_cpu(), sum(x.cpu() for x in loads))
+        row["upstream_tcp_connections_during_writes"] = during[0]
+        row["upstream_feeds_during_writes"] = during[1]
+        row["write_upstream_requests"] = stack.upstream_requests(wall0)
+        row["max_concurrent_upstream_changes"] = stack.max_concurrent_changes(wall0)
+        paths = [str(stack.workdir / f"deliveries-{mode}-{clients}-{i}.npz") for i in range(len(loads))]
+        for load, path in zip(loads, paths, strict=True):
+            load.call({"cmd": "dump", "path": path})
+        data = load_deliveries(paths)
+    finally:
+        for load in loads:
+            load.close()
+    ack = np.full(writer.next_doc - docs[0] + 1 if docs else 1, np.nan)
+    first = docs[0] if docs else 0
+    for number in docs:
+        ack[number - first] = writer.acks[number]
+    timed = (data["doc"] >= first) & (data["doc"] <= docs[-1]) if docs else data["doc"] < 0
+    doc_index = data["doc"][timed] - first
+    latency = data["time"][timed] - ack[doc_index]
+    pairs = data["conn"][timed] * (len(ack) + 1) + doc_index
+    unique = len(np.unique(pairs))
+    window = float(data["time"][timed].max() - mono0) if timed.any() else float("nan")
+    deliveries = int(timed.sum())
+    row.update(percentiles(latency))
+    row.update({
+        "writes": len(docs), "expected_deliveries": clients * len(docs),
+        "deliveries": deliveries, "missing": clients * len(docs) - unique,
+        "duplicates": deliveries - unique, "all_deliveries_seen": total,
+        "negative_latency_share": float((latency < 0).mean()) if deliveries else 0.0,
+        "deliveries_per_s": deliveries / window if window == window and window > 0 else 0.0,
+        "window_s": window, "drain_s": mono1 - mono0,
+        "gateway_cpu_s": cpu1[0] - cpu0[0], "upstream_cpu_s": cpu1[1] - cpu0[1],
+        "load_cpu_s": cpu1[2] - cpu0[2],
+    })
+    row["gateway_cpu_us_per_delivery"] = (row["gateway_cpu_s"] / deliveries * 1e6
+                                          if mode == "ws" and deliveries else float("nan"))
+    row["upstream_cpu_us_per_delivery"] = (row["upstream_cpu_s"] / deliveries * 1e6
+                                           if deliveries else float("nan"))
+    row["load_cpu_share_of_core"] = row["load_cpu_s"] / (mono1 - mono0) / max(1, len(loads))
+    row["latency_sample_ms"] = sorted((latency * 1000).round(2).tolist())[:: max(1, deliveries // 2000)]
+    row["metrics_delta"] = {k: v - metrics_before.get(k, 0) for k, v in stack.ws_metrics().items()
+                            if isinstance(v, (int, float))}
+    return row
+
+
+def main() -> None:
+    """Run every configuration, write JSON and the plot, print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--baseline", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--rate", type=float, default=10.0, help="writes per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the write phase")
+    parser.add_argument("--output", default=str(RESULTS / "fanout.json"))
+    args = parser.parse_args()
+    started = time.time()
+    load_before = os.getloadavg()
+    stack = Stack.start("bench-fanout-", extra_env={"WALLABY_WS_AUTH_RECHECK": "0"}
+                        if os.environ.get("BENCH_NO_RECHECK") else None)
+    rows = []
+    try:
+        create_db(stack, "fan")
+        configs = [("http", n) for n in args.baseline] + [("ws", n) for n in args.clients]
+        configs.sort(key=lambda c: (c[1], c[0]))
+        for mode, clients in configs:
+            processes = 1 if clients <= 1000 else 2
+            row = measure(stack, mode, clients, args.rate, args.seconds, processes, "fan")
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "latency_sample_ms"}),
+                  flush=True)
+            time.sleep(2)
+    finally:
+        stack.stop()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "fanout", "started": started,
+                               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                               "machine": machine(), "rate_per_s": args.rate,
+                               "seconds": args.seconds, "results": rows}, indent=2))
+    print(markdown(rows))
+    plot(rows, out.with_suffix(".png"))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The results table (ratios against the direct baseline of the same run)."""
+    direct = {r["clients"]: r for r in rows if r["mode"] == "direct"}
+    lines = ["| clients | path | p50 ms | p99 ms | max ms | p99 ÷ direct | deliveries/s | "
+             "missing/dup | gateway CPU µs/delivery | upstream CPU s | RSS/idle conn | "
+             "upstream feeds (metric / concurrent `_changes` / pool TCP) | load CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = direct.get(r["clients"])
+        ratio = f"{r['p99_ms'] / base['p99_ms']:.2f}" if base and base["p99_ms"] else "-"
+        rss = (f"{r['rss_per_idle_connection_bytes'] / 1024:.1f} KB"
+               if "rss_per_idle_connection_bytes" in r else "-")
+        cpu = (f"{r['gateway_cpu_us_per_delivery']:.1f}"
+               if r["gateway_cpu_us_per_delivery"] == r["gateway_cpu_us_per_delivery"] else "-")
+        feeds = (f"{r['upstream_feeds_during_writes']} / {r['max_concurrent_upstream_changes']}"
+                 f" / {r['upstream_tcp_connections_during_writes']}"
+                 if r["mode"] == "gateway" else f"{r['clients']} (one per client)")
+        lines.append(
+            f"| {r['clients']} | {r['mode']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['max_ms']:.1f} | {ratio} | {r['deliveries_per_s']:.0f} | "
+            f"{r['missing']}/{r['duplicates']} | {cpu} | {r['upstream_cpu_s']:.2f} | {rss} | "
+            f"{feeds} | {r['load_cpu_share_of_core']:.0%} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Latency CDFs of every configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        sample = np.array(r["latency_sample_ms"])
+        if not len(sample):
+            continue
+        style = "-" if r["mode"] == "gateway" else "--"
+        ax.plot(np.sort(sample), np.linspace(0, 1, len(sample)), style,
+                label=f"{r['mode']}, {r['clients']} clients (p99 {r['p99_ms']:.0f} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("write acknowledged → received (ms, log)")
+    ax.set_ylabel("share of deliveries")
+    ax.axvline(100, color="grey", lw=0.8, ls=":")
+    ax.set_title("Fan-out latency CDF: gateway (shared feed) vs one direct feed per client")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
