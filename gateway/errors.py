@@ -20,6 +20,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   ├── RangeNotSatisfiable        416
     │   ├── ExpectationFailed          417
     │   ├── UpstreamServerError        5xx answered by CouchDB
+    │   │   └── FeedProtocolError      a _changes feed line CouchDB sent is unusable
     │   └── CouchUnreachable           no answer at all (status 503)
     │       └── CouchTimeout           no answer in time (status 504)
     └── GatewayRequestError            the gateway refuses a client's request itself
@@ -47,6 +48,7 @@ __all__ = [
     "CouchTimeout",
     "CouchUnreachable",
     "ExpectationFailed",
+    "FeedProtocolError",
     "Forbidden",
     "GatewayError",
     "GatewayRequestError",
@@ -226,6 +228,16 @@ class UpstreamServerError(CouchError):
 
     default_status = 500
     default_error = "upstream_error"
+
+
+class FeedProtocolError(UpstreamServerError):
+    """A ``_changes`` feed sent a line that is not valid JSON, not a change, or too long.
+
+    It maps to 502 like every upstream fault; it registers no status of its own, so
+    :meth:`CouchError.from_response` never builds it.
+    """
+
+    default_error = "bad_feed"
 
 
 class CouchUnreachable(CouchError):

@@ -1,0 +1,325 @@
+"""``ChangeSubscriptions``: the original Wallaby ``changes``/``unchanges`` API on shared feeds.
+
+Every ``subscribe(cb, since, **options)`` is a *registration* keyed by ``(since, options)``
+(after normalisation), as in the original Wallaby: ``unsubscribe`` with the same
+arguments removes it, and registering the same key again replaces its callback.
+Registered callbacks are called as ``cb(rows, viewID=None)``, where ``viewID`` is the
+view (``"ddoc/vname"``) of a ``filter="_view"`` registration.
+
+Sharing. Options are normalised (``None`` values and defaults dropped, booleans made
+booleans, ``doc_ids`` sorted and deduplicated, the implied ``filter`` of ``doc_ids``,
+``selector`` and ``view`` filled in), so equal requests share one
+:class:`~gateway.couch.changes.feed.ChangesFeed`:
+
+* a registration with ``since="now"`` joins a running feed with equal options (it gets
+  every change from now on) or starts one;
+* a registration with an explicit ``since`` (``0`` or a seq) always starts its own feed
+  from that point, so it gets exactly the changes after its ``since`` — once each,
+  in order. It cannot join a running feed: seqs are opaque, so there is no way to tell
+  where a catch-up from its ``since`` would meet the running feed without losing or
+  repeating changes. Later ``"now"`` registrations may share its feed.
+
+A feed closes when its last registration goes. A callback that raises is logged and the
+feed goes on; a callback that returns a Deferred pauses its feed until it fires. A feed
+that stops for good (the database was deleted, access was revoked, the filter does not
+exist) is logged and dropped with its registrations.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gateway.couch._deferred import returns_deferred
+from gateway.couch.changes.feed import ChangesFeed
+from gateway.couch.transport import CouchTransport
+
+__all__ = [
+    "ChangeCallback",
+    "ChangeSubscriptions",
+    "normalize_options",
+    "options_key",
+]
+
+#: ``cb(rows, viewID=None)``; may return a Deferred.
+ChangeCallback = Callable[..., Any]
+
+_BOOLEAN_OPTIONS: Final = frozenset(
+    {"include_docs", "conflicts", "attachments", "att_encoding_info", "seq_interval"}
+)
+_DROPPED: Final = frozenset({"feed", "heartbeat", "since"})
+_REFUSED: Final = frozenset({"limit", "descending"})
+
+_log = Logger(namespace="gateway.couch.changes")
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"the changes option {name!r} must be a boolean")
+
+
+def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise ``_changes`` options so that equal requests compare equal.
+
+    Args:
+        options: What a caller passed (``filter``, ``view``, ``doc_ids``, …).
+
+    Returns:
+        The options a feed is opened with.
+
+    Raises:
+        ValueError: An option makes no sense for a continuous shared feed (``limit``,
+            ``descending``, a ``feed`` other than ``continuous``) or has a wrong type.
+    """
+    feed = options.get("feed")
+    if feed not in (None, "continuous"):
+        raise ValueError("changes subscriptions are continuous feeds")
+    refused = sorted(_REFUSED.intersection(k for k, v in options.items() if v is not None))
+    if refused:
+        raise ValueError(f"option(s) {', '.join(refused)} cannot apply to a continuous feed")
+    result: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or name in _DROPPED:
+            continue
+        if name in _BOOLEAN_OPTIONS:
+            if _boolean(name, value):
+                result[name] = True
+            continue
+        result[name] = value
+    if result.get("style") == "main_only":
+        del result["style"]
+    if "doc_ids" in result:
+        doc_ids = result["doc_ids"]
+        if isinstance(doc_ids, str) or not all(isinstance(i, str) for i in doc_ids):
+            raise ValueError("doc_ids must be a list of document ids")
+        result["doc_ids"] = sorted(set(doc_ids))
+        result.setdefault("filter", "_doc_ids")
+    if "selector" in result:
+        if not isinstance(result["selector"], Mapping):
+            raise ValueError("selector must be a JSON object")
+        result.setdefault("filter", "_selector")
+    if "view" in result:
+        result.setdefault("filter", "_view")
+    return result
+
+
+def options_key(normalized: Mapping[str, Any]) -> str:
+    """A canonical text for normalised options (the key of shared feeds)."""
+    return json.dumps(normalized, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _since_key(since: Any) -> str:
+    return json.dumps(since, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(eq=False)
+class _Registration:
+    key: str
+    callback: ChangeCallback
+    view_id: str | None
+
+
+@dataclass(eq=False)
+class _Shared:
+    options_key: str
+    feed: ChangesFeed
+    registrations: dict[str, _Registration] = field(default_factory=dict)
+
+
+class ChangeSubscriptions(MultiService):
+    """The changes registrations of one database, on as few feeds as possible.
+
+    Args:
+        transport: How to reach CouchDB.
+        db_name: The database.
+        clock: The clock of the feeds (``transport.reactor`` by default).
+        heartbeat: The feeds' heartbeat in seconds.
+        feed_options: Extra keyword arguments for every
+            :class:`~gateway.couch.changes.feed.ChangesFeed` (e.g. ``backoff``).
+    """
+
+    def __init__(
+        self,
+        transport: CouchTransport,
+        db_name: str,
+        *,
+        clock: IReactorTime | None = None,
+        heartbeat: float = 10.0,
+        feed_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.name = f"changes-subscriptions:{db_name}"
+        self.transport = transport
+        self.db_name = db_name
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self._feed_options = dict(feed_options or {})
+        self._shared: list[_Shared] = []
+        self._by_key: dict[str, _Shared] = {}
+
+    @property
+    def feed_count(self) -> int:
+        """How many upstream feeds (connections) are open."""
+        return len(self._shared)
+
+    @property
+    def feeds(self) -> list[ChangesFeed]:
+        """The open feeds (for inspection)."""
+        return [shared.feed for shared in self._shared]
+
+    @property
+    def registration_count(self) -> int:
+        """How many registrations exist."""
+        return len(self._by_key)
+
+    @returns_deferred
+    async def subscribe(self, cb: ChangeCallback, since: Any = "now", **options: Any) -> None:
+        """Register ``cb(rows, viewID=None)`` for changes after ``since``.
+
+        Args:
+            cb: The callback.
+            since: ``"now"``, ``0`` or an opaque seq.
+            **options: ``_changes`` options (see :func:`normalize_options`).
+
+        Returns:
+            A Deferred firing once the registration's starting point is fixed (see
+            :meth:`ChangesFeed.ready`); it fails, and nothing stays registered, when
+            the feed cannot start (e.g. the database does not exist).
+        """
+        normalized = normalize_options(options)
+        opts_key = options_key(normalized)
+        key = _since_key(since) + " " + opts_key
+        existing = self._by_key.get(key)
+        if existing is not None:
+            existing.registrations[key].callback = cb
+            return
+        view_id = normalized.get("view") if normalized.get("filter") == "_view" else None
+        registration = _Registration(key, cb, view_id if isinstance(view_id, str) else None)
+        if not self.running:
+            self.startService()  # type: ignore[no-untyped-call]
+        if since == "now":
+            for shared in self._shared:
+                if shared.options_key == opts_key and shared.feed.error is None:
+                    shared.registrations[key] = registration
+                    self._by_key[key] = shared
+                    await shared.feed.ready()
+                    return
+        shared = self._open(normalized, opts_key, since)
+        shared.registrations[key] = registration
+        self._by_key[key] = shared
+        await shared.feed.ready()
+
+    @returns_deferred
+    async def unsubscribe(self, since: Any = "now", **options: Any) -> None:
+        """Remove the registration made with the same ``since`` and options.
+
+        Its feed is closed when no registration is left; unknown keys are ignored.
+
+        Returns:
+            A Deferred firing once the registration is gone (and its feed closed).
+        """
+        key = _since_key(since) + " " + options_key(normalize_options(options))
+        shared = self._by_key.pop(key, None)
+        if shared is None:
+            return
+        shared.registrations.pop(key, None)
+        if not shared.registrations:
+            await self._close_feed(shared)
+
+    @returns_deferred
+    async def close(self) -> None:
+        """Stop every feed and forget every registration."""
+        self._by_key.clear()
+        for shared in list(self._shared):
+            shared.registrations.clear()
+        await self.stopService()  # type: ignore[no-untyped-call]
+        for shared in list(self._shared):
+            await self._close_feed(shared)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _open(self, normalized: dict[str, Any], opts_key: str, since: Any) -> _Shared:
+        holder: list[_Shared] = []
+        feed = ChangesFeed(
+            self.transport,
+            self.db_name,
+            normalized,
+            since=since,
+            on_changes=lambda rows, _seq: self._deliver(holder[0], rows),
+            on_error=lambda exc: self._failed(holder[0], exc),
+            clock=self._clock,
+            heartbeat=self._heartbeat,
+            **self._feed_options,
+        )
+        shared = _Shared(opts_key, feed)
+        holder.append(shared)
+        self._shared.append(shared)
+        feed.setServiceParent(self)  # type: ignore[no-untyped-call]
+        return shared
+
+    async def _close_feed(self, shared: _Shared) -> None:
+        if shared in self._shared:
+            self._shared.remove(shared)
+        if shared.feed.parent is not None:
+            shared.feed.disownServiceParent()  # type: ignore[no-untyped-call]
+        await shared.feed.stopService()
+
+    def _failed(self, shared: _Shared, exc: Exception) -> None:
+        _log.warn(
+            "changes feed of {db} dropped with {count} registration(s): {reason}",
+            db=self.db_name,
+            count=len(shared.registrations),
+            reason=str(exc),
+        )
+        for key in shared.registrations:
+            self._by_key.pop(key, None)
+        shared.registrations.clear()
+        if shared in self._shared:
+            self._shared.remove(shared)
+        if shared.feed.parent is not None:
+            # The feed has stopped itself; detaching only finishes its bookkeeping.
+            stopped = shared.feed.disownServiceParent()  # type: ignore[no-untyped-call]
+            if isinstance(stopped, Deferred):
+                stopped.addErrback(
+                    lambda f: _log.failure("closing a failed changes feed failed", f)
+                )
+
+    def _deliver(self, shared: _Shared, rows: list[dict[str, Any]]) -> Deferred[None] | None:
+        pending: list[Deferred[Any]] = []
+        for registration in list(shared.registrations.values()):
+            result = self._call(registration, list(rows))
+            if result is not None:
+                pending.append(result)
+        if not pending:
+            return None
+        gathered: Deferred[Any] = gatherResults(pending, consumeErrors=True)
+        gathered.addErrback(lambda _: None)  # each callback's failure is logged already
+        return gathered
+
+    def _call(
+        self, registration: _Registration, rows: list[dict[str, Any]]
+    ) -> Deferred[Any] | None:
+        try:
+            result = registration.callback(rows, viewID=registration.view_id)
+        except Exception:
+            _log.failure("a changes callback of {db} raised", db=self.db_name)
+            return None
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if not isinstance(result, Deferred):
+            return None
+        result.addErrback(
+            lambda f: _log.failure("a changes callback of {db} failed", f, db=self.db_name)
+        )
+        return None if result.called else result
