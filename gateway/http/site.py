@@ -164,9 +164,14 @@ class FrontDoor(Resource):
         request.setHeader("X-Request-Id", request.request_id)
         request.setHeader("X-Content-Type-Options", "nosniff")
         request.setHeader("Cache-Control", "no-store")
-        self.in_flight.begin()
-        self.metrics.in_flight += 1
-        request.notifyFinish().addBoth(self._finished, request)
+        mounted: Any = self.mounts.get(request.path)
+        # Mounted resources (the WebSocket endpoint) hold connections open for hours:
+        # they are logged but not counted in flight (shutdown does not wait for them).
+        counted = mounted is None
+        if counted:
+            self.in_flight.begin()
+            self.metrics.in_flight += 1
+        request.notifyFinish().addBoth(self._finished, request, counted)
         try:
             check_raw_path(request.uri)
             if self.cors.apply(request):
@@ -178,7 +183,6 @@ class FrontDoor(Resource):
                 raise PayloadTooLarge("the request body is too large")
         except GatewayError as exc:
             return render_error(request, exc)
-        mounted: Any = self.mounts.get(request.path)
         if mounted is not None:
             request.route = "mounted"
             result: bytes | int = mounted.render(request)
@@ -189,9 +193,10 @@ class FrontDoor(Resource):
         result = self.router.render(request)
         return result
 
-    def _finished(self, outcome: Any, request: Any) -> None:
-        self.in_flight.end()
-        self.metrics.in_flight -= 1
+    def _finished(self, outcome: Any, request: Any, counted: bool) -> None:
+        if counted:
+            self.in_flight.end()
+            self.metrics.in_flight -= 1
         duration = self.clock() - request.started
         self.metrics.observe_request(
             request.route, request.method.decode("ascii", "replace"), request.code, duration

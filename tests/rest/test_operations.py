@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.rest.conftest import RunningGateway
+from typing import Any
+
+from tests.rest.conftest import RunningGateway, StartGateway
 
 
 async def test_health_ready_and_request_id(gateway: RunningGateway) -> None:
@@ -66,3 +68,28 @@ async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:
         assert await treq.content(static) == (STATIC_DIR / asset).read_bytes()
     missing = await gateway.client.get("/static/nope.js")
     assert missing.status == 404
+
+
+async def test_mounted_resources_pass_the_front_door(start_gateway: StartGateway) -> None:
+    from twisted.web.resource import Resource
+
+    class Hello(Resource):
+        isLeaf = True  # noqa: N815 - Twisted's name
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"mounted"
+
+    gateway = await start_gateway(cors_origins=("https://app.example",))
+    gateway.app.mount(b"/api/v1/changes", Hello())
+    response = await gateway.client.open(
+        "GET", "/api/v1/changes", headers={"Origin": "https://app.example"}
+    )
+    import treq
+
+    assert response.code == 200 and await treq.content(response) == b"mounted"
+    assert response.headers.getRawHeaders("X-Request-Id")
+    assert response.headers.getRawHeaders("Access-Control-Allow-Origin") == ["https://app.example"]
+    assert gateway.app.in_flight.count == 0
+    traversal = await gateway.client.get("/api/v1/changes/../db/_users")
+    assert traversal.status == 400
