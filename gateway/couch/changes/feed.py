@@ -378,7 +378,6 @@ class ChangesFeed(Service):
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
-        self.name = f"changes:{db_name}"
         self.db_name = db_name
         self.options: dict[str, Any] = dict(options or {})
         self.heartbeat = heartbeat
@@ -397,6 +396,7 @@ class ChangesFeed(Service):
         self._recent = _RecentRevisions()
         self._state: FeedState = "stopped"
         self._validated = False
+        self._advanced = False
         self._wanted = False
         self._loop: Deferred[None] | None = None
         self._pending: Deferred[Any] | None = None
@@ -413,6 +413,11 @@ class ChangesFeed(Service):
     def since(self) -> Any:
         """The seq the feed would resume after (opaque)."""
         return self._since
+
+    @property
+    def advanced(self) -> bool:
+        """Whether the feed has moved past its initial ``since`` (rows or an end seen)."""
+        return self._advanced
 
     @property
     def state(self) -> FeedState:
@@ -599,7 +604,6 @@ class ChangesFeed(Service):
     def _give_up(self, exc: Exception) -> None:
         self._wanted = False
         self.error = exc
-        self._settle_ready(exc)
         _log.warn(
             "changes feed of {db} stopped: {reason}", db=self.db_name, reason=_describe(exc)
         )
@@ -608,6 +612,7 @@ class ChangesFeed(Service):
                 self._on_error(exc)
             except Exception:
                 _log.failure("on_error handler of a changes feed failed")
+        self._settle_ready(exc)
 
     # -- events --------------------------------------------------------------------
 
@@ -618,12 +623,14 @@ class ChangesFeed(Service):
         for event in events:
             if isinstance(event, ChangeRow):
                 self._since = event.seq
+                self._advanced = True
                 if self._recent.is_repeat(event.row):
                     self.duplicates_dropped += 1
                 else:
                     rows.append(event.row)
             elif isinstance(event, FeedEnd):
                 self._since = event.last_seq
+                self._advanced = True
             elif isinstance(event, FeedErrorLine):
                 connection.abort(detail=f"CouchDB aborted the feed: {event.error}: {event.reason}")
                 break

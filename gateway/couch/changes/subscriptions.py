@@ -1,10 +1,10 @@
 """``ChangeSubscriptions``: the original Wallaby ``changes``/``unchanges`` API on shared feeds.
 
-Every ``subscribe(cb, since, **options)`` is a *registration* keyed by ``(since, options)``
-(after normalisation), as in the original Wallaby: ``unsubscribe`` with the same
-arguments removes it, and registering the same key again replaces its callback.
-Registered callbacks are called as ``cb(rows, viewID=None)``, where ``viewID`` is the
-view (``"ddoc/vname"``) of a ``filter="_view"`` registration.
+Every ``subscribe(cb, since, **options)`` adds ``cb`` to the *registration* keyed by
+``(since, options)`` (after normalisation), as in the original Wallaby: ``unsubscribe``
+with the same arguments removes the registration with all its callbacks (or only ``cb``
+when given). Every registered callback is called as ``cb(rows, viewID=None)``, where
+``viewID`` is the view (``"ddoc/vname"``) of a ``filter="_view"`` registration.
 
 Sharing. Options are normalised (``None`` values and defaults dropped, booleans made
 booleans, ``doc_ids`` sorted and deduplicated, the implied ``filter`` of ``doc_ids``,
@@ -13,11 +13,12 @@ booleans, ``doc_ids`` sorted and deduplicated, the implied ``filter`` of ``doc_i
 
 * a registration with ``since="now"`` joins a running feed with equal options (it gets
   every change from now on) or starts one;
-* a registration with an explicit ``since`` (``0`` or a seq) always starts its own feed
-  from that point, so it gets exactly the changes after its ``since`` — once each,
-  in order. It cannot join a running feed: seqs are opaque, so there is no way to tell
-  where a catch-up from its ``since`` would meet the running feed without losing or
-  repeating changes. Later ``"now"`` registrations may share its feed.
+* a callback with an explicit ``since`` (``0`` or a seq) starts its own feed from that
+  point, so it gets exactly the changes after its ``since`` — once each, in order. It
+  joins a running feed only if that feed has the same ``since`` and options and has not
+  moved yet. It cannot join a feed that has moved on: seqs are opaque, so there is no
+  way to tell where a catch-up from its ``since`` would meet the running feed without
+  losing or repeating changes. Later ``"now"`` callbacks may share its feed.
 
 A feed closes when its last registration goes. A callback that raises is logged and the
 feed goes on; a callback that returns a Deferred pauses its feed until it fires. A feed
@@ -39,6 +40,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.couch._deferred import returns_deferred
+from gateway.couch.changes.backoff import Backoff
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
 
@@ -125,9 +127,8 @@ def _since_key(since: Any) -> str:
 
 @dataclass(eq=False)
 class _Registration:
-    key: str
-    callback: ChangeCallback
     view_id: str | None
+    callbacks: list[ChangeCallback] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -145,8 +146,9 @@ class ChangeSubscriptions(MultiService):
         db_name: The database.
         clock: The clock of the feeds (``transport.reactor`` by default).
         heartbeat: The feeds' heartbeat in seconds.
+        backoff: Makes each feed's reconnection delays (the default ``Backoff()``).
         feed_options: Extra keyword arguments for every
-            :class:`~gateway.couch.changes.feed.ChangesFeed` (e.g. ``backoff``).
+            :class:`~gateway.couch.changes.feed.ChangesFeed` (e.g. ``connect_timeout``).
     """
 
     def __init__(
@@ -156,17 +158,18 @@ class ChangeSubscriptions(MultiService):
         *,
         clock: IReactorTime | None = None,
         heartbeat: float = 10.0,
+        backoff: Callable[[], Backoff] = Backoff,
         feed_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.name = f"changes-subscriptions:{db_name}"
         self.transport = transport
         self.db_name = db_name
         self._clock = clock
         self._heartbeat = heartbeat
+        self._backoff = backoff
         self._feed_options = dict(feed_options or {})
         self._shared: list[_Shared] = []
-        self._by_key: dict[str, _Shared] = {}
+        self._by_key: dict[str, list[_Shared]] = {}
 
     @property
     def feed_count(self) -> int:
@@ -180,8 +183,17 @@ class ChangeSubscriptions(MultiService):
 
     @property
     def registration_count(self) -> int:
-        """How many registrations exist."""
+        """How many registrations (distinct ``(since, options)`` keys) exist."""
         return len(self._by_key)
+
+    @property
+    def callback_count(self) -> int:
+        """How many callbacks are registered in all (on all feeds)."""
+        return sum(
+            len(registration.callbacks)
+            for shared in self._shared
+            for registration in shared.registrations.values()
+        )
 
     @returns_deferred
     async def subscribe(self, cb: ChangeCallback, since: Any = "now", **options: Any) -> None:
@@ -193,49 +205,69 @@ class ChangeSubscriptions(MultiService):
             **options: ``_changes`` options (see :func:`normalize_options`).
 
         Returns:
-            A Deferred firing once the registration's starting point is fixed (see
+            A Deferred firing once the callback's starting point is fixed (see
             :meth:`ChangesFeed.ready`); it fails, and nothing stays registered, when
             the feed cannot start (e.g. the database does not exist).
         """
         normalized = normalize_options(options)
         opts_key = options_key(normalized)
         key = _since_key(since) + " " + opts_key
-        existing = self._by_key.get(key)
-        if existing is not None:
-            existing.registrations[key].callback = cb
-            return
-        view_id = normalized.get("view") if normalized.get("filter") == "_view" else None
-        registration = _Registration(key, cb, view_id if isinstance(view_id, str) else None)
         if not self.running:
             self.startService()  # type: ignore[no-untyped-call]
-        if since == "now":
-            for shared in self._shared:
-                if shared.options_key == opts_key and shared.feed.error is None:
-                    shared.registrations[key] = registration
-                    self._by_key[key] = shared
-                    await shared.feed.ready()
-                    return
-        shared = self._open(normalized, opts_key, since)
-        shared.registrations[key] = registration
-        self._by_key[key] = shared
+        shared = self._joinable(key, opts_key, since)
+        if shared is None:
+            shared = self._open(normalized, opts_key, since)
+        registration = shared.registrations.get(key)
+        if registration is None:
+            view_id = normalized.get("view") if normalized.get("filter") == "_view" else None
+            registration = _Registration(view_id if isinstance(view_id, str) else None)
+            shared.registrations[key] = registration
+            self._by_key.setdefault(key, []).append(shared)
+        if cb not in registration.callbacks:
+            registration.callbacks.append(cb)
         await shared.feed.ready()
 
+    def _joinable(self, key: str, opts_key: str, since: Any) -> _Shared | None:
+        candidates = [s for s in self._shared if s.options_key == opts_key and s.feed.error is None]
+        if since == "now":
+            # Any feed with these options delivers every change from now on.
+            candidates.sort(key=lambda s: key not in s.registrations)
+            return candidates[0] if candidates else None
+        for shared in candidates:
+            if key in shared.registrations and not shared.feed.advanced:
+                return shared
+        return None
+
     @returns_deferred
-    async def unsubscribe(self, since: Any = "now", **options: Any) -> None:
+    async def unsubscribe(
+        self, since: Any = "now", cb: ChangeCallback | None = None, **options: Any
+    ) -> None:
         """Remove the registration made with the same ``since`` and options.
 
-        Its feed is closed when no registration is left; unknown keys are ignored.
+        Each feed is closed when no registration is left on it; unknown keys are ignored.
+
+        Args:
+            since: The ``since`` of the registration.
+            cb: Remove only this callback (the registration goes with its last one).
+            **options: The options of the registration.
 
         Returns:
-            A Deferred firing once the registration is gone (and its feed closed).
+            A Deferred firing once the registration is gone (and its feeds closed).
         """
         key = _since_key(since) + " " + options_key(normalize_options(options))
-        shared = self._by_key.pop(key, None)
-        if shared is None:
-            return
-        shared.registrations.pop(key, None)
-        if not shared.registrations:
-            await self._close_feed(shared)
+        for shared in list(self._by_key.get(key, [])):
+            registration = shared.registrations[key]
+            if cb is not None:
+                if cb in registration.callbacks:
+                    registration.callbacks.remove(cb)
+                if registration.callbacks:
+                    continue
+            del shared.registrations[key]
+            self._by_key[key].remove(shared)
+            if not shared.registrations:
+                await self._close_feed(shared)
+        if not self._by_key.get(key, True):
+            del self._by_key[key]
 
     @returns_deferred
     async def close(self) -> None:
@@ -260,6 +292,7 @@ class ChangeSubscriptions(MultiService):
             on_error=lambda exc: self._failed(holder[0], exc),
             clock=self._clock,
             heartbeat=self._heartbeat,
+            backoff=self._backoff(),
             **self._feed_options,
         )
         shared = _Shared(opts_key, feed)
@@ -268,9 +301,19 @@ class ChangeSubscriptions(MultiService):
         feed.setServiceParent(self)  # type: ignore[no-untyped-call]
         return shared
 
-    async def _close_feed(self, shared: _Shared) -> None:
+    def _forget(self, shared: _Shared) -> None:
+        for key in shared.registrations:
+            holders = self._by_key.get(key, [])
+            if shared in holders:
+                holders.remove(shared)
+            if not holders:
+                self._by_key.pop(key, None)
+        shared.registrations.clear()
         if shared in self._shared:
             self._shared.remove(shared)
+
+    async def _close_feed(self, shared: _Shared) -> None:
+        self._forget(shared)
         if shared.feed.parent is not None:
             shared.feed.disownServiceParent()  # type: ignore[no-untyped-call]
         await shared.feed.stopService()
@@ -282,13 +325,9 @@ class ChangeSubscriptions(MultiService):
             count=len(shared.registrations),
             reason=str(exc),
         )
-        for key in shared.registrations:
-            self._by_key.pop(key, None)
-        shared.registrations.clear()
-        if shared in self._shared:
-            self._shared.remove(shared)
+        self._forget(shared)
         if shared.feed.parent is not None:
-            # The feed has stopped itself; detaching only finishes its bookkeeping.
+            # The feed has stopped itself; detaching only finishes the bookkeeping.
             stopped = shared.feed.disownServiceParent()  # type: ignore[no-untyped-call]
             if isinstance(stopped, Deferred):
                 stopped.addErrback(
@@ -298,9 +337,10 @@ class ChangeSubscriptions(MultiService):
     def _deliver(self, shared: _Shared, rows: list[dict[str, Any]]) -> Deferred[None] | None:
         pending: list[Deferred[Any]] = []
         for registration in list(shared.registrations.values()):
-            result = self._call(registration, list(rows))
-            if result is not None:
-                pending.append(result)
+            for callback in list(registration.callbacks):
+                result = self._call(callback, registration.view_id, list(rows))
+                if result is not None:
+                    pending.append(result)
         if not pending:
             return None
         gathered: Deferred[Any] = gatherResults(pending, consumeErrors=True)
@@ -308,10 +348,10 @@ class ChangeSubscriptions(MultiService):
         return gathered
 
     def _call(
-        self, registration: _Registration, rows: list[dict[str, Any]]
+        self, callback: ChangeCallback, view_id: str | None, rows: list[dict[str, Any]]
     ) -> Deferred[Any] | None:
         try:
-            result = registration.callback(rows, viewID=registration.view_id)
+            result = callback(rows, viewID=view_id)
         except Exception:
             _log.failure("a changes callback of {db} raised", db=self.db_name)
             return None
