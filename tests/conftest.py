@@ -152,6 +152,8 @@ async def db(admin: CouchServer) -> AsyncIterator[Database]:
 class TestUser:
     """A throwaway CouchDB user."""
 
+    __test__ = False  # a data class, not a test class
+
     name: str
     password: str
 
