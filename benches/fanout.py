@@ -23,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from benches.procs import ROOT
 from benches.wsbench import (
     RESULTS,
     LoadProcess,
@@ -43,6 +46,16 @@ from benches.wsbench import (
 WARMUP_DOCS = 3
 
 
+def profile_gateway(stack: Stack, name: str, seconds: float) -> subprocess.Popen[bytes]:
+    """Start py-spy on the gateway for ``seconds`` (collapsed stacks in results/)."""
+    py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    RESULTS.mkdir(exist_ok=True)
+    return subprocess.Popen([py_spy, "record", "--pid", str(stack.gateway.process.pid),
+                             "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
+                             "--output", str(RESULTS / f"profile-{name}.txt"), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_delivered(loads: list[LoadProcess], expected: int, timeout: float) -> int:
     """Poll the children until ``expected`` deliveries arrived or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
@@ -56,7 +69,8 @@ def wait_delivered(loads: list[LoadProcess], expected: int, timeout: float) -> i
 
 
 def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
-            processes: int, db: str) -> dict[str, Any]:
+            processes: int, db: str, args_idle_seconds: float = 5.0,
+            profile: bool = False) -> dict[str, Any]:
     """One configuration: open, idle RSS, write at ``rate`` for ``seconds``, collect."""
     import numpy as np
 
@@ -70,12 +84,22 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
                            "rate_per_s": rate, "seconds": seconds, "load_processes": processes}
     try:
         wall_open = time.time()
-        opened = call_all(loads, {"cmd": "open", "concurrency": 200}, 600)
+        # Direct feeds answer their headers only with the first heartbeat (1 s): open
+        # them all at once; WebSocket handshakes are paced (Twisted's listen backlog is 50).
+        opened = call_all(loads, {"cmd": "open", "concurrency": 200 if mode == "ws" else None},
+                          600)
         row["open_seconds"] = max(a["seconds"] for a in opened)
         row["connected"] = sum(a["ready"] for a in opened)
         row["connect_failures"] = sum(a["failed"] for a in opened)
         row["connect_errors"] = [e for a in opened for e in a["errors"]][:5]
-        time.sleep(2.0)
+        # Idle: every subscriber connected, no writes. What do idle connections cost?
+        idle0 = (stack.gateway_cpu(), stack.upstream_cpu(), time.time())
+        time.sleep(args_idle_seconds)
+        idle1 = (stack.gateway_cpu(), stack.upstream_cpu(), time.time())
+        row["idle_seconds"] = idle1[2] - idle0[2]
+        row["idle_gateway_cpu_share"] = (idle1[0] - idle0[0]) / row["idle_seconds"]
+        row["idle_upstream_cpu_share"] = (idle1[1] - idle0[1]) / row["idle_seconds"]
+        row["idle_upstream_requests"] = stack.upstream_requests(idle0[2], idle1[2])
         rss_after = stack.gateway_rss()
         if mode == "ws":
             row["rss_per_idle_connection_bytes"] = (rss_after - rss_before) / max(1, row["connected"])
@@ -90,7 +114,10 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
         wait_delivered(loads, clients * WARMUP_DOCS, 20)
         cpu0 = (stack.gateway_cpu(), stack.upstream_cpu(), sum(x.cpu() for x in loads))
         wall0, mono0 = time.time(), time.monotonic()
+        spy = profile_gateway(stack, f"fanout-{mode}-{clients}", seconds) if profile else None
         docs = writer.run(rate, seconds)
+        if spy is not None:
+            spy.wait(seconds + 60)
         during = (stack.upstream_feed_connections(), stack.ws_metrics().get("ws_upstream_feeds"))
         expected = clients * (WARMUP_DOCS + len(docs))
         total = wait_delivered(loads, expected, 30)
@@ -144,9 +171,13 @@ def main() -> None:
     """Run every configuration, write JSON and the plot, print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--baseline", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--baseline", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--rate", type=float, default=10.0, help="writes per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the write phase")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="connected, no writes: measures the cost of idle connections")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway during each write phase (results/profile-*.txt)")
     parser.add_argument("--output", default=str(RESULTS / "fanout.json"))
     args = parser.parse_args()
     started = time.time()
@@ -155,14 +186,18 @@ def main() -> None:
                         if os.environ.get("BENCH_NO_RECHECK") else None)
     rows = []
     try:
-        create_db(stack, "fan")
         configs = [("http", n) for n in args.baseline] + [("ws", n) for n in args.clients]
         configs.sort(key=lambda c: (c[1], c[0]))
         for mode, clients in configs:
             processes = 1 if clients <= 1000 else 2
-            row = measure(stack, mode, clients, args.rate, args.seconds, processes, "fan")
+            # A database per configuration: feeds of one run cannot affect the next.
+            db = f"fan_{mode}_{clients}"
+            create_db(stack, db)
+            row = measure(stack, mode, clients, args.rate, args.seconds, processes, db,
+                          args.idle_seconds, args.profile and mode == "ws")
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "latency_sample_ms"}),
+            print(json.dumps({k: v for k, v in row.items()
+                              if k not in ("latency_sample_ms", "metrics_delta")}),
                   flush=True)
             time.sleep(2)
     finally:

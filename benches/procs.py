@@ -53,6 +53,14 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into ``SystemExit`` so ``finally`` stops children."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def raise_nofile(limit: int = 65536) -> int:
     """Raise this process's open-files soft limit (up to the hard limit); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

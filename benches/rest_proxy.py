@@ -32,6 +32,7 @@ from benches.procs import (
     couch_request,
     cpu_seconds,
     start_upstream,
+    stop_on_sigterm,
 )
 
 LUA = Path(__file__).resolve().parent / "lua"
@@ -117,6 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
+    stop_on_sigterm()
     (ROOT / "var").mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-rest-", dir=ROOT / "var"))
     upstream = start_upstream(workdir)

@@ -25,6 +25,7 @@ from benches.procs import (
     raise_nofile,
     rss_bytes,
     start_upstream,
+    stop_on_sigterm,
     tcp_connections,
 )
 
@@ -49,6 +50,7 @@ class Stack:
 
     @classmethod
     def start(cls, prefix: str, extra_env: dict[str, str] | None = None) -> Stack:
+        stop_on_sigterm()
         raise_nofile()
         (ROOT / "var").mkdir(exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=ROOT / "var"))
@@ -88,7 +90,7 @@ class Stack:
 
     def ws_metrics(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.gateway.port}/bench/ws-metrics"
-        with urllib.request.urlopen(url, timeout=10) as answer:
+        with urllib.request.urlopen(url, timeout=120) as answer:
             metrics: dict[str, Any] = json.loads(answer.read())
             return metrics
 

@@ -83,7 +83,7 @@ class Client(asyncio.Protocol):
                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                        f"Authorization: {opts.auth}\r\n\r\n")
         else:
-            request = (f"GET /{opts.db}/_changes?feed=continuous&since=now&heartbeat=10000 "
+            request = (f"GET /{opts.db}/_changes?feed=continuous&since=now&heartbeat=1000 "
                        f"HTTP/1.1\r\nHost: {opts.host}:{opts.port}\r\n"
                        f"Authorization: {opts.auth}\r\n\r\n")
         transport.write(request.encode())

@@ -1,0 +1,295 @@
+"""Benchmark 4: streaming a large attachment through the gateway vs directly.
+
+Usage: ``make bench-stream`` (or ``.venv/bin/python -m benches.stream --size-mb 1024``).
+
+Uploads an attachment of ``--size-mb`` MiB (1 GiB by default) with a streamed
+``Content-Length`` body, straight to the upstream and through the gateway's
+``PUT /api/v1/db/{db}/docs/{id}/attachments/{name}``, then downloads each (direct, and
+through the gateway's ``GET``), in rounds with the order alternated. The client never
+holds the body: it sends and reads 1 MiB blocks and checks length and CRC-32 of what
+comes back. A sampler reads the gateway's RSS every 20 ms: its peak growth over the
+RSS before the transfer is reported. Throughput ratio = gateway MiB/s ÷ direct MiB/s in
+the same run. Results: ``benches/results/stream.json`` and ``stream.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from benches.procs import (
+    ROOT,
+    Gateway,
+    basic,
+    children,
+    couch_request,
+    cpu_seconds,
+    rss_bytes,
+    start_upstream,
+    stop_on_sigterm,
+)
+from benches.rest_proxy import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BLOCK = 1 << 20
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = rss_bytes(pid)
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self._halt.is_set():
+            rss = rss_bytes(self.pid)
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.monotonic() - start, rss))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join(5)
+        return self.peak
+
+
+def blocks(size: int, seed: bytes) -> Any:
+    """``size`` bytes as 1 MiB blocks (a fixed random block, each one varied)."""
+    base = bytearray(os.urandom(BLOCK) if not seed else (seed * (BLOCK // len(seed) + 1))[:BLOCK])
+    sent = 0
+    index = 0
+    while sent < size:
+        n = min(BLOCK, size - sent)
+        base[:8] = index.to_bytes(8, "big")
+        yield bytes(base[:n])
+        sent += n
+        index += 1
+
+
+def upload(port: int, path: str, auth: str, size: int, seed: bytes) -> tuple[float, int, dict[str, Any]]:
+    """PUT a streamed body; return (seconds, crc32, answer)."""
+    crc = 0
+
+    def body() -> Any:
+        nonlocal crc
+        for block in blocks(size, seed):
+            crc = zlib.crc32(block, crc)
+            yield block
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.monotonic()
+    connection.request("PUT", path, body=body(), headers={
+        "Authorization": auth, "Content-Type": "application/octet-stream",
+        "Content-Length": str(size)}, encode_chunked=False)
+    answer = connection.getresponse()
+    text = answer.read()
+    seconds = time.monotonic() - started
+    connection.close()
+    if answer.status not in (201, 202):
+        raise RuntimeError(f"PUT {path}: {answer.status} {text[:300]!r}")
+    return seconds, crc, json.loads(text)
+
+
+def download(port: int, path: str, auth: str) -> tuple[float, int, int]:
+    """GET and discard; return (seconds, bytes, crc32)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.monotonic()
+    connection.request("GET", path, headers={"Authorization": auth})
+    answer = connection.getresponse()
+    if answer.status != 200:
+        raise RuntimeError(f"GET {path}: {answer.status} {answer.read()[:300]!r}")
+    total, crc = 0, 0
+    while True:
+        block = answer.read(BLOCK)
+        if not block:
+            break
+        total += len(block)
+        crc = zlib.crc32(block, crc)
+    seconds = time.monotonic() - started
+    connection.close()
+    return seconds, total, crc
+
+
+class StubUpstream:
+    """:mod:`benches.stub_upstream` as a child process."""
+
+    def __init__(self, workdir: Path, seed: bytes) -> None:
+        seed_file = workdir / "seed.bin"
+        seed_file.write_bytes(seed)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benches.stub_upstream", "--seed-file", str(seed_file)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"stub upstream did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://admin:stub@127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def run(kind: str, size_mb: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every transfer against one upstream kind (``pouchdb`` or ``stub``)."""
+    size = size_mb * BLOCK
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-stream-{kind}-", dir=ROOT / "var"))
+    seed = os.urandom(4096)
+    upstream: Any = StubUpstream(workdir, seed) if kind == "stub" else start_upstream(workdir)
+    auth = basic("admin", "stub") if kind == "stub" else basic(
+        upstream.admin_username, upstream.admin_password)
+    gateway = None
+    runs: list[dict[str, Any]] = []
+    traces: dict[str, Any] = {}
+    try:
+        if kind == "pouchdb":
+            couch_request(upstream.url, "PUT", "/files", auth)
+            up_pids = [upstream.process.pid, *children(upstream.process.pid)]
+        else:
+            up_pids = upstream.pids()
+        gateway = Gateway.start(upstream.admin_url)
+        gw_pid = gateway.process.pid
+        paths = {
+            "direct": (upstream.port, "/files/{doc}/blob"),
+            "gateway": (gateway.port, "/api/v1/db/files/docs/{doc}/attachments/blob"),
+        }
+        for round_no in range(rounds):
+            order = ["direct", "gateway"] if round_no % 2 == 0 else ["gateway", "direct"]
+            for op in ("upload", "download"):
+                for target in order:
+                    port, template = paths[target]
+                    doc = f"{target}-{round_no}"
+                    rss_before = rss_bytes(gw_pid)
+                    sampler = RssSampler(gw_pid)
+                    sampler.start()
+                    cpu0 = (cpu_seconds([gw_pid]), cpu_seconds(up_pids), _self_cpu())
+                    if op == "upload":
+                        seconds, crc, _ = upload(port, template.format(doc=doc), auth, size, seed)
+                        total = size
+                        crcs = {"sent_crc": crc}
+                    else:
+                        seconds, total, crc = download(port, template.format(doc=doc), auth)
+                        crcs = {"received_crc": crc}
+                    peak = sampler.stop()
+                    cpu1 = (cpu_seconds([gw_pid]), cpu_seconds(up_pids), _self_cpu())
+                    row = {"upstream": kind, "round": round_no, "op": op, "target": target,
+                           "bytes": total, "seconds": seconds, "mib_per_s": total / BLOCK / seconds,
+                           "gateway_rss_before_mb": rss_before / 2**20,
+                           "gateway_peak_rss_growth_mb": (peak - rss_before) / 2**20,
+                           "gateway_cpu_s": cpu1[0] - cpu0[0], "upstream_cpu_s": cpu1[1] - cpu0[1],
+                           "client_cpu_share": (cpu1[2] - cpu0[2]) / seconds, **crcs}
+                    traces[f"{kind}: {op} via {target}, round {round_no}"] = sampler.samples
+                    runs.append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        if gateway:
+            gateway.stop()
+        upstream.stop()
+    sent = {(r["target"], r["round"]): r["sent_crc"] for r in runs if r["op"] == "upload"}
+    for r in runs:
+        if r["op"] == "download":
+            r["intact"] = r["bytes"] == size and r["received_crc"] == sent[(r["target"], r["round"])]
+    return runs, traces
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    """Upload and download through both paths, per upstream kind; write JSON and plot."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mb", type=int, default=1024, help="size against the stub")
+    parser.add_argument("--pouchdb-size-mb", type=int, default=64,
+                        help="size against the real embedded server (0: skip)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--output", default=str(RESULTS / "stream.json"))
+    args = parser.parse_args()
+    stop_on_sigterm()
+    started, load_before = time.time(), os.getloadavg()
+    (ROOT / "var").mkdir(exist_ok=True)
+    runs, traces = run("stub", args.size_mb, args.rounds)
+    summary = {"stub": summarize([r for r in runs if r["upstream"] == "stub"])}
+    if args.pouchdb_size_mb:
+        more, more_traces = run("pouchdb", args.pouchdb_size_mb, 1)
+        runs += more
+        traces.update(more_traces)
+        summary["pouchdb"] = summarize(more)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "stream", "started": started,
+                               "size_mib_stub": args.size_mb,
+                               "size_mib_pouchdb": args.pouchdb_size_mb,
+                               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                               "machine": machine(), "summary": summary, "runs": runs}, indent=2))
+    print(json.dumps(summary, indent=1))
+    plot({k: v for k, v in traces.items() if k.startswith("stub")}, out.with_suffix(".png"),
+         args.size_mb)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best-of-rounds throughput per (op, target), the ratio, and the worst RSS growth."""
+    summary: dict[str, Any] = {}
+    for op in ("upload", "download"):
+        best = {t: max(r["mib_per_s"] for r in runs if r["op"] == op and r["target"] == t)
+                for t in ("direct", "gateway")}
+        growth = max(r["gateway_peak_rss_growth_mb"] for r in runs
+                     if r["op"] == op and r["target"] == "gateway")
+        cpu = min(r["gateway_cpu_s"] for r in runs if r["op"] == op and r["target"] == "gateway")
+        client = max(r["client_cpu_share"] for r in runs if r["op"] == op)
+        summary[op] = {"direct_mib_per_s": best["direct"], "gateway_mib_per_s": best["gateway"],
+                       "ratio": best["gateway"] / best["direct"],
+                       "gateway_peak_rss_growth_mb": growth, "gateway_cpu_s": cpu,
+                       "client_cpu_share_max": client,
+                       "intact": all(r.get("intact", True) for r in runs if r["op"] == op)}
+    return summary
+
+
+def plot(traces: dict[str, list[tuple[float, int]]], path: Path, size_mb: int) -> None:
+    """Gateway RSS over time during each transfer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, samples in traces.items():
+        if samples:
+            ax.plot([s[0] for s in samples], [s[1] / 2**20 for s in samples], label=label)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("gateway RSS (MiB)")
+    ax.set_title(f"Gateway RSS while streaming a {size_mb} MiB attachment")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
