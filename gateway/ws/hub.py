@@ -6,6 +6,13 @@ change row is serialised once and framed once (``prepare``, i.e. Autobahn's
 ``WebSocketServerFactory.prepareMessage``) and the same prepared frame is handed to
 every subscriber (``sendPreparedMessage``).
 
+The upstream feed is a continuous :class:`~gateway.couch.changes.feed.ChangesFeed`: it
+asks CouchDB for a heartbeat (``feed_heartbeat_ms``) and aborts a connection that stays
+silent for twice as long, then reconnects (jittered backoff) from the last seq it
+delivered, so a stalled or dead upstream is noticed within two heartbeats and nothing is
+lost or repeated. Its ``interrupted``/``live`` transitions reach subscribers as
+``feed_state`` messages.
+
 The feed reads as the gateway's service identity; each subscriber is authorised as
 its own user before it attaches (and re-checked periodically) by the WebSocket layer.
 """
@@ -19,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
-from gateway.ws.feeds import FeedFactory, UpstreamFeed, default_feed_factory
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
 __all__ = ["ChangeSink", "FeedHub", "FeedKey", "PreparedChange", "SharedFeed"]
@@ -35,6 +42,9 @@ FeedKey = tuple[str, FeedParams]
 
 #: Frames a serialised message once for many sockets (``factory.prepareMessage``).
 Prepare = Callable[[bytes], Any]
+
+#: Least seconds an upstream feed waits for response headers (plus one heartbeat).
+CONNECT_TIMEOUT_MIN = 5.0
 
 
 @dataclass(eq=False)
@@ -118,7 +128,7 @@ class SharedFeed:
     params: FeedParams
     subscribers: dict[ChangeSink, None] = field(default_factory=dict)
     state: str = "starting"
-    service: UpstreamFeed | None = None
+    service: ChangesFeed | None = None
     interrupted: bool = False
     started: _Latch = field(default_factory=_Latch, repr=False)
     closed: bool = False
@@ -135,9 +145,9 @@ class FeedHub(Service):
     Args:
         transport: The gateway's service identity (reads every shared feed).
         prepare: Frames a serialised message once (``factory.prepareMessage``).
-        clock: The reactor's clock.
-        feed_factory: Builds an upstream feed (default: :func:`default_feed_factory`).
-        heartbeat_ms: Heartbeat asked of upstream feeds.
+        clock: The reactor's clock (heartbeat watchdogs, backoff, lag).
+        heartbeat_ms: Heartbeat asked of upstream feeds; a connection silent for twice
+            as long is aborted and reopened.
     """
 
     def __init__(
@@ -146,14 +156,14 @@ class FeedHub(Service):
         prepare: Prepare,
         clock: IReactorTime,
         *,
-        feed_factory: FeedFactory | None = None,
         heartbeat_ms: int = 10_000,
     ) -> None:
+        if heartbeat_ms <= 0:
+            raise ValueError("heartbeat_ms must be positive")
         self.transport = transport
         self.prepare = prepare
         self.clock = clock
-        self._factory: FeedFactory = feed_factory or default_feed_factory
-        self._heartbeat_ms = heartbeat_ms
+        self.heartbeat = heartbeat_ms / 1000
         self._feeds: dict[FeedKey, SharedFeed] = {}
         self._ids = itertools.count(1)
         self._stopping: list[Deferred[Any]] = []
@@ -209,12 +219,15 @@ class FeedHub(Service):
         body_params = feed.params.changes_body()
         if body_params:
             options.update(body_params)
-        service = self._factory(
+        service = ChangesFeed(
             self.transport, feed.db, options, since=since,
             on_changes=lambda rows, last_seq: self._on_changes(feed, rows),
             on_state=lambda state, detail: self._on_state(feed, state, detail),
             on_error=lambda exc: self._on_error(feed, exc),
-            clock=self.clock, heartbeat_ms=self._heartbeat_ms,
+            clock=self.clock, heartbeat=self.heartbeat,
+            # CouchDB sends a continuous feed's headers at once: a reconnection into
+            # a stalled path is given up after two heartbeats (at least 5 s), not 30 s.
+            connect_timeout=max(CONNECT_TIMEOUT_MIN, 2 * self.heartbeat),
         )
         feed.service = service
         service.startService()
@@ -233,7 +246,7 @@ class FeedHub(Service):
     async def _stop_feed(self, feed: SharedFeed) -> None:
         service, feed.service = feed.service, None
         if service is not None:
-            await maybeDeferred(service.stopService)
+            await service.stopService()
 
     def _on_changes(self, feed: SharedFeed, rows: list[dict[str, Any]]) -> None:
         if feed.closed:
@@ -277,9 +290,13 @@ class FeedHub(Service):
                 log.exception("subscriber failed to take a feed state")
 
     def _on_error(self, feed: SharedFeed, exc: BaseException) -> None:
-        log.warning("feed %s on %s: %s", feed.id, feed.db, exc)
-        status = getattr(exc, "status", 500)
-        if not isinstance(status, int) or status >= 500 or feed.closed:
+        # The upstream feed stopped for good (database deleted, access revoked, a
+        # malformed feed): forget it, so the next subscriber opens a fresh one, and
+        # end every subscription on it.
+        log.warning("feed %s on %s stopped: %s", feed.id, feed.db, exc)
+        if self._feeds.get(feed.key) is feed:
+            del self._feeds[feed.key]
+        if feed.closed:
             return
         for sink in list(feed.subscribers):
             try:

@@ -717,7 +717,6 @@ class ChangesService(Service):
         settings: Gateway settings.
         authenticate: Verifies handshake credentials.
         clock: The reactor.
-        feed_factory: Optional override of the upstream feed implementation.
         socket_send_buffer: See :class:`ChangesServerFactory`.
     """
 
@@ -728,12 +727,11 @@ class ChangesService(Service):
         authenticate: Authenticate,
         clock: IReactorTime,
         *,
-        feed_factory: Any = None,
         socket_send_buffer: int | None = None,
     ) -> None:
         self.settings = settings
         self.hub = FeedHub(service_transport, self._prepare, clock,
-                           feed_factory=feed_factory, heartbeat_ms=settings.feed_heartbeat_ms)
+                           heartbeat_ms=settings.feed_heartbeat_ms)
         self.factory = ChangesServerFactory(
             self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer
         )
