@@ -6,8 +6,15 @@ until the end. Every change committed up to the end of the catch-up is in the
 catch-up; every change after it reaches the buffer (the shared feed started from a
 seq taken before the catch-up began). The buffer is then merged, dropping what the
 catch-up already sent, by ``(doc id, rev)``: a buffered row is dropped when the
-catch-up (or an earlier buffered row) sent the same revision or a newer one of the
-same document (revision generations are compared; seqs never are: they are opaque).
+catch-up (or an earlier buffered row) sent the same revision or one of a strictly higher
+generation of the same document (revision generations are compared; seqs never are:
+they are opaque). Two different revisions of the same generation are conflicting
+edits: both are real changes and neither is dropped.
+
+The shared feed may still be *behind* the end of the catch-up when the merge happens
+(the catch-up read changes the feed has not delivered yet), so the same filter stays on
+for the live changes that follow, until the first one that is not a duplicate: the feed
+delivers in seq order, so from there on it is past everything the catch-up sent.
 """
 
 from __future__ import annotations
@@ -64,12 +71,13 @@ class Join:
     Attributes:
         buffer: Live changes received while catching up.
         buffer_bytes: Their serialised size.
-        sent: Latest revision sent per document id during the join.
+        sent: Per document id, the revisions of the highest generation sent during the
+            join (several when conflicting edits were sent).
     """
 
     buffer: list[PreparedChange] = field(default_factory=list)
     buffer_bytes: int = 0
-    sent: dict[str, str] = field(default_factory=dict)
+    sent: dict[str, set[str]] = field(default_factory=dict)
 
     def buffer_live(self, change: PreparedChange) -> None:
         """Keep a live change until the catch-up is done."""
@@ -77,15 +85,28 @@ class Join:
         self.buffer_bytes += change.size
 
     def record(self, doc_id: str, rev: str) -> None:
-        """Note that the catch-up sent ``rev`` of ``doc_id``."""
-        self.sent[doc_id] = rev
+        """Note that ``rev`` of ``doc_id`` was sent."""
+        revs = self.sent.get(doc_id)
+        if not revs:
+            self.sent[doc_id] = {rev}
+            return
+        generation, top = rev_generation(rev), rev_generation(next(iter(revs)))
+        if generation > top:
+            self.sent[doc_id] = {rev}
+        elif generation == top:
+            revs.add(rev)
 
     def is_duplicate(self, doc_id: str, rev: str) -> bool:
-        """Whether a change adds nothing to what was sent (same or older revision)."""
-        previous = self.sent.get(doc_id)
-        if previous is None:
+        """Whether a change adds nothing to what was sent.
+
+        It does when this revision was sent, or when a revision of a strictly higher
+        generation was (this one is an older edit). A different revision of the same generation is a
+        conflicting edit, hence a real change.
+        """
+        revs = self.sent.get(doc_id)
+        if not revs:
             return False
-        return rev == previous or rev_generation(rev) <= rev_generation(previous)
+        return rev in revs or rev_generation(rev) < rev_generation(next(iter(revs)))
 
     def merge(self) -> Iterator[PreparedChange]:
         """The buffered live changes that are new, in order (empties the buffer)."""
@@ -93,8 +114,19 @@ class Join:
         for change in buffer:
             if self.is_duplicate(change.doc_id, change.rev):
                 continue
-            self.sent[change.doc_id] = change.rev
+            self.record(change.doc_id, change.rev)
             yield change
+
+    def admit(self, change: PreparedChange) -> bool:
+        """After :meth:`merge`: whether a live change is new (see the module docs).
+
+        Duplicates of what was sent are refused until the first new change, after which
+        the filter is off for good (its memory is released) and this returns ``True``.
+        """
+        if self.sent and self.is_duplicate(change.doc_id, change.rev):
+            return False
+        self.sent.clear()
+        return True
 
 
 def row_rev(row: dict[str, Any]) -> str:

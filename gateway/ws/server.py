@@ -197,6 +197,8 @@ class Subscription:
         request: The ``subscribe`` message.
         feed: The shared feed, once attached.
         join: Resume state while catching up (``None`` once live).
+        trailing: After the catch-up, the join whose filter drops live changes the
+            catch-up already sent, until the shared feed has caught up with it.
         last_seq: Seq of the last change written to the socket.
         active: False once ended.
     """
@@ -205,6 +207,7 @@ class Subscription:
     request: Subscribe
     feed: SharedFeed | None = None
     join: Join | None = None
+    trailing: Join | None = None
     last_seq: Seq | None = None
     active: bool = True
 
@@ -532,6 +535,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub.join = None
         for change in join.merge():
             self._deliver(sub, change)
+        if join.sent:
+            sub.trailing = join
 
     async def _unsubscribe(self, request: Unsubscribe) -> None:
         sub = self.subs.get(request.id)
@@ -546,7 +551,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if not sub.active:
             return
         sub.active = False
-        sub.join = None
+        sub.join = sub.trailing = None
         if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
@@ -569,6 +574,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self._check_budget()
             return
         for change in changes:
+            trailing = sub.trailing
+            if trailing is not None:
+                if not trailing.admit(change):
+                    continue
+                sub.trailing = None
             self._deliver(sub, change)
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:

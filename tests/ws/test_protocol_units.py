@@ -76,6 +76,38 @@ def test_join_drops_duplicates_and_older_revisions() -> None:
     assert rev_generation("12-abc") == 12 and rev_generation("junk") == 0
 
 
+
+def test_join_keeps_conflicting_revisions_of_the_same_generation() -> None:
+    join = Join()
+    join.record("a", "2-x")
+    assert join.is_duplicate("a", "2-x")  # the same revision
+    assert join.is_duplicate("a", "1-w")  # strictly older
+    assert not join.is_duplicate("a", "2-y")  # a conflicting edit: a real change
+    assert not join.is_duplicate("a", "3-z")
+    assert not join.is_duplicate("b", "1-q")
+    for rev in ("2-y", "2-x", "2-y"):
+        join.buffer_live(PreparedChange("a", rev, 0, None, 10, 0.0))
+    # 2-y is new; 2-x was sent by the catch-up; the second 2-y was just sent
+    assert [c.rev for c in join.merge()] == ["2-y"]
+
+
+def test_join_filters_live_changes_until_the_feed_passes_the_catch_up() -> None:
+    join = Join()
+    join.record("a", "1-a")
+    join.record("b", "1-b")
+    assert list(join.merge()) == []
+
+    def live(doc_id: str, rev: str) -> PreparedChange:
+        return PreparedChange(doc_id, rev, 0, None, 10, 0.0)
+
+    # the shared feed was behind: it now delivers what the catch-up already sent
+    assert not join.admit(live("a", "1-a"))
+    assert not join.admit(live("b", "1-b"))
+    # the first new change turns the filter off for good
+    assert join.admit(live("c", "1-c"))
+    assert join.sent == {}
+    assert join.admit(live("a", "1-a"))
+
 def test_origins() -> None:
     assert origin_allowed(None, "h:1", ())
     assert origin_allowed("http://h:1", "h:1", ())
