@@ -214,4 +214,4 @@ def gateways(tmp_path: Path) -> Iterator[list[GatewayProcess]]:
 
 # Fixtures of the REST and WebSocket harnesses, reused here (in-process gateways/servers).
 from tests.rest.conftest import start_gateway  # noqa: E402, F401
-from tests.ws.conftest import make_server  # noqa: E402, F401
+from tests.ws.conftest import make_server, ws_server  # noqa: E402, F401
