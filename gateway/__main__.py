@@ -4,8 +4,12 @@ The only module that imports the global reactor. Without ``COUCHDB_URL`` (or
 ``--couchdb-url``) it starts the embedded CouchDB-compatible server (pouchdb-server,
 data in ``WALLABY_EMBEDDED_DATA_DIR``, port 5984 unless busy), creates a demo user
 ``demo``/``demo`` and a demo database ``demo`` that user may use, then serves the
-gateway. SIGTERM or Ctrl-C stops accepting, lets in-flight requests finish within
-``WALLABY_SHUTDOWN_GRACE`` seconds, and stops the embedded server.
+gateway: the REST API, and live changes over WebSocket at ``/api/v1/changes``.
+
+SIGTERM or Ctrl-C first closes every WebSocket (a ``closing`` message with the resume
+seqs, then close code 1001) and the upstream ``_changes`` feeds, then stops accepting
+HTTP connections, lets in-flight requests finish within ``WALLABY_SHUTDOWN_GRACE``
+seconds, and stops the embedded server.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor
+    from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web.client import HTTPConnectionPool
 
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.http.accesslog import json_lines_observer
     from gateway.http.app import GatewayApp
     from gateway.http.service import GatewayService
+    from gateway.ws.mount import install_changes
 
     environ = dict(os.environ)
     settings = settings_from(args, environ)
@@ -139,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     couch = CouchServer(settings.couchdb_url, reactor=reactor, pool=pool, auth=service_auth,
                         timeout=settings.request_timeout)
     app = GatewayApp(settings, couch=couch, reactor=reactor)
+    changes = install_changes(app, couch, settings, reactor)
     service = GatewayService(app, reactor, settings.host, settings.port, pool=pool)
 
     def announce(_: object) -> None:
@@ -155,9 +162,18 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"cannot listen: {failure.getErrorMessage()}\n")
         reactor.stop()
 
+    async def shutdown() -> None:
+        # WebSockets first (closing + 1001, upstream feeds closed), then HTTP drains.
+        try:
+            await changes.stopService()
+        finally:
+            await service.stopService()
+
     service.ready.addCallbacks(announce, failed)
+    reactor.callWhenRunning(changes.startService)
     reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: Deferred.fromCoroutine(shutdown()))
     try:
         reactor.run()
     finally:

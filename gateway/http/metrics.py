@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Histogram", "Metrics"]
+from twisted.logger import Logger
+
+__all__ = ["Collector", "Histogram", "Metrics"]
+
+#: Renders more metrics (complete lines of Prometheus text) at every scrape.
+Collector = Callable[[], str]
+
+_log = Logger(namespace="gateway.metrics")
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -54,6 +62,11 @@ class Metrics:
     upstream: dict[tuple[str], Histogram] = field(default_factory=lambda: defaultdict(Histogram))
     errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     in_flight: int = 0
+    collectors: list[Collector] = field(default_factory=list)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Append ``collector()``'s text to every :meth:`render` (e.g. WebSocket metrics)."""
+        self.collectors.append(collector)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count a finished request and its latency."""
@@ -101,4 +114,13 @@ class Metrics:
             "# TYPE wallaby_http_requests_in_flight gauge",
             f"wallaby_http_requests_in_flight {self.in_flight}",
         ]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        for collector in self.collectors:
+            try:
+                extra = collector()
+            except Exception:
+                _log.failure("metrics collector {collector!r} failed", collector=collector)
+                continue
+            if extra:
+                text += extra if extra.endswith("\n") else extra + "\n"
+        return text

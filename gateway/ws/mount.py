@@ -4,7 +4,7 @@ Usage (in ``python -m gateway run``)::
 
     changes = install_changes(app, couch, settings, reactor)
     reactor.callWhenRunning(changes.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", changes.stopService)
+    # on shutdown: await changes.stopService(), then the HTTP service's stopService()
 
 The handshake authenticates with :func:`gateway.identity.identify` — the REST API's
 code and identity cache — so a session cookie, a bearer token or ``?token=`` work the
@@ -42,9 +42,11 @@ def install_changes(
 ) -> ChangesService:
     """Build the live-changes service and mount it on a ``GatewayApp`` at ``/api/v1/changes``.
 
+    The WebSocket metrics are added to the app's ``/metrics``.
+
     Args:
-        app: The REST application (``gateway.http.app.GatewayApp``): its ``mount`` and
-            ``identities`` cache are used.
+        app: The REST application (``gateway.http.app.GatewayApp``): its ``mount``,
+            ``identities`` cache and ``metrics`` are used.
         couch: The server as the gateway's service identity (reads the shared feeds).
         settings: Gateway settings.
         reactor: The reactor.
@@ -55,4 +57,7 @@ def install_changes(
     authenticate = identity_authenticator(couch, settings, getattr(app, "identities", None))
     service = ChangesService(couch.transport, settings, authenticate, reactor)
     app.mount(CHANGES_PATH, service.resource())
+    metrics = getattr(app, "metrics", None)
+    if metrics is not None:
+        metrics.add_collector(service.prometheus)
     return service

@@ -156,11 +156,41 @@ class WsMetrics:
         return values
 
     def prometheus(self, hub: FeedHub | None = None) -> str:
-        """The counters in Prometheus text format."""
+        """The counters in Prometheus text format (``wallaby_`` + the snapshot's names)."""
+        values = self.snapshot(hub)
         lines = []
-        for name, value in self.snapshot(hub).items():
-            lines.append(f"wallaby_{name} {value}")
+        for name, value in values.items():
+            if name.startswith("ws_delivery_lag_seconds"):
+                continue
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# HELP wallaby_{name} {_HELP[name]}", f"# TYPE wallaby_{name} {kind}",
+                      f"wallaby_{name} {value}"]
+        lines += [
+            "# HELP wallaby_ws_delivery_lag_seconds " + _HELP["ws_delivery_lag_seconds"],
+            "# TYPE wallaby_ws_delivery_lag_seconds summary",
+            f"wallaby_ws_delivery_lag_seconds_sum {values['ws_delivery_lag_seconds_sum']:.6f}",
+            f"wallaby_ws_delivery_lag_seconds_count {values['ws_delivery_lag_seconds_count']}",
+            "# HELP wallaby_ws_delivery_lag_max_seconds Largest delivery lag seen.",
+            "# TYPE wallaby_ws_delivery_lag_max_seconds gauge",
+            f"wallaby_ws_delivery_lag_max_seconds {values['ws_delivery_lag_seconds_max']:.6f}",
+        ]
         return "\n".join(lines) + "\n"
+
+
+_HELP = {
+    "ws_connections": "Open WebSocket connections.",
+    "ws_connections_total": "WebSocket connections accepted.",
+    "ws_rejected_handshakes_total": "WebSocket handshakes refused (credentials or origin).",
+    "ws_subscriptions": "Active live-changes subscriptions.",
+    "ws_messages_sent_total": "Messages written to WebSockets.",
+    "ws_coalesced_total": "Queued changes replaced by a newer change of the same document.",
+    "ws_slow_clients_closed_total": "Connections closed for exceeding their send queue budget.",
+    "ws_invalid_messages_total": "Client messages refused.",
+    "ws_delivery_lag_seconds": "Seconds from upstream receipt of a change to its socket write.",
+    "ws_upstream_feeds": "Open shared upstream _changes feeds.",
+    "ws_upstream_feeds_opened_total": "Shared upstream _changes feeds opened.",
+    "ws_upstream_changes_total": "Changes received from upstream feeds.",
+}
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
@@ -256,6 +286,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     async def _handshake(self, request: Any) -> None:
         factory = self.factory
+        if not factory.accepting:
+            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+                503, "server shutting down")
         headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
         if not origin_allowed(headers.get("origin"), headers.get("host"),
                               factory.settings.cors_origins):
@@ -688,6 +721,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.socket_send_buffer = socket_send_buffer
         self.metrics = metrics or WsMetrics()
         self.connections: set[ChangesServerProtocol] = set()
+        #: False once shutting down: new handshakes are refused with 503.
+        self.accepting = True
         self._tasks: set[Deferred[Any]] = set()
         self.setProtocolOptions(  # type: ignore[no-untyped-call,unused-ignore]
             maxMessagePayloadSize=settings.ws_max_message_bytes,
@@ -759,6 +794,10 @@ class ChangesService(Service):
         """Counters including the number of upstream feeds."""
         return self.metrics.snapshot(self.hub)
 
+    def prometheus(self) -> str:
+        """:meth:`metrics_snapshot` in Prometheus text (a ``/metrics`` collector)."""
+        return self.metrics.prometheus(self.hub)
+
     def resource(self) -> WebSocketResource:
         """The Twisted Web resource to mount at ``/api/v1/changes``."""
         return WebSocketResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
@@ -774,6 +813,7 @@ class ChangesService(Service):
         return Deferred.fromCoroutine(self._shutdown())
 
     async def _shutdown(self) -> None:
+        self.factory.accepting = False
         connections = list(self.factory.connections)
         closed = [c.when_closed() for c in connections]
         for connection in connections:

@@ -146,6 +146,32 @@ class Client:
             await self.protocol.closed
 
 
+async def open_client(reactor: Any, url: str, *, headers: dict[str, str] | None = None,
+                      protocol: type[ClientProtocol] = ClientProtocol) -> Client:
+    """Connect a test client to ``ws://127.0.0.1:<port>/…`` and wait for the handshake.
+
+    Raises:
+        ConnectionError: The handshake was refused.
+    """
+    factory = WebSocketClientFactory(url, headers=dict(headers or {}), reactor=reactor)
+    factory.protocol = protocol
+    built: list[ClientProtocol] = []
+    original = factory.buildProtocol
+
+    def build(addr: Any) -> Any:
+        proto = original(addr)
+        built.append(proto)
+        return proto
+
+    factory.buildProtocol = build
+    factory.setProtocolOptions(autoPingInterval=0)
+    reactor.connectTCP("127.0.0.1", factory.port, factory, timeout=10)
+    while not built:
+        await sleep(reactor, 0.005)
+    await built[0].opened
+    return Client(built[0], reactor)
+
+
 def sleep(reactor: Any, seconds: float) -> Deferred[None]:
     deferred: Deferred[None] = Deferred()
     reactor.callLater(seconds, deferred.callback, None)
@@ -172,23 +198,7 @@ class WsServer:
         all_headers = dict(headers or {})
         if token and not query:
             all_headers["Authorization"] = f"Bearer {token}"
-        factory = WebSocketClientFactory(url, headers=all_headers, reactor=self.reactor)
-        factory.protocol = protocol
-        built: list[ClientProtocol] = []
-        original = factory.buildProtocol
-
-        def build(addr: Any) -> Any:
-            proto = original(addr)
-            built.append(proto)
-            return proto
-
-        factory.buildProtocol = build
-        factory.setProtocolOptions(autoPingInterval=0)
-        self.reactor.connectTCP("127.0.0.1", self.port.getHost().port, factory, timeout=10)
-        while not built:
-            await sleep(self.reactor, 0.005)
-        await built[0].opened
-        client = Client(built[0], self.reactor)
+        client = await open_client(self.reactor, url, headers=all_headers, protocol=protocol)
         self.clients.append(client)
         return client
 
