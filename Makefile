@@ -32,11 +32,25 @@ lint: install
 
 check: lint test
 
-## bench-rest: REST proxy cost, direct vs nginx vs gateway (needs Debian's wrk and nginx)
+## bench-rest: REST proxy cost, direct vs nginx vs gateway (needs Debian's wrk and nginx; ~5 min)
 bench-rest: install
-	$(BIN)/python -m benches.rest_proxy
+	timeout 900 $(BIN)/python -m benches.rest_proxy
 
-bench: bench-rest
+## bench-fanout: WebSocket fan-out to 100/1,000/10,000 subscribers vs direct feeds (~6 min)
+bench-fanout: install
+	timeout 1200 $(BIN)/python -m benches.fanout
+
+## bench-reconnect: 1,000 subscribers drop and resume at once (~1 min)
+bench-reconnect: install
+	timeout 600 $(BIN)/python -m benches.reconnect
+
+## bench-stream: 1 GiB attachment up and down, through the gateway and direct (~2 min)
+bench-stream: install
+	timeout 900 $(BIN)/python -m benches.stream
+
+.PHONY: bench-fanout bench-reconnect bench-stream
+## bench: every benchmark in turn (results in benches/results/, see BENCHMARKS.md)
+bench: bench-rest bench-fanout bench-reconnect bench-stream
 
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache

@@ -33,6 +33,7 @@ from benches.wsbench import (
     Writer,
     call_all,
     create_db,
+    gateway_env,
     load_deliveries,
     machine,
     percentiles,
@@ -50,11 +51,14 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=3.0, help="seconds of writes before the drop")
     parser.add_argument("--gap", type=float, default=1.0, help="seconds all clients stay away")
     parser.add_argument("--after", type=float, default=8.0, help="seconds of writes after the drop")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="pace reconnects (at most N handshakes in flight); default: all at once")
     parser.add_argument("--output", default=str(RESULTS / "reconnect.json"))
     args = parser.parse_args()
     started, load_before = time.time(), os.getloadavg()
-    stack = Stack.start("bench-reconnect-")
-    row: dict[str, Any] = {"clients": args.clients, "rate_per_s": args.rate, "gap_s": args.gap}
+    stack = Stack.start("bench-reconnect-", extra_env=gateway_env())
+    row: dict[str, Any] = {"clients": args.clients, "rate_per_s": args.rate, "gap_s": args.gap,
+                           "concurrency": args.concurrency, "gateway_env": gateway_env()}
     try:
         create_db(stack, "storm")
         loads = spawn_clients("ws", stack.gateway.port, "storm", stack.auth, args.clients, 1)
@@ -76,10 +80,15 @@ def main() -> None:
             thread.start()
             time.sleep(args.before)
             wall_drop = time.time()
-            storm = call_all(loads, {"cmd": "drop", "gap": args.gap}, 600)[0]
+            load_cpu0 = (loads[0].cpu(), time.monotonic())
+            storm = call_all(loads, {"cmd": "drop", "gap": args.gap,
+                                     "concurrency": args.concurrency}, 600)[0]
+            row["load_cpu_share_during_storm"] = ((loads[0].cpu() - load_cpu0[0])
+                                                  / (time.monotonic() - load_cpu0[1]))
             row.update({"resubscribed_s": storm["resubscribed_seconds"],
                         "reconnected": storm["ready"], "reconnect_failures": storm["failed"],
                         "clients_without_seq": storm["no_seq"], "errors": storm["errors"]})
+            print(json.dumps(storm), flush=True)
             thread.join(args.before + args.gap + args.after + 60)
             if failure:
                 raise failure[0]
@@ -108,6 +117,15 @@ def main() -> None:
         row["deliveries"] = len(doc)
         row["missing"] = int(args.clients * len(written) - len(unique))
         row["duplicates"] = int(len(doc) - len(unique))
+        pairs0, pairs1 = pairs[gen == 0], pairs[gen == 1]
+        unique0, unique1 = np.unique(pairs0), np.unique(pairs1)
+        row["duplicates_within_first_connection"] = int(len(pairs0) - len(unique0))
+        row["duplicates_within_resumed_connection"] = int(len(pairs1) - len(unique1))
+        row["duplicates_across_reconnect"] = len(np.intersect1d(unique0, unique1))
+        failed = ~np.isfinite(resub)
+        row["missing_excluding_failed_reconnects"] = int(
+            (args.clients - int(failed.sum())) * len(written)
+            - len(np.unique(pairs[~np.isin(conn, np.flatnonzero(failed))])))
         # Per client: the changes acked before its new subscribe that gen 0 did not get.
         ack_of = np.full(span, np.inf)
         ack_of[docs] = ack
@@ -117,6 +135,9 @@ def main() -> None:
         g1 = gen == 1
         for c in range(args.clients):
             mine = g1 & (conn == c)
+            if not np.isfinite(resub[c]):
+                caught[c] = np.inf  # did not reconnect
+                continue
             needed = [n for n in written if ack_of[n] <= resub[c] and c * span + n not in got0]
             missed_counts[c] = len(needed)
             if not needed:

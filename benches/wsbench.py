@@ -131,6 +131,12 @@ class Stack:
         self.upstream.stop()
 
 
+def gateway_env() -> dict[str, str]:
+    """Extra gateway settings for a run, from ``BENCH_GATEWAY_ENV`` (a JSON object)."""
+    env: dict[str, str] = json.loads(os.environ.get("BENCH_GATEWAY_ENV") or "{}")
+    return env
+
+
 def classify(path: str) -> str:
     """A coarse kind of upstream request, for counting."""
     base, _, query = path.partition("?")

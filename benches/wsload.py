@@ -265,7 +265,9 @@ class Load:
     def dump(self, path: str) -> dict[str, Any]:
         import numpy as np
 
-        subscribe = np.array([c.subscribe_sent for c in sorted(self.clients, key=lambda c: c.index)])
+        subscribe = np.full(self.options.clients, np.nan)
+        for client in self.clients:
+            subscribe[client.index] = client.subscribe_sent
         np.savez(path, conn=np.frombuffer(self.stats.conn, dtype=np.int32),
                  gen=np.frombuffer(self.stats.gen, dtype=np.int32),
                  doc=np.frombuffer(self.stats.doc, dtype=np.int64),
