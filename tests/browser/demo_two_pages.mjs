@@ -54,13 +54,13 @@ try {
     page.on("console", (message) => log(message.type(), message.text()));
     page.on("pageerror", (error) => log("pageerror", error.message));
   }
-  await pageA.goto(`${base}/static/index.html?db=${db}`);
+  await pageA.goto(`${base}/?db=${db}`);
   await pageA.fill("#name", user);
   await pageA.fill("#password", password);
   await pageA.click("[data-testid=login]");
   await pageA.waitForSelector("#app:not([hidden])");
   // Page B shares the browser profile, so the session cookie logs it in directly.
-  await pageB.goto(`${base}/static/index.html?db=${db}`);
+  await pageB.goto(`${base}/?db=${db}`);
   await pageB.waitForSelector("#app:not([hidden])");
   await pageA.waitForFunction(() => document.getElementById("status").textContent === "open");
   await pageB.waitForFunction(() => document.getElementById("status").textContent === "open");

@@ -1,5 +1,7 @@
-"""The demo page in a real headless Chromium: live edits between two pages, and resume
-after the gateway restarts (every change made while it was down shows up)."""
+"""The demo page (served at ``/``) in a real headless Chromium, against the real entry
+point ``python -m gateway run``: live edits between two pages, and resume after the
+gateway process is stopped and started again (every change made while it was down shows
+up)."""
 
 from __future__ import annotations
 
@@ -37,10 +39,13 @@ def _call(backend: CouchBackend, method: str, path: str, body: Any = None) -> An
 
 
 def _start_gateway(backend: CouchBackend, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, COUCHDB_URL=backend.url, COUCHDB_USER=backend.admin_username,
-               COUCHDB_PASSWORD=backend.admin_password)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("WALLABY_") and k not in ("COUCHDB_USER", "COUCHDB_PASSWORD")}
+    env.update(COUCHDB_URL=backend.admin_url, WALLABY_PORT=str(port),
+               WALLABY_LOG_FORMAT="text", WALLABY_SHUTDOWN_GRACE="2",
+               WALLABY_WS_PING_INTERVAL="5")
     process = subprocess.Popen(  # fixed argv
-        [sys.executable, "-m", "tests.browser.run_gateway", str(port)],
+        [sys.executable, "-m", "gateway", "run"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -55,7 +60,8 @@ def _start_gateway(backend: CouchBackend, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("gateway did not start")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (graceful), SIGKILL after 15 s; the exit code."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -63,6 +69,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return int(process.returncode)
 
 
 def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBackend) -> None:
@@ -85,7 +92,8 @@ def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBac
     try:
         line = node.stdout.readline().strip()
         assert line == "RESTART", line
-        _stop(gateway)
+        gateway.kill()  # no graceful close: the pages must notice and reconnect alone
+        gateway.wait(15)
         added = []
         for i in range(3):  # written while the gateway is down
             title = f"while down {i}"
@@ -98,6 +106,7 @@ def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBac
         result = node.stdout.readline().strip()
         assert result == "OK", result
         assert node.wait(30) == 0
+        assert _stop(gateway) == 0
     finally:
         if node.poll() is None:
             node.kill()
