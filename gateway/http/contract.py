@@ -27,10 +27,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from gateway.errors import InvalidRequest
+from gateway.schemas import api_schema_dir
 
 __all__ = ["SPEC_PATH", "Contract", "Operation", "load_contract"]
 
-SPEC_PATH = Path(__file__).resolve().parent.parent.parent / "api_schema" / "openapi.yaml"
+SPEC_PATH = api_schema_dir() / "openapi.yaml"
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 _BASE_URI = "urn:wallaby:openapi"
 

@@ -20,6 +20,7 @@ from typing import Any
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 
 from gateway.errors import error_body
+from gateway.schemas import api_schema_dir
 
 __all__ = [
     "CLIENT_TYPES",
@@ -69,7 +70,7 @@ _MAX_REASON = 300
 
 def schema_dir() -> Path:
     """The folder holding the message schemas (``api_schema/ws``)."""
-    return Path(__file__).resolve().parent.parent.parent / "api_schema" / "ws"
+    return api_schema_dir() / "ws"
 
 
 @cache
