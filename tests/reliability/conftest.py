@@ -1,8 +1,8 @@
 """Harness of the reliability suite: gateway processes, results recording, small HTTP helpers.
 
 Gateways that must be killed (``kill -9``) or whose logs are scanned run as real child
-processes (``python -m gateway run``, or :mod:`tests.reliability.run_gateway` when the
-WebSocket endpoint is needed) with stdout/stderr captured to files. Every test that
+processes (``python -m gateway run``: REST and WebSocket) with stdout/stderr captured to
+files. Every test that
 produces a figure appends one JSON line to ``var/reliability/results.jsonl`` through
 :func:`record`; ``python -m tests.reliability.report`` turns them into the tables of
 ``RELIABILITY.md``.
@@ -172,13 +172,9 @@ class GatewayProcess:
                 self.kill9()
 
 
-def spawn_gateway(couchdb_url: str, logdir: Path, *, entry: str = "runner",
-                  port: int = 0, **env: str) -> GatewayProcess:
-    """Start a gateway process and wait (≤ 30 s) for its ``READY <port>`` line.
-
-    ``entry="gateway"`` runs ``python -m gateway run`` (REST only today);
-    ``entry="runner"`` runs :mod:`tests.reliability.run_gateway` (REST + WebSocket).
-    """
+def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0,
+                  **env: str) -> GatewayProcess:
+    """Start ``python -m gateway run`` and wait (≤ 30 s) for its ``READY <port>`` line."""
     tag = uuid.uuid4().hex[:8]
     out, err = logdir / f"gateway-{tag}.out", logdir / f"gateway-{tag}.err"
     environment = {
@@ -186,8 +182,7 @@ def spawn_gateway(couchdb_url: str, logdir: Path, *, entry: str = "runner",
         "WALLABY_HOST": "127.0.0.1", "WALLABY_LOG_FORMAT": "json",
         "WALLABY_RATE_LIMIT_PER_SECOND": "0", "PYTHONUNBUFFERED": "1", **env,
     }
-    argv = ([sys.executable, "-m", "gateway", "run"] if entry == "gateway"
-            else [sys.executable, "-m", "tests.reliability.run_gateway"])
+    argv = [sys.executable, "-m", "gateway", "run"]
     with out.open("wb") as out_file, err.open("wb") as err_file:
         process = subprocess.Popen(argv, cwd=ROOT, env=environment, stdout=out_file,
                                    stderr=err_file, stdin=subprocess.DEVNULL)

@@ -206,15 +206,11 @@ async def test_gateway_kill9_browser_clients_resume_on_new_process_nothing_lost(
         couch.delete_db(db)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: gateway/__main__.py run() builds GatewayApp + GatewayService but never calls "
-    "gateway.ws.mount.install_changes(app, couch, settings, reactor), so the documented "
-    "entry point answers 404 at /api/v1/changes"))
 async def test_entry_point_serves_websocket(
     couch_backend: CouchBackend, logdir: Path, gateways: list[GatewayProcess], couch: Couch,
 ) -> None:
     """``python -m gateway run`` must serve ``/api/v1/changes`` (README, docs/websocket.md)."""
-    gateway = await deferToThread(spawn_gateway, couch_backend.admin_url, logdir, entry="gateway")
+    gateway = await deferToThread(spawn_gateway, couch_backend.admin_url, logdir)
     gateways.append(gateway)
     user, password = couch.new_user()
     # A WebSocket upgrade request: 101 if mounted; a 404 envelope when not.

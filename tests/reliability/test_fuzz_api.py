@@ -146,7 +146,7 @@ def _fuzz(gateway: GatewayProcess, db: str, headers: dict[str, str], label: str,
 def test_schemathesis_every_operation_authenticated_and_anonymous(
     couch_backend: CouchBackend, couch: Couch, tmp_path: Path, gateways: list[GatewayProcess],
 ) -> None:
-    gateway = spawn_gateway(couch_backend.admin_url, tmp_path, entry="gateway",
+    gateway = spawn_gateway(couch_backend.admin_url, tmp_path,
                             WALLABY_REQUEST_TIMEOUT="3")
     gateways.append(gateway)
     user, password = couch.new_user()
