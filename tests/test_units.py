@@ -131,3 +131,16 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"WALLABY_PORT": "eighty"})
     assert "password" not in repr(Settings(couchdb_password="hunter2")) or "hunter2" not in repr(
         Settings(couchdb_password="hunter2"))
+
+
+def test_forwarded_cookie_sessions_adopt_refreshed_cookies() -> None:
+    from gateway.couch.auth import ForwardedAuth
+
+    session = ForwardedAuth({"Cookie": "AuthSession=old"})
+    session.observe(["AuthSession=new; Version=1; Path=/; HttpOnly"])
+    assert session.session == "new"
+    session.observe(["AuthSession=; Max-Age=0"])  # a logout-style clear is not adopted
+    assert session.session == "new"
+    basic = ForwardedAuth({"Authorization": "Basic eDp5"})
+    basic.observe(["AuthSession=from-basic; Path=/"])  # CouchDB 3.4 sends one for Basic too
+    assert basic.session is None

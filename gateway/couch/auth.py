@@ -178,12 +178,22 @@ class SessionAuth:
 class ForwardedAuth:
     """Caller-supplied headers forwarded as they are (how the gateway acts as its user).
 
+    When the forwarded header is a CouchDB session cookie (``Cookie: AuthSession=…``),
+    the refreshed cookies CouchDB sends as a session ages are adopted, so a long-lived
+    holder (a WebSocket connection) keeps a live session exactly as a browser talking
+    to CouchDB directly would; :attr:`session` is the newest cookie value, which the
+    REST layer hands back to the browser.
+
     Args:
         headers: e.g. ``{"Cookie": "AuthSession=…"}`` or ``{"Authorization": "Basic …"}``.
     """
 
     def __init__(self, headers: Mapping[str, str]) -> None:
         self._headers = dict(headers)
+        self.session: str | None = None
+        cookie = self._headers.get("Cookie", "")
+        if cookie.startswith("AuthSession=") and ";" not in cookie:
+            self.session = cookie[len("AuthSession="):]
 
     async def headers(self) -> HeaderMap:
         """The forwarded headers."""
@@ -194,7 +204,13 @@ class ForwardedAuth:
         return False
 
     def observe(self, set_cookie_headers: Sequence[str]) -> None:
-        """Ignore cookies (the caller handles its own session)."""
+        """Adopt a refreshed ``AuthSession`` cookie (only for cookie sessions)."""
+        if self.session is None:
+            return
+        cookie = session_cookie_from_headers(set_cookie_headers)
+        if cookie and cookie != self.session:
+            self.session = cookie
+            self._headers["Cookie"] = f"AuthSession={cookie}"
 
     def __repr__(self) -> str:
         return f"ForwardedAuth(headers={sorted(self._headers)!r} <values hidden>)"

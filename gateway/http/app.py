@@ -23,7 +23,7 @@ traversal checks, access log) and instead of the router — the WebSocket endpoi
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,7 +177,21 @@ class GatewayApp:
             headers, cookies, self.couch, self.settings, cache=self.identities
         )
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
+        presented = cookies.get(self.settings.cookie_name)
+        if presented and "authorization" not in headers:
+            request.session_refresh = self._session_refresh(identity, presented)
         return identity
+
+    def _session_refresh(self, identity: Identity, presented: str) -> Callable[[], str | None]:
+        """Hand CouchDB's refreshed session cookie back to the browser, as CouchDB would."""
+
+        def refreshed() -> str | None:
+            session = getattr(identity.auth, "session", None)
+            if isinstance(session, str) and session and session != presented:
+                return self._cookie(session)
+            return None
+
+        return refreshed
 
     async def _begin(
         self, request: Any, operation: str, **path: str

@@ -44,6 +44,17 @@ class GatewayRequest(server.Request):
         self.started = 0.0
         self.too_large = False
         self._body_seen = 0
+        #: Returns a ``Set-Cookie`` value when the user's CouchDB session was refreshed.
+        self.session_refresh: Callable[[], str | None] | None = None
+
+    def write(self, data: bytes) -> None:
+        """Write body bytes; the first write hands a refreshed session cookie back."""
+        if not self.startedWriting and self.session_refresh is not None:
+            refresh, self.session_refresh = self.session_refresh, None
+            cookie = refresh()
+            if cookie:
+                self.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode("latin-1"))
+        super().write(data)  # type: ignore[no-untyped-call]
 
     def _body_limit(self) -> int:
         site = getattr(self.channel, "site", None)

@@ -1,0 +1,48 @@
+"""Browser sessions stay alive while used: CouchDB's refreshed cookies reach the browser."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.task import deferLater
+
+from gateway.couch import CouchServer
+from tests.conftest import CouchBackend, TestUser
+from tests.rest.conftest import RunningGateway
+from tests.support.couchconfig import config_value
+
+TIMEOUT = 20  # seconds a CouchDB session lives without being refreshed
+
+
+async def test_refreshed_session_cookie_is_handed_back_and_outlives_the_first(
+    gateway: RunningGateway, admin: CouchServer, couch_backend: CouchBackend,
+    make_user: Callable[..., Awaitable[TestUser]], reactor: Any,
+) -> None:
+    user = await make_user()
+    async with config_value(admin, couch_backend.is_pouchdb, "chttpd_auth", "timeout", str(TIMEOUT)):
+        login = await gateway.client.post(
+            "/api/v1/session", json_body={"name": user.name, "password": user.password})
+        first = login.json["token"]
+        started = reactor.seconds()
+        await deferLater(reactor, 3, lambda: None)
+        used = await gateway.client.get("/api/v1/session",
+                                        headers={"Cookie": f"wallaby_session={first}"})
+        assert used.status == 200
+        cookies = used.headers_all("Set-Cookie")
+        assert len(cookies) == 1, "CouchDB refreshed the session: the browser must get it"
+        assert "HttpOnly" in cookies[0] and "SameSite=Lax" in cookies[0]
+        second = cookies[0].split(";", 1)[0].split("=", 1)[1]
+        assert second and second != first
+
+        await deferLater(reactor, max(0.0, TIMEOUT + 1 - (reactor.seconds() - started)),
+                         lambda: None)
+        expired = await gateway.client.get("/api/v1/session",
+                                           headers={"Cookie": f"wallaby_session={first}"})
+        assert expired.status == 401
+        alive = await gateway.client.get("/api/v1/session",
+                                         headers={"Cookie": f"wallaby_session={second}"})
+        assert alive.status == 200 and alive.json["name"] == user.name
+        bearer = await gateway.client.get("/api/v1/session",
+                                          headers={"Authorization": f"Bearer {second}"})
+        assert bearer.headers_all("Set-Cookie") == [], "bearer clients get no cookie"
