@@ -172,6 +172,9 @@ class GatewayProcess:
                 self.kill9()
 
 
+SPAWNED: list[GatewayProcess] = []  # every gateway process of this session (log scans)
+
+
 def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0,
                   **env: str) -> GatewayProcess:
     """Start ``python -m gateway run`` and wait (≤ 30 s) for its ``READY <port>`` line."""
@@ -190,7 +193,9 @@ def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0,
     while time.monotonic() < deadline:
         for line in err.read_text(errors="replace").splitlines():
             if line.startswith("READY "):
-                return GatewayProcess(process, int(line.split()[1]), out, err, env)
+                child = GatewayProcess(process, int(line.split()[1]), out, err, env)
+                SPAWNED.append(child)
+                return child
         if process.poll() is not None:
             raise AssertionError(f"gateway exited: {err.read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
