@@ -52,5 +52,8 @@ bench-stream: install
 ## bench: every benchmark in turn (results in benches/results/, see BENCHMARKS.md)
 bench: bench-rest bench-fanout bench-reconnect bench-stream
 
+## soak: mixed REST + WebSocket soak against a real gateway (SOAK_SECONDS, default 600; report in var/reliability/)
+soak: install ; timeout $$(( $${SOAK_SECONDS:-600} + 300 )) $(BIN)/python -m tests.reliability.soak --duration $${SOAK_SECONDS:-600}
+
 clean:
 	rm -rf $(VENV) node_modules var .mypy_cache .ruff_cache .pytest_cache
