@@ -10,6 +10,11 @@ let subscription = null;
 const wb = new Wallaby({
   onStatus: (state) => {
     $("status").textContent = state;
+    if (state === "unauthenticated") {
+      // The session expired: log in again and the list resumes where it stopped.
+      $("app").hidden = true;
+      $("login").hidden = false;
+    }
   },
 });
 
@@ -64,6 +69,7 @@ async function start(name) {
   $("login").hidden = true;
   $("app").hidden = false;
   $("user").textContent = name;
+  if (subscription) return; // a subscription that waited for a new login resumes by itself
   // since: 0 — the catch-up brings the current list, then changes stream in live.
   subscription = wb.subscribe(DB, { since: 0, include_docs: true, onError: showError }, onChange);
 }
@@ -90,6 +96,7 @@ $("add").addEventListener("submit", async (event) => {
 
 $("logout").addEventListener("click", async () => {
   if (subscription) subscription.unsubscribe();
+  subscription = null;
   items.clear();
   render();
   await wb.logout().catch(() => {});

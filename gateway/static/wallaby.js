@@ -15,6 +15,8 @@
 // callback sees every change exactly once, in order.
 
 const API = "/api/v1";
+/** Close code: the session behind the socket expired (see api_schema/asyncapi.yaml). */
+const SESSION_INVALID = 4001;
 
 /** An error answered by the gateway ({error, reason, status}). */
 export class WallabyError extends Error {
@@ -66,6 +68,13 @@ export class Wallaby {
     this._attempt = 0;
     this._timer = null;
     this._closed = false;
+    this._opened = false; // whether the current socket completed its handshake
+    this._waitingForLogin = false;
+    this._authSuspect = false;
+    // CouchDB sessions expire unless used; while live changes run, touching the session
+    // lets the gateway hand back CouchDB's refreshed cookie, so reconnects keep working.
+    this.keepAliveMs = options.keepAliveMs ?? 60000;
+    this._keepAlive = null;
   }
 
   // -- REST --------------------------------------------------------------------
@@ -89,6 +98,11 @@ export class Wallaby {
   /** Log in; the gateway sets its HttpOnly session cookie. Returns {name, roles, token}. */
   async login(name, password) {
     const result = await this.request("POST", "/session", { name, password });
+    if (this._waitingForLogin) {
+      this._waitingForLogin = false;
+      this._attempt = 0;
+      this._connect(); // resume every subscription from its last delivered seq
+    }
     return result;
   }
 
@@ -172,6 +186,8 @@ export class Wallaby {
   /** Close the WebSocket and stop reconnecting (subscriptions are dropped). */
   close() {
     this._closed = true;
+    this._waitingForLogin = false;
+    this._stopKeepAlive();
     this._subs.clear();
     clearTimeout(this._timer);
     this._timer = null;
@@ -200,21 +216,58 @@ export class Wallaby {
       return;
     }
     this._ws = ws;
+    this._opened = false;
     ws.onopen = () => {
       this._attempt = 0;
+      this._opened = true;
       this.onStatus("open");
+      this._startKeepAlive();
       for (const sub of this._subs.values()) this._sendSubscribe(sub);
     };
     ws.onmessage = (event) => this._onMessage(event.data);
     ws.onclose = (event) => {
+      const opened = this._opened;
       if (this._ws === ws) this._ws = null;
       this.onStatus("closed", { code: event.code, reason: event.reason });
-      if (!this._closed && this._subs.size) this._scheduleReconnect();
+      if (this._closed || !this._subs.size) return;
+      // 4001: the session behind the socket expired. A refused handshake looks like
+      // 1006 without an open. Either way, ask whether we are still logged in.
+      const suspect = this._authSuspect;
+      this._authSuspect = false;
+      if (event.code === SESSION_INVALID || suspect || (!opened && !this.token)) this._checkSession();
+      else this._scheduleReconnect();
     };
   }
 
+  async _checkSession() {
+    try {
+      await this.session();
+      this._scheduleReconnect();
+    } catch (error) {
+      if (error instanceof WallabyError && error.status === 401) {
+        this._waitingForLogin = true; // subscriptions resume after the next login()
+        this._stopKeepAlive();
+        this.onStatus("unauthenticated");
+      } else {
+        this._scheduleReconnect();
+      }
+    }
+  }
+
+  _startKeepAlive() {
+    if (this._keepAlive || !this.keepAliveMs) return;
+    this._keepAlive = setInterval(() => {
+      if (this._subs.size) this.session().catch(() => {});
+    }, this.keepAliveMs);
+  }
+
+  _stopKeepAlive() {
+    clearInterval(this._keepAlive);
+    this._keepAlive = null;
+  }
+
   _scheduleReconnect() {
-    if (this._timer || this._closed) return;
+    if (this._timer || this._closed || this._waitingForLogin) return;
     const ceiling = Math.min(this.maxBackoff, this.minBackoff * 2 ** this._attempt);
     this._attempt += 1;
     const delay = ceiling / 2 + Math.random() * (ceiling / 2); // jittered
@@ -250,6 +303,13 @@ export class Wallaby {
         break;
       case "error": {
         const sub = message.id && this._subs.get(message.id);
+        if (sub && message.status === 401 && !this.token) {
+          // Not (or no longer) authenticated: keep the subscription, find out whether
+          // the session is gone, and resume it after a new login if so.
+          this._authSuspect = true;
+          if (this._ws) this._ws.close(4000, "re-authenticating");
+          break;
+        }
         if (sub) {
           this._subs.delete(message.id);
           sub.onError(message);

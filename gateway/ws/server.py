@@ -50,6 +50,7 @@ from gateway.ws.hub import FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_SESSION_INVALID,
     CLOSE_SLOW_CONSUMER,
     Ping,
     ProtocolError,
@@ -641,11 +642,30 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             except CouchError as exc:
                 if isinstance(exc, CouchUnreachable) or exc.status not in (401, 403, 404):
                     continue
+                if exc.status == 401 and not await self._still_authenticated(transport):
+                    # The credentials behind the socket no longer authenticate (an expired
+                    # session): the client logs in again and resumes from these seqs.
+                    self.end(CLOSE_SESSION_INVALID, "session expired: log in and reconnect")
+                    return
                 for sub in [s for s in self.subs.values() if s.request.db == db]:
                     self._reply(error_message(
                         "access_revoked", f"you may no longer read {db!r}: {exc.reason}",
                         sub_id=sub.id, status=exc.status), sub)
                     await self._drop(sub)
+
+    @staticmethod
+    async def _still_authenticated(transport: CouchTransport) -> bool:
+        """Whether CouchDB still knows who the credentials are.
+
+        A 401 may only mean "not a member": pouchdb-server answers non-members so,
+        where CouchDB says 403.
+        """
+        try:
+            session = await transport.request("GET", ["_session"])
+        except CouchError as exc:
+            return exc.status != 401
+        name = (session.get("userCtx") or {}).get("name") if isinstance(session, dict) else None
+        return bool(name)
 
     # -- teardown --------------------------------------------------------------------
 

@@ -26,5 +26,8 @@ async def config_value(
     try:
         yield
     finally:
-        await admin.transport.request("PUT", path, data=json.dumps(previous).encode(),
-                                      headers={"Content-Type": "application/json"})
+        if previous in ("", None):  # it was unset: remove it again
+            await admin.transport.request("DELETE", path)
+        else:
+            await admin.transport.request("PUT", path, data=json.dumps(previous).encode(),
+                                          headers={"Content-Type": "application/json"})
