@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     reactor: Any = global_reactor
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web.client import HTTPConnectionPool
 
     from gateway.couch import BasicAuth, CouchServer
+    from gateway.couch.pool import connection_pool
     from gateway.http.accesslog import json_lines_observer
     from gateway.http.app import GatewayApp
     from gateway.http.service import GatewayService
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 else textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = connection_pool(reactor)
     pool.maxPersistentPerHost = 32
     service_auth = (BasicAuth(settings.couchdb_user, settings.couchdb_password or "")
                     if settings.couchdb_user else None)

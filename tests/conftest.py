@@ -25,6 +25,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.web.client import HTTPConnectionPool
 
 from gateway.couch import BasicAuth, CouchServer, Database
+from gateway.couch.pool import connection_pool
 from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch
 
@@ -116,9 +117,9 @@ def reactor() -> Any:
 @pytest_twisted.async_yield_fixture
 async def pool(reactor: Any) -> AsyncIterator[HTTPConnectionPool]:
     """A persistent connection pool, closed after the test."""
-    connection_pool = HTTPConnectionPool(reactor, persistent=True)
-    yield connection_pool
-    await connection_pool.closeCachedConnections()
+    shared = connection_pool(reactor)
+    yield shared
+    await shared.closeCachedConnections()
 
 
 @pytest.fixture

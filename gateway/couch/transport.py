@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
+from gateway.couch.pool import connection_pool
 from gateway.couch.urls import encode_query, join_url, split_credentials
 from gateway.errors import CouchError, CouchTimeout, CouchUnreachable, Unauthorized
 
@@ -142,8 +143,7 @@ class CouchTransport:
                 BasicAuth(username, password or "") if username is not None else NoAuth()
             )
         if self.pool is None:
-            self.pool = webclient.HTTPConnectionPool(self.reactor, persistent=True)
-            self.pool.maxPersistentPerHost = 16
+            self.pool = connection_pool(self.reactor)
         self._agent = webclient.Agent(self.reactor, pool=self.pool, connectTimeout=10)
         self._treq = HTTPClient(self._agent, cookiejar=_refuse_all_cookies())
 

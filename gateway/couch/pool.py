@@ -1,0 +1,31 @@
+"""The persistent connection pool the client (and the gateway) use for CouchDB."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import HTTPConnectionPool
+
+__all__ = ["IDLE_TIMEOUT", "connection_pool"]
+
+#: Seconds an idle pooled connection is kept. Servers close idle keep-alive connections
+#: on their own schedule (Node's default, hence pouchdb-server's, is 5 s); a request
+#: sent on a connection the server is closing fails before any answer, and Twisted
+#: replays only body-less idempotent requests. Dropping idle connections first avoids
+#: that race instead of replaying writes.
+IDLE_TIMEOUT = 4
+
+
+def connection_pool(
+    reactor: IReactorTime, *, max_per_host: int = 16, idle_timeout: int = IDLE_TIMEOUT
+) -> HTTPConnectionPool:
+    """A persistent pool sized and timed for CouchDB.
+
+    Args:
+        reactor: The reactor.
+        max_per_host: Idle connections kept per host (busy ones are not limited).
+        idle_timeout: Seconds before an idle connection is closed by us.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    pool.cachedConnectionTimeout = idle_timeout
+    return pool
