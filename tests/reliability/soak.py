@@ -87,6 +87,14 @@ EXPECTED = {
 }
 
 
+def _near(resume: str, seq: str) -> bool:
+    """A resume point within 5 of a missing seq (integer seqs, e.g. pouchdb-server)."""
+    try:
+        return abs(int(resume.split("-")[0]) - int(seq.split("-")[0])) <= 5
+    except ValueError:
+        return False
+
+
 def slope_kib_per_min(samples: list[Sample]) -> float:
     """Least-squares slope of RSS over time."""
     if len(samples) < 3:
@@ -199,7 +207,8 @@ async def run_soak(reactor: Any, gateway: GatewayProcess, couch: Couch, config: 
         before = sample(gateway, couch_port, started)
         gauges_before = ws_gauges(gateway)
         samples = [before]
-        clients = [ResumingClient(reactor, gateway.port, token, db, name=f"ws{i}")
+        # a concrete starting seq (fresh, empty database): see wsclient's docs
+        clients = [ResumingClient(reactor, gateway.port, token, db, name=f"ws{i}", last_seq=0)
                    for i in range(config.ws_clients)]
         for client in clients:
             await client.connect()
@@ -223,18 +232,35 @@ async def run_soak(reactor: Any, gateway: GatewayProcess, couch: Couch, config: 
         await pool.closeCachedConnections()
         # every client must have every document written after it first subscribed
         expected = {doc_id for issued, doc_id in state.written if issued >= subscribed_at}
-        catch_up_deadline = time.monotonic() + 60
-        while time.monotonic() < catch_up_deadline:
+        catch_up_started = time.monotonic()
+        while time.monotonic() < catch_up_started + 90:
             if all(set(c.ids()) >= expected for c in clients):
                 break
             await sleep(reactor, 0.2)
+        catch_up_s = round(time.monotonic() - catch_up_started, 1)
         for client in clients:
             client.stopped = True
         await defer.DeferredList(running, consumeErrors=True)
         lost = duplicates = 0
+        lost_detail: dict[str, Any] = {}
+        seq_of = {}
         for client in clients:
             ids = client.ids()
-            lost += len(expected - set(ids))
+            missing = expected - set(ids)
+            if missing and not seq_of:
+                seq_of = {row["id"]: row["seq"] for row in couch.changes(db)}
+            if missing:
+                seqs = sorted(str(seq_of.get(i)) for i in missing)
+                resumes = [str(r) for r in client.resumes]
+                lost_detail[client.name] = {
+                    "missing": sorted(missing)[:10], "connects": client.connects,
+                    "last_seq": str(client.last_seq)[:40], "missing_seqs": seqs[:10],
+                    "resumed_from": [r for r in resumes if any(
+                        _near(r, m) for m in seqs)][:10],
+                    "missing_written_at_s": sorted(round(t - started, 1) for t, i in state.written
+                                                   if i in missing)[:10],
+                }
+            lost += len(missing)
             duplicates += len(ids) - len(set(ids))
             state.unexpected += [f"{client.name}: {e}" for e in client.errors]
         for client in clients:
@@ -261,7 +287,8 @@ async def run_soak(reactor: Any, gateway: GatewayProcess, couch: Couch, config: 
             "docs_written": len(state.written), "ws_socket_drops_and_resumes": drops,
             "ws_reconnects": sum(c.connects - 1 for c in clients),
             "changes_expected_per_client": len(expected),
-            "changes_lost": lost, "duplicates": duplicates,
+            "changes_lost": lost, "duplicates": duplicates, "lost_detail": lost_detail,
+            "catch_up_after_load_s": catch_up_s,
             "rss_mib_start": round(before.rss_kib / 1024, 1),
             "rss_mib_after_warmup": round(warm[0].rss_kib / 1024, 1) if warm else None,
             "rss_mib_peak": round(max(s.rss_kib for s in samples) / 1024, 1),

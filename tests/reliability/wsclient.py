@@ -2,7 +2,10 @@
 
 It connects with ``?token=`` (browsers cannot set headers on a WebSocket), subscribes,
 remembers the seq of the last change it processed, and after any close reconnects with
-jittered exponential backoff and subscribes again with ``since=<last seq>``. It records
+jittered exponential backoff and subscribes again with ``since=<last seq>``. Tests start
+it from a concrete seq (``last_seq=0`` on a fresh database): a client that subscribed
+with ``"now"`` and drops before its first change has no seq to resume from (see
+``test_resume_before_the_first_change_loses_nothing``). It records
 every change it receives so a test can check that nothing is lost and nothing comes twice.
 """
 
@@ -46,6 +49,7 @@ class ResumingClient:
     protocol: ClientProtocol | None = None
     _cursor: int = 0
     stopped: bool = False
+    resumes: list[Any] = field(default_factory=list)  # the since of every subscribe
 
     @property
     def url(self) -> str:
@@ -66,6 +70,7 @@ class ResumingClient:
                 backoff = min(2.0, backoff * 2)
         self.protocol, self._cursor = proto, 0
         self.connects += 1
+        self.resumes.append(self.last_seq)
         proto.send({"type": "subscribe", "id": "s", "db": self.db, "since": self.last_seq})
         while True:
             self.pump()
@@ -92,6 +97,9 @@ class ResumingClient:
                 for change in message["changes"]:
                     self.received.append((message["id"], change["rev"]))
                 self.last_seq = message["seq"]
+            elif (message["type"] == "subscribed" and self.last_seq == "now"
+                  and message.get("since") not in (None, "now")):
+                self.last_seq = message["since"]  # the concrete starting point, if given
             elif message["type"] == "closing" and message.get("resume", {}).get("s"):
                 self.last_seq = message["resume"]["s"]
 
