@@ -157,7 +157,7 @@ def main() -> None:
         row["upstream_requests_total"] = sum(requests.values())
         row["upstream_requests_per_client"] = row["upstream_requests_total"] / args.clients
         row["upstream_requests_excluding_shared_feed"] = sum(
-            v for k, v in requests.items() if "longpoll" not in k)
+            v for k, v in requests.items() if "live feed" not in k)
         row["max_concurrent_catchup_changes"] = stack.max_concurrent_changes(wall_drop, "since=")
         row["ws_metrics"] = stack.ws_metrics()
         caught_rel = np.sort(caught - resumed)

@@ -103,6 +103,7 @@ def setup_database(admin_url: str, auth: str, docs: int) -> None:
 
 SCENARIOS = (("GET doc", "get.lua"), ("PUT doc", "put.lua"), ("view", "view.lua"))
 TARGETS = ("direct", "nginx", "gateway")
+COLORS = {"direct": "tab:blue", "nginx": "tab:orange", "gateway": "tab:green"}
 METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cpu_us_per_req", "wrk_cpu")
 
 
@@ -253,13 +254,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             if metric == "cpu_us_per_req" and target == "direct":
                 continue
             values = [index[(s, c, target)][metric] for s, c in groups]
-            ax.bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=target)
+            ax.bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=target,
+                   color=COLORS[target])
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{s}\nc={c}" for s, c in groups], fontsize=8)
         ax.set_title(label, fontsize=10)
         if metric == "cpu_us_per_req":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.suptitle("REST proxy cost: direct vs nginx vs gateway (medians, same run)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -111,7 +111,7 @@ class Stack:
             counts[classify(path)] = counts.get(classify(path), 0) + 1
         return counts
 
-    def max_concurrent_changes(self, since: float, kind: str = "longpoll") -> int:
+    def max_concurrent_changes(self, since: float, kind: str = "feed=") -> int:
         """Most ``_changes`` requests of a kind in flight at once (from nginx's log)."""
         events = []
         if not self.access_log.exists():
@@ -119,7 +119,8 @@ class Stack:
         for line in self.access_log.read_text().splitlines():
             stamp, took, _status, _size, request = line.split(" ", 4)
             end = float(stamp)
-            if end < since or "/_changes" not in request or kind not in request:
+            if (end < since or "/_changes" not in request or kind not in request
+                    or (kind == "since=" and "feed=" in request)):
                 continue
             events += [(end - float(took), 1), (end, -1)]
         current = peak = 0
@@ -144,8 +145,8 @@ def classify(path: str) -> str:
     """A coarse kind of upstream request, for counting."""
     base, _, query = path.partition("?")
     if base.endswith("/_changes"):
-        if "feed=longpoll" in query:
-            return "_changes longpoll (shared feed)"
+        if "feed=" in query:
+            return "_changes live feed (the shared feed)"
         if "since=now" in query:
             return "_changes since=now (feed start)"
         return "_changes since=<seq> (catch-up)"
