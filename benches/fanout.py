@@ -225,16 +225,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The results table (ratios against the direct baseline of the same run)."""
     direct = {r["clients"]: r for r in rows if r["mode"] == "direct"}
     lines = ["| clients | path | p50 ms | p99 ms | max ms | p99 ÷ direct | deliveries/s | "
-             "missing/dup | gateway CPU µs/delivery | upstream CPU s | RSS/idle conn | "
+             "missing/dup | gateway CPU µs/delivery (≙ deliveries/s per core) | gateway CPU share | upstream CPU s | RSS/idle conn | "
              "upstream `_changes` feeds: metric / requests in nginx log / gateway→upstream TCP | load CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = direct.get(r["clients"])
         ratio = f"{r['p99_ms'] / base['p99_ms']:.2f}" if base and base["p99_ms"] else "-"
         rss = (f"{r['rss_per_idle_connection_bytes'] / 1024:.1f} KB"
                if "rss_per_idle_connection_bytes" in r else "-")
-        cpu = (f"{r['gateway_cpu_us_per_delivery']:.1f}"
-               if r["gateway_cpu_us_per_delivery"] == r["gateway_cpu_us_per_delivery"] else "-")
+        per = r["gateway_cpu_us_per_delivery"]
+        cpu = f"{per:.1f} (≙ {1e6 / per / 1000:.0f}k/s)" if per == per and per else "-"
+        share = f"{r['gateway_cpu_s'] / r['drain_s']:.0%}" if r["mode"] == "gateway" else "-"
         feeds = (f"{r['upstream_feeds_during_writes']} / "
                  f"{r.get('upstream_live_changes_requests', '?')} / "
                  f"{r['upstream_tcp_connections_during_writes']}"
@@ -242,7 +243,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['clients']} | {r['mode']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{r['max_ms']:.1f} | {ratio} | {r['deliveries_per_s']:.0f} | "
-            f"{r['missing']}/{r['duplicates']} | {cpu} | {r['upstream_cpu_s']:.2f} | {rss} | "
+            f"{r['missing']}/{r['duplicates']} | {cpu} | {share} | {r['upstream_cpu_s']:.2f} | {rss} | "
             f"{feeds} | {r['load_cpu_share_of_core']:.0%} |")
     return "\n".join(lines)
 

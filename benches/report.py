@@ -68,10 +68,13 @@ def main() -> None:
     rest = _load("rest_proxy.json")
     if rest:
         print("## REST\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"]) + "\n")
-    for name in ("fanout.json", "fanout-norecheck.json"):
+    for name in ("fanout.json", "fanout-broadcast.json", "fanout-broadcast-norecheck.json",
+                 "fanout-broadcast-fastsend.json", "fanout-norecheck.json",
+                 "fanout-norecheck-fastsend.json"):
         fan = _load(name)
         if fan:
-            print(f"## {name}\n" + _context(fan) + f" env {fan.get('gateway_env')}\n\n"
+            print(f"## {name}\n" + _context(fan) + f" env {fan.get('gateway_env')}, "
+                  f"fast send {fan.get('bench_fast_send', False)}\n\n"
                   + fanout.markdown(fan["results"]) + "\n")
             for r in fan["results"]:
                 print(f"- {r['mode']} {r['clients']}: open {r['open_seconds']:.1f} s, "
