@@ -35,7 +35,13 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
 from gateway.couch.pool import connection_pool
 from gateway.couch.urls import encode_query, join_url, split_credentials
-from gateway.errors import CouchError, CouchTimeout, CouchUnreachable, Unauthorized
+from gateway.errors import (
+    CouchError,
+    CouchTimeout,
+    CouchUnreachable,
+    Unauthorized,
+    UpstreamServerError,
+)
 
 __all__ = ["CouchResponse", "CouchTransport", "Reactor", "read_body"]
 
@@ -92,13 +98,22 @@ class CouchResponse:
         return values[0].decode("latin-1") if values else None
 
 
-def _decode_json(raw: bytes) -> Any:
+def _decode_json(raw: bytes, status: int) -> Any:
+    """Decode a CouchDB answer; a body that is not JSON is CouchDB's fault, never data.
+
+    Raises:
+        UpstreamServerError: A successful status with a body that is not JSON.
+    """
     if not raw:
         return None
     try:
         return jsonlib.loads(raw)
     except ValueError:
-        return {"error": "bad_response", "reason": raw[:200].decode("utf-8", "replace")}
+        reason = f"CouchDB answered HTTP {status} with a body that is not JSON"
+        if status < 400:
+            raise UpstreamServerError(reason, error="bad_response") from None
+        # Built into the error for this status; upstream bytes are not echoed.
+        return {"error": "bad_response", "reason": reason}
 
 
 async def read_body(response: IResponse) -> bytes:
@@ -238,7 +253,7 @@ class CouchTransport:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
             raw = await read_body(response)
-            return CouchResponse(response.code, response.headers, _decode_json(raw))
+            return CouchResponse(response.code, response.headers, _decode_json(raw, response.code))
 
         answer = await self._with_timeout(attempt, limit)
         if answer.status == 401 and replayable and await auth.renew():
@@ -295,7 +310,7 @@ class CouchTransport:
         response = await self._with_timeout(attempt, limit)
         if raise_for_status and response.code >= 400:
             raw = await read_body(response)
-            raise CouchError.from_response(response.code, _decode_json(raw))
+            raise CouchError.from_response(response.code, _decode_json(raw, response.code))
         return response
 
     async def login(self, username: str, password: str) -> str:

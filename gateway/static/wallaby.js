@@ -287,7 +287,12 @@ export class Wallaby {
     switch (message.type) {
       case "subscribed": {
         const sub = this._subs.get(message.id);
-        if (sub) sub.feed = message.feed;
+        if (sub) {
+          sub.feed = message.feed;
+          // Where this subscription starts: resuming from it after a drop loses
+          // nothing, even before the first change arrived.
+          if (sub.lastSeq === null && message.since !== undefined) sub.lastSeq = message.since;
+        }
         break;
       }
       case "change":

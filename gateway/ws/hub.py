@@ -138,6 +138,13 @@ class SharedFeed:
         """The hub key of this feed."""
         return (self.db, self.params)
 
+    def position(self) -> Seq | None:
+        """The seq after which every change still reaches a subscriber joining now."""
+        if self.service is None:
+            return None
+        since: Seq = self.service.since
+        return since
+
 
 class FeedHub(Service):
     """Shares upstream feeds between subscribers.

@@ -519,7 +519,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             await factory.hub.ready(feed)
             if sub.ended():
                 return
-            self._reply(subscribed_message(sub.id, request.db, feed.id, request.since), sub)
+            # The seq this subscription starts after: the client's own for a catch-up,
+            # else the shared feed's position now (every later change reaches this
+            # subscriber), so a socket lost before the first change resumes without a gap.
+            start = request.since if request.catch_up else feed.position()
+            self._reply(subscribed_message(sub.id, request.db, feed.id, start), sub)
             if sub.join is not None:
                 await self._catch_up(sub, feed)
         except CancelledError:
