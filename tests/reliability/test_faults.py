@@ -229,12 +229,6 @@ async def test_entry_point_serves_websocket(
         couch.delete_db(db)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a subscriber that subscribed with since='now' and loses its socket before its "
-    "first change has no seq to resume from: `subscribed` echoes the request's 'now' "
-    "(gateway/ws/server.py l. ~522 passes request.since to subscribed_message) instead of "
-    "the seq the subscription starts after, and gateway/static/wallaby.js (l. ~202) "
-    "resubscribes with 'now'; every change committed in between is lost"))
 async def test_resume_before_the_first_change_loses_nothing(
     make_server: Any, make_user: Any, couch: Couch, reactor: Any,
 ) -> None:
@@ -365,11 +359,7 @@ class BrokenCouch(resource.Resource):
 @pytest.mark.parametrize("mode,expected", [
     ("500", {502}), ("500-html", {502}), ("503", {502, 503}), ("half", {502, 503}),
     ("reset", {502, 503}),
-    pytest.param("garbage", {502}, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: gateway/couch/transport.py _decode_json (l. 94-100) turns a 2xx body that is "
-        "not JSON into {'error': 'bad_response', 'reason': <first 200 upstream bytes>} and "
-        "send() returns it as a success body (l. 241): the client gets 200 with an "
-        "error-shaped body that violates the contract"))),
+    ("garbage", {502}),
 ])
 async def test_broken_upstream_answers_give_clean_error_envelopes(
     start_gateway: Any, reactor: Any, mode: str, expected: set[int],
