@@ -41,6 +41,7 @@ from gateway.couch.auth import ForwardedAuth
 from gateway.couch.transport import CouchResponse, Reactor, read_body
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
+    AccessDenied,
     CouchError,
     CouchUnreachable,
     GatewayRequestError,
@@ -201,7 +202,28 @@ class GatewayApp:
         self.contract.check_path(operation, path)
         query = self.contract.check_query(operation, _decode_args(request))
         identity = await self.identify(request)
+        setattr(request, "identity", identity)  # noqa: B010 - for the guards below
         return self.couch.as_identity(identity.auth), query
+
+    # Defence in depth: CouchDB 3 enforces ``_security`` on every endpoint, but not every
+    # CouchDB-compatible server does (pouchdb-server 4.2, the embedded default, leaves
+    # ``_find``, ``_bulk_get`` and ``_index`` open). These endpoints first ask CouchDB,
+    # as the user, what CouchDB itself would have answered.
+
+    async def _require_reader(self, request: Any, couch: CouchServer, db: str) -> None:
+        """Raise unless the user may read ``db`` (``GET /db`` as the user)."""
+        await self._timed(request, couch.transport.request("GET", [db]))
+
+    async def _require_db_admin(self, request: Any, couch: CouchServer, db: str) -> None:
+        """Raise unless the user administers ``db`` (server admin or ``_security`` admin)."""
+        identity: Identity = request.identity
+        security = await self._timed(request, couch.transport.request("GET", [db, "_security"]))
+        admins = (security or {}).get("admins") or {}
+        if identity.is_admin or identity.name in (admins.get("names") or []) or any(
+            role in (admins.get("roles") or []) for role in identity.roles
+        ):
+            return
+        raise AccessDenied("only database admins may manage indexes")
 
     def _json_body(self, request: Any, operation: str) -> Any:
         content: Any = request.content
@@ -450,6 +472,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "bulkGet", db=name)
         body = self._json_body(request, "bulkGet")
+        await self._require_reader(request, couch, name)
         return await self._forward(
             request, couch, "POST", [name, "_bulk_get"], params=query, json=body
         )
@@ -629,6 +652,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "find", db=name)
         body = self._json_body(request, "find")
+        await self._require_reader(request, couch, name)
         return await self._forward(request, couch, "POST", [name, "_find"], params=query, json=body)
 
     @app.route(_DB + "/indexes", methods=["GET"])
@@ -636,6 +660,7 @@ class GatewayApp:
         """Mango indexes."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "listIndexes", db=name)
+        await self._require_reader(request, couch, name)
         return await self._forward(request, couch, "GET", [name, "_index"], params=query)
 
     @app.route(_DB + "/indexes", methods=["POST"])
@@ -644,6 +669,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createIndex", db=name)
         body = self._json_body(request, "createIndex")
+        await self._require_db_admin(request, couch, name)
         return await self._forward(
             request, couch, "POST", [name, "_index"], params=query, json=body
         )
@@ -656,6 +682,7 @@ class GatewayApp:
         couch, query = await self._begin(
             request, "deleteIndex", db=name, ddoc=design, name=index_name
         )
+        await self._require_db_admin(request, couch, name)
         return await self._forward(
             request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name],
             params=query,
