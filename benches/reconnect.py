@@ -34,6 +34,7 @@ from benches.wsbench import (
     call_all,
     create_db,
     gateway_env,
+    listen_overflows,
     load_deliveries,
     machine,
     percentiles,
@@ -81,8 +82,10 @@ def main() -> None:
             time.sleep(args.before)
             wall_drop = time.time()
             load_cpu0 = (loads[0].cpu(), time.monotonic())
+            overflows0 = listen_overflows()
             storm = call_all(loads, {"cmd": "drop", "gap": args.gap,
                                      "concurrency": args.concurrency}, 600)[0]
+            row["listen_overflows_during_reconnect"] = listen_overflows() - overflows0
             row["load_cpu_share_during_storm"] = ((loads[0].cpu() - load_cpu0[0])
                                                   / (time.monotonic() - load_cpu0[1]))
             row.update({"resubscribed_s": storm["resubscribed_seconds"],

@@ -36,6 +36,8 @@ def reconnect_table(row: dict[str, Any]) -> str:
         f"{row['writes']} / {row['writes_during_gap']} |",
         f"| changes each client had to catch up (mean) | {row['missed_per_client_mean']:.1f} |",
         f"| all clients re-subscribed after | {row['resubscribed_s']:.2f} s |",
+        f"| kernel ListenOverflows during the reconnect (system-wide) | "
+        f"{row.get('listen_overflows_during_reconnect', 'not measured')} |",
         f"| caught up: p50 / p99 / all | {row['caught_up_p50_s']:.2f} s / "
         f"{row['caught_up_p99_s']:.2f} s / {row['caught_up_all_s']:.2f} s |",
         f"| upstream requests during the storm | {row['upstream_requests_total']} "
@@ -70,7 +72,8 @@ def main() -> None:
         print("## REST\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"]) + "\n")
     for name in ("fanout.json", "fanout-broadcast.json", "fanout-broadcast-norecheck.json",
                  "fanout-broadcast-fastsend.json", "fanout-norecheck.json",
-                 "fanout-norecheck-fastsend.json"):
+                 "fanout-norecheck-fastsend.json", "fanout-norecheck-r2.json",
+                 "fanout-norecheck-fastsend-r2.json"):
         fan = _load(name)
         if fan:
             print(f"## {name}\n" + _context(fan) + f" env {fan.get('gateway_env')}, "

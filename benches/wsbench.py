@@ -135,6 +135,16 @@ class Stack:
         self.upstream.stop()
 
 
+def listen_overflows() -> int:
+    """The kernel's TcpExt ListenOverflows counter (system-wide: accept queues that were full)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
 def gateway_env() -> dict[str, str]:
     """Extra gateway settings for a run, from ``BENCH_GATEWAY_ENV`` (a JSON object)."""
     env: dict[str, str] = json.loads(os.environ.get("BENCH_GATEWAY_ENV") or "{}")
