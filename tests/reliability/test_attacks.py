@@ -210,8 +210,6 @@ async def test_another_users_database_is_out_of_reach(
         for path in paths:
             tally.check_reply("other_users_db", path, await client.get(path), marker)
         for method, path, body in cross_user_requests(victim_db, own):
-            if couch_backend.is_pouchdb and path.endswith(POUCHDB_UNGUARDED):
-                continue  # see test_unguarded_queries_on_another_users_database
             kwargs: dict[str, Any] = {"json_body": body} if body is not None else {}
             reply = await client.request(method, path, **kwargs)
             allowed = (400, 401, 403, 404, 405, 409)
@@ -230,16 +228,12 @@ async def test_another_users_database_is_out_of_reach(
 
 async def test_unguarded_queries_on_another_users_database(
     start_gateway: Any, couch: Couch, scenario_db: tuple[str, str, str],
-    couch_backend: CouchBackend, request: Any,
+    couch_backend: CouchBackend,
 ) -> None:
-    """``/find``, ``/bulk_get`` and ``POST /indexes`` on a database the caller may not read."""
-    if couch_backend.is_pouchdb:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "bug (defence in depth): the gateway relies on the upstream alone for _security; "
-            "pouchdb-server 4.2.0, the embedded default of `python -m gateway run`, does not "
-            "enforce _security on _find, _bulk_get and _index, so any authenticated user reads "
-            "(and adds index design documents to) any database through gateway/http/app.py "
-            "find (l. 612), bulk_get (l. 433) and create_index (l. 627); CouchDB 3 refuses")))
+    """``/find``, ``/bulk_get`` and ``POST /indexes`` on a database the caller may not read.
+
+    pouchdb-server does not guard these with ``_security``; the gateway checks read access
+    itself since f3d5076 (before, any authenticated user read any database through them)."""
     gateway = await start_gateway()
     victim_db, _victim, _pw = scenario_db
     marker = f"TOPSECRET-{uuid.uuid4().hex}"
