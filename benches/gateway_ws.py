@@ -13,7 +13,6 @@ Nothing in the gateway's request path is changed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -73,34 +72,6 @@ class _BenchService(_Service):  # type: ignore[misc,valid-type]
 
 http_service.GatewayService = _BenchService
 
-
-def _fast_send_prepared() -> None:
-    """Experiment (``BENCH_FAST_SEND=1``): the fix proposed in BENCHMARKS.md, measured.
-
-    Autobahn's ``sendData`` builds the arguments of a ``log.debug`` call (``hltype``,
-    ``hlval``: ``click.style`` colouring) for every frame, even with debug logging off.
-    This sends a prepared frame of an open, uncompressed connection with no queued
-    chopped writes straight to the transport, as ``sendData`` would, minus the log
-    call. Only applied when the variable is set; the gateway's code is not changed.
-    """
-    from gateway.ws.server import ChangesServerProtocol
-
-    original = ChangesServerProtocol.sendPreparedMessage
-
-    def send_prepared(self: Any, prepared: Any) -> None:
-        if (self._perMessageCompress is None and not self.send_queue
-                and self.state == self.STATE_OPEN and not self.logOctets):
-            data = prepared.payloadHybi
-            self.transport.write(data)
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-            return
-        original(self, prepared)
-
-    ChangesServerProtocol.sendPreparedMessage = send_prepared
-
-
-if os.environ.get("BENCH_FAST_SEND") == "1":
-    _fast_send_prepared()
 assert http_app  # imported so that the patched names are the ones run() imports
 
 if __name__ == "__main__":

@@ -110,3 +110,37 @@ async def test_distinct_options_get_distinct_feeds_and_unsubscribe_closes(
     assert err["error"] == "not_subscribed" and err["id"] == "nope"
     client.send({"type": "ping", "data": "hi"})
     assert (await client.next("pong"))["data"] == "hi"
+
+
+async def test_prepared_frames_bypass_autobahn_send_path_when_idle(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any
+) -> None:
+    """F1: an open, uncompressed socket with an empty Autobahn send queue gets its frames
+    written straight to the transport (no per-frame ``sendData`` debug formatting); a
+    socket with queued Autobahn writes falls back to ``sendPreparedMessage`` (order kept)."""
+    from gateway.ws.server import ChangesServerProtocol
+
+    calls: list[int] = []
+    original = ChangesServerProtocol.sendPreparedMessage
+
+    def counting(self: Any, prepared: Any) -> None:
+        calls.append(len(prepared.payloadHybi))
+        original(self, prepared)
+
+    monkeypatch.setattr(ChangesServerProtocol, "sendPreparedMessage", counting)
+    user = await make_user()
+    client = await ws_server.connect(await ws_server.login(user))
+    answer = await client.subscribe("s1", db.name)
+    assert answer["type"] == "subscribed", answer
+    server_side = next(iter(ws_server.service.factory.connections))
+    octets = server_side.trafficStats.outgoingOctetsWireLevel
+    await db.save({"_id": "a"})
+    change = await client.next("change")
+    assert change["id"] == "a"
+    assert calls == []  # subscribed + change: straight to the transport
+    assert server_side.trafficStats.outgoingOctetsWireLevel > octets
+    # With Autobahn's own queue non-empty, frames must go behind it.
+    server_side.send_queue.append((b"", False))
+    server_side._send_prepared(server_side.factory.prepareMessage(b'{"type":"pong"}'))
+    assert len(calls) == 1
+    await client.close()
