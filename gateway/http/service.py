@@ -22,6 +22,9 @@ __all__ = ["GatewayService"]
 
 _log = Logger(namespace="gateway.service")
 
+#: Default listen backlog (Twisted's own default is 50).
+LISTEN_BACKLOG = 1024
+
 
 class GatewayService(Service):
     """Serves a :class:`GatewayApp` on ``host:port``.
@@ -32,17 +35,23 @@ class GatewayService(Service):
         host: Listen address.
         port: Listen port (0: any free one; see :attr:`port`).
         pool: The upstream pool to close on shutdown (optional).
+        backlog: The listen backlog. Twisted's default (50) overflows when many clients
+            (re)connect at once — e.g. 1,000 WebSocket clients resuming after an outage —
+            and the kernel then drops or resets handshakes (BENCHMARKS.md, F5). The
+            kernel caps it at ``net.core.somaxconn``.
     """
 
     def __init__(
         self, app: GatewayApp, reactor: Any, host: str, port: int,
         pool: HTTPConnectionPool | None = None,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         self.app = app
         self.reactor = reactor
         self.host = host
         self.requested_port = port
         self.pool = pool
+        self.backlog = backlog
         self.listening_port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
@@ -57,7 +66,7 @@ class GatewayService(Service):
         """Start listening."""
         super().startService()  # type: ignore[no-untyped-call]
         endpoint: Any = TCP4ServerEndpoint(  # type: ignore[no-untyped-call]
-            self.reactor, self.requested_port, interface=self.host
+            self.reactor, self.requested_port, backlog=self.backlog, interface=self.host
         )
         listening: Deferred[IListeningPort] = endpoint.listen(self.app.site())
 
