@@ -2,13 +2,20 @@
 
 Upload: Twisted spools a request body to a temporary file beyond 100 kB (see
 :class:`~gateway.http.site.GatewayRequest`, which also caps its size), and
-:func:`upload_producer` sends that file upstream in 64 KiB chunks with a known
+:func:`upload_producer` sends that file upstream in 1 MiB chunks with a known
 ``Content-Length``.
 
 Download: :func:`relay` delivers an upstream ``IResponse`` into ``request.write`` and
 registers itself as the request's streaming producer, so a slow client pauses the
 upstream connection (TCP backpressure both ways) and memory stays flat. Cancelling the
 returned Deferred (a client disconnect) aborts the upstream transfer.
+
+Chunk size: Twisted's TCP transports read at most ``bufferSize`` (64 KiB) per
+``recv``, send at most ``SEND_LIMIT`` (128 KiB) per ``send`` and pause their producer
+once ``bufferSize`` bytes are buffered. At a GiB that is tens of thousands of reactor
+turns, each several Python calls deep. :func:`widen` raises all three to
+:data:`CHUNK` (1 MiB) on the two sockets of one transfer, for its duration only:
+memory in flight stays bounded by about two chunks per direction.
 """
 
 from __future__ import annotations
@@ -23,16 +30,42 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-__all__ = ["parse_range", "relay", "upload_producer"]
+__all__ = ["CHUNK", "narrow", "parse_range", "relay", "upload_producer", "widen"]
 
-_CHUNK = 64 * 1024
+#: Bytes per read, per send and per producer pause while streaming a body.
+CHUNK = 1 << 20
+
+
+def _socket_transport(transport: Any) -> Any:
+    """The TCP transport under a Twisted client body proxy (or the transport itself)."""
+    inner = getattr(transport, "_producer", transport)  # _newclient.TransportProxyProducer
+    return inner if hasattr(inner, "bufferSize") and hasattr(inner, "SEND_LIMIT") else None
+
+
+def widen(transport: Any) -> Any:
+    """Read, send and buffer :data:`CHUNK` bytes at a time on one TCP transport.
+
+    Returns:
+        The TCP transport changed (give it to :func:`narrow`), or ``None``.
+    """
+    raw = _socket_transport(transport)
+    if raw is not None:
+        raw.bufferSize = raw.SEND_LIMIT = CHUNK
+    return raw
+
+
+def narrow(raw: Any) -> None:
+    """Undo :func:`widen` (the connection may be reused for small requests)."""
+    if raw is not None:
+        vars(raw).pop("bufferSize", None)
+        vars(raw).pop("SEND_LIMIT", None)
 
 
 def upload_producer(request: Any) -> IBodyProducer:
     """A body producer reading the (spooled) request body from its start."""
     content: Any = request.content
     content.seek(0)
-    return FileBodyProducer(content, readSize=_CHUNK)
+    return FileBodyProducer(content, readSize=CHUNK)
 
 
 @implementer(IPushProducer)
@@ -46,12 +79,19 @@ class _Relay(Protocol):
         self.limit = limit
         self.sent = 0
         self.finished = False
+        self._widened: list[Any] = []
 
     def connectionMade(self) -> None:  # noqa: N802
+        client = getattr(getattr(self.request, "channel", None), "transport", None)
+        self._widened = [widen(self.transport), widen(client)]
         self.request.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.finished:
+            return
+        if not self.skip and self.limit is None:  # the common case: relay as is
+            self.sent += len(data)
+            self.request.write(data)
             return
         if self.skip:
             dropped = min(self.skip, len(data))
@@ -64,11 +104,17 @@ class _Relay(Protocol):
             self.request.write(data)
         if self.limit is not None and self.sent >= self.limit:
             # The range is complete: stop reading the rest of the upstream body.
-            self.finished = True
-            self.request.unregisterProducer()
-            if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
+            self.finish()
             self.done.callback(self.sent)
+
+    def finish(self) -> None:
+        """Stop relaying: unregister, restore the sockets, abort the upstream body."""
+        self.finished = True
+        self.request.unregisterProducer()
+        for raw in self._widened:
+            narrow(raw)
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def pauseProducing(self) -> None:  # noqa: N802
         if self.transport is not None:
@@ -87,6 +133,8 @@ class _Relay(Protocol):
             return
         self.finished = True
         self.request.unregisterProducer()
+        for raw in self._widened:
+            narrow(raw)
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(self.sent)
         else:
@@ -112,10 +160,7 @@ def relay(
 
     def cancel(_: Deferred[int]) -> None:
         if protocol is not None and not protocol.finished:
-            protocol.finished = True
-            protocol.request.unregisterProducer()
-            if protocol.transport is not None:
-                protocol.transport.stopProducing()  # type: ignore[attr-defined]
+            protocol.finish()
 
     done: Deferred[int] = Deferred(cancel)
     protocol = _Relay(request, done, skip, limit)
