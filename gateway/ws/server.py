@@ -13,6 +13,11 @@ the connection with 1009; a bounded send queue (``ws_queue_bytes``, coalescing t
 newest change per document while the socket is backed up) whose overflow closes the
 connection with 4008 and the seqs to resume from; keep-alive pings; a periodic
 re-check (``ws_auth_recheck``) that ends subscriptions the user may no longer read.
+
+Connections presenting the same credential (keyed by its hash, see
+:mod:`gateway.ws.access`) share one upstream transport, and the access re-check runs
+once per (credential, database) pair, its outcome fanned out to every connection of
+the pair, instead of once per connection.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from gateway.config import Settings
@@ -45,6 +49,7 @@ from gateway.errors import (
     NotFound,
     Unauthorized,
 )
+from gateway.ws.access import AccessRechecks, SharedIdentities, credential_key
 from gateway.ws.catchup import Join, fetch_changes, row_rev
 from gateway.ws.hub import FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
@@ -275,8 +280,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._ending = False
         self._invalid_streak = 0
         self._pending: set[Deferred[Any]] = set()
-        self._recheck: LoopingCall | None = None
-        self._recheck_running: Deferred[Any] | None = None
+        #: Hash of the handshake's credential (never the credential itself).
+        self.credential: str | None = None
+        self._shares_identity = False
+        self._watched: set[str] = set()
         self._lost: Deferred[None] = Deferred()
 
     # -- handshake ---------------------------------------------------------------
@@ -299,8 +306,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         token = (request.params.get("token") or [None])[0]
         if token and "authorization" not in headers:
             headers["authorization"] = f"Bearer {token}"
+        cookies = _cookies(headers.get("cookie"))
         try:
-            identity = await factory.authenticate(headers, _cookies(headers.get("cookie")))
+            identity = await factory.authenticate(headers, cookies)
         except (AuthenticationRequired, Unauthorized, AccessDenied) as exc:
             factory.metrics.rejected_handshakes += 1
             raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
@@ -313,26 +321,20 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
                 401, "authentication required")
         self.identity = identity
-        self.user_transport = factory.hub.transport.with_auth(identity.auth)
+        self.credential = credential_key(headers, cookies, factory.settings.cookie_name,
+                                         getattr(identity, "name", None))
 
     def onOpen(self) -> None:  # noqa: N802 - Autobahn's name
-        """Start flow control, keep-alive and access re-checks."""
+        """Start flow control; share the caller's upstream transport."""
         self._open = True
         factory = self.factory
         factory.connections.add(self)
         factory.metrics.connections += 1
         factory.metrics.connections_total += 1
+        assert self.credential is not None
+        self.user_transport = factory.identities.acquire(self.credential, self.identity.auth)
+        self._shares_identity = True
         self._register_producer()
-        interval = factory.settings.ws_auth_recheck
-        if interval > 0:
-            self._recheck = LoopingCall(
-                lambda: Deferred.fromCoroutine(self._recheck_access())
-            )
-            self._recheck.clock = factory.clock
-            self._recheck_running = self._recheck.start(interval, now=False)
-            self._recheck_running.addErrback(
-                lambda failure: log.error("access re-check: %s", failure.value)
-            )
 
     def _register_producer(self) -> None:
         transport: Any = self.transport
@@ -531,8 +533,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         factory.metrics.subscriptions += 1
         try:
             await self._authorize(request)
-            if not sub.active:
+            if not sub.active or self._ending:
                 return
+            self._watch(request.db)
             if request.catch_up:
                 sub.join = Join()
             feed = factory.hub.acquire(request.db, request.params, self)
@@ -615,6 +618,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
+        db = sub.request.db
+        if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
+            self._unwatch(db)
         feed = sub.feed
         if feed is not None:
             if self.by_feed.get(feed) is sub:
@@ -658,40 +664,33 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     # -- access re-check -------------------------------------------------------------
 
-    async def _recheck_access(self) -> None:
-        transport = self.user_transport
-        if transport is None or self._ending:
+    def _watch(self, db: str) -> None:
+        if db in self._watched or self.credential is None or self.user_transport is None:
             return
-        for db in sorted({sub.request.db for sub in self.subs.values()}):
-            try:
-                await transport.request("GET", [db])
-            except CouchError as exc:
-                if isinstance(exc, CouchUnreachable) or exc.status not in (401, 403, 404):
-                    continue
-                if exc.status == 401 and not await self._still_authenticated(transport):
-                    # The credentials behind the socket no longer authenticate (an expired
-                    # session): the client logs in again and resumes from these seqs.
-                    self.end(CLOSE_SESSION_INVALID, "session expired: log in and reconnect")
-                    return
-                for sub in [s for s in self.subs.values() if s.request.db == db]:
-                    self._reply(error_message(
-                        "access_revoked", f"you may no longer read {db!r}: {exc.reason}",
-                        sub_id=sub.id, status=exc.status), sub)
-                    await self._drop(sub)
+        self._watched.add(db)
+        self.factory.rechecks.watch(self.credential, db, self.user_transport, self)
 
-    @staticmethod
-    async def _still_authenticated(transport: CouchTransport) -> bool:
-        """Whether CouchDB still knows who the credentials are.
+    def _unwatch(self, db: str) -> None:
+        self._watched.discard(db)
+        if self.credential is not None:
+            self.factory.rechecks.unwatch(self.credential, db, self)
 
-        A 401 may only mean "not a member": pouchdb-server answers non-members so,
-        where CouchDB says 403.
+    def access_revoked(self, db: str, exc: CouchError) -> None:
+        """A shared re-check was refused: end this connection's subscriptions of ``db``."""
+        if self._ending:
+            return
+        for sub in [s for s in self.subs.values() if s.request.db == db]:
+            self._reply(error_message(
+                "access_revoked", f"you may no longer read {db!r}: {exc.reason}",
+                sub_id=sub.id, status=exc.status), sub)
+            self._track(self._drop(sub))
+
+    def session_ended(self) -> None:
+        """The credentials behind the socket no longer authenticate: close with 4001.
+
+        An expired session: the client logs in again and resumes from the seqs sent.
         """
-        try:
-            session = await transport.request("GET", ["_session"])
-        except CouchError as exc:
-            return exc.status != 401
-        name = (session.get("userCtx") or {}).get("name") if isinstance(session, dict) else None
-        return bool(name)
+        self.end(CLOSE_SESSION_INVALID, "session expired: log in and reconnect")
 
     # -- teardown --------------------------------------------------------------------
 
@@ -699,9 +698,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """Forget the connection: stop tasks, release its feeds."""
         was_open, self._open = self._open, False
         self._ending = True
-        if self._recheck is not None and self._recheck.running:
-            self._recheck.stop()
-        self._recheck = None
+        for db in list(self._watched):
+            self._unwatch(db)
+        if self._shares_identity and self.credential is not None:
+            self._shares_identity = False
+            self.factory.identities.release(self.credential)
         for deferred in list(self._pending):
             deferred.cancel()
         self._queue.clear()
@@ -767,6 +768,10 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.socket_send_buffer = socket_send_buffer
         self.metrics = metrics or WsMetrics()
         self.connections: set[ChangesServerProtocol] = set()
+        #: One upstream transport per credential, shared by its connections.
+        self.identities = SharedIdentities(hub.transport)
+        #: Access re-checks per (credential, database) pair.
+        self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck)
         #: False once shutting down: new handshakes are refused with 503.
         self.accepting = True
         self._tasks: set[Deferred[Any]] = set()
@@ -875,6 +880,7 @@ class ChangesService(Service):
             finally:
                 if timer.active():
                     timer.cancel()
+        self.factory.rechecks.stop()
         await self.factory.drain_tasks()
         await self.hub.stopService()
 

@@ -1,0 +1,222 @@
+"""Shared access checks of the live-changes endpoint.
+
+* :func:`credential_key` — a hash of the credential a handshake presented (never the
+  credential itself), the key connections of the same caller share.
+* :class:`SharedIdentities` — one upstream transport (hence one auth object) per
+  credential key, shared by every connection of that caller: a cookie session CouchDB
+  refreshes on any of their requests is refreshed for all of them.
+* :class:`AccessRechecks` — the periodic access re-check, once per distinct
+  (credential key, database) pair instead of once per connection: one jittered timer
+  and one ``GET /<db>`` per pair per interval, its outcome fanned out to every
+  connection of the pair; a pair with no connections left is forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from gateway.couch.transport import CouchTransport
+from gateway.errors import CouchError, CouchUnreachable
+
+__all__ = [
+    "AccessRechecks",
+    "AccessWatcher",
+    "SharedIdentities",
+    "credential_key",
+]
+
+log = logging.getLogger(__name__)
+
+
+def credential_key(headers: Mapping[str, str], cookies: Mapping[str, str], cookie_name: str,
+                   name: str | None) -> str:
+    """A SHA-256 of the credential material of a handshake and the verified name."""
+    material = "\0".join((
+        headers.get("authorization", ""),
+        cookies.get(cookie_name, ""),
+        name or "",
+    ))
+    return hashlib.sha256(material.encode("utf-8", "replace")).hexdigest()
+
+
+class SharedIdentities:
+    """One upstream transport per credential key, while connections hold it.
+
+    Args:
+        base: The service transport (its pool and settings are shared).
+    """
+
+    def __init__(self, base: CouchTransport) -> None:
+        self.base = base
+        self._entries: dict[str, tuple[CouchTransport, int]] = {}
+
+    def acquire(self, key: str, auth: Any) -> CouchTransport:
+        """The transport of ``key`` (made with ``auth`` for its first holder)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            transport = self.base.with_auth(auth)
+            self._entries[key] = (transport, 1)
+            return transport
+        self._entries[key] = (entry[0], entry[1] + 1)
+        return entry[0]
+
+    def release(self, key: str) -> None:
+        """Drop one holder of ``key``; forgotten with the last one."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        if entry[1] <= 1:
+            del self._entries[key]
+        else:
+            self._entries[key] = (entry[0], entry[1] - 1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AccessWatcher(Protocol):
+    """A connection whose access to databases is re-checked."""
+
+    def access_revoked(self, db: str, exc: CouchError) -> None:
+        """The caller may no longer read ``db``."""
+
+    def session_ended(self) -> None:
+        """The credentials no longer authenticate at all."""
+
+
+@dataclass(eq=False)
+class _Pair:
+    key: str
+    db: str
+    transport: CouchTransport
+    watchers: set[AccessWatcher] = field(default_factory=set)
+    timer: IDelayedCall | None = None
+    running: Deferred[None] | None = None
+
+
+class AccessRechecks:
+    """Periodic access re-checks per (credential key, database) pair.
+
+    Args:
+        clock: The reactor's clock.
+        interval: Seconds between the checks of a pair.
+        jitter: Each delay is ``interval`` times a random factor in ``[1 - jitter, 1 + jitter]``
+            (pairs created together do not check together).
+        on_revoked: Called with ``(key, db)`` when a check is refused (401/403/404),
+            before the watchers hear of it (e.g. to forget cached authorizations).
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float, *, jitter: float = 0.2,
+                 on_revoked: Callable[[str, str], None] | None = None) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.jitter = jitter
+        self.on_revoked = on_revoked
+        self.checks = 0
+        self._pairs: dict[tuple[str, str], _Pair] = {}
+
+    @property
+    def pairs(self) -> int:
+        """Distinct (credential key, database) pairs being checked."""
+        return len(self._pairs)
+
+    def _delay(self) -> float:
+        spread = self.interval * self.jitter
+        return max(0.01, self.interval + random.uniform(-spread, spread))  # noqa: S311
+
+    def watch(self, key: str, db: str, transport: CouchTransport, watcher: AccessWatcher) -> None:
+        """Re-check ``db`` for ``watcher`` (idempotent)."""
+        if self.interval <= 0:
+            return
+        pair = self._pairs.get((key, db))
+        if pair is None:
+            pair = _Pair(key, db, transport)
+            self._pairs[(key, db)] = pair
+            pair.timer = self.clock.callLater(self._delay(), self._run, pair)
+        pair.watchers.add(watcher)
+
+    def unwatch(self, key: str, db: str, watcher: AccessWatcher) -> None:
+        """Stop re-checking ``db`` for ``watcher``; the pair goes with its last watcher."""
+        pair = self._pairs.get((key, db))
+        if pair is None:
+            return
+        pair.watchers.discard(watcher)
+        if not pair.watchers:
+            self._forget(pair)
+
+    def _forget(self, pair: _Pair) -> None:
+        if self._pairs.get((pair.key, pair.db)) is pair:
+            del self._pairs[(pair.key, pair.db)]
+        if pair.timer is not None and pair.timer.active():
+            pair.timer.cancel()
+        pair.timer = None
+        if pair.running is not None:
+            pair.running.cancel()
+
+    def stop(self) -> None:
+        """Forget every pair (shutdown)."""
+        for pair in list(self._pairs.values()):
+            self._forget(pair)
+
+    def _run(self, pair: _Pair) -> None:
+        pair.timer = None
+        running = Deferred.fromCoroutine(self._check(pair))
+        if running.called:
+            self._reschedule(pair)
+            return
+        pair.running = running
+
+        def done(result: Any) -> None:
+            pair.running = None
+            self._reschedule(pair)
+            if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
+                log.error("access re-check: %s", result.value)
+
+        running.addBoth(done)
+
+    def _reschedule(self, pair: _Pair) -> None:
+        if self._pairs.get((pair.key, pair.db)) is pair and pair.timer is None:
+            pair.timer = self.clock.callLater(self._delay(), self._run, pair)
+
+    async def _check(self, pair: _Pair) -> None:
+        self.checks += 1
+        try:
+            await pair.transport.request("GET", [pair.db])
+            return
+        except CouchError as exc:
+            if isinstance(exc, CouchUnreachable) or exc.status not in (401, 403, 404):
+                return
+            refusal = exc
+        if self.on_revoked is not None:
+            self.on_revoked(pair.key, pair.db)
+        if refusal.status == 401 and not await still_authenticated(pair.transport):
+            # The credentials no longer authenticate (an expired session): every
+            # connection of this caller is closed (4001) with its resume seqs.
+            for watcher in list(pair.watchers):
+                watcher.session_ended()
+            return
+        for watcher in list(pair.watchers):
+            watcher.access_revoked(pair.db, refusal)
+
+
+async def still_authenticated(transport: CouchTransport) -> bool:
+    """Whether CouchDB still knows who the credentials are.
+
+    A 401 may only mean "not a member": pouchdb-server answers non-members so, where
+    CouchDB says 403.
+    """
+    try:
+        session = await transport.request("GET", ["_session"])
+    except CouchError as exc:
+        return exc.status != 401
+    name = (session.get("userCtx") or {}).get("name") if isinstance(session, dict) else None
+    return bool(name)
