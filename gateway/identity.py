@@ -12,7 +12,9 @@ A request proves its identity with one of:
 The credentials are checked by CouchDB itself (``GET /_session`` as that user: CouchDB
 verifies the cookie's signature and expiry, the password, or the JWT), so a forged or
 expired token is rejected by CouchDB. Results are cached for a few seconds, keyed by a
-hash of the credential (never the credential itself), in a bounded cache.
+hash of the credential (never the credential itself), in a bounded cache; concurrent
+verifications of the same credential share one in-flight ``_session`` request
+(single-flight), so a burst of handshakes with one credential costs one request.
 
 The resulting :class:`Identity` carries the credentials to use *upstream* on the
 user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode=proxy``
@@ -38,6 +40,7 @@ from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import Auth, BearerAuth, ForwardedAuth, NoAuth, ProxyAuth
 from gateway.errors import AuthenticationRequired, CouchError, Unauthorized
+from gateway.singleflight import Flight, single_flight
 
 __all__ = ["Identity", "IdentityCache", "credentials_from", "identify"]
 
@@ -81,6 +84,8 @@ class IdentityCache:
     _entries: OrderedDict[str, tuple[float, Identity]] = field(
         default_factory=OrderedDict, repr=False
     )
+    #: Verifications in flight per key (their waiters), see :func:`identify`.
+    inflight: dict[str, Flight] = field(default_factory=dict, repr=False)
 
     def get(self, key: str) -> Identity | None:
         """A fresh cached identity, or ``None``."""
@@ -178,11 +183,24 @@ async def identify(
         if settings.allow_anonymous:
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
+    if cache is None:
+        return await _verify(auth, couch, settings)
     key = _cache_key(headers, cookies, settings)
-    if cache is not None:
-        cached = cache.get(key)
-        if cached is not None:
-            return cached
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+
+    async def verify_and_cache() -> Identity:
+        identity = await _verify(auth, couch, settings)
+        cache.put(key, identity)
+        return identity
+
+    result: Identity = await single_flight(cache.inflight, key, verify_and_cache)
+    return result
+
+
+async def _verify(auth: Auth, couch: CouchServer, settings: Settings) -> Identity:
+    """Ask CouchDB who ``auth`` is (``GET /_session`` as that caller)."""
     try:
         session: dict[str, Any] = await couch.as_identity(auth).session()
     except Unauthorized:
@@ -199,7 +217,4 @@ async def identify(
     upstream: Auth = auth
     if settings.auth_mode == "proxy":
         upstream = ProxyAuth(name, roles, secret=settings.proxy_secret)
-    identity = Identity(name, roles, upstream)
-    if cache is not None:
-        cache.put(key, identity)
-    return identity
+    return Identity(name, roles, upstream)

@@ -9,6 +9,8 @@
   (credential key, database) pair instead of once per connection: one jittered timer
   and one ``GET /<db>`` per pair per interval, its outcome fanned out to every
   connection of the pair; a pair with no connections left is forgotten.
+* :class:`AuthorizationCache` — the subscribe-time ``GET /<db>`` as the user, cached
+  per (credential key, database) for a few seconds, single-flight.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,10 +29,12 @@ from twisted.python.failure import Failure
 
 from gateway.couch.transport import CouchTransport
 from gateway.errors import CouchError, CouchUnreachable
+from gateway.singleflight import Flight, single_flight
 
 __all__ = [
     "AccessRechecks",
     "AccessWatcher",
+    "AuthorizationCache",
     "SharedIdentities",
     "credential_key",
 ]
@@ -220,3 +225,51 @@ async def still_authenticated(transport: CouchTransport) -> bool:
         return exc.status != 401
     name = (session.get("userCtx") or {}).get("name") if isinstance(session, dict) else None
     return bool(name)
+
+
+class AuthorizationCache:
+    """Successful subscribe authorizations per (credential key, database), for ``ttl`` s.
+
+    Concurrent authorizations of one pair share one upstream request (single-flight);
+    a refusal is not cached (the next subscribe asks again), and a re-check refusal
+    forgets the pair (:meth:`invalidate`).
+
+    Args:
+        clock: The reactor's clock.
+        ttl: Seconds a successful authorization is reused (0: never).
+        max_entries: Oldest entries are dropped beyond this size.
+    """
+
+    def __init__(self, clock: IReactorTime, ttl: float = 5.0, max_entries: int = 4096) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._ok: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._inflight: dict[Any, Flight] = {}
+
+    def invalidate(self, key: str, db: str) -> None:
+        """Forget a pair (its access was refused)."""
+        self._ok.pop((key, db), None)
+
+    async def authorize(self, key: str, db: str, transport: CouchTransport) -> None:
+        """``GET /<db>`` as the user, unless it succeeded less than ``ttl`` s ago.
+
+        Raises:
+            CouchError: The upstream refused (or could not be asked).
+        """
+        pair = (key, db)
+        expires = self._ok.get(pair)
+        if expires is not None:
+            if expires > self.clock.seconds():
+                return
+            del self._ok[pair]
+
+        async def ask() -> None:
+            await transport.request("GET", [db])
+            if self.ttl > 0:
+                self._ok[pair] = self.clock.seconds() + self.ttl
+                self._ok.move_to_end(pair)
+                while len(self._ok) > self.max_entries:
+                    self._ok.popitem(last=False)
+
+        await single_flight(self._inflight, pair, ask)

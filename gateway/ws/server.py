@@ -49,7 +49,12 @@ from gateway.errors import (
     NotFound,
     Unauthorized,
 )
-from gateway.ws.access import AccessRechecks, SharedIdentities, credential_key
+from gateway.ws.access import (
+    AccessRechecks,
+    AuthorizationCache,
+    SharedIdentities,
+    credential_key,
+)
 from gateway.ws.catchup import Join, fetch_changes, row_rev
 from gateway.ws.hub import FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
@@ -87,6 +92,9 @@ log = logging.getLogger(__name__)
 
 #: Consecutive invalid messages after which a connection is closed with 1008.
 MAX_INVALID_STREAK = 20
+
+#: Seconds a successful subscribe authorization of a (credential, database) is reused.
+AUTHORIZATION_TTL = 5.0
 
 
 @dataclass(frozen=True)
@@ -561,8 +569,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     async def _authorize(self, request: Subscribe) -> None:
         """Check, as the user, that the database (and its filter/view) may be read."""
         transport = self.user_transport
-        assert transport is not None
-        await transport.request("GET", [request.db])
+        assert transport is not None and self.credential is not None
+        await self.factory.authorizations.authorize(self.credential, request.db, transport)
         design = request.params.design_doc
         if design is not None:
             ddoc, name, kind = design
@@ -770,8 +778,15 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.connections: set[ChangesServerProtocol] = set()
         #: One upstream transport per credential, shared by its connections.
         self.identities = SharedIdentities(hub.transport)
+        #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
+        #: reused for a few seconds, never longer than the re-check interval.
+        ttl = AUTHORIZATION_TTL
+        if settings.ws_auth_recheck > 0:
+            ttl = min(ttl, settings.ws_auth_recheck)
+        self.authorizations = AuthorizationCache(clock, ttl)
         #: Access re-checks per (credential, database) pair.
-        self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck)
+        self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck,
+                                       on_revoked=self.authorizations.invalidate)
         #: False once shutting down: new handshakes are refused with 503.
         self.accepting = True
         self._tasks: set[Deferred[Any]] = set()
