@@ -73,7 +73,8 @@ def main() -> None:
     for name in ("fanout.json", "fanout-broadcast.json", "fanout-broadcast-norecheck.json",
                  "fanout-broadcast-fastsend.json", "fanout-norecheck.json",
                  "fanout-norecheck-fastsend.json", "fanout-norecheck-r2.json",
-                 "fanout-norecheck-fastsend-r2.json"):
+                 "fanout-norecheck-fastsend-r2.json", "fanout-after.json",
+                 "fanout-broadcast-after.json"):
         fan = _load(name)
         if fan:
             print(f"## {name}\n" + _context(fan) + f" env {fan.get('gateway_env')}, "
@@ -87,13 +88,15 @@ def main() -> None:
                       f"{r.get('open_upstream_requests')}, gateway CPU {r['gateway_cpu_s']:.1f} s, "
                       f"window {r['window_s']:.1f} s, load CPU {r['load_cpu_s']:.2f} s")
             print()
-    for name in ("reconnect.json", "reconnect-norecheck.json"):
+    for name in ("reconnect.json", "reconnect-norecheck.json", "reconnect-after.json"):
         storm = _load(name)
         if storm:
             print(f"## {name}\n" + _context(storm) + "\n\n" + reconnect_table(storm["result"]) + "\n")
-    stream = _load("stream.json")
-    if stream:
-        print("## Stream\n" + _context(stream) + "\n\n" + stream_table(stream["summary"], stream))
+    for name, title in (("stream.json", "Stream"), ("stream-after.json", "Stream after")):
+        stream = _load(name)
+        if stream:
+            print(f"## {title}\n" + _context(stream) + "\n\n"
+                  + stream_table(stream["summary"], stream) + "\n")
 
 
 if __name__ == "__main__":
