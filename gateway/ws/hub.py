@@ -15,12 +15,19 @@ lost or repeated. Its ``interrupted``/``live`` transitions reach subscribers as
 
 The feed reads as the gateway's service identity; each subscriber is authorised as
 its own user before it attaches (and re-checked periodically) by the WebSocket layer.
+
+Each feed keeps a bounded ring of its recent changes, as received (:class:`RecentChanges`):
+a resume whose ``since`` *equals* the seq of a change in the ring (or the seq the feed
+started from) is served from memory, since the feed delivered every change after it;
+seqs are opaque and only ever looked up by equality, never compared.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,7 +40,7 @@ from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
-__all__ = ["ChangeSink", "FeedHub", "FeedKey", "PreparedChange", "SharedFeed"]
+__all__ = ["ChangeSink", "FeedHub", "FeedKey", "PreparedChange", "RecentChanges", "SharedFeed"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,10 @@ Prepare = Callable[[bytes], Any]
 
 #: Least seconds an upstream feed waits for response headers (plus one heartbeat).
 CONNECT_TIMEOUT_MIN = 5.0
+
+#: Changes (and serialised bytes) a feed keeps for resumes served from memory.
+RECENT_CHANGES = 1000
+RECENT_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -66,6 +77,78 @@ class PreparedChange:
     message: Any
     size: int
     received: float
+
+
+def seq_key(seq: Seq) -> str | None:
+    """An equality key of an opaque seq (its canonical JSON), ``None`` if it has none."""
+    try:
+        return json.dumps(seq, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+
+
+class RecentChanges:
+    """A bounded ring of a feed's most recent changes, in feed order.
+
+    ``after(seq)`` answers the changes the feed delivered after ``seq`` when ``seq`` is
+    the seq of a change still in the ring, or the seq just before the oldest one (the
+    seq the feed started from, or of the last change dropped from the ring); ``None``
+    otherwise. Seqs are looked up by equality only.
+
+    Args:
+        max_changes: Most changes kept.
+        max_bytes: Most serialised bytes kept.
+    """
+
+    def __init__(self, max_changes: int = RECENT_CHANGES, max_bytes: int = RECENT_BYTES) -> None:
+        self.max_changes = max_changes
+        self.max_bytes = max_bytes
+        self._ring: deque[tuple[int, PreparedChange]] = deque()
+        self._index: dict[str, int | None] = {}
+        self._keys: dict[int, str | None] = {}
+        self._next = 0
+        self._bytes = 0
+        self._base: str | None = None
+        self._base_set = False
+
+    def start(self, seq: Seq) -> None:
+        """The seq the feed follows from (before any change)."""
+        self._base, self._base_set = seq_key(seq), True
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def append(self, change: PreparedChange) -> None:
+        """Remember a change the feed delivered."""
+        number = self._next
+        self._next += 1
+        key = seq_key(change.seq)
+        if key is not None:
+            # A seq seen twice is ambiguous: never served from memory.
+            self._index[key] = None if key in self._index or key == self._base else number
+        self._keys[number] = key
+        self._ring.append((number, change))
+        self._bytes += change.size
+        while self._ring and (len(self._ring) > self.max_changes or self._bytes > self.max_bytes):
+            old_number, old = self._ring.popleft()
+            self._bytes -= old.size
+            old_key = self._keys.pop(old_number)
+            if old_key is not None and self._index.get(old_key) == old_number:
+                del self._index[old_key]
+            self._base = old_key
+
+    def after(self, seq: Seq) -> list[PreparedChange] | None:
+        """The changes after ``seq``, or ``None`` when ``seq`` is not known here."""
+        key = seq_key(seq)
+        if key is None or not self._base_set:
+            return None
+        if key == self._base and key not in self._index:
+            return [change for _n, change in self._ring]
+        number = self._index.get(key)
+        if number is None:
+            return None
+        first = self._ring[0][0] if self._ring else self._next
+        return [change for _n, change in itertools.islice(self._ring, number - first + 1, None)]
 
 
 class ChangeSink(Protocol):
@@ -132,6 +215,7 @@ class SharedFeed:
     interrupted: bool = False
     started: _Latch = field(default_factory=_Latch, repr=False)
     closed: bool = False
+    recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
 
     @property
     def key(self) -> FeedKey:
@@ -144,6 +228,21 @@ class SharedFeed:
             return None
         since: Seq = self.service.since
         return since
+
+    def changes_after(self, since: Seq) -> list[PreparedChange] | None:
+        """Every change this feed delivered after ``since``, from memory.
+
+        ``None`` when ``since`` is neither the seq of a remembered change, nor the seq
+        the remembered changes follow, nor the feed's current position (then the caller
+        reads ``_changes`` upstream). Seqs are compared for equality only.
+        """
+        found = self.recent.after(since)
+        if found is not None:
+            return found
+        position = self.position()
+        if position is not None and seq_key(position) == seq_key(since) is not None:
+            return []
+        return None
 
 
 class FeedHub(Service):
@@ -237,6 +336,7 @@ class FeedHub(Service):
             connect_timeout=max(CONNECT_TIMEOUT_MIN, 2 * self.heartbeat),
         )
         feed.service = service
+        feed.recent.start(since)
         service.startService()
         feed.started.fire(None)
 
@@ -272,6 +372,8 @@ class FeedHub(Service):
         self.changes_received += len(prepared)
         if not prepared:
             return
+        for change in prepared:
+            feed.recent.append(change)
         for sink in list(feed.subscribers):
             try:
                 sink.feed_changes(feed, prepared)

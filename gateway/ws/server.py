@@ -127,6 +127,7 @@ class WsMetrics:
         lag_sum: Sum of delivery lags (seconds from upstream receipt to socket write).
         lag_count: Number of lag samples.
         lag_max: Largest lag seen.
+        resumes_from_memory: Resumes served from a shared feed's recent changes.
     """
 
     connections: int = 0
@@ -140,6 +141,7 @@ class WsMetrics:
     lag_sum: float = 0.0
     lag_count: int = 0
     lag_max: float = 0.0
+    resumes_from_memory: int = 0
 
     def observe_lag(self, seconds: float) -> None:
         """Record one delivery lag."""
@@ -159,6 +161,7 @@ class WsMetrics:
             "ws_coalesced_total": self.coalesced,
             "ws_slow_clients_closed_total": self.slow_closed,
             "ws_invalid_messages_total": self.invalid_messages,
+            "ws_resumes_from_memory_total": self.resumes_from_memory,
             "ws_delivery_lag_seconds_sum": self.lag_sum,
             "ws_delivery_lag_seconds_count": self.lag_count,
             "ws_delivery_lag_seconds_max": self.lag_max,
@@ -200,6 +203,7 @@ _HELP = {
     "ws_coalesced_total": "Queued changes replaced by a newer change of the same document.",
     "ws_slow_clients_closed_total": "Connections closed for exceeding their send queue budget.",
     "ws_invalid_messages_total": "Client messages refused.",
+    "ws_resumes_from_memory_total": "Resumes served from a shared feed's recent changes.",
     "ws_delivery_lag_seconds": "Seconds from upstream receipt of a change to its socket write.",
     "ws_upstream_feeds": "Open shared upstream _changes feeds.",
     "ws_upstream_feeds_opened_total": "Shared upstream _changes feeds opened.",
@@ -556,8 +560,18 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             # else the shared feed's position now (every later change reaches this
             # subscriber), so a socket lost before the first change resumes without a gap.
             start = request.since if request.catch_up else feed.position()
+            backlog = None
+            if sub.join is not None and request.since is not None:
+                # A resume from a seq the shared feed remembers: every change after it
+                # is in memory, and live changes follow them with no await in between.
+                backlog = feed.changes_after(request.since)
             self._reply(subscribed_message(sub.id, request.db, feed.id, start), sub)
-            if sub.join is not None:
+            if backlog is not None:
+                sub.join = None
+                factory.metrics.resumes_from_memory += 1
+                for change in backlog:
+                    self._deliver(sub, change)
+            elif sub.join is not None:
                 await self._catch_up(sub, feed)
         except CancelledError:
             raise

@@ -1,0 +1,145 @@
+"""F4: resumes from a seq the shared feed remembers are served from memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from gateway.couch import Database
+from gateway.couch.transport import CouchTransport
+from gateway.ws.hub import PreparedChange, RecentChanges
+from tests.ws.conftest import WsServer, sleep
+from tests.ws.test_resume_and_filters import _writer
+
+
+def _change(seq: Any, doc_id: str = "d", size: int = 10) -> PreparedChange:
+    return PreparedChange(doc_id, "1-a", seq, None, size, 0.0)
+
+
+def test_recent_changes_equality_lookup_and_eviction() -> None:
+    ring = RecentChanges(max_changes=3, max_bytes=1000)
+    assert ring.after("0") is None  # not started
+    ring.start("s0")
+    assert ring.after("s0") == []
+    changes = [_change(f"s{i}", f"d{i}") for i in range(1, 6)]
+    for change in changes:
+        ring.append(change)
+    # s1, s2 dropped: s2 is the seq the ring follows now, s1 is unknown.
+    assert ring.after("s1") is None and ring.after("s0") is None
+    assert ring.after("s2") == changes[2:]
+    assert ring.after("s3") == changes[3:]
+    assert ring.after("s5") == []
+    assert ring.after("s9") is None and ring.after({"not": "seen"}) is None
+    assert ring.after(object()) is None  # not JSON: never served from memory
+    # Seqs are never ordered, only looked up: a list seq (CouchDB 1.x style) works too.
+    ring.append(_change([7, "x"]))
+    assert ring.after([7, "x"]) == []
+
+
+def test_recent_changes_bounded_by_bytes_and_ambiguous_seqs() -> None:
+    ring = RecentChanges(max_changes=100, max_bytes=25)
+    ring.start(0)
+    for i in range(1, 4):
+        ring.append(_change(i, size=10))
+    assert len(ring) == 2 and ring.after(1) is not None and ring.after(0) is None
+    ring.append(_change(3))  # the same seq twice: ambiguous, never served
+    assert ring.after(3) is None
+
+
+async def test_resume_from_memory_while_writes_race_the_join(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any, monkeypatch: Any,
+) -> None:
+    user = await make_user()
+    token = await ws_server.login(user)
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)
+    first = await ws_server.connect(token)
+    await first.subscribe("s", db.name)
+    await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(30)])
+    got = await first.collect_changes(30)
+    resume_from = got[14]["seq"]
+    expected_after = [c["id"] for c in got[15:]]
+    await first.close()
+
+    catch_ups: list[Any] = []
+    original = CouchTransport.request
+
+    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
+                       **kwargs: Any) -> Any:
+        if list(segments)[-1:] == ["_changes"] and self is not ws_server.service.hub.transport:
+            catch_ups.append(kwargs.get("params"))
+        return await original(self, method, segments, *args, **kwargs)
+
+    monkeypatch.setattr(CouchTransport, "request", counting)
+    metrics = ws_server.service.metrics
+    for round_ in range(3):
+        writing = Deferred.fromCoroutine(_writer(db, f"r{round_}-", 60, reactor))
+        await sleep(reactor, 0.02)
+        client = await ws_server.connect(token)
+        answer = await client.subscribe("s", db.name, since=resume_from)
+        assert answer["type"] == "subscribed" and answer["since"] == resume_from
+        written = await writing
+        wanted = expected_after + written
+        changes = await client.collect_changes(len(wanted))
+        assert [c["id"] for c in changes] == wanted, f"gap or duplicate (round {round_})"
+        await db.save({"_id": f"end{round_}"})
+        assert (await client.next("change"))["id"] == f"end{round_}"
+        expected_after = [*wanted, f"end{round_}"]
+        await client.close()
+    assert catch_ups == []  # no upstream catch-up read at all
+    assert metrics.resumes_from_memory == 3
+
+
+async def test_resume_older_than_the_ring_reads_changes_upstream(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any,
+) -> None:
+    user = await make_user()
+    token = await ws_server.login(user)
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)
+    (feed,) = ws_server.service.hub.feeds.values()
+    feed.recent.max_changes = 5
+    await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(20)])
+    got = await watcher.collect_changes(20)
+    catch_ups: list[Any] = []
+    original = CouchTransport.request
+
+    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
+                       **kwargs: Any) -> Any:
+        if list(segments)[-1:] == ["_changes"] and self is not ws_server.service.hub.transport:
+            catch_ups.append(kwargs.get("params"))
+        return await original(self, method, segments, *args, **kwargs)
+
+    monkeypatch.setattr(CouchTransport, "request", counting)
+    old = await ws_server.connect(token)
+    assert (await old.subscribe("s", db.name, since=got[2]["seq"]))["type"] == "subscribed"
+    assert [c["id"] for c in await old.collect_changes(17)] == [c["id"] for c in got[3:]]
+    assert len(catch_ups) == 1
+    recent = await ws_server.connect(token)
+    assert (await recent.subscribe("s", db.name, since=got[16]["seq"]))["type"] == "subscribed"
+    assert [c["id"] for c in await recent.collect_changes(3)] == [c["id"] for c in got[17:]]
+    assert len(catch_ups) == 1  # served from memory
+    await db.save({"_id": "live"})
+    for client in (old, recent):
+        assert (await client.next("change"))["id"] == "live"
+
+
+async def test_resume_from_the_subscribed_seq_before_any_change(
+    ws_server: WsServer, db: Database, make_user: Any,
+) -> None:
+    await db.save({"_id": "old"})
+    token = await ws_server.login(await make_user())
+    keeper = await ws_server.connect(token)
+    await keeper.subscribe("k", db.name, filter="_doc_ids", doc_ids=["a", "b"])
+    first = await ws_server.connect(token)
+    answer = await first.subscribe("s", db.name, filter="_doc_ids", doc_ids=["a", "b"])
+    start = answer.get("since")
+    assert start is not None, answer
+    await first.close()
+    resumed = await ws_server.connect(token)
+    again = await resumed.subscribe("s", db.name, filter="_doc_ids", doc_ids=["a", "b"], since=start)
+    assert again["type"] == "subscribed"
+    await db.bulk_save([{"_id": "c"}, {"_id": "b"}])
+    assert (await resumed.next("change"))["id"] == "b"
+    assert ws_server.service.metrics.resumes_from_memory == 1
