@@ -59,7 +59,7 @@ from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
-from gateway.http.streaming import parse_range, relay, upload_producer
+from gateway.http.streaming import parse_range, relay, spool, upload_producer
 from gateway.identity import Identity, IdentityCache, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
@@ -574,10 +574,14 @@ class GatewayApp:
             request, "putAttachment", db=name, docid=doc_id, attname=att
         )
         _if_match(request, query)
-        producer = upload_producer(request)
+        # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled.
+        pipe = getattr(request, "body_pipe", None)
+        producer = pipe or upload_producer(request)
         size = producer.length if isinstance(producer.length, int) else 0
         if size > self.settings.max_attachment_bytes:
             raise PayloadTooLarge("the attachment is too large")
+        if pipe is not None and not await self._streams_uploads(request):
+            producer = await spool(pipe)
         content_type = request.getHeader("content-type") or "application/octet-stream"
         timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
         answer = await self._timed(request, couch.transport.send(
@@ -585,6 +589,24 @@ class GatewayApp:
             headers={"Content-Type": content_type}, timeout=timeout,
         ))
         return json_response(request, answer.status, answer.body, _etag(answer))
+
+    async def _streams_uploads(self, request: Any) -> bool:
+        """Whether attachment bodies may go upstream while they arrive (asked once).
+
+        Not to pouchdb-server (the embedded default): when an upload is cut short (the
+        client went away) it stores an empty attachment as a new revision, where
+        CouchDB stores nothing. Its uploads are received completely first.
+        """
+        known: bool | None = getattr(self, "_upload_streaming", None)
+        if known is None:
+            welcome = await self._timed(
+                request, self.couch.transport.send("GET", [], raise_for_status=False)
+            )
+            body = welcome.body if isinstance(welcome.body, dict) else {}
+            vendor = str((body.get("vendor") or {}).get("name", "")).lower()
+            known = "express-pouchdb" not in body and "pouchdb" not in vendor
+            self._upload_streaming = known
+        return known
 
     @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["DELETE"])
     async def delete_attachment(

@@ -2,13 +2,16 @@
 
 :class:`GatewayRequest` caps request bodies while they arrive (Twisted spools bodies
 beyond 100 kB to a temporary file, so memory stays flat; beyond the cap the bytes are
-discarded and the request is answered 413). :class:`FrontDoor` runs before routing:
-request id, traversal checks, CORS, rate limiting, size limit, mounted resources
-(e.g. the WebSocket endpoint), in-flight accounting, metrics and the access log.
+discarded and the request is answered 413), and streams the bodies of attachment
+uploads instead of spooling them (see :meth:`GatewayRequest.gotLength`).
+:class:`FrontDoor` runs before routing: request id, traversal checks, CORS, rate
+limiting, size limit, mounted resources (e.g. the WebSocket endpoint), in-flight
+accounting, metrics and the access log.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,11 +28,15 @@ from gateway.http.metrics import Metrics
 from gateway.http.paths import check_raw_path
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import render_error
+from gateway.http.streaming import BodyPipe, narrow, widen
 
-__all__ = ["FrontDoor", "GatewayRequest", "GatewaySite", "InFlight"]
+__all__ = ["STREAMED_UPLOADS", "FrontDoor", "GatewayRequest", "GatewaySite", "InFlight"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _UNLIMITED = (b"/health", b"/ready", b"/metrics")
+
+#: Request targets whose ``PUT`` body is streamed upstream (attachment uploads).
+STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?]+(\?|$)")
 
 
 class GatewayRequest(server.Request):
@@ -46,6 +53,13 @@ class GatewayRequest(server.Request):
         self._body_seen = 0
         #: Returns a ``Set-Cookie`` value when the user's CouchDB session was refreshed.
         self.session_refresh: Callable[[], str | None] | None = None
+        #: The body of an upload dispatched before its body arrived (see gotLength).
+        self.body_pipe: BodyPipe | None = None
+        self._early = False  # to be dispatched from gotLength
+        self._dispatched = False
+        self._body_done = True  # the whole body arrived (or none will be read)
+        self._finish_pending = False  # answered; finish once the body is drained
+        self._widened: Any = None
 
     def write(self, data: bytes) -> None:
         """Write body bytes; the first write hands a refreshed session cookie back."""
@@ -61,15 +75,84 @@ class GatewayRequest(server.Request):
         return int(getattr(site, "max_upload_bytes", 2**62))
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
-        """Refuse to store a body whose declared length exceeds the cap."""
-        if length is not None and length > self._body_limit():
-            self.too_large = True
-            length = 0
-        super().gotLength(length)  # type: ignore[no-untyped-call]
+        """Refuse to store a body whose declared length exceeds the cap; stream uploads.
+
+        Twisted dispatches a request once its whole body is stored. An attachment
+        ``PUT`` with a ``Content-Length`` (:data:`STREAMED_UPLOADS`) is dispatched here
+        instead, as soon as its headers are in: its handler authenticates the caller
+        and then starts the upstream request with :attr:`body_pipe` as body, which
+        :meth:`handleContentChunk` feeds. Over the cap, it is answered 413 at once.
+
+        An answer given before the body has arrived (an error) is written at once; the
+        request is finished only once the rest of the body has been read and dropped,
+        so the connection stays in step and alive — unless the client waits for
+        ``100 Continue``: then it is not sent, and the connection is closed after the
+        answer. The channel's second dispatch, once the body is complete, only ends
+        the pipe (:meth:`requestReceived`).
+        """
+        too_large = length is not None and length > self._body_limit()
+        self.too_large = self.too_large or too_large
+        channel: Any = self.channel
+        command = getattr(channel, "_command", None)  # the request line, parsed by
+        target = getattr(channel, "_path", None)  # the channel before the headers
+        version = getattr(channel, "_version", None)
+        pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
+        if (
+            not length or command != b"PUT" or target is None or version is None
+            or pattern is None or not pattern.match(target) or channel.transport is None
+        ):
+            super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
+            return
+        self.content = io.BytesIO()  # stays empty: the body is never stored
+        self._early, self._body_done = True, False
+        expects = self.requestHeaders.getRawHeaders(b"expect")
+        self.requestHeaders.removeHeader(b"expect")  # answered here, not by the channel
+        if too_large:
+            if expects:  # it sends nothing until told to: refuse and close
+                channel.persistent = False
+                self._body_done = True
+        else:
+            if expects and version == b"HTTP/1.1":
+                channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._widened = widen(channel.transport)
+            self.body_pipe = BodyPipe(length, channel.transport)
+        self.requestReceived(command, target, version)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
+        """Dispatch; for an early-dispatched upload, the second call ends its body."""
+        if self._dispatched:
+            self._body_done = True
+            narrow(self._widened)
+            if self.body_pipe is not None:
+                self.body_pipe.end()
+            if self._finish_pending:
+                super().finish()  # type: ignore[no-untyped-call]
+            return
+        self._dispatched = self._early
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        """Finish, or (answered before the upload's body arrived) once it is drained."""
+        if not self._body_done and not self._disconnected:
+            self._finish_pending = True
+            if self.body_pipe is not None:
+                self.body_pipe.discard()
+            return
+        super().finish()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        """A client gone mid-upload fails the upstream request (nothing is stored)."""
+        if self.body_pipe is not None and not self._body_done:
+            self._body_done = True
+            self.body_pipe.abort(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
-        """Store body bytes until the cap; discard the rest."""
-        if self.too_large:
+        """Store body bytes until the cap; discard the rest (or stream them upstream)."""
+        if self.body_pipe is not None:
+            self.body_pipe.feed(data)
+            return
+        if self.too_large or self._early:
             return
         self._body_seen += len(data)
         if self._body_seen > self._body_limit():
@@ -87,13 +170,19 @@ class GatewaySite(server.Site):
     Args:
         resource: The root resource (a :class:`FrontDoor`).
         max_upload_bytes: Largest body stored at all (bigger ones answer 413).
+        streamed_uploads: Request targets whose ``PUT`` bodies are streamed, not
+            stored (``None``: store every body).
     """
 
-    def __init__(self, resource: IResource, max_upload_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self, resource: IResource, max_upload_bytes: int,
+        streamed_uploads: re.Pattern[bytes] | None = STREAMED_UPLOADS, **kwargs: Any,
+    ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource, requestFactory=GatewayRequest, **kwargs
         )
         self.max_upload_bytes = max_upload_bytes
+        self.streamed_uploads = streamed_uploads
         self.displayTracebacks = False
 
     def log(self, request: Any) -> None:

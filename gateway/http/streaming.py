@@ -1,9 +1,13 @@
 """Proxying bodies without buffering them in memory.
 
-Upload: Twisted spools a request body to a temporary file beyond 100 kB (see
-:class:`~gateway.http.site.GatewayRequest`, which also caps its size), and
-:func:`upload_producer` sends that file upstream in 1 MiB chunks with a known
-``Content-Length``.
+Upload: an attachment ``PUT`` with a ``Content-Length`` is dispatched as soon as its
+headers are in (:class:`~gateway.http.site.GatewayRequest`); its body flows through a
+:class:`BodyPipe`, the upstream request's body producer: chunks go upstream as they
+arrive, a slow upstream pauses the client's socket, and chunks that arrive before the
+upstream request has started (while the caller is authenticated) are held — one read
+at most, as the client's socket is paused meanwhile. Other bodies (chunked ones) are
+spooled by Twisted to a temporary file beyond 100 kB, and :func:`upload_producer`
+sends that file upstream in 1 MiB chunks with a known ``Content-Length``.
 
 Download: :func:`relay` delivers an upstream ``IResponse`` into ``request.write`` and
 registers itself as the request's streaming producer, so a slow client pauses the
@@ -20,17 +24,21 @@ memory in flight stays bounded by about two chunks per direction.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-__all__ = ["CHUNK", "narrow", "parse_range", "relay", "upload_producer", "widen"]
+__all__ = [
+    "CHUNK", "BodyPipe", "narrow", "parse_range", "relay", "spool", "upload_producer", "widen",
+]
 
 #: Bytes per read, per send and per producer pause while streaming a body.
 CHUNK = 1 << 20
@@ -66,6 +74,120 @@ def upload_producer(request: Any) -> IBodyProducer:
     content: Any = request.content
     content.seek(0)
     return FileBodyProducer(content, readSize=CHUNK)
+
+
+@implementer(IBodyProducer)
+class BodyPipe:
+    """A request body still arriving from the client, as an upstream body producer.
+
+    The request feeds it (:meth:`feed`, then :meth:`end` or :meth:`abort`); the
+    upstream request consumes it (:meth:`startProducing`) and pauses it through the
+    upstream socket, which pauses the client's socket. Once the consumer stops (the
+    upstream request failed or was cancelled) the rest of the body is discarded.
+
+    Args:
+        length: The declared ``Content-Length``.
+        client: The client's TCP transport (paused and resumed here).
+    """
+
+    def __init__(self, length: int, client: Any) -> None:
+        self.length = length
+        self.complete = False
+        self.stopped = False
+        self._client = client
+        self._consumer: Any = None
+        self._held: list[bytes] = []
+        self._done: Deferred[None] | None = None
+        self._failure: Failure | None = None
+
+    def feed(self, data: bytes) -> None:
+        """A chunk of the body arrived."""
+        if self.stopped:
+            return
+        if self._consumer is None:
+            self._held.append(data)
+            self._client.pauseProducing()  # no more until the upstream request starts
+        else:
+            self._consumer.write(data)
+
+    def end(self) -> None:
+        """The whole body arrived."""
+        self.complete = True
+        if self._done is not None and not self.stopped:
+            self._finish_producing().callback(None)
+
+    def abort(self, reason: Failure) -> None:
+        """The client went away before the end of the body: fail the upstream request."""
+        self._failure = reason
+        if self._done is not None and not self.stopped:
+            self._finish_producing().errback(reason)
+        self.stopped = True
+        self._held = []
+
+    def discard(self) -> None:
+        """Drop the rest of the body (the answer is known without it)."""
+        self.stopProducing()
+
+    def _finish_producing(self) -> Deferred[None]:
+        done, self._done = self._done, None
+        assert done is not None
+        return done
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        """Write held and future chunks to ``consumer`` (the upstream request)."""
+        if self._failure is not None:
+            return fail(self._failure)
+        self._consumer = consumer
+        held, self._held = self._held, []
+        for data in held:
+            consumer.write(data)
+        if self.complete:
+            return succeed(None)
+        self._done = Deferred()
+        self._client.resumeProducing()
+        return self._done
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """The upstream is slow: stop reading from the client."""
+        if not self.stopped and not self.complete:
+            self._client.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """The upstream caught up."""
+        if not self.stopped and not self.complete:
+            self._client.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """No consumer any more: read and drop the rest of the body."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._held = []
+        self._done = None  # never fires, like FileBodyProducer's once stopped
+        if not self.complete:
+            self._client.resumeProducing()
+
+
+class _FileSink:
+    """A consumer writing into a file."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+
+async def spool(pipe: BodyPipe) -> IBodyProducer:
+    """Receive a pipe's whole body into a temporary file; a producer re-reading it.
+
+    For upstreams that must not see an upload cut short (see ``put_attachment``).
+    Raises what ended the body early (the client went away).
+    """
+    file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
+    await pipe.startProducing(_FileSink(file))
+    file.seek(0)
+    return FileBodyProducer(file, readSize=CHUNK)
 
 
 @implementer(IPushProducer)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
+from urllib.parse import urlsplit
 
-from tests.rest.conftest import Scenario
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+from tests.rest.conftest import Scenario, StartGateway
 
 
 async def _doc(scenario: Scenario) -> tuple[str, str]:
@@ -94,3 +100,113 @@ async def test_attachment_names_are_validated(scenario: Scenario) -> None:
             headers={"Content-Type": "text/plain"},
         )
         assert reply.status == 400, name
+
+
+# -- streamed uploads (dispatched at the headers, body piped upstream) -------------
+
+
+class _Raw(Protocol):
+    """A raw HTTP/1.1 client connection: what was received, and when it closed."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+async def _connect(base: str) -> _Raw:
+    from twisted.internet import reactor
+
+    parts = urlsplit(base)
+    raw = _Raw()
+    endpoint = TCP4ClientEndpoint(reactor, parts.hostname or "127.0.0.1", parts.port or 80)
+    await connectProtocol(endpoint, raw)
+    return raw
+
+
+async def _until(check: Any, seconds: float = 10.0, raw: _Raw | None = None) -> None:
+    from twisted.internet import reactor
+
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"not met in time; received {raw.data if raw else b''!r}")
+
+
+def _put_head(path: str, length: int, headers: dict[str, str]) -> bytes:
+    lines = [f"PUT {path} HTTP/1.1", "Host: gw", f"Content-Length: {length}",
+             "Content-Type: application/octet-stream", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_streamed_upload_with_expect_continue_and_keep_alive(scenario: Scenario) -> None:
+    client = scenario.member_client
+    base, rev = await _doc(scenario)
+    payload = os.urandom(700_000)
+    raw = await _connect(client.base)
+    auth = {k: v for k, v in client.default_headers.items() if k == "Authorization"}
+    raw.transport.write(_put_head(f"{base}/attachments/s.bin?rev={rev}", len(payload),
+                                  {**auth, "Expect": "100-continue"}))
+    await _until(lambda: b"100 Continue" in raw.data)
+    raw.transport.write(payload[:300_000])
+    raw.transport.write(payload[300_000:])
+    await _until(lambda: b"HTTP/1.1 201" in raw.data, raw=raw)
+    # The same connection serves the next request.
+    raw.transport.write(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await _until(lambda: raw.data.count(b"HTTP/1.1 200") == 1)
+    raw.transport.loseConnection()
+    down = await client.get(f"{base}/attachments/s.bin")
+    assert down.status == 200 and down.body == payload
+
+
+async def test_streamed_upload_answers_401_before_the_body_and_drains_it(
+    scenario: Scenario,
+) -> None:
+    base, rev = await _doc(scenario)
+    raw = await _connect(scenario.member_client.base)
+    raw.transport.write(_put_head(f"{base}/attachments/n.bin?rev={rev}", 200_000, {}))
+    await _until(lambda: b"HTTP/1.1 401" in raw.data)  # nothing of the body sent yet
+    raw.transport.write(b"x" * 200_000)
+    raw.transport.write(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await _until(lambda: b"HTTP/1.1 200" in raw.data)  # still in step, still open
+    raw.transport.loseConnection()
+
+
+async def test_declared_length_over_the_cap_is_413_before_the_body(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway(max_body_bytes=2_000, max_attachment_bytes=50_000)
+    path = "/api/v1/db/anydb/docs/d/attachments/a?rev=1-x"
+    waiting = await _connect(gateway.url)
+    waiting.transport.write(_put_head(path, 10**9, {"Expect": "100-continue"}))
+    await _until(lambda: b"HTTP/1.1 413" in waiting.data)
+    await waiting.closed  # no body is awaited: the connection is closed
+    assert b"100 Continue" not in waiting.data
+    eager = await _connect(gateway.url)
+    eager.transport.write(_put_head(path, 60_000, {}))
+    await _until(lambda: b"HTTP/1.1 413" in eager.data)
+    eager.transport.loseConnection()
+
+
+async def test_client_abort_mid_upload_stores_nothing(scenario: Scenario) -> None:
+    from twisted.internet import reactor
+
+    client = scenario.member_client
+    base, rev = await _doc(scenario)
+    raw = await _connect(client.base)
+    auth = {k: v for k, v in client.default_headers.items() if k == "Authorization"}
+    raw.transport.write(_put_head(f"{base}/attachments/cut.bin?rev={rev}", 2_000_000, auth))
+    raw.transport.write(os.urandom(500_000))
+    await task.deferLater(reactor, 0.5, lambda: None)
+    raw.transport.abortConnection()
+    await raw.closed
+    await task.deferLater(reactor, 0.5, lambda: None)
+    doc = await client.get(base)
+    assert doc.status == 200 and doc.json["_rev"] == rev
+    assert "cut.bin" not in (doc.json.get("_attachments") or {})
