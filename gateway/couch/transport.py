@@ -1,9 +1,11 @@
 """The HTTP layer between the client and CouchDB.
 
 One :class:`CouchTransport` owns a base URL, a persistent connection pool, a request
-timeout and an :class:`~gateway.couch.auth.Auth`. JSON requests go through treq;
-streams (attachments, feeds) go through the bare Twisted ``Agent`` so that nothing asks
-for gzip and nothing buffers. Transport failures become
+timeout and an :class:`~gateway.couch.auth.Auth`. Every request goes through the bare
+pooled Twisted ``Agent``: no cookie jar (a shared transport must never store or replay
+one user's cookies for another; session cookies are handled by the ``Auth``), no
+redirects, nothing asks for gzip, and nothing buffers streams. The base URL is encoded
+once; paths are built as bytes. Transport failures become
 :class:`~gateway.errors.CouchUnreachable` / :class:`~gateway.errors.CouchTimeout`;
 error answers become the matching :class:`~gateway.errors.CouchError`.
 """
@@ -13,14 +15,11 @@ from __future__ import annotations
 import json as jsonlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Final, TypeVar
 
 import treq
-from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.web import client as webclient
 from twisted.web._newclient import (
@@ -31,10 +30,11 @@ from twisted.web._newclient import (
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
 
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
 from gateway.couch.pool import connection_pool
-from gateway.couch.urls import encode_query, join_url, split_credentials
+from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
     CouchError,
     CouchTimeout,
@@ -73,9 +73,29 @@ def _unreachable(exc: Exception) -> Exception:
     return CouchUnreachable(f"CouchDB is unreachable ({type(exc).__name__})")
 
 
-def _refuse_all_cookies() -> IndexableCookieJar:
-    # A shared client must never replay one user's cookies for another user.
-    return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+_JSON_TYPE: Final = [b"application/json"]
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A body already in memory, written in one go (no cooperator turn)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Written at once: nothing to pause."""
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Written at once: nothing to resume."""
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Written at once: nothing to stop."""
 
 
 @dataclass
@@ -147,7 +167,7 @@ class CouchTransport:
     timeout: float | None = 30.0
     base_url: str = field(init=False)
     _agent: webclient.Agent = field(init=False, repr=False)
-    _treq: HTTPClient = field(init=False, repr=False)
+    _base: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         base, username, password = split_credentials(self.url)
@@ -160,7 +180,7 @@ class CouchTransport:
         if self.pool is None:
             self.pool = connection_pool(self.reactor)
         self._agent = webclient.Agent(self.reactor, pool=self.pool, connectTimeout=10)
-        self._treq = HTTPClient(self._agent, cookiejar=_refuse_all_cookies())
+        self._base = base.rstrip("/").encode("ascii")
 
     def with_auth(self, auth: Auth) -> CouchTransport:
         """A transport for another identity sharing this one's pool and settings."""
@@ -171,6 +191,9 @@ class CouchTransport:
     def url_for(self, segments: Sequence[str], params: Any = None) -> str:
         """The full URL of a path (raw segments) and query parameters."""
         return join_url(self.base_url, segments, encode_query(params))
+
+    def _url(self, segments: Sequence[str], params: Any) -> bytes:
+        return self._base + path_bytes(segments, encode_query(params) if params else "")
 
     async def _with_timeout(
         self, start: Callable[[], Awaitable[T]], timeout: float | None
@@ -228,27 +251,28 @@ class CouchTransport:
             CouchUnreachable: CouchDB could not be reached.
             CouchTimeout: CouchDB did not answer in time.
         """
-        url = self.url_for(segments, params)
+        url = self._url(segments, params)
+        verb = method.encode("ascii")
         limit = self.timeout if timeout is _NO_BODY else timeout
         assert limit is None or isinstance(limit, (int, float))
         replayable = not (data is not None and not isinstance(data, bytes))
         auth = self.auth
         assert auth is not None
+        content: bytes | IBodyProducer | None = data
+        if json is not _NO_BODY:
+            content = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
 
         async def attempt() -> CouchResponse:
-            request_headers = dict(headers or {})
-            request_headers.update(await auth.headers())
-            kwargs: dict[str, Any] = {
-                "headers": {k: [v] for k, v in request_headers.items()},
-                "allow_redirects": False,
-                "unbuffered": True,
-            }
+            raw_headers = Headers()
+            for name, value in (headers or {}).items():
+                raw_headers.setRawHeaders(name, [value])
+            for name, value in (await auth.headers()).items():
+                raw_headers.setRawHeaders(name, [value])
             if json is not _NO_BODY:
-                kwargs["json"] = json
-            elif data is not None:
-                kwargs["data"] = data
+                raw_headers.setRawHeaders(b"content-type", _JSON_TYPE)
+            body = _Bytes(content) if isinstance(content, bytes) else content
             try:
-                response = await self._treq.request(method, url, **kwargs)
+                response = await self._agent.request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
@@ -288,7 +312,7 @@ class CouchTransport:
             CouchUnreachable: CouchDB could not be reached.
             CouchTimeout: No response headers in time.
         """
-        url = self.url_for(segments, params)
+        url = self._url(segments, params)
         limit = self.timeout if timeout is _NO_BODY else timeout
         assert limit is None or isinstance(limit, (int, float))
         auth = self.auth
@@ -300,7 +324,7 @@ class CouchTransport:
             raw_headers = Headers({k: [v] for k, v in request_headers.items()})
             try:
                 response: IResponse = await self._agent.request(
-                    method.encode("ascii"), url.encode("ascii"), raw_headers, body
+                    method.encode("ascii"), url, raw_headers, body
                 )
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc

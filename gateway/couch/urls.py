@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -21,6 +22,7 @@ __all__ = [
     "doc_path",
     "encode_query",
     "join_url",
+    "path_bytes",
     "split_credentials",
 ]
 
@@ -32,8 +34,15 @@ JSON_QUERY_PARAMS = frozenset(
 _SPECIAL_PREFIXES = ("_design/", "_local/")
 
 
+@lru_cache(maxsize=4096)  # database names, ids and fixed segments repeat
 def _segment(text: str) -> str:
     return quote(text, safe="")
+
+
+def path_bytes(segments: Sequence[str], query: str = "") -> bytes:
+    """The encoded path (``/a/b``) and query of raw segments, as request-target bytes."""
+    path = "/" + "/".join([_segment(s) for s in segments])
+    return (f"{path}?{query}" if query else path).encode("ascii")
 
 
 def database_path(name: str) -> list[str]:

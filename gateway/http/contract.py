@@ -58,6 +58,13 @@ class Operation:
     body_required: bool
     responses: dict[str, Any]
     pattern: re.Pattern[str] = field(repr=False, default=re.compile(""))
+    required_query: bool = False
+
+    def __post_init__(self) -> None:
+        self.required_query = any(
+            location == "query" and param.get("required")
+            for (location, _), param in self.parameters.items()
+        )
 
 
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
@@ -101,6 +108,8 @@ class Contract:
         self.document = document
         resource = Resource.from_contents(document, default_specification=DRAFT202012)
         self._registry: Registry[Any] = Registry().with_resource(_BASE_URI, resource)
+        # Validators by schema object: the document's schemas live as long as the contract.
+        self._by_schema: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
         self.operations: dict[str, Operation] = {}
         for path, item in document["paths"].items():
             shared = [self._deref(p) for p in item.get("parameters", [])]
@@ -142,10 +151,17 @@ class Contract:
         Raises:
             InvalidRequest: It does not conform; the message names the first problem.
         """
-        rewritten = json.dumps(schema, sort_keys=True).replace(
-            '"$ref": "#', f'"$ref": "{_BASE_URI}#'
-        )
-        validator = self._validator(rewritten)
+        known = self._by_schema.get(id(schema))
+        if known is not None and known[0] is schema:
+            validator = known[1]
+        else:
+            rewritten = json.dumps(schema, sort_keys=True).replace(
+                '"$ref": "#', f'"$ref": "{_BASE_URI}#'
+            )
+            validator = self._validator(rewritten)
+            self._by_schema[id(schema)] = (schema, validator)  # keeps ``schema`` alive
+        if validator.is_valid(value):  # the common case; errors are sorted only on failure
+            return
         error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
         if error is not None:
             raise InvalidRequest(_describe(error, where))
@@ -165,6 +181,8 @@ class Contract:
         """
         op = self.operations[operation_id]
         result: dict[str, Any] = {}
+        if not query and not op.required_query:
+            return result  # nothing to coerce, validate or miss
         for name, values in query.items():
             param = op.parameters.get(("query", name))
             if param is None:
