@@ -19,7 +19,11 @@ its own user before it attaches (and re-checked periodically) by the WebSocket l
 Each feed keeps a bounded ring of its recent changes, as received (:class:`RecentChanges`):
 a resume whose ``since`` *equals* the seq of a change in the ring (or the seq the feed
 started from) is served from memory, since the feed delivered every change after it;
-seqs are opaque and only ever looked up by equality, never compared.
+seqs are opaque and only ever looked up by equality, never compared. When the last
+subscriber of a feed is *lost* (a dropped socket, not an unsubscribe or a close), the feed
+lingers for ``linger`` seconds, still following the database, so that a burst of
+clients coming back after a network blip resumes from memory instead of each reading
+``_changes``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
@@ -56,6 +60,9 @@ CONNECT_TIMEOUT_MIN = 5.0
 #: Changes (and serialised bytes) a feed keeps for resumes served from memory.
 RECENT_CHANGES = 1000
 RECENT_BYTES = 2 * 1024 * 1024
+
+#: Seconds a feed whose last subscriber was lost stays open for it to come back.
+LINGER_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -216,6 +223,7 @@ class SharedFeed:
     started: _Latch = field(default_factory=_Latch, repr=False)
     closed: bool = False
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
+    linger_timer: IDelayedCall | None = field(default=None, repr=False)
 
     @property
     def key(self) -> FeedKey:
@@ -254,6 +262,7 @@ class FeedHub(Service):
         clock: The reactor's clock (heartbeat watchdogs, backoff, lag).
         heartbeat_ms: Heartbeat asked of upstream feeds; a connection silent for twice
             as long is aborted and reopened.
+        linger: Seconds a feed stays open after its last subscriber was lost (0: none).
     """
 
     def __init__(
@@ -263,6 +272,7 @@ class FeedHub(Service):
         clock: IReactorTime,
         *,
         heartbeat_ms: int = 10_000,
+        linger: float = LINGER_SECONDS,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be positive")
@@ -270,6 +280,7 @@ class FeedHub(Service):
         self.prepare = prepare
         self.clock = clock
         self.heartbeat = heartbeat_ms / 1000
+        self.linger = linger
         self._feeds: dict[FeedKey, SharedFeed] = {}
         self._ids = itertools.count(1)
         self._stopping: list[Deferred[Any]] = []
@@ -295,6 +306,10 @@ class FeedHub(Service):
             self.feeds_opened += 1
             starting = Deferred.fromCoroutine(self._start(feed))
             starting.addErrback(lambda failure: log.error("feed start: %s", failure.value))
+        elif feed.linger_timer is not None:
+            if feed.linger_timer.active():
+                feed.linger_timer.cancel()
+            feed.linger_timer = None
         feed.subscribers[sink] = None
         return feed
 
@@ -340,11 +355,33 @@ class FeedHub(Service):
         service.startService()
         feed.started.fire(None)
 
-    async def release(self, feed: SharedFeed, sink: ChangeSink) -> None:
-        """Unregister ``sink``; close the feed when it was the last subscriber."""
+    async def release(self, feed: SharedFeed, sink: ChangeSink, *, linger: bool = False) -> None:
+        """Unregister ``sink``; close the feed when it was the last subscriber.
+
+        With ``linger`` (the subscriber was lost, it may come back), a started feed
+        stays open for :attr:`linger` seconds first.
+        """
         feed.subscribers.pop(sink, None)
         if feed.subscribers or feed.closed:
             return
+        if linger and self.linger > 0 and feed.service is not None:
+            if feed.linger_timer is None:
+                feed.linger_timer = self.clock.callLater(self.linger, self._linger_over, feed)
+            return
+        await self._close(feed)
+
+    def _linger_over(self, feed: SharedFeed) -> None:
+        feed.linger_timer = None
+        if feed.subscribers or feed.closed:
+            return
+        closing = Deferred.fromCoroutine(self._close(feed))
+        closing.addErrback(lambda failure: log.error("feed close: %s", failure.value))
+
+    async def _close(self, feed: SharedFeed) -> None:
+        if feed.linger_timer is not None:
+            if feed.linger_timer.active():
+                feed.linger_timer.cancel()
+            feed.linger_timer = None
         feed.closed = True
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
@@ -421,6 +458,9 @@ class FeedHub(Service):
     async def _stop_all(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), {}
         for feed in feeds:
+            if feed.linger_timer is not None and feed.linger_timer.active():
+                feed.linger_timer.cancel()
+            feed.linger_timer = None
             feed.closed = True
             feed.subscribers.clear()
             await self._stop_feed(feed)

@@ -632,7 +632,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._reply(unsubscribed_message(sub.id))
         await self._drop(sub)
 
-    async def _drop(self, sub: Subscription) -> None:
+    async def _drop(self, sub: Subscription, *, linger: bool = False) -> None:
         if not sub.active:
             return
         sub.active = False
@@ -647,7 +647,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if feed is not None:
             if self.by_feed.get(feed) is sub:
                 del self.by_feed[feed]
-            await self.factory.hub.release(feed, self)
+            await self.factory.hub.release(feed, self, linger=linger)
 
     # -- shared feed deliveries (ChangeSink) -----------------------------------------
 
@@ -719,6 +719,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
         """Forget the connection: stop tasks, release its feeds."""
         was_open, self._open = self._open, False
+        # A socket lost by the peer's side (not closed by either side on purpose, not
+        # dropped by us, e.g. for a ping timeout): its client will likely resume, so its
+        # feeds linger (and keep their recent changes) for it.
+        lost = not wasClean and not self._ending and not getattr(self, "droppedByMe", False)
         self._ending = True
         for db in list(self._watched):
             self._unwatch(db)
@@ -734,13 +738,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             factory.connections.discard(self)
             factory.metrics.connections -= 1
         subs = list(self.subs.values())
-        factory.track(Deferred.fromCoroutine(self._release_all(subs)))
+        factory.track(Deferred.fromCoroutine(self._release_all(subs, linger=lost)))
         if not self._lost.called:
             self._lost.callback(None)
 
-    async def _release_all(self, subs: list[Subscription]) -> None:
+    async def _release_all(self, subs: list[Subscription], *, linger: bool = False) -> None:
         for sub in subs:
-            await self._drop(sub)
+            await self._drop(sub, linger=linger)
 
     def when_closed(self) -> Deferred[None]:
         """Fires once the connection is closed."""

@@ -143,3 +143,74 @@ async def test_resume_from_the_subscribed_seq_before_any_change(
     await db.bulk_save([{"_id": "c"}, {"_id": "b"}])
     assert (await resumed.next("change"))["id"] == "b"
     assert ws_server.service.metrics.resumes_from_memory == 1
+
+
+async def test_sockets_lost_together_resume_from_memory_within_the_linger(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any, monkeypatch: Any,
+) -> None:
+    """Every subscriber of a feed drops at once (a network blip): the feed lingers and
+    keeps following the database, the clients come back and resume from memory."""
+    token = await ws_server.login(await make_user())
+    hub = ws_server.service.hub
+    clients = [await ws_server.connect(token) for _ in range(5)]
+    for client in clients:
+        await client.subscribe("s", db.name)
+    await db.bulk_save([{"_id": f"a{i}"} for i in range(5)])
+    last = [(await client.collect_changes(5))[-1]["seq"] for client in clients]
+    opened = hub.feeds_opened
+    for client in clients:
+        client.protocol.dropConnection(abort=True)
+    for client in clients:
+        await client.protocol.closed
+    await sleep(reactor, 0.1)
+    assert ws_server.feeds() == 1  # lingering
+    written = [f"gap{i}" for i in range(4)]
+    for doc_id in written:  # one by one: the feed's order is the write order
+        await db.save({"_id": doc_id})
+    await sleep(reactor, 0.2)
+
+    catch_ups: list[Any] = []
+    original = CouchTransport.request
+
+    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
+                       **kwargs: Any) -> Any:
+        if list(segments)[-1:] == ["_changes"] and self is not hub.transport:
+            catch_ups.append(kwargs.get("params"))
+        return await original(self, method, segments, *args, **kwargs)
+
+    monkeypatch.setattr(CouchTransport, "request", counting)
+    back = [await ws_server.connect(token) for _ in clients]
+    for client, seq in zip(back, last, strict=True):
+        assert (await client.subscribe("s", db.name, since=seq))["type"] == "subscribed"
+    await db.save({"_id": "live"})
+    for client in back:
+        ids = [c["id"] for c in await client.collect_changes(5)]
+        assert ids == [*written, "live"]
+    assert catch_ups == [] and hub.feeds_opened == opened
+    assert ws_server.service.metrics.resumes_from_memory == len(clients)
+
+
+async def test_a_lingering_feed_closes_when_nobody_comes_back(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any,
+) -> None:
+    ws_server.service.hub.linger = 0.3
+    client = await ws_server.connect(await ws_server.login(await make_user()))
+    await client.subscribe("s", db.name)
+    client.protocol.dropConnection(abort=True)
+    await client.protocol.closed
+    await sleep(reactor, 0.1)
+    assert ws_server.feeds() == 1
+    for _ in range(100):
+        if ws_server.feeds() == 0:
+            break
+        await sleep(reactor, 0.05)
+    assert ws_server.feeds() == 0
+    # An unsubscribe or a clean close does not linger.
+    other = await ws_server.connect(await ws_server.login(await make_user()))
+    await other.subscribe("s", db.name)
+    await other.close()
+    for _ in range(40):
+        if ws_server.feeds() == 0:
+            break
+        await sleep(reactor, 0.01)
+    assert ws_server.feeds() == 0
