@@ -23,12 +23,12 @@ traversal checks, access log) and instead of the router — the WebSocket endpoi
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
@@ -43,6 +43,7 @@ from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AccessDenied,
     CouchError,
+    CouchTimeout,
     CouchUnreachable,
     GatewayRequestError,
     InvalidRequest,
@@ -59,7 +60,7 @@ from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
-from gateway.http.streaming import parse_range, relay, spool, upload_producer
+from gateway.http.streaming import BodyPipe, parse_range, relay, spool, upload_producer
 from gateway.identity import Identity, IdentityCache, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
@@ -583,12 +584,45 @@ class GatewayApp:
         if pipe is not None and not await self._streams_uploads(request):
             producer = await spool(pipe)
         content_type = request.getHeader("content-type") or "application/octet-stream"
+        streamed = pipe is not None and producer is pipe
         timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
-        answer = await self._timed(request, couch.transport.send(
+        send = couch.transport.send(
             "PUT", attachment_path(name, doc_id, att), params=query, data=producer,
-            headers={"Content-Type": content_type}, timeout=timeout,
-        ))
+            headers={"Content-Type": content_type}, timeout=None if streamed else timeout,
+        )
+        if streamed:
+            assert pipe is not None
+            send = self._timeout_after_body(pipe, send)
+        answer = await self._timed(request, send)
         return json_response(request, answer.status, answer.body, _etag(answer))
+
+    async def _timeout_after_body(self, pipe: BodyPipe, call: Coroutine[Any, Any, T]) -> T:
+        """``call``, timed out ``request_timeout`` seconds after the body has arrived.
+
+        A streamed upload lasts as long as the client takes to send its body (a slow
+        client is not an upstream timeout); the upstream's answer after it is bounded.
+        """
+        deferred = ensureDeferred(call)
+        timers: list[Any] = []
+
+        def arm(_: object) -> None:
+            if not deferred.called:
+                timers.append(self.reactor.callLater(self.settings.request_timeout,
+                                                     deferred.cancel))
+
+        pipe.when_received().addCallback(arm)
+        try:
+            return await deferred
+        except CancelledError:
+            if timers and not timers[0].active():
+                raise CouchTimeout(
+                    f"CouchDB did not answer within {self.settings.request_timeout:g} s"
+                ) from None
+            raise
+        finally:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
 
     async def _streams_uploads(self, request: Any) -> bool:
         """Whether attachment bodies may go upstream while they arrive (asked once).

@@ -99,6 +99,7 @@ class BodyPipe:
         self._held: list[bytes] = []
         self._done: Deferred[None] | None = None
         self._failure: Failure | None = None
+        self._received: list[Deferred[None]] = []
 
     def feed(self, data: bytes) -> None:
         """A chunk of the body arrived."""
@@ -110,9 +111,21 @@ class BodyPipe:
         else:
             self._consumer.write(data)
 
+    def when_received(self) -> Deferred[None]:
+        """A Deferred firing once the whole body has arrived (never if it does not)."""
+        waiter: Deferred[None] = Deferred()
+        if self.complete and self._failure is None:
+            waiter.callback(None)
+        else:
+            self._received.append(waiter)
+        return waiter
+
     def end(self) -> None:
         """The whole body arrived."""
         self.complete = True
+        waiters, self._received = self._received, []
+        for waiter in waiters:
+            waiter.callback(None)
         if self._done is not None and not self.stopped:
             self._finish_producing().callback(None)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 
 from tests.rest.conftest import Scenario, StartGateway
 
@@ -210,3 +211,101 @@ async def test_client_abort_mid_upload_stores_nothing(scenario: Scenario) -> Non
     doc = await client.get(base)
     assert doc.status == 200 and doc.json["_rev"] == rev
     assert "cut.bin" not in (doc.json.get("_attachments") or {})
+
+
+class _FakeCouch(Protocol):
+    """Just enough CouchDB for a streamed upload, recording what reaches it.
+
+    ``GET /`` is CouchDB's welcome (so uploads are streamed, unlike to pouchdb-server),
+    ``GET /_session`` an admin, and ``PUT`` reads a ``Content-Length`` body, noting
+    when its first bytes arrived, then answers 201.
+    """
+
+    log: list[tuple[str, Any]]
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.remaining: int | None = None
+        self.received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        from twisted.internet import reactor
+
+        self.buffer += data
+        while True:
+            if self.remaining is None:
+                head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+                if not sep:
+                    return
+                line = head.split(b"\r\n")[0].decode()
+                length = 0
+                for header in head.split(b"\r\n")[1:]:
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                self.method, self.target = line.split(" ")[:2]
+                self.buffer, self.remaining, self.received = rest, length, 0
+            take = self.buffer[: self.remaining]
+            self.buffer = self.buffer[len(take):]
+            if take and self.received == 0:
+                self.log.append(("first-bytes", reactor.seconds()))
+            self.received += len(take)
+            self.remaining -= len(take)
+            if self.remaining:
+                return
+            self.remaining = None
+            self._answer()
+
+    def _answer(self) -> None:
+        if self.target == "/":
+            body: dict[str, Any] = {"couchdb": "Welcome"}
+        elif self.target.startswith("/_session"):
+            body = {"ok": True, "userCtx": {"name": "admin", "roles": ["_admin"]}}
+        else:
+            self.log.append(("stored", self.received))
+            body = {"ok": True, "id": "doc", "rev": "2-x"}
+        data = json.dumps(body).encode()
+        status = b"201 Created" if self.method == "PUT" else b"200 OK"
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(data) + data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.remaining:
+            self.log.append(("cut", self.received))
+
+
+async def test_upload_streams_to_couchdb_and_a_slow_client_is_no_timeout(
+    start_gateway: StartGateway,
+) -> None:
+    from twisted.internet import reactor
+
+    log: list[tuple[str, Any]] = []
+    factory = Factory.forProtocol(_FakeCouch)
+    factory.protocol.log = log  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(
+            couchdb_url=f"http://127.0.0.1:{port.getHost().port}", request_timeout=1.0
+        )
+        path = "/api/v1/db/files/docs/doc/attachments/a.bin?rev=1-x"
+        raw = await _connect(gateway.url)
+        auth = {"Authorization": "Basic YWRtaW46eA=="}
+        raw.transport.write(_put_head(path, 4 * 100_000, auth))
+        started = reactor.seconds()
+        for _ in range(4):  # 2 s for the body: longer than request_timeout + 0.4 s at 1 MiB/s
+            raw.transport.write(b"z" * 100_000)
+            await task.deferLater(reactor, 0.5, lambda: None)
+        await _until(lambda: b"HTTP/1.1 201" in raw.data, raw=raw)
+        assert ("stored", 400_000) in log
+        first = next(at for what, at in log if what == "first-bytes" and at > started)
+        assert first - started < 0.5  # upstream had bytes before the client had sent all
+        raw.transport.loseConnection()
+
+        cut = await _connect(gateway.url)
+        cut.transport.write(_put_head(path, 300_000, auth) + b"z" * 100_000)
+        await _until(lambda: sum(1 for what, _ in log if what == "first-bytes") >= 2)
+        cut.transport.abortConnection()
+        await _until(lambda: any(what == "cut" for what, _ in log))
+        assert [x for x in log if x[0] == "stored"] == [("stored", 400_000)]
+    finally:
+        await defer.maybeDeferred(port.stopListening)
