@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from gateway.config import Settings
 from gateway.couch.auth import ProxyAuth, SessionAuth, session_cookie_from_headers
-from gateway.couch.urls import attachment_path, doc_path, encode_query, join_url, split_credentials
+from gateway.couch.urls import (
+    attachment_path,
+    doc_path,
+    encode_query,
+    join_url,
+    path_bytes,
+    split_credentials,
+)
 from gateway.couch.views import split_view_params, view_path
 from gateway.errors import (
     Conflict,
@@ -28,6 +35,30 @@ from gateway.errors import (
 def test_doc_ids_are_one_encoded_segment() -> None:
     url = join_url("http://h:1", doc_path("db", "a/b?c#d%e f+g"))
     assert url == "http://h:1/db/a%2Fb%3Fc%23d%25e%20f%2Bg"
+
+
+@given(st.lists(st.text(), max_size=4), st.sampled_from(["", "rev=1-a&x=%22y%22"]))
+def test_path_bytes_matches_join_url(segments: list[str], query: str) -> None:
+    assert b"http://h" + path_bytes(segments, query) == join_url(
+        "http://h", segments, query
+    ).encode("ascii")
+
+
+def test_widen_and_narrow_change_one_transport_only() -> None:
+    from twisted.internet.tcp import Connection
+
+    from gateway.http.streaming import CHUNK, narrow, widen
+
+    class Proxy:  # like twisted.web._newclient.TransportProxyProducer
+        def __init__(self, producer: object) -> None:
+            self._producer = producer
+
+    raw = object.__new__(Connection)
+    assert widen(Proxy(raw)) is raw and raw.bufferSize == raw.SEND_LIMIT == CHUNK
+    assert Connection.bufferSize != CHUNK
+    narrow(raw)
+    assert raw.bufferSize == Connection.bufferSize and raw.SEND_LIMIT == Connection.SEND_LIMIT
+    assert widen(None) is None and widen(object()) is None
 
 
 def test_design_and_local_ids_keep_their_prefix() -> None:
