@@ -213,7 +213,6 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "fanout", "started": started,
                                "gateway_env": gateway_env(),
-                               "bench_fast_send": os.environ.get("BENCH_FAST_SEND") == "1",
                                "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                                "machine": machine(), "rate_per_s": args.rate,
                                "seconds": args.seconds, "results": rows}, indent=2))

@@ -62,8 +62,6 @@ class Stack:
             url = (f"http://{upstream.admin_username}:{upstream.admin_password}"
                    f"@127.0.0.1:{counter.port}")
             env = dict(extra_env or {})
-            if os.environ.get("BENCH_FAST_SEND"):
-                env["BENCH_FAST_SEND"] = os.environ["BENCH_FAST_SEND"]
             gateway = Gateway.start(url, extra_env=env, module="benches.gateway_ws")
         except BaseException:
             if counter:
