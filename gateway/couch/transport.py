@@ -20,7 +20,8 @@ from typing import Any, Final, TypeVar
 import treq
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.web import client as webclient
 from twisted.web._newclient import (
     RequestNotSent,
@@ -28,8 +29,9 @@ from twisted.web._newclient import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
@@ -74,6 +76,44 @@ def _unreachable(exc: Exception) -> Exception:
 
 
 _JSON_TYPE: Final = [b"application/json"]
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Twisted's standard endpoints (TCP for http, TCP+TLS for https), made once.
+
+    ``Agent`` otherwise builds a ``HostnameEndpoint`` per request, IDNA-encoding the
+    host name every time, even when the pool has a connection ready.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:  # noqa: N802
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=10)
+            if uri.scheme == b"https":
+                policy = webclient.BrowserLikePolicyForHTTPS()
+                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
+def _agent_for(reactor: Any, pool: webclient.HTTPConnectionPool) -> webclient.Agent:
+    """The agent of a pool, made once (it holds no per-identity state).
+
+    A transport is made per identity, i.e. per request, by :meth:`CouchTransport.with_auth`.
+    """
+    agent: webclient.Agent | None = vars(pool).get("_wallaby_agent")
+    if agent is None:
+        agent = webclient.Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        vars(pool)["_wallaby_agent"] = agent  # lives and dies with the pool
+    return agent
 
 
 @implementer(IBodyProducer)
@@ -179,7 +219,7 @@ class CouchTransport:
             )
         if self.pool is None:
             self.pool = connection_pool(self.reactor)
-        self._agent = webclient.Agent(self.reactor, pool=self.pool, connectTimeout=10)
+        self._agent = _agent_for(self.reactor, self.pool)
         self._base = base.rstrip("/").encode("ascii")
 
     def with_auth(self, auth: Auth) -> CouchTransport:

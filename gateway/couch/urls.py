@@ -120,6 +120,7 @@ def encode_query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -
     return "&".join(parts)
 
 
+@lru_cache(maxsize=64)  # a transport is made per identity, always from the same URL
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """Remove ``user:password@`` from a URL.
 
