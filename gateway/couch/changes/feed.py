@@ -56,7 +56,6 @@ Behaviour:
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -79,6 +78,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from gateway.couch.changes.backoff import Backoff
+from gateway.couch.changes.handlers import call_handler
 from gateway.couch.changes.parser import (
     DEFAULT_MAX_LINE_BYTES,
     ChangeRow,
@@ -637,19 +637,10 @@ class ChangesFeed(Service):
         if not rows:
             return None
         self.rows_delivered += len(rows)
-        try:
-            result = self._on_changes(rows, rows[-1]["seq"])
-        except Exception:
-            _log.failure("changes handler of {db} failed", db=self.db_name)
-            return None
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        if not isinstance(result, Deferred):
-            return None
-        result.addErrback(
-            lambda f: _log.failure("changes handler of {db} failed", f, db=self.db_name)
+        result = call_handler(
+            self._on_changes, rows, rows[-1]["seq"], what="changes handler", db=self.db_name
         )
-        if result.called:
+        if result is None:
             return None
         consumer: Deferred[None] = Deferred()
 

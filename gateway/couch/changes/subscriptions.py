@@ -28,7 +28,6 @@ exist) is logged and dropped with its registrations.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from twisted.logger import Logger
 from gateway.couch._deferred import returns_deferred
 from gateway.couch.changes.backoff import Backoff
 from gateway.couch.changes.feed import ChangesFeed
+from gateway.couch.changes.handlers import call_handler
 from gateway.couch.transport import CouchTransport
 
 __all__ = [
@@ -350,16 +350,5 @@ class ChangeSubscriptions(MultiService):
     def _call(
         self, callback: ChangeCallback, view_id: str | None, rows: list[dict[str, Any]]
     ) -> Deferred[Any] | None:
-        try:
-            result = callback(rows, viewID=view_id)
-        except Exception:
-            _log.failure("a changes callback of {db} raised", db=self.db_name)
-            return None
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        if not isinstance(result, Deferred):
-            return None
-        result.addErrback(
-            lambda f: _log.failure("a changes callback of {db} failed", f, db=self.db_name)
-        )
-        return None if result.called else result
+        return call_handler(callback, rows, viewID=view_id, what="a changes callback",
+                            db=self.db_name)
