@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 __all__ = ["EmbeddedCouch", "find_pouchdb_server", "free_port"]
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Makes the server exit when the process that started it dies (even by SIGKILL).
+_WATCHDOG = Path(__file__).resolve().parent / "embedded_watchdog.js"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,6 +34,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise FileNotFoundError("Node.js is not installed (the embedded server needs it)")
+    return node
 
 
 def find_pouchdb_server() -> Path:
@@ -111,7 +121,8 @@ class EmbeddedCouch:
         log = (self.data_dir / "stdout.log").open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [
-                str(find_pouchdb_server()),
+                _node(), "--require", str(_WATCHDOG),
+                str(find_pouchdb_server().resolve()),
                 "--port", str(self.port),
                 "--host", self.host,
                 "--dir", str(self.data_dir) + os.sep,
@@ -123,6 +134,7 @@ class EmbeddedCouch:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "WALLABY_PARENT_PID": str(os.getpid())},
         )
         log.close()
         self._wait_ready(timeout)

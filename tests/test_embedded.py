@@ -54,3 +54,32 @@ async def test_restart_keeps_data_and_stop_leaves_no_process(
         await deferToThread(server.stop)
     assert server.process is None
     assert not _alive(pid)
+
+
+def test_server_exits_when_its_starter_is_killed(tmp_path: Path) -> None:
+    """No stray server even when the process that started it dies by SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time; from pathlib import Path\n"
+        "from gateway.embedded import EmbeddedCouch\n"
+        "s = EmbeddedCouch(Path(sys.argv[1]), admin_password='pw'); s.start()\n"
+        "print(s.process.pid, flush=True); time.sleep(120)\n"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")],
+                               stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    server_pid = int(starter.stdout.readline())
+    assert _alive(server_pid)
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survived = _alive(server_pid)
+    if survived:
+        os.killpg(server_pid, signal.SIGKILL)
+    assert not survived, "the embedded server outlived the process that started it"

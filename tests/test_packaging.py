@@ -25,6 +25,7 @@ def test_wheel_ships_contract_and_static_files(tmp_path: Path) -> None:
     assert shipped_ws == {p.name for p in (ROOT / "api_schema" / "ws").glob("*.json")}
     assert "gateway/static/wallaby.js" in names and "gateway/static/index.html" in names
     assert "gateway/py.typed" in names
+    assert "gateway/embedded_watchdog.js" in names
 
 
 def test_installed_layout_finds_the_contract(tmp_path: Path) -> None:
