@@ -7,9 +7,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +23,18 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from gateway.couch import CouchServer
 from tests.conftest import CouchBackend, unique_name
 from tests.rest.conftest import ApiClient, basic
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-@dataclass
-class GatewayProcess:
-    """A ``python -m gateway run`` child process."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_kib(self, field: str = "VmRSS") -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field}")
+from tests.support.gatewayproc import GatewayProcess, spawn_gateway
 
 
 async def _spawn(
     reactor: Any, tmp_path: Path, couchdb_url: str, **env: str
 ) -> GatewayProcess:
-    log = tmp_path / f"gateway-{os.urandom(4).hex()}.err"
     environment = {**os.environ, "COUCHDB_URL": couchdb_url, "WALLABY_LOG_FORMAT": "json",
                    "WALLABY_RATE_LIMIT_PER_SECOND": "0", **env}
-    with log.open("wb") as err, (tmp_path / "gateway.out").open("ab") as out:
-        process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-            [sys.executable, "-m", "gateway", "run", "--host", "127.0.0.1", "--port", "0"],
-            cwd=ROOT, env=environment, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-        )
-    for _ in range(300):
-        text = log.read_text(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("READY "):
-                return GatewayProcess(process, int(line.split()[1]), log)
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited: {text}")
-        await deferLater(reactor, 0.05, lambda: None)
-    process.kill()
-    raise AssertionError("gateway did not start")
+    return await spawn_gateway(
+        reactor, environment, tmp_path / f"gateway-{os.urandom(4).hex()}.err",
+        stdout=tmp_path / "gateway.out", args=("--host", "127.0.0.1", "--port", "0"),
+    )
 
 
 async def _wait_exit(reactor: Any, process: subprocess.Popen[bytes], seconds: float) -> int:

@@ -8,9 +8,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +20,8 @@ from gateway.couch import Database
 from gateway.embedded import free_port
 from gateway.ws.protocol import CLOSE_GOING_AWAY
 from tests.conftest import CouchBackend
+from tests.support.gatewayproc import GatewayProcess, spawn_gateway
 from tests.ws.conftest import Client, open_client, sleep
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class GatewayProcess:
-    """A running ``python -m gateway run``."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _spawn(environ: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as sink:
-        return subprocess.Popen(  # fixed argv
-            [sys.executable, "-m", "gateway", "run"], cwd=ROOT, env=environ,
-            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-        )
 
 
 async def start_gateway(reactor: Any, backend: CouchBackend, log: Path,
@@ -59,15 +32,7 @@ async def start_gateway(reactor: Any, backend: CouchBackend, log: Path,
                if not k.startswith("WALLABY_") and k not in ("COUCHDB_USER", "COUCHDB_PASSWORD")}
     environ.update(COUCHDB_URL=backend.admin_url, WALLABY_PORT=str(port),
                    WALLABY_LOG_FORMAT="text", WALLABY_SHUTDOWN_GRACE="5", **env)
-    gateway = GatewayProcess(_spawn(environ, log), port, log)
-    process = gateway.process
-    deadline = reactor.seconds() + 30
-    while f"READY {port}" not in gateway.output():
-        if process.poll() is not None or reactor.seconds() > deadline:
-            process.kill()
-            raise AssertionError(f"gateway did not start:\n{gateway.output()}")
-        await sleep(reactor, 0.05)
-    return gateway
+    return await spawn_gateway(reactor, environ, log)
 
 
 async def stop_gateway(gateway: GatewayProcess, sig: int = signal.SIGTERM) -> int:
@@ -105,7 +70,7 @@ def metric(text: str, name: str) -> float:
 
 
 async def scrape(gateway: GatewayProcess) -> str:
-    answer = await treq.get(gateway.base + "/metrics")
+    answer = await treq.get(gateway.url + "/metrics")
     assert answer.code == 200
     text: str = await answer.text()
     return text
@@ -113,7 +78,7 @@ async def scrape(gateway: GatewayProcess) -> str:
 
 async def login(gateway: GatewayProcess, user: Any) -> str:
     """``POST /api/v1/session``; the ``Cookie`` header to send."""
-    answer = await treq.post(gateway.base + "/api/v1/session",
+    answer = await treq.post(gateway.url + "/api/v1/session",
                              json={"name": user.name, "password": user.password})
     assert answer.code == 200, await answer.text()
     return str(answer.headers.getRawHeaders("set-cookie")[0].split(";")[0])
