@@ -3,32 +3,11 @@
 // argv: <gateway base url> <db> <user> <password>
 // stdio: prints "LOGGED_OUT" once the page shows the login form again, waits for
 // "RELOGIN <titles json>", then prints "OK" or "FAIL <why>".
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
+import { closeBrowser, launchBrowser, nextLine } from "./harness.mjs";
 
 const [base, db, user, password] = process.argv.slice(2);
-const lines = createInterface({ input: process.stdin });
-const incoming = [];
-let wake = null;
-lines.on("line", (line) => {
-  incoming.push(line);
-  if (wake) wake();
-});
-async function nextLine() {
-  while (!incoming.length) await new Promise((resolve) => (wake = resolve));
-  return incoming.shift();
-}
-
-const profile = mkdtempSync(join(tmpdir(), "wallaby-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
+const { context } = browser;
 
 async function titles(page) {
   return page.$$eval("[data-testid=items] li .title", (nodes) => nodes.map((n) => n.textContent));
@@ -82,7 +61,5 @@ try {
   console.log(`FAIL ${error.message}`);
   process.exitCode = 1;
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-  lines.close();
+  await closeBrowser(browser);
 }

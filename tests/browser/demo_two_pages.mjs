@@ -1,32 +1,11 @@
 // Drives the demo page in a real headless Chromium (playwright-core).
 // argv: <gateway base url> <db> <user> <password>
 // Talks to the Python test over stdio: prints "RESTART" and waits for "RESTARTED <ids>".
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
+import { closeBrowser, launchBrowser, nextLine } from "./harness.mjs";
 
 const [base, db, user, password] = process.argv.slice(2);
-const lines = createInterface({ input: process.stdin });
-const incoming = [];
-let wake = null;
-lines.on("line", (line) => {
-  incoming.push(line);
-  if (wake) wake();
-});
-async function nextLine() {
-  while (!incoming.length) await new Promise((resolve) => (wake = resolve));
-  return incoming.shift();
-}
-
-const profile = mkdtempSync(join(tmpdir(), "wallaby-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchBrowser();
+const { context } = browser;
 const log = (...args) => console.error("[browser]", ...args);
 
 async function titles(page) {
@@ -90,7 +69,5 @@ try {
   console.log(`FAIL ${error.message}`);
   process.exitCode = 1;
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-  lines.close();
+  await closeBrowser(browser);
 }

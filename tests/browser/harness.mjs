@@ -1,0 +1,39 @@
+// Shared by the browser scripts: lines from the Python test on stdin, and a headless
+// Debian Chromium in a fresh profile (playwright-core, no downloaded browser).
+import { chromium } from "playwright-core";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+
+const lines = createInterface({ input: process.stdin });
+const incoming = [];
+let wake = null;
+lines.on("line", (line) => {
+  incoming.push(line);
+  if (wake) wake();
+});
+
+/** The next line the Python test wrote. */
+export async function nextLine() {
+  while (!incoming.length) await new Promise((resolve) => (wake = resolve));
+  return incoming.shift();
+}
+
+/** A Chromium context in a new empty profile; close it with closeBrowser(). */
+export async function launchBrowser() {
+  const profile = mkdtempSync(join(tmpdir(), "wallaby-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  return { context, profile };
+}
+
+export async function closeBrowser({ context, profile }) {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+  lines.close();
+}
