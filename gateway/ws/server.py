@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from gateway.config import Settings
 from gateway.couch.auth import Auth
 from gateway.couch.transport import CouchTransport
+from gateway.eager_write import write_now
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -431,14 +432,16 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         quarter to a third of the fan-out CPU per delivery (BENCHMARKS.md, F1). For an
         open, uncompressed connection whose Autobahn send queue is empty (no chopped or
         synchronous writes pending, so ordering is kept) the frame goes straight to the
-        transport, exactly as ``sendData`` would write it; otherwise Autobahn sends it.
+        transport, exactly as ``sendData`` would write it, and is sent at once when the
+        socket has nothing queued (:func:`~gateway.eager_write.write_now`); otherwise
+        Autobahn sends it.
         """
         transport: Any = self.transport
         if (self._perMessageCompress is None and not self.send_queue
                 and self.state == self.STATE_OPEN and transport is not None
                 and not getattr(self, "logOctets", False)):
             data = prepared.payloadHybi
-            transport.write(data)
+            write_now(transport, data)
             stats = self.trafficStats
             if stats is not None:
                 stats.outgoingOctetsWireLevel += len(data)

@@ -1,0 +1,50 @@
+"""Writing to a TCP transport at once when nothing is waiting to be sent.
+
+Twisted's ``transport.write`` always buffers: it appends to the transport's queue and
+registers the socket for writability, and the reactor's next turn sends the bytes and
+unregisters it. That is two ``epoll_ctl`` calls, one readiness event and a pass through
+``doWrite`` per write. For one small frame written to thousands of sockets (a change
+fanned out to every subscriber) that bookkeeping costs more than the ``send`` itself,
+and every socket waits for the end of the whole loop before its first byte leaves.
+
+:func:`write_now` does what asyncio's transports do: when the transport has nothing
+queued it calls ``send`` on the socket directly and hands Twisted only what the kernel
+did not take (none, unless the peer is slow). Ordering is kept because the direct path
+is taken only when Twisted's queue is empty; any other transport (TLS, a test double, a
+closing or closed one) gets a plain ``transport.write``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+__all__ = ["write_now"]
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Send ``data`` on ``transport`` now if possible, else queue it as ``write`` does.
+
+    Args:
+        transport: The connection's transport (any ``ITransport``).
+        data: The bytes to send.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, EINTR or a dead peer: Twisted's own write path retries or
+            # notices the loss on its next doWrite, exactly as if we had not tried.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

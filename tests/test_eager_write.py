@@ -1,0 +1,142 @@
+"""``write_now`` over real loopback TCP connections: sent at once, ordered, never lost."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import StringTransport
+
+from gateway.eager_write import write_now
+
+
+class _Server(Protocol):
+    def __init__(self, connected: Deferred[Any]) -> None:
+        self.on_connect = connected
+
+    def connectionMade(self) -> None:
+        self.on_connect.callback(self.transport)
+
+
+class _Reader(Protocol):
+    """Collects bytes; can start paused (does not read) to make the sender's buffer fill."""
+
+    def __init__(self, paused: bool) -> None:
+        self.paused = paused
+        self.received = bytearray()
+        self.ready: Deferred[None] = Deferred()
+        self.waiting: tuple[int, Deferred[None]] | None = None
+
+    def connectionMade(self) -> None:
+        if self.paused:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.ready.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.waiting is not None and len(self.received) >= self.waiting[0]:
+            _, done = self.waiting
+            self.waiting = None
+            done.callback(None)
+
+    def wait_for(self, size: int) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        if len(self.received) >= size:
+            done.callback(None)
+        else:
+            self.waiting = (size, done)
+        return done
+
+
+async def _pair(reactor: Any, *, paused: bool = False) -> tuple[Any, _Reader, Any]:
+    server_side: Deferred[Any] = Deferred()
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Server(server_side)),
+                             interface="127.0.0.1")
+    reader = _Reader(paused)
+    client = reactor.connectTCP("127.0.0.1", port.getHost().port,
+                                ClientFactory.forProtocol(lambda: reader))
+    transport = await server_side
+    await reader.ready
+    await port.stopListening()
+    return transport, reader, client
+
+
+async def test_idle_socket_is_written_without_waiting_for_the_reactor(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor)
+    try:
+        write_now(transport, b"frame-1")
+        # Nothing queued in Twisted, the socket not registered for writability: the
+        # kernel has the bytes already.
+        assert transport._tempDataLen == 0
+        assert transport.dataBuffer[transport.offset:] == b""
+        assert transport not in reactor.getWriters()
+        await reader.wait_for(7)
+        assert bytes(reader.received) == b"frame-1"
+    finally:
+        transport.loseConnection()
+        client.disconnect()
+
+
+async def test_backed_up_socket_queues_the_rest_in_order(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor, paused=True)
+    try:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        blocks = [bytes([65 + i % 26]) * 100_000 for i in range(8)]
+        for block in blocks:
+            write_now(transport, block)
+        # The peer does not read: most of it had to be queued by Twisted.
+        assert transport._tempDataLen > 0
+        assert transport in reactor.getWriters()
+        write_now(transport, b"tail")  # must go behind the queue, not jump it
+        reader.transport.resumeProducing()  # type: ignore[union-attr]
+        expected = b"".join(blocks) + b"tail"
+        await reader.wait_for(len(expected))
+        assert bytes(reader.received) == expected
+    finally:
+        transport.loseConnection()
+        client.disconnect()
+
+
+async def test_closing_transport_falls_back_to_write(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor, paused=True)
+    try:
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        write_now(transport, b"x" * 200_000)
+        transport.loseConnection()  # closes once the queue is flushed
+        write_now(transport, b"y")
+        assert transport.disconnecting
+        reader.transport.resumeProducing()  # type: ignore[union-attr]
+        await reader.wait_for(200_001)
+        assert bytes(reader.received) == b"x" * 200_000 + b"y"
+    finally:
+        client.disconnect()
+
+
+def test_other_transports_get_a_plain_write() -> None:
+    transport = StringTransport()  # type: ignore[no-untyped-call]
+    write_now(transport, b"a")
+    write_now(transport, b"b")
+    assert transport.value() == b"ab"  # type: ignore[no-untyped-call]
+
+
+async def test_dead_peer_is_noticed_by_twisted_not_raised(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor)
+    lost: Deferred[None] = Deferred()
+    transport.protocol.connectionLost = lambda reason: lost.callback(None)
+    client.disconnect()
+    await reader.wait_for(0)
+    # Keep writing until the kernel reports the reset; write_now must never raise.
+    for _ in range(100):
+        write_now(transport, b"z" * 10_000)
+        if not transport.connected:
+            break
+        await _tick(reactor)
+    await lost
+
+
+def _tick(reactor: Any) -> Deferred[None]:
+    done: Deferred[None] = Deferred()
+    reactor.callLater(0.01, done.callback, None)
+    return done
