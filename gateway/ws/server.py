@@ -424,6 +424,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if item.received is not None:
             metrics.observe_lag(self.factory.clock.seconds() - item.received)
 
+    def _writes_directly(self) -> bool:
+        """Whether frames may bypass Autobahn's ``sendData`` (see :meth:`_send_prepared`)."""
+        return (self._perMessageCompress is None and not self.send_queue
+                and self.state == self.STATE_OPEN and self.transport is not None
+                and not getattr(self, "logOctets", False))
+
     def _send_prepared(self, prepared: Any) -> None:
         """Write a prepared frame, skipping Autobahn's per-frame debug formatting.
 
@@ -436,17 +442,16 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         socket has nothing queued (:func:`~gateway.eager_write.write_now`); otherwise
         Autobahn sends it.
         """
-        transport: Any = self.transport
-        if (self._perMessageCompress is None and not self.send_queue
-                and self.state == self.STATE_OPEN and transport is not None
-                and not getattr(self, "logOctets", False)):
-            data = prepared.payloadHybi
-            write_now(transport, data)
-            stats = self.trafficStats
-            if stats is not None:
-                stats.outgoingOctetsWireLevel += len(data)
-            return
-        self.sendPreparedMessage(prepared)
+        if self._writes_directly():
+            self._write_frame(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
+
+    def _write_frame(self, data: bytes) -> None:
+        write_now(self.transport, data)
+        stats = self.trafficStats
+        if stats is not None:
+            stats.outgoingOctetsWireLevel += len(data)
 
     def _deliver(self, sub: Subscription, change: PreparedChange) -> None:
         item = _Item(change.message, change.size, sub, change.seq, change.received)
@@ -664,6 +669,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 sub.join.buffer_live(change)
             self._check_budget()
             return
+        if sub.trailing is None and self._open and not self._paused and not self._queue \
+                and self._writes_directly():
+            changes = self._write_changes(sub, changes)
         for change in changes:
             trailing = sub.trailing
             if trailing is not None:
@@ -671,6 +679,26 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                     continue
                 sub.trailing = None
             self._deliver(sub, change)
+
+    def _write_changes(
+        self, sub: Subscription, changes: Sequence[PreparedChange]
+    ) -> Sequence[PreparedChange]:
+        """The fan-out fast path: write changes of an idle, caught-up subscription.
+
+        Same effect as :meth:`_deliver` for each change while the socket takes them,
+        without the per-change queue item; returns the changes left once the socket
+        backs up (they go through the queue, which coalesces them).
+        """
+        metrics = self.factory.metrics
+        now = self.factory.clock.seconds()
+        for index, change in enumerate(changes):
+            if self._paused:
+                return changes[index:]
+            self._write_frame(change.message.payloadHybi)
+            sub.last_seq = change.seq
+            metrics.messages_sent += 1
+            metrics.observe_lag(now - change.received)
+        return ()
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:
         """Tell the client its feed was interrupted or resumed."""
