@@ -44,7 +44,10 @@ from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
-__all__ = ["ChangeSink", "FeedHub", "FeedKey", "PreparedChange", "RecentChanges", "SharedFeed"]
+__all__ = [
+    "ChangeBatch", "ChangeSink", "FeedHub", "FeedKey", "PreparedChange", "RecentChanges",
+    "SharedFeed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,27 @@ class PreparedChange:
     message: Any
     size: int
     received: float
+
+
+class ChangeBatch(list[PreparedChange]):
+    """The changes of one upstream read, in feed order, handed to every subscriber.
+
+    Their frames are joined once (on first use) so that a subscriber that takes the
+    whole batch gets it in one socket write instead of one per change.
+
+    Attributes:
+        eager: Whether subscribers should send at once (the feed keeps up) rather than
+            leave the bytes to the reactor's next turn (see ``FeedHub._on_changes``).
+    """
+
+    _joined: bytes | None = None
+    eager: bool = True
+
+    def joined(self) -> bytes:
+        """The frames of every change, concatenated."""
+        if self._joined is None:
+            self._joined = b"".join(change.message.payloadHybi for change in self)
+        return self._joined
 
 
 def seq_key(seq: Seq) -> str | None:
@@ -224,6 +248,7 @@ class SharedFeed:
     closed: bool = False
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
     linger_timer: IDelayedCall | None = field(default=None, repr=False)
+    busy_until: float = field(default=0.0, repr=False)
 
     @property
     def key(self) -> FeedKey:
@@ -396,7 +421,7 @@ class FeedHub(Service):
         if feed.closed:
             return
         now = self.clock.seconds()
-        prepared: list[PreparedChange] = []
+        prepared = ChangeBatch()
         for row in rows:
             if "id" not in row or "seq" not in row:
                 continue
@@ -411,11 +436,18 @@ class FeedHub(Service):
             return
         for change in prepared:
             feed.recent.append(change)
+        # A feed that keeps up sends each batch at once: the first subscribers have it
+        # before the loop reaches the last. One that is busy fanning out more than half
+        # the time leaves the bytes in the transports for the reactor's next turn, where
+        # the frames of several batches pending for a socket leave in one send.
+        prepared.eager = now >= feed.busy_until
         for sink in list(feed.subscribers):
             try:
                 sink.feed_changes(feed, prepared)
             except Exception:
                 log.exception("subscriber failed to take changes")
+        finished = self.clock.seconds()
+        feed.busy_until = finished + (finished - now)
 
     def _on_state(self, feed: SharedFeed, state: str, detail: Any) -> None:
         feed.state = state

@@ -57,7 +57,7 @@ from gateway.ws.access import (
     credential_key,
 )
 from gateway.ws.catchup import Join, fetch_changes, row_rev
-from gateway.ws.hub import FeedHub, PreparedChange, SharedFeed
+from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
@@ -447,8 +447,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         else:
             self.sendPreparedMessage(prepared)
 
-    def _write_frame(self, data: bytes) -> None:
-        write_now(self.transport, data)
+    def _write_frame(self, data: bytes, eager: bool = True) -> None:
+        transport: Any = self.transport
+        if eager:
+            write_now(transport, data)
+        else:
+            transport.write(data)
         stats = self.trafficStats
         if stats is not None:
             stats.outgoingOctetsWireLevel += len(data)
@@ -691,10 +695,18 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """
         metrics = self.factory.metrics
         now = self.factory.clock.seconds()
+        eager = not isinstance(changes, ChangeBatch) or changes.eager
+        if len(changes) > 1 and isinstance(changes, ChangeBatch):
+            self._write_frame(changes.joined(), eager)  # one send for the whole batch
+            sub.last_seq = changes[-1].seq
+            metrics.messages_sent += len(changes)
+            for change in changes:
+                metrics.observe_lag(now - change.received)
+            return ()
         for index, change in enumerate(changes):
             if self._paused:
                 return changes[index:]
-            self._write_frame(change.message.payloadHybi)
+            self._write_frame(change.message.payloadHybi, eager)
             sub.last_seq = change.seq
             metrics.messages_sent += 1
             metrics.observe_lag(now - change.received)

@@ -144,3 +144,42 @@ async def test_prepared_frames_bypass_autobahn_send_path_when_idle(
     server_side._send_prepared(server_side.factory.prepareMessage(b'{"type":"pong"}'))
     assert len(calls) == 1
     await client.close()
+
+
+async def test_a_batch_of_changes_goes_out_in_one_write(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any
+) -> None:
+    """The changes of one upstream read reach an idle subscriber in one socket write,
+    in order, each counted and the resume seq moved to the last one."""
+    from gateway.ws import server as server_module
+    from gateway.ws.hub import ChangeBatch, PreparedChange
+    from gateway.ws.protocol import change_message, encode
+
+    user = await make_user()
+    client = await ws_server.connect(await ws_server.login(user))
+    answer = await client.subscribe("s1", db.name)
+    server_side = next(iter(ws_server.service.factory.connections))
+    feed = next(iter(server_side.by_feed))
+    writes: list[bytes] = []
+    original = server_module.write_now
+
+    def counting(transport: Any, data: bytes) -> None:
+        writes.append(data)
+        original(transport, data)
+
+    monkeypatch.setattr(server_module, "write_now", counting)
+    batch = ChangeBatch()
+    for n in range(5):
+        row = {"seq": f"{n + 1}-opaque", "id": f"b{n}", "changes": [{"rev": f"1-{n}"}]}
+        payload = encode(change_message(feed.id, row))
+        message = server_side.factory.prepareMessage(payload)
+        batch.append(PreparedChange(row["id"], f"1-{n}", row["seq"], message, len(payload), 0.0))
+    sent_before = ws_server.service.metrics_snapshot()["ws_messages_sent_total"]
+    server_side.feed_changes(feed, batch)
+    assert len(writes) == 1 and writes[0] == b"".join(c.message.payloadHybi for c in batch)
+    got = await client.collect_changes(5)
+    assert [c["id"] for c in got] == [f"b{n}" for n in range(5)]
+    assert all(c["feed"] == answer["feed"] for c in got)
+    assert server_side.subs["s1"].last_seq == "5-opaque"
+    assert ws_server.service.metrics_snapshot()["ws_messages_sent_total"] - sent_before == 5
+    await client.close()
