@@ -161,7 +161,7 @@ async def test_a_batch_of_changes_goes_out_in_one_write(
     server_side = next(iter(ws_server.service.factory.connections))
     feed = next(iter(server_side.by_feed))
     writes: list[bytes] = []
-    original = server_module.write_now
+    original = server_module.write_now  # type: ignore[attr-defined]
 
     def counting(transport: Any, data: bytes) -> None:
         writes.append(data)
@@ -170,10 +170,11 @@ async def test_a_batch_of_changes_goes_out_in_one_write(
     monkeypatch.setattr(server_module, "write_now", counting)
     batch = ChangeBatch()
     for n in range(5):
-        row = {"seq": f"{n + 1}-opaque", "id": f"b{n}", "changes": [{"rev": f"1-{n}"}]}
+        seq, doc_id = f"{n + 1}-opaque", f"b{n}"
+        row: dict[str, Any] = {"seq": seq, "id": doc_id, "changes": [{"rev": f"1-{n}"}]}
         payload = encode(change_message(feed.id, row))
         message = server_side.factory.prepareMessage(payload)
-        batch.append(PreparedChange(row["id"], f"1-{n}", row["seq"], message, len(payload), 0.0))
+        batch.append(PreparedChange(doc_id, f"1-{n}", seq, message, len(payload), 0.0))
     sent_before = ws_server.service.metrics_snapshot()["ws_messages_sent_total"]
     server_side.feed_changes(feed, batch)
     assert len(writes) == 1 and writes[0] == b"".join(c.message.payloadHybi for c in batch)
