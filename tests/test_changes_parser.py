@@ -503,9 +503,11 @@ def test_raising_handler_does_not_stop_the_feed() -> None:
 def test_slow_consumer_pauses_the_stream() -> None:
     pending: list[Deferred[None]] = []
     seen: list[str] = []
+    calls: list[list[str]] = []
 
     def slow(rows: list[dict[str, Any]], last_seq: Any) -> Deferred[None]:
         seen.extend(r["id"] for r in rows)
+        calls.append([r["id"] for r in rows])
         d: Deferred[None] = Deferred()
         pending.append(d)
         return d
@@ -521,10 +523,12 @@ def test_slow_consumer_pauses_the_stream() -> None:
     clock.advance(60)  # no heartbeat expected while the consumer holds the stream
     assert not response.transport.aborted
     pending[0].callback(None)
-    assert seen == ["a", "b"] and response.transport.paused
+    # What arrived while the consumer was busy comes in one call, in order.
+    assert calls == [["a"], ["b", "c"]] and response.transport.paused
     pending[1].callback(None)
-    pending[2].callback(None)
     assert seen == ["a", "b", "c"] and not response.transport.paused
+    response.send(row(4, "d"))
+    assert calls[-1] == ["d"]
     feed.stopService()
 
 

@@ -67,6 +67,12 @@ RECENT_BYTES = 2 * 1024 * 1024
 #: Seconds a feed whose last subscriber was lost stays open for it to come back.
 LINGER_SECONDS = 10.0
 
+#: A fan-out taking at least this long pauses upstream reads (batching, see _on_changes).
+PACING_THRESHOLD = 0.005
+
+#: The pause, as a share of the time the fan-out took.
+PACING_FACTOR = 0.5
+
 
 @dataclass(eq=False)
 class PreparedChange:
@@ -94,14 +100,9 @@ class ChangeBatch(list[PreparedChange]):
 
     Their frames are joined once (on first use) so that a subscriber that takes the
     whole batch gets it in one socket write instead of one per change.
-
-    Attributes:
-        eager: Whether subscribers should send at once (the feed keeps up) rather than
-            leave the bytes to the reactor's next turn (see ``FeedHub._on_changes``).
     """
 
     _joined: bytes | None = None
-    eager: bool = True
 
     def joined(self) -> bytes:
         """The frames of every change, concatenated."""
@@ -248,7 +249,7 @@ class SharedFeed:
     closed: bool = False
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
     linger_timer: IDelayedCall | None = field(default=None, repr=False)
-    busy_until: float = field(default=0.0, repr=False)
+    pacing: tuple[IDelayedCall, Deferred[None]] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> FeedKey:
@@ -408,6 +409,7 @@ class FeedHub(Service):
                 feed.linger_timer.cancel()
             feed.linger_timer = None
         feed.closed = True
+        self._end_pacing(feed)
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
         await self._stop_feed(feed)
@@ -417,9 +419,14 @@ class FeedHub(Service):
         if service is not None:
             await service.stopService()
 
-    def _on_changes(self, feed: SharedFeed, rows: list[dict[str, Any]]) -> None:
+    def _on_changes(self, feed: SharedFeed, rows: list[dict[str, Any]]) -> Deferred[None] | None:
+        """Fan a batch out; pace the upstream reads by the time it took.
+
+        Returns:
+            A Deferred while the feed should not read upstream (see below), or ``None``.
+        """
         if feed.closed:
-            return
+            return None
         now = self.clock.seconds()
         prepared = ChangeBatch()
         for row in rows:
@@ -433,21 +440,36 @@ class FeedHub(Service):
             ))
         self.changes_received += len(prepared)
         if not prepared:
-            return
+            return None
         for change in prepared:
             feed.recent.append(change)
-        # A feed that keeps up sends each batch at once: the first subscribers have it
-        # before the loop reaches the last. One that is busy fanning out more than half
-        # the time leaves the bytes in the transports for the reactor's next turn, where
-        # the frames of several batches pending for a socket leave in one send.
-        prepared.eager = now >= feed.busy_until
         for sink in list(feed.subscribers):
             try:
                 sink.feed_changes(feed, prepared)
             except Exception:
                 log.exception("subscriber failed to take changes")
-        finished = self.clock.seconds()
-        feed.busy_until = finished + (finished - now)
+        took = self.clock.seconds() - now
+        if took < PACING_THRESHOLD or feed.closed:
+            return None
+        # A long fan-out (thousands of sockets) stops reading upstream for a while
+        # (PACING_FACTOR of the time it took). Changes arriving meanwhile wait in the
+        # socket and come as one batch, written with one send per subscriber instead of
+        # one per change: under load batches grow and the cost per delivery falls, and
+        # the fan-out leaves the process some room for REST requests and handshakes.
+        resume: Deferred[None] = Deferred()
+        pause = took * PACING_FACTOR
+        feed.pacing = (self.clock.callLater(pause, self._end_pacing, feed), resume)
+        return resume
+
+    @staticmethod
+    def _end_pacing(feed: SharedFeed) -> None:
+        """Let the feed read upstream again (time is up, or the feed closes)."""
+        pacing, feed.pacing = feed.pacing, None
+        if pacing is not None:
+            call, resume = pacing
+            if call.active():
+                call.cancel()
+            resume.callback(None)
 
     def _on_state(self, feed: SharedFeed, state: str, detail: Any) -> None:
         feed.state = state

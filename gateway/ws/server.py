@@ -447,12 +447,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         else:
             self.sendPreparedMessage(prepared)
 
-    def _write_frame(self, data: bytes, eager: bool = True) -> None:
-        transport: Any = self.transport
-        if eager:
-            write_now(transport, data)
-        else:
-            transport.write(data)
+    def _write_frame(self, data: bytes) -> None:
+        write_now(self.transport, data)
         stats = self.trafficStats
         if stats is not None:
             stats.outgoingOctetsWireLevel += len(data)
@@ -695,9 +691,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """
         metrics = self.factory.metrics
         now = self.factory.clock.seconds()
-        eager = not isinstance(changes, ChangeBatch) or changes.eager
         if len(changes) > 1 and isinstance(changes, ChangeBatch):
-            self._write_frame(changes.joined(), eager)  # one send for the whole batch
+            self._write_frame(changes.joined())  # one send for the whole batch
             sub.last_seq = changes[-1].seq
             metrics.messages_sent += len(changes)
             for change in changes:
@@ -706,7 +701,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         for index, change in enumerate(changes):
             if self._paused:
                 return changes[index:]
-            self._write_frame(change.message.payloadHybi, eager)
+            self._write_frame(change.message.payloadHybi)
             sub.last_seq = change.seq
             metrics.messages_sent += 1
             metrics.observe_lag(now - change.received)

@@ -296,8 +296,11 @@ class _FeedConnection(Protocol):
             return
         self.transport.resumeProducing()  # type: ignore[union-attr]
         self._arm()
-        while self._backlog and not self._waiting and not self._closing:
-            self._process(self._backlog.pop(0))
+        if self._backlog:
+            # One handler call for everything that arrived while it was busy (a
+            # continuous feed comes one HTTP chunk, i.e. one row, per dataReceived).
+            backlog, self._backlog = b"".join(self._backlog), []
+            self._process(backlog)
 
     def _arm(self) -> None:
         if self._closing or self._waiting:
