@@ -11,7 +11,8 @@ and every socket waits for the end of the whole loop before its first byte leave
 queued it calls ``send`` on the socket directly and hands Twisted only what the kernel
 did not take (none, unless the peer is slow). Ordering is kept because the direct path
 is taken only when Twisted's queue is empty; any other transport (TLS, a test double, a
-closing or closed one) gets a plain ``transport.write``.
+closing or closed one) gets a plain ``transport.write``. :func:`flush_now` sends what
+a transport already holds, at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["write_now"]
+__all__ = ["flush_now", "write_now"]
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -48,3 +49,20 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def flush_now(transport: Any) -> None:
+    """Send what a TCP transport has queued now instead of on the reactor's next turn.
+
+    For a response whose bytes are all written: they leave before the bookkeeping that
+    follows (access log, metrics, callbacks) instead of after it. A transport that is
+    closing, or not a plain TCP one, is left to the reactor; so is anything the kernel
+    does not take now (and an error, which the reactor's own ``doWrite`` then reports).
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and (transport._tempDataLen or transport.offset < len(transport.dataBuffer))
+    ):
+        transport.doWrite()  # type: ignore[no-untyped-call]

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from gateway.eager_write import write_now
+from gateway.eager_write import flush_now, write_now
 
 
 class _Server(Protocol):
@@ -140,3 +140,32 @@ def _tick(reactor: Any) -> Deferred[None]:
     done: Deferred[None] = Deferred()
     reactor.callLater(0.01, done.callback, None)
     return done
+
+
+async def test_flush_now_sends_what_twisted_queued(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor)
+    try:
+        transport.write(b"queued")  # Twisted's own write: waits for the reactor
+        assert transport._tempDataLen == 6
+        flush_now(transport)
+        assert transport._tempDataLen == 0 and transport not in reactor.getWriters()
+        await reader.wait_for(6)
+        assert bytes(reader.received) == b"queued"
+        flush_now(transport)  # nothing queued: nothing to do
+        flush_now(StringTransport())  # type: ignore[no-untyped-call]  # not TCP: left alone
+    finally:
+        transport.loseConnection()
+        client.disconnect()
+
+
+async def test_flush_now_leaves_a_closing_transport_to_the_reactor(reactor: Any) -> None:
+    transport, reader, client = await _pair(reactor)
+    try:
+        transport.write(b"last words")
+        transport.loseConnection()
+        flush_now(transport)
+        assert transport._tempDataLen == 10  # the reactor flushes, then closes
+        await reader.wait_for(10)
+        assert bytes(reader.received) == b"last words"
+    finally:
+        client.disconnect()

@@ -23,7 +23,10 @@ def json_response(
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    # A known length: no chunked framing, and the response can leave in one send.
+    request.setHeader("Content-Length", str(len(data)))
+    return data
 
 
 def render_error(request: Any, exc: BaseException) -> bytes:

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web import server
 from twisted.web.resource import IResource, Resource
 
+from gateway.eager_write import flush_now
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.http.accesslog import AccessLog
 from gateway.http.cors import Cors
@@ -132,12 +133,18 @@ class GatewayRequest(server.Request):
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     def finish(self) -> None:
-        """Finish, or (answered before the upload's body arrived) once it is drained."""
+        """Finish, or (answered before the upload's body arrived) once it is drained.
+
+        A response with a known length is complete once written: it is sent at once,
+        before the access log, metrics and callbacks that finishing runs.
+        """
         if not self._body_done and not self._disconnected:
             self._finish_pending = True
             if self.body_pipe is not None:
                 self.body_pipe.discard()
             return
+        if not self.chunked and self.startedWriting:
+            flush_now(getattr(self.channel, "transport", None))
         super().finish()  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
