@@ -36,9 +36,14 @@ check: lint test
 bench-rest: install
 	timeout 900 $(BIN)/python -m benches.rest_proxy
 
-## bench-fanout: WebSocket fan-out to 100/1,000/10,000 subscribers vs direct feeds (~6 min)
+## bench-fanout: WebSocket fan-out to 100/1,000/10,000 subscribers vs direct feeds, 20
+## changes/s to 10,000 (200,000 deliveries/s offered), a broadcast (1 change/s) to
+## 10,000, and the machine's floor for that broadcast (~11 min)
 bench-fanout: install
 	timeout 1200 $(BIN)/python -m benches.fanout
+	timeout 600 $(BIN)/python -m benches.fanout --clients 10000 --baseline --rate 20 --output benches/results/fanout-throughput.json
+	timeout 600 $(BIN)/python -m benches.fanout --clients 10000 --baseline --rate 1 --output benches/results/fanout-broadcast.json
+	timeout 300 $(BIN)/python -m benches.send_floor
 
 ## bench-reconnect: 1,000 subscribers drop and resume at once (~1 min)
 bench-reconnect: install
