@@ -60,6 +60,7 @@ from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
+from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import BodyPipe, parse_range, relay, spool, upload_producer
 from gateway.identity import Identity, IdentityCache, identify
 
@@ -131,6 +132,9 @@ class GatewayApp:
         self.contract = contract or load_contract()
         self.metrics = Metrics()
         self.in_flight = InFlight()
+        #: Zero-copy attachment downloads (see gateway.http.splice_relay).
+        self.splicer = Splicer(reactor, shutdown_grace=settings.shutdown_grace)
+        self.metrics.add_collector(self.splicer.render_metrics)
         self.identities = IdentityCache(clock=reactor.seconds)
         self.limiter = RateLimiter(
             settings.rate_limit_per_second, settings.rate_limit_burst, reactor.seconds
@@ -512,6 +516,8 @@ class GatewayApp:
         if status == 200 and etag and request.getHeader("if-none-match") in (etag,):
             status = 304  # the server ignored If-None-Match: answer it here
         length = response.headers.getRawHeaders("content-length", [None])[0]
+        if length is None and method == "GET" and isinstance(response.length, int):
+            length = str(response.length)  # Twisted's client moves Content-Length there
         wanted = request.getHeader("range") if status == 200 else None
         skip, limit = 0, None
         if status == 200 and (length is None or wanted is not None):
@@ -545,7 +551,7 @@ class GatewayApp:
             return b""
         if length is not None:
             request.setHeader("Content-Length", length)
-        await relay(response, request, skip, limit)
+        await relay(response, request, skip, limit, splicer=self.splicer)
         return b""
 
     async def _attachment_stub(

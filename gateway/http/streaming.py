@@ -12,7 +12,9 @@ sends that file upstream in 1 MiB chunks with a known ``Content-Length``.
 Download: :func:`relay` delivers an upstream ``IResponse`` into ``request.write`` and
 registers itself as the request's streaming producer, so a slow client pauses the
 upstream connection (TCP backpressure both ways) and memory stays flat. Cancelling the
-returned Deferred (a client disconnect) aborts the upstream transfer.
+returned Deferred (a client disconnect) aborts the upstream transfer. Given a
+:class:`~gateway.http.splice_relay.Splicer`, a large body on two plain TCP connections
+is moved by ``splice(2)`` instead, without entering the process (see that module).
 
 Chunk size: Twisted's TCP transports read at most ``bufferSize`` (64 KiB) per
 ``recv``, send at most ``SEND_LIMIT`` (128 KiB) per ``send`` and pause their producer
@@ -35,6 +37,8 @@ from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
+
+from gateway.http.splice_relay import Splicer
 
 __all__ = [
     "CHUNK", "BodyPipe", "narrow", "parse_range", "relay", "spool", "upload_producer", "widen",
@@ -277,7 +281,8 @@ class _Relay(Protocol):
 
 
 def relay(
-    response: Any, request: Any, skip: int = 0, limit: int | None = None
+    response: Any, request: Any, skip: int = 0, limit: int | None = None,
+    splicer: Splicer | None = None,
 ) -> Deferred[int]:
     """Stream ``response``'s body into ``request`` with backpressure.
 
@@ -286,11 +291,17 @@ def relay(
         request: Where the bytes go.
         skip: Bytes to drop first (a byte range the upstream did not honour).
         limit: Bytes to relay at most; the upstream body is aborted after them.
+        splicer: Splices the body instead when that is possible and safe
+            (:meth:`~gateway.http.splice_relay.Splicer.try_relay`).
 
     Returns:
         A Deferred firing with the number of bytes relayed; cancelling it aborts the
         upstream body.
     """
+    if splicer is not None and skip == 0:
+        spliced = splicer.try_relay(response, request, limit)
+        if spliced is not None:
+            return spliced
     protocol: _Relay | None = None
 
     def cancel(_: Deferred[int]) -> None:

@@ -1,0 +1,532 @@
+"""Zero-copy attachment downloads: upstream socket → pipe → client socket with splice(2).
+
+The Python relay (:func:`gateway.http.streaming.relay`) receives every chunk of a body
+into Python and sends it again. For a large body on two plain TCP connections,
+:class:`Splicer` moves the bytes inside the kernel instead, in a worker thread of the
+reactor's threadpool:
+
+1. The upstream response's headers are in, and Twisted's HTTP client parser has paused
+   the upstream socket. Body bytes it already read are taken from the response
+   (``deliverBody``; the rest of that read may follow in the same call stack), the
+   upstream socket stays paused, and the client socket stops being read.
+2. ``request.write`` sends the response headers and those bytes. Once Twisted's send
+   queue for the client is empty (the transport tells its producer, the channel, which
+   tells the request's producer: this transfer), the worker thread starts.
+3. :func:`splice_loop` moves exactly the rest of the body, on duplicates of the two
+   descriptors (Twisted may close its own at any moment; a duplicate keeps the number
+   from being reused under the thread). Cancelling (the client went away, shutdown)
+   wakes it through an ``eventfd``; no progress for ``stall_timeout`` ends it.
+4. Back on the reactor: the upstream connection is aborted (its HTTP parser never saw
+   the body, so it cannot go back to the pool), the request's byte count is updated,
+   and the request's Deferred fires; the caller finishes the request, which resumes
+   reading the client connection (keep-alive). After a failure the client connection
+   is aborted: its headers promised bytes that did not all come.
+
+Used only when it is safe (see :meth:`Splicer.try_relay`); otherwise the caller relays
+in Python. At most ``max_active`` transfers splice at once: the threadpool is shared.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+__all__ = [
+    "MIN_SPLICE_BYTES", "ClientGone", "Progress", "SpliceStalled", "SpliceStopped",
+    "Splicer", "UpstreamClosed", "available", "splice_loop",
+]
+
+#: Smallest body worth a thread and a pipe.
+MIN_SPLICE_BYTES = 1 << 20
+#: Pipe capacity asked for (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE = 1 << 20
+
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_MORE = getattr(os, "SPLICE_F_MORE", 0)
+_GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+def available() -> bool:
+    """Whether this platform has ``splice(2)`` (Linux) and the calls used with it."""
+    return all(hasattr(os, name) for name in ("splice", "eventfd", "pipe2")) and hasattr(
+        fcntl, "F_SETPIPE_SZ"
+    )
+
+
+class SpliceStopped(Exception):
+    """The transfer was stopped from outside (cancelled, or the gateway shuts down)."""
+
+
+class SpliceStalled(TimeoutError):
+    """No byte moved for ``stall_timeout`` seconds."""
+
+
+class UpstreamClosed(ConnectionError):
+    """The upstream connection ended before the whole body had come."""
+
+
+class ClientGone(ConnectionError):
+    """The client's connection failed or hung up."""
+
+
+@dataclass
+class Progress:
+    """Bytes moved so far; written by the worker thread, read after it ends."""
+
+    received: int = 0
+    sent: int = 0
+
+
+def splice_loop(
+    src: int, dst: int, length: int, *, wake: int | None = None,
+    stall_timeout: float = 60.0, progress: Progress | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Move exactly ``length`` bytes from socket ``src`` to socket ``dst`` in the kernel.
+
+    Both sockets must be non-blocking. Blocks the calling thread (run it in a worker).
+
+    Args:
+        src: The readable socket's descriptor.
+        dst: The writable socket's descriptor.
+        length: Bytes to move; ``src`` may hold more, which is left unread.
+        wake: A descriptor that becomes readable to stop the loop (an ``eventfd``).
+        stall_timeout: Seconds without any progress before giving up.
+        progress: Updated as bytes move.
+        clock: Monotonic seconds.
+
+    Returns:
+        ``length``.
+
+    Raises:
+        SpliceStopped: ``wake`` became readable.
+        SpliceStalled: Nothing moved for ``stall_timeout`` seconds.
+        UpstreamClosed: ``src`` reached its end (or failed) before ``length`` bytes.
+        ClientGone: ``dst`` hung up or failed.
+        OSError: Any other failure of ``splice(2)`` (``EPIPE``, ``ECONNRESET``, ...).
+    """
+    done = progress or Progress()
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        with suppress(OSError):  # a smaller pipe still works, in more turns
+            fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        capacity = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
+        poller, woken = select.poll(), select.poll()
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
+            woken.register(wake, select.POLLIN)
+        last_move = clock()
+        moved = False
+        while done.sent < length:
+            if moved:
+                last_move = clock()
+                if woken.poll(0):  # a busy transfer never waits below: look here
+                    raise SpliceStopped(f"stopped after {done.sent} of {length} bytes")
+            moved = False
+            queued = done.received - done.sent
+            if queued:
+                more = _MORE if done.received < length else 0
+                count = _splice(pipe_r, dst, queued, _FLAGS | more)
+                if count > 0:
+                    done.sent += count
+                    moved = True
+                    continue
+            if done.received < length and queued < capacity:
+                count = _splice(src, pipe_w, min(capacity - queued, length - done.received),
+                                _FLAGS)
+                if count == 0:
+                    raise UpstreamClosed(
+                        f"the upstream closed after {done.received} of {length} bytes"
+                    )
+                if count > 0:
+                    done.received += count
+                    moved = True
+                    continue
+            # Nothing moved: wait. With bytes in the pipe only the client matters (the
+            # pipe may be full by its slots, with fewer bytes than its capacity).
+            if done.received > done.sent:
+                poller.register(dst, select.POLLOUT)
+                with suppress(KeyError):
+                    poller.unregister(src)
+            else:
+                poller.register(dst, 0)  # still reports a hang-up or an error
+                poller.register(src, select.POLLIN)
+            left = last_move + stall_timeout - clock()
+            if left <= 0:
+                raise SpliceStalled(
+                    f"no progress for {stall_timeout:g} s ({done.sent} of {length} bytes)"
+                )
+            for fd, events in poller.poll(max(1, int(left * 1000))):
+                if fd == wake:
+                    raise SpliceStopped(f"stopped after {done.sent} of {length} bytes")
+                if fd == dst and events & _GONE and not events & select.POLLOUT:
+                    raise ClientGone(f"the client hung up after {done.sent} of {length} bytes")
+                if fd == src and events & select.POLLNVAL:
+                    raise UpstreamClosed("the upstream descriptor is not open")
+        return length
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+
+
+def _splice(src: int, dst: int, count: int, flags: int) -> int:
+    """One ``splice(2)``: bytes moved, 0 at the end of ``src``, -1 when it would block."""
+    try:
+        return os.splice(src, dst, count, flags=flags)
+    except BlockingIOError:
+        return -1
+    except InterruptedError:
+        return -1
+
+
+@dataclass
+class _Plan:
+    """What :meth:`Splicer.try_relay` found safe to splice."""
+
+    upstream: Any  # a twisted.internet.tcp.Connection (untyped)
+    client: Any
+    length: int
+
+
+class Splicer:
+    """Chooses and runs spliced downloads; one per application.
+
+    Args:
+        reactor: The reactor (its threadpool runs the loops; its triggers stop them).
+        max_active: Spliced transfers at once; beyond, :meth:`try_relay` declines.
+        min_bytes: Smallest body spliced.
+        stall_timeout: Seconds without progress before a transfer is aborted.
+        shutdown_grace: Seconds a running transfer may go on once shutdown began.
+    """
+
+    def __init__(
+        self, reactor: Any, *, max_active: int = 4, min_bytes: int = MIN_SPLICE_BYTES,
+        stall_timeout: float = 60.0, shutdown_grace: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.max_active = max_active
+        self.min_bytes = min_bytes
+        self.stall_timeout = stall_timeout
+        self.shutdown_grace = shutdown_grace
+        self.enabled = available()
+        #: Transfers running now.
+        self.active = 0
+        #: Transfers that took the splice path, and how many of them failed.
+        self.spliced = 0
+        self.failed = 0
+        #: Body bytes moved by ``splice(2)`` (not counting those Twisted had already read).
+        self.bytes_spliced = 0
+
+    def try_relay(
+        self, response: Any, request: Any, limit: int | None = None
+    ) -> Deferred[int] | None:
+        """Splice ``response``'s body into ``request`` if that is safe; else ``None``.
+
+        Safe means: splice exists; no transfer slot is short; the response has a known
+        ``Content-Length`` of at least :attr:`min_bytes` (after ``limit``) and arrives
+        with identity transfer-encoding on a plain TCP connection whose body has not
+        been delivered yet; the request has written nothing, is answered with exactly
+        that ``Content-Length`` (so unchunked) on a plain TCP connection, and has no
+        producer. When ``None`` is returned nothing was touched.
+
+        Returns:
+            Like :func:`gateway.http.streaming.relay`: a Deferred of the bytes relayed;
+            cancelling it stops the transfer.
+        """
+        plan = self._plan(response, request, limit)
+        if plan is None:
+            return None
+        self.active += 1
+        self.spliced += 1
+        transfer = _Transfer(self, request, plan)
+        done: Deferred[int] = Deferred(transfer.cancel)
+        transfer.done = done
+        response.deliverBody(transfer)
+        transfer.begin()
+        return done
+
+    def _plan(self, response: Any, request: Any, limit: int | None) -> _Plan | None:
+        if not self.enabled or self.active >= self.max_active:
+            return None
+        length = getattr(response, "length", UNKNOWN_LENGTH)
+        if not isinstance(length, int):
+            return None
+        if limit is not None:
+            length = min(length, limit)
+        if length < self.min_bytes or response.headers.hasHeader(b"transfer-encoding"):
+            return None
+        # Twisted's client: Response._transport is a TransportProxyProducer around the
+        # connection's transport; the body is undelivered while the state is INITIAL.
+        upstream: Any = getattr(getattr(response, "_transport", None), "_producer", None)
+        if getattr(response, "_state", None) != "INITIAL" or not _usable(upstream):
+            return None
+        channel = getattr(request, "channel", None)
+        client: Any = getattr(channel, "transport", None)
+        declared = request.responseHeaders.getRawHeaders(b"content-length")
+        if (
+            not _usable(client) or client.producer is not channel
+            or request.startedWriting or request.finished or request._disconnected
+            or request.method == b"HEAD" or request.producer is not None
+            or getattr(channel, "_requestProducer", None) is not None
+            or declared != [str(length).encode("ascii")]
+        ):
+            return None
+        return _Plan(upstream, client, length)
+
+    def render_metrics(self) -> str:
+        """Prometheus lines for the metrics page (a :data:`~gateway.http.metrics.Collector`)."""
+        return "\n".join([
+            "# HELP wallaby_spliced_downloads_total Downloads relayed with splice(2).",
+            "# TYPE wallaby_spliced_downloads_total counter",
+            f"wallaby_spliced_downloads_total {self.spliced}",
+            "# HELP wallaby_spliced_downloads_failed_total Spliced downloads cut short.",
+            "# TYPE wallaby_spliced_downloads_failed_total counter",
+            f"wallaby_spliced_downloads_failed_total {self.failed}",
+            "# HELP wallaby_spliced_bytes_total Body bytes moved by splice(2).",
+            "# TYPE wallaby_spliced_bytes_total counter",
+            f"wallaby_spliced_bytes_total {self.bytes_spliced}",
+            "# HELP wallaby_spliced_downloads_active Spliced downloads running.",
+            "# TYPE wallaby_spliced_downloads_active gauge",
+            f"wallaby_spliced_downloads_active {self.active}",
+        ]) + "\n"
+
+
+def _usable(transport: Any) -> bool:
+    """A plain, open TCP connection (TLS would wrap it in another transport)."""
+    return (
+        isinstance(transport, tcp.Connection) and bool(transport.connected)
+        and not transport.disconnecting and not getattr(transport, "_aborting", False)
+    )
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure(exc)  # type: ignore[no-untyped-call]
+
+
+def _done_reading(reason: Failure) -> bool:
+    return reason.check(ResponseDone, PotentialDataLoss) is not None  # type: ignore[no-untyped-call]
+
+
+def _queue_empty(transport: Any) -> bool:
+    return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
+
+
+@implementer(IPushProducer)
+class _Transfer(Protocol):
+    """One spliced download: the response's body protocol and the request's producer.
+
+    States: ``prefix`` (taking what Twisted already read), ``flush`` (waiting for the
+    headers and that prefix to leave), ``splice`` (the worker thread runs), ``ended``.
+    """
+
+    def __init__(self, splicer: Splicer, request: Any, plan: _Plan) -> None:
+        self.splicer = splicer
+        self.request = request
+        self.plan = plan
+        self.done: Deferred[int] | None = None
+        self.state = "prefix"
+        self.progress = Progress()
+        self._prefix: list[bytes] = []
+        self._lost: Failure | None = None
+        self._wake: int | None = None
+        self._trigger: Any = None
+        self._timers: list[Any] = []
+        self._shutdown_waiters: list[Deferred[None]] = []
+        self._relayed = 0  # bytes written through request.write
+        self._upstream_done = False  # the whole body came with the headers
+
+    # -- body protocol (the response) -----------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.state == "prefix":
+            self._prefix.append(data)
+        elif self.state == "flush":
+            # The rest of the read that brought the headers: the response Deferred fires
+            # (and this transfer begins) before the parser has handed all of it over.
+            data = data[: self.plan.length - self._relayed]
+            self._relayed += len(data)
+            self.request.write(data)
+            if self._relayed == self.plan.length:
+                self._end(None)
+        elif self.state != "ended":
+            # The upstream socket is paused by now: bytes here mean it was not.
+            self._fail(_failure(RuntimeError("upstream bytes arrived during the splice")))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
+        if self.state == "prefix":
+            self._lost = reason  # handled by begin()
+        elif self.state == "flush":
+            self._fail(reason or _failure(UpstreamClosed("the upstream body ended early")))
+        elif self.state == "splice":
+            self._stop_thread()  # someone closed the upstream under the thread
+
+    # -- reactor side -------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Send the headers and what was already read; splice the rest once they left."""
+        plan, request = self.plan, self.request
+        plan.upstream.pauseProducing()  # deliverBody resumed it
+        plan.client.pauseProducing()  # the next request waits for this one (keep-alive)
+        prefix = b"".join(self._prefix)[: plan.length]
+        self._prefix = []
+        lost, self._lost = self._lost, None
+        request.registerProducer(self, True)
+        self.state = "flush"
+        request.write(prefix)  # the response headers, then the body bytes Twisted holds
+        self._relayed = len(prefix)
+        if lost is not None and not (
+            _done_reading(lost) and len(prefix) == plan.length
+        ):
+            self._fail(lost)
+        elif len(prefix) == plan.length:
+            self._upstream_done = lost is not None and _done_reading(lost)
+            self._end(None)
+        else:
+            # Not now: the parser may still hand over the rest of its read (dataReceived).
+            reactor = self.splicer.reactor
+            self._timers += [
+                reactor.callLater(0, self._launch_when_flushed),
+                reactor.callLater(self.splicer.stall_timeout, self._flush_stalled),
+            ]
+
+    def _launch_when_flushed(self) -> None:
+        if self.state != "flush":
+            return
+        if _queue_empty(self.plan.client):
+            self._launch()
+        else:
+            # Be told when the queue is empty: the transport resumes its producer (the
+            # channel) then, which resumes the request's producer (resumeProducing).
+            self.plan.client.producerPaused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """The client's send queue is empty."""
+        self._launch_when_flushed()
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Nothing to pause: Twisted only sends the headers and the prefix."""
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """The client connection is going away."""
+        self._fail(_failure(ClientGone("the client connection was lost")))
+
+    def cancel(self, _: Deferred[int]) -> None:
+        """The caller gave up (the client went away): stop, clean up, let it errback."""
+        self.done = None  # the Deferred errbacks with CancelledError by itself
+        self._fail(_failure(SpliceStopped("cancelled")))
+
+    def _flush_stalled(self) -> None:
+        if self.state == "flush":
+            self._fail(_failure(SpliceStalled("the client did not take the response headers")))
+
+    def _launch(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        plan, reactor = self.plan, self.splicer.reactor
+        if not (_usable(plan.client) and _usable(plan.upstream)):
+            self._fail(_failure(ClientGone("a connection closed before the splice")))
+            return
+        # Duplicates, made here on the reactor thread: if Twisted closes a socket while
+        # the thread works, the thread's descriptor numbers still name the same sockets.
+        src = os.dup(plan.upstream.fileno())
+        try:
+            dst = os.dup(plan.client.fileno())
+        except OSError:
+            os.close(src)
+            raise
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.state = "splice"
+        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
+        work = deferToThreadPool(
+            reactor, reactor.getThreadPool(), self._work, src, dst,
+            plan.length - self._relayed, self._wake,
+        )
+        work.addBoth(self._end)
+
+    def _work(self, src: int, dst: int, length: int, wake: int) -> int:
+        """Worker thread: the loop, on descriptors it owns."""
+        try:
+            return splice_loop(src, dst, length, wake=wake, progress=self.progress,
+                               stall_timeout=self.splicer.stall_timeout)
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    def _stop_thread(self) -> None:
+        if self.state == "splice" and self._wake is not None:
+            os.eventfd_write(self._wake, 1)
+
+    def _on_shutdown(self) -> Deferred[None] | None:
+        """Shutdown began: let the transfer run for the grace period, then stop it."""
+        if self.state != "splice":
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._shutdown_waiters.append(waiter)
+        self._timers.append(
+            self.splicer.reactor.callLater(self.splicer.shutdown_grace, self._stop_thread)
+        )
+        return waiter
+
+    def _fail(self, reason: Failure) -> None:
+        if self.state == "splice":
+            self._stop_thread()  # _end runs once the thread is out
+        elif self.state != "ended":
+            self._end(reason)
+
+    def _end(self, outcome: int | Failure | None) -> None:
+        """Every path ends here once, on the reactor thread, with no thread running."""
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        plan, request, splicer = self.plan, self.request, self.splicer
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
+        if self._trigger is not None:
+            with suppress(ValueError):  # already fired
+                splicer.reactor.removeSystemEventTrigger(self._trigger)
+        waiters, self._shutdown_waiters = self._shutdown_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        splicer.active -= 1
+        splicer.bytes_spliced += self.progress.sent
+        if not self._upstream_done:
+            # The upstream parser never saw the spliced bytes: this connection is done.
+            plan.upstream.abortConnection()
+        request.sentLength += self.progress.sent
+        if request.producer is self:
+            if request.channel is not None:
+                request.unregisterProducer()
+            else:  # the client connection is gone (Request.connectionLost)
+                request.producer = None
+        done, self.done = self.done, None
+        if isinstance(outcome, Failure):
+            splicer.failed += 1
+            # The headers promised bytes that did not all come: cut the response short.
+            plan.client.abortConnection()
+            if done is not None:
+                done.errback(outcome)
+        elif done is not None:
+            done.callback(self._relayed + self.progress.sent)

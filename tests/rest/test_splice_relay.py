@@ -1,0 +1,348 @@
+"""Zero-copy downloads (gateway.http.splice_relay): the loop on socket pairs, and the
+gateway's attachment route against the real server, with real client sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+from gateway.http.splice_relay import (
+    ClientGone,
+    Progress,
+    SpliceStalled,
+    SpliceStopped,
+    UpstreamClosed,
+    available,
+    splice_loop,
+)
+from tests.rest.conftest import RunningGateway, Scenario, basic
+
+pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
+
+MIB = 1 << 20
+
+
+# -- the loop, on socket pairs -------------------------------------------------
+
+
+def _pairs() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """(upstream writer, upstream end read by the loop, client end written, client reader)."""
+    up_writer, up_end = socket.socketpair()
+    client_end, client_reader = socket.socketpair()
+    up_end.setblocking(False)
+    client_end.setblocking(False)
+    up_writer.settimeout(10)
+    client_reader.settimeout(10)
+    return up_writer, up_end, client_end, client_reader
+
+
+def _in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(target()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_loop_moves_exactly_the_length_and_leaves_the_rest() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    payload = os.urandom(5 * MIB + 123)
+    extra = b"next response"
+    writer, _ = _in_thread(lambda: up_writer.sendall(payload + extra))
+    reader, received = _in_thread(lambda: _read_all(client_reader))
+    progress = Progress()
+    try:
+        assert splice_loop(up_end.fileno(), client_end.fileno(), len(payload),
+                           progress=progress) == len(payload)
+        client_end.close()
+        reader.join(10)
+        writer.join(10)
+        assert received[0] == payload
+        assert progress.sent == progress.received == len(payload)
+        up_end.setblocking(True)
+        assert up_end.recv(100) == extra  # not read past the length
+    finally:
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+
+
+def test_loop_fails_when_the_upstream_ends_early() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    try:
+        up_writer.sendall(b"x" * 1000)
+        up_writer.close()
+        progress = Progress()
+        with pytest.raises(UpstreamClosed):
+            splice_loop(up_end.fileno(), client_end.fileno(), 5000, progress=progress)
+        assert progress.sent == 1000
+    finally:
+        for sock in (up_end, client_end, client_reader):
+            sock.close()
+
+
+def test_loop_fails_when_the_client_goes_away() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    writer, _ = _in_thread(lambda: _send_quietly(up_writer, os.urandom(8 * MIB)))
+    try:
+        client_reader.close()
+        with pytest.raises((ClientGone, BrokenPipeError, ConnectionResetError)):
+            splice_loop(up_end.fileno(), client_end.fileno(), 8 * MIB)
+    finally:
+        for sock in (up_writer, up_end, client_end):
+            sock.close()
+        writer.join(10)
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def test_loop_stops_when_woken() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    timer = threading.Timer(0.2, os.eventfd_write, (wake, 1))
+    timer.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SpliceStopped):
+            splice_loop(up_end.fileno(), client_end.fileno(), MIB, wake=wake)
+        assert time.monotonic() - started < 5
+    finally:
+        timer.join()
+        os.close(wake)
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+
+
+def test_loop_gives_up_without_progress() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    try:
+        up_writer.sendall(b"y" * 100)
+        with pytest.raises(SpliceStalled):
+            splice_loop(up_end.fileno(), client_end.fileno(), MIB, stall_timeout=0.2)
+    finally:
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+
+
+# -- through the gateway ---------------------------------------------------------
+
+
+def _fds() -> Counter[str]:
+    """This process's descriptors by kind (pipe, eventfd, socket, ...)."""
+    kinds: Counter[str] = Counter()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        kinds[target.split(":", 1)[0].replace("anon_inode", "anon:" + target[-9:-1])] += 1
+    return kinds
+
+
+def _connections_to(port: int) -> set[int]:
+    """Inodes of this process's established TCP connections to ``port`` on loopback."""
+    mine = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(int(target[8:-1]))
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                inode = int(fields[9])
+                if fields[3] == "01" and remote_port == port and inode in mine:
+                    found.add(inode)
+    return found
+
+
+async def _until(reactor: Any, check: Callable[[], bool], seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("not met in time")
+
+
+def _thread(reactor: Any, call: Callable[[], Any]) -> Deferred[Any]:
+    return deferToThreadPool(reactor, reactor.getThreadPool(), call)
+
+
+async def _attachment(scenario: Scenario, name: str, payload: bytes) -> str:
+    base = f"/api/v1/db/{scenario.db.name}/docs/{name}"
+    made = await scenario.member_client.put(base, json_body={"kind": "splice"})
+    url = f"{base}/attachments/blob"
+    up = await scenario.member_client.put(
+        f"{url}?rev={made.json['rev']}", data=payload,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert up.status == 201
+    return url
+
+
+def _auth(scenario: Scenario) -> dict[str, str]:
+    return basic(scenario.member.name, scenario.member.password)
+
+
+def _port(gateway: RunningGateway) -> int:
+    return urlsplit(gateway.url).port or 80
+
+
+async def test_large_download_is_spliced_intact_and_keep_alive_goes_on(
+    scenario: Scenario, gateway: RunningGateway, reactor: Any
+) -> None:
+    payload = os.urandom(6 * MIB + 7)
+    url = await _attachment(scenario, "big", payload)
+    splicer = gateway.app.splicer
+    before = splicer.spliced
+
+    def twice() -> tuple[int, str | None, bytes, int, bytes, bool]:
+        conn = http.client.HTTPConnection("127.0.0.1", _port(gateway), timeout=30)
+        try:
+            conn.request("GET", url, headers=_auth(scenario))
+            first = conn.getresponse()
+            body = first.read()
+            sock = conn.sock
+            conn.request("GET", url.rsplit("/attachments", 1)[0], headers=_auth(scenario))
+            second = conn.getresponse()
+            return (first.status, first.getheader("Content-Length"), body, second.status,
+                    second.read(), conn.sock is sock)
+        finally:
+            conn.close()
+
+    status, length, body, status2, doc, same_connection = await _thread(reactor, twice)
+    assert status == 200 and length == str(len(payload))
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+    assert splicer.spliced == before + 1 and splicer.failed == 0
+    assert status2 == 200 and b'"kind":"splice"' in doc.replace(b" ", b"")
+    assert same_connection, "the keep-alive connection was closed after the spliced body"
+    await _until(reactor, lambda: splicer.active == 0)
+    assert splicer.bytes_spliced > 0
+    metrics = await gateway.client.get("/metrics")
+    assert f"wallaby_spliced_downloads_total {splicer.spliced}" in metrics.body.decode()
+
+
+async def test_small_bodies_and_offset_ranges_use_the_python_relay(
+    scenario: Scenario, gateway: RunningGateway
+) -> None:
+    client, splicer = scenario.member_client, gateway.app.splicer
+    small = os.urandom(200_000)
+    small_url = await _attachment(scenario, "small", small)
+    big = os.urandom(3 * MIB)
+    big_url = await _attachment(scenario, "big", big)
+    before = splicer.spliced
+
+    down = await client.get(small_url)
+    assert down.status == 200 and down.body == small
+    part = await client.get(big_url, headers={"Range": f"bytes=10-{2 * MIB}"})
+    assert part.status == 206 and part.body == big[10 : 2 * MIB + 1]
+    assert splicer.spliced == before  # neither was worth (or able) to splice
+
+    # A range from the start is the body cut short: spliced, then the upstream dropped.
+    head = await client.get(big_url, headers={"Range": f"bytes=0-{2 * MIB - 1}"})
+    assert head.status == 206 and head.body == big[: 2 * MIB]
+    assert head.header("Content-Range") == f"bytes 0-{2 * MIB - 1}/{len(big)}"
+    assert splicer.spliced == before + 1 and splicer.failed == 0
+    again = await client.get(big_url)
+    assert again.status == 200 and again.body == big
+
+
+async def test_client_leaving_midway_ends_the_transfer_and_leaks_nothing(
+    scenario: Scenario, gateway: RunningGateway, reactor: Any, couch_backend: Any
+) -> None:
+    payload = os.urandom(48 * MIB)
+    url = await _attachment(scenario, "huge", payload)
+    splicer = gateway.app.splicer
+    couch_port = urlsplit(couch_backend.url).port or 80
+    await scenario.member_client.get(url.rsplit("/attachments", 1)[0])  # warm the pool
+    fds_before = _fds()
+    spliced, failed = splicer.spliced, splicer.failed
+    during: set[int] = set()
+    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+
+    def read_a_little_then_leave() -> int:
+        with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30) as sock:
+            sock.sendall(request)
+            got = 0
+            while got < 2 * MIB:
+                got += len(sock.recv(1 << 16))
+            during.update(_connections_to(couch_port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        return got
+
+    assert await _thread(reactor, read_a_little_then_leave) >= 2 * MIB
+    await _until(reactor, lambda: splicer.active == 0)
+    assert splicer.spliced == spliced + 1 and splicer.failed == failed + 1
+    assert during and not during <= _connections_to(couch_port), "upstream not closed"
+    await _until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]
+                 and _fds()["anon:eventfd"] == fds_before["anon:eventfd"])
+    # The gateway goes on serving, spliced downloads included.
+    again = await scenario.member_client.get(url)
+    assert again.status == 200 and len(again.body) == len(payload)
+    assert hashlib.sha256(again.body).digest() == hashlib.sha256(payload).digest()
+    assert splicer.spliced == spliced + 2
+
+
+async def test_a_stalled_client_is_cut_off_and_the_request_ends(
+    scenario: Scenario, gateway: RunningGateway, reactor: Any
+) -> None:
+    payload = os.urandom(48 * MIB)
+    url = await _attachment(scenario, "stalled", payload)
+    splicer = gateway.app.splicer
+    splicer.stall_timeout = 0.5
+    failed = splicer.failed
+    go = threading.Event()
+    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+
+    def send_then_wait() -> int:
+        with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            sock.sendall(request)
+            go.wait(20)
+            got = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+            return got
+
+    reading = _thread(reactor, send_then_wait)
+    await _until(reactor, lambda: splicer.failed == failed + 1)
+    go.set()
+    got = await reading
+    assert got < len(payload)  # headers included, the body was cut short
+    assert splicer.active == 0
+    splicer.stall_timeout = 60.0
+    ok = await scenario.member_client.get(url)
+    assert ok.status == 200 and len(ok.body) == len(payload)
