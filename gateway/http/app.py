@@ -134,6 +134,7 @@ class GatewayApp:
         self.in_flight = InFlight()
         #: Zero-copy attachment downloads (see gateway.http.splice_relay).
         self.splicer = Splicer(reactor, shutdown_grace=settings.shutdown_grace)
+        self.splicer.enabled = self.splicer.enabled and settings.splice_downloads
         self.metrics.add_collector(self.splicer.render_metrics)
         self.identities = IdentityCache(clock=reactor.seconds)
         self.limiter = RateLimiter(

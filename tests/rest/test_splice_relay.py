@@ -29,7 +29,7 @@ from gateway.http.splice_relay import (
     available,
     splice_loop,
 )
-from tests.rest.conftest import RunningGateway, Scenario, basic
+from tests.rest.conftest import RunningGateway, Scenario, StartGateway, basic
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -346,3 +346,15 @@ async def test_a_stalled_client_is_cut_off_and_the_request_ends(
     splicer.stall_timeout = 60.0
     ok = await scenario.member_client.get(url)
     assert ok.status == 200 and len(ok.body) == len(payload)
+
+
+async def test_splice_can_be_turned_off(
+    scenario: Scenario, start_gateway: StartGateway
+) -> None:
+    """``WALLABY_SPLICE_DOWNLOADS=false``: the same large download, all through Python."""
+    plain = await start_gateway(splice_downloads=False)
+    payload = os.urandom(2 * MIB + 3)
+    url = await _attachment(scenario, "plain", payload)
+    down = await plain.as_user(scenario.member).get(url)
+    assert down.status == 200 and down.body == payload
+    assert plain.app.splicer.spliced == 0 and plain.app.splicer.failed == 0
