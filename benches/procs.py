@@ -132,11 +132,13 @@ class Nginx:
 
     @classmethod
     def start(cls, workdir: Path, upstream_port: int, workers: int = 1,
-              access_log: Path | None = None) -> Nginx:
+              access_log: Path | None = None, buffer_size: str | None = None) -> Nginx:
         """Start nginx with a generated configuration.
 
         With ``access_log``, every proxied request is logged (``$request``, status,
-        bytes): the benchmarks count the gateway's upstream requests from it.
+        bytes): the benchmarks count the gateway's upstream requests from it. With
+        ``buffer_size`` (e.g. ``1m``), unbuffered proxying moves that much per read
+        (nginx's default is one memory page).
         """
         if shutil.which("nginx") is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
@@ -166,7 +168,7 @@ http {{
       proxy_pass http://couch;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_buffering off;
+      proxy_buffering off;{f" proxy_buffer_size {buffer_size}; proxy_buffers 4 {buffer_size}; proxy_busy_buffers_size {buffer_size}; client_body_buffer_size {buffer_size};" if buffer_size else ""}
       client_max_body_size 0;
       proxy_request_buffering off;
     }}

@@ -52,17 +52,31 @@ def reconnect_table(row: dict[str, Any]) -> str:
 
 
 def stream_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
-    lines = ["| upstream | size | op | direct MiB/s | gateway MiB/s | ratio | gateway peak RSS "
-             "growth | gateway CPU s | client CPU (max) | intact |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
     sizes = {"stub": data.get("size_mib_stub"), "pouchdb": data.get("size_mib_pouchdb")}
+    if not any("mib_per_s" in ops for kinds in summary.values() for ops in kinds.values()):
+        lines = ["| upstream | size | op | direct MiB/s | gateway MiB/s | ratio | gateway peak RSS "
+                 "growth | gateway CPU s | client CPU (max) | intact |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for kind, ops in summary.items():
+            for op, s in ops.items():
+                lines.append(
+                    f"| {kind} | {sizes[kind]} MiB | {op} | {s['direct_mib_per_s']:.0f} | "
+                    f"{s['gateway_mib_per_s']:.0f} | {s['ratio']:.2f} | "
+                    f"{s['gateway_peak_rss_growth_mb']:.1f} MB | {s['gateway_cpu_s']:.2f} | "
+                    f"{s['client_cpu_share_max']:.0%} | {s['intact']} |")
+        return "\n".join(lines)
+    lines = ["| upstream | size | op | target | MiB/s | ÷ direct | proxy CPU s | gateway peak "
+             "RSS growth | intact |", "|---|---|---|---|---|---|---|---|---|"]
     for kind, ops in summary.items():
         for op, s in ops.items():
-            lines.append(
-                f"| {kind} | {sizes[kind]} MiB | {op} | {s['direct_mib_per_s']:.0f} | "
-                f"{s['gateway_mib_per_s']:.0f} | {s['ratio']:.2f} | "
-                f"{s['gateway_peak_rss_growth_mb']:.1f} MB | {s['gateway_cpu_s']:.2f} | "
-                f"{s['client_cpu_share_max']:.0%} | {s['intact']} |")
+            for target, rate in s["mib_per_s"].items():
+                cpu = s["proxy_cpu_s"].get(target)
+                growth = s.get("gateway_peak_rss_growth_mb", {}).get(target)
+                lines.append(
+                    f"| {kind} | {sizes[kind]} MiB | {op} | {target} | {rate:.0f} | "
+                    f"{s['ratio_to_direct'][target]:.2f} | "
+                    f"{'-' if cpu is None else f'{cpu:.2f}'} | "
+                    f"{'-' if growth is None else f'{growth:.1f} MB'} | {s['intact']} |")
     return "\n".join(lines)
 
 
