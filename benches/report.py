@@ -80,11 +80,26 @@ def stream_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def send_floor_table(data: dict[str, Any]) -> str:
+    lines = ["| clients | send loop ms | CPU µs/send | arrival p50 ms | p99 ms | max ms |",
+             "|---|---|---|---|---|---|"]
+    for result in data["results"]:
+        m = result["median"]
+        lines.append(f"| {result['clients']} | {m['loop_ms']:.1f} | "
+                     f"{m['loop_cpu_us_per_send']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
+                     f"{m['max_ms']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    rest = _load("rest_proxy.json")
-    if rest:
-        print("## REST\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"]) + "\n")
-    for name in ("fanout.json", "fanout-broadcast.json", "fanout-broadcast-norecheck.json",
+    for name in ("rest_proxy.json", "rest_proxy-s8.json"):
+        rest = _load(name)
+        if rest:
+            print(f"## {name}\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"])
+                  + "\n")
+    for name in ("fanout.json", "fanout-throughput.json", "fanout-broadcast.json",
+                 "fanout-s8.json", "fanout-broadcast-s8.json", "fanout-after-f1-f5.json",
+                 "fanout-broadcast-after-f1-f5.json", "fanout-broadcast-norecheck.json",
                  "fanout-broadcast-fastsend.json", "fanout-norecheck.json",
                  "fanout-norecheck-fastsend.json", "fanout-norecheck-r2.json",
                  "fanout-norecheck-fastsend-r2.json", "fanout-after.json",
@@ -102,11 +117,16 @@ def main() -> None:
                       f"{r.get('open_upstream_requests')}, gateway CPU {r['gateway_cpu_s']:.1f} s, "
                       f"window {r['window_s']:.1f} s, load CPU {r['load_cpu_s']:.2f} s")
             print()
-    for name in ("reconnect.json", "reconnect-norecheck.json", "reconnect-after.json"):
+    floor = _load("send_floor.json")
+    if floor:
+        print("## send_floor.json\n" + _context(floor) + "\n\n" + send_floor_table(floor) + "\n")
+    for name in ("reconnect.json", "reconnect-s8.json", "reconnect-after-f4.json",
+                 "reconnect-norecheck.json", "reconnect-after.json"):
         storm = _load(name)
         if storm:
             print(f"## {name}\n" + _context(storm) + "\n\n" + reconnect_table(storm["result"]) + "\n")
-    for name, title in (("stream.json", "Stream"), ("stream-after.json", "Stream after")):
+    for name, title in (("stream.json", "Stream"), ("stream-s8.json", "Stream, session 8"),
+                        ("stream-after.json", "Stream after")):
         stream = _load(name)
         if stream:
             print(f"## {title}\n" + _context(stream) + "\n\n"
