@@ -6,11 +6,12 @@ Uploads an attachment of ``--size-mb`` MiB (1 GiB by default) with a streamed
 ``Content-Length`` body, straight to the upstream, through nginx (keep-alive reverse
 proxy, unbuffered, 1 MiB buffers: what a good conventional proxy achieves on the same
 machine), through the gateway's ``PUT /api/v1/db/{db}/docs/{id}/attachments/{name}``
-and through a second gateway with ``WALLABY_SPLICE_DOWNLOADS=false`` (downloads relayed
-in Python), then downloads each the same four ways, in rounds with the order rotated. The client never
-holds the body: it sends and reads 1 MiB blocks and checks length and CRC-32 of what
-comes back. A sampler reads the gateway's RSS every 20 ms: its peak growth over the
-RSS before the transfer is reported. Throughput ratio = gateway MiB/s ÷ direct MiB/s in
+and through a second gateway with ``WALLABY_SPLICE_DOWNLOADS=false`` and
+``WALLABY_SPLICE_UPLOADS=false`` (bodies relayed in Python), then downloads each the
+same four ways, in rounds with the order rotated. The client never holds the body: it
+sends and reads 1 MiB blocks and checks length and CRC-32 of what comes back. A
+sampler reads the gateway's RSS every 20 ms: its peak growth over the RSS before the
+transfer is reported. Throughput ratio = gateway MiB/s ÷ direct MiB/s in
 the same run. Results: ``benches/results/stream.json`` and ``stream.png``.
 """
 
@@ -49,7 +50,7 @@ BLOCK = 1 << 20
 
 #: Every transfer goes: straight to the upstream, through nginx (a keep-alive reverse
 #: proxy, unbuffered, 1 MiB buffers), through the gateway, and through a gateway with
-#: the splice relay off (downloads through Python, as before splice).
+#: the splice relays off (uploads and downloads through Python, as before splice).
 TARGETS = ("direct", "nginx", "gateway", "gateway (Python relay)")
 
 
@@ -181,8 +182,8 @@ def run(kind: str, size_mb: int, rounds: int) -> tuple[list[dict[str, Any]], dic
         else:
             up_pids = upstream.pids()
         gateway = Gateway.start(upstream.admin_url)
-        python_gateway = Gateway.start(upstream.admin_url,
-                                       {"WALLABY_SPLICE_DOWNLOADS": "false"})
+        python_gateway = Gateway.start(upstream.admin_url, {
+            "WALLABY_SPLICE_DOWNLOADS": "false", "WALLABY_SPLICE_UPLOADS": "false"})
         nginx = Nginx.start(workdir / "nginx", upstream.port, buffer_size="1m")
         attachment = "/api/v1/db/files/docs/{doc}/attachments/blob"
         paths = {

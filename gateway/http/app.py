@@ -135,6 +135,7 @@ class GatewayApp:
         #: Zero-copy attachment downloads (see gateway.http.splice_relay).
         self.splicer = Splicer(reactor, shutdown_grace=settings.shutdown_grace)
         self.splicer.enabled = self.splicer.enabled and settings.splice_downloads
+        self.splicer.uploads_enabled = self.splicer.uploads_enabled and settings.splice_uploads
         self.metrics.add_collector(self.splicer.render_metrics)
         self.identities = IdentityCache(clock=reactor.seconds)
         self.limiter = RateLimiter(
@@ -599,6 +600,7 @@ class GatewayApp:
         )
         if streamed:
             assert pipe is not None
+            pipe.splicer = self.splicer  # not to pouchdb-server: spooled above
             send = self._timeout_after_body(pipe, send)
         answer = await self._timed(request, send)
         return json_response(request, answer.status, answer.body, _etag(answer))

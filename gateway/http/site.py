@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web import server
+from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import IResource, Resource
 
 from gateway.eager_write import flush_now
@@ -61,6 +62,7 @@ class GatewayRequest(server.Request):
         self._body_done = True  # the whole body arrived (or none will be read)
         self._finish_pending = False  # answered; finish once the body is drained
         self._widened: Any = None
+        self._idle_timeout: Any = None  # the channel's, while a splice reads the body
 
     def write(self, data: bytes) -> None:
         """Write body bytes; the first write hands a refreshed session cookie back."""
@@ -116,8 +118,52 @@ class GatewayRequest(server.Request):
             if expects and version == b"HTTP/1.1":
                 channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._widened = widen(channel.transport)
-            self.body_pipe = BodyPipe(length, channel.transport)
+            self.body_pipe = BodyPipe(length, channel.transport, source=self)
         self.requestReceived(command, target, version)
+
+    def _body_decoder(self) -> Any:
+        """The channel's parser of this request's identity body, if it is parsing one."""
+        decoder = getattr(self.channel, "_transferDecoder", None)
+        if (
+            isinstance(decoder, _IdentityTransferDecoder)
+            and decoder.dataCallback == self.handleContentChunk
+        ):
+            return decoder
+        return None
+
+    def take_body(self) -> int:
+        """Leave the rest of a streamed upload's body in the socket to a splice.
+
+        Returns:
+            Body bytes the client has yet to send, which the channel's parser will skip
+            (:meth:`body_taken`); 0 when it cannot (it holds unparsed bytes, is parsing,
+            or this is not a body it counts down). The idle timeout is off meanwhile.
+        """
+        channel: Any = self.channel
+        decoder = self._body_decoder()
+        if (
+            decoder is None or not decoder.contentLength or self._body_done
+            or channel._buffer or channel._busyReceiving or channel.line_mode
+        ):
+            return 0
+        self._idle_timeout = channel.setTimeout(None)
+        return int(decoder.contentLength)
+
+    def body_taken(self, count: int) -> None:
+        """``count`` bytes of the body were read from the socket by the splice: skip them.
+
+        Completed that way, the body ends as if the channel had read it (its second
+        dispatch, :meth:`requestReceived`): the connection stays in step, keep-alive
+        goes on. Short of the end, the channel reads the rest itself.
+        """
+        channel: Any = self.channel
+        decoder = self._body_decoder()
+        if decoder is None:  # the connection is gone
+            return
+        channel.setTimeout(self._idle_timeout)
+        decoder.contentLength -= count
+        if not decoder.contentLength:
+            decoder.dataReceived(b"")  # reaches its end: the channel's allContentReceived
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
         """Dispatch; for an early-dispatched upload, the second call ends its body."""

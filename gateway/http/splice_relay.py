@@ -1,4 +1,4 @@
-"""Zero-copy attachment downloads: upstream socket → pipe → client socket with splice(2).
+"""Zero-copy attachment transfers with splice(2): downloads and uploads.
 
 The Python relay (:func:`gateway.http.streaming.relay`) receives every chunk of a body
 into Python and sends it again. For a large body on two plain TCP connections,
@@ -24,6 +24,28 @@ reactor's threadpool:
 
 Used only when it is safe (see :meth:`Splicer.try_relay`); otherwise the caller relays
 in Python. At most ``max_active`` transfers splice at once: the threadpool is shared.
+
+Uploads go the other way, client socket → pipe → upstream socket (:meth:`Splicer.try_upload`,
+called by :class:`~gateway.http.streaming.BodyPipe` once Twisted's HTTP client has written
+the upstream request's headers and asks for the body):
+
+1. The client socket is paused (since the first body bytes came, if any did). Body
+   bytes Twisted already read went through the pipe into the upstream request as usual.
+   Once the upstream socket's send queue is empty, the server channel hands the rest of
+   the body over (:meth:`BodySource.take_body`: its parser holds nothing unparsed).
+2. :func:`splice_loop` moves exactly that rest, in a worker thread, on duplicated
+   descriptors; Twisted reads neither the client socket nor writes the upstream one
+   meanwhile (it still reads the upstream socket: an early answer is seen).
+3. Back on the reactor: the client's ``LengthEnforcingConsumer`` is told the bytes went
+   out (its count of bytes still due is lowered, nothing is written twice) and the
+   server channel's parser skips them (:meth:`BodySource.body_taken`): the body is
+   complete as if it had been read, the request's Deferred of the body fires, the
+   upstream answer is read by Twisted as usual, and keep-alive goes on, on both sides.
+4. After a failure the upstream connection is aborted (a partial body must never be
+   stored). If the client went away, stalled, or the gateway shuts down, the client
+   connection is aborted too; otherwise (the upstream failed) the channel's parser skips
+   what was taken and the rest of the body is read and dropped as for any upload whose
+   upstream failed, so the client gets an error answer.
 """
 
 from __future__ import annotations
@@ -36,6 +58,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -43,14 +66,15 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.web._newclient import LengthEnforcingConsumer
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 __all__ = [
-    "MIN_SPLICE_BYTES", "ClientGone", "Progress", "SpliceStalled", "SpliceStopped",
-    "Splicer", "UpstreamClosed", "available", "splice_loop",
+    "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "Progress", "SpliceStalled",
+    "SpliceStopped", "Splicer", "UpstreamClosed", "available", "splice_loop",
 ]
 
 #: Smallest body worth a thread and a pipe.
@@ -68,6 +92,16 @@ def available() -> bool:
     return all(hasattr(os, name) for name in ("splice", "eventfd", "pipe2")) and hasattr(
         fcntl, "F_SETPIPE_SZ"
     )
+
+
+class BodySource(TypingProtocol):
+    """The HTTP server side of an upload whose body may be spliced (the request)."""
+
+    def take_body(self) -> int:
+        """Body bytes still in the client socket, now left to the splice; 0 if not safe."""
+
+    def body_taken(self, count: int) -> None:
+        """``count`` of those bytes were read from the socket by the splice."""
 
 
 class SpliceStopped(Exception):
@@ -210,7 +244,8 @@ class Splicer:
 
     Args:
         reactor: The reactor (its threadpool runs the loops; its triggers stop them).
-        max_active: Spliced transfers at once; beyond, :meth:`try_relay` declines.
+        max_active: Spliced transfers (downloads and uploads) at once; beyond,
+            :meth:`try_relay` and :meth:`try_upload` decline.
         min_bytes: Smallest body spliced.
         stall_timeout: Seconds without progress before a transfer is aborted.
         shutdown_grace: Seconds a running transfer may go on once shutdown began.
@@ -233,6 +268,15 @@ class Splicer:
         self.failed = 0
         #: Body bytes moved by ``splice(2)`` (not counting those Twisted had already read).
         self.bytes_spliced = 0
+        #: The same for uploads (:meth:`try_upload`), with their own switch.
+        self.uploads_enabled = self.enabled
+        self.active_uploads = 0
+        self.uploads = 0
+        self.uploads_failed = 0
+        self.upload_bytes = 0
+
+    def _busy(self) -> bool:
+        return self.active + self.active_uploads >= self.max_active
 
     def try_relay(
         self, response: Any, request: Any, limit: int | None = None
@@ -263,7 +307,7 @@ class Splicer:
         return done
 
     def _plan(self, response: Any, request: Any, limit: int | None) -> _Plan | None:
-        if not self.enabled or self.active >= self.max_active:
+        if not self.enabled or self._busy():
             return None
         length = getattr(response, "length", UNKNOWN_LENGTH)
         if not isinstance(length, int):
@@ -290,6 +334,36 @@ class Splicer:
             return None
         return _Plan(upstream, client, length)
 
+    def try_upload(
+        self, pipe: Any, source: BodySource, client: Any, consumer: Any
+    ) -> _Upload | None:
+        """Splice the rest of an upload's body into the upstream request if that is safe.
+
+        Called when the upstream request asks its body producer ``pipe`` (a
+        :class:`~gateway.http.streaming.BodyPipe`) for the body. Safe means: splice
+        exists; a transfer slot is free; the declared length is at least
+        :attr:`min_bytes`; ``consumer`` is Twisted's ``LengthEnforcingConsumer`` over a
+        plain TCP connection whose producer is ``pipe``; the client connection is plain
+        TCP. The transfer begins once Twisted's send queue is empty and may still
+        decline then (the client socket is resumed, as if ``None`` had been returned).
+
+        Returns:
+            The transfer (``pipe`` drives it), or ``None`` with nothing touched.
+        """
+        if not self.uploads_enabled or self._busy() or pipe.length < self.min_bytes:
+            return None
+        upstream: Any = getattr(consumer, "_consumer", None)
+        if (
+            not isinstance(consumer, LengthEnforcingConsumer)
+            or not isinstance(getattr(consumer, "_length", None), int)
+            or not _usable(upstream) or upstream.producer is not pipe or not _usable(client)
+        ):
+            return None
+        self.active_uploads += 1
+        upload = _Upload(self, pipe, source, client, upstream, consumer)
+        upload.begin()
+        return upload
+
     def render_metrics(self) -> str:
         """Prometheus lines for the metrics page (a :data:`~gateway.http.metrics.Collector`)."""
         return "\n".join([
@@ -305,6 +379,18 @@ class Splicer:
             "# HELP wallaby_spliced_downloads_active Spliced downloads running.",
             "# TYPE wallaby_spliced_downloads_active gauge",
             f"wallaby_spliced_downloads_active {self.active}",
+            "# HELP wallaby_spliced_uploads_total Uploads relayed with splice(2).",
+            "# TYPE wallaby_spliced_uploads_total counter",
+            f"wallaby_spliced_uploads_total {self.uploads}",
+            "# HELP wallaby_spliced_uploads_failed_total Spliced uploads cut short.",
+            "# TYPE wallaby_spliced_uploads_failed_total counter",
+            f"wallaby_spliced_uploads_failed_total {self.uploads_failed}",
+            "# HELP wallaby_spliced_upload_bytes_total Upload body bytes moved by splice(2).",
+            "# TYPE wallaby_spliced_upload_bytes_total counter",
+            f"wallaby_spliced_upload_bytes_total {self.upload_bytes}",
+            "# HELP wallaby_spliced_uploads_active Spliced uploads running.",
+            "# TYPE wallaby_spliced_uploads_active gauge",
+            f"wallaby_spliced_uploads_active {self.active_uploads}",
         ]) + "\n"
 
 
@@ -530,3 +616,178 @@ class _Transfer(Protocol):
                 done.errback(outcome)
         elif done is not None:
             done.callback(self._relayed + self.progress.sent)
+
+
+class _Upload:
+    """One spliced upload body, driven by its :class:`~gateway.http.streaming.BodyPipe`.
+
+    States: ``flush`` (Twisted still holds bytes for the upstream), ``splice`` (the
+    worker thread runs), ``ended``.
+    """
+
+    def __init__(
+        self, splicer: Splicer, pipe: Any, source: BodySource, client: Any, upstream: Any,
+        encoder: Any,
+    ) -> None:
+        self.splicer = splicer
+        self.pipe = pipe
+        self.source = source
+        self.client = client
+        self.upstream = upstream
+        self.encoder = encoder
+        self.state = "flush"
+        self.progress = Progress()
+        self._taken = False  # the channel handed the rest of the body over
+        self._keep_client = True  # False: the client connection is aborted at the end
+        self._wake: int | None = None
+        self._trigger: Any = None
+        self._timers: list[Any] = []
+        self._shutdown_waiters: list[Deferred[None]] = []
+
+    def begin(self) -> None:
+        """Launch once the request headers and the bytes written so far have left."""
+        reactor = self.splicer.reactor
+        # Not now: the channel may still be parsing the read that brought the headers.
+        self._timers = [
+            reactor.callLater(0, self.flushed),
+            reactor.callLater(self.splicer.stall_timeout, self._flush_stalled),
+        ]
+
+    def flushed(self) -> None:
+        """Launch if the upstream send queue is empty, else be told when it is."""
+        if self.state != "flush":
+            return
+        if not _queue_empty(self.upstream):
+            # The transport resumes its producer (the pipe) once its queue is empty.
+            self.upstream.producerPaused = True
+            return
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        remaining = self.source.take_body()
+        self._taken = remaining > 0
+        # Every byte the channel parsed went into the upstream request already: what is
+        # left in the socket is exactly what the upstream request still expects.
+        if (
+            not self._taken or remaining != self.encoder._length
+            or not (_usable(self.client) and _usable(self.upstream))
+        ):
+            self._end(None)
+            return
+        reactor = self.splicer.reactor
+        self.client.pauseProducing()  # it is paused already: Twisted must not read it now
+        src = os.dup(self.client.fileno())  # see _Transfer._launch
+        try:
+            dst = os.dup(self.upstream.fileno())
+        except OSError:
+            os.close(src)
+            raise
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.state = "splice"
+        self.splicer.uploads += 1
+        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
+        work = deferToThreadPool(
+            reactor, reactor.getThreadPool(), self._work, src, dst, remaining, self._wake
+        )
+        work.addBoth(self._end)
+
+    def _work(self, src: int, dst: int, length: int, wake: int) -> int:
+        """Worker thread: the loop, on descriptors it owns."""
+        try:
+            return splice_loop(src, dst, length, wake=wake, progress=self.progress,
+                               stall_timeout=self.splicer.stall_timeout)
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    def stop(self, *, keep_client: bool = True) -> bool:
+        """Stop the transfer.
+
+        Args:
+            keep_client: Whether the client connection may go on (else it is aborted).
+
+        Returns:
+            ``True`` if the worker thread runs: it ends by itself and cleans up. ``False``
+            if nothing ran: the pipe carries on as if there had been no splice.
+        """
+        if self.state == "splice":
+            self._keep_client = self._keep_client and keep_client
+            if self._wake is not None:
+                os.eventfd_write(self._wake, 1)
+            return True
+        if self.state == "flush":
+            self._cleanup()
+        return False
+
+    def _flush_stalled(self) -> None:
+        if self.state == "flush":
+            self._keep_client = False
+            self._end(_failure(SpliceStalled("the upstream did not take the request headers")))
+
+    def _on_shutdown(self) -> Deferred[None] | None:
+        """Shutdown began: let the transfer run for the grace period, then stop it."""
+        if self.state != "splice":
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._shutdown_waiters.append(waiter)
+        self._timers.append(self.splicer.reactor.callLater(
+            self.splicer.shutdown_grace, lambda: self.stop(keep_client=False)
+        ))
+        return waiter
+
+    def _cleanup(self) -> None:
+        self.state = "ended"
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
+        if self._trigger is not None:
+            with suppress(ValueError):  # already fired
+                self.splicer.reactor.removeSystemEventTrigger(self._trigger)
+        waiters, self._shutdown_waiters = self._shutdown_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self.splicer.active_uploads -= 1
+
+    def _end(self, outcome: int | Failure | None) -> None:
+        """Every path ends here once, on the reactor thread, with no thread running.
+
+        ``None``: declined before the thread started; the pipe goes on in Python.
+        """
+        if self.state == "ended":
+            return
+        self._cleanup()
+        pipe, client = self.pipe, self.client
+        if outcome is None:
+            if self._taken:
+                self.source.body_taken(0)
+            if not (pipe.stopped or pipe.complete):
+                client.resumeProducing()
+            return
+        self.splicer.upload_bytes += self.progress.sent
+        if isinstance(outcome, int) and self._keep_client:
+            # The bytes went out past the LengthEnforcingConsumer: lower its count of
+            # bytes still due, so the end of the body checks out (nothing is written).
+            self.encoder._length -= outcome
+            self.source.body_taken(outcome)  # the body is complete: the pipe ends
+            client.resumeProducing()
+            return
+        self.splicer.uploads_failed += 1
+        # The client went away (UpstreamClosed: its socket ended), stalled, or must go.
+        abort_client = not self._keep_client or (
+            isinstance(outcome, Failure)
+            and outcome.check(UpstreamClosed, SpliceStalled) is not None  # type: ignore[no-untyped-call]
+        )
+        if self._taken and not abort_client:
+            self.source.body_taken(self.progress.received)  # the channel reads the rest
+        # Its HTTP client is aborted too (connection lost while transmitting): the
+        # upstream request fails, and CouchDB never stores a body cut short.
+        self.upstream.abortConnection()
+        if abort_client:
+            client.abortConnection()  # nothing can be answered
+        elif pipe.stopped:
+            client.resumeProducing()  # read and drop the rest; the error answer follows

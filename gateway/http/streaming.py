@@ -5,7 +5,9 @@ headers are in (:class:`~gateway.http.site.GatewayRequest`); its body flows thro
 :class:`BodyPipe`, the upstream request's body producer: chunks go upstream as they
 arrive, a slow upstream pauses the client's socket, and chunks that arrive before the
 upstream request has started (while the caller is authenticated) are held — one read
-at most, as the client's socket is paused meanwhile. Other bodies (chunked ones) are
+at most, as the client's socket is paused meanwhile. Given a
+:class:`~gateway.http.splice_relay.Splicer`, the rest of a large body goes from the
+client socket to the upstream socket by ``splice(2)`` instead. Other bodies (chunked ones) are
 spooled by Twisted to a temporary file beyond 100 kB, and :func:`upload_producer`
 sends that file upstream in 1 MiB chunks with a known ``Content-Length``.
 
@@ -38,7 +40,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from gateway.http.splice_relay import Splicer
+from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
     "CHUNK", "BodyPipe", "narrow", "parse_range", "relay", "spool", "upload_producer", "widen",
@@ -92,12 +94,18 @@ class BodyPipe:
     Args:
         length: The declared ``Content-Length``.
         client: The client's TCP transport (paused and resumed here).
+        source: The request, if the rest of its body may be spliced (see :attr:`splicer`).
     """
 
-    def __init__(self, length: int, client: Any) -> None:
+    def __init__(self, length: int, client: Any, source: BodySource | None = None) -> None:
         self.length = length
         self.complete = False
         self.stopped = False
+        #: Set by the handler when the upstream may get the body by ``splice(2)``
+        #: (:meth:`~gateway.http.splice_relay.Splicer.try_upload`).
+        self.splicer: Splicer | None = None
+        self._source = source
+        self._upload: Any = None  # the spliced transfer, once tried
         self._client = client
         self._consumer: Any = None
         self._held: list[bytes] = []
@@ -105,8 +113,15 @@ class BodyPipe:
         self._failure: Failure | None = None
         self._received: list[Deferred[None]] = []
 
+    def _splice_state(self) -> str | None:
+        return None if self._upload is None else str(self._upload.state)
+
     def feed(self, data: bytes) -> None:
         """A chunk of the body arrived."""
+        if self._splice_state() == "splice":
+            if data:  # Twisted read the socket the thread reads: the body is torn
+                self._upload.stop(keep_client=False)
+            return
         if self.stopped:
             return
         if self._consumer is None:
@@ -136,6 +151,10 @@ class BodyPipe:
     def abort(self, reason: Failure) -> None:
         """The client went away before the end of the body: fail the upstream request."""
         self._failure = reason
+        if self._upload is not None and self._upload.stop(keep_client=False):
+            # Once the thread is out the upstream connection is aborted: the request fails.
+            self.stopped = True
+            return
         if self._done is not None and not self.stopped:
             self._finish_producing().errback(reason)
         self.stopped = True
@@ -160,18 +179,33 @@ class BodyPipe:
             consumer.write(data)
         if self.complete:
             return succeed(None)
-        self._done = Deferred()
+        self._done = Deferred(self._cancelled)
+        if self.splicer is not None and self._source is not None:
+            self._upload = self.splicer.try_upload(self, self._source, self._client, consumer)
+            if self._upload is not None:
+                self._client.pauseProducing()  # if no body came yet, it was still read
+                return self._done
         self._client.resumeProducing()
         return self._done
 
+    def _cancelled(self, _: Deferred[None]) -> None:
+        self._done = None  # it errbacks with CancelledError by itself
+        if self._upload is not None:
+            self._upload.stop()
+
     def pauseProducing(self) -> None:  # noqa: N802
         """The upstream is slow: stop reading from the client."""
+        if self._splice_state() in ("flush", "splice"):
+            return
         if not self.stopped and not self.complete:
             self._client.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802
-        """The upstream caught up."""
-        if not self.stopped and not self.complete:
+        """The upstream caught up (before a splice: its send queue is empty)."""
+        state = self._splice_state()
+        if state == "flush":
+            self._upload.flushed()
+        elif state != "splice" and not self.stopped and not self.complete:
             self._client.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -181,6 +215,8 @@ class BodyPipe:
         self.stopped = True
         self._held = []
         self._done = None  # never fires, like FileBodyProducer's once stopped
+        if self._upload is not None and self._upload.stop():
+            return  # once the thread is out the client socket is resumed
         if not self.complete:
             self._client.resumeProducing()
 
