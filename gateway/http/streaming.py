@@ -40,6 +40,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from gateway.eager_write import write_now
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
@@ -255,18 +256,32 @@ class _Relay(Protocol):
         self.sent = 0
         self.finished = False
         self._widened: list[Any] = []
+        self._client: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802
         client = getattr(getattr(self.request, "channel", None), "transport", None)
+        self._client = client
         self._widened = [widen(self.transport), widen(client)]
         self.request.registerProducer(self, True)
+
+    def _write(self, data: bytes) -> None:
+        request = self.request
+        if request.startedWriting and not request.chunked and self._client is not None:
+            # Headers are out and the body has a Content-Length: the bytes go to the
+            # socket as they are, at once when it has nothing queued. Through
+            # request.write they would wait in Twisted's buffer, where two chunks are
+            # joined (a copy of up to 2 MiB) before a partial send and joined again.
+            request.sentLength += len(data)
+            write_now(self._client, data)
+        else:
+            request.write(data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.finished:
             return
         if not self.skip and self.limit is None:  # the common case: relay as is
             self.sent += len(data)
-            self.request.write(data)
+            self._write(data)
             return
         if self.skip:
             dropped = min(self.skip, len(data))
@@ -276,7 +291,7 @@ class _Relay(Protocol):
             data = data[: self.limit - self.sent]
         if data:
             self.sent += len(data)
-            self.request.write(data)
+            self._write(data)
         if self.limit is not None and self.sent >= self.limit:
             # The range is complete: stop reading the rest of the upstream body.
             self.finish()
