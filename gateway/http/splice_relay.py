@@ -414,8 +414,98 @@ def _queue_empty(transport: Any) -> bool:
     return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
 
 
+class _SpliceWorker:
+    """What a spliced transfer in either direction does around its worker thread.
+
+    The thread runs :func:`splice_loop` on duplicated descriptors; an ``eventfd`` wakes
+    it; a shutdown trigger gives it ``shutdown_grace`` seconds; timers guard the steps
+    before it. Subclasses set ``state`` and implement ``_end`` (every path ends there
+    once) and ``_stop_for_shutdown``.
+    """
+
+    def __init__(self, splicer: Splicer) -> None:
+        self.splicer = splicer
+        self.state = ""
+        self.progress = Progress()
+        self._wake: int | None = None
+        self._trigger: Any = None
+        self._timers: list[Any] = []
+        self._shutdown_waiters: list[Deferred[None]] = []
+
+    def _end(self, outcome: int | Failure | None) -> None:
+        raise NotImplementedError
+
+    def _stop_for_shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+
+    def _start_thread(self, src: Any, dst: Any, length: int) -> None:
+        """Splice ``length`` bytes from transport ``src`` to transport ``dst`` in a thread.
+
+        The descriptors are duplicated here, on the reactor thread: if Twisted closes a
+        socket while the thread works, the thread's numbers still name the same sockets.
+        """
+        src_fd = os.dup(src.fileno())
+        try:
+            dst_fd = os.dup(dst.fileno())
+        except OSError:
+            os.close(src_fd)
+            raise
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.state = "splice"
+        reactor = self.splicer.reactor
+        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
+        work = deferToThreadPool(
+            reactor, reactor.getThreadPool(), self._work, src_fd, dst_fd, length, self._wake
+        )
+        work.addBoth(self._end)
+
+    def _work(self, src: int, dst: int, length: int, wake: int) -> int:
+        """Worker thread: the loop, on descriptors it owns."""
+        try:
+            return splice_loop(src, dst, length, wake=wake, progress=self.progress,
+                               stall_timeout=self.splicer.stall_timeout)
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    def _wake_thread(self) -> None:
+        if self._wake is not None:
+            os.eventfd_write(self._wake, 1)
+
+    def _on_shutdown(self) -> Deferred[None] | None:
+        """Shutdown began: let the transfer run for the grace period, then stop it."""
+        if self.state != "splice":
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._shutdown_waiters.append(waiter)
+        self._timers.append(
+            self.splicer.reactor.callLater(self.splicer.shutdown_grace, self._stop_for_shutdown)
+        )
+        return waiter
+
+    def _release(self) -> None:
+        """Timers, eventfd, shutdown trigger and its waiters: what every end releases."""
+        self.state = "ended"
+        self._cancel_timers()
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
+        if self._trigger is not None:
+            with suppress(ValueError):  # already fired
+                self.splicer.reactor.removeSystemEventTrigger(self._trigger)
+        waiters, self._shutdown_waiters = self._shutdown_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
 @implementer(IPushProducer)
-class _Transfer(Protocol):
+class _Transfer(_SpliceWorker, Protocol):
     """One spliced download: the response's body protocol and the request's producer.
 
     States: ``prefix`` (taking what Twisted already read), ``flush`` (waiting for the
@@ -423,18 +513,13 @@ class _Transfer(Protocol):
     """
 
     def __init__(self, splicer: Splicer, request: Any, plan: _Plan) -> None:
-        self.splicer = splicer
+        super().__init__(splicer)
         self.request = request
         self.plan = plan
         self.done: Deferred[int] | None = None
         self.state = "prefix"
-        self.progress = Progress()
         self._prefix: list[bytes] = []
         self._lost: Failure | None = None
-        self._wake: int | None = None
-        self._trigger: Any = None
-        self._timers: list[Any] = []
-        self._shutdown_waiters: list[Deferred[None]] = []
         self._relayed = 0  # bytes written through request.write
         self._upstream_done = False  # the whole body came with the headers
 
@@ -523,54 +608,19 @@ class _Transfer(Protocol):
             self._fail(_failure(SpliceStalled("the client did not take the response headers")))
 
     def _launch(self) -> None:
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        self._timers = []
-        plan, reactor = self.plan, self.splicer.reactor
+        self._cancel_timers()
+        plan = self.plan
         if not (_usable(plan.client) and _usable(plan.upstream)):
             self._fail(_failure(ClientGone("a connection closed before the splice")))
             return
-        # Duplicates, made here on the reactor thread: if Twisted closes a socket while
-        # the thread works, the thread's descriptor numbers still name the same sockets.
-        src = os.dup(plan.upstream.fileno())
-        try:
-            dst = os.dup(plan.client.fileno())
-        except OSError:
-            os.close(src)
-            raise
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.state = "splice"
-        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
-        work = deferToThreadPool(
-            reactor, reactor.getThreadPool(), self._work, src, dst,
-            plan.length - self._relayed, self._wake,
-        )
-        work.addBoth(self._end)
-
-    def _work(self, src: int, dst: int, length: int, wake: int) -> int:
-        """Worker thread: the loop, on descriptors it owns."""
-        try:
-            return splice_loop(src, dst, length, wake=wake, progress=self.progress,
-                               stall_timeout=self.splicer.stall_timeout)
-        finally:
-            os.close(src)
-            os.close(dst)
+        self._start_thread(plan.upstream, plan.client, plan.length - self._relayed)
 
     def _stop_thread(self) -> None:
-        if self.state == "splice" and self._wake is not None:
-            os.eventfd_write(self._wake, 1)
+        if self.state == "splice":
+            self._wake_thread()
 
-    def _on_shutdown(self) -> Deferred[None] | None:
-        """Shutdown began: let the transfer run for the grace period, then stop it."""
-        if self.state != "splice":
-            return None
-        waiter: Deferred[None] = Deferred()
-        self._shutdown_waiters.append(waiter)
-        self._timers.append(
-            self.splicer.reactor.callLater(self.splicer.shutdown_grace, self._stop_thread)
-        )
-        return waiter
+    def _stop_for_shutdown(self) -> None:
+        self._stop_thread()
 
     def _fail(self, reason: Failure) -> None:
         if self.state == "splice":
@@ -582,20 +632,8 @@ class _Transfer(Protocol):
         """Every path ends here once, on the reactor thread, with no thread running."""
         if self.state == "ended":
             return
-        self.state = "ended"
+        self._release()
         plan, request, splicer = self.plan, self.request, self.splicer
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        if self._wake is not None:
-            os.close(self._wake)
-            self._wake = None
-        if self._trigger is not None:
-            with suppress(ValueError):  # already fired
-                splicer.reactor.removeSystemEventTrigger(self._trigger)
-        waiters, self._shutdown_waiters = self._shutdown_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
         splicer.active -= 1
         splicer.bytes_spliced += self.progress.sent
         if not self._upstream_done:
@@ -618,7 +656,7 @@ class _Transfer(Protocol):
             done.callback(self._relayed + self.progress.sent)
 
 
-class _Upload:
+class _Upload(_SpliceWorker):
     """One spliced upload body, driven by its :class:`~gateway.http.streaming.BodyPipe`.
 
     States: ``flush`` (Twisted still holds bytes for the upstream), ``splice`` (the
@@ -629,20 +667,15 @@ class _Upload:
         self, splicer: Splicer, pipe: Any, source: BodySource, client: Any, upstream: Any,
         encoder: Any,
     ) -> None:
-        self.splicer = splicer
+        super().__init__(splicer)
         self.pipe = pipe
         self.source = source
         self.client = client
         self.upstream = upstream
         self.encoder = encoder
         self.state = "flush"
-        self.progress = Progress()
         self._taken = False  # the channel handed the rest of the body over
         self._keep_client = True  # False: the client connection is aborted at the end
-        self._wake: int | None = None
-        self._trigger: Any = None
-        self._timers: list[Any] = []
-        self._shutdown_waiters: list[Deferred[None]] = []
 
     def begin(self) -> None:
         """Launch once the request headers and the bytes written so far have left."""
@@ -661,10 +694,7 @@ class _Upload:
             # The transport resumes its producer (the pipe) once its queue is empty.
             self.upstream.producerPaused = True
             return
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        self._timers = []
+        self._cancel_timers()
         remaining = self.source.take_body()
         self._taken = remaining > 0
         # Every byte the channel parsed went into the upstream request already: what is
@@ -675,31 +705,9 @@ class _Upload:
         ):
             self._end(None)
             return
-        reactor = self.splicer.reactor
         self.client.pauseProducing()  # it is paused already: Twisted must not read it now
-        src = os.dup(self.client.fileno())  # see _Transfer._launch
-        try:
-            dst = os.dup(self.upstream.fileno())
-        except OSError:
-            os.close(src)
-            raise
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.state = "splice"
         self.splicer.uploads += 1
-        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
-        work = deferToThreadPool(
-            reactor, reactor.getThreadPool(), self._work, src, dst, remaining, self._wake
-        )
-        work.addBoth(self._end)
-
-    def _work(self, src: int, dst: int, length: int, wake: int) -> int:
-        """Worker thread: the loop, on descriptors it owns."""
-        try:
-            return splice_loop(src, dst, length, wake=wake, progress=self.progress,
-                               stall_timeout=self.splicer.stall_timeout)
-        finally:
-            os.close(src)
-            os.close(dst)
+        self._start_thread(self.client, self.upstream, remaining)
 
     def stop(self, *, keep_client: bool = True) -> bool:
         """Stop the transfer.
@@ -713,8 +721,7 @@ class _Upload:
         """
         if self.state == "splice":
             self._keep_client = self._keep_client and keep_client
-            if self._wake is not None:
-                os.eventfd_write(self._wake, 1)
+            self._wake_thread()
             return True
         if self.state == "flush":
             self._cleanup()
@@ -725,32 +732,11 @@ class _Upload:
             self._keep_client = False
             self._end(_failure(SpliceStalled("the upstream did not take the request headers")))
 
-    def _on_shutdown(self) -> Deferred[None] | None:
-        """Shutdown began: let the transfer run for the grace period, then stop it."""
-        if self.state != "splice":
-            return None
-        waiter: Deferred[None] = Deferred()
-        self._shutdown_waiters.append(waiter)
-        self._timers.append(self.splicer.reactor.callLater(
-            self.splicer.shutdown_grace, lambda: self.stop(keep_client=False)
-        ))
-        return waiter
+    def _stop_for_shutdown(self) -> None:
+        self.stop(keep_client=False)
 
     def _cleanup(self) -> None:
-        self.state = "ended"
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        self._timers = []
-        if self._wake is not None:
-            os.close(self._wake)
-            self._wake = None
-        if self._trigger is not None:
-            with suppress(ValueError):  # already fired
-                self.splicer.reactor.removeSystemEventTrigger(self._trigger)
-        waiters, self._shutdown_waiters = self._shutdown_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._release()
         self.splicer.active_uploads -= 1
 
     def _end(self, outcome: int | Failure | None) -> None:
