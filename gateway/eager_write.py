@@ -21,7 +21,12 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["flush_now", "write_now"]
+__all__ = ["flush_now", "nothing_queued", "write_now"]
+
+
+def nothing_queued(transport: Any) -> bool:
+    """Whether a TCP transport has no bytes waiting in Twisted's send queue."""
+    return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -36,8 +41,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
+        and nothing_queued(transport)
     ):
         try:
             sent = transport.socket.send(data)
@@ -63,6 +67,6 @@ def flush_now(transport: Any) -> None:
         isinstance(transport, tcp.Connection)
         and transport.connected
         and not transport.disconnecting
-        and (transport._tempDataLen or transport.offset < len(transport.dataBuffer))
+        and not nothing_queued(transport)
     ):
         transport.doWrite()  # type: ignore[no-untyped-call]

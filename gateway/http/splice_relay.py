@@ -72,6 +72,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from gateway.eager_write import nothing_queued
+
 __all__ = [
     "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "Progress", "SpliceStalled",
     "SpliceStopped", "Splicer", "UpstreamClosed", "available", "splice_loop",
@@ -410,10 +412,6 @@ def _done_reading(reason: Failure) -> bool:
     return reason.check(ResponseDone, PotentialDataLoss) is not None  # type: ignore[no-untyped-call]
 
 
-def _queue_empty(transport: Any) -> bool:
-    return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
-
-
 class _SpliceWorker:
     """What a spliced transfer in either direction does around its worker thread.
 
@@ -580,7 +578,7 @@ class _Transfer(_SpliceWorker, Protocol):
     def _launch_when_flushed(self) -> None:
         if self.state != "flush":
             return
-        if _queue_empty(self.plan.client):
+        if nothing_queued(self.plan.client):
             self._launch()
         else:
             # Be told when the queue is empty: the transport resumes its producer (the
@@ -690,7 +688,7 @@ class _Upload(_SpliceWorker):
         """Launch if the upstream send queue is empty, else be told when it is."""
         if self.state != "flush":
             return
-        if not _queue_empty(self.upstream):
+        if not nothing_queued(self.upstream):
             # The transport resumes its producer (the pipe) once its queue is empty.
             self.upstream.producerPaused = True
             return
