@@ -16,6 +16,18 @@ from zope.interface import provider
 __all__ = ["AccessLog", "json_lines_observer"]
 
 
+class _JsonText:
+    """Formats as the compact JSON of its fields, when (and if) an observer formats it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __format__(self, spec: str) -> str:
+        return json.dumps(self.fields, separators=(",", ":"), default=str)
+
+
 class AccessLog:
     """Emits access events under the ``gateway.access`` namespace.
 
@@ -30,8 +42,9 @@ class AccessLog:
     def record(self, **fields: Any) -> None:
         """Log one finished request."""
         if self.json:
-            line = json.dumps(fields, separators=(",", ":"), default=str)
-            self._log.info("{access_line}", access_line=line, access=fields)
+            # The JSON text is made only by an observer that formats the event's text;
+            # json_lines_observer writes ``access`` itself (one encoding per request).
+            self._log.info("{access_line}", access_line=_JsonText(fields), access=fields)
         else:
             self._log.info(
                 "{request_id} {method} {path} {status} {duration_ms}ms user={user}",
@@ -62,7 +75,7 @@ def json_lines_observer(stream: IO[str]) -> ILogObserver:
             failure = event.get("log_failure")
             if failure is not None:
                 record["traceback"] = failure.getTraceback()
-        stream.write(json.dumps(record, default=str) + "\n")
+        stream.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         stream.flush()
 
     return cast(ILogObserver, observe)

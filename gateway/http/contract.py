@@ -27,6 +27,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from gateway.errors import InvalidRequest
+from gateway.http.schema_check import Check, compile_schema
 from gateway.schemas import api_schema_dir
 
 __all__ = ["SPEC_PATH", "Contract", "Operation", "load_contract"]
@@ -108,8 +109,8 @@ class Contract:
         self.document = document
         resource = Resource.from_contents(document, default_specification=DRAFT202012)
         self._registry: Registry[Any] = Registry().with_resource(_BASE_URI, resource)
-        # Validators by schema object: the document's schemas live as long as the contract.
-        self._by_schema: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
+        # Checks by schema object: the document's schemas live as long as the contract.
+        self._by_schema: dict[int, tuple[Mapping[str, Any], Check]] = {}
         self.operations: dict[str, Operation] = {}
         for path, item in document["paths"].items():
             shared = [self._deref(p) for p in item.get("parameters", [])]
@@ -148,23 +149,38 @@ class Contract:
     def validate(self, schema: Mapping[str, Any], value: Any, where: str) -> None:
         """Validate ``value`` against a schema of the document.
 
+        A schema is compiled once (:mod:`gateway.http.schema_check`); ``jsonschema``
+        judges what the compiled check refuses (and names the problem), and schemas the
+        check cannot express.
+
         Raises:
             InvalidRequest: It does not conform; the message names the first problem.
         """
         known = self._by_schema.get(id(schema))
         if known is not None and known[0] is schema:
-            validator = known[1]
+            check = known[1]
         else:
-            rewritten = json.dumps(schema, sort_keys=True).replace(
-                '"$ref": "#', f'"$ref": "{_BASE_URI}#'
-            )
-            validator = self._validator(rewritten)
-            self._by_schema[id(schema)] = (schema, validator)  # keeps ``schema`` alive
-        if validator.is_valid(value):  # the common case; errors are sorted only on failure
+            check = compile_schema(schema, self._resolve) or self._jsonschema(schema).is_valid
+            self._by_schema[id(schema)] = (schema, check)  # keeps ``schema`` alive
+        if check(value):  # the common case; errors are sorted only on failure
             return
+        validator = self._jsonschema(schema)
         error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
         if error is not None:
             raise InvalidRequest(_describe(error, where))
+
+    def _jsonschema(self, schema: Mapping[str, Any]) -> Draft202012Validator:
+        rewritten = json.dumps(schema, sort_keys=True).replace(
+            '"$ref": "#', f'"$ref": "{_BASE_URI}#'
+        )
+        return self._validator(rewritten)
+
+    def _resolve(self, ref: str) -> Any:
+        """The schema a ``#/...`` reference of the document points at."""
+        node: Any = self.document
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        return node
 
     def check_query(self, operation_id: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
         """Validate and coerce the query parameters of a request.
