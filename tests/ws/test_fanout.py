@@ -37,6 +37,7 @@ async def test_many_subscribers_share_exactly_one_upstream_feed(
     assert ws_server.feeds() == 1
     hub = ws_server.service.hub
     received_before = hub.changes_received
+    lags_before = ws_server.service.metrics_snapshot()["ws_delivery_lag_seconds_count"]
     await db.bulk_save([{"_id": f"d{i}", "n": i} for i in range(10)])
     orders = []
     for client in clients:
@@ -51,6 +52,9 @@ async def test_many_subscribers_share_exactly_one_upstream_feed(
     metrics = ws_server.service.metrics_snapshot()
     assert metrics["ws_connections"] == 25 and metrics["ws_subscriptions"] == 25
     assert metrics["ws_upstream_feeds"] == 1
+    # every delivery's lag is counted once
+    assert metrics["ws_delivery_lag_seconds_count"] - lags_before == 250
+    assert 0 < metrics["ws_delivery_lag_seconds_max"] < 30
     for client in clients:
         await client.close()
     for _ in range(200):
