@@ -149,11 +149,13 @@ class CouchResponse:
         status: HTTP status.
         headers: Response headers.
         body: Decoded JSON body (``None`` when empty).
+        raw: The body as received, when it is that JSON (relayed as is, not re-encoded).
     """
 
     status: int
     headers: Headers
     body: Any
+    raw: bytes | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of a response header, or ``None``."""
@@ -354,7 +356,9 @@ class CouchTransport:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
             raw = await read_body(response)
-            return CouchResponse(response.code, response.headers, _decode_json(raw, response.code))
+            body = _decode_json(raw, response.code)
+            return CouchResponse(response.code, response.headers, body,
+                                 raw if raw and response.code < 400 else None)
 
         answer = await self._with_timeout(attempt, limit)
         if answer.status == 401 and replayable and await auth.renew():

@@ -75,7 +75,7 @@ def json_lines_observer(stream: IO[str]) -> ILogObserver:
             failure = event.get("log_failure")
             if failure is not None:
                 record["traceback"] = failure.getTraceback()
-        stream.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        stream.write(json.dumps(record, default=str) + "\n")
         stream.flush()
 
     return cast(ILogObserver, observe)

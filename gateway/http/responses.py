@@ -16,14 +16,23 @@ _log = Logger(namespace="gateway.http")
 
 
 def json_response(
-    request: Any, status: int, body: Any, headers: Mapping[str, str] | None = None
+    request: Any, status: int, body: Any, headers: Mapping[str, str] | None = None,
+    *, encoded: bytes | None = None,
 ) -> bytes:
-    """Set status and headers for a JSON answer and return its encoded body."""
+    """Set status and headers for a JSON answer and return its encoded body.
+
+    Args:
+        request: The request to answer.
+        status: HTTP status.
+        body: The answer, encoded here unless ``encoded`` is given.
+        headers: Extra response headers.
+        encoded: ``body`` already encoded (CouchDB's own bytes, relayed as they came).
+    """
     request.setResponseCode(status)
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    data = encoded if encoded is not None else json.dumps(body, separators=(",", ":")).encode()
     # A known length: no chunked framing, and the response can leave in one send.
     request.setHeader("Content-Length", str(len(data)))
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gateway.http.site import FrontDoor
@@ -38,3 +39,17 @@ async def test_answer_is_sent_before_the_access_log_runs(
         assert reply.status == 200
     # Without the flush the whole answer would still sit in Twisted's buffer here.
     assert queued_at_log_time == [0, 0, 0]
+
+
+async def test_couchdb_answers_are_relayed_byte_for_byte(scenario: Scenario) -> None:
+    """What CouchDB wrote reaches the client unchanged (decoded to check, not re-encoded)."""
+    db = scenario.db
+    doc = {"_id": "exact", "big": 12345678901234567, "text": "é \u2028 <tag>", "nested": {"a": [1, 2.5]}}
+    await db.save(dict(doc))
+    upstream = await db.transport.send("GET", [db.name, "exact"])
+    assert upstream.raw is not None and json.loads(upstream.raw) == upstream.body
+    reply = await scenario.member_client.get(f"/api/v1/db/{db.name}/docs/exact")
+    assert reply.status == 200
+    assert reply.body == upstream.raw
+    missing = await db.transport.send("GET", [db.name, "nothing-here"], raise_for_status=False)
+    assert missing.status == 404 and missing.raw is None  # errors are rebuilt as the envelope
