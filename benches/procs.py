@@ -203,12 +203,14 @@ class Gateway:
 
     @classmethod
     def start(cls, upstream_admin_url: str, extra_env: dict[str, str] | None = None,
-              module: str = "gateway", nofile: int = 65536) -> Gateway:
+              module: str = "gateway", nofile: int = 65536, checkout: Path = ROOT) -> Gateway:
         """Start the gateway and wait for ``/health``.
 
         ``module`` is ``gateway`` (``python -m gateway run``) or ``benches.gateway_ws``
         (the same, with the live-changes endpoint and ``/bench/ws-metrics``). The
-        child's open-files limit is raised to ``nofile``.
+        child's open-files limit is raised to ``nofile``. ``checkout`` runs the gateway
+        of another checkout (e.g. a ``git worktree`` of an older commit) with this one's
+        Python environment, for a before/after comparison in one run.
         """
         port = free_port()
         env = dict(os.environ)
@@ -221,7 +223,9 @@ class Gateway:
         })
         env.update(extra_env or {})
         log = open(ROOT / "var" / f"bench-gateway-{port}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen([sys.executable, "-m", module, "run"], cwd=ROOT, env=env,
+        if checkout != ROOT:
+            env["PYTHONPATH"] = str(checkout)
+        process = subprocess.Popen([sys.executable, "-m", module, "run"], cwd=checkout, env=env,
                                    stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=lambda: raise_nofile(nofile))
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60)

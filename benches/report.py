@@ -92,12 +92,13 @@ def send_floor_table(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    for name in ("rest_proxy.json", "rest_proxy-s8.json"):
+    for name in ("rest_proxy.json", "rest_proxy-s9.json", "rest_proxy-s8.json"):
         rest = _load(name)
         if rest:
             print(f"## {name}\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"])
                   + "\n")
     for name in ("fanout.json", "fanout-throughput.json", "fanout-broadcast.json",
+                 "fanout-s9.json", "fanout-throughput-s9.json", "fanout-broadcast-s9.json",
                  "fanout-s8.json", "fanout-broadcast-s8.json", "fanout-after-f1-f5.json",
                  "fanout-broadcast-after-f1-f5.json", "fanout-broadcast-norecheck.json",
                  "fanout-broadcast-fastsend.json", "fanout-norecheck.json",
@@ -117,15 +118,17 @@ def main() -> None:
                       f"{r.get('open_upstream_requests')}, gateway CPU {r['gateway_cpu_s']:.1f} s, "
                       f"window {r['window_s']:.1f} s, load CPU {r['load_cpu_s']:.2f} s")
             print()
-    floor = _load("send_floor.json")
-    if floor:
-        print("## send_floor.json\n" + _context(floor) + "\n\n" + send_floor_table(floor) + "\n")
-    for name in ("reconnect.json", "reconnect-s8.json", "reconnect-after-f4.json",
+    for name in ("send_floor.json", "send_floor-s9.json"):
+        floor = _load(name)
+        if floor:
+            print(f"## {name}\n" + _context(floor) + "\n\n" + send_floor_table(floor) + "\n")
+    for name in ("reconnect.json", "reconnect-s9.json", "reconnect-s8.json", "reconnect-after-f4.json",
                  "reconnect-norecheck.json", "reconnect-after.json"):
         storm = _load(name)
         if storm:
             print(f"## {name}\n" + _context(storm) + "\n\n" + reconnect_table(storm["result"]) + "\n")
-    for name, title in (("stream.json", "Stream"), ("stream-s8.json", "Stream, session 8"),
+    for name, title in (("stream.json", "Stream"), ("stream-s9.json", "Stream, session 9"),
+                        ("stream-s8.json", "Stream, session 8"),
                         ("stream-after.json", "Stream after")):
         stream = _load(name)
         if stream:

@@ -103,7 +103,10 @@ def setup_database(admin_url: str, auth: str, docs: int) -> None:
 
 SCENARIOS = (("GET doc", "get.lua"), ("PUT doc", "put.lua"), ("view", "view.lua"))
 TARGETS = ("direct", "nginx", "gateway")
-COLORS = {"direct": "tab:blue", "nginx": "tab:orange", "gateway": "tab:green"}
+#: With ``--compare-build``: the gateway of another checkout, measured in the same rounds.
+BASELINE_BUILD = "gateway (baseline build)"
+COLORS = {"direct": "tab:blue", "nginx": "tab:orange", "gateway": "tab:green",
+          BASELINE_BUILD: "tab:gray"}
 METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cpu_us_per_req", "wrk_cpu")
 
 
@@ -116,6 +119,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--output", default=str(RESULTS / "rest_proxy.json"))
+    parser.add_argument("--compare-build", type=Path, metavar="CHECKOUT",
+                        help="also run the gateway of this checkout (e.g. a git worktree of "
+                             "an older commit) as a fourth target, interleaved like the others")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -124,7 +130,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-rest-", dir=ROOT / "var"))
     upstream = start_upstream(workdir)
     auth = basic(upstream.admin_username, upstream.admin_password)
-    nginx = gateway = None
+    nginx = gateway = baseline = None
     started = time.time()
     load_before = os.getloadavg()
     try:
@@ -145,9 +151,22 @@ def main() -> None:
             "nginx": "/bench/_design/b/_view/by_n?startkey=100&limit=20",
             "gateway": "/api/v1/db/bench/views/b/by_n?startkey=100&limit=20",
         }
+        names = list(TARGETS)
+        baseline_commit = None
+        if args.compare_build is not None:
+            baseline = Gateway.start(upstream.admin_url, checkout=args.compare_build.resolve())
+            targets[BASELINE_BUILD] = (f"http://127.0.0.1:{baseline.port}", "/api/v1/db/",
+                                       [baseline.process.pid])
+            doc_paths[BASELINE_BUILD] = doc_paths["gateway"]
+            view_paths[BASELINE_BUILD] = view_paths["gateway"]
+            names.append(BASELINE_BUILD)
+            baseline_commit = subprocess.run(
+                ["git", "-C", str(args.compare_build), "rev-parse", "--short", "HEAD"],
+                capture_output=True, text=True, check=False).stdout.strip() or None
         runs: list[dict[str, Any]] = []
         for round_no in range(args.rounds):
-            order = TARGETS[round_no % 3:] + TARGETS[:round_no % 3]
+            shift = round_no % len(names)
+            order = names[shift:] + names[:shift]
             for scenario, script in SCENARIOS:
                 db = "bench_w" if script == "put.lua" else "bench"
                 for concurrency in args.concurrency:
@@ -156,7 +175,7 @@ def main() -> None:
                         env = {"BENCH_PREFIX": prefix + doc_paths[name].format(db=db),
                                "BENCH_AUTH": auth, "BENCH_DOCS": str(args.docs),
                                "BENCH_PATH": view_paths[name],
-                               "BENCH_TAG": f"{name}-{concurrency}-{time.monotonic_ns()}"}
+                               "BENCH_TAG": f"{name.split()[0]}{len(name)}-{concurrency}-{time.monotonic_ns()}"}
                         cpu_before = cpu_seconds(pids)
                         up_before = cpu_seconds(upstream_pids)
                         measured = run_wrk(base + "/", script, concurrency, args.duration, env)
@@ -175,13 +194,15 @@ def main() -> None:
         out.write_text(json.dumps({
             "benchmark": "rest_proxy", "started": started, "duration_s": args.duration,
             "rounds": args.rounds, "docs": args.docs, "loadavg_before": load_before,
+            "baseline_build": baseline_commit,
             "loadavg_after": os.getloadavg(), "machine": machine(), "results": results,
             "runs": runs}, indent=2))
         print(markdown(results))
         plot(results, out.with_suffix(".png"))
     finally:
-        if gateway:
-            gateway.stop()
+        for proxy in (gateway, baseline):
+            if proxy:
+                proxy.stop()
         if nginx:
             nginx.stop()
         upstream.stop()
@@ -201,7 +222,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["errors"] = sum(r["non_2xx"] + r["socket_errors"] for r in rows)
         results.append(row)
     order = {s: i for i, (s, _) in enumerate(SCENARIOS)}
-    results.sort(key=lambda r: (order[r["scenario"]], r["concurrency"], TARGETS.index(r["target"])))
+    ranks = {name: i for i, name in enumerate((*TARGETS, BASELINE_BUILD))}
+    results.sort(key=lambda r: (order[r["scenario"]], r["concurrency"], ranks[r["target"]]))
     return results
 
 
@@ -246,15 +268,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                     key=lambda g: ([s for s, _ in SCENARIOS].index(g[0]), g[1]))
     index = {(r["scenario"], r["concurrency"], r["target"]): r for r in results}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.27
+    width = 0.2
     for ax, metric, label in ((axes[0], "rps", "requests/s (higher is better)"),
                               (axes[1], "p50_ms", "p50 latency, ms (lower is better)"),
                               (axes[2], "cpu_us_per_req", "proxy CPU µs per request")):
-        for i, target in enumerate(TARGETS):
+        present = [t for t in (*TARGETS, BASELINE_BUILD) if (*groups[0], t) in index]
+        for i, target in enumerate(present):
             if metric == "cpu_us_per_req" and target == "direct":
                 continue
             values = [index[(s, c, target)][metric] for s, c in groups]
-            ax.bar([g + (i - 1) * width for g in range(len(groups))], values, width, label=target,
+            offset = (i - (len(present) - 1) / 2) * width
+            ax.bar([g + offset for g in range(len(groups))], values, width, label=target,
                    color=COLORS[target])
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{s}\nc={c}" for s, c in groups], fontsize=8)

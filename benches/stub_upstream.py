@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from benches.stream import BLOCK, blocks
+from benches.stream import BLOCK, blocks_in_place
 
 STORED: dict[str, tuple[int, int]] = {}
 
@@ -77,7 +77,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, see
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                              f"Content-Length: {size}\r\n\r\n".encode())
                 if method == "GET":
-                    for block in blocks(size, seed):
+                    # Views of one buffer: asyncio sends at once or copies what is left
+                    # into its own buffer, so rewriting it for the next block is safe.
+                    for block in blocks_in_place(size, seed):
                         writer.write(block)
                         await writer.drain()
             elif method == "GET" and len(parts) == 2 and "/".join(parts) in STORED:
