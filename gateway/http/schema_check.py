@@ -170,11 +170,7 @@ class _Compiler:
         def check(value: Any) -> bool:
             if not isinstance(value, str):
                 return True
-            if low is not None and len(value) < low:
-                return False
-            if high is not None and len(value) > high:
-                return False
-            return search is None or search(value) is not None
+            return _sized(len(value), low, high) and (search is None or search(value) is not None)
 
         return check
 
@@ -239,13 +235,14 @@ class _Compiler:
         def check(value: Any) -> bool:
             if not isinstance(value, list):
                 return True
-            if low is not None and len(value) < low:
-                return False
-            if high is not None and len(value) > high:
-                return False
-            return each is None or all(each(item) for item in value)
+            return _sized(len(value), low, high) and (each is None or all(map(each, value)))
 
         return check
+
+
+def _sized(size: int, low: int | None, high: int | None) -> bool:
+    """``minLength``/``maxLength`` and ``minItems``/``maxItems``: within the bounds given."""
+    return (low is None or size >= low) and (high is None or size <= high)
 
 
 def _scalars(values: Any) -> list[Any]:
