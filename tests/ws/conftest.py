@@ -19,6 +19,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import ForwardedAuth
+from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired
 from gateway.ws.protocol import SERVER_TYPES, validator
 from gateway.ws.server import ChangesService, WsIdentity
@@ -170,6 +171,26 @@ async def open_client(reactor: Any, url: str, *, headers: dict[str, str] | None 
         await sleep(reactor, 0.005)
     await built[0].opened
     return Client(built[0], reactor)
+
+
+#: ``(transport, method, segments, kwargs) -> what to record`` (``None``: nothing).
+Recorder = Callable[[CouchTransport, str, list[str], dict[str, Any]], Any]
+
+
+def spy_on_upstream(monkeypatch: Any, record: Recorder) -> list[Any]:
+    """Watch every JSON request to CouchDB; returns the list ``record`` fills."""
+    seen: list[Any] = []
+    original = CouchTransport.request
+
+    async def spying(self: CouchTransport, method: str, segments: Any, *args: Any,
+                     **kwargs: Any) -> Any:
+        entry = record(self, method, list(segments), kwargs)
+        if entry is not None:
+            seen.append(entry)
+        return await original(self, method, segments, *args, **kwargs)
+
+    monkeypatch.setattr(CouchTransport, "request", spying)
+    return seen
 
 
 def sleep(reactor: Any, seconds: float) -> Deferred[None]:

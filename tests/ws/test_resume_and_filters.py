@@ -5,55 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 
 from gateway.couch import Database
 from tests.conftest import CouchBackend
-from tests.ws.conftest import WsServer, sleep
-
-
-async def _writer(db: Database, prefix: str, count: int, reactor: Any) -> list[str]:
-    ids = []
-    for i in range(count):
-        await db.save({"_id": f"{prefix}{i:04d}", "n": i})
-        ids.append(f"{prefix}{i:04d}")
-        if i % 5 == 0:
-            await sleep(reactor, 0.001)
-    return ids
+from tests.ws.conftest import WsServer
+from tests.ws.resume_support import resume_point, resume_while_writing
 
 
 async def test_resume_from_seq_while_writes_race_the_join(
     ws_server: WsServer, db: Database, make_user: Any, reactor: Any
 ) -> None:
-    user = await make_user()
-    token = await ws_server.login(user)
-    # A live subscriber keeps the shared feed open (the join happens on a running feed).
-    watcher = await ws_server.connect(token)
-    await watcher.subscribe("w", db.name)
-    first = await ws_server.connect(token)
-    await first.subscribe("s", db.name)
-    await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(30)])
-    got = await first.collect_changes(30)
-    resume_from = got[14]["seq"]
-    expected_after = [c["id"] for c in got[15:]]
-    await first.close()
-
-    for round_ in range(3):
-        writing = Deferred.fromCoroutine(_writer(db, f"r{round_}-", 60, reactor))
-        await sleep(reactor, 0.02)
-        client = await ws_server.connect(token)
-        answer = await client.subscribe("s", db.name, since=resume_from)
-        assert answer["type"] == "subscribed" and answer["since"] == resume_from
-        written = await writing
-        wanted = expected_after + written
-        changes = await client.collect_changes(len(wanted))
-        ids = [c["id"] for c in changes]
-        assert ids == wanted, f"gap or duplicate at the join (round {round_})"
-        # nothing more (no duplicate arrives late)
-        await db.save({"_id": f"end{round_}"})
-        assert (await client.next("change"))["id"] == f"end{round_}"
-        expected_after = [*wanted, f"end{round_}"]
-        await client.close()
+    token = await ws_server.login(await make_user())
+    resume_from, expected_after = await resume_point(ws_server, db, token)
+    await resume_while_writing(ws_server, db, token, reactor, resume_from, expected_after)
     assert ws_server.feeds() == 1
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
-
 from gateway.couch import Database
-from gateway.couch.transport import CouchTransport
 from gateway.ws.hub import PreparedChange, RecentChanges
 from tests.ws.conftest import WsServer, sleep
-from tests.ws.test_resume_and_filters import _writer
+from tests.ws.resume_support import resume_point, resume_while_writing, spy_on_catch_ups
 
 
 def _change(seq: Any, doc_id: str = "d", size: int = 10) -> PreparedChange:
@@ -50,45 +47,12 @@ def test_recent_changes_bounded_by_bytes_and_ambiguous_seqs() -> None:
 async def test_resume_from_memory_while_writes_race_the_join(
     ws_server: WsServer, db: Database, make_user: Any, reactor: Any, monkeypatch: Any,
 ) -> None:
-    user = await make_user()
-    token = await ws_server.login(user)
-    watcher = await ws_server.connect(token)
-    await watcher.subscribe("w", db.name)
-    first = await ws_server.connect(token)
-    await first.subscribe("s", db.name)
-    await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(30)])
-    got = await first.collect_changes(30)
-    resume_from = got[14]["seq"]
-    expected_after = [c["id"] for c in got[15:]]
-    await first.close()
-
-    catch_ups: list[Any] = []
-    original = CouchTransport.request
-
-    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
-                       **kwargs: Any) -> Any:
-        if list(segments)[-1:] == ["_changes"] and self is not ws_server.service.hub.transport:
-            catch_ups.append(kwargs.get("params"))
-        return await original(self, method, segments, *args, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "request", counting)
-    metrics = ws_server.service.metrics
-    for round_ in range(3):
-        writing = Deferred.fromCoroutine(_writer(db, f"r{round_}-", 60, reactor))
-        await sleep(reactor, 0.02)
-        client = await ws_server.connect(token)
-        answer = await client.subscribe("s", db.name, since=resume_from)
-        assert answer["type"] == "subscribed" and answer["since"] == resume_from
-        written = await writing
-        wanted = expected_after + written
-        changes = await client.collect_changes(len(wanted))
-        assert [c["id"] for c in changes] == wanted, f"gap or duplicate (round {round_})"
-        await db.save({"_id": f"end{round_}"})
-        assert (await client.next("change"))["id"] == f"end{round_}"
-        expected_after = [*wanted, f"end{round_}"]
-        await client.close()
+    token = await ws_server.login(await make_user())
+    resume_from, expected_after = await resume_point(ws_server, db, token)
+    catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
+    await resume_while_writing(ws_server, db, token, reactor, resume_from, expected_after)
     assert catch_ups == []  # no upstream catch-up read at all
-    assert metrics.resumes_from_memory == 3
+    assert ws_server.service.metrics.resumes_from_memory == 3
 
 
 async def test_resume_older_than_the_ring_reads_changes_upstream(
@@ -102,16 +66,7 @@ async def test_resume_older_than_the_ring_reads_changes_upstream(
     feed.recent.max_changes = 5
     await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(20)])
     got = await watcher.collect_changes(20)
-    catch_ups: list[Any] = []
-    original = CouchTransport.request
-
-    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
-                       **kwargs: Any) -> Any:
-        if list(segments)[-1:] == ["_changes"] and self is not ws_server.service.hub.transport:
-            catch_ups.append(kwargs.get("params"))
-        return await original(self, method, segments, *args, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "request", counting)
+    catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
     old = await ws_server.connect(token)
     assert (await old.subscribe("s", db.name, since=got[2]["seq"]))["type"] == "subscribed"
     assert [c["id"] for c in await old.collect_changes(17)] == [c["id"] for c in got[3:]]
@@ -169,16 +124,7 @@ async def test_sockets_lost_together_resume_from_memory_within_the_linger(
         await db.save({"_id": doc_id})
     await sleep(reactor, 0.2)
 
-    catch_ups: list[Any] = []
-    original = CouchTransport.request
-
-    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
-                       **kwargs: Any) -> Any:
-        if list(segments)[-1:] == ["_changes"] and self is not hub.transport:
-            catch_ups.append(kwargs.get("params"))
-        return await original(self, method, segments, *args, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "request", counting)
+    catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
     back = [await ws_server.connect(token) for _ in clients]
     for client, seq in zip(back, last, strict=True):
         assert (await client.subscribe("s", db.name, since=seq))["type"] == "subscribed"

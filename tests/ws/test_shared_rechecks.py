@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
-from gateway.couch.transport import CouchTransport
-from tests.ws.conftest import WsServer, sleep, ws_settings
+from tests.ws.conftest import WsServer, sleep, spy_on_upstream, ws_settings
 
 
 async def _wait(reactor: Any, condition: Any, seconds: float = 5.0) -> None:
@@ -33,16 +32,8 @@ async def test_one_recheck_per_credential_and_database(
     assert len(factory.identities) == 2  # one shared upstream transport per credential
     assert len({id(c.user_transport) for c in factory.connections}) == 2
 
-    checks: list[Any] = []
-    original = CouchTransport.request
-
-    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
-                       **kwargs: Any) -> Any:
-        if method == "GET" and list(segments) == [db.name]:
-            checks.append(self)
-        return await original(self, method, segments, *args, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "request", counting)
+    checks = spy_on_upstream(monkeypatch, lambda transport, method, segments, _: (
+        transport if method == "GET" and segments == [db.name] else None))
     window = 1.2
     await sleep(reactor, window)
     # Per connection this would be 13 * window / interval = 78 requests; per pair, at

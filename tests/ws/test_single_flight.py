@@ -11,12 +11,11 @@ from twisted.internet.task import Clock
 
 from gateway.config import Settings
 from gateway.couch import Database
-from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired, Forbidden, Unauthorized
 from gateway.identity import IdentityCache, identify
 from gateway.singleflight import Flight, single_flight
 from gateway.ws.access import AuthorizationCache
-from tests.ws.conftest import WsServer
+from tests.ws.conftest import WsServer, spy_on_upstream
 
 
 class _Couch:
@@ -139,17 +138,11 @@ async def test_concurrent_subscribes_of_one_user_share_one_authorization(
     server: WsServer = await make_server()
     token = await server.login(await make_user())
     clients = [await server.connect(token) for _ in range(10)]
-    asked: list[Any] = []
-    original = CouchTransport.request
-
-    async def counting(self: CouchTransport, method: str, segments: Any, *args: Any,
-                       **kwargs: Any) -> Any:
-        if method == "GET" and list(segments) == [db.name] and self is not service_transport:
-            asked.append(segments)  # as the user (the hub may also look, as the service)
-        return await original(self, method, segments, *args, **kwargs)
-
     service_transport = server.service.hub.transport
-    monkeypatch.setattr(CouchTransport, "request", counting)
+    # As the user (the hub may also look, as the service).
+    asked = spy_on_upstream(monkeypatch, lambda transport, method, segments, _: (
+        segments if method == "GET" and segments == [db.name]
+        and transport is not service_transport else None))
     for i, client in enumerate(clients):
         client.send({"type": "subscribe", "id": f"s{i}", "db": db.name})
     for client in clients:
