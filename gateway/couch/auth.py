@@ -67,7 +67,27 @@ class NoAuth:
         return "NoAuth()"
 
 
-class BasicAuth:
+class _FixedAuthorization:
+    """Credentials sent as one fixed ``Authorization`` header.
+
+    They cannot renew themselves (a 401 is final) and cookies are no business of theirs.
+    """
+
+    _header: str
+
+    async def headers(self) -> HeaderMap:
+        """The ``Authorization`` header."""
+        return {"Authorization": self._header}
+
+    async def renew(self) -> bool:
+        """Fixed credentials: nothing to renew."""
+        return False
+
+    def observe(self, set_cookie_headers: Sequence[str]) -> None:
+        """Ignore cookies."""
+
+
+class BasicAuth(_FixedAuthorization):
     """HTTP Basic authentication.
 
     Args:
@@ -80,22 +100,11 @@ class BasicAuth:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._header = f"Basic {token}"
 
-    async def headers(self) -> HeaderMap:
-        """An ``Authorization: Basic`` header."""
-        return {"Authorization": self._header}
-
-    async def renew(self) -> bool:
-        """Basic credentials are fixed: a 401 is final."""
-        return False
-
-    def observe(self, set_cookie_headers: Sequence[str]) -> None:
-        """Ignore cookies."""
-
     def __repr__(self) -> str:
         return f"BasicAuth(username={self.username!r}, password=<hidden>)"
 
 
-class BearerAuth:
+class BearerAuth(_FixedAuthorization):
     """A JWT bearer token (CouchDB's ``jwt_authentication_handler``).
 
     Args:
@@ -104,17 +113,6 @@ class BearerAuth:
 
     def __init__(self, token: str) -> None:
         self._header = f"Bearer {token}"
-
-    async def headers(self) -> HeaderMap:
-        """An ``Authorization: Bearer`` header."""
-        return {"Authorization": self._header}
-
-    async def renew(self) -> bool:
-        """A token cannot renew itself."""
-        return False
-
-    def observe(self, set_cookie_headers: Sequence[str]) -> None:
-        """Ignore cookies."""
 
     def __repr__(self) -> str:
         return "BearerAuth(token=<hidden>)"
