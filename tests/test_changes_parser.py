@@ -271,7 +271,7 @@ class FakeCouch:
     async def open_stream(self, method: str, segments: list[str], **kwargs: Any) -> Any:
         body = kwargs.get("body")
         self.requests.append(
-            (method, dict(kwargs["params"]), getattr(body, "_data", None), kwargs.get("headers"))
+            (method, dict(kwargs["params"]), getattr(body, "data", None), kwargs.get("headers"))
         )
         outcome = self.outcomes.pop(0) if self.outcomes else FakeResponse()
         if isinstance(outcome, Exception):

@@ -48,7 +48,7 @@ from gateway.errors import (
     UpstreamServerError,
 )
 
-__all__ = ["CouchResponse", "CouchTransport", "Reactor", "read_body"]
+__all__ = ["BytesBody", "CouchResponse", "CouchTransport", "Reactor", "read_body"]
 
 T = TypeVar("T")
 
@@ -120,14 +120,22 @@ def _agent_for(reactor: Any, pool: webclient.HTTPConnectionPool) -> webclient.Ag
 
 
 @implementer(IBodyProducer)
-class _Bytes:
-    """A body already in memory, written in one go (no cooperator turn)."""
+class BytesBody:
+    """A request body already in memory, written in one go.
+
+    Twisted's ``FileBodyProducer`` would write it from a cooperator task, a reactor turn
+    later (and through the global reactor's cooperator).
+
+    Args:
+        data: The body.
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.length = len(data)
 
     def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        """Write the whole body now."""
         consumer.write(self.data)
         return succeed(None)
 
@@ -349,7 +357,7 @@ class CouchTransport:
                 raw_headers.setRawHeaders(name, [value])
             if json is not _NO_BODY:
                 raw_headers.setRawHeaders(b"content-type", _JSON_TYPE)
-            body = _Bytes(content) if isinstance(content, bytes) else content
+            body = BytesBody(content) if isinstance(content, bytes) else content
             try:
                 response = await self._agent.request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:

@@ -74,8 +74,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
 
 from gateway.couch.changes.backoff import Backoff
 from gateway.couch.changes.handlers import call_handler
@@ -87,10 +85,10 @@ from gateway.couch.changes.parser import (
     FeedErrorLine,
     FeedEvent,
 )
+from gateway.couch.transport import BytesBody
 from gateway.errors import CouchError, CouchUnreachable, FeedProtocolError, GatewayError
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IConsumer
 
     from gateway.couch.transport import CouchTransport
 
@@ -177,28 +175,6 @@ def _describe(error: BaseException | Failure) -> str:
         inner = ", ".join(type(r.value).__name__ for r in reasons)
         return f"connection to CouchDB lost ({type(exc).__name__}: {inner})"
     return f"connection to CouchDB lost ({type(exc).__name__})"
-
-
-@implementer(IBodyProducer)
-class _JSONBody:
-    """A tiny in-memory body producer (no cooperator, hence no global reactor)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data) if data else UNKNOWN_LENGTH
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        """Nothing to pause: the body is written at once."""
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        """Nothing to resume."""
-
-    def stopProducing(self) -> None:  # noqa: N802
-        """Nothing to stop."""
 
 
 class _RecentRevisions:
@@ -599,7 +575,7 @@ class ChangesFeed(Service):
             method,
             [self.db_name, "_changes"],
             params=params,
-            body=_JSONBody(body) if body is not None else None,
+            body=BytesBody(body) if body is not None else None,
             headers={"Content-Type": "application/json"} if body is not None else None,
             timeout=self.connect_timeout + self.heartbeat,
         )
