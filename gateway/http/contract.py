@@ -135,10 +135,7 @@ class Contract:
 
     def _deref(self, obj: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in obj:
-            node: Any = self.document
-            for part in obj["$ref"].lstrip("#/").split("/"):
-                node = node[part]
-            obj = node
+            obj = self._resolve(obj["$ref"])
         return obj
 
     @cache  # noqa: B019 - one contract per process; validators are costly to build

@@ -46,7 +46,7 @@ class GatewayRequest(server.Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self.request_id = os.urandom(16).hex()  # as random as uuid4().hex, at a third of its cost
+        self.request_id = os.urandom(16).hex()  # as random as uuid4().hex, at a quarter of its cost
         self.route = "unmatched"
         self.user_name: str | None = None
         self.error_code: str | None = None
