@@ -48,7 +48,9 @@ from gateway.errors import (
     UpstreamServerError,
 )
 
-__all__ = ["BytesBody", "CouchResponse", "CouchTransport", "Reactor", "read_body"]
+__all__ = [
+    "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "body_complete", "read_body",
+]
 
 T = TypeVar("T")
 
@@ -189,13 +191,19 @@ def _decode_json(raw: bytes, status: int) -> Any:
         return {"error": "bad_response", "reason": reason}
 
 
-class _BodyReader(Protocol):
-    """Collects a small body into :attr:`finished`: ``treq.content`` without ``Failure.check``.
+def body_complete(reason: Failure) -> bool:
+    """Whether a response body's ``connectionLost`` reason means it arrived whole.
 
-    ``Failure.check`` formats the qualified name of every class in the reason's MRO; for
-    the ``ResponseDone`` that ends every answer, that was 4 % of the gateway's CPU per
-    view request (BENCHMARKS.md). The exception's type is enough here.
+    ``ResponseDone``, or ``PotentialDataLoss`` for an answer without ``Content-Length``
+    ended by its connection (complete under HTTP/1.0 framing; treq accepts it too). The
+    type is tested directly: ``Failure.check`` formats the qualified name of every class
+    in the reason's MRO, 4 % of the gateway's CPU per view request (BENCHMARKS.md).
     """
+    return isinstance(reason.value, (ResponseDone, PotentialDataLoss))
+
+
+class _BodyReader(Protocol):
+    """Collects a small body into :attr:`finished` (``treq.content``, see :func:`body_complete`)."""
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
@@ -207,9 +215,7 @@ class _BodyReader(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self.finished.called:  # cancelled (a timeout): the transfer was stopped
             return
-        # PotentialDataLoss: an answer without Content-Length ended by its connection,
-        # complete under HTTP/1.0 framing (treq accepts it too).
-        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
+        if body_complete(reason):
             self.finished.callback(b"".join(self._parts))
         else:
             self.finished.errback(reason)

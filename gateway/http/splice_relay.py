@@ -67,11 +67,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web._newclient import LengthEnforcingConsumer
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from gateway.couch.transport import body_complete
 from gateway.eager_write import nothing_queued
 
 __all__ = [
@@ -408,10 +407,6 @@ def _failure(exc: BaseException) -> Failure:
     return Failure(exc)  # type: ignore[no-untyped-call]
 
 
-def _done_reading(reason: Failure) -> bool:
-    return reason.check(ResponseDone, PotentialDataLoss) is not None  # type: ignore[no-untyped-call]
-
-
 class _SpliceWorker:
     """What a spliced transfer in either direction does around its worker thread.
 
@@ -561,11 +556,11 @@ class _Transfer(_SpliceWorker, Protocol):
         request.write(prefix)  # the response headers, then the body bytes Twisted holds
         self._relayed = len(prefix)
         if lost is not None and not (
-            _done_reading(lost) and len(prefix) == plan.length
+            body_complete(lost) and len(prefix) == plan.length
         ):
             self._fail(lost)
         elif len(prefix) == plan.length:
-            self._upstream_done = lost is not None and _done_reading(lost)
+            self._upstream_done = lost is not None and body_complete(lost)
             self._end(None)
         else:
             # Not now: the parser may still hand over the rest of its read (dataReceived).

@@ -35,11 +35,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from gateway.couch.transport import body_complete
 from gateway.eager_write import write_now
 from gateway.http.splice_relay import BodySource, Splicer
 
@@ -325,7 +325,7 @@ class _Relay(Protocol):
         self.request.unregisterProducer()
         for raw in self._widened:
             narrow(raw)
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+        if reason is None or body_complete(reason):
             self.done.callback(self.sent)
         else:
             self.done.errback(reason)
