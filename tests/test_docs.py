@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,3 +20,8 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
 
 def test_readme_names_the_two_commands() -> None:
     assert "make run" in README and "make test" in README
+    # The fresh-machine commands, and CI runs the README's test command.
+    root = Path(__file__).resolve().parent.parent
+    assert "```bash\n./wallaby run\n```" in README and "```bash\n./wallaby test\n```" in README
+    assert os.access(root / "wallaby", os.X_OK)
+    assert "./wallaby test" in (root / ".ci" / "run").read_text()
