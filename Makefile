@@ -32,9 +32,11 @@ lint: install
 
 check: lint test
 
-## bench-rest: REST proxy cost, direct vs nginx vs gateway (needs Debian's wrk and nginx; ~5 min)
+## bench-rest: REST proxy cost, direct vs nginx vs gateway (needs Debian's wrk and nginx), once
+## with the scheduler placing every process, once with the proxy on a CPU of its own (~12 min)
 bench-rest: install
 	timeout 900 $(BIN)/python -m benches.rest_proxy
+	timeout 900 $(BIN)/python -m benches.rest_proxy --placement split --output benches/results/rest_proxy-split.json
 
 ## bench-fanout: WebSocket fan-out to 100/1,000/10,000 subscribers vs direct feeds, 20
 ## changes/s to 10,000 (200,000 deliveries/s offered), a broadcast (1 change/s) to

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benches.procs import ROOT
+from benches.procs import ROOT, pin
 from benches.wsbench import (
     RESULTS,
     LoadProcess,
@@ -181,10 +181,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the gateway during each write phase (results/profile-*.txt)")
     parser.add_argument("--output", default=str(RESULTS / "fanout.json"))
+    parser.add_argument("--placement", choices=("shared", "split"), default="shared",
+                        help="shared: the scheduler places every process; split: the "
+                             "gateway on CPU 1, everything else (upstream, load clients, "
+                             "writer) on CPU 0")
     args = parser.parse_args()
     started = time.time()
     load_before = os.getloadavg()
+    if args.placement == "split":
+        # Children started from here on (upstream, nginx, load clients) inherit CPU 0.
+        pin([os.getpid()], {0})
     stack = Stack.start("bench-fanout-", extra_env=gateway_env())
+    if args.placement == "split":
+        pin([stack.gateway.process.pid], {1})
     rows = []
     try:
         configs = [("http", n) for n in args.baseline] + [("ws", n) for n in args.clients]
@@ -215,6 +224,7 @@ def main() -> None:
                                "gateway_env": gateway_env(),
                                "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                                "machine": machine(), "rate_per_s": args.rate,
+                               "placement": args.placement,
                                "seconds": args.seconds, "results": rows}, indent=2))
     print(markdown(rows))
     plot(rows, out.with_suffix(".png"))

@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 only. Each helper returns an object with ``stop(
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -36,6 +37,29 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def preemptions(pids: list[int]) -> int:
+    """Involuntary context switches so far, summed over every thread of the processes.
+
+    A thread is switched out involuntarily when the scheduler gives its CPU to another
+    thread while it still had work: how much other processes get in its way.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -51,6 +75,21 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(p) for p in text.split()]
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Restrict every thread of the given processes to ``cpus`` (``sched_setaffinity``).
+
+    Threads started later inherit the mask of the thread that starts them.
+    """
+    for pid in pids:
+        try:
+            tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def stop_on_sigterm() -> None:

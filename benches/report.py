@@ -92,13 +92,14 @@ def send_floor_table(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    for name in ("rest_proxy.json", "rest_proxy-s9.json", "rest_proxy-s8.json"):
+    for name in ("rest_proxy.json", "rest_proxy-split.json", "rest_proxy-s10.json",
+                 "rest_proxy-s9.json", "rest_proxy-s8.json"):
         rest = _load(name)
         if rest:
             print(f"## {name}\n" + _context(rest) + "\n\n" + rest_proxy.markdown(rest["results"])
                   + "\n")
     for name in ("fanout.json", "fanout-throughput.json", "fanout-broadcast.json",
-                 "fanout-s9.json", "fanout-throughput-s9.json", "fanout-broadcast-s9.json",
+                 "fanout-broadcast-split.json", "fanout-s9.json", "fanout-throughput-s9.json", "fanout-broadcast-s9.json",
                  "fanout-s8.json", "fanout-broadcast-s8.json", "fanout-after-f1-f5.json",
                  "fanout-broadcast-after-f1-f5.json", "fanout-broadcast-norecheck.json",
                  "fanout-broadcast-fastsend.json", "fanout-norecheck.json",

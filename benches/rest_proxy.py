@@ -1,6 +1,8 @@
 """Benchmark 1: REST proxy cost — direct vs nginx vs the gateway, measured with wrk.
 
 Usage: ``make bench-rest`` (or ``.venv/bin/python -m benches.rest_proxy --duration 10``).
+``--placement split`` pins the upstream server and wrk to CPU 0 and the proxy under
+test to CPU 1; the default lets the scheduler place every process.
 
 Every figure is reported next to the baselines measured in the same run: requests/s,
 p50/p99 latency, and CPU seconds per request of the proxy process (gateway vs nginx),
@@ -31,6 +33,8 @@ from benches.procs import (
     children,
     couch_request,
     cpu_seconds,
+    pin,
+    preemptions,
     start_upstream,
     stop_on_sigterm,
 )
@@ -65,14 +69,17 @@ def parse_wrk(output: str) -> dict[str, float]:
     return result
 
 
-def run_wrk(url: str, script: str, concurrency: int, duration: int, env: dict[str, str]) -> dict[str, float]:
+def run_wrk(url: str, script: str, concurrency: int, duration: int, env: dict[str, str],
+            cpus: set[int] | None = None) -> dict[str, float]:
     """One wrk run (one thread: the machine has 2 cores, one is the server's).
 
     Also returns wrk's own CPU use as a fraction of one core (``wrk_cpu``), from
     ``RUSAGE_CHILDREN``: the check that the load generator is not the bottleneck.
+    ``cpus`` restricts wrk to those CPUs.
     """
     full_env = dict(os.environ, **env)
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency",
+    command = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    command += ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency",
                "-s", str(LUA / script), url]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -107,7 +114,12 @@ TARGETS = ("direct", "nginx", "gateway")
 BASELINE_BUILD = "gateway (baseline build)"
 COLORS = {"direct": "tab:blue", "nginx": "tab:orange", "gateway": "tab:green",
           BASELINE_BUILD: "tab:gray"}
-METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cpu_us_per_req", "wrk_cpu")
+#: ``--placement split``: the upstream server and wrk share CPU 0, the proxy under test
+#: (nginx or the gateway) has CPU 1 to itself, as when CouchDB runs on its own machine.
+SPLIT_UPSTREAM_CPUS = {0}
+SPLIT_PROXY_CPUS = {1}
+METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cpu_us_per_req", "wrk_cpu",
+           "preemptions_per_req")
 
 
 def main() -> None:
@@ -122,7 +134,12 @@ def main() -> None:
     parser.add_argument("--compare-build", type=Path, metavar="CHECKOUT",
                         help="also run the gateway of this checkout (e.g. a git worktree of "
                              "an older commit) as a fourth target, interleaved like the others")
+    parser.add_argument("--placement", choices=("shared", "split"), default="shared",
+                        help="shared: every process may run on every CPU (the scheduler "
+                             "decides); split: upstream and wrk on CPU 0, the proxy on CPU 1")
     args = parser.parse_args()
+    if args.placement == "split" and (os.cpu_count() or 1) < 2:
+        raise SystemExit("--placement split needs at least 2 CPUs")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     stop_on_sigterm()
@@ -163,6 +180,12 @@ def main() -> None:
             baseline_commit = subprocess.run(
                 ["git", "-C", str(args.compare_build), "rev-parse", "--short", "HEAD"],
                 capture_output=True, text=True, check=False).stdout.strip() or None
+        wrk_cpus = None
+        if args.placement == "split":
+            pin(upstream_pids, SPLIT_UPSTREAM_CPUS)
+            for name in names:
+                pin(targets[name][2], SPLIT_PROXY_CPUS)
+            wrk_cpus = SPLIT_UPSTREAM_CPUS
         runs: list[dict[str, Any]] = []
         for round_no in range(args.rounds):
             shift = round_no % len(names)
@@ -177,13 +200,18 @@ def main() -> None:
                                "BENCH_PATH": view_paths[name],
                                "BENCH_TAG": f"{name.split()[0]}{len(name)}-{concurrency}-{time.monotonic_ns()}"}
                         cpu_before = cpu_seconds(pids)
+                        preempted_before = preemptions(pids)
                         up_before = cpu_seconds(upstream_pids)
-                        measured = run_wrk(base + "/", script, concurrency, args.duration, env)
+                        measured = run_wrk(base + "/", script, concurrency, args.duration, env,
+                                           wrk_cpus)
                         cpu = cpu_seconds(pids) - cpu_before
+                        preempted = preemptions(pids) - preempted_before
                         up_cpu = cpu_seconds(upstream_pids) - up_before
                         n = measured["requests"]
                         measured["cpu_us_per_req"] = cpu / n * 1e6 if pids and n else float("nan")
                         measured["upstream_cpu_us_per_req"] = up_cpu / n * 1e6 if n else float("nan")
+                        measured["preemptions_per_req"] = (preempted / n if pids and n
+                                                           else float("nan"))
                         row = {"round": round_no, "scenario": scenario,
                                "concurrency": concurrency, "target": name, **measured}
                         runs.append(row)
@@ -194,6 +222,7 @@ def main() -> None:
         out.write_text(json.dumps({
             "benchmark": "rest_proxy", "started": started, "duration_s": args.duration,
             "rounds": args.rounds, "docs": args.docs, "loadavg_before": load_before,
+            "placement": args.placement,
             "baseline_build": baseline_commit,
             "loadavg_after": os.getloadavg(), "machine": machine(), "results": results,
             "runs": runs}, indent=2))
@@ -240,8 +269,9 @@ def machine() -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]]) -> str:
     """A table with ratios against direct and nginx in the same run."""
     lines = ["| scenario | c | target | req/s | p50 ms | p99 ms | added p50 vs direct | "
-             "req/s ÷ nginx | proxy CPU µs/req | upstream CPU µs/req | wrk CPU | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "req/s ÷ nginx | proxy CPU µs/req | proxy preempted /req | upstream CPU µs/req | "
+             "wrk CPU | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     index = {(r["scenario"], r["concurrency"], r["target"]): r for r in results}
     for r in results:
         direct = index[(r["scenario"], r["concurrency"], "direct")]
@@ -249,10 +279,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
         added = r["p50_ms"] - direct["p50_ms"]
         ratio = r["rps"] / nginx["rps"] if nginx["rps"] else float("nan")
         cpu = "-" if r["cpu_us_per_req"] != r["cpu_us_per_req"] else f"{r['cpu_us_per_req']:.0f}"
+        preempted = r.get("preemptions_per_req", float("nan"))
+        preempted_text = "-" if preempted != preempted else f"{preempted:.2f}"
         lines.append(
             f"| {r['scenario']} | {r['concurrency']} | {r['target']} | {r['rps']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added:+.2f} ms | {ratio:.2f} | "
-            f"{cpu} | {r['upstream_cpu_us_per_req']:.0f} | {r['wrk_cpu']:.0%} | "
+            f"{cpu} | {preempted_text} | {r['upstream_cpu_us_per_req']:.0f} | {r['wrk_cpu']:.0%} | "
             f"{int(r['errors'])} |")
     return "\n".join(lines)
 
