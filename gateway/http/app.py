@@ -53,6 +53,7 @@ from gateway.errors import (
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
+from gateway.http.conditional import REVALIDATE, content_etag, etag_matches, not_modified
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
@@ -268,6 +269,8 @@ class GatewayApp:
         couch: CouchServer,
         method: str,
         segments: list[str],
+        *,
+        revalidate: bool = False,
         **kwargs: Any,
     ) -> bytes:
         """Send a JSON request upstream and answer with CouchDB's status and body.
@@ -275,10 +278,29 @@ class GatewayApp:
         The body is relayed as CouchDB wrote it (it was decoded, so it is JSON): not
         re-encoding saves a view's worth of ``json.dumps`` per request and keeps its
         numbers exactly as CouchDB wrote them.
+
+        With ``revalidate`` (GETs of documents and views) the browser may keep the answer
+        and revalidate it. Its ``ETag`` is CouchDB's, or one made from the bytes when
+        CouchDB gives none (views, ``_all_docs``). The client's ``If-None-Match`` goes
+        to CouchDB too; CouchDB's 304, or a match with the current ``ETag``, is answered
+        304 with no body.
         """
+        condition = request.getHeader("if-none-match") if revalidate else None
+        if condition is not None:
+            kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
-        return json_response(request, answer.status, answer.body, _etag(answer),
-                             encoded=answer.raw)
+        if not revalidate or answer.status not in (200, 304):
+            return json_response(request, answer.status, answer.body, _etag(answer),
+                                 encoded=answer.raw)
+        etag = answer.header("ETag")
+        if etag is None and answer.status == 200 and answer.raw is not None:
+            etag = content_etag(answer.raw)
+        if answer.status == 304 or etag_matches(condition, etag):
+            return not_modified(request, etag)
+        request.responseHeaders.removeHeader(b"cache-control")
+        request.setHeader("Cache-Control", REVALIDATE)
+        return json_response(request, answer.status, answer.body,
+                             {"ETag": etag} if etag else {}, encoded=answer.raw)
 
     # -- errors ----------------------------------------------------------------
 
@@ -446,7 +468,9 @@ class GatewayApp:
         """Read a document (``rev``, ``conflicts``, ``revs``, ``revs_info``, ``attachments``…)."""
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
-        return await self._forward(request, couch, "GET", doc_path(name, doc_id), params=query)
+        return await self._forward(
+            request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True
+        )
 
     @app.route(_DB + "/docs/<docid>", methods=["PUT"])
     async def put_document(self, request: Any, db: str, docid: str) -> bytes:
@@ -521,7 +545,7 @@ class GatewayApp:
             raise CouchError.from_response(response.code, detail)
         etag = response.headers.getRawHeaders("etag", [None])[0]
         status = response.code
-        if status == 200 and etag and request.getHeader("if-none-match") in (etag,):
+        if status == 200 and etag_matches(request.getHeader("if-none-match"), etag):
             status = 304  # the server ignored If-None-Match: answer it here
         length = response.headers.getRawHeaders("content-length", [None])[0]
         if length is None and method == "GET" and isinstance(response.length, int):
@@ -546,7 +570,7 @@ class GatewayApp:
                     length = str(limit)
         request.setResponseCode(status)
         request.responseHeaders.removeHeader(b"cache-control")
-        request.setHeader("Cache-Control", "private, no-cache")
+        request.setHeader("Cache-Control", REVALIDATE)
         for header in _COPIED_ATTACHMENT_HEADERS:
             values = response.headers.getRawHeaders(header)
             if values and not request.responseHeaders.hasHeader(header.encode()):
@@ -679,7 +703,9 @@ class GatewayApp:
         """``_all_docs`` with every view parameter."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "allDocs", db=name)
-        return await self._forward(request, couch, "GET", [name, "_all_docs"], params=query)
+        return await self._forward(
+            request, couch, "GET", [name, "_all_docs"], params=query, revalidate=True
+        )
 
     @app.route(_DB + "/all_docs", methods=["POST"])
     async def all_docs_keys(self, request: Any, db: str) -> bytes:
@@ -700,7 +726,8 @@ class GatewayApp:
             request, "queryView", db=name, ddoc=design, view=view_name
         )
         return await self._forward(
-            request, couch, "GET", [name, "_design", design, "_view", view_name], params=query
+            request, couch, "GET", [name, "_design", design, "_view", view_name], params=query,
+            revalidate=True,
         )
 
     @app.route(_DB + "/views/<ddoc>/<view>", methods=["POST"])

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ from tests.conftest import CouchBackend
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = pytest.mark.browser
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
 
 
 def _call(backend: CouchBackend, method: str, path: str, body: Any = None) -> Any:
@@ -60,6 +65,38 @@ def _start_gateway(backend: CouchBackend, port: int, **settings: str) -> subproc
     raise RuntimeError("gateway did not start")
 
 
+@dataclass
+class Member:
+    """A new database, and a new user who is its only member."""
+
+    db: str
+    name: str
+    password: str
+    user_doc: dict[str, Any]
+    user_rev: str
+
+
+def _member_of_new_database(backend: CouchBackend) -> Member:
+    db = f"demo_{uuid.uuid4().hex[:10]}"
+    name, password = f"user_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    user_doc = {"name": name, "password": password, "type": "user", "roles": []}
+    created = _call(backend, "PUT", f"/_users/org.couchdb.user:{name}", user_doc)
+    _call(backend, "PUT", f"/{db}")
+    _call(backend, "PUT", f"/{db}/_security", {"members": {"names": [name], "roles": []}})
+    return Member(db, name, password, user_doc, created["rev"])
+
+
+def _browser_script(script: str, port: int, member: Member) -> Any:
+    """``node tests/browser/<script> <gateway url> <db> <user> <password>``, piped."""
+    node = subprocess.Popen(  # fixed argv
+        ["node", str(ROOT / "tests/browser" / script), f"http://127.0.0.1:{port}",
+         member.db, member.name, member.password],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert node.stdin is not None and node.stdout is not None
+    return node
+
+
 def _stop(process: subprocess.Popen[bytes]) -> int:
     """SIGTERM (graceful), SIGKILL after 15 s; the exit code."""
     if process.poll() is None:
@@ -72,23 +109,20 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
     return int(process.returncode)
 
 
+def _clean_up(node: Any, gateway: subprocess.Popen[bytes], backend: CouchBackend, db: str) -> None:
+    """Stop the browser script and the gateway, and drop the test database."""
+    if node.poll() is None:
+        node.kill()
+    _stop(gateway)
+    _call(backend, "DELETE", f"/{db}")
+
+
 def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBackend) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
-    db = f"demo_{uuid.uuid4().hex[:10]}"
-    user, password = f"user_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{user}",
-          {"name": user, "password": password, "type": "user", "roles": []})
-    _call(couch_backend, "PUT", f"/{db}")
-    _call(couch_backend, "PUT", f"/{db}/_security", {"members": {"names": [user], "roles": []}})
+    member = _member_of_new_database(couch_backend)
+    db = member.db
     port = free_port()
     gateway = _start_gateway(couch_backend, port)
-    node = subprocess.Popen(
-        ["node", str(ROOT / "tests/browser/demo_two_pages.mjs"), f"http://127.0.0.1:{port}",
-         db, user, password],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert node.stdin is not None and node.stdout is not None
+    node = _browser_script("demo_two_pages.mjs", port, member)
     try:
         line = node.stdout.readline().strip()
         assert line == "RESTART", line
@@ -108,45 +142,69 @@ def test_two_pages_live_and_resume_after_gateway_restart(couch_backend: CouchBac
         assert node.wait(30) == 0
         assert _stop(gateway) == 0
     finally:
-        if node.poll() is None:
-            node.kill()
-        _stop(gateway)
-        _call(couch_backend, "DELETE", f"/{db}")
+        _clean_up(node, gateway, couch_backend, db)
 
 
 def test_expired_session_asks_to_log_in_again_and_resumes(couch_backend: CouchBackend) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
-    db = f"demo_{uuid.uuid4().hex[:10]}"
-    user, password = f"user_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
-    user_doc = {"name": user, "password": password, "type": "user", "roles": []}
-    created = _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{user}", user_doc)
-    _call(couch_backend, "PUT", f"/{db}")
-    _call(couch_backend, "PUT", f"/{db}/_security", {"members": {"names": [user], "roles": []}})
+    member = _member_of_new_database(couch_backend)
+    db, user = member.db, member.name
     port = free_port()
     gateway = _start_gateway(couch_backend, port, WALLABY_WS_AUTH_RECHECK="0.5")
-    node = subprocess.Popen(
-        ["node", str(ROOT / "tests/browser/demo_session_expiry.mjs"), f"http://127.0.0.1:{port}",
-         db, user, password],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert node.stdin is not None and node.stdout is not None
+    node = _browser_script("demo_session_expiry.mjs", port, member)
     try:
         assert node.stdout.readline().strip() == "SUBSCRIBED"
         # The user's session ends (the account is removed): every cookie of it is dead.
-        _call(couch_backend, "DELETE", f"/_users/org.couchdb.user:{user}?rev={created['rev']}")
+        _call(couch_backend, "DELETE", f"/_users/org.couchdb.user:{user}?rev={member.user_rev}")
         line = node.stdout.readline().strip()
         assert line == "LOGGED_OUT", line
         _call(couch_backend, "PUT", f"/{db}/meanwhile",
               {"title": "while logged out", "done": False, "created": "2099-01-01"})
-        _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{user}", user_doc)
+        _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{user}", member.user_doc)
         node.stdin.write("RELOGIN " + json.dumps(["while logged out"]) + "\n")
         node.stdin.flush()
         result = node.stdout.readline().strip()
         assert result == "OK", result
         assert node.wait(30) == 0
     finally:
-        if node.poll() is None:
-            node.kill()
-        _stop(gateway)
-        _call(couch_backend, "DELETE", f"/{db}")
+        _clean_up(node, gateway, couch_backend, db)
+
+
+def _metric(port: int, route: str, status: int) -> float:
+    """``wallaby_http_requests_total`` for one route and status (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if (line.startswith("wallaby_http_requests_total{") and f'route="{route}"' in line
+                and f'status="{status}"' in line and 'method="GET"' in line):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_browser_cache_revalidates_documents(couch_backend: CouchBackend) -> None:
+    member = _member_of_new_database(couch_backend)
+    db = member.db
+    written = _call(couch_backend, "PUT", f"/{db}/cached", {"title": "first", "pad": "x" * 4000})
+    port = free_port()
+    gateway = _start_gateway(couch_backend, port)
+    node = _browser_script("client_cache.mjs", port, member)
+    try:
+        line = node.stdout.readline().strip()
+        assert line.startswith("READ "), line
+        first, second = json.loads(line[5:])
+        assert first == second and first["title"] == "first" and len(first["pad"]) == 4000
+        # The second read went to the gateway and came back 304: the browser used its copy.
+        assert _metric(port, "getDocument", 200) == 1
+        assert _metric(port, "getDocument", 304) == 1
+
+        _call(couch_backend, "PUT", f"/{db}/cached",
+              {"_rev": written["rev"], "title": "second", "pad": ""})
+        node.stdin.write("CHANGED\n")
+        node.stdin.flush()
+        line = node.stdout.readline().strip()
+        assert line.startswith("READ "), line
+        assert json.loads(line[5:])["title"] == "second"
+        assert _metric(port, "getDocument", 200) == 2
+        assert _metric(port, "getDocument", 304) == 1
+        assert node.wait(30) == 0
+    finally:
+        _clean_up(node, gateway, couch_backend, db)

@@ -1,0 +1,71 @@
+"""Conditional GETs: ``If-None-Match`` against an ``ETag`` (RFC 9110, section 13.1.2).
+
+A browser keeps a document, a view answer or an attachment it fetched with an ``ETag``
+and asks again with ``If-None-Match``. When nothing changed it gets ``304 Not
+Modified`` with no body. CouchDB authorizes every such request first, so a cached
+answer is only used by someone who may still read it.
+
+CouchDB gives documents an ``ETag`` (their revision) but, since 2.0, none to views and
+``_all_docs``: for those the gateway makes one from the bytes it relays
+(:func:`content_etag`). The view still runs upstream, but an unchanged answer does not
+travel to the browser again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+__all__ = ["REVALIDATE", "content_etag", "etag_matches", "not_modified"]
+
+#: ``Cache-Control`` of answers a browser may keep but must revalidate before each use:
+#: ``private`` because they depend on who asks.
+REVALIDATE = "private, no-cache"
+
+# An entity tag is an optionally weak quoted string; commas may occur inside the quotes,
+# so a list is tokenized, not split on commas.
+_ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
+
+
+def content_etag(body: bytes) -> str:
+    """A strong ``ETag`` for exactly these bytes (a 128-bit BLAKE2b digest, quoted)."""
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def _opaque(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
+    """Whether an ``If-None-Match`` header matches ``etag``, so a GET is answered 304.
+
+    Uses the weak comparison that RFC 9110 prescribes for ``If-None-Match``: ``W/"x"``
+    matches ``"x"``. ``*`` matches any current representation.
+
+    Args:
+        if_none_match: The request's header value, or ``None`` when it has none.
+        etag: The current representation's ``ETag``, or ``None`` when it has none.
+    """
+    if if_none_match is None or etag is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    current = _opaque(etag.strip())
+    return any(_opaque(tag) == current for tag in _ENTITY_TAG.findall(if_none_match))
+
+
+def not_modified(request: Any, etag: str | None) -> bytes:
+    """Answer ``304 Not Modified``: the validator and caching policy, no body.
+
+    Args:
+        request: The request to answer.
+        etag: The current ``ETag``, repeated as RFC 9110 asks.
+    """
+    request.setResponseCode(304)
+    for name in (b"content-type", b"content-length", b"cache-control"):
+        request.responseHeaders.removeHeader(name)
+    request.setHeader("Cache-Control", REVALIDATE)
+    if etag:
+        request.setHeader("ETag", etag)
+    return b""

@@ -1,0 +1,166 @@
+"""Conditional GETs of documents, views and ``_all_docs``: ``ETag``, ``If-None-Match``, 304."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.couch.transport import CouchResponse, CouchTransport
+from gateway.http.conditional import REVALIDATE, content_etag, etag_matches
+from tests.conftest import CouchBackend
+from tests.rest.conftest import Scenario
+
+# -- the comparison (RFC 9110 13.1.2: weak comparison for If-None-Match) ---------------
+
+
+@pytest.mark.parametrize(("header", "etag", "matches"), [
+    ('"1-abc"', '"1-abc"', True),
+    ('W/"1-abc"', '"1-abc"', True),
+    ('"1-abc"', 'W/"1-abc"', True),
+    ('"0-x", "1-abc"', '"1-abc"', True),
+    ('"0-x",W/"1-abc"', '"1-abc"', True),
+    ("*", '"1-abc"', True),
+    (' * ', '"anything"', True),
+    ('"1-abd"', '"1-abc"', False),
+    ('"1-abc', '"1-abc"', False),  # unterminated: no tag at all
+    ('1-abc', '"1-abc"', False),  # unquoted is not an entity tag
+    ('"a,b"', '"a,b"', True),  # a comma inside the quotes belongs to the tag
+    ('"a", "b"', '"a,b"', False),
+    ("", '"1-abc"', False),
+    (None, '"1-abc"', False),
+    ('"1-abc"', None, False),
+    ("*", None, False),  # nothing current to match
+])
+def test_etag_matches(header: str | None, etag: str | None, matches: bool) -> None:
+    assert etag_matches(header, etag) is matches
+
+
+def test_content_etag_names_exactly_the_bytes() -> None:
+    tag = content_etag(b'{"rows":[]}')
+    assert tag.startswith('"') and tag.endswith('"') and len(tag) == 34
+    assert tag == content_etag(b'{"rows":[]}')
+    assert tag != content_etag(b'{"rows":[] }')
+    assert etag_matches(tag, tag) and not etag_matches(tag, content_etag(b""))
+
+
+# -- against the real server ------------------------------------------------------------
+
+
+def _spy_on_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, str], int]]:
+    """Record what the gateway asked CouchDB (method, extra headers) and its status."""
+    seen: list[tuple[str, dict[str, str], int]] = []
+    original = CouchTransport.send
+
+    async def spying(self: CouchTransport, method: str, segments: Any, **kwargs: Any
+                     ) -> CouchResponse:
+        answer = await original(self, method, segments, **kwargs)
+        seen.append((method, dict(kwargs.get("headers") or {}), answer.status))
+        return answer
+
+    monkeypatch.setattr(CouchTransport, "send", spying)
+    return seen
+
+
+async def test_a_document_is_revalidated_by_its_etag(
+    scenario: Scenario, couch_backend: CouchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = scenario.member_client
+    url = f"/api/v1/db/{scenario.db.name}/docs/note"
+    first = (await client.put(url, json_body={"text": "v1"})).json["rev"]
+
+    fresh = await client.get(url)
+    etag = fresh.header("ETag")
+    assert fresh.status == 200 and fresh.json["text"] == "v1"
+    assert etag
+    if not couch_backend.is_pouchdb:  # pouchdb-server's ETag hashes the body instead
+        assert etag == f'"{first}"'  # CouchDB: the document's revision
+    assert fresh.header("Cache-Control") == REVALIDATE  # keep it, but ask again
+
+    sends = _spy_on_sends(monkeypatch)
+    same = await client.get(url, headers={"If-None-Match": etag})
+    assert same.status == 304 and same.body == b""
+    assert same.header("ETag") == etag
+    assert same.header("Cache-Control") == REVALIDATE
+    # CouchDB saw the condition (and may have answered 304 itself).
+    assert sends[-1][0] == "GET" and sends[-1][1] == {"If-None-Match": etag}
+    assert sends[-1][2] in (200, 304), sends
+
+    for header in (f"W/{etag}", f'"0-other", {etag}', "*"):
+        assert (await client.get(url, headers={"If-None-Match": header})).status == 304
+
+    other = await client.get(url, headers={"If-None-Match": '"0-other"'})
+    assert other.status == 200 and other.json["text"] == "v1"
+
+    await client.put(url, json_body={"_rev": first, "text": "v2"})
+    changed = await client.get(url, headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.json["text"] == "v2"
+    assert changed.header("ETag") not in (None, etag)
+
+
+async def test_a_matching_etag_never_lets_an_outsider_in(scenario: Scenario) -> None:
+    url = f"/api/v1/db/{scenario.db.name}/docs/secret"
+    await scenario.member_client.put(url, json_body={"text": "members only"})
+    etag = (await scenario.member_client.get(url)).header("ETag")
+    assert etag
+
+    for header in (etag, "*"):
+        refused = await scenario.outsider_client.get(url, headers={"If-None-Match": header})
+        assert refused.status in (401, 403), refused.status
+        assert refused.json["error"] in ("unauthorized", "forbidden")
+        assert refused.header("ETag") is None and b"members only" not in refused.body
+
+
+def _strip_upstream_etags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answer as CouchDB 2+ does for views and ``_all_docs``: with no ``ETag``."""
+    original = CouchTransport.send
+
+    async def stripping(self: CouchTransport, method: str, segments: Any, **kwargs: Any
+                        ) -> CouchResponse:
+        answer = await original(self, method, segments, **kwargs)
+        answer.headers.removeHeader(b"etag")
+        return answer
+
+    monkeypatch.setattr(CouchTransport, "send", stripping)
+
+
+@pytest.mark.parametrize("upstream_etags", ["as sent", "none, as CouchDB 3 for views"])
+async def test_a_view_and_all_docs_are_revalidated(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch, upstream_etags: str
+) -> None:
+    client, admin = scenario.member_client, scenario.admin
+    base = f"/api/v1/db/{scenario.db.name}"
+    await admin.put(f"{base}/docs/_design%2Fnotes", json_body={"views": {"by_text": {
+        "map": "function (doc) { if (doc.text) emit(doc.text, null); }"}}})
+    await client.put(f"{base}/docs/a", json_body={"text": "a"})
+    if upstream_etags != "as sent":
+        _strip_upstream_etags(monkeypatch)
+
+    for url in (f"{base}/views/notes/by_text", f"{base}/all_docs"):
+        fresh = await client.get(url)
+        etag = fresh.header("ETag")
+        assert fresh.status == 200 and etag, url
+        assert fresh.header("Cache-Control") == REVALIDATE
+        if upstream_etags != "as sent":
+            assert etag == content_etag(fresh.body)  # made by the gateway from the bytes
+        same = await client.get(url, headers={"If-None-Match": etag})
+        assert same.status == 304 and same.body == b"", url
+        assert same.header("ETag") == etag
+
+    before = {url: (await client.get(url)).header("ETag")
+              for url in (f"{base}/views/notes/by_text", f"{base}/all_docs")}
+    await client.put(f"{base}/docs/b", json_body={"text": "b"})
+    for url, etag in before.items():
+        changed = await client.get(url, headers={"If-None-Match": etag})
+        assert changed.status == 200, url
+        assert "b" in [row["id"] for row in changed.json["rows"]], url
+
+
+async def test_posted_queries_are_not_conditional(scenario: Scenario) -> None:
+    client = scenario.member_client
+    base = f"/api/v1/db/{scenario.db.name}"
+    await client.put(f"{base}/docs/a", json_body={"text": "a"})
+    answer = await client.post(f"{base}/all_docs", json_body={"keys": ["a"]},
+                               headers={"If-None-Match": "*"})
+    assert answer.status == 200 and answer.json["rows"][0]["id"] == "a"
+    assert answer.header("Cache-Control") == "no-store"
