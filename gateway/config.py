@@ -59,6 +59,8 @@ class Settings:
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
         splice_downloads: Relay large attachment downloads with ``splice(2)`` (Linux).
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
+        compress_min_bytes: gzip JSON answers from CouchDB of at least this many bytes
+            for clients that accept it (0: never).
         ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
         ws_max_message_bytes: Largest WebSocket message a client may send.
         ws_queue_bytes: Bytes queued for one slow WebSocket client before it is closed.
@@ -90,6 +92,7 @@ class Settings:
     shutdown_grace: float = 10.0
     splice_downloads: bool = True
     splice_uploads: bool = True
+    compress_min_bytes: int = 1400
     ws_max_subscriptions: int = 32
     ws_max_message_bytes: int = 64 * 1024
     ws_queue_bytes: int = 1024 * 1024

@@ -53,6 +53,7 @@ from gateway.errors import (
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
+from gateway.http.compression import gzip_answer
 from gateway.http.conditional import REVALIDATE, content_etag, etag_matches, not_modified
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
@@ -290,8 +291,9 @@ class GatewayApp:
             kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if not revalidate or answer.status not in (200, 304):
-            return json_response(request, answer.status, answer.body, _etag(answer),
+            data = json_response(request, answer.status, answer.body, _etag(answer),
                                  encoded=answer.raw)
+            return gzip_answer(request, data, self.settings.compress_min_bytes)
         etag = answer.header("ETag")
         if etag is None and answer.status == 200 and answer.raw is not None:
             etag = content_etag(answer.raw)
@@ -299,8 +301,9 @@ class GatewayApp:
             return not_modified(request, etag)
         request.responseHeaders.removeHeader(b"cache-control")
         request.setHeader("Cache-Control", REVALIDATE)
-        return json_response(request, answer.status, answer.body,
+        data = json_response(request, answer.status, answer.body,
                              {"ETag": etag} if etag else {}, encoded=answer.raw)
+        return gzip_answer(request, data, self.settings.compress_min_bytes)
 
     # -- errors ----------------------------------------------------------------
 

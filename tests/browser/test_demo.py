@@ -203,6 +203,12 @@ def test_the_browser_cache_revalidates_documents(couch_backend: CouchBackend) ->
         line = node.stdout.readline().strip()
         assert line.startswith("READ "), line
         assert json.loads(line[5:])["title"] == "second"
+        line = node.stdout.readline().strip()
+        assert line.startswith("CODINGS "), line
+        # Chromium asked for gzip: the 4 KB document came coded, the changed small one
+        # plain (Chromium also reports the revalidated read, with the headers it kept).
+        codings = json.loads(line[8:])
+        assert codings[0] == "gzip" and codings[-1] is None, line
         assert _metric(port, "getDocument", 200) == 2
         assert _metric(port, "getDocument", 304) == 1
         assert node.wait(30) == 0

@@ -13,6 +13,7 @@ exactly as written).
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,8 +47,9 @@ class Reply:
 
     status: int
     headers: Headers
-    body: bytes
+    body: bytes  # decoded when the answer was gzip-coded
     length: int | None = None  # Twisted's client moves Content-Length here
+    wire_size: int = 0  # bytes of the body as sent
 
 
     def header(self, name: str) -> str | None:
@@ -106,9 +108,11 @@ class ApiClient:
     async def request(self, method: str, path: str, **kwargs: Any) -> Reply:
         """Send a request, read the whole answer and check it against the contract."""
         response = await self.open(method, path, **kwargs)
-        content = await treq.content(response)
+        wire = await treq.content(response)
         length = response.length if isinstance(response.length, int) else None
-        reply = Reply(response.code, response.headers, content, length)
+        coded = response.headers.getRawHeaders("content-encoding", [None])[0] == "gzip"
+        content = gzip.decompress(wire) if coded else wire
+        reply = Reply(response.code, response.headers, content, length, len(wire))
         self.check(method, path, reply)
         return reply
 
