@@ -298,7 +298,9 @@ class GatewayApp:
         if etag is None and answer.status == 200 and answer.raw is not None:
             etag = content_etag(answer.raw)
         if answer.status == 304 or etag_matches(condition, etag):
-            return not_modified(request, etag)
+            # An empty body is never coded: this only adds the Vary a 200 would carry.
+            return gzip_answer(request, not_modified(request, etag),
+                               self.settings.compress_min_bytes)
         request.responseHeaders.removeHeader(b"cache-control")
         request.setHeader("Cache-Control", REVALIDATE)
         data = json_response(request, answer.status, answer.body,

@@ -102,6 +102,7 @@ async def test_a_large_query_answer_is_gzip_coded_when_asked(scenario: Scenario)
     assert etag and etag.startswith("W/")
     again = await client.get(url, headers={**GZIP, "If-None-Match": etag})
     assert again.status == 304 and again.body == b""
+    assert "Accept-Encoding" in (again.header("Vary") or "")
 
     refused = await client.get(url, headers={"Accept-Encoding": "gzip;q=0, br"})
     assert refused.header("Content-Encoding") is None and refused.json == plain.json
