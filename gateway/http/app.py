@@ -284,7 +284,8 @@ class GatewayApp:
         and revalidate it. Its ``ETag`` is CouchDB's, or one made from the bytes when
         CouchDB gives none (views, ``_all_docs``). The client's ``If-None-Match`` goes
         to CouchDB too; CouchDB's 304, or a match with the current ``ETag``, is answered
-        304 with no body.
+        304 with no body. Large answers are gzip-coded for clients that accept it
+        (:func:`~gateway.http.compression.gzip_answer`).
         """
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
