@@ -55,9 +55,14 @@ bench-reconnect: install
 bench-stream: install
 	timeout 900 $(BIN)/python -m benches.stream
 
-.PHONY: bench-fanout bench-reconnect bench-stream
+## bench-browser-reads: a 100-document query read plain, gzip-coded and revalidated (304)
+## through the gateway, against direct (~2 min)
+bench-browser-reads: install
+	timeout 600 $(BIN)/python -m benches.browser_reads
+
+.PHONY: bench-fanout bench-reconnect bench-stream bench-browser-reads
 ## bench: every benchmark in turn (results in benches/results/, see BENCHMARKS.md)
-bench: bench-rest bench-fanout bench-reconnect bench-stream
+bench: bench-rest bench-fanout bench-reconnect bench-stream bench-browser-reads
 
 ## soak: mixed REST + WebSocket soak against a real gateway (SOAK_SECONDS, default 600; report in var/reliability/)
 soak: install ; timeout $$(( $${SOAK_SECONDS:-600} + 300 )) $(BIN)/python -m tests.reliability.soak --duration $${SOAK_SECONDS:-600}
