@@ -164,3 +164,21 @@ async def test_posted_queries_are_not_conditional(scenario: Scenario) -> None:
                                headers={"If-None-Match": "*"})
     assert answer.status == 200 and answer.json["rows"][0]["id"] == "a"
     assert answer.header("Cache-Control") == "no-store"
+
+
+async def test_head_answers_a_documents_headers_without_its_body(scenario: Scenario) -> None:
+    client = scenario.member_client
+    url = f"/api/v1/db/{scenario.db.name}/docs/headed"
+    await client.put(url, json_body={"text": "some text"})
+    full = await client.get(url)
+
+    head = await client.request("HEAD", url)
+    assert head.status == 200 and head.body == b""
+    assert head.header("ETag") == full.header("ETag")
+    assert head.header("Content-Length") == str(len(full.body))
+    same = await client.request("HEAD", url, headers={"If-None-Match": full.header("ETag")})
+    assert same.status == 304
+    missing = await client.request("HEAD", f"/api/v1/db/{scenario.db.name}/docs/nothing")
+    assert missing.status == 404 and missing.body == b""
+    refused = await scenario.outsider_client.request("HEAD", url)
+    assert refused.status in (401, 403) and refused.header("ETag") is None
