@@ -54,7 +54,7 @@ from gateway.errors import (
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
 from gateway.http.compression import gzip_answer
-from gateway.http.conditional import REVALIDATE, content_etag, etag_matches, not_modified
+from gateway.http.conditional import content_etag, etag_matches, must_revalidate, not_modified
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
@@ -101,6 +101,22 @@ def _if_match(request: Any, query: dict[str, Any]) -> None:
 def _etag(answer: CouchResponse) -> dict[str, str]:
     etag = answer.header("ETag")
     return {"ETag": etag} if etag else {}
+
+
+def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
+    """A 200 or 304 from CouchDB as an answer the browser may keep and revalidate.
+
+    Its ``ETag`` is CouchDB's, or one made from the bytes when CouchDB gives none. A
+    match with ``If-None-Match`` (``condition``), or CouchDB's own 304, is answered 304.
+    """
+    etag = answer.header("ETag")
+    if etag is None and answer.raw is not None:
+        etag = content_etag(answer.raw)
+    if answer.status == 304 or etag_matches(condition, etag):
+        return not_modified(request, etag)
+    must_revalidate(request)
+    return json_response(request, answer.status, answer.body, {"ETag": etag} if etag else {},
+                         encoded=answer.raw)
 
 
 class GatewayApp:
@@ -291,21 +307,11 @@ class GatewayApp:
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
-        if not revalidate or answer.status not in (200, 304):
+        if revalidate and answer.status in (200, 304):
+            data = _revalidatable(request, answer, condition)
+        else:
             data = json_response(request, answer.status, answer.body, _etag(answer),
                                  encoded=answer.raw)
-            return gzip_answer(request, data, self.settings.compress_min_bytes)
-        etag = answer.header("ETag")
-        if etag is None and answer.status == 200 and answer.raw is not None:
-            etag = content_etag(answer.raw)
-        if answer.status == 304 or etag_matches(condition, etag):
-            # An empty body is never coded: this only adds the Vary a 200 would carry.
-            return gzip_answer(request, not_modified(request, etag),
-                               self.settings.compress_min_bytes)
-        request.responseHeaders.removeHeader(b"cache-control")
-        request.setHeader("Cache-Control", REVALIDATE)
-        data = json_response(request, answer.status, answer.body,
-                             {"ETag": etag} if etag else {}, encoded=answer.raw)
         return gzip_answer(request, data, self.settings.compress_min_bytes)
 
     # -- errors ----------------------------------------------------------------
@@ -575,8 +581,7 @@ class GatewayApp:
                     request.setHeader("Content-Range", f"bytes {span[0]}-{span[1]}/{stub}")
                     length = str(limit)
         request.setResponseCode(status)
-        request.responseHeaders.removeHeader(b"cache-control")
-        request.setHeader("Cache-Control", REVALIDATE)
+        must_revalidate(request)
         for header in _COPIED_ATTACHMENT_HEADERS:
             values = response.headers.getRawHeaders(header)
             if values and not request.responseHeaders.hasHeader(header.encode()):

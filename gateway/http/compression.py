@@ -60,8 +60,9 @@ def gzip_answer(request: Any, data: bytes, min_bytes: int) -> bytes:
     """Return the answer's body, gzip-coded when the client takes it and it is large enough.
 
     Sets ``Content-Encoding``, ``Content-Length`` and ``Vary: Accept-Encoding`` (the
-    answer depends on that header whether or not this one is coded), and weakens an
-    ``ETag`` of a coded answer: the bytes differ, the content does not.
+    answer depends on that header whether or not this one is coded, so an empty body,
+    a 304, gets the ``Vary`` alone), and weakens an ``ETag`` of a coded answer: the
+    bytes differ, the content does not.
 
     Args:
         request: The request being answered (its headers already set).

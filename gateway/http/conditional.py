@@ -17,7 +17,7 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["REVALIDATE", "content_etag", "etag_matches", "not_modified"]
+__all__ = ["REVALIDATE", "content_etag", "etag_matches", "must_revalidate", "not_modified"]
 
 #: ``Cache-Control`` of answers a browser may keep but must revalidate before each use:
 #: ``private`` because they depend on who asks.
@@ -55,6 +55,14 @@ def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
     return any(_opaque(tag) == current for tag in _ENTITY_TAG.findall(if_none_match))
 
 
+def must_revalidate(request: Any) -> None:
+    """Let the browser keep this answer, revalidating it before each use.
+
+    Replaces the site's default ``Cache-Control: no-store``.
+    """
+    request.responseHeaders.setRawHeaders(b"cache-control", [REVALIDATE.encode("ascii")])
+
+
 def not_modified(request: Any, etag: str | None) -> bytes:
     """Answer ``304 Not Modified``: the validator and caching policy, no body.
 
@@ -63,9 +71,9 @@ def not_modified(request: Any, etag: str | None) -> bytes:
         etag: The current ``ETag``, repeated as RFC 9110 asks.
     """
     request.setResponseCode(304)
-    for name in (b"content-type", b"content-length", b"cache-control"):
+    for name in (b"content-type", b"content-length"):
         request.responseHeaders.removeHeader(name)
-    request.setHeader("Cache-Control", REVALIDATE)
+    must_revalidate(request)
     if etag:
         request.setHeader("ETag", etag)
     return b""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -47,18 +48,27 @@ def test_content_etag_names_exactly_the_bytes() -> None:
 # -- against the real server ------------------------------------------------------------
 
 
+AnswerHook = Callable[[str, dict[str, Any], CouchResponse], None]
+
+
+def _after_each_send(monkeypatch: pytest.MonkeyPatch, hook: AnswerHook) -> None:
+    """Call ``hook(method, kwargs, answer)`` on every JSON answer from CouchDB."""
+    original = CouchTransport.send
+
+    async def hooked(self: CouchTransport, method: str, segments: Any, **kwargs: Any
+                     ) -> CouchResponse:
+        answer = await original(self, method, segments, **kwargs)
+        hook(method, kwargs, answer)
+        return answer
+
+    monkeypatch.setattr(CouchTransport, "send", hooked)
+
+
 def _spy_on_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, str], int]]:
     """Record what the gateway asked CouchDB (method, extra headers) and its status."""
     seen: list[tuple[str, dict[str, str], int]] = []
-    original = CouchTransport.send
-
-    async def spying(self: CouchTransport, method: str, segments: Any, **kwargs: Any
-                     ) -> CouchResponse:
-        answer = await original(self, method, segments, **kwargs)
-        seen.append((method, dict(kwargs.get("headers") or {}), answer.status))
-        return answer
-
-    monkeypatch.setattr(CouchTransport, "send", spying)
+    _after_each_send(monkeypatch, lambda method, kwargs, answer: seen.append(
+        (method, dict(kwargs.get("headers") or {}), answer.status)))
     return seen
 
 
@@ -113,15 +123,8 @@ async def test_a_matching_etag_never_lets_an_outsider_in(scenario: Scenario) -> 
 
 def _strip_upstream_etags(monkeypatch: pytest.MonkeyPatch) -> None:
     """Answer as CouchDB 2+ does for views and ``_all_docs``: with no ``ETag``."""
-    original = CouchTransport.send
-
-    async def stripping(self: CouchTransport, method: str, segments: Any, **kwargs: Any
-                        ) -> CouchResponse:
-        answer = await original(self, method, segments, **kwargs)
-        answer.headers.removeHeader(b"etag")
-        return answer
-
-    monkeypatch.setattr(CouchTransport, "send", stripping)
+    _after_each_send(monkeypatch, lambda _method, _kwargs, answer: answer.headers.removeHeader(
+        b"etag"))
 
 
 @pytest.mark.parametrize("upstream_etags", ["as sent", "none, as CouchDB 3 for views"])
