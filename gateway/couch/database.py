@@ -16,6 +16,7 @@ from gateway.couch.attachments import (
     stream_into,
 )
 from gateway.couch.auth import Auth, BasicAuth, NoAuth
+from gateway.couch.bulk import align_bulk_results
 from gateway.couch.transport import CouchTransport, Reactor, read_body
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.couch.views import ViewResult, split_view_params, view_path
@@ -199,13 +200,19 @@ class Database:
         """``POST /db/_bulk_docs``; each saved doc's ``_id``/``_rev`` are updated in place.
 
         Returns:
-            CouchDB's per-document results, in order (failed ones carry ``error``).
+            One result per document, in the order of ``docs`` (failed ones carry
+            ``error``), paired by id: see :func:`~gateway.couch.bulk.align_bulk_results`.
+            With ``new_edits=False`` (replication), CouchDB's answer as it is: it lists
+            only the documents it refused, and no document is changed.
         """
         body = {"docs": [dict(d) for d in docs], **params}
-        results: list[dict[str, Any]] = await self.transport.request(
+        answer: list[dict[str, Any]] = await self.transport.request(
             "POST", [self.name, "_bulk_docs"], json=body
         )
-        for doc, result in zip(docs, results, strict=False):
+        if params.get("new_edits") is False:
+            return answer  # replicated revisions: CouchDB lists only the failures
+        results = align_bulk_results(docs, answer)
+        for doc, result in zip(docs, results, strict=True):
             if "rev" in result and "error" not in result:
                 doc["_id"] = result["id"]
                 doc["_rev"] = result["rev"]
