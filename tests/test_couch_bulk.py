@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.couch import Database
-from gateway.couch.bulk import align_bulk_results
+from gateway.couch.bulk import align_bulk_results, in_request_order
 from gateway.errors import UpstreamServerError
 
 _ids = st.text(alphabet="abcdef", min_size=1, max_size=6)
@@ -83,3 +83,26 @@ async def test_replicated_revisions_are_written_as_given(db: Database) -> None:
     answer = await db.bulk_save([{"_id": "r", "_rev": rev, "v": 1}], new_edits=False)
     assert answer == []
     assert (await db.get("r"))["_rev"] == rev
+
+
+def test_the_rest_proxy_reorders_only_an_answer_out_of_order() -> None:
+    request = {"docs": [{"_id": "a"}, {"v": 1}, {"_id": "b"}]}
+    ordered = [{"id": "a", "rev": "1-a"}, {"id": "x", "rev": "1-x"}, {"id": "b", "rev": "1-b"}]
+    assert in_request_order(request, ordered) is ordered
+    swapped = [ordered[2], ordered[1], ordered[0]]
+    assert in_request_order(request, swapped) == ordered
+
+
+@pytest.mark.parametrize(
+    ("request_body", "answer"),
+    [
+        ({"docs": [{"_id": "a"}, {"_id": "b"}]}, [{"id": "b", "rev": "1-b"}]),
+        ({"docs": [{"_id": "a"}, {"_id": "b"}], "new_edits": False}, []),
+        ({"docs": [{"_id": "a"}]}, {"error": "bad_request"}),
+        ({"docs": "a"}, [{"id": "a", "rev": "1-a"}]),
+        ([{"_id": "a"}], [{"id": "a", "rev": "1-a"}]),
+    ],
+    ids=["unpairable", "new_edits false", "not a list", "docs not a list", "not an object"],
+)
+def test_the_rest_proxy_leaves_other_answers_as_they_are(request_body: Any, answer: Any) -> None:
+    assert in_request_order(request_body, answer) is answer

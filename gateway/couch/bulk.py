@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.errors import UpstreamServerError
 
-__all__ = ["align_bulk_results"]
+__all__ = ["align_bulk_results", "in_request_order"]
 
 
 def align_bulk_results(
@@ -56,3 +56,34 @@ def _unpaired(reason: str) -> UpstreamServerError:
         error="bad_bulk_answer",
         status=502,
     )
+
+
+def in_request_order(request: Any, answer: Any) -> Any:
+    """A ``_bulk_docs`` answer with its results in the order of the request's documents.
+
+    For the REST proxy, which promises CouchDB's order to its clients whatever server is
+    behind it. The documents are already written, so an answer that cannot be paired (or
+    one to a request with ``new_edits: false``) is left as it is rather than refused.
+
+    Args:
+        request: The request body (``{"docs": [...], ...}``).
+        answer: The server's decoded answer.
+
+    Returns:
+        ``answer`` itself when it is in order or cannot be paired, else a reordered list.
+    """
+    docs = request.get("docs") if isinstance(request, Mapping) else None
+    if (
+        not isinstance(docs, list)
+        or not isinstance(answer, list)
+        or request.get("new_edits") is False
+        or not all(isinstance(doc, Mapping) for doc in docs)
+        or not all(isinstance(result, dict) for result in answer)
+    ):
+        return answer
+    try:
+        aligned = align_bulk_results(docs, answer)
+    except UpstreamServerError:
+        return answer
+    in_order = all(mine is theirs for mine, theirs in zip(aligned, answer, strict=True))
+    return answer if in_order else aligned

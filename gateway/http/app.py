@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from werkzeug import exceptions as wz
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import ForwardedAuth
+from gateway.couch.bulk import in_request_order
 from gateway.couch.transport import CouchResponse, Reactor, read_body
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
@@ -288,6 +290,7 @@ class GatewayApp:
         segments: list[str],
         *,
         revalidate: bool = False,
+        amend: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> bytes:
         """Send a JSON request upstream and answer with CouchDB's status and body.
@@ -302,11 +305,18 @@ class GatewayApp:
         to CouchDB too; CouchDB's 304, or a match with the current ``ETag``, is answered
         304 with no body. Large answers are gzip-coded for clients that accept it
         (:func:`~gateway.http.compression.gzip_answer`).
+
+        ``amend`` may give a successful answer's body in another form; only a body it
+        changes (returns another object) is encoded again.
         """
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
+        if amend is not None and 200 <= answer.status < 300:
+            amended = amend(answer.body)
+            if amended is not answer.body:
+                answer = replace(answer, body=amended, raw=None)
         if revalidate and answer.status in (200, 304):
             data = _revalidatable(request, answer, condition)
         else:
@@ -507,12 +517,13 @@ class GatewayApp:
 
     @app.route(_DB + "/bulk_docs", methods=["POST"])
     async def bulk_docs(self, request: Any, db: str) -> bytes:
-        """``_bulk_docs``."""
+        """``_bulk_docs``; the results come in the order of the documents, as CouchDB's do."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "bulkDocs", db=name)
         body = self._json_body(request, "bulkDocs")
         return await self._forward(
-            request, couch, "POST", [name, "_bulk_docs"], params=query, json=body
+            request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
+            amend=lambda answer: in_request_order(body, answer),
         )
 
     @app.route(_DB + "/bulk_get", methods=["POST"])

@@ -115,6 +115,23 @@ async def test_all_docs_paging_and_keys(scenario: Scenario) -> None:
         assert "parameter" in reply.json["reason"]
 
 
+async def test_bulk_docs_results_come_in_the_order_of_the_documents(scenario: Scenario) -> None:
+    # CouchDB answers in request order; pouchdb-server (the embedded default) does not
+    # always, and a browser pairing results by position then took one document's rev
+    # for another's. The gateway answers in request order from any server.
+    client, base = scenario.member_client, f"/api/v1/db/{scenario.db.name}"
+    docs: list[dict[str, Any]] = [{"_id": f"o{n:03d}", "n": n} for n in range(60)]
+    docs += [{"n": n} for n in range(60, 80)]
+    for _ in range(3):
+        bulk = await client.post(f"{base}/bulk_docs", json_body={"docs": docs})
+        assert bulk.status == 201 and len(bulk.json) == len(docs)
+        stored = await client.post(f"{base}/bulk_get",
+                                   json_body={"docs": [{"id": r["id"]} for r in bulk.json]})
+        for doc, result, fetched in zip(docs, bulk.json, stored.json["results"], strict=True):
+            assert fetched["docs"][0]["ok"] == {**doc, "_id": result["id"], "_rev": result["rev"]}
+            doc.update(_id=result["id"], _rev=result["rev"], n=doc["n"] + 1000)
+
+
 async def test_bulk_docs_conflicts_and_bulk_get(scenario: Scenario) -> None:
     client, db = scenario.member_client, scenario.db.name
     first = await client.post(f"/api/v1/db/{db}/bulk_docs",
