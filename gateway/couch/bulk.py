@@ -18,8 +18,9 @@ def align_bulk_results(
 
     CouchDB answers in request order, but other CouchDB-compatible servers do not always
     (pouchdb-server can swap the results of two documents), so results are paired by id.
-    A document without an ``_id`` takes, in order, the results whose ids no document named.
-    Several documents with the same ``_id`` take that id's results in order.
+    Several documents with the same ``_id`` take that id's results in order. A document
+    without an ``_id`` takes, in order, the results whose ids no document named: exact
+    with CouchDB, a guess with a server that reorders (give documents ids to be sure).
 
     Args:
         docs: The documents as sent.
@@ -62,8 +63,10 @@ def in_request_order(request: Any, answer: Any) -> Any:
     """A ``_bulk_docs`` answer with its results in the order of the request's documents.
 
     For the REST proxy, which promises CouchDB's order to its clients whatever server is
-    behind it. The documents are already written, so an answer that cannot be paired (or
-    one to a request with ``new_edits: false``) is left as it is rather than refused.
+    behind it, for every document with an ``_id`` (the proxy does not change requests, so
+    documents without one keep the server's order among themselves). The documents are
+    already written, so an answer that cannot be paired (or one to a request with
+    ``new_edits: false``) is left as it is rather than refused.
 
     Args:
         request: The request body (``{"docs": [...], ...}``).

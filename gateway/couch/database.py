@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
@@ -199,19 +200,23 @@ class Database:
     async def bulk_save(self, docs: list[Document], **params: Any) -> list[dict[str, Any]]:
         """``POST /db/_bulk_docs``; each saved doc's ``_id``/``_rev`` are updated in place.
 
+        A document without an ``_id`` is sent with a random one (32 hex digits, like
+        CouchDB's ``random`` UUIDs) instead of letting the server choose, so that every
+        result pairs with its document by id whatever order the server answers in.
+
         Returns:
             One result per document, in the order of ``docs`` (failed ones carry
             ``error``), paired by id: see :func:`~gateway.couch.bulk.align_bulk_results`.
             With ``new_edits=False`` (replication), CouchDB's answer as it is: it lists
             only the documents it refused, and no document is changed.
         """
-        body = {"docs": [dict(d) for d in docs], **params}
+        sent = [dict(doc) if doc.get("_id") else {**doc, "_id": uuid4().hex} for doc in docs]
         answer: list[dict[str, Any]] = await self.transport.request(
-            "POST", [self.name, "_bulk_docs"], json=body
+            "POST", [self.name, "_bulk_docs"], json={"docs": sent, **params}
         )
         if params.get("new_edits") is False:
             return answer  # replicated revisions: CouchDB lists only the failures
-        results = align_bulk_results(docs, answer)
+        results = align_bulk_results(sent, answer)
         for doc, result in zip(docs, results, strict=True):
             if "rev" in result and "error" not in result:
                 doc["_id"] = result["id"]
