@@ -12,21 +12,43 @@ queued it calls ``send`` on the socket directly and hands Twisted only what the 
 did not take (none, unless the peer is slow). Ordering is kept because the direct path
 is taken only when Twisted's queue is empty; any other transport (TLS, a test double, a
 closing or closed one) gets a plain ``transport.write``. :func:`flush_now` sends what
-a transport already holds, at once.
+a transport already holds, at once. :func:`send_each` is the send phase of a broadcast:
+one frame, many sockets picked with :func:`idle_socket`, one tight loop.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["flush_now", "nothing_queued", "write_now"]
+__all__ = ["flush_now", "idle_socket", "nothing_queued", "send_each", "write_now"]
 
 
 def nothing_queued(transport: Any) -> bool:
     """Whether a TCP transport has no bytes waiting in Twisted's send queue."""
     return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
+
+
+def idle_socket(transport: Any) -> socket.socket | None:
+    """The socket of a TCP transport that may be written to directly now, else ``None``.
+
+    That is an open TCP transport, not closing, with nothing in Twisted's send queue: a
+    ``send`` on its socket keeps the order of everything written before. Any other
+    transport (TLS, a test double, a closing or closed one) gives ``None``.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and nothing_queued(transport)
+    ):
+        sock: socket.socket = transport.socket
+        return sock
+    return None
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -36,15 +58,10 @@ def write_now(transport: Any, data: bytes) -> None:
         transport: The connection's transport (any ``ITransport``).
         data: The bytes to send.
     """
-    if (
-        isinstance(transport, tcp.Connection)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and nothing_queued(transport)
-    ):
+    sock = idle_socket(transport)
+    if sock is not None:
         try:
-            sent = transport.socket.send(data)
+            sent = sock.send(data)
         except OSError:
             # EAGAIN, EINTR or a dead peer: Twisted's own write path retries or
             # notices the loss on its next doWrite, exactly as if we had not tried.
@@ -53,6 +70,30 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def send_each(sockets: Sequence[socket.socket], data: bytes) -> list[int]:
+    """Send ``data`` once on each socket, in one tight loop; how much each one took.
+
+    The send phase of a broadcast: the caller picks the sockets (see
+    :func:`idle_socket`) before and settles the results after, so that the last
+    subscriber's frame leaves as early as the kernel allows. A socket that takes only
+    part of ``data`` (its buffer is full) or fails (EAGAIN, EINTR, a dead peer) gives
+    what it took, possibly 0; the caller hands the rest to the transport's ``write``,
+    whose own ``doWrite`` retries it or notices the loss, exactly as if we had not
+    tried.
+
+    Args:
+        sockets: Non-blocking sockets that may be written to now.
+        data: The bytes for every one of them.
+    """
+    sent = [0] * len(sockets)
+    for index, sock in enumerate(sockets):
+        try:
+            sent[index] = sock.send(data)
+        except OSError:
+            sent[index] = 0
+    return sent
 
 
 def flush_now(transport: Any) -> None:

@@ -1,4 +1,4 @@
-"""``write_now`` over real loopback TCP connections: sent at once, ordered, never lost."""
+"""``write_now`` and ``send_each`` over real loopback TCP: sent at once, ordered, never lost."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from gateway.eager_write import flush_now, write_now
+from gateway.eager_write import flush_now, idle_socket, send_each, write_now
 
 
 class _Server(Protocol):
@@ -169,3 +169,53 @@ async def test_flush_now_leaves_a_closing_transport_to_the_reactor(reactor: Any)
         assert bytes(reader.received) == b"last words"
     finally:
         client.disconnect()
+
+
+async def test_idle_socket_only_for_an_open_tcp_transport_with_nothing_queued(
+    reactor: Any,
+) -> None:
+    transport, reader, client = await _pair(reactor)
+    try:
+        assert idle_socket(transport) is transport.socket
+        transport.write(b"queued")  # in Twisted's queue: a direct send would jump it
+        assert idle_socket(transport) is None
+        await reader.wait_for(6)
+        assert idle_socket(transport) is transport.socket
+        assert idle_socket(StringTransport()) is None  # type: ignore[no-untyped-call]
+        transport.loseConnection()
+        assert idle_socket(transport) is None
+    finally:
+        client.disconnect()
+
+
+async def test_send_each_reports_what_every_socket_took(reactor: Any) -> None:
+    """One frame to many sockets: a full socket takes part of it or nothing, a dead one
+    nothing, and neither raises; the rest is the caller's to queue."""
+    pairs = [await _pair(reactor, paused=(n == 1)) for n in range(4)]
+    sockets = [transport.socket for transport, _reader, _client in pairs]
+    try:
+        full = sockets[1]
+        full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        while True:  # fill the paused peer's socket until the kernel takes no more
+            try:
+                full.send(b"f" * 65536)
+            except BlockingIOError:
+                break
+        pairs[2][2].disconnect()
+        for _ in range(100):  # until a send on it fails (reset, or closed by Twisted)
+            try:
+                sockets[2].send(b"probe")
+            except OSError:
+                break
+            await _tick(reactor)
+        frame = b"frame" * 1000
+        sent = send_each(sockets, frame)
+        assert sent[0] == sent[3] == len(frame)
+        assert sent[1] < len(frame) and sent[2] == 0
+        await pairs[0][1].wait_for(len(frame))
+        await pairs[3][1].wait_for(len(frame))
+        assert bytes(pairs[0][1].received) == bytes(pairs[3][1].received) == frame
+    finally:
+        for transport, _reader, client in pairs:
+            transport.abortConnection()
+            client.disconnect()

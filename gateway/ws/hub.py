@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
+from gateway.eager_write import send_each
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
 __all__ = [
@@ -109,6 +111,10 @@ class ChangeBatch(list[PreparedChange]):
         if self._joined is None:
             self._joined = b"".join(change.message.payloadHybi for change in self)
         return self._joined
+
+    def frame(self) -> bytes:
+        """What a subscriber that takes the whole batch is sent: every frame, in order."""
+        return self.joined() if len(self) > 1 else self[0].message.payloadHybi
 
 
 def seq_key(seq: Seq) -> str | None:
@@ -188,6 +194,14 @@ class ChangeSink(Protocol):
 
     def feed_changes(self, feed: SharedFeed, changes: Sequence[PreparedChange]) -> None:
         """New changes on a feed this sink subscribes to."""
+
+    def direct_socket(self, feed: SharedFeed) -> socket.socket | None:
+        """A socket the hub may send the next batch's frame to itself, or ``None``."""
+
+    def wrote_directly(
+        self, feed: SharedFeed, changes: Sequence[PreparedChange], frame: bytes, sent: int
+    ) -> None:
+        """The hub sent ``sent`` bytes of ``frame`` on :meth:`direct_socket`."""
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:
         """The feed was interrupted or is live again (``message`` is prepared)."""
@@ -443,11 +457,7 @@ class FeedHub(Service):
             return None
         for change in prepared:
             feed.recent.append(change)
-        for sink in list(feed.subscribers):
-            try:
-                sink.feed_changes(feed, prepared)
-            except Exception:
-                log.exception("subscriber failed to take changes")
+        self._fan_out(feed, prepared)
         took = self.clock.seconds() - now
         if took < PACING_THRESHOLD or feed.closed:
             return None
@@ -460,6 +470,36 @@ class FeedHub(Service):
         pause = took * PACING_FACTOR
         feed.pacing = (self.clock.callLater(pause, self._end_pacing, feed), resume)
         return resume
+
+    @staticmethod
+    def _fan_out(feed: SharedFeed, changes: ChangeBatch) -> None:
+        """Give a batch to every subscriber, the idle ones in one tight send loop.
+
+        A broadcast's last frame leaves when the loop reaches the last socket, so the
+        loop does nothing but ``send``: subscribers are asked for a socket first
+        (those that cannot take a direct write get :meth:`ChangeSink.feed_changes`
+        there and then), and settle their accounts after the last send.
+        """
+        sinks: list[ChangeSink] = []
+        sockets: list[socket.socket] = []
+        for sink in list(feed.subscribers):
+            try:
+                sock = sink.direct_socket(feed)
+                if sock is None:
+                    sink.feed_changes(feed, changes)
+                else:
+                    sinks.append(sink)
+                    sockets.append(sock)
+            except Exception:
+                log.exception("subscriber failed to take changes")
+        if not sockets:
+            return
+        frame = changes.frame()
+        for sink, sent in zip(sinks, send_each(sockets, frame), strict=True):
+            try:
+                sink.wrote_directly(feed, changes, frame, sent)
+            except Exception:
+                log.exception("subscriber failed to take changes")
 
     @staticmethod
     def _end_pacing(feed: SharedFeed) -> None:

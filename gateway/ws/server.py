@@ -23,6 +23,7 @@ the pair, instead of once per connection.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from twisted.python.failure import Failure
 from gateway.config import Settings
 from gateway.couch.auth import Auth
 from gateway.couch.transport import CouchTransport
-from gateway.eager_write import write_now
+from gateway.eager_write import idle_socket, write_now
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
@@ -449,9 +450,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     def _write_frame(self, data: bytes) -> None:
         write_now(self.transport, data)
+        self._count_octets(len(data))
+
+    def _count_octets(self, size: int) -> None:
         stats = self.trafficStats
         if stats is not None:
-            stats.outgoingOctetsWireLevel += len(data)
+            stats.outgoingOctetsWireLevel += size
 
     def _deliver(self, sub: Subscription, change: PreparedChange) -> None:
         item = _Item(change.message, change.size, sub, change.seq, change.received)
@@ -669,8 +673,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 sub.join.buffer_live(change)
             self._check_budget()
             return
-        if sub.trailing is None and self._open and not self._paused and not self._queue \
-                and self._writes_directly():
+        if self._takes_live_writes(sub):
             changes = self._write_changes(sub, changes)
         for change in changes:
             trailing = sub.trailing
@@ -679,6 +682,50 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                     continue
                 sub.trailing = None
             self._deliver(sub, change)
+
+    def direct_socket(self, feed: SharedFeed) -> socket.socket | None:
+        """The socket to write the feed's next batch to directly, if it may be.
+
+        It may when the subscription is live and caught up, nothing is queued before it
+        (here, in Autobahn or in Twisted) and the socket is plain TCP; the hub then
+        sends the batch's frame itself and calls :meth:`wrote_directly`. Otherwise
+        ``None``, and the hub calls :meth:`feed_changes`.
+        """
+        sub = self.by_feed.get(feed)
+        if sub is None or not sub.active or self._ending or sub.join is not None \
+                or not self._takes_live_writes(sub):
+            return None
+        return idle_socket(self.transport)
+
+    def wrote_directly(
+        self, feed: SharedFeed, changes: Sequence[PreparedChange], frame: bytes, sent: int
+    ) -> None:
+        """Settle a batch the hub sent on :meth:`direct_socket`: ``sent`` bytes of ``frame``.
+
+        What the socket did not take goes to the transport, behind nothing (the hub
+        wrote to this socket only because nothing was queued, and nothing was written
+        to it since).
+        """
+        transport = self.transport
+        if sent < len(frame) and transport is not None:
+            transport.write(frame[sent:])
+        self._count_octets(len(frame))
+        self._count_written(self.by_feed[feed], changes, self.factory.clock.seconds())
+
+    def _takes_live_writes(self, sub: Subscription) -> bool:
+        """Whether live changes may skip the queue: the socket's writes are in order."""
+        return sub.trailing is None and self._open and not self._paused \
+            and not self._queue and self._writes_directly()
+
+    def _count_written(
+        self, sub: Subscription, changes: Sequence[PreparedChange], now: float
+    ) -> None:
+        """Move the resume seq past ``changes`` and count them as delivered."""
+        metrics = self.factory.metrics
+        sub.last_seq = changes[-1].seq
+        metrics.messages_sent += len(changes)
+        for change in changes:
+            metrics.observe_lag(now - change.received)
 
     def _write_changes(
         self, sub: Subscription, changes: Sequence[PreparedChange]
@@ -689,22 +736,16 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         without the per-change queue item; returns the changes left once the socket
         backs up (they go through the queue, which coalesces them).
         """
-        metrics = self.factory.metrics
         now = self.factory.clock.seconds()
         if len(changes) > 1 and isinstance(changes, ChangeBatch):
-            self._write_frame(changes.joined())  # one send for the whole batch
-            sub.last_seq = changes[-1].seq
-            metrics.messages_sent += len(changes)
-            for change in changes:
-                metrics.observe_lag(now - change.received)
+            self._write_frame(changes.frame())  # one send for the whole batch
+            self._count_written(sub, changes, now)
             return ()
         for index, change in enumerate(changes):
             if self._paused:
                 return changes[index:]
             self._write_frame(change.message.payloadHybi)
-            sub.last_seq = change.seq
-            metrics.messages_sent += 1
-            metrics.observe_lag(now - change.received)
+            self._count_written(sub, (change,), now)
         return ()
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:

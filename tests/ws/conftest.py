@@ -96,6 +96,15 @@ class ClientProtocol(WebSocketClientProtocol):
         self.sendMessage(payload)
 
 
+class StopsReading(ClientProtocol):
+    """Stops reading from its socket right after the handshake (until
+    ``transport.resumeProducing()``), so that the server's socket to it fills up."""
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        self.transport.pauseProducing()
+
+
 @dataclass
 class Client:
     """Test-side handle of one connection."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
-from tests.ws.conftest import WsServer, sleep
+from tests.ws.conftest import StopsReading, WsServer, sleep
 
 
 async def test_subscribe_receives_live_changes(ws_server: WsServer, db: Database, make_user: Any) -> None:
@@ -188,3 +188,66 @@ async def test_a_batch_of_changes_goes_out_in_one_write(
     assert server_side.subs["s1"].last_seq == "5-opaque"
     assert ws_server.service.metrics_snapshot()["ws_messages_sent_total"] - sent_before == 5
     await client.close()
+
+
+def _record_send_phases(monkeypatch: Any) -> list[tuple[int, list[int]]]:
+    """Each broadcast send loop of the hub: (frame size, bytes each socket took)."""
+    from gateway.ws import hub as hub_module
+
+    phases: list[tuple[int, list[int]]] = []
+    original = hub_module.send_each
+
+    def recording(sockets: Any, frame: bytes) -> list[int]:
+        sent = original(sockets, frame)
+        phases.append((len(frame), list(sent)))
+        return sent
+
+    monkeypatch.setattr(hub_module, "send_each", recording)
+    return phases
+
+
+async def test_a_broadcast_goes_out_in_one_send_loop(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any
+) -> None:
+    """Every idle subscriber's frame is sent in one loop, and each is settled after it:
+    resume seq moved, delivery counted."""
+    phases = _record_send_phases(monkeypatch)
+    token = await ws_server.login(await make_user())
+    clients = [await ws_server.connect(token) for _ in range(6)]
+    for n, client in enumerate(clients):
+        assert (await client.subscribe(f"s{n}", db.name))["type"] == "subscribed"
+    sent_before = ws_server.service.metrics_snapshot()["ws_messages_sent_total"]
+    await db.save({"_id": "one"})
+    changes = [await client.next("change") for client in clients]
+    assert {c["id"] for c in changes} == {"one"} and len({c["seq"] for c in changes}) == 1
+    assert len(phases) == 1
+    size, sent = phases[0]
+    assert sent == [size] * 6
+    seqs = {sub.last_seq for conn in ws_server.service.factory.connections
+            for sub in conn.subs.values()}
+    assert seqs == {changes[0]["seq"]}
+    assert ws_server.service.metrics_snapshot()["ws_messages_sent_total"] - sent_before == 6
+
+
+async def test_what_a_full_socket_does_not_take_follows_in_order(
+    make_server: Any, db: Database, make_user: Any, monkeypatch: Any
+) -> None:
+    """A subscriber whose socket fills up mid-broadcast gets the rest of the frame, and
+    every later change behind it, intact and in the feed's order."""
+    phases = _record_send_phases(monkeypatch)
+    server: WsServer = await make_server(socket_send_buffer=16 * 1024)
+    token = await server.login(await make_user())
+    slow = await server.connect(token, protocol=StopsReading)
+    slow.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
+    healthy = await server.connect(token)
+    await healthy.subscribe("s", db.name, include_docs=True)
+    blob = "x" * 8000
+    for batch in range(6):
+        await db.bulk_save([{"_id": f"b{batch}-{i}", "blob": blob} for i in range(5)])
+        await healthy.collect_changes(5)
+    assert any(0 <= taken < size for size, sent in phases for taken in sent), phases
+    slow.protocol.transport.resumeProducing()
+    got = await slow.collect_changes(30)
+    expected = [m["id"] for m in healthy.messages if m["type"] == "change"]
+    assert [c["id"] for c in got] == expected
+    assert all(c["doc"]["blob"] == blob for c in got)

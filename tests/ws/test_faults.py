@@ -11,15 +11,7 @@ from twisted.internet.threads import deferToThread
 from gateway.couch import Database
 from gateway.ws.protocol import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
 from tests.conftest import CouchBackend
-from tests.ws.conftest import ClientProtocol, WsServer, sleep, ws_settings
-
-
-class NeverReads(ClientProtocol):
-    """Stops reading from its socket right after the handshake."""
-
-    def onOpen(self) -> None:
-        super().onOpen()
-        self.transport.pauseProducing()
+from tests.ws.conftest import StopsReading, WsServer, sleep, ws_settings
 
 
 async def test_client_that_never_reads_is_closed_and_others_unaffected(
@@ -29,7 +21,7 @@ async def test_client_that_never_reads_is_closed_and_others_unaffected(
     server: WsServer = await make_server(ws_settings(ws_queue_bytes=budget),
                                          socket_send_buffer=16 * 1024)
     token = await server.login(await make_user())
-    stuck = await server.connect(token, protocol=NeverReads)
+    stuck = await server.connect(token, protocol=StopsReading)
     stuck.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
     healthy = await server.connect(token)
     await healthy.subscribe("s", db.name, include_docs=True)

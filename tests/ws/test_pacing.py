@@ -28,6 +28,13 @@ class _Sink:
         self.batches.append([c.doc_id for c in changes])
         self.clock.advance(self.cost)
 
+    def direct_socket(self, feed: SharedFeed) -> None:
+        """Never: every batch comes through :meth:`feed_changes`."""
+
+    def wrote_directly(self, feed: SharedFeed, changes: Sequence[PreparedChange],
+                       frame: bytes, sent: int) -> None:
+        """Unused."""
+
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:
         """Unused."""
 
