@@ -3,8 +3,9 @@
 A :class:`FeedHub` keeps a refcounted :class:`SharedFeed` per key. The first subscriber
 opens it (from the database's current seq), the last one to leave closes it. Every
 change row is serialised once and framed once (``prepare``, i.e. Autobahn's
-``WebSocketServerFactory.prepareMessage``) and the same prepared frame is handed to
-every subscriber (``sendPreparedMessage``).
+``WebSocketServerFactory.prepareMessage``) and the same frame goes to every subscriber:
+to every idle, caught-up one in one tight ``send`` loop, settled after the last send
+(:meth:`FeedHub._fan_out`), to the others through their queues.
 
 The upstream feed is a continuous :class:`~gateway.couch.changes.feed.ChangesFeed`: it
 asks CouchDB for a heartbeat (``feed_heartbeat_ms``) and aborts a connection that stays
