@@ -166,6 +166,8 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
     row["latency_sample_ms"] = sorted((latency * 1000).round(2).tolist())[:: max(1, deliveries // 2000)]
     row["metrics_delta"] = {k: v - metrics_before.get(k, 0) for k, v in stack.ws_metrics().items()
                             if isinstance(v, (int, float))}
+    if mode == "ws":
+        row["gateway_gc"] = stack.gc_pauses()  # since start: opening the connections too
     return row
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,26 @@ class Stack:
     def upstream_feed_connections(self) -> int:
         """Established TCP connections gateway → upstream (through the counting nginx)."""
         return tcp_connections(self.gateway.process.pid, self.counter.port)
+
+    def gc_pauses(self) -> dict[str, float]:
+        """The gateway's garbage collection so far (its ``/metrics``): pauses by generation
+        (count, longest in ms) and the objects frozen at start-up."""
+        url = f"http://127.0.0.1:{self.gateway.port}/metrics"
+        with urllib.request.urlopen(url, timeout=120) as answer:
+            text = answer.read().decode()
+        found: dict[str, float] = {}
+        for name, generation, value in re.findall(
+            r'^wallaby_gc_pause_(seconds_count|max_seconds)\{generation="(\d)"\} (\S+)$',
+            text, re.MULTILINE,
+        ):
+            if name == "seconds_count":
+                found[f"gen{generation}_collections"] = float(value)
+            else:
+                found[f"gen{generation}_longest_ms"] = round(float(value) * 1000, 1)
+        frozen = re.search(r"^wallaby_gc_frozen_objects (\d+)$", text, re.MULTILINE)
+        if frozen:
+            found["frozen_objects"] = float(frozen.group(1))
+        return found
 
     def ws_metrics(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.gateway.port}/bench/ws-metrics"

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gateway.couch import BasicAuth, CouchServer
     from gateway.couch.pool import connection_pool
+    from gateway.gc_watch import GarbageCollection
     from gateway.http.accesslog import json_lines_observer
     from gateway.http.app import GatewayApp
     from gateway.http.service import GatewayService
@@ -147,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     app = GatewayApp(settings, couch=couch, reactor=reactor)
     changes = install_changes(app, couch, settings, reactor)
     service = GatewayService(app, reactor, settings.host, settings.port, pool=pool)
+    collection = GarbageCollection()
+    app.metrics.add_collector(collection.prometheus)
 
     def announce(_: object) -> None:
         url = f"http://{settings.host}:{service.port}/"
@@ -168,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
             await changes.stopService()
         finally:
             await service.stopService()
+            collection.stopService()
 
     service.ready.addCallbacks(announce, failed)
     reactor.callWhenRunning(changes.startService)
     reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(collection.startService)  # last: everything start-up made exists
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: Deferred.fromCoroutine(shutdown()))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -117,6 +118,22 @@ async def test_sigterm_finishes_in_flight_requests(
     finally:
         await defer.maybeDeferred(port.stopListening)
         await pool.closeCachedConnections()
+
+
+async def test_a_running_gateway_reports_its_garbage_collection(
+    reactor: Any, spawn: Callable[..., Any], couch_backend: CouchBackend
+) -> None:
+    child = await spawn(couch_backend.url)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        metrics = await ApiClient(child.url, Agent(reactor, pool=pool)).get("/metrics")
+    finally:
+        await pool.closeCachedConnections()
+    text = metrics.body.decode()
+    frozen = re.search(r"^wallaby_gc_frozen_objects (\d+)$", text, re.MULTILINE)
+    assert frozen and int(frozen.group(1)) > 10_000, text  # start-up objects, frozen
+    assert 'wallaby_gc_pause_seconds_count{generation="2"}' in text
+    assert 'wallaby_gc_pause_max_seconds{generation="0"}' in text
 
 
 SIZE = 110 * 1024 * 1024
