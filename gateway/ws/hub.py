@@ -191,7 +191,16 @@ class RecentChanges:
 
 
 class ChangeSink(Protocol):
-    """A subscriber of shared feeds (a WebSocket connection)."""
+    """A subscriber of shared feeds (a WebSocket connection).
+
+    A sink whose socket took a whole direct write (:meth:`direct_socket`, then
+    :meth:`wrote_directly` with all of the frame sent) stays on the feed's roster of
+    direct sockets (:attr:`SharedFeed.direct`): the hub sends it later batches without
+    asking again. So the sink must call :meth:`SharedFeed.forget_direct` on each of its
+    feeds before anything else is written to its socket and before anything happens to
+    it that would make :meth:`direct_socket` answer ``None`` (it pauses, unsubscribes,
+    receives a message, closes...). It then is asked again at the next batch.
+    """
 
     def feed_changes(self, feed: SharedFeed, changes: Sequence[PreparedChange]) -> None:
         """New changes on a feed this sink subscribes to."""
@@ -249,6 +258,8 @@ class SharedFeed:
         db: The database.
         params: Filter parameters and ``include_docs``.
         subscribers: The sinks, in subscription order.
+        direct: The sinks the hub may send to without asking (see :class:`ChangeSink`),
+            each with its socket.
         state: ``starting``, then the upstream feed's state.
         service: The upstream feed, once started.
     """
@@ -257,6 +268,7 @@ class SharedFeed:
     db: str
     params: FeedParams
     subscribers: dict[ChangeSink, None] = field(default_factory=dict)
+    direct: dict[ChangeSink, socket.socket] = field(default_factory=dict, repr=False)
     state: str = "starting"
     service: ChangesFeed | None = None
     interrupted: bool = False
@@ -265,6 +277,10 @@ class SharedFeed:
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
     linger_timer: IDelayedCall | None = field(default=None, repr=False)
     pacing: tuple[IDelayedCall, Deferred[None]] | None = field(default=None, repr=False)
+
+    def forget_direct(self, sink: ChangeSink) -> None:
+        """Ask ``sink`` for its socket before the next direct write (see :class:`ChangeSink`)."""
+        self.direct.pop(sink, None)
 
     @property
     def key(self) -> FeedKey:
@@ -403,6 +419,7 @@ class FeedHub(Service):
         stays open for :attr:`linger` seconds first.
         """
         feed.subscribers.pop(sink, None)
+        feed.forget_direct(sink)
         if feed.subscribers or feed.closed:
             return
         if linger and self.linger > 0 and feed.service is not None:
@@ -424,6 +441,7 @@ class FeedHub(Service):
                 feed.linger_timer.cancel()
             feed.linger_timer = None
         feed.closed = True
+        feed.direct.clear()
         self._end_pacing(feed)
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
@@ -477,13 +495,20 @@ class FeedHub(Service):
         """Give a batch to every subscriber, the idle ones in one tight send loop.
 
         A broadcast's last frame leaves when the loop reaches the last socket, so the
-        loop does nothing but ``send``: subscribers are asked for a socket first
-        (those that cannot take a direct write get :meth:`ChangeSink.feed_changes`
-        there and then), and settle their accounts after the last send.
+        loop does nothing but ``send``, and as little as possible comes before it: the
+        sockets on the feed's roster (:attr:`SharedFeed.direct`) are taken as they are,
+        the other subscribers are asked for a socket (those that cannot take a direct
+        write get :meth:`ChangeSink.feed_changes` there and then). Every subscriber
+        written to settles its accounts after the last send; those whose socket took
+        the whole frame are (or stay) on the roster.
         """
-        sinks: list[ChangeSink] = []
-        sockets: list[socket.socket] = []
-        for sink in list(feed.subscribers):
+        direct = feed.direct
+        sinks: list[ChangeSink] = list(direct)
+        sockets: list[socket.socket] = list(direct.values())
+        # The roster only holds subscribers: as many means all of them (the usual case).
+        others = [] if len(direct) == len(feed.subscribers) else [
+            sink for sink in feed.subscribers if sink not in direct]
+        for sink in others:
             try:
                 sock = sink.direct_socket(feed)
                 if sock is None:
@@ -496,11 +521,18 @@ class FeedHub(Service):
         if not sockets:
             return
         frame = changes.frame()
-        for sink, sent in zip(sinks, send_each(sockets, frame), strict=True):
+        whole = len(frame)
+        for sink, sock, sent in zip(sinks, sockets, send_each(sockets, frame), strict=True):
             try:
                 sink.wrote_directly(feed, changes, frame, sent)
             except Exception:
+                direct.pop(sink, None)
                 log.exception("subscriber failed to take changes")
+                continue
+            if sent == whole and sink in feed.subscribers:
+                direct[sink] = sock
+            else:
+                direct.pop(sink, None)
 
     @staticmethod
     def _end_pacing(feed: SharedFeed) -> None:
@@ -558,4 +590,5 @@ class FeedHub(Service):
             feed.linger_timer = None
             feed.closed = True
             feed.subscribers.clear()
+            feed.direct.clear()
             await self._stop_feed(feed)

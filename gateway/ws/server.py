@@ -37,6 +37,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from gateway.config import Settings
@@ -370,6 +371,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
         """The socket is backed up: queue instead of writing."""
+        self._leave_direct_rosters()
         self._paused = True
 
     def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
@@ -379,7 +381,43 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
         """The connection is going away."""
+        self._leave_direct_rosters()
         self._paused = True
+
+    # -- the hub's roster of direct sockets (see ChangeSink) ----------------------------
+    # The hub sends a broadcast's frame straight to the sockets on a feed's roster,
+    # without asking (FeedHub._fan_out). Whatever could change the answer of
+    # direct_socket, or put bytes in the socket before the hub's next frame, takes this
+    # connection off its feeds' rosters first: every write (ours and Autobahn's, all of
+    # which go through sendData), every byte received (client messages, pings, closes),
+    # flow control, dropping the connection, losing it, and ending or dropping a
+    # subscription.
+
+    def _leave_direct_rosters(self) -> None:
+        for feed in self.by_feed:
+            feed.forget_direct(self)
+
+    def sendData(  # noqa: N802 - Autobahn's name
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Autobahn's every write; the hub asks before writing to this socket again."""
+        self._leave_direct_rosters()
+        super().sendData(data, sync, chopsize)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Bytes from the client; the hub asks before writing to this socket again."""
+        self._leave_direct_rosters()
+        super().dataReceived(data)
+
+    def dropConnection(self, abort: bool = False) -> None:  # noqa: N802 - Autobahn's name
+        """Close the TCP connection; the hub writes to this socket no more."""
+        self._leave_direct_rosters()
+        super().dropConnection(abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """The connection is gone; the hub writes to this socket no more."""
+        self._leave_direct_rosters()
+        super().connectionLost(reason)
 
     def _reply(self, message: Mapping[str, Any], sub: Subscription | None = None) -> None:
         """Queue a per-connection message (serialised for this client only)."""
@@ -449,6 +487,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self.sendPreparedMessage(prepared)
 
     def _write_frame(self, data: bytes) -> None:
+        self._leave_direct_rosters()
         write_now(self.transport, data)
         self._count_octets(len(data))
 
@@ -469,6 +508,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """Close the connection after a ``closing`` message with the resume seqs."""
         if self._ending or not self._open:
             return
+        self._leave_direct_rosters()
         resume = self.resume_seqs()
         self._queue.clear()
         self._queued_bytes = 0
@@ -647,6 +687,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     async def _drop(self, sub: Subscription, *, linger: bool = False) -> None:
         if not sub.active:
             return
+        self._leave_direct_rosters()
         sub.active = False
         sub.join = sub.trailing = None
         if self.subs.get(sub.id) is sub:
@@ -704,10 +745,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
         What the socket did not take goes to the transport, behind nothing (the hub
         wrote to this socket only because nothing was queued, and nothing was written
-        to it since).
+        to it since); the hub then asks before writing to this socket again.
         """
         transport = self.transport
         if sent < len(frame) and transport is not None:
+            self._leave_direct_rosters()
             transport.write(frame[sent:])
         self._count_octets(len(frame))
         self._count_written(self.by_feed[feed], changes, self.factory.clock.seconds())
