@@ -276,6 +276,24 @@ class _Item:
     received: float | None = None
 
 
+def _hold(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
+    """Keep ``deferred`` in ``tasks`` until it fires; log a failure other than a cancel."""
+    if not deferred.called:
+        tasks.add(deferred)
+
+        def done(result: Any) -> Any:
+            tasks.discard(deferred)
+            return result
+
+        deferred.addBoth(done)
+    deferred.addErrback(_log_task_failure)
+
+
+def _log_task_failure(failure: Failure) -> None:
+    if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
+        log.error("websocket task failed: %s", failure.getTraceback())
+
+
 class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unused-ignore]
     """One client connection (see the module documentation)."""
 
@@ -555,23 +573,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self._track(self._subscribe(message))
 
     def _track(self, coroutine: Any) -> None:
-        deferred: Deferred[Any] = Deferred.fromCoroutine(coroutine)
-        if deferred.called:
-            deferred.addErrback(self._log_failure)
-            return
-        self._pending.add(deferred)
-
-        def done(result: Any) -> Any:
-            self._pending.discard(deferred)
-            return result
-
-        deferred.addBoth(done)
-        deferred.addErrback(self._log_failure)
-
-    @staticmethod
-    def _log_failure(failure: Failure) -> None:
-        if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
-            log.error("websocket task failed: %s", failure.getTraceback())
+        _hold(self._pending, Deferred.fromCoroutine(coroutine))
 
     async def _subscribe(self, request: Subscribe) -> None:
         factory = self.factory
@@ -941,17 +943,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
 
     def track(self, deferred: Deferred[Any]) -> None:
         """Keep a background task until it ends (awaited at shutdown)."""
-        if deferred.called:
-            deferred.addErrback(ChangesServerProtocol._log_failure)
-            return
-        self._tasks.add(deferred)
-
-        def done(result: Any) -> Any:
-            self._tasks.discard(deferred)
-            return result
-
-        deferred.addBoth(done)
-        deferred.addErrback(ChangesServerProtocol._log_failure)
+        _hold(self._tasks, deferred)
 
     async def drain_tasks(self) -> None:
         """Wait for background tasks (feed releases) to finish."""

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from gateway.couch import Database
 from gateway.eager_write import nothing_queued
@@ -84,7 +85,10 @@ async def _client_pings(client: Client, server_side: ChangesServerProtocol) -> N
 
 
 async def _server_pings(client: Client, server_side: ChangesServerProtocol) -> None:
+    ponged: Deferred[None] = Deferred()
+    server_side.onPong = lambda payload: ponged.called or ponged.callback(None)
     server_side.sendPing()
+    await ponged  # the client's answer, which arrives after the ping left
 
 
 async def _socket_backs_up(client: Client, server_side: ChangesServerProtocol) -> None:
