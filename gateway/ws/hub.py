@@ -343,6 +343,10 @@ class FeedHub(Service):
         self._stopping: list[Deferred[Any]] = []
         self.feeds_opened = 0
         self.changes_received = 0
+        #: Fan-outs (one per upstream batch and feed), the seconds they took, the longest.
+        self.fanouts = 0
+        self.fanout_seconds = 0.0
+        self.fanout_max_seconds = 0.0
 
     @property
     def feeds(self) -> dict[FeedKey, SharedFeed]:
@@ -478,6 +482,9 @@ class FeedHub(Service):
             feed.recent.append(change)
         self._fan_out(feed, prepared)
         took = self.clock.seconds() - now
+        self.fanouts += 1
+        self.fanout_seconds += took
+        self.fanout_max_seconds = max(self.fanout_max_seconds, took)
         if took < PACING_THRESHOLD or feed.closed:
             return None
         # A long fan-out (thousands of sockets) stops reading upstream for a while

@@ -173,29 +173,41 @@ class WsMetrics:
             values["ws_upstream_feeds"] = len(hub.feeds)
             values["ws_upstream_feeds_opened_total"] = hub.feeds_opened
             values["ws_upstream_changes_total"] = hub.changes_received
+            values["ws_fanout_seconds_sum"] = hub.fanout_seconds
+            values["ws_fanout_seconds_count"] = hub.fanouts
+            values["ws_fanout_seconds_max"] = hub.fanout_max_seconds
         return values
 
     def prometheus(self, hub: FeedHub | None = None) -> str:
         """The counters in Prometheus text format (``wallaby_`` + the snapshot's names)."""
         values = self.snapshot(hub)
+        summaries = [name for name in _SUMMARIES if f"{name}_count" in values]
         lines = []
         for name, value in values.items():
-            if name.startswith("ws_delivery_lag_seconds"):
+            if name.startswith(tuple(_SUMMARIES)):
                 continue
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# HELP wallaby_{name} {_HELP[name]}", f"# TYPE wallaby_{name} {kind}",
                       f"wallaby_{name} {value}"]
-        lines += [
-            "# HELP wallaby_ws_delivery_lag_seconds " + _HELP["ws_delivery_lag_seconds"],
-            "# TYPE wallaby_ws_delivery_lag_seconds summary",
-            f"wallaby_ws_delivery_lag_seconds_sum {values['ws_delivery_lag_seconds_sum']:.6f}",
-            f"wallaby_ws_delivery_lag_seconds_count {values['ws_delivery_lag_seconds_count']}",
-            "# HELP wallaby_ws_delivery_lag_max_seconds Largest delivery lag seen.",
-            "# TYPE wallaby_ws_delivery_lag_max_seconds gauge",
-            f"wallaby_ws_delivery_lag_max_seconds {values['ws_delivery_lag_seconds_max']:.6f}",
-        ]
+        for name in summaries:
+            largest = f"wallaby_{name.removesuffix('_seconds')}_max_seconds"
+            lines += [
+                f"# HELP wallaby_{name} {_HELP[name]}",
+                f"# TYPE wallaby_{name} summary",
+                f"wallaby_{name}_sum {values[f'{name}_sum']:.6f}",
+                f"wallaby_{name}_count {values[f'{name}_count']}",
+                f"# HELP {largest} {_SUMMARIES[name]}",
+                f"# TYPE {largest} gauge",
+                f"{largest} {values[f'{name}_max']:.6f}",
+            ]
         return "\n".join(lines) + "\n"
 
+
+#: Summaries (``_sum``, ``_count``) with a gauge of their largest value, and its help.
+_SUMMARIES = {
+    "ws_delivery_lag_seconds": "Largest delivery lag seen.",
+    "ws_fanout_seconds": "Longest fan-out of one upstream batch.",
+}
 
 _HELP = {
     "ws_connections": "Open WebSocket connections.",
@@ -208,6 +220,8 @@ _HELP = {
     "ws_invalid_messages_total": "Client messages refused.",
     "ws_resumes_from_memory_total": "Resumes served from a shared feed's recent changes.",
     "ws_delivery_lag_seconds": "Seconds from upstream receipt of a change to its socket write.",
+    "ws_fanout_seconds": "Seconds one upstream batch took to reach every subscriber of its feed "
+                         "(the process does nothing else meanwhile).",
     "ws_upstream_feeds": "Open shared upstream _changes feeds.",
     "ws_upstream_feeds_opened_total": "Shared upstream _changes feeds opened.",
     "ws_upstream_changes_total": "Changes received from upstream feeds.",

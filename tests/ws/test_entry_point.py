@@ -108,6 +108,10 @@ async def test_entry_point_serves_changes_metrics_and_closes_1001_on_sigterm(
     assert metric(text, "wallaby_ws_coalesced_total") == 0
     assert metric(text, "wallaby_ws_slow_clients_closed_total") == 0
     assert "# TYPE wallaby_ws_delivery_lag_seconds summary" in text
+    assert metric(text, "wallaby_ws_fanout_seconds_count") == 1  # one upstream batch
+    assert 0 < metric(text, "wallaby_ws_fanout_seconds_sum") == metric(
+        text, "wallaby_ws_fanout_max_seconds")
+    assert "# TYPE wallaby_ws_fanout_seconds summary" in text
     assert "wallaby_http_requests_total" in text  # the REST metrics are still there
 
     # a second subscription with other options opens a second feed; leaving closes it

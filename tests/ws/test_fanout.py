@@ -216,9 +216,13 @@ async def test_a_broadcast_goes_out_in_one_send_loop(
     clients = [await ws_server.connect(token) for _ in range(6)]
     for n, client in enumerate(clients):
         assert (await client.subscribe(f"s{n}", db.name))["type"] == "subscribed"
-    sent_before = ws_server.service.metrics_snapshot()["ws_messages_sent_total"]
+    before = ws_server.service.metrics_snapshot()
+    sent_before = before["ws_messages_sent_total"]
     await db.save({"_id": "one"})
     changes = [await client.next("change") for client in clients]
+    after = ws_server.service.metrics_snapshot()
+    assert after["ws_fanout_seconds_count"] - before["ws_fanout_seconds_count"] == 1
+    assert after["ws_fanout_seconds_sum"] > before["ws_fanout_seconds_sum"]
     assert {c["id"] for c in changes} == {"one"} and len({c["seq"] for c in changes}) == 1
     assert len(phases) == 1
     size, sent = phases[0]
