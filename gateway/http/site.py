@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.web import server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import IResource, Resource
@@ -366,6 +367,8 @@ class FrontDoor(Resource):
             bytes_sent=request.sentLength,
             client=getattr(request.getClientAddress(), "host", None),
             user=request.user_name,
-            aborted=outcome is not None,
+            # A WebSocket's upgrade request ends with its socket: a clean close is no abort.
+            aborted=outcome is not None and not (
+                request.route == "mounted" and outcome.check(ConnectionDone)),
         )
         return None

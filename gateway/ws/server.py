@@ -80,6 +80,7 @@ from gateway.ws.protocol import (
     subscribed_message,
     unsubscribed_message,
 )
+from gateway.ws.resource import UpgradingResource
 
 __all__ = [
     "Authenticate",
@@ -332,12 +333,22 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._shares_identity = False
         self._watched: set[str] = set()
         self._lost: Deferred[None] = Deferred()
+        #: The HTTP request that asked for the upgrade, when served through Twisted Web
+        #: (set by ``UpgradingResource``); ended when the socket closes.
+        self.upgrade_request: Any = None
+        #: The status the access log records for the upgrade request.
+        self.handshake_status = 400
 
     # -- handshake ---------------------------------------------------------------
 
     def onConnect(self, request: Any) -> Deferred[None]:  # type: ignore[override]  # noqa: N802
         """Check the Origin and the credentials before accepting."""
-        return Deferred.fromCoroutine(self._handshake(request))
+        return Deferred.fromCoroutine(self._handshake(request)).addErrback(self._refused)
+
+    def _refused(self, failure: Failure) -> Failure:
+        if isinstance(failure.value, ConnectionDeny):
+            self.handshake_status = failure.value.code
+        return failure
 
     async def _handshake(self, request: Any) -> None:
         factory = self.factory
@@ -374,6 +385,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     def onOpen(self) -> None:  # noqa: N802 - Autobahn's name
         """Start flow control; share the caller's upstream transport."""
         self._open = True
+        self.handshake_status = 101
         factory = self.factory
         factory.connections.add(self)
         factory.metrics.connections += 1
@@ -450,6 +462,16 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """The connection is gone; the hub writes to this socket no more."""
         self._leave_direct_rosters()
         super().connectionLost(reason)
+        # Autobahn resolves is_closed with the protocol itself. That one reference cycle
+        # would keep the whole closed connection (transport, Deferreds, validator…)
+        # until a full collection of the cycle collector, which walks every live
+        # connection (see gateway.gc_watch).
+        if self.is_closed.called:
+            self.is_closed.result = None
+        request, self.upgrade_request = self.upgrade_request, None
+        if request is not None:
+            request.setResponseCode(self.handshake_status)
+            request.connectionLost(reason)
 
     def _reply(self, message: Mapping[str, Any], sub: Subscription | None = None) -> None:
         """Queue a per-connection message (serialised for this client only)."""
@@ -1011,7 +1033,7 @@ class ChangesService(Service):
 
     def resource(self) -> WebSocketResource:
         """The Twisted Web resource to mount at ``/api/v1/changes``."""
-        return WebSocketResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
+        return UpgradingResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         """Start the hub."""

@@ -1,0 +1,46 @@
+"""The Twisted Web resource of the WebSocket endpoint: each connection gets its request.
+
+Autobahn's ``WebSocketResource`` takes the socket over from the HTTP request that asked
+for the upgrade, and that request never finishes: its ``notifyFinish()`` Deferreds
+never fire (no access-log line is written), and the request, its HTTP channel and those
+Deferreds stay in a reference cycle that only a full collection of the cycle collector
+frees (see :mod:`gateway.gc_watch`). :class:`UpgradingResource` gives the connection
+its request, and the connection ends the request when its socket closes
+(``ChangesServerProtocol.connectionLost``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.protocols.policies import ProtocolWrapper
+
+__all__ = ["UpgradingResource", "served_protocol"]
+
+
+def served_protocol(transport: Any) -> Any:
+    """The protocol now serving a socket Autobahn took over (wrapped or not).
+
+    The same three cases as ``WebSocketResource.render``.
+    """
+    if isinstance(transport, ProtocolWrapper):
+        return transport.wrappedProtocol
+    protocol = getattr(transport, "protocol", None)
+    if isinstance(protocol, ProtocolWrapper):
+        return protocol.wrappedProtocol
+    return protocol
+
+
+class UpgradingResource(WebSocketResource):  # type: ignore[misc,unused-ignore]
+    """A ``WebSocketResource`` that sets ``upgrade_request`` on the connection it starts."""
+
+    def render(self, request: Any) -> Any:
+        """Upgrade the request's socket and hand the request to its new connection."""
+        transport = request.channel.transport
+        result = super().render(request)  # type: ignore[no-untyped-call,unused-ignore]
+        if transport is not None and request.channel.transport is None:
+            connection = served_protocol(transport)
+            if hasattr(connection, "upgrade_request"):
+                connection.upgrade_request = request
+        return result
