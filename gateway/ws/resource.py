@@ -5,8 +5,8 @@ for the upgrade, and that request never finishes: its ``notifyFinish()`` Deferre
 never fire (no access-log line is written), and the request, its HTTP channel and those
 Deferreds stay in a reference cycle that only a full collection of the cycle collector
 frees (see :mod:`gateway.gc_watch`). :class:`UpgradingResource` gives the connection
-its request, and the connection ends the request when its socket closes
-(``ChangesServerProtocol.connectionLost``).
+its request, and the connection ends the request as soon as the handshake is decided:
+when it opens (status 101), or when a refused handshake's socket closes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def served_protocol(transport: Any) -> Any:
 
 
 class UpgradingResource(WebSocketResource):  # type: ignore[misc,unused-ignore]
-    """A ``WebSocketResource`` that sets ``upgrade_request`` on the connection it starts."""
+    """A ``WebSocketResource`` that hands its request to the connection it starts."""
 
     def render(self, request: Any) -> Any:
         """Upgrade the request's socket and hand the request to its new connection."""
@@ -41,6 +41,6 @@ class UpgradingResource(WebSocketResource):  # type: ignore[misc,unused-ignore]
         result = super().render(request)  # type: ignore[no-untyped-call,unused-ignore]
         if transport is not None and request.channel.transport is None:
             connection = served_protocol(transport)
-            if hasattr(connection, "upgrade_request"):
-                connection.upgrade_request = request
+            if hasattr(connection, "adopt_upgrade_request"):
+                connection.adopt_upgrade_request(request)
         return result

@@ -36,6 +36,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -309,6 +310,11 @@ def _log_task_failure(failure: Failure) -> None:
         log.error("websocket task failed: %s", failure.getTraceback())
 
 
+def _upgraded() -> Failure:
+    """How an upgraded HTTP request ends: its connection is now a WebSocket's."""
+    return Failure(ConnectionDone("the HTTP request was upgraded to a WebSocket"))  # type: ignore[no-untyped-call]
+
+
 class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unused-ignore]
     """One client connection (see the module documentation)."""
 
@@ -334,7 +340,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._watched: set[str] = set()
         self._lost: Deferred[None] = Deferred()
         #: The HTTP request that asked for the upgrade, when served through Twisted Web
-        #: (set by ``UpgradingResource``); ended when the socket closes.
+        #: (set by ``UpgradingResource``); ended once the handshake is decided.
         self.upgrade_request: Any = None
         #: The status the access log records for the upgrade request.
         self.handshake_status = 400
@@ -386,6 +392,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """Start flow control; share the caller's upstream transport."""
         self._open = True
         self.handshake_status = 101
+        self._end_upgrade_request(_upgraded())
         factory = self.factory
         factory.connections.add(self)
         factory.metrics.connections += 1
@@ -468,6 +475,23 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         # connection (see gateway.gc_watch).
         if self.is_closed.called:
             self.is_closed.result = None
+        self._end_upgrade_request(reason)
+
+    def adopt_upgrade_request(self, request: Any) -> None:
+        """Take the HTTP request that asked for this upgrade (``UpgradingResource``).
+
+        It is ended once the handshake is decided, which may already be the case: a
+        handshake whose credential is cached completes while the request is rendered.
+        """
+        self.upgrade_request = request
+        if self.handshake_status == 101 or self._lost.called:
+            self._end_upgrade_request(_upgraded())
+
+    def _end_upgrade_request(self, reason: Failure) -> None:
+        """End the upgrade's HTTP request: its access-log line is written, and it is freed.
+
+        An upgraded request never finishes by itself (see gateway.ws.resource).
+        """
         request, self.upgrade_request = self.upgrade_request, None
         if request is not None:
             request.setResponseCode(self.handshake_status)

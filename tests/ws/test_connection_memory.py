@@ -62,6 +62,12 @@ def _server_side(server: WsServer, client: Client) -> ChangesServerProtocol:
     return connection
 
 
+def _new(types: tuple[type, ...], before: set[int]) -> list[str]:
+    """Names of the live objects of these types not in ``before`` (ids)."""
+    return sorted(type(o).__name__ for o in gc.get_objects()
+                  if isinstance(o, types) and id(o) not in before)
+
+
 def _alive(refs: list[weakref.ref[Any]]) -> list[str]:
     return [f"{type(obj).__name__} in state {getattr(obj, 'state', '?')}"
             for obj in (ref() for ref in refs) if obj is not None]
@@ -129,10 +135,10 @@ async def test_a_connection_closed_with_its_feed_still_running_is_freed(
 async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
     reactor: Any, admin: Any, db: Database, make_user: Any, collector_off: None
 ) -> None:
-    """Served through Twisted Web, the upgrade request ends with its socket too.
+    """Served through Twisted Web, the upgrade request is freed once the connection opens.
 
-    It is written to the access log then: status 101, the connection's lifetime, and
-    whether it ended with a clean close; a refused handshake with its status.
+    It is written to the access log then, with status 101; a refused handshake with its
+    status when its socket closes.
     """
     settings = Settings(couchdb_url=admin.url, ws_ping_interval=5.0, ws_auth_recheck=30.0)
     app = GatewayApp(settings, couch=admin, reactor=reactor)
@@ -153,6 +159,8 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
             await db.save({"_id": "a"})
             for client in clients:
                 await client.next("change")
+            assert _new(watched, before) == ["ChangesServerProtocol"] * 3, (
+                "open connections hold their upgrade requests")
             waits = [c.when_closed() for c in changes.factory.connections]
             await sleep(reactor, 0.2)
             await clients[0].close()
@@ -165,15 +173,12 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
             del waits
             await changes.factory.drain_tasks()
             await sleep(reactor, 0.1)
-        left = [type(o).__name__ for o in gc.get_objects()
-                if isinstance(o, watched) and id(o) not in before]
-        assert left == [], "closed connections wait for the cycle collector"
+        assert _new(watched, before) == [], "closed connections wait for the cycle collector"
         lines = [e["access"] for e in events if e.get("log_namespace") == "gateway.access"]
         upgrades = sorted((line["status"], line["aborted"]) for line in lines)
-        assert upgrades == [(101, False), (101, False), (101, True), (401, False)], lines
+        assert upgrades == [(101, False)] * 3 + [(401, False)], lines
         assert all(line["route"] == "mounted" and line["path"] == "/api/v1/changes"
-                   for line in lines)
-        assert min(line["duration_ms"] for line in lines if line["status"] == 101) >= 200
+                   and line["duration_ms"] >= 0 for line in lines)
         assert all(token not in json.dumps(line) for line in lines)
     finally:
         await changes.stopService()
