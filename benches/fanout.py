@@ -106,6 +106,7 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
         if mode == "ws":
             row["rss_per_idle_connection_bytes"] = (rss_after - rss_before) / max(1, row["connected"])
             row["gateway_rss_mb"] = rss_after / 2**20
+            row["gateway_gc_connected"] = stack.gc_pauses()  # all subscribers still connected
         metrics = stack.ws_metrics()
         row["upstream_feeds_gateway_metric"] = metrics.get("ws_upstream_feeds")
         row["upstream_tcp_connections_from_gateway"] = stack.upstream_feed_connections()
@@ -167,7 +168,7 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
     row["metrics_delta"] = {k: v - metrics_before.get(k, 0) for k, v in stack.ws_metrics().items()
                             if isinstance(v, (int, float))}
     if mode == "ws":
-        row["gateway_gc"] = stack.gc_pauses()  # since start: opening the connections too
+        row["gateway_gc"] = stack.gc_pauses()  # since start, read after the subscribers left
     return row
 
 

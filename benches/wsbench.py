@@ -92,7 +92,7 @@ class Stack:
 
     def gc_pauses(self) -> dict[str, float]:
         """The gateway's garbage collection so far (its ``/metrics``): pauses by generation
-        (count, longest in ms) and the objects frozen at start-up."""
+        (count, longest in ms), the objects frozen and the full collections that froze."""
         url = f"http://127.0.0.1:{self.gateway.port}/metrics"
         with urllib.request.urlopen(url, timeout=120) as answer:
             text = answer.read().decode()
@@ -108,6 +108,9 @@ class Stack:
         frozen = re.search(r"^wallaby_gc_frozen_objects (\d+)$", text, re.MULTILINE)
         if frozen:
             found["frozen_objects"] = float(frozen.group(1))
+        freezes = re.search(r"^wallaby_gc_freezes_total (\d+)$", text, re.MULTILINE)
+        if freezes:
+            found["freezes"] = float(freezes.group(1))
         return found
 
     def ws_metrics(self) -> dict[str, Any]:

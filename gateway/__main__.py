@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     app = GatewayApp(settings, couch=couch, reactor=reactor)
     changes = install_changes(app, couch, settings, reactor)
     service = GatewayService(app, reactor, settings.host, settings.port, pool=pool)
-    collection = GarbageCollection()
+    collection = GarbageCollection(
+        freeze_after=settings.gc_freeze_after_ms / 1000 if settings.gc_freeze_after_ms else None)
     app.metrics.add_collector(collection.prometheus)
 
     def announce(_: object) -> None:

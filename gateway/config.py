@@ -67,6 +67,8 @@ class Settings:
         ws_ping_interval: Seconds between keep-alive pings.
         ws_auth_recheck: Seconds between re-checks that a subscriber may still read.
         feed_heartbeat_ms: Heartbeat CouchDB sends on upstream ``_changes`` feeds.
+        gc_freeze_after_ms: A full garbage collection that paused the gateway this long
+            (milliseconds) freezes what survived it, so later ones skip it (0: off).
         log_format: ``json`` or ``text`` access logs.
         embedded_data_dir: Data folder of the embedded server (no ``COUCHDB_URL``).
     """
@@ -99,6 +101,7 @@ class Settings:
     ws_ping_interval: float = 20.0
     ws_auth_recheck: float = 30.0
     feed_heartbeat_ms: int = 10_000
+    gc_freeze_after_ms: int = 50
     log_format: str = "json"
     embedded_data_dir: str = "var/couch"
 

@@ -1,14 +1,23 @@
-"""Garbage collection: start-up objects frozen, every pause measured, long ones logged.
+"""Garbage collection: long-lived objects frozen, every pause measured, long ones logged.
 
 CPython's cycle collector stops the whole process while it walks the objects it tracks.
 A full collection walks all of them: ~72,000 after start-up (24 ms here) and ~40 more per
-open WebSocket connection, so a gateway holding 10,000 connections pauses 250 to 420 ms
+open WebSocket connection, so a gateway holding 10,000 connections paused 250 to 420 ms
 (BENCHMARKS.md). Nothing is lost in a pause, but every request and delivery waits.
 
 :class:`GarbageCollection` freezes what exists once the gateway has started (modules,
 classes, routes, settings: they live as long as the process, so walking them again and
 again finds nothing; ``gc.freeze``), measures every collection through ``gc.callbacks``
 for ``/metrics``, and logs a warning for any pause of ``warn_after`` seconds or more.
+
+A full collection that paused ``freeze_after`` seconds or more freezes what survived it
+too, at the moment it ends, when every unreachable cycle has just been freed: mostly
+WebSocket connections, which live for minutes to hours. The next full collection walks
+only what came after. A frozen object is still freed when its last reference goes, and
+closed connections leave no reference cycle (``tests/ws/test_connection_memory.py``).
+An object that dies inside a cycle while frozen (a REST request in flight at the freeze:
+Klein and Werkzeug make a cycle of every request) waits for the first full collection
+``refreeze_every`` seconds after the freeze, which gets everything back first ("thaws").
 """
 
 from __future__ import annotations
@@ -36,13 +45,29 @@ class GarbageCollection(Service):
     Args:
         timer: A monotonic clock in seconds (``time.perf_counter``).
         warn_after: A pause at least this long (seconds) is logged as a warning.
+        freeze_after: A full collection at least this long (seconds) freezes what
+            survived it (``None``: only start-up objects are frozen).
+        refreeze_every: Seconds after such a freeze at which the next full collection
+            walks every object again, frozen or not.
     """
 
     def __init__(
-        self, timer: Callable[[], float] = time.perf_counter, *, warn_after: float = 0.1
+        self,
+        timer: Callable[[], float] = time.perf_counter,
+        *,
+        warn_after: float = 0.1,
+        freeze_after: float | None = 0.05,
+        refreeze_every: float = 3600.0,
     ) -> None:
         self.timer = timer
         self.warn_after = warn_after
+        self.freeze_after = freeze_after
+        self.refreeze_every = refreeze_every
+        #: Full collections whose survivors were frozen (after start-up's).
+        self.freezes = 0
+        #: Full collections that walked the frozen objects again.
+        self.thaws = 0
+        self._first_freeze_at: float | None = None
         self.pauses = {generation: Histogram() for generation in GENERATIONS}
         self.longest = dict.fromkeys(GENERATIONS, 0.0)
         self._started_at: float | None = None
@@ -63,6 +88,11 @@ class GarbageCollection(Service):
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started_at = self.timer()
+            if (info["generation"] == 2 and self._first_freeze_at is not None
+                    and self._started_at - self._first_freeze_at >= self.refreeze_every):
+                gc.unfreeze()
+                self.thaws += 1
+                self._first_freeze_at = None
             return
         if self._started_at is None:
             return
@@ -70,6 +100,11 @@ class GarbageCollection(Service):
         generation = info["generation"]
         self.pauses[generation].observe(took)
         self.longest[generation] = max(self.longest[generation], took)
+        if generation == 2 and self.freeze_after is not None and took >= self.freeze_after:
+            gc.freeze()
+            self.freezes += 1
+            if self._first_freeze_at is None:
+                self._first_freeze_at = self.timer()
         if took >= self.warn_after:
             _log.warn(
                 "garbage collection of generation {generation} paused the gateway for "
@@ -92,8 +127,15 @@ class GarbageCollection(Service):
             "# TYPE wallaby_gc_pause_max_seconds gauge",
             *(f'wallaby_gc_pause_max_seconds{{generation="{generation}"}} {seconds:.6f}'
               for generation, seconds in self.longest.items()),
-            "# HELP wallaby_gc_frozen_objects Objects exempt from collection (start-up).",
+            "# HELP wallaby_gc_frozen_objects Objects exempt from collection (start-up's,"
+            " and the survivors of long full collections).",
             "# TYPE wallaby_gc_frozen_objects gauge",
             f"wallaby_gc_frozen_objects {gc.get_freeze_count()}",
+            "# HELP wallaby_gc_freezes_total Long full collections whose survivors were frozen.",
+            "# TYPE wallaby_gc_freezes_total counter",
+            f"wallaby_gc_freezes_total {self.freezes}",
+            "# HELP wallaby_gc_thaws_total Full collections that walked the frozen objects again.",
+            "# TYPE wallaby_gc_thaws_total counter",
+            f"wallaby_gc_thaws_total {self.thaws}",
         ]
         return "\n".join(lines) + "\n"

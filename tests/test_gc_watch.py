@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -90,3 +91,95 @@ def test_a_long_pause_is_logged_and_a_short_one_is_not(
     assert any(e["generation"] == 2 and e["milliseconds"] == pytest.approx(250)
                for e in warnings), warnings
     assert slow.longest[2] == pytest.approx(0.25)
+
+
+class _Node:
+    """A tracked object that can be weakly referenced."""
+
+    def __init__(self) -> None:
+        self.peer: _Node | None = None
+
+
+def test_a_long_full_collection_freezes_its_survivors(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    service = running(_ticking(0.25), warn_after=10.0, freeze_after=0.1)
+    frozen = gc.get_freeze_count()
+    survivors = [_Node() for _ in range(5000)]
+    gc.collect(2)
+    assert service.freezes == 1
+    assert gc.get_freeze_count() >= frozen + len(survivors)
+    assert "wallaby_gc_freezes_total 1\n" in service.prometheus()
+    gc.collect(1)
+    assert service.freezes == 1  # only full collections freeze
+
+
+def test_a_short_full_collection_freezes_nothing(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    service = running(_ticking(0.001), freeze_after=0.1)
+    frozen = gc.get_freeze_count()
+    survivors = [_Node() for _ in range(5000)]
+    gc.collect(2)
+    assert service.freezes == 0 and gc.get_freeze_count() == frozen
+    assert len(survivors) == 5000
+    never = running(_ticking(0.25), warn_after=10.0, freeze_after=None)
+    gc.collect(2)
+    assert never.freezes == 0
+
+
+def test_frozen_survivors_are_freed_by_their_last_reference_but_cycles_wait_for_stop(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    """Why closed connections must leave no reference cycle (tests/ws/test_connection_memory.py)."""
+    service = running(_ticking(0.25), warn_after=10.0, freeze_after=0.1)
+    plain, cyclic = _Node(), _Node()
+    cyclic.peer = cyclic
+    plain_ref, cyclic_ref = weakref.ref(plain), weakref.ref(cyclic)
+    gc.collect(2)
+    assert service.freezes == 1
+    del plain, cyclic
+    gc.collect(2)
+    assert plain_ref() is None
+    assert cyclic_ref() is not None  # frozen: the collector does not see it
+    service.stopService()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert cyclic_ref() is None
+
+
+class _Clock:
+    """Moves ``step`` seconds at every reading; ``jump`` moves it at once."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 100.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def jump(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_an_hour_after_a_freeze_a_full_collection_frees_cycles_that_died_frozen(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    clock = _Clock(0.25)
+    service = running(clock, warn_after=10.0, freeze_after=0.1, refreeze_every=3600.0)
+    cyclic = _Node()
+    cyclic.peer = cyclic
+    cyclic_ref = weakref.ref(cyclic)
+    gc.collect(2)
+    assert service.freezes == 1
+    del cyclic
+    clock.jump(3000.0)
+    gc.collect(2)
+    assert cyclic_ref() is not None and service.thaws == 0  # not an hour yet
+    survivors = [_Node() for _ in range(5000)]
+    clock.jump(700.0)
+    gc.collect(2)
+    assert cyclic_ref() is None and service.thaws == 1
+    assert service.freezes == 3  # the thawing collection was long too: frozen again
+    assert gc.get_freeze_count() >= len(survivors)
+    assert "wallaby_gc_thaws_total 1\n" in service.prometheus()

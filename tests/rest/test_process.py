@@ -134,6 +134,8 @@ async def test_a_running_gateway_reports_its_garbage_collection(
     assert frozen and int(frozen.group(1)) > 10_000, text  # start-up objects, frozen
     assert 'wallaby_gc_pause_seconds_count{generation="2"}' in text
     assert 'wallaby_gc_pause_max_seconds{generation="0"}' in text
+    assert re.search(r"^wallaby_gc_freezes_total \d+$", text, re.MULTILINE), text
+    assert re.search(r"^wallaby_gc_thaws_total \d+$", text, re.MULTILINE), text
 
 
 SIZE = 110 * 1024 * 1024
