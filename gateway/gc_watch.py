@@ -68,6 +68,7 @@ class GarbageCollection(Service):
         #: Full collections that walked the frozen objects again.
         self.thaws = 0
         self._first_freeze_at: float | None = None
+        self._thawing = False
         self.pauses = {generation: Histogram() for generation in GENERATIONS}
         self.longest = dict.fromkeys(GENERATIONS, 0.0)
         self._started_at: float | None = None
@@ -93,6 +94,7 @@ class GarbageCollection(Service):
                 gc.unfreeze()
                 self.thaws += 1
                 self._first_freeze_at = None
+                self._thawing = True
             return
         if self._started_at is None:
             return
@@ -100,7 +102,10 @@ class GarbageCollection(Service):
         generation = info["generation"]
         self.pauses[generation].observe(took)
         self.longest[generation] = max(self.longest[generation], took)
-        if generation == 2 and self.freeze_after is not None and took >= self.freeze_after:
+        thawed, self._thawing = self._thawing, False
+        if generation == 2 and self.freeze_after is not None and (
+                thawed or took >= self.freeze_after):
+            # After a thaw, start-up's objects are frozen again however short it was.
             gc.freeze()
             self.freezes += 1
             if self._first_freeze_at is None:

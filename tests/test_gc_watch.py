@@ -183,3 +183,9 @@ def test_an_hour_after_a_freeze_a_full_collection_frees_cycles_that_died_frozen(
     assert service.freezes == 3  # the thawing collection was long too: frozen again
     assert gc.get_freeze_count() >= len(survivors)
     assert "wallaby_gc_thaws_total 1\n" in service.prometheus()
+    del survivors
+    clock.jump(3700.0)
+    clock.step = 0.001  # a short thawing collection still freezes again
+    gc.collect(2)
+    assert service.thaws == 2 and service.freezes == 4
+    assert gc.get_freeze_count() > 1000

@@ -121,7 +121,8 @@ def ws_gauges(gateway: GatewayProcess) -> dict[str, float]:
     gauges = {}
     for line in text.splitlines():
         for name in ("ws_connections", "ws_subscriptions", "ws_upstream_feeds",
-                     "http_requests_in_flight"):
+                     "http_requests_in_flight", "gc_frozen_objects", "gc_freezes_total",
+                     "gc_thaws_total"):
             if line.startswith(f"wallaby_{name} "):
                 gauges[name] = float(line.split()[1])
     return gauges
