@@ -367,7 +367,8 @@ class FrontDoor(Resource):
             bytes_sent=request.sentLength,
             client=getattr(request.getClientAddress(), "host", None),
             user=request.user_name,
-            # A WebSocket's upgrade request ends with its socket: a clean close is no abort.
+            # A WebSocket's upgrade request ends with ConnectionDone once upgraded (or when
+            # a refused handshake's socket closes cleanly): no abort (gateway.ws.resource).
             aborted=outcome is not None and not (
                 request.route == "mounted" and outcome.check(ConnectionDone)),
         )
