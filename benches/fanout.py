@@ -164,6 +164,12 @@ def measure(stack: Stack, mode: str, clients: int, rate: float, seconds: float,
     row["upstream_cpu_us_per_delivery"] = (row["upstream_cpu_s"] / deliveries * 1e6
                                            if deliveries else float("nan"))
     row["load_cpu_share_of_core"] = row["load_cpu_s"] / (mono1 - mono0) / max(1, len(loads))
+    if deliveries:
+        # Each write's own p50 / p99 / max: shows whether one broadcast (e.g. the first
+        # after everybody subscribed) sets the run's p99.
+        row["per_write_ms"] = [
+            [round(float(np.percentile(part, q)) * 1000, 1) for q in (50, 99, 100)]
+            for part in (latency[doc_index == k] for k in range(len(ack))) if len(part)]
     row["latency_sample_ms"] = sorted((latency * 1000).round(2).tolist())[:: max(1, deliveries // 2000)]
     row["metrics_delta"] = {k: v - metrics_before.get(k, 0) for k, v in stack.ws_metrics().items()
                             if isinstance(v, (int, float))}
