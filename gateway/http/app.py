@@ -55,6 +55,7 @@ from gateway.errors import (
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
+from gateway.http.attachments_inline import check_inline_attachments
 from gateway.http.compression import gzip_answer
 from gateway.http.conditional import content_etag, etag_matches, must_revalidate, not_modified
 from gateway.http.contract import Contract, load_contract
@@ -481,6 +482,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createDocument", db=name)
         body = self._json_body(request, "createDocument")
+        check_inline_attachments([body])
         if "_id" in body:
             paths.document_id(body["_id"].replace("%", "%25"))
         return await self._forward(request, couch, "POST", [name], params=query, json=body)
@@ -500,6 +502,7 @@ class GatewayApp:
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "putDocument", db=name, docid=doc_id)
         body = self._json_body(request, "putDocument")
+        check_inline_attachments([body])
         if body.get("_id", doc_id) != doc_id:
             raise InvalidRequest("the body's '_id' differs from the id in the path")
         _if_match(request, query)
@@ -521,6 +524,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "bulkDocs", db=name)
         body = self._json_body(request, "bulkDocs")
+        check_inline_attachments(body["docs"])
         return await self._forward(
             request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
             amend=lambda answer: in_request_order(body, answer),

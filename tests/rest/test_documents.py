@@ -151,3 +151,38 @@ async def test_bulk_docs_conflicts_and_bulk_get(scenario: Scenario) -> None:
     assert "ok" not in results[1]["docs"][0]  # CouchDB: {"error": …}; pouchdb-server: {}
     invalid = await client.post(f"/api/v1/db/{db}/bulk_docs", json_body={"documents": []})
     assert invalid.status == 400 and "docs" in invalid.json["reason"]
+
+
+async def test_inline_attachments_need_data_or_a_stub_as_couchdb_requires(
+    scenario: Scenario, admin: Any
+) -> None:
+    """An entry of ``_attachments`` with neither is refused with 400 before CouchDB (it
+    crashed the embedded pouchdb-server); inline data and stubs go through."""
+    client, base = scenario.member_client, f"/api/v1/db/{scenario.db.name}/docs"
+    inline = {"_attachments": {"note.txt": {"content_type": "text/plain", "data": "aGk="}}}
+    made = await client.put(f"{base}/with-att", json_body=inline)
+    assert made.status == 201
+    stored = (await client.get(f"{base}/with-att")).json  # its attachment as a stub
+    assert stored["_attachments"]["note.txt"]["stub"] is True
+    kept = await client.put(f"{base}/with-att", json_body={**stored, "v": 2})
+    assert kept.status == 201
+    body = await client.get(f"{base}/with-att/attachments/note.txt")
+    assert body.status == 200 and body.body == b"hi"
+    broken = [
+        {"content_type": "text/plain"},
+        {"content_type": "text/plain", "stub": False},
+        {"stub": "yes"},
+        "aGk=",
+    ]
+    for entry in broken:
+        refused = await client.put(f"{base}/bad", json_body={"_attachments": {"a b": entry}})
+        assert refused.status == 400, (entry, refused.body)
+        assert refused.json["error"] in ("bad_request", "invalid_request"), refused.json
+        created = await client.post(base, json_body={"_id": "bad2", "_attachments": {"x": entry}})
+        assert created.status == 400, (entry, created.body)
+    bulk = await client.post(f"/api/v1/db/{scenario.db.name}/bulk_docs", json_body={"docs": [
+        {"_id": "fine"}, {"_id": "bad3", "_attachments": {"x": {"content_type": "a/b"}}}]})
+    assert bulk.status == 400 and "'x'" in bulk.json["reason"], bulk.json
+    for doc_id in ("bad", "bad2", "bad3", "fine"):
+        assert (await client.get(f"{base}/{doc_id}")).status == 404
+    assert (await client.get(f"{base}/with-att")).json["v"] == 2  # the server still answers
