@@ -320,6 +320,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     factory: ChangesServerFactory
 
+    #: Autobahn copies its options from the factory in ``_connectionMade``, and also
+    #: pretty-prints all 40 of them for a debug line, logged or not: a third of the CPU
+    #: of a handshake. This connection copies them itself (``_connectionMade``) and
+    #: leaves Autobahn none to copy or print.
+    CONFIG_ATTRS: list[str] = []
+    _OPTIONS: tuple[str, ...] = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
+
     def __init__(self) -> None:
         super().__init__()
         self.identity: Any = None
@@ -344,6 +351,14 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self.upgrade_request: Any = None
         #: The status the access log records for the upgrade request.
         self.handshake_status = 400
+
+    def _connectionMade(self) -> None:  # noqa: N802 - Autobahn's name
+        """Take the factory's options (see ``CONFIG_ATTRS``), then Autobahn's set-up."""
+        factory = self.factory
+        for name in self._OPTIONS:
+            if not hasattr(self, name):
+                setattr(self, name, getattr(factory, name))
+        super()._connectionMade()
 
     # -- handshake ---------------------------------------------------------------
 

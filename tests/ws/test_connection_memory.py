@@ -183,3 +183,4 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
     finally:
         await changes.stopService()
         await port.stopListening()
+
