@@ -310,6 +310,10 @@ def _log_task_failure(failure: Failure) -> None:
         log.error("websocket task failed: %s", failure.getTraceback())
 
 
+#: The most bytes of frames joined into one send when a run of changes is written.
+JOINED_WRITE_BYTES = 64 * 1024
+
+
 def _upgraded() -> Failure:
     """How an upgraded HTTP request ends: its connection is now a WebSocket's."""
     return Failure(ConnectionDone("the HTTP request was upgraded to a WebSocket"))  # type: ignore[no-untyped-call]
@@ -698,6 +702,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             if backlog is not None:
                 sub.join = None
                 factory.metrics.resumes_from_memory += 1
+                if self._takes_live_writes(sub):
+                    backlog = list(self._write_changes(sub, backlog))
                 for change in backlog:
                     self._deliver(sub, change)
             elif sub.join is not None:
@@ -860,11 +866,20 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self._write_frame(changes.frame())  # one send for the whole batch
             self._count_written(sub, changes, now)
             return ()
-        for index, change in enumerate(changes):
+        # Other runs of changes (a resume's backlog from memory): their frames joined,
+        # up to JOINED_WRITE_BYTES a send, until the socket backs up.
+        index = 0
+        while index < len(changes):
             if self._paused:
                 return changes[index:]
-            self._write_frame(change.message.payloadHybi)
-            self._count_written(sub, (change,), now)
+            end, size = index, 0
+            while end < len(changes) and size < JOINED_WRITE_BYTES:
+                size += len(changes[end].message.payloadHybi)
+                end += 1
+            part = changes[index:end]
+            self._write_frame(b"".join(change.message.payloadHybi for change in part))
+            self._count_written(sub, part, now)
+            index = end
         return ()
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:

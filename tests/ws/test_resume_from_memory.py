@@ -160,3 +160,42 @@ async def test_a_lingering_feed_closes_when_nobody_comes_back(
             break
         await sleep(reactor, 0.01)
     assert ws_server.feeds() == 0
+
+
+async def test_a_backlog_from_memory_goes_out_in_few_sends_whole_and_in_order(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any,
+) -> None:
+    """The frames of a resume's backlog are joined into sends of at most
+    ``JOINED_WRITE_BYTES``; every change still arrives once, in feed order, and the
+    resume seq is the last one's."""
+    from gateway.ws import server as server_module
+
+    monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
+    token = await ws_server.login(await make_user())
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)
+    await db.bulk_save([{"_id": f"b{i:04d}"} for i in range(60)])
+    got = await watcher.collect_changes(60)
+    sends: list[int] = []
+    original = server_module.ChangesServerProtocol._write_frame
+
+    def counting(self: Any, data: bytes) -> None:
+        sends.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(server_module.ChangesServerProtocol, "_write_frame", counting)
+    resumed = await ws_server.connect(token)
+    assert (await resumed.subscribe("s", db.name, since=got[4]["seq"]))["type"] == "subscribed"
+    backlog = await resumed.collect_changes(55)
+    assert [c["id"] for c in backlog] == [c["id"] for c in got[5:]]
+    assert [c["seq"] for c in backlog] == [c["seq"] for c in got[5:]]
+    frames = sends[1:]  # after the "subscribed" answer
+    # 55 frames of ~130 bytes: two sends of at most 4 KiB and one frame, not 55
+    assert 2 <= len(frames) <= 4, sends
+    assert all(size < 4096 + 400 for size in frames), frames
+    (conn,) = [c for c in ws_server.service.factory.connections if "s" in c.subs]
+    assert conn.subs["s"].last_seq == got[-1]["seq"]
+    assert ws_server.service.metrics.resumes_from_memory == 1
+    await db.save({"_id": "after"})
+    assert (await resumed.next("change"))["id"] == "after"
+    resumed.check()
