@@ -199,3 +199,40 @@ async def test_a_backlog_from_memory_goes_out_in_few_sends_whole_and_in_order(
     await db.save({"_id": "after"})
     assert (await resumed.next("change"))["id"] == "after"
     resumed.check()
+
+
+async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order(
+    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any,
+) -> None:
+    """A resume older than the feed's memory reads ``_changes`` upstream; each page's
+    frames are joined too, and then live changes follow, each once."""
+    from gateway.ws import server as server_module
+
+    monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
+    token = await ws_server.login(await make_user())
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)
+    (feed,) = ws_server.service.hub.feeds.values()
+    feed.recent.max_changes = 5
+    await db.bulk_save([{"_id": f"c{i:04d}"} for i in range(60)])
+    got = await watcher.collect_changes(60)
+    catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
+    sends: list[int] = []
+    original = server_module.ChangesServerProtocol._write_frame
+
+    def counting(self: Any, data: bytes) -> None:
+        sends.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(server_module.ChangesServerProtocol, "_write_frame", counting)
+    resumed = await ws_server.connect(token)
+    assert (await resumed.subscribe("s", db.name, since=got[2]["seq"]))["type"] == "subscribed"
+    caught_up = await resumed.collect_changes(57)
+    assert [c["id"] for c in caught_up] == [c["id"] for c in got[3:]]
+    assert len(catch_ups) == 1
+    assert 2 <= len(sends) - 1 <= 6, sends  # 57 frames of ~130 bytes: a few sends, not 57
+    await db.save({"_id": "after"})
+    assert (await resumed.next("change"))["id"] == "after"
+    resumed.check()
+    ids = [m["id"] for m in resumed.messages if m["type"] == "change"]
+    assert len(ids) == len(set(ids)) == 58  # each change once
