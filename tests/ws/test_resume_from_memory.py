@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
+from gateway.ws import server as server_module
 from gateway.ws.hub import PreparedChange, RecentChanges
 from tests.ws.conftest import WsServer, sleep
 from tests.ws.resume_support import resume_point, resume_while_writing, spy_on_catch_ups
@@ -12,6 +13,19 @@ from tests.ws.resume_support import resume_point, resume_while_writing, spy_on_c
 
 def _change(seq: Any, doc_id: str = "d", size: int = 10) -> PreparedChange:
     return PreparedChange(doc_id, "1-a", seq, None, size, 0.0)
+
+
+def _count_sends(monkeypatch: Any) -> list[int]:
+    """The size of every frame write (``_write_frame``) from now on."""
+    sends: list[int] = []
+    original = server_module.ChangesServerProtocol._write_frame
+
+    def counting(self: Any, data: bytes) -> None:
+        sends.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(server_module.ChangesServerProtocol, "_write_frame", counting)
+    return sends
 
 
 def test_recent_changes_equality_lookup_and_eviction() -> None:
@@ -168,22 +182,13 @@ async def test_a_backlog_from_memory_goes_out_in_few_sends_whole_and_in_order(
     """The frames of a resume's backlog are joined into sends of at most
     ``JOINED_WRITE_BYTES``; every change still arrives once, in feed order, and the
     resume seq is the last one's."""
-    from gateway.ws import server as server_module
-
     monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
     await watcher.subscribe("w", db.name)
     await db.bulk_save([{"_id": f"b{i:04d}"} for i in range(60)])
     got = await watcher.collect_changes(60)
-    sends: list[int] = []
-    original = server_module.ChangesServerProtocol._write_frame
-
-    def counting(self: Any, data: bytes) -> None:
-        sends.append(len(data))
-        original(self, data)
-
-    monkeypatch.setattr(server_module.ChangesServerProtocol, "_write_frame", counting)
+    sends = _count_sends(monkeypatch)
     resumed = await ws_server.connect(token)
     assert (await resumed.subscribe("s", db.name, since=got[4]["seq"]))["type"] == "subscribed"
     backlog = await resumed.collect_changes(55)
@@ -206,8 +211,6 @@ async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order
 ) -> None:
     """A resume older than the feed's memory reads ``_changes`` upstream; each page's
     frames are joined too, and then live changes follow, each once."""
-    from gateway.ws import server as server_module
-
     monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
@@ -217,14 +220,7 @@ async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order
     await db.bulk_save([{"_id": f"c{i:04d}"} for i in range(60)])
     got = await watcher.collect_changes(60)
     catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
-    sends: list[int] = []
-    original = server_module.ChangesServerProtocol._write_frame
-
-    def counting(self: Any, data: bytes) -> None:
-        sends.append(len(data))
-        original(self, data)
-
-    monkeypatch.setattr(server_module.ChangesServerProtocol, "_write_frame", counting)
+    sends = _count_sends(monkeypatch)
     resumed = await ws_server.connect(token)
     assert (await resumed.subscribe("s", db.name, since=got[2]["seq"]))["type"] == "subscribed"
     caught_up = await resumed.collect_changes(57)
