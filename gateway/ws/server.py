@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -314,6 +314,21 @@ def _log_task_failure(failure: Failure) -> None:
 JOINED_WRITE_BYTES = 64 * 1024
 
 
+def _joined_runs(frames: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive runs of ``frames`` to join into one send each.
+
+    A run takes frames until it holds ``JOINED_WRITE_BYTES`` or more (one frame at least).
+    """
+    start = 0
+    while start < len(frames):
+        end, size = start, 0
+        while end < len(frames) and size < JOINED_WRITE_BYTES:
+            size += len(frames[end])
+            end += 1
+        yield start, end
+        start = end
+
+
 def _upgraded() -> Failure:
     """How an upgraded HTTP request ends: its connection is now a WebSocket's."""
     return Failure(ConnectionDone("the HTTP request was upgraded to a WebSocket"))  # type: ignore[no-untyped-call]
@@ -557,15 +572,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         While the socket takes them directly, their frames go out joined, up to
         ``JOINED_WRITE_BYTES`` a send; the rest go through the queue.
         """
+        frames = [item.message.payloadHybi for _key, item in items]
         index = 0
-        while index < len(items) and self._takes_live_writes(sub):
-            end, size = index, 0
-            while end < len(items) and size < JOINED_WRITE_BYTES:
-                size += len(items[end][1].message.payloadHybi)
-                end += 1
-            part = items[index:end]
-            self._write_frame(b"".join(item.message.payloadHybi for _key, item in part))
-            for _key, item in part:
+        for start, end in _joined_runs(frames):
+            if not self._takes_live_writes(sub):
+                break
+            self._write_frame(b"".join(frames[start:end]))
+            for _key, item in items[start:end]:
                 self._written(item)
             index = end
         for key, item in items[index:]:
@@ -893,18 +906,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             return ()
         # Other runs of changes (a resume's backlog from memory): their frames joined,
         # up to JOINED_WRITE_BYTES a send, until the socket backs up.
-        index = 0
-        while index < len(changes):
+        frames = [change.message.payloadHybi for change in changes]
+        for start, end in _joined_runs(frames):
             if self._paused:
-                return changes[index:]
-            end, size = index, 0
-            while end < len(changes) and size < JOINED_WRITE_BYTES:
-                size += len(changes[end].message.payloadHybi)
-                end += 1
-            part = changes[index:end]
-            self._write_frame(b"".join(change.message.payloadHybi for change in part))
-            self._count_written(sub, part, now)
-            index = end
+                return changes[start:]
+            self._write_frame(b"".join(frames[start:end]))
+            self._count_written(sub, changes[start:end], now)
         return ()
 
     def feed_state(self, feed: SharedFeed, state: str, message: Any, size: int) -> None:
