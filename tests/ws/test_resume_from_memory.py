@@ -28,6 +28,19 @@ def _count_sends(monkeypatch: Any) -> list[int]:
     return sends
 
 
+async def _beyond_the_feeds_memory(
+    ws_server: WsServer, db: Database, token: str, prefix: str, count: int
+) -> list[dict[str, Any]]:
+    """Write ``count`` documents while a watcher's feed remembers only its last 5
+    changes; returns the changes the watcher got, in order."""
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)
+    (feed,) = ws_server.service.hub.feeds.values()
+    feed.recent.max_changes = 5
+    await db.bulk_save([{"_id": f"{prefix}{i:04d}"} for i in range(count)])
+    return await watcher.collect_changes(count)
+
+
 def test_recent_changes_equality_lookup_and_eviction() -> None:
     ring = RecentChanges(max_changes=3, max_bytes=1000)
     assert ring.after("0") is None  # not started
@@ -72,14 +85,8 @@ async def test_resume_from_memory_while_writes_race_the_join(
 async def test_resume_older_than_the_ring_reads_changes_upstream(
     ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any,
 ) -> None:
-    user = await make_user()
-    token = await ws_server.login(user)
-    watcher = await ws_server.connect(token)
-    await watcher.subscribe("w", db.name)
-    (feed,) = ws_server.service.hub.feeds.values()
-    feed.recent.max_changes = 5
-    await db.bulk_save([{"_id": f"a{i:04d}"} for i in range(20)])
-    got = await watcher.collect_changes(20)
+    token = await ws_server.login(await make_user())
+    got = await _beyond_the_feeds_memory(ws_server, db, token, "a", 20)
     catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
     old = await ws_server.connect(token)
     assert (await old.subscribe("s", db.name, since=got[2]["seq"]))["type"] == "subscribed"
@@ -213,12 +220,7 @@ async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order
     frames are joined too, and then live changes follow, each once."""
     monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
     token = await ws_server.login(await make_user())
-    watcher = await ws_server.connect(token)
-    await watcher.subscribe("w", db.name)
-    (feed,) = ws_server.service.hub.feeds.values()
-    feed.recent.max_changes = 5
-    await db.bulk_save([{"_id": f"c{i:04d}"} for i in range(60)])
-    got = await watcher.collect_changes(60)
+    got = await _beyond_the_feeds_memory(ws_server, db, token, "c", 60)
     catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
     sends = _count_sends(monkeypatch)
     resumed = await ws_server.connect(token)
