@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -318,3 +319,90 @@ async def test_feed_survives_a_server_restart_exactly_once(
         if server.process is None or server.process.poll() is not None:
             await deferToThread(server.restart)
     assert states[-1] == ("stopped", None)
+
+
+async def test_now_joiner_never_gets_history_from_a_replaying_feed(
+    db: Database, reactor: Any
+) -> None:
+    """A ``since="now"`` callback does not join a ``since=0`` feed still replaying history."""
+    await db.bulk_save([{"_id": f"old{i:03d}"} for i in range(60)])
+    subs = subscriptions(db)
+    slow_rows: list[str] = []
+
+    def slow(changes: list[dict[str, Any]], viewID: str | None = None) -> Any:  # noqa: N803
+        slow_rows.extend(row["id"] for row in changes)
+        return deferLater(reactor, 0.05, lambda: None)  # holds its feed back
+
+    try:
+        await subs.subscribe(slow, since=0)
+        now = Collector()
+        await subs.subscribe(now, since="now")
+        assert subs.feed_count == 2
+        await db.save({"_id": "new"})
+        await wait_until(reactor, lambda: "new" in now.ids and "new" in slow_rows)
+        assert now.ids == ["new"]
+    finally:
+        await subs.close()
+
+
+async def test_cancelling_a_registration_leaves_nothing_registered(
+    db: Database, reactor: Any
+) -> None:
+    subs = subscriptions(db)
+    got = Collector()
+    try:
+        pending = subs.subscribe(got, since="now", include_docs=True)
+        pending.cancel()
+        with pytest.raises(CancelledError):
+            await pending
+        await wait_until(reactor, lambda: subs.feed_count == 0)
+        assert subs.callback_count == 0
+        await db.save({"_id": "after"})
+        await pause(reactor, 0.5)
+        assert got.rows == []
+    finally:
+        await subs.close()
+
+
+async def test_unchanges_takes_the_callback_first_and_says_whether_it_removed(
+    db: Database, reactor: Any
+) -> None:
+    """The original Wallaby's ``unchanges(cb, filter=…)`` form; a miss answers ``False``."""
+    one, two = Collector(), Collector()
+    await db.changes(one, since="now", doc_ids=["x"])
+    await db.changes(two, since="now", doc_ids=["x"])
+    assert await db.unchanges(one, doc_ids=["x"]) is True
+    assert await db.unchanges(one, doc_ids=["x"]) is False  # already gone
+    assert await db.unchanges(two, doc_ids=["y"]) is False  # other options
+    await db.save({"_id": "x"})
+    await wait_until(reactor, lambda: two.ids == ["x"])
+    assert one.rows == []
+    assert await db.unchanges(since="now", doc_ids=["x"]) is True
+    assert db._feeds().feed_count == 0
+
+
+async def test_stopping_a_feed_at_once_logs_no_unhandled_error(
+    db: Database, reactor: Any
+) -> None:
+    import gc
+
+    from twisted.logger import globalLogPublisher
+
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None or "Unhandled" in str(event.get("log_format")):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(5):
+            got = Collector()
+            registering = db.changes(got, since=0)
+            await db.unchanges(since=0)
+            await registering
+        gc.collect()
+        await pause(reactor, 0.1)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert errors == []

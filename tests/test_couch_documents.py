@@ -267,3 +267,74 @@ async def test_cancel_aborts_a_request(reactor: Any, pool: Any) -> None:
             await pending
     finally:
         await port.stopListening()
+
+
+async def test_session_renewal_covers_attachments(
+    couch_backend: CouchBackend, admin: CouchServer, make_user: Any, db: Database
+) -> None:
+    """An expired session is renewed for attachment reads and byte uploads too."""
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []},
+                           "admins": {"names": [], "roles": []}})
+    await db.put_attachment("d", "a.txt", b"hello", content_type="text/plain")
+    auth = admin.session_auth(user.name, user.password)
+    as_user = admin.as_identity(auth).database(db.name)
+    expired = "bm90LWEtdmFsaWQtY29va2ll"
+    auth._cookie = expired
+    assert await as_user.get_attachment("d", "a.txt") == b"hello"
+    assert auth._cookie != expired
+    auth._cookie = expired
+    chunks: list[bytes] = []
+    assert await as_user.download_attachment("d", "a.txt", chunks.append) == 5
+    assert b"".join(chunks) == b"hello"
+    auth._cookie = expired
+    doc = await as_user.get("d")
+    auth._cookie = expired
+    result = await as_user.put_attachment(doc, "b.txt", b"bytes again", content_type="text/plain")
+    assert result["ok"] is True and doc["_rev"] == result["rev"]
+    assert await db.get_attachment("d", "b.txt") == b"bytes again"
+
+
+async def test_batch_ok_answer_without_rev(db: Database) -> None:
+    """``batch=ok`` answers 202 without a rev in CouchDB: the doc gets its id, no stale rev."""
+    doc: dict[str, Any] = {"_id": "batched", "v": 1}
+    result = await db.save(doc, batch="ok")
+    assert result["ok"] is True and doc["_id"] == "batched"
+    assert doc.get("_rev") == result.get("rev")  # set only when the server sent one
+
+
+async def test_original_put_attachment_keyword_content_type(db: Database) -> None:
+    """The original Wallaby spelled it ``contentType=``; code written for it still runs."""
+    doc: dict[str, Any] = {"_id": "orig"}
+    await db.save(doc)
+    await db.put_attachment(doc, "n.png", b"\x89PNG", contentType="image/png")
+    stored = await db.get("orig")
+    assert stored["_attachments"]["n.png"]["content_type"] == "image/png"
+
+
+async def test_json_requests_ask_for_json(reactor: Any, pool: Any) -> None:
+    """Every JSON request says ``Accept: application/json``: without it CouchDB answers
+    ``attachments=true`` and ``open_revs`` with multipart (a missing Accept is ``*/*``)."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    seen: list[bytes] = []
+
+    class Recorder(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            seen.append(data)
+            if b"\r\n\r\n" in b"".join(seen):
+                body = b'{"_id":"x","_rev":"1-a"}'
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Recorder), interface="127.0.0.1")
+    try:
+        database = Database("x", url=f"http://127.0.0.1:{port.getHost().port}",
+                            reactor=reactor, pool=pool, timeout=5)
+        assert (await database.get("x", attachments=True))["_id"] == "x"
+        head = b"".join(seen).split(b"\r\n\r\n")[0].lower()
+        assert b"\r\naccept: application/json" in head
+        assert b"attachments=true" in head
+    finally:
+        await port.stopListening()

@@ -113,3 +113,14 @@ async def test_find_with_index(db: Database) -> None:
     assert set(found["docs"][0]) == {"_id", "age"}
     with pytest.raises(BadRequest):
         await db.find({"age": {"$nonsense": 1}})
+
+
+async def test_none_is_the_null_key(db: Database) -> None:
+    """``key=None`` asks for the rows whose key is JSON ``null`` (a valid CouchDB key)."""
+    await db.save({"_id": "_design/k",
+                   "views": {"by_k": {"map": "function (doc) { emit(doc.k, null); }"}}})
+    await db.bulk_save([{"_id": "a", "k": None}, {"_id": "b", "k": 1}, {"_id": "c", "k": None},
+                        {"_id": "d", "k": "x"}])
+    assert sorted(r["id"] for r in await db.view("k/by_k", key=None)) == ["a", "c"]
+    assert [r["id"] for r in await db.view("k/by_k", startkey=None, endkey=None)] == ["a", "c"]
+    assert len(await db.view("k/by_k")) == 4  # not passing a key still means all rows

@@ -182,7 +182,8 @@ class Database:
             )
         if result.get("ok"):
             doc["_id"] = result["id"]
-            doc["_rev"] = result["rev"]
+            if "rev" in result:  # batch=ok answers 202 without one
+                doc["_rev"] = result["rev"]
         return result
 
     @returns_deferred
@@ -243,22 +244,32 @@ class Database:
         name: str,
         content: AttachmentContent,
         content_type: str = "application/octet-stream",
+        *,
+        contentType: str | None = None,  # noqa: N803 - the original Wallaby's name
     ) -> dict[str, Any]:
         """``PUT /db/docid/name?rev=…``, streaming the content; updates ``doc["_rev"]``.
+
+        The request's timeout counts silence: an upload lives as long as it moves.
+        Bytes are sent as they are (and sent again if a session had to be renewed).
 
         Args:
             doc: The document (its ``_rev`` is used and updated) or a new document's id.
             name: The attachment name (may contain ``/``).
             content: Bytes, a binary file object (never read whole), or a body producer.
             content_type: The attachment's MIME type.
+            contentType: The original Wallaby's name for ``content_type``.
         """
         rev = _rev_of(doc)
+        body = (
+            bytes(content) if isinstance(content, (bytes, bytearray, memoryview))
+            else as_body_producer(content)
+        )
         result: dict[str, Any] = await self.transport.request(
             "PUT",
             attachment_path(self.name, _doc_id(doc), name),
             params={"rev": rev} if rev else None,
-            data=as_body_producer(content),
-            headers={"Content-Type": content_type},
+            data=body,
+            headers={"Content-Type": contentType or content_type},
         )
         if result.get("ok") and not isinstance(doc, str):
             doc["_rev"] = result["rev"]
@@ -266,11 +277,16 @@ class Database:
 
     @returns_deferred
     async def get_attachment(self, doc: Mapping[str, Any] | str, name: str) -> bytes:
-        """The attachment's content as bytes (for small attachments; see ``download``)."""
+        """The attachment's content as bytes (for small attachments; see ``download``).
+
+        The request's timeout applies to the headers and then to every silence in the body.
+        """
         response = await self.transport.open_stream(
             "GET", attachment_path(self.name, _doc_id(doc), name)
         )
-        return await read_body(response)
+        return await read_body(
+            response, clock=self.transport.reactor, timeout=self.transport.timeout
+        )
 
     @returns_deferred
     async def open_attachment(
@@ -303,13 +319,22 @@ class Database:
     ) -> int:
         """Stream an attachment into a file object, consumer or callable.
 
+        An ``IConsumer`` gets the download as its producer: when it pauses, reading stops
+        (nothing piles up in memory) and so does the timeout, which otherwise fires
+        after that many seconds without a byte from CouchDB.
+
         Returns:
             The number of bytes written.
+
+        Raises:
+            CouchTimeout: CouchDB stopped sending for longer than the timeout.
         """
         response = await self.transport.open_stream(
             "GET", attachment_path(self.name, _doc_id(doc), name)
         )
-        return await stream_into(response, sink)
+        return await stream_into(
+            response, sink, clock=self.transport.reactor, timeout=self.transport.timeout
+        )
 
     @returns_deferred
     async def delete_attachment(self, doc: Document | str, name: str) -> dict[str, Any]:
@@ -427,15 +452,24 @@ class Database:
         """
         return self._feeds().subscribe(cb, since=since, **options)
 
-    def unchanges(self, since: Any = "now", **options: Any) -> Any:
-        """Remove a registration made with the same arguments (callback not needed).
+    def unchanges(
+        self, cb: ChangeCallback | None = None, since: Any = "now", **options: Any
+    ) -> Any:
+        """Remove a registration made with the same ``since`` and options.
+
+        Args:
+            cb: Remove only this callback (the original Wallaby's first argument); by
+                default the registration goes with all its callbacks.
+            since: The registration's ``since``.
+            **options: The registration's options.
 
         The shared feed is closed when its last registration goes.
 
         Returns:
-            A Deferred that fires once the registration is gone (and its feed closed).
+            A Deferred firing with ``True`` once something was removed (and its feed
+            closed), ``False`` when no registration matched.
         """
-        return self._feeds().unsubscribe(since=since, **options)
+        return self._feeds().unsubscribe(since=since, cb=cb, **options)
 
     @returns_deferred
     async def close(self) -> None:

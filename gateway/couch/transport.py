@@ -22,9 +22,11 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import TaskStopped
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web._newclient import (
+    RequestGenerationFailed,
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseDone,
@@ -38,6 +40,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
+from gateway.couch.idle import IdleTimeout, ProgressBody
 from gateway.couch.pool import connection_pool
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
@@ -67,20 +70,38 @@ _UNREACHABLE_ERRORS = (
     ResponseNeverReceived,
     ResponseFailed,
     RequestTransmissionFailed,
+    RequestGenerationFailed,
     RequestNotSent,
     webclient.PartialDownloadError,
 )
 
 
 def _unreachable(exc: Exception) -> Exception:
-    """Translate a Twisted transport failure, keeping cancellation a cancellation."""
+    """Translate a Twisted transport failure, keeping cancellation a cancellation.
+
+    A request body that failed to produce (``RequestGenerationFailed``: a file that
+    could not be read, say) is the caller's failure, not CouchDB's: its own exception.
+    """
     reasons = getattr(exc, "reasons", None) or []
     if any(reason.check(CancelledError) for reason in reasons):
         return CancelledError()
+    if isinstance(exc, RequestGenerationFailed):
+        local = [r.value for r in reasons if not r.check(*_UNREACHABLE_ERRORS, TaskStopped)]
+        if local and isinstance(local[0], Exception):
+            return local[0]
     return CouchUnreachable(f"CouchDB is unreachable ({type(exc).__name__})")
 
 
 _JSON_TYPE: Final = [b"application/json"]
+#: CouchDB answers ``attachments=true`` or ``open_revs`` with multipart unless told JSON.
+_ACCEPT_JSON: Final = {b"accept": _JSON_TYPE}
+
+
+def _progress(body: IBodyProducer | None, idle: IdleTimeout | None) -> IBodyProducer | None:
+    """``body`` pushing ``idle`` back with every chunk it writes."""
+    if body is None or idle is None:
+        return body
+    return ProgressBody(body, idle.touch)
 
 
 @implementer(IAgentEndpointFactory)
@@ -205,14 +226,19 @@ def body_complete(reason: Failure) -> bool:
 class _BodyReader(Protocol):
     """Collects a small body into :attr:`finished` (``treq.content``, see :func:`body_complete`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: IdleTimeout | None = None) -> None:
         self._parts: list[bytes] = []
+        self._idle = idle
         self.finished: Deferred[bytes] = Deferred(self._cancel)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._idle is not None:
+            self._idle.touch()
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self._idle is not None:
+            self._idle.stop()
         if self.finished.called:  # cancelled (a timeout): the transfer was stopped
             return
         if body_complete(reason):
@@ -227,17 +253,50 @@ class _BodyReader(Protocol):
             transport.stopProducing()
 
 
-async def read_body(response: IResponse) -> bytes:
-    """Read a (small) response body completely, mapping connection loss."""
-    reader = _BodyReader()
+def idle_timeout(
+    clock: IReactorTime | None, seconds: float | None, expire: Callable[[], None]
+) -> IdleTimeout | None:
+    """An :class:`IdleTimeout`, or ``None`` when there is no clock or no limit."""
+    if clock is None or seconds is None:
+        return None
+    return IdleTimeout(clock, seconds, expire)
+
+
+def silence(seconds: float) -> CouchTimeout:
+    """The error of a transfer that stopped moving."""
+    return CouchTimeout(f"CouchDB sent nothing for {seconds:g} s in the middle of its answer")
+
+
+async def read_body(
+    response: IResponse, *, clock: IReactorTime | None = None, timeout: float | None = None
+) -> bytes:
+    """Read a (small) response body completely, mapping connection loss.
+
+    Args:
+        response: A response whose body has not been read.
+        clock: With ``timeout``: the clock of the idle timeout.
+        timeout: Seconds the body may stop arriving before :class:`CouchTimeout` (the
+            transfer is then stopped); ``None``: no limit.
+    """
+    holder: list[_BodyReader] = []
+    idle = idle_timeout(clock, timeout, lambda: holder[0].finished.cancel())
+    reader = _BodyReader(idle)
+    holder.append(reader)
     response.deliverBody(reader)  # type: ignore[no-untyped-call]
     try:
         return await reader.finished
+    except CancelledError:
+        if idle is not None and idle.expired:
+            raise silence(idle.seconds) from None
+        raise
     except _UNREACHABLE_ERRORS as exc:
         translated = _unreachable(exc)
         if isinstance(translated, CouchUnreachable):
             translated = CouchUnreachable("connection to CouchDB lost while reading its answer")
         raise translated from exc
+    finally:
+        if idle is not None:
+            idle.stop()
 
 
 @dataclass
@@ -289,28 +348,27 @@ class CouchTransport:
         return self._base + path_bytes(segments, encode_query(params) if params else "")
 
     async def _with_timeout(
-        self, start: Callable[[], Awaitable[T]], timeout: float | None
+        self, start: Callable[[IdleTimeout | None], Awaitable[T]], timeout: float | None
     ) -> T:
-        deferred: Deferred[T] = Deferred.fromCoroutine(start())  # type: ignore[arg-type]
-        if timeout is None:
-            return await deferred
-        expired = False
+        """Run ``start(idle)``; cancel it once nothing moved for ``timeout`` seconds.
 
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            deferred.cancel()
-
-        call = self.reactor.callLater(timeout, expire)
+        Nothing moves while waiting for an answer, so for most requests this is a plain
+        deadline; a request body pushes it back with every chunk it writes
+        (:class:`~gateway.couch.idle.ProgressBody`), so a long upload lives while it moves.
+        """
+        holder: list[Deferred[T]] = []
+        idle = idle_timeout(self.reactor, timeout, lambda: holder[0].cancel())
+        deferred: Deferred[T] = Deferred.fromCoroutine(start(idle))  # type: ignore[arg-type]
+        holder.append(deferred)
         try:
             return await deferred
         except CancelledError:
-            if expired:
+            if idle is not None and idle.expired:
                 raise CouchTimeout(f"CouchDB did not answer within {timeout:g} s") from None
             raise
         finally:
-            if call.active():
-                call.cancel()
+            if idle is not None:
+                idle.stop()
 
     async def send(
         self,
@@ -355,23 +413,25 @@ class CouchTransport:
         if json is not _NO_BODY:
             content = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
 
-        async def attempt() -> CouchResponse:
-            raw_headers = Headers()
+        async def attempt(idle: IdleTimeout | None) -> CouchResponse:
+            raw_headers = Headers(_ACCEPT_JSON)
             for name, value in (headers or {}).items():
                 raw_headers.setRawHeaders(name, [value])
             for name, value in (await auth.headers()).items():
                 raw_headers.setRawHeaders(name, [value])
             if json is not _NO_BODY:
                 raw_headers.setRawHeaders(b"content-type", _JSON_TYPE)
-            body = BytesBody(content) if isinstance(content, bytes) else content
+            body: IBodyProducer | None = (
+                BytesBody(content) if isinstance(content, bytes) else _progress(content, idle)
+            )
             try:
                 response = await self._agent.request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
             raw = await read_body(response)
-            body = _decode_json(raw, response.code)
-            return CouchResponse(response.code, response.headers, body,
+            parsed = _decode_json(raw, response.code)
+            return CouchResponse(response.code, response.headers, parsed,
                                  raw if raw and response.code < 400 else None)
 
         answer = await self._with_timeout(attempt, limit)
@@ -399,8 +459,10 @@ class CouchTransport:
         """Start a request and return the response as soon as its headers arrive.
 
         The body is not read: the caller streams it with ``response.deliverBody`` (and
-        must read or abort it). Nothing asks for compression, so bytes arrive as stored.
-        The timeout covers only the wait for the response headers.
+        must read or abort it, e.g. with :func:`read_body` and an idle timeout). Nothing
+        asks for compression, so bytes arrive as stored. The timeout covers the wait for
+        the response headers, pushed back by every chunk of a request ``body``. A 401
+        to a request without a body renews a session and is asked again once.
 
         Raises:
             CouchError: For an error status (its small body is read to build the error).
@@ -413,13 +475,13 @@ class CouchTransport:
         auth = self.auth
         assert auth is not None
 
-        async def attempt() -> IResponse:
+        async def attempt(idle: IdleTimeout | None) -> IResponse:
             request_headers = dict(headers or {})
             request_headers.update(await auth.headers())
             raw_headers = Headers({k: [v] for k, v in request_headers.items()})
             try:
                 response: IResponse = await self._agent.request(
-                    method.encode("ascii"), url, raw_headers, body
+                    method.encode("ascii"), url, raw_headers, _progress(body, idle)
                 )
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
@@ -427,8 +489,11 @@ class CouchTransport:
             return response
 
         response = await self._with_timeout(attempt, limit)
+        if response.code == 401 and body is None and await auth.renew():
+            await read_body(response, clock=self.reactor, timeout=limit)
+            response = await self._with_timeout(attempt, limit)
         if raise_for_status and response.code >= 400:
-            raw = await read_body(response)
+            raw = await read_body(response, clock=self.reactor, timeout=limit)
             raise CouchError.from_response(response.code, _decode_json(raw, response.code))
         return response
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = [
+    "JSON_NULL",
     "JSON_QUERY_PARAMS",
     "attachment_path",
     "database_path",
@@ -87,7 +88,20 @@ def join_url(base: str, segments: Sequence[str], query: str = "") -> str:
     return f"{url}?{query}" if query else url
 
 
+class _JsonNull:
+    """A JSON-valued parameter set to ``null`` on purpose (``None`` means "absent")."""
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+
+#: ``key=JSON_NULL`` asks for the rows whose key is ``null`` (``key=None`` drops it).
+JSON_NULL: Final = _JsonNull()
+
+
 def _query_value(name: str, value: Any) -> str:
+    if value is JSON_NULL:
+        return "null"
     if name in JSON_QUERY_PARAMS:
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, bool):

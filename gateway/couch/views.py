@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.couch.urls import JSON_NULL
+
 __all__ = ["ViewResult", "split_view_params", "view_path"]
+
+#: Parameters whose value is one view key (``null`` among them).
+_KEY_PARAMS = frozenset({"key", "startkey", "endkey", "start_key", "end_key"})
 
 
 class ViewResult(list[Any]):
@@ -49,12 +54,16 @@ def split_view_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     """Separate view parameters into query parameters and a POST body.
 
     ``count`` (the original Wallaby name) becomes ``limit``; ``keys`` goes into the body,
-    since a long key list does not fit a URL.
+    since a long key list does not fit a URL. A JSON-valued parameter given as ``None``
+    (``key=None``) asks for the JSON ``null`` key, which CouchDB's collation allows.
 
     Returns:
         ``(query, body)``; ``body`` is ``None`` when a GET suffices.
     """
-    query = dict(params)
+    query: dict[str, Any] = {
+        name: JSON_NULL if value is None and name in _KEY_PARAMS else value
+        for name, value in params.items()
+    }
     if "count" in query:
         count = query.pop("count")
         query.setdefault("limit", count)

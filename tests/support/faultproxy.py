@@ -1,7 +1,8 @@
 """A loopback TCP proxy that injects faults between a client and a real server.
 
 Modes: forward bytes (normal), ``stall()`` (keep every connection open but stop
-forwarding in both directions, as a hung middlebox does), ``resume()``, and
+forwarding in both directions, as a hung middlebox does), ``stall_after(n)`` (the same
+once ``n`` more bytes came from the server: a server that stops mid-answer), ``resume()``, and
 ``reset_all()`` (abort every connection, as a crashed peer does). Used by the fault tests
 to prove that heartbeats detect a silent upstream and that reconnection recovers.
 """
@@ -43,6 +44,18 @@ class _Side(protocol.Protocol):
 
 
 class _Upstream(_Side):
+    def dataReceived(self, data: bytes) -> None:
+        budget = self.proxy.server_bytes_left
+        if budget is not None and not self.proxy.stalled:
+            if len(data) >= budget:
+                data, self.held = data[:budget], [data[budget:]]
+                super().dataReceived(data)
+                self.proxy.server_bytes_left = None
+                self.proxy.stalled = True
+                return
+            self.proxy.server_bytes_left = budget - len(data)
+        super().dataReceived(data)
+
     def connectionMade(self) -> None:
         self.proxy.connections.add(self)
         assert self.peer is not None
@@ -69,6 +82,7 @@ class FaultProxy:
     reactor: Any
     target_port: int
     stalled: bool = False
+    server_bytes_left: int | None = None
     accepted: int = 0
     connections: set[_Side] = field(default_factory=set)
     _listening: IListeningPort | None = None
@@ -100,6 +114,10 @@ class FaultProxy:
     def stall(self) -> None:
         """Stop forwarding in both directions without closing anything."""
         self.stalled = True
+
+    def stall_after(self, count: int) -> None:
+        """Forward ``count`` more bytes from the server, then stall like :meth:`stall`."""
+        self.server_bytes_left = count
 
     def resume(self) -> None:
         """Forward again (bytes received while stalled are dropped, like a dead path)."""

@@ -315,6 +315,11 @@ class _FeedConnection(Protocol):
             self.finished.callback(None)
 
 
+def _cancelled(failure: Failure) -> None:
+    """Consume a cancellation (anything else is still raised, and logged)."""
+    failure.trap(CancelledError)  # type: ignore[no-untyped-call]
+
+
 class _Stop(Exception):
     """The feed is stopping."""
 
@@ -493,6 +498,7 @@ class ChangesFeed(Service):
     async def _wait(self, deferred: Deferred[T]) -> T:
         if not self._wanted:
             deferred.cancel()
+            deferred.addErrback(_cancelled)  # nobody waits for it: not an unhandled error
             raise _Stop()
         self._pending = deferred
         try:

@@ -11,14 +11,16 @@ booleans, ``doc_ids`` sorted and deduplicated, the implied ``filter`` of ``doc_i
 ``selector`` and ``view`` filled in), so equal requests share one
 :class:`~gateway.couch.changes.feed.ChangesFeed`:
 
-* a registration with ``since="now"`` joins a running feed with equal options (it gets
-  every change from now on) or starts one;
+* a registration with ``since="now"`` joins a running feed with equal options that
+  itself started at ``"now"`` (it gets every change from now on) or starts one. It
+  never joins a feed that started at ``0`` or a seq: that one may still be replaying
+  history, and seqs are opaque, so there is no telling when it has caught up;
 * a callback with an explicit ``since`` (``0`` or a seq) starts its own feed from that
   point, so it gets exactly the changes after its ``since`` — once each, in order. It
   joins a running feed only if that feed has the same ``since`` and options and has not
   moved yet. It cannot join a feed that has moved on: seqs are opaque, so there is no
   way to tell where a catch-up from its ``since`` would meet the running feed without
-  losing or repeating changes. Later ``"now"`` callbacks may share its feed.
+  losing or repeating changes.
 
 A feed closes when its last registration goes. A callback that raises is logged and the
 feed goes on; a callback that returns a Deferred pauses its feed until it fires. A feed
@@ -135,6 +137,7 @@ class _Registration:
 class _Shared:
     options_key: str
     feed: ChangesFeed
+    started_now: bool
     registrations: dict[str, _Registration] = field(default_factory=dict)
 
 
@@ -223,16 +226,24 @@ class ChangeSubscriptions(MultiService):
             registration = _Registration(view_id if isinstance(view_id, str) else None)
             shared.registrations[key] = registration
             self._by_key.setdefault(key, []).append(shared)
-        if cb not in registration.callbacks:
+        added = cb not in registration.callbacks
+        if added:
             registration.callbacks.append(cb)
-        await shared.feed.ready()
+        try:
+            await shared.feed.ready()
+        except BaseException:
+            # Cancelled (or the feed failed): the caller is told it is not registered.
+            if added:
+                await self.unsubscribe(since, cb, **options)
+            raise
 
     def _joinable(self, key: str, opts_key: str, since: Any) -> _Shared | None:
         candidates = [s for s in self._shared if s.options_key == opts_key and s.feed.error is None]
         if since == "now":
-            # Any feed with these options delivers every change from now on.
-            candidates.sort(key=lambda s: key not in s.registrations)
-            return candidates[0] if candidates else None
+            # A feed that started at "now" delivers only changes from its start on.
+            live = [s for s in candidates if s.started_now]
+            live.sort(key=lambda s: key not in s.registrations)
+            return live[0] if live else None
         for shared in candidates:
             if key in shared.registrations and not shared.feed.advanced:
                 return shared
@@ -241,10 +252,10 @@ class ChangeSubscriptions(MultiService):
     @returns_deferred
     async def unsubscribe(
         self, since: Any = "now", cb: ChangeCallback | None = None, **options: Any
-    ) -> None:
+    ) -> bool:
         """Remove the registration made with the same ``since`` and options.
 
-        Each feed is closed when no registration is left on it; unknown keys are ignored.
+        Each feed is closed when no registration is left on it.
 
         Args:
             since: The ``since`` of the registration.
@@ -252,22 +263,28 @@ class ChangeSubscriptions(MultiService):
             **options: The options of the registration.
 
         Returns:
-            A Deferred firing once the registration is gone (and its feeds closed).
+            A Deferred firing once the registration is gone (and its feeds closed): with
+            ``True``, or ``False`` when nothing matched (unknown key, or ``cb`` not in it).
         """
         key = _since_key(since) + " " + options_key(normalize_options(options))
+        removed = False
         for shared in list(self._by_key.get(key, [])):
             registration = shared.registrations[key]
             if cb is not None:
-                if cb in registration.callbacks:
-                    registration.callbacks.remove(cb)
+                if cb not in registration.callbacks:
+                    continue
+                registration.callbacks.remove(cb)
+                removed = True
                 if registration.callbacks:
                     continue
+            removed = True
             del shared.registrations[key]
             self._by_key[key].remove(shared)
             if not shared.registrations:
                 await self._close_feed(shared)
         if not self._by_key.get(key, True):
             del self._by_key[key]
+        return removed
 
     @returns_deferred
     async def close(self) -> None:
@@ -295,7 +312,7 @@ class ChangeSubscriptions(MultiService):
             backoff=self._backoff(),
             **self._feed_options,
         )
-        shared = _Shared(opts_key, feed)
+        shared = _Shared(opts_key, feed, started_now=since == "now")
         holder.append(shared)
         self._shared.append(shared)
         feed.setServiceParent(self)  # type: ignore[no-untyped-call]

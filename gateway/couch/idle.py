@@ -1,0 +1,140 @@
+"""Deadlines that progress pushes back: a slow transfer lives, a silent one ends.
+
+A request with a body of unknown duration (an attachment streamed up or down) cannot
+have a fixed deadline: a large body on a slow link would be cut however generous the
+limit. :class:`IdleTimeout` fires only when nothing has moved for its number of
+seconds; every chunk sent or received calls :meth:`IdleTimeout.touch`. A consumer that
+asked to pause the transfer stops the clock (:meth:`IdleTimeout.pause`): waiting for it
+is not the server's silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+__all__ = ["IdleTimeout", "PausingProducer", "ProgressBody"]
+
+
+class IdleTimeout:
+    """Calls ``expire`` once nothing has moved for ``seconds``.
+
+    Args:
+        clock: The reactor's clock.
+        seconds: How long silence may last.
+        expire: Called once, when it does last that long.
+    """
+
+    def __init__(self, clock: IReactorTime, seconds: float, expire: Callable[[], None]) -> None:
+        self._clock = clock
+        self.seconds = seconds
+        self._expire = expire
+        self.expired = False
+        self._stopped = False
+        self._call: IDelayedCall | None = clock.callLater(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        self.expired = True
+        self._expire()
+
+    def touch(self) -> None:
+        """Something moved: the silence starts again from now."""
+        if self._call is not None and self._call.active():
+            self._call.reset(self.seconds)
+
+    def pause(self) -> None:
+        """Stop counting (the other side is waiting for us, not silent)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def resume(self) -> None:
+        """Count again, from now."""
+        if self._call is None and not self.expired and not self._stopped:
+            self._call = self._clock.callLater(self.seconds, self._fire)
+
+    def stop(self) -> None:
+        """The transfer is over: never fire."""
+        self._stopped = True
+        self.pause()
+
+
+@implementer(IPushProducer)
+class PausingProducer:
+    """A response body's producer, seen by a consumer: pausing it also pauses the clock.
+
+    Args:
+        producer: The response body's transport (an ``IPushProducer``).
+        idle: The transfer's idle timeout, if any.
+    """
+
+    def __init__(self, producer: Any, idle: IdleTimeout | None) -> None:
+        self._producer = producer
+        self._idle = idle
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """Stop reading the response, and stop counting its silence."""
+        if self._idle is not None:
+            self._idle.pause()
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Read again, counting from now."""
+        if self._idle is not None:
+            self._idle.resume()
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Abandon the response."""
+        self._producer.stopProducing()
+
+
+class _TouchingConsumer:
+    """The request's consumer, as a body producer sees it: every write is progress."""
+
+    def __init__(self, consumer: Any, touch: Callable[[], None]) -> None:
+        self._consumer = consumer
+        self._touch = touch
+
+    def write(self, data: bytes) -> None:
+        self._touch()
+        self._consumer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@implementer(IBodyProducer)
+class ProgressBody:
+    """A request body producer whose every write pushes an idle deadline back.
+
+    Args:
+        producer: The body (an ``IBodyProducer``).
+        touch: Called before each chunk is written.
+    """
+
+    def __init__(self, producer: Any, touch: Callable[[], None]) -> None:
+        self._producer = producer
+        self._touch = touch
+        self.length = producer.length
+
+    def startProducing(self, consumer: Any) -> Any:  # noqa: N802
+        """Produce into ``consumer``, touching the deadline on every write."""
+        return self._producer.startProducing(_TouchingConsumer(consumer, self._touch))
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Pause the body."""
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Resume the body."""
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Stop the body."""
+        self._producer.stopProducing()

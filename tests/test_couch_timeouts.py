@@ -1,0 +1,189 @@
+"""Timeouts of streamed transfers against the real server, through a fault proxy.
+
+A request's timeout counts silence: an attachment that keeps moving, however slowly, is
+never cut, and one whose bytes stop (a server or path hung mid-answer, a producer that
+stalled) ends with :class:`CouchTimeout` instead of hanging forever.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.task import TaskStopped
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from gateway.couch import CouchServer, CouchTimeout, Database
+from tests.conftest import CouchBackend
+from tests.support.faultproxy import FaultProxy
+
+TIMEOUT = 1.0
+#: Room for a busy machine between the timeout and the moment it is seen.
+MARGIN = 4.0
+
+
+@implementer(IBodyProducer)
+class TrickleBody:
+    """Writes ``chunks`` chunks, one every ``interval`` seconds (or stalls after ``stall_at``)."""
+
+    def __init__(self, reactor: Any, chunk: bytes, chunks: int, interval: float,
+                 stall_at: int | None = None) -> None:
+        self.reactor, self.chunk, self.chunks, self.interval = reactor, chunk, chunks, interval
+        self.stall_at = stall_at
+        self.length = len(chunk) * chunks
+        self.written = 0
+        self._done: Deferred[None] | None = None
+        self._call: Any = None
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = Deferred()
+        self._next()
+        return self._done
+
+    def _next(self) -> None:
+        assert self._done is not None
+        if self.written == self.chunks:
+            self._done.callback(None)
+            return
+        if self.written == self.stall_at:
+            return  # never writes again
+        self._consumer.write(self.chunk)
+        self.written += 1
+        self._call = self.reactor.callLater(self.interval, self._next)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        if self._done is not None and not self._done.called:
+            self._done.errback(TaskStopped())
+
+
+@pytest_twisted.async_yield_fixture
+async def proxied(
+    couch_backend: CouchBackend, admin: CouchServer, db: Database, reactor: Any
+) -> AsyncIterator[tuple[FaultProxy, Database]]:
+    """The test database through a fault proxy, with a short request timeout."""
+    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
+    proxy.listen()
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=admin.transport.auth,
+                          timeout=TIMEOUT)
+    try:
+        yield proxy, through.database(db.name)
+    finally:
+        await proxy.close()
+        await pool.closeCachedConnections()
+
+
+async def _stored(db: Database, size: int) -> bytes:
+    content = os.urandom(size)
+    await db.put_attachment("big", "blob.bin", content)
+    return content
+
+
+async def test_get_attachment_whose_body_stops_times_out(
+    proxied: tuple[FaultProxy, Database], db: Database
+) -> None:
+    proxy, through = proxied
+    content = await _stored(db, 4 << 20)
+    proxy.stall_after(256 * 1024)  # the headers and a part of the body, then silence
+    started = time.monotonic()
+    with pytest.raises(CouchTimeout, match="sent nothing"):
+        await through.get_attachment("big", "blob.bin")
+    assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + MARGIN
+    proxy.resume()
+    assert await through.get_attachment("big", "blob.bin") == content  # a fresh connection
+
+
+async def test_streamed_download_whose_body_stops_times_out(
+    proxied: tuple[FaultProxy, Database], db: Database
+) -> None:
+    proxy, through = proxied
+    await _stored(db, 4 << 20)
+    received: list[int] = []
+    proxy.stall_after(256 * 1024)
+    with pytest.raises(CouchTimeout):
+        await through.download_attachment("big", "blob.bin", lambda c: received.append(len(c)))
+    assert 0 < sum(received) < 4 << 20
+
+
+async def test_slow_download_that_keeps_moving_is_not_cut(
+    proxied: tuple[FaultProxy, Database], db: Database, reactor: Any
+) -> None:
+    """A consumer that pauses the download for longer than the timeout is not a stall."""
+    _, through = proxied
+    content = await _stored(db, 2 << 20)
+    sink = PausingSink(reactor, pause_for=TIMEOUT * 1.5)
+    assert await through.download_attachment("big", "blob.bin", sink) == len(content)
+    assert b"".join(sink.chunks) == content
+    assert sink.pauses >= 1
+
+
+async def test_slow_upload_that_keeps_moving_outlives_the_timeout(
+    proxied: tuple[FaultProxy, Database], db: Database, reactor: Any
+) -> None:
+    _, through = proxied
+    body = TrickleBody(reactor, os.urandom(16 * 1024), chunks=12, interval=TIMEOUT / 4)
+    started = time.monotonic()
+    result = await through.put_attachment("slow", "up.bin", body)
+    assert time.monotonic() - started > TIMEOUT * 2  # it took longer than the timeout
+    assert result["ok"] is True and body.written == 12
+    assert await db.get_attachment("slow", "up.bin") == body.chunk * 12
+
+
+async def test_upload_that_stops_moving_times_out(
+    proxied: tuple[FaultProxy, Database], db: Database, reactor: Any
+) -> None:
+    _, through = proxied
+    body = TrickleBody(reactor, os.urandom(16 * 1024), chunks=12, interval=0.05, stall_at=3)
+    started = time.monotonic()
+    with pytest.raises(CouchTimeout):
+        await through.put_attachment("stalled", "up.bin", body)
+    assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + MARGIN
+    info = await db.info()
+    assert info["doc_count"] == 0  # nothing half-written was stored
+
+
+@implementer(IConsumer)
+class PausingSink:
+    """An ``IConsumer`` that pauses its producer after every 512 KiB for a while."""
+
+    def __init__(self, reactor: Any, pause_for: float) -> None:
+        self.reactor, self.pause_for = reactor, pause_for
+        self.chunks: list[bytes] = []
+        self.producer: Any = None
+        self.pauses = 0
+        self._since_pause = 0
+        self.unregistered = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.unregistered = True
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self._since_pause += len(data)
+        if self._since_pause >= 512 * 1024 and self.pauses < 2:
+            self._since_pause = 0
+            self.pauses += 1
+            self.producer.pauseProducing()
+            self.reactor.callLater(self.pause_for, self.producer.resumeProducing)
+
