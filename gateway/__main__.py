@@ -120,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     from gateway.ws.mount import install_changes
 
     environ = dict(os.environ)
-    settings = settings_from(args, environ)
+    try:
+        settings = settings_from(args, environ)
+    except ValueError as exc:
+        sys.stderr.write(f"wallaby: bad setting: {exc}\n")
+        return 2
     embedded: EmbeddedCouch | None = None
     if not (args.couchdb_url or environ.get("COUCHDB_URL")):
         password = environ.get("WALLABY_EMBEDDED_ADMIN_PASSWORD", "admin")
@@ -129,7 +133,13 @@ def run(args: argparse.Namespace) -> int:
             port = free_port()
         embedded = EmbeddedCouch(Path(settings.embedded_data_dir), port=port,
                                  admin_password=password)
-        embedded.start()
+        try:
+            embedded.start()
+        except (RuntimeError, OSError) as exc:
+            embedded.stop()
+            sys.stderr.write(f"wallaby: the embedded CouchDB did not start: {exc} "
+                             f"(its log: {embedded.data_dir / 'stdout.log'})\n")
+            return 1
         provision_demo(embedded.url, (embedded.admin_username, password))
         settings = settings.with_overrides(
             couchdb_url=embedded.url, couchdb_user=embedded.admin_username,
@@ -162,7 +172,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"READY {service.port}\n")
         sys.stderr.flush()
 
+    exit_status = 0
+
     def failed(failure: Any) -> None:
+        nonlocal exit_status
+        exit_status = 1
         sys.stderr.write(f"cannot listen: {failure.getErrorMessage()}\n")
         reactor.stop()
 
@@ -185,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
+    return exit_status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,24 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+#: Settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "auth_mode": ("forward", "jwt", "proxy"),
+    "cookie_samesite": ("Strict", "Lax", "None"),
+    "log_format": ("json", "text"),
+}
+#: Sizes and durations where 0 would refuse or time out everything.
+_POSITIVE = (
+    "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
+    "ws_max_subscriptions", "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms",
+)
+#: Where 0 means "off" (or "at once").
+_NOT_NEGATIVE = (
+    "rate_limit_per_second", "shutdown_grace", "compress_min_bytes", "ws_ping_interval",
+    "ws_auth_recheck", "gc_freeze_after_ms",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the gateway can be configured with.
@@ -110,6 +128,33 @@ class Settings:
         "couchdb_user": "COUCHDB_USER",
         "couchdb_password": "COUCHDB_PASSWORD",
     }
+
+    def __post_init__(self) -> None:
+        """Refuse values that parse but make no sense; the message names the variable.
+
+        Raises:
+            ValueError: A setting is out of its range or not one of its choices.
+        """
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            canonical = {choice.lower(): choice for choice in choices}.get(str(value).lower())
+            if canonical is None:
+                raise ValueError(
+                    f"{self.env_name(name)}: {value!r} is not one of {', '.join(choices)}"
+                )
+            object.__setattr__(self, name, canonical)  # frozen: set once, here
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"{self.env_name('port')}: {self.port} is not a TCP port")
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"{self.env_name(name)}: must be more than 0, not {getattr(self, name)}"
+                )
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"{self.env_name(name)}: must be 0 or more, not {getattr(self, name)}"
+                )
 
     @classmethod
     def env_name(cls, name: str) -> str:

@@ -92,15 +92,18 @@ class EmbeddedCouch:
         """The server URL with the admin credentials in it."""
         return f"http://{self.admin_username}:{self.admin_password}@{self.host}:{self.port}"
 
+    def __post_init__(self) -> None:
+        # pouchdb-server runs in the data folder: a relative path would point inside it.
+        self.data_dir = Path(self.data_dir).resolve()
+
     def _write_config(self) -> Path:
         config = self.data_dir / "config.json"
         settings: dict[str, dict[str, object]] = {}
         if config.exists():
             settings = json.loads(config.read_text())
-        settings.setdefault("admins", {})
-        if self.admin_username not in settings["admins"]:
-            # pouchdb-server hashes plain-text admin passwords on start, like CouchDB.
-            settings["admins"][self.admin_username] = self.admin_password
+        # The configured password always wins (pouchdb-server hashes a plain-text admin
+        # password on start, like CouchDB), also over a hash left by an earlier start.
+        settings.setdefault("admins", {})[self.admin_username] = self.admin_password
         settings.setdefault("log", {})["file"] = str(self.data_dir / "log.txt")
         settings.setdefault("httpd", {})["bind_address"] = self.host
         config.write_text(json.dumps(settings, indent=2))

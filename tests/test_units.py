@@ -175,3 +175,28 @@ def test_forwarded_cookie_sessions_adopt_refreshed_cookies() -> None:
     basic = ForwardedAuth({"Authorization": "Basic eDp5"})
     basic.observe(["AuthSession=from-basic; Path=/"])  # CouchDB 3.4 sends one for Basic too
     assert basic.session is None
+
+
+@pytest.mark.parametrize(("variable", "value", "complaint"), [
+    ("WALLABY_AUTH_MODE", "bogus", "not one of forward, jwt, proxy"),
+    ("WALLABY_LOG_FORMAT", "xml", "not one of json, text"),
+    ("WALLABY_COOKIE_SAMESITE", "weird", "not one of Strict, Lax, None"),
+    ("WALLABY_PORT", "99999", "not a TCP port"),
+    ("WALLABY_MAX_BODY_BYTES", "-5", "more than 0"),
+    ("WALLABY_REQUEST_TIMEOUT", "-3", "more than 0"),
+    ("WALLABY_RATE_LIMIT_BURST", "0", "more than 0"),
+    ("WALLABY_RATE_LIMIT_PER_SECOND", "-1", "0 or more"),
+    ("WALLABY_WS_PING_INTERVAL", "-20", "0 or more"),
+])
+def test_settings_out_of_range_are_refused_naming_the_variable(
+    variable: str, value: str, complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{variable}: .*{complaint}"):
+        Settings.from_env({variable: value})
+
+
+def test_settings_words_are_case_insensitive_and_zero_means_off() -> None:
+    settings = Settings.from_env({"WALLABY_COOKIE_SAMESITE": "strict", "WALLABY_AUTH_MODE": "JWT",
+                                  "WALLABY_RATE_LIMIT_PER_SECOND": "0", "WALLABY_PORT": "0"})
+    assert (settings.cookie_samesite, settings.auth_mode) == ("Strict", "jwt")
+    assert settings.rate_limit_per_second == 0 and settings.port == 0

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,82 @@ async def test_large_attachment_streams_with_flat_gateway_memory(
     finally:
         await pool.closeCachedConnections()
         await database.destroy()
+
+
+async def test_a_bad_setting_stops_the_gateway_with_a_message(
+    reactor: Any, tmp_path: Path, couch_backend: CouchBackend
+) -> None:
+    log = tmp_path / "bad.err"
+    with log.open("wb") as err:
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [sys.executable, "-m", "gateway", "run"],
+            env={**os.environ, "COUCHDB_URL": couch_backend.admin_url,
+                 "WALLABY_AUTH_MODE": "bogus"},
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    assert await _wait_exit(reactor, process, 30) == 2
+    text = log.read_text()
+    assert "WALLABY_AUTH_MODE: 'bogus' is not one of forward, jwt, proxy" in text
+    assert "Traceback" not in text
+
+
+async def test_a_port_it_cannot_listen_on_is_a_failed_start(
+    reactor: Any, tmp_path: Path, couch_backend: CouchBackend
+) -> None:
+    holder = reactor.listenTCP(0, server.Site(resource.Resource()), interface="127.0.0.1")
+    busy = holder.getHost().port
+    log = tmp_path / "busy.err"
+    try:
+        with log.open("wb") as err:
+            process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                [sys.executable, "-m", "gateway", "run",
+                 "--host", "127.0.0.1", "--port", str(busy)],
+                env={**os.environ, "COUCHDB_URL": couch_backend.admin_url},
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        assert await _wait_exit(reactor, process, 30) == 1
+        assert "cannot listen" in log.read_text()
+    finally:
+        await holder.stopListening()
+
+
+async def test_run_without_couchdb_url_from_a_fresh_folder(
+    reactor: Any, tmp_path: Path, couch_backend: CouchBackend
+) -> None:
+    """What ``./wallaby run`` does on a fresh checkout: the embedded server with the default
+    (relative) data folder, the demo user, then a clean stop leaving no server behind."""
+    if couch_backend.embedded is None:
+        pytest.skip("starts the embedded pouchdb-server, which a COUCHDB_URL run does not use")
+    environment = {k: v for k, v in os.environ.items()
+                   if k != "COUCHDB_URL" and not k.startswith("WALLABY_")}
+    environment["WALLABY_RATE_LIMIT_PER_SECOND"] = "0"
+    child = await spawn_gateway(
+        reactor, environment, tmp_path / "fresh.err", cwd=tmp_path,
+        args=("--port", "0", "--couch-port", "0"), timeout=90)
+    try:
+        response = await treq.get(f"{child.url}/api/v1/db/demo",
+                                  headers=basic("demo", "demo"))
+        assert response.code == 200, child.output()
+        assert (await response.json())["db_name"] == "demo"
+        assert (tmp_path / "var" / "couch" / "config.json").exists()
+        assert not (tmp_path / "var" / "couch" / "var").exists()  # not nested in itself
+        node = _children_named(child.process.pid, "node")
+        assert node, "no embedded server process"
+    finally:
+        child.process.send_signal(signal.SIGINT)
+        assert await _wait_exit(reactor, child.process, 60) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in node)  # noqa: ASYNC240
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = stat[stat.index("(") + 1:stat.rindex(")")]
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        if parent == pid and command == name:
+            found.append(int(entry.name))
+    return found

@@ -41,7 +41,7 @@ class GatewayProcess:
 
 async def spawn_gateway(
     reactor: Any, env: Mapping[str, str], log: Path, *, stdout: Path | None = None,
-    args: Sequence[str] = (), timeout: float = 30.0,
+    args: Sequence[str] = (), timeout: float = 30.0, cwd: Path = ROOT,
 ) -> GatewayProcess:
     """Start the entry point and wait for its ``READY <port>`` line on stderr.
 
@@ -52,10 +52,11 @@ async def spawn_gateway(
         stdout: A separate file for stdout (appended to).
         args: Extra arguments after ``run``.
         timeout: Seconds to wait for ``READY``.
+        cwd: The child's working folder (the checkout by default).
     """
     with log.open("wb") as err, (stdout.open("ab") if stdout else nullcontext(err)) as out:
         process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-            [sys.executable, "-m", "gateway", "run", *args], cwd=ROOT, env=dict(env),
+            [sys.executable, "-m", "gateway", "run", *args], cwd=cwd, env=dict(env),
             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
         )
     deadline = reactor.seconds() + timeout
