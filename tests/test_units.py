@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -200,3 +202,25 @@ def test_settings_words_are_case_insensitive_and_zero_means_off() -> None:
                                   "WALLABY_RATE_LIMIT_PER_SECOND": "0", "WALLABY_PORT": "0"})
     assert (settings.cookie_samesite, settings.auth_mode) == ("Strict", "jwt")
     assert settings.rate_limit_per_second == 0 and settings.port == 0
+
+
+def test_an_unexpected_error_is_logged_with_its_cause_and_answered_as_json() -> None:
+    """render_error runs in Klein's error handler, outside any ``except`` block."""
+    from twisted.logger import globalLogPublisher
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.responses import render_error
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        request = DummyRequest([b"api", b"v1"])
+        request.path = b"/api/v1"
+        body = render_error(request, RuntimeError("boom"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert request.responseCode == 500
+    assert json.loads(body)["error"] == "internal_error"
+    assert "boom" not in body.decode()
+    logged = [e["log_failure"] for e in events if e.get("log_failure") is not None]
+    assert len(logged) == 1 and logged[0].check(RuntimeError)

@@ -242,6 +242,15 @@ class GatewayApp:
         """Raise unless the user may read ``db`` (``GET /db`` as the user)."""
         await self._timed(request, couch.transport.request("GET", [db]))
 
+    def _require_server_admin(self, request: Any) -> None:
+        """Raise unless the user is a server admin.
+
+        CouchDB 3's rule for creating and deleting databases; pouchdb-server crashes on
+        such a request from anyone else.
+        """
+        if not request.identity.is_admin:
+            raise AccessDenied("only server admins may create or delete databases")
+
     async def _require_db_admin(self, request: Any, couch: CouchServer, db: str) -> None:
         """Raise unless the user administers ``db`` (server admin or ``_security`` admin)."""
         identity: Identity = request.identity
@@ -270,7 +279,7 @@ class GatewayApp:
         content.seek(0)
         try:
             body = json.loads(content.read())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
         self.contract.check_body(operation, body)
         return body
@@ -462,16 +471,18 @@ class GatewayApp:
 
     @app.route(_DB, methods=["PUT"])
     async def create_database(self, request: Any, db: str) -> bytes:
-        """Create a database (CouchDB decides who may)."""
+        """Create a database (server admins only, as on CouchDB 3)."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createDatabase", db=name)
+        self._require_server_admin(request)
         return await self._forward(request, couch, "PUT", [name], params=query)
 
     @app.route(_DB, methods=["DELETE"])
     async def delete_database(self, request: Any, db: str) -> bytes:
-        """Delete a database."""
+        """Delete a database (server admins only)."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "deleteDatabase", db=name)
+        self._require_server_admin(request)
         return await self._forward(request, couch, "DELETE", [name], params=query)
 
     # -- documents -------------------------------------------------------------

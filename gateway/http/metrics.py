@@ -6,10 +6,11 @@ import bisect
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from twisted.logger import Logger
 
-__all__ = ["Collector", "Histogram", "Metrics"]
+__all__ = ["KNOWN_METHODS", "Collector", "Histogram", "Metrics"]
 
 #: Renders more metrics (complete lines of Prometheus text) at every scrape.
 Collector = Callable[[], str]
@@ -24,6 +25,12 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
         return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
     return ",".join(f'{k}="{esc(v)}"' for k, v in pairs)
+
+
+#: Methods counted under their own name; a client can send any token.
+KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "COPY", "CONNECT", "TRACE"}
+)
 
 
 @dataclass
@@ -69,7 +76,9 @@ class Metrics:
         self.collectors.append(collector)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count a finished request and its latency."""
+        """Count a finished request and its latency (any other method counts as ``OTHER``)."""
+        if method not in KNOWN_METHODS:
+            method = "OTHER"  # a client's made-up method must not make a new series
         self.requests[(route, method, str(status))] += 1
         self.latency[(route,)].observe(seconds)
 

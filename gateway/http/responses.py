@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.errors import GatewayError, error_body
 
@@ -44,7 +45,9 @@ def render_error(request: Any, exc: BaseException) -> bytes:
     Unexpected exceptions are logged with their traceback and answered as an opaque 500.
     """
     if not isinstance(exc, GatewayError):
-        _log.failure("unexpected error serving {path}", path=_path(request))
+        # Called from an error handler, not an ``except`` block: the failure is explicit.
+        _log.failure("unexpected error serving {path}", failure=Failure(exc),  # type: ignore[no-untyped-call]
+                    path=_path(request))
     status, body, headers = error_body(exc)
     setattr(request, "error_code", body["error"])  # noqa: B010 - read by the access log
     # A body-less error must not inherit headers of a partial success (e.g. ETag).

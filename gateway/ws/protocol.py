@@ -235,7 +235,7 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
     try:
         raw = payload.decode("utf-8") if isinstance(payload, bytes) else payload
         data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nested too deep
         raise ProtocolError("bad_message", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")

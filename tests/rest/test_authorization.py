@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CouchBackend
+from gateway.couch import CouchServer
+from tests.conftest import CouchBackend, unique_name
 from tests.rest.conftest import RunningGateway, Scenario, basic
 
 # CouchDB answers an authenticated non-member 403; pouchdb-server answers 401.
@@ -128,3 +129,23 @@ async def test_traversal_attempts_fail_without_upstream_leak(
                  "db_name", "X-Injected"):
         assert leak not in body, (path, body)
     assert reply.header("X-Injected") is None
+
+
+async def test_only_server_admins_create_or_delete_databases(
+    scenario: Scenario, admin: CouchServer
+) -> None:
+    """The gateway refuses a non-admin itself (CouchDB 3 would too; pouchdb-server crashed on
+    it, taking every database down with it), so the upstream never sees the request."""
+    victim = scenario.db.name
+    fresh = unique_name("mine")
+    for client in (scenario.member_client, scenario.outsider_client):
+        created = await client.put(f"/api/v1/db/{fresh}")
+        assert created.status == 403, created.body
+        assert created.json["error"] == "forbidden"
+        deleted = await client.delete(f"/api/v1/db/{victim}")
+        assert deleted.status == 403, deleted.body
+    assert not await admin.database(fresh).exists()
+    # The upstream is alive and the victim intact: the member still reads it.
+    assert (await scenario.member_client.get(f"/api/v1/db/{victim}")).status == 200
+    assert (await scenario.admin.put(f"/api/v1/db/{fresh}")).status == 201
+    assert (await scenario.admin.delete(f"/api/v1/db/{fresh}")).status == 200

@@ -93,3 +93,27 @@ async def test_mounted_resources_pass_the_front_door(start_gateway: StartGateway
     assert gateway.app.in_flight.count == 0
     traversal = await gateway.client.get("/api/v1/changes/../db/_users")
     assert traversal.status == 400
+
+
+async def test_made_up_methods_do_not_grow_the_metrics(gateway: RunningGateway) -> None:
+    """Every client-chosen method token used to become its own metrics series (memory
+    without bound, unauthenticated and not rate limited on /health)."""
+    tokens = [f"X{i:03d}" + "Y" * 200 for i in range(40)]
+    for token in tokens:
+        reply = await gateway.client.request(token, "/health")
+        assert reply.status == 405
+    text = (await gateway.client.get("/metrics")).body.decode()
+    assert not any(token in text for token in tokens)
+    assert 'method="OTHER",status="405"} 40' in text
+
+
+async def test_a_body_nested_too_deep_is_a_clean_400(scenario: Any) -> None:
+    db = scenario.db.name
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for _ in range(2):  # the second time too: no HTML error page after the first
+        reply = await scenario.member_client.request(
+            "POST", f"/api/v1/db/{db}/docs", data=deep,
+            headers={"Content-Type": "application/json"})
+        assert reply.status == 400, reply.body[:200]
+        assert reply.json["error"] == "bad_request"
+        assert "not valid JSON" in reply.json["reason"]

@@ -47,6 +47,7 @@ def test_subscribe_is_parsed_and_normalised() -> None:
     (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "_view"}', "bad_message"),
     (b'{"type": "subscribe", "id": "x", "db": "d", "query": {"a": "b"}}', "bad_message"),
     (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "nofilter"}', "bad_message"),
+    (b"[" * 60_000 + b"]" * 60_000, "bad_message"),  # nested too deep for the parser
 ])
 def test_invalid_messages(raw: bytes, code: str) -> None:
     with pytest.raises(ProtocolError) as info:
