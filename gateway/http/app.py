@@ -187,8 +187,8 @@ class GatewayApp:
 
     def site(self) -> GatewaySite:
         """A ``Site`` serving :meth:`resource`."""
-        limit = max(self.settings.max_body_bytes, self.settings.max_attachment_bytes)
-        return GatewaySite(self.resource(), limit)
+        return GatewaySite(self.resource(), self.settings.max_attachment_bytes,
+                           self.settings.max_body_bytes)
 
     # -- helpers ---------------------------------------------------------------
 

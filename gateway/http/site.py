@@ -40,6 +40,8 @@ _UNLIMITED = (b"/health", b"/ready", b"/metrics")
 
 #: Request targets whose ``PUT`` body is streamed upstream (attachment uploads).
 STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?]+(\?|$)")
+#: Targets whose bodies may be as large as an attachment (any others: a JSON body's).
+ATTACHMENT_TARGETS = STREAMED_UPLOADS
 
 
 class GatewayRequest(server.Request):
@@ -64,6 +66,7 @@ class GatewayRequest(server.Request):
         self._finish_pending = False  # answered; finish once the body is drained
         self._widened: Any = None
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
+        self._limit: int | None = None
 
     def write(self, data: bytes) -> None:
         """Write body bytes; the first write hands a refreshed session cookie back."""
@@ -75,8 +78,20 @@ class GatewayRequest(server.Request):
         super().write(data)  # type: ignore[no-untyped-call]
 
     def _body_limit(self) -> int:
-        site = getattr(self.channel, "site", None)
-        return int(getattr(site, "max_upload_bytes", 2**62))
+        """The largest body this request may send: an attachment's, or a JSON body's.
+
+        Decided from the request target as soon as the headers are in (the body is
+        counted against it as it arrives), so that no route but an attachment upload
+        lets a client, authenticated or not, make the gateway store more than a JSON body.
+        """
+        if self._limit is None:
+            site = getattr(self.channel, "site", None)
+            limit = int(getattr(site, "max_upload_bytes", 2**62))
+            target = getattr(self.channel, "_path", None) or b""
+            if not ATTACHMENT_TARGETS.match(target):
+                limit = min(limit, int(getattr(site, "max_json_bytes", limit)))
+            self._limit = limit
+        return self._limit
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         """Refuse to store a body whose declared length exceeds the cap; stream uploads.
@@ -223,19 +238,21 @@ class GatewaySite(server.Site):
 
     Args:
         resource: The root resource (a :class:`FrontDoor`).
-        max_upload_bytes: Largest body stored at all (bigger ones answer 413).
+        max_upload_bytes: Largest attachment body (bigger ones answer 413).
+        max_json_bytes: Largest body of any other route (bigger ones answer 413).
         streamed_uploads: Request targets whose ``PUT`` bodies are streamed, not
             stored (``None``: store every body).
     """
 
     def __init__(
-        self, resource: IResource, max_upload_bytes: int,
+        self, resource: IResource, max_upload_bytes: int, max_json_bytes: int | None = None,
         streamed_uploads: re.Pattern[bytes] | None = STREAMED_UPLOADS, **kwargs: Any,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource, requestFactory=GatewayRequest, **kwargs
         )
         self.max_upload_bytes = max_upload_bytes
+        self.max_json_bytes = max_upload_bytes if max_json_bytes is None else max_json_bytes
         self.streamed_uploads = streamed_uploads
         self.displayTracebacks = False
 

@@ -151,3 +151,21 @@ async def test_service_credentials_never_answer_for_a_user(
     assert anonymous.status == 401
     everything = json.dumps(gateway.client.seen)
     assert couch_backend.admin_password not in everything
+
+
+async def test_only_attachment_routes_take_attachment_sized_bodies(
+    start_gateway: StartGateway,
+) -> None:
+    """A body over the JSON limit is refused from its declared length on every other route,
+    for anyone: it is never stored up to the attachment limit first (which let anonymous
+    clients make the gateway spool gigabytes to disk before their 401)."""
+    gateway = await start_gateway(max_body_bytes=2_000, max_attachment_bytes=500_000)
+    for path in ("/api/v1/db/anydb/docs", "/api/v1/session", "/api/v1/db/anydb/bulk_docs",
+                 "/api/v1/no/such/route"):
+        reply = await gateway.client.post(path, data=b"{" + b" " * 100_000 + b"}",
+                                          headers={"Content-Type": "application/json"})
+        assert reply.status == 413, (path, reply.status)
+        assert reply.json["error"] == "too_large"
+    # Within the JSON limit, the anonymous caller gets the usual 401.
+    small = await gateway.client.post("/api/v1/db/anydb/docs", json_body={"v": 1})
+    assert small.status == 401
