@@ -19,9 +19,14 @@ _EXPOSED = "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-R
 class Cors:
     """Adds CORS headers for allowed origins.
 
+    A listed origin is echoed back with ``Access-Control-Allow-Credentials: true``: its
+    pages may send the user's cookie. ``*`` lets any other origin read answers, as
+    ``Access-Control-Allow-Origin: *`` without credentials: browsers then never attach a
+    cookie (their own credentials, e.g. a bearer token, still work), so a foreign page
+    cannot act with the session of a user who visits it.
+
     Args:
-        origins: Allowed origins (``*`` allows any; credentials are then still only
-            allowed for the exact origin echoed back).
+        origins: Allowed origins (``*``: any, without credentials).
         max_age: Seconds browsers may cache a preflight.
     """
 
@@ -29,8 +34,12 @@ class Cors:
     max_age: int = 600
 
     def allowed(self, origin: str) -> bool:
-        """Whether ``origin`` may call the API."""
+        """Whether ``origin`` may call the API (with or without credentials)."""
         return "*" in self.origins or origin in self.origins
+
+    def listed(self, origin: str) -> bool:
+        """Whether ``origin`` is listed by name (and so may send credentials)."""
+        return origin in self.origins
 
     def apply(self, request: Any) -> bool:
         """Decorate the response for the request's ``Origin``.
@@ -48,13 +57,17 @@ class Cors:
         preflight = request.method == b"OPTIONS" and request.getHeader(
             "access-control-request-method"
         ) is not None
+        if self.origins:
+            request.setHeader("Vary", "Origin")  # the answer depends on it, allowed or not
         if not self.allowed(origin):
             if preflight:
                 raise AccessDenied("origin not allowed")
             return False
-        request.setHeader("Access-Control-Allow-Origin", origin)
-        request.setHeader("Access-Control-Allow-Credentials", "true")
-        request.setHeader("Vary", "Origin")
+        if self.listed(origin):
+            request.setHeader("Access-Control-Allow-Origin", origin)
+            request.setHeader("Access-Control-Allow-Credentials", "true")
+        else:
+            request.setHeader("Access-Control-Allow-Origin", "*")
         if not preflight:
             request.setHeader("Access-Control-Expose-Headers", _EXPOSED)
             return False

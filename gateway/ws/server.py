@@ -236,9 +236,19 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
     No Origin (not a browser), the gateway's own origin (same host and port), ``*``
     or an origin listed in ``cors_origins`` are allowed.
     """
+    return "*" in allowed or origin_trusted(origin, host, allowed)
+
+
+def origin_trusted(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a handshake may carry the browser's own credentials (cookie, Basic).
+
+    Not a browser, the gateway's own origin, or an origin listed by name. An origin
+    let in only by ``*`` must bring its credentials itself (``?token=``): a foreign
+    page must not act with the session of a user who visits it.
+    """
     if not origin:
         return True
-    if "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
+    if origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
         return True
     if origin == "null" or host is None:
         return False
@@ -401,6 +411,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             factory.metrics.rejected_handshakes += 1
             raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
                 403, "origin not allowed")
+        if not origin_trusted(headers.get("origin"), headers.get("host"),
+                              factory.settings.cors_origins):
+            # Let in by "*" only: the browser's ambient credentials do not count.
+            headers.pop("authorization", None)
+            headers.pop("cookie", None)
         token = (request.params.get("token") or [None])[0]
         if token and "authorization" not in headers:
             headers["authorization"] = f"Bearer {token}"

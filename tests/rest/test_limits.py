@@ -169,3 +169,26 @@ async def test_only_attachment_routes_take_attachment_sized_bodies(
     # Within the JSON limit, the anonymous caller gets the usual 401.
     small = await gateway.client.post("/api/v1/db/anydb/docs", json_body={"v": 1})
     assert small.status == 401
+
+
+async def test_cors_star_lets_any_origin_read_but_never_with_credentials(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway(cors_origins=("https://app.example", "*"))
+    listed = await gateway.client.get("/health", headers={"Origin": "https://app.example"})
+    assert listed.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert listed.header("Access-Control-Allow-Credentials") == "true"
+    for origin in ("https://evil.example", "null"):
+        other = await gateway.client.get("/health", headers={"Origin": origin})
+        assert other.header("Access-Control-Allow-Origin") == "*"
+        assert other.header("Access-Control-Allow-Credentials") is None
+        assert other.header("Vary") == "Origin"
+        preflight = await gateway.client.request("OPTIONS", "/api/v1/db/x/docs/y", headers={
+            "Origin": origin, "Access-Control-Request-Method": "PUT"})
+        assert preflight.status == 204
+        assert preflight.header("Access-Control-Allow-Origin") == "*"
+        assert preflight.header("Access-Control-Allow-Credentials") is None
+    only_listed = await start_gateway(cors_origins=("https://app.example",))
+    refused = await only_listed.client.get("/health", headers={"Origin": "https://evil.example"})
+    assert refused.header("Access-Control-Allow-Origin") is None
+    assert refused.header("Vary") == "Origin"

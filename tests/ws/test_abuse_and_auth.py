@@ -38,6 +38,26 @@ async def test_origin_is_checked(make_server: Any, make_user: Any) -> None:
     await server.connect(token, headers={"Origin": own})
 
 
+async def test_an_origin_let_in_by_star_must_bring_its_own_credentials(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    """With ``*``, a foreign page's handshake carries the visitor's cookie (SameSite=None)
+    or cached Basic credentials by itself: they must not count (cross-site WebSocket
+    hijacking). A token the page passes explicitly (``?token=``) does."""
+    server: WsServer = await make_server(ws_settings(cors_origins=("http://app.example", "*")))
+    token = await server.login(await make_user())
+    foreign = {"Origin": "http://evil.example"}
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await server.connect(headers={**foreign, "Cookie": f"wallaby_session={token}"})
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await server.connect(token, headers=foreign)  # an Authorization header
+    explicit = await server.connect(token, query=True, headers=foreign)
+    assert (await explicit.subscribe("s", db.name))["type"] == "subscribed"
+    listed = await server.connect(headers={"Origin": "http://app.example",
+                                           "Cookie": f"wallaby_session={token}"})
+    assert (await listed.subscribe("s", db.name))["type"] == "subscribed"
+
+
 async def test_unauthorised_subscribe_is_refused(
     ws_server: WsServer, db: Database, make_user: Any
 ) -> None:
