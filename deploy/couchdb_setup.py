@@ -38,6 +38,27 @@ AUTH_HANDLERS_PROXY = (
     "{chttpd_auth, proxy_authentication_handler}, "
     "{chttpd_auth, default_authentication_handler}"
 )
+AUTH_HANDLERS_JWT = (
+    "{chttpd_auth, jwt_authentication_handler}, "
+    "{chttpd_auth, cookie_authentication_handler}, "
+    "{chttpd_auth, default_authentication_handler}"
+)
+
+
+def jwt_keys(spec: str) -> dict[str, str]:
+    """``COUCHDB_JWT_KEYS``: ``kty:kid=key`` entries separated by ``;`` (CouchDB's
+    ``[jwt_keys]`` section, e.g. ``hmac:_default=<base64 secret>``).
+
+    Raises:
+        SetupError: An entry is not ``kty:kid=key``.
+    """
+    keys: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in spec.split(";"))):
+        name, sep, key = entry.partition("=")
+        if not sep or not key or name.count(":") != 1 or not all(name.split(":")):
+            raise SetupError("COUCHDB_JWT_KEYS: each entry is kty:kid=key (e.g. hmac:_default=...)")
+        keys[name] = key
+    return keys
 
 
 class SetupError(Exception):
@@ -188,8 +209,21 @@ def sync_admin_hash(nodes: list[Node], user: str) -> None:
 def configure(nodes: list[Node], env: dict[str, str]) -> None:
     """The gateway's CouchDB settings, on every node (``_config`` is per node)."""
     settings: dict[tuple[str, str], str] = {}
-    if env.get("WALLABY_AUTH_MODE", "forward") == "proxy":
+    mode = env.get("WALLABY_AUTH_MODE", "forward")
+    if mode == "proxy":
         settings["chttpd", "authentication_handlers"] = AUTH_HANDLERS_PROXY
+        # Without it CouchDB trusts X-Auth-CouchDB-* headers from anyone who reaches it;
+        # with it, only those signed with [chttpd_auth] secret (COUCHDB_SECRET).
+        settings["chttpd_auth", "proxy_use_secret"] = "true"
+    elif mode == "jwt":
+        settings["chttpd", "authentication_handlers"] = AUTH_HANDLERS_JWT
+        settings["jwt_auth", "required_claims"] = "exp"
+        keys = jwt_keys(env.get("COUCHDB_JWT_KEYS", ""))
+        if not keys:
+            raise SetupError("WALLABY_AUTH_MODE=jwt needs COUCHDB_JWT_KEYS: the keys that "
+                             "verify your tokens (kty:kid=key; ...), for CouchDB's [jwt_keys]")
+        for name, key in keys.items():
+            settings["jwt_keys", name] = key
     # Browsers only ever talk to the gateway, which does CORS itself.
     settings["chttpd", "enable_cors"] = "false"
     for node in nodes:

@@ -143,6 +143,11 @@ class Settings:
                     f"{self.env_name(name)}: {value!r} is not one of {', '.join(choices)}"
                 )
             object.__setattr__(self, name, canonical)  # frozen: set once, here
+        if self.auth_mode == "proxy" and not self.proxy_secret:
+            raise ValueError(
+                "WALLABY_PROXY_SECRET: proxy mode signs every user's identity with CouchDB's "
+                "[chttpd_auth] secret; set it (CouchDB must trust only signed headers)"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{self.env_name('port')}: {self.port} is not a TCP port")
         for name in _POSITIVE:

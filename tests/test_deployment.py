@@ -167,6 +167,10 @@ def test_cluster_profile(resolved: dict[str, dict[str, Any]]) -> None:
     assert sorted(servers) == sorted(names)
 
 
+#: Read only by deploy/couchdb_setup.py (the one-shot setup service).
+SETUP_VARS = {"COUCHDB_NODES", "COUCHDB_JWT_KEYS"}
+
+
 def test_compose_variables_exist_in_settings(resolved: dict[str, dict[str, Any]]) -> None:
     known = settings_env_names()
     config = resolved["cluster"]
@@ -174,7 +178,7 @@ def test_compose_variables_exist_in_settings(resolved: dict[str, dict[str, Any]]
         env = svc.get("environment", {})
         if svc.get("image") == GATEWAY_IMAGE:
             for key in env:
-                if key.startswith(("WALLABY_", "COUCHDB_")) and key != "COUCHDB_NODES":
+                if key.startswith(("WALLABY_", "COUCHDB_")) and key not in SETUP_VARS:
                     assert key in known, f"{name}: {key} is not a Settings variable"
         elif is_couchdb(svc):
             assert set(env) <= COUCHDB_IMAGE_VARS, f"{name}: {set(env) - COUCHDB_IMAGE_VARS}"
@@ -183,7 +187,7 @@ def test_compose_variables_exist_in_settings(resolved: dict[str, dict[str, Any]]
         if var.startswith("WALLABY_"):
             assert var in known, f"${{{var}}} is not a Settings variable"
         elif var.startswith("COUCHDB_"):
-            assert var in known | COUCHDB_IMAGE_VARS, var
+            assert var in known | COUCHDB_IMAGE_VARS | SETUP_VARS, var
     example = dotenv(ROOT / ".env.example")
     assert interpolated <= set(example), f"missing in .env.example: {interpolated - set(example)}"
 
@@ -373,6 +377,8 @@ def test_setup_single_node_is_idempotent(fake_nodes: list[tuple[str, FakeCouch]]
     assert node.state == "single_node_enabled"
     assert {"_users", "_replicator", "_global_changes"} <= node.dbs
     assert "proxy_authentication_handler" in node.config["chttpd/authentication_handlers"]
+    # Only headers signed with the shared secret are trusted (CouchDB's default: any).
+    assert node.config["chttpd_auth/proxy_use_secret"] == "true"
     assert node.docs["/_users/org.couchdb.user%3Ademo"]["roles"] == []
     actions = [c[2]["action"] for c in node.calls if c[1] == "/_cluster_setup" and c[2]]
     assert run_setup(env) == 0  # second run: nothing to do, still succeeds
@@ -393,6 +399,25 @@ def test_setup_cluster(fake_nodes: list[tuple[str, FakeCouch]]) -> None:
     hashes = {node.config["admins/admin"] for _, node in fake_nodes}
     assert hashes == {coordinator.config["admins/admin"]}
     assert run_setup(env) == 0  # idempotent
+
+
+def test_setup_jwt_mode_enables_the_handler_with_the_given_keys(
+    fake_nodes: list[tuple[str, FakeCouch]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, node = fake_nodes[0]
+    env = {"COUCHDB_NODES": url, "COUCHDB_USER": "admin", "COUCHDB_PASSWORD": "pw",
+           "WALLABY_AUTH_MODE": "jwt", "SETUP_TIMEOUT": "5",
+           "COUCHDB_JWT_KEYS": "hmac:_default=c2VjcmV0LWtleQ==; rsa:idp1=-----BEGIN KEY-----x"}
+    assert run_setup(env) == 0
+    handlers = node.config["chttpd/authentication_handlers"]
+    assert handlers.startswith("{chttpd_auth, jwt_authentication_handler}")
+    assert node.config["jwt_keys/hmac:_default"] == "c2VjcmV0LWtleQ=="
+    assert node.config["jwt_keys/rsa:idp1"] == "-----BEGIN KEY-----x"
+    assert node.config["jwt_auth/required_claims"] == "exp"
+    assert "c2VjcmV0LWtleQ" not in capsys.readouterr().out  # names logged, never keys
+    without_keys = {k: v for k, v in env.items() if k != "COUCHDB_JWT_KEYS"}
+    assert run_setup(without_keys) == 1
+    assert run_setup({**env, "COUCHDB_JWT_KEYS": "no-equals-sign"}) == 1
 
 
 def test_setup_refuses_missing_credentials() -> None:
