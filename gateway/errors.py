@@ -29,6 +29,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── AccessDenied               403 (path not exposed, origin not allowed)
         ├── RouteNotFound              404
         ├── PayloadTooLarge            413
+        ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
         └── RateLimited                429 (carries retry_after)
 
 Messages never contain credentials: classes only ever receive CouchDB's ``error`` and
@@ -64,6 +65,7 @@ __all__ = [
     "RouteNotFound",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UpgradeRequired",
     "UpstreamServerError",
     "error_body",
 ]
@@ -299,6 +301,13 @@ class PayloadTooLarge(GatewayRequestError):
 
     default_status = 413
     default_error = "too_large"
+
+
+class UpgradeRequired(GatewayRequestError):
+    """A request to the WebSocket endpoint that does not ask for a WebSocket (426)."""
+
+    default_status = 426
+    default_error = "upgrade_required"
 
 
 class RateLimited(GatewayRequestError):

@@ -16,6 +16,9 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.protocols.policies import ProtocolWrapper
 
+from gateway.errors import UpgradeRequired
+from gateway.http.responses import render_error
+
 __all__ = ["UpgradingResource", "served_protocol"]
 
 
@@ -36,7 +39,15 @@ class UpgradingResource(WebSocketResource):  # type: ignore[misc,unused-ignore]
     """A ``WebSocketResource`` that hands its request to the connection it starts."""
 
     def render(self, request: Any) -> Any:
-        """Upgrade the request's socket and hand the request to its new connection."""
+        """Upgrade the request's socket and hand the request to its new connection.
+
+        A request that does not ask for a WebSocket gets the gateway's error envelope
+        (426), not Autobahn's status page (which names the library and its version).
+        """
+        if (request.getHeader("upgrade") or "").strip().lower() != "websocket":
+            request.setHeader("Upgrade", "websocket")
+            return render_error(request, UpgradeRequired(
+                "this endpoint speaks WebSocket only (see docs/websocket.md)"))
         transport = request.channel.transport
         result = super().render(request)  # type: ignore[no-untyped-call,unused-ignore]
         if transport is not None and request.channel.transport is None:

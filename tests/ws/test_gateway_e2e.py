@@ -3,6 +3,7 @@ handshake is authenticated by the same identity code, changes flow."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
@@ -64,3 +65,30 @@ async def test_cookie_login_then_websocket_through_gateway(
     finally:
         await changes.stopService()
         await port.stopListening()
+
+
+async def test_a_plain_request_to_the_websocket_endpoint_gets_the_envelope(
+    reactor: Any, admin: CouchServer
+) -> None:
+    """Not Autobahn's status page (which named the library and its version), and no
+    way around the front door: 426 with the error envelope, for anyone."""
+    from tests.rest.conftest import CONTRACT
+
+    settings = Settings(couchdb_url=admin.url, ws_ping_interval=0, ws_auth_recheck=0)
+    app = GatewayApp(settings, couch=admin, reactor=reactor)
+    changes = install_changes(app, admin, settings, reactor)
+    changes.startService()
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        for method in ("GET", "POST"):
+            answer = await treq.request(
+                method, f"http://127.0.0.1:{port.getHost().port}/api/v1/changes")
+            body = await answer.content()
+            assert answer.code == 426, body
+            assert b"autobahn" not in body.lower()
+            envelope = json.loads(body)
+            assert envelope["error"] == "upgrade_required" and envelope["status"] == 426
+        assert CONTRACT.match("GET", "/api/v1/changes") is not None
+    finally:
+        await port.stopListening()
+        await changes.stopService()
