@@ -30,6 +30,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── RouteNotFound              404
         ├── PayloadTooLarge            413
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
+        ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
         └── RateLimited                429 (carries retry_after)
 
 Messages never contain credentials: classes only ever receive CouchDB's ``error`` and
@@ -63,6 +64,7 @@ __all__ = [
     "RateLimited",
     "RequestEntityTooLarge",
     "RouteNotFound",
+    "TooManyFeeds",
     "Unauthorized",
     "UnsupportedMediaType",
     "UpgradeRequired",
@@ -308,6 +310,13 @@ class UpgradeRequired(GatewayRequestError):
 
     default_status = 426
     default_error = "upgrade_required"
+
+
+class TooManyFeeds(GatewayRequestError):
+    """A subscription would open an upstream feed beyond the gateway's cap (503)."""
+
+    default_status = 503
+    default_error = "too_many_feeds"
 
 
 class RateLimited(GatewayRequestError):

@@ -45,6 +45,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import send_each
+from gateway.errors import TooManyFeeds
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
 __all__ = [
@@ -320,6 +321,8 @@ class FeedHub(Service):
         heartbeat_ms: Heartbeat asked of upstream feeds; a connection silent for twice
             as long is aborted and reopened.
         linger: Seconds a feed stays open after its last subscriber was lost (0: none).
+        max_feeds: Feeds with subscribers open at most (``None``: no cap); a subscription
+            that needs another one is refused with :class:`~gateway.errors.TooManyFeeds`.
     """
 
     def __init__(
@@ -330,6 +333,7 @@ class FeedHub(Service):
         *,
         heartbeat_ms: int = 10_000,
         linger: float = LINGER_SECONDS,
+        max_feeds: int | None = None,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be positive")
@@ -338,6 +342,7 @@ class FeedHub(Service):
         self.clock = clock
         self.heartbeat = heartbeat_ms / 1000
         self.linger = linger
+        self.max_feeds = max_feeds
         self._feeds: dict[FeedKey, SharedFeed] = {}
         self._ids = itertools.count(1)
         self._stopping: list[Deferred[Any]] = []
@@ -362,6 +367,11 @@ class FeedHub(Service):
         key = (db, params)
         feed = self._feeds.get(key)
         if feed is None:
+            if self.max_feeds is not None and self._busy_feeds() >= self.max_feeds:
+                raise TooManyFeeds(
+                    f"the gateway follows {self.max_feeds} upstream feeds already; share one "
+                    "(the same database and options) or try later"
+                )
             feed = SharedFeed(f"f{next(self._ids)}", db, params)
             self._feeds[key] = feed
             self.feeds_opened += 1
@@ -373,6 +383,10 @@ class FeedHub(Service):
             feed.linger_timer = None
         feed.subscribers[sink] = None
         return feed
+
+    def _busy_feeds(self) -> int:
+        """Feeds with subscribers (lingering ones close by themselves soon)."""
+        return sum(1 for feed in self._feeds.values() if feed.linger_timer is None)
 
     async def ready(self, feed: SharedFeed) -> None:
         """Wait until the feed follows the database from a fixed seq.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -718,6 +718,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 f"at most {factory.settings.ws_max_subscriptions} subscriptions per connection",
                 sub_id=request.id, status=429))
             return
+        owner = self._owner()
+        if factory.user_subscriptions[owner] >= factory.settings.ws_max_user_subscriptions:
+            self._reply(error_message(
+                "too_many_subscriptions",
+                f"at most {factory.settings.ws_max_user_subscriptions} subscriptions per user "
+                "on all connections", sub_id=request.id, status=429))
+            return
         for other in self.subs.values():
             if other.request.db == request.db and other.request.params == request.params:
                 self._reply(error_message(
@@ -728,6 +735,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub = Subscription(request.id, request)
         self.subs[request.id] = sub
         factory.metrics.subscriptions += 1
+        factory.user_subscriptions[owner] += 1
         try:
             await self._authorize(request)
             if not sub.active or self._ending:
@@ -766,6 +774,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             if sub.active:
                 self._reply(exception_message(exc, sub.id), sub)
                 await self._drop(sub)
+
+    def _owner(self) -> str:
+        """Whose subscriptions these are, for the per-user limit."""
+        name = getattr(self.identity, "name", None)
+        return f"user:{name}" if name is not None else f"credential:{self.credential}"
 
     async def _authorize(self, request: Subscribe) -> None:
         """Check, as the user, that the database (and its filter/view) may be read."""
@@ -829,6 +842,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
+            owners = self.factory.user_subscriptions
+            owner = self._owner()
+            owners[owner] -= 1
+            if owners[owner] <= 0:
+                del owners[owner]
         db = sub.request.db
         if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
             self._unwatch(db)
@@ -1054,6 +1072,9 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.socket_send_buffer = socket_send_buffer
         self.metrics = metrics or WsMetrics()
         self.connections: set[ChangesServerProtocol] = set()
+        #: Subscriptions per user (by name; per credential for anonymous callers), over
+        #: all their connections: one user must not open the upstream feeds of many.
+        self.user_subscriptions: Counter[str] = Counter()
         #: One upstream transport per credential, shared by its connections.
         self.identities = SharedIdentities(hub.transport)
         #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
@@ -1110,7 +1131,8 @@ class ChangesService(Service):
     ) -> None:
         self.settings = settings
         self.hub = FeedHub(service_transport, self._prepare, clock,
-                           heartbeat_ms=settings.feed_heartbeat_ms)
+                           heartbeat_ms=settings.feed_heartbeat_ms,
+                           max_feeds=settings.ws_max_feeds)
         self.factory = ChangesServerFactory(
             self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer
         )

@@ -135,6 +135,57 @@ async def test_too_many_subscriptions(make_server: Any, make_user: Any, db: Data
     assert refused["error"] == "too_many_subscriptions" and refused["id"] == "s3"
 
 
+async def test_one_user_cannot_spread_subscriptions_over_connections(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    """The per-connection limit alone let one user open thousands of upstream feeds
+    (100 connections with 32 distinct filters each)."""
+    server: WsServer = await make_server(ws_settings(ws_max_user_subscriptions=3))
+    user = await make_user()
+    first = await server.connect(await server.login(user))
+    second = await server.connect(await server.login(user))
+    for client, sub_id in ((first, "a"), (first, "b"), (second, "c")):
+        answer = await client.subscribe(sub_id, db.name, filter="_doc_ids", doc_ids=[sub_id])
+        assert answer["type"] == "subscribed", answer
+    refused = await second.subscribe("d", db.name, filter="_doc_ids", doc_ids=["d"])
+    assert refused["error"] == "too_many_subscriptions" and "per user" in refused["reason"]
+    assert server.feeds() == 3
+    someone_else = await server.connect(await server.login(await make_user()))
+    assert (await someone_else.subscribe("x", db.name))["type"] == "subscribed"
+    first.send({"type": "unsubscribe", "id": "a"})
+    assert (await first.next("unsubscribed"))["id"] == "a"
+    again = await second.subscribe("d", db.name, filter="_doc_ids", doc_ids=["d"])
+    assert again["type"] == "subscribed"
+    await first.close()  # a closed connection gives its subscriptions back
+    await sleep(server.reactor, 0.2)
+    for sub_id in ("e",):
+        assert (await second.subscribe(sub_id, db.name, filter="_doc_ids",
+                                       doc_ids=[sub_id]))["type"] == "subscribed"
+
+
+async def test_upstream_feeds_are_capped_but_shared_ones_still_join(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    server: WsServer = await make_server(ws_settings(ws_max_feeds=2))
+    client = await server.connect(await server.login(await make_user()))
+    for sub_id in ("a", "b"):
+        answer = await client.subscribe(sub_id, db.name, filter="_doc_ids", doc_ids=[sub_id])
+        assert answer["type"] == "subscribed"
+    refused = await client.subscribe("c", db.name, filter="_doc_ids", doc_ids=["c"])
+    assert refused["error"] == "too_many_feeds" and refused["id"] == "c"
+    assert server.feeds() == 2
+    other = await server.connect(await server.login(await make_user()))
+    shared = await other.subscribe("a2", db.name, filter="_doc_ids", doc_ids=["a"])
+    assert shared["type"] == "subscribed"  # the same feed: no new upstream connection
+    client.send({"type": "unsubscribe", "id": "b"})
+    await client.next("unsubscribed")
+    await sleep(server.reactor, 0.1)
+    assert (await client.subscribe("c", db.name, filter="_doc_ids",
+                                   doc_ids=["c"]))["type"] == "subscribed"
+    await db.save({"_id": "c"})
+    assert (await client.next("change"))["id"] == "c"
+
+
 async def test_oversize_message_closes_with_1009(make_server: Any, make_user: Any, db: Database) -> None:
     server: WsServer = await make_server(ws_settings(ws_max_message_bytes=1024))
     client = await server.connect(await server.login(await make_user()))
