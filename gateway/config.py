@@ -43,8 +43,8 @@ _POSITIVE = (
 )
 #: Where 0 means "off" (or "at once").
 _NOT_NEGATIVE = (
-    "rate_limit_per_second", "shutdown_grace", "compress_min_bytes", "ws_ping_interval",
-    "ws_auth_recheck", "gc_freeze_after_ms",
+    "rate_limit_per_second", "login_max_failures", "login_lockout_seconds", "shutdown_grace",
+    "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
 )
 
 
@@ -75,6 +75,10 @@ class Settings:
         request_timeout: Seconds an upstream request may take (504 beyond).
         rate_limit_per_second: Sustained requests per second per client (0: off).
         rate_limit_burst: Requests a client may burst above the sustained rate.
+        login_max_failures: Failed logins (``POST /api/v1/session`` or Basic credentials)
+            of one account from one client address before its attempts are refused
+            (429) for ``login_lockout_seconds`` (0: no limit).
+        login_lockout_seconds: How long a failure counts.
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
         splice_downloads: Relay large attachment downloads with ``splice(2)`` (Linux).
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
@@ -112,6 +116,8 @@ class Settings:
     request_timeout: float = 30.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
+    login_max_failures: int = 5
+    login_lockout_seconds: float = 300.0
     shutdown_grace: float = 10.0
     splice_downloads: bool = True
     splice_uploads: bool = True

@@ -29,6 +29,7 @@ Usage (REST and WebSocket alike)::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections import OrderedDict
@@ -42,7 +43,7 @@ from gateway.couch.auth import Auth, BearerAuth, ForwardedAuth, NoAuth, ProxyAut
 from gateway.errors import AuthenticationRequired, CouchError, Unauthorized
 from gateway.singleflight import Flight, single_flight
 
-__all__ = ["Identity", "IdentityCache", "credentials_from", "identify"]
+__all__ = ["Identity", "IdentityCache", "basic_user", "credentials_from", "identify"]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.:+/]{1,4096}$")
 _BASIC = re.compile(r"^Basic [A-Za-z0-9+/=]{1,4096}$")
@@ -122,9 +123,11 @@ def credentials_from(
     if authorization:
         scheme = authorization.split(" ", 1)[0].lower()
         if scheme == "basic":
-            if not _BASIC.match(authorization):
+            # Schemes are case-insensitive (RFC 9110); CouchDB is sent the canonical one.
+            canonical = "Basic " + authorization[len("basic"):].strip()
+            if not _BASIC.match(canonical):
                 raise AuthenticationRequired("malformed Basic credentials")
-            return ForwardedAuth({"Authorization": authorization})
+            return ForwardedAuth({"Authorization": canonical})
         if scheme == "bearer":
             token = authorization[len("bearer"):].strip()
             if not _TOKEN.match(token):
@@ -139,6 +142,19 @@ def credentials_from(
             raise AuthenticationRequired("malformed session cookie")
         return ForwardedAuth({"Cookie": f"AuthSession={cookie}"})
     return None
+
+
+def basic_user(authorization: str) -> str | None:
+    """The user name in a Basic ``Authorization`` header (``None`` for anything else)."""
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    name, sep, _ = decoded.partition(":")
+    return name if sep else None
 
 
 def _cache_key(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> str:

@@ -225,3 +225,25 @@ def test_an_unexpected_error_is_logged_with_its_cause_and_answered_as_json() -> 
     assert "boom" not in body.decode()
     logged = [e["log_failure"] for e in events if e.get("log_failure") is not None]
     assert len(logged) == 1 and logged[0].check(RuntimeError)
+
+
+def test_failed_logins_lock_a_pair_for_the_window() -> None:
+    from twisted.internet.task import Clock
+
+    from gateway.errors import RateLimited
+    from gateway.http.login_guard import FailedLogins
+
+    clock = Clock()
+    guard = FailedLogins(clock.seconds, limit=3, window=100)
+    for _ in range(3):
+        guard.check("1.2.3.4", "Ann")
+        guard.failed("1.2.3.4", "ann")
+        clock.advance(10)
+    with pytest.raises(RateLimited) as refused:
+        guard.check("1.2.3.4", "ANN")  # names compare case-insensitively
+    assert refused.value.retry_after == pytest.approx(70)
+    guard.check("5.6.7.8", "ann")  # another client
+    guard.check("1.2.3.4", "bob")  # another account
+    clock.advance(71)  # the oldest failure is out of the window
+    guard.check("1.2.3.4", "ann")
+    FailedLogins(clock.seconds, limit=0).check("1.2.3.4", "ann")  # 0: off

@@ -44,6 +44,7 @@ from gateway.couch.transport import CouchResponse, Reactor, read_body
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AccessDenied,
+    AuthenticationRequired,
     CouchError,
     CouchTimeout,
     CouchUnreachable,
@@ -52,6 +53,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RangeNotSatisfiable,
     RouteNotFound,
+    Unauthorized,
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
@@ -61,13 +63,14 @@ from gateway.http.conditional import content_etag, etag_matches, must_revalidate
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
+from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import BodyPipe, parse_range, relay, spool, upload_producer
-from gateway.identity import Identity, IdentityCache, identify
+from gateway.identity import Identity, IdentityCache, basic_user, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
 
@@ -80,6 +83,10 @@ _COPIED_ATTACHMENT_HEADERS = (
     "Content-Encoding", "Content-MD5", "Last-Modified",
 )
 _UPLOAD_BYTES_PER_SECOND = 1024 * 1024
+
+
+def _client_host(request: Any) -> str:
+    return str(getattr(request.getClientAddress(), "host", None) or "unknown")
 
 
 def _decode_args(request: Any) -> dict[str, list[str]]:
@@ -162,6 +169,10 @@ class GatewayApp:
         self.limiter = RateLimiter(
             settings.rate_limit_per_second, settings.rate_limit_burst, reactor.seconds
         )
+        #: Password guessing: failed logins per (client, account).
+        self.failed_logins = FailedLogins(
+            reactor.seconds, settings.login_max_failures, settings.login_lockout_seconds
+        )
         self.mounts: dict[bytes, IResource] = dict(extra_resources or {})
         self.static_dir = static_dir
         self._spec_json = json.dumps(self.contract.document).encode("utf-8")
@@ -202,9 +213,18 @@ class GatewayApp:
         cookies = {
             k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
         }
-        identity = await identify(
-            headers, cookies, self.couch, self.settings, cache=self.identities
-        )
+        basic_name = basic_user(headers.get("authorization", ""))
+        client = _client_host(request)
+        if basic_name is not None:
+            self.failed_logins.check(client, basic_name)
+        try:
+            identity = await identify(
+                headers, cookies, self.couch, self.settings, cache=self.identities
+            )
+        except AuthenticationRequired:
+            if basic_name is not None:
+                self.failed_logins.failed(client, basic_name)
+            raise
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
         presented = cookies.get(self.settings.cookie_name)
         if presented and "authorization" not in headers:
@@ -434,7 +454,14 @@ class GatewayApp:
         setattr(request, "route", "login")  # noqa: B010
         self.contract.check_query("login", _decode_args(request))
         body = self._json_body(request, "login")
-        token = await self._timed(request, self.couch.login(body["name"], body["password"]))
+        client = _client_host(request)
+        self.failed_logins.check(client, body["name"])
+        try:
+            token = await self._timed(request, self.couch.login(body["name"], body["password"]))
+        except Unauthorized:
+            self.failed_logins.failed(client, body["name"])
+            raise
+        self.failed_logins.succeeded(client, body["name"])
         user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
         session = await self._timed(request, user.session())
         context = session.get("userCtx") or {}

@@ -113,3 +113,58 @@ async def test_login_body_is_validated(gateway: RunningGateway) -> None:
         "/api/v1/session", data=b"name=x", headers={"Content-Type": "text/plain"}
     )
     assert wrong_type.status == 415
+
+
+async def test_the_basic_scheme_is_case_insensitive(
+    gateway: RunningGateway, make_user: MakeUser
+) -> None:
+    """RFC 9110: schemes are case-insensitive; ``basic`` and ``BASIC`` work as ``Basic``."""
+    user = await make_user()
+    token = base64.b64encode(f"{user.name}:{user.password}".encode()).decode()
+    for scheme in ("basic", "BASIC", "Basic"):
+        reply = await gateway.client.get(
+            "/api/v1/session", headers={"Authorization": f"{scheme} {token}"})
+        assert reply.status == 200, (scheme, reply.body)
+        assert reply.json["name"] == user.name
+
+
+async def test_password_guessing_is_stopped_per_account_and_client(
+    start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    """After N failures an account's logins from that client are refused (429) without
+    asking CouchDB, by POST /session and by Basic credentials alike; other accounts and
+    the general rate limit are unaffected. Throwaway users: CouchDB 3.5 locks accounts."""
+    gateway = await start_gateway(login_max_failures=3, login_lockout_seconds=60)
+    victim, bystander = await make_user(), await make_user()
+    for _ in range(3):
+        wrong = await gateway.client.post(
+            "/api/v1/session", json_body={"name": victim.name, "password": "guess"})
+        assert wrong.status == 401
+    refused = await gateway.client.post(
+        "/api/v1/session", json_body={"name": victim.name, "password": victim.password})
+    assert refused.status == 429 and refused.json["error"] == "too_many_requests"
+    assert 1 <= int(refused.header("Retry-After") or 0) <= 60
+    by_basic = await gateway.client.get("/api/v1/session", headers=basic(victim.name, "x"))
+    assert by_basic.status == 429  # the same account, the same client
+    fine = await gateway.client.post(
+        "/api/v1/session", json_body={"name": bystander.name, "password": bystander.password})
+    assert fine.status == 200
+    for _ in range(3):
+        assert (await gateway.client.get(
+            "/api/v1/db/x", headers=basic(bystander.name, "guess"))).status == 401
+    assert (await gateway.client.get(
+        "/api/v1/session", headers=basic(bystander.name, bystander.password))).status == 429
+
+
+async def test_a_right_password_clears_the_failures(
+    start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    gateway = await start_gateway(login_max_failures=2, login_lockout_seconds=60)
+    user = await make_user()
+    for _ in range(3):
+        wrong = await gateway.client.post(
+            "/api/v1/session", json_body={"name": user.name, "password": "guess"})
+        assert wrong.status == 401
+        right = await gateway.client.post(
+            "/api/v1/session", json_body={"name": user.name, "password": user.password})
+        assert right.status == 200
