@@ -45,6 +45,7 @@ _POSITIVE = (
 _NOT_NEGATIVE = (
     "rate_limit_per_second", "login_max_failures", "login_lockout_seconds", "shutdown_grace",
     "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
+    "header_timeout",
 )
 
 
@@ -79,6 +80,8 @@ class Settings:
             of one account from one client address before its attempts are refused
             (429) for ``login_lockout_seconds`` (0: no limit).
         login_lockout_seconds: How long a failure counts.
+        header_timeout: Seconds a client has from its request line to the end of its
+            headers, however steadily they trickle (0: no limit).
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
         splice_downloads: Relay large attachment downloads with ``splice(2)`` (Linux).
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
@@ -114,6 +117,7 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_attachment_bytes: int = 4 * 1024 * 1024 * 1024
     request_timeout: float = 30.0
+    header_timeout: float = 20.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
     login_max_failures: int = 5

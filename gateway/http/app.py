@@ -199,7 +199,8 @@ class GatewayApp:
     def site(self) -> GatewaySite:
         """A ``Site`` serving :meth:`resource`."""
         return GatewaySite(self.resource(), self.settings.max_attachment_bytes,
-                           self.settings.max_body_bytes)
+                           self.settings.max_body_bytes,
+                           header_timeout=self.settings.header_timeout or None)
 
     # -- helpers ---------------------------------------------------------------
 

@@ -67,6 +67,13 @@ class GatewayRequest(server.Request):
         self._widened: Any = None
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
+        # The request line is in; the headers must follow within the site's deadline,
+        # however steadily they trickle (the channel's idle timeout restarts on each byte).
+        head_timeout = getattr(getattr(self.channel, "site", None), "header_timeout", None)
+        self._head_deadline: Any = None
+        if head_timeout and getattr(self.channel, "callLater", None) is not None:
+            channel: Any = self.channel
+            self._head_deadline = channel.callLater(head_timeout, self._head_too_slow)
 
     def write(self, data: bytes) -> None:
         """Write body bytes; the first write hands a refreshed session cookie back."""
@@ -109,6 +116,8 @@ class GatewayRequest(server.Request):
         answer. The channel's second dispatch, once the body is complete, only ends
         the pipe (:meth:`requestReceived`).
         """
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
         too_large = length is not None and length > self._body_limit()
         self.too_large = self.too_large or too_large
         channel: Any = self.channel
@@ -136,6 +145,12 @@ class GatewayRequest(server.Request):
             self._widened = widen(channel.transport)
             self.body_pipe = BodyPipe(length, channel.transport, source=self)
         self.requestReceived(command, target, version)
+
+    def _head_too_slow(self) -> None:
+        """The headers did not all come in time (a slow-loris client): drop the socket."""
+        transport = getattr(self.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
     def _body_decoder(self) -> Any:
         """The channel's parser of this request's identity body, if it is parsing one."""
@@ -240,19 +255,23 @@ class GatewaySite(server.Site):
         resource: The root resource (a :class:`FrontDoor`).
         max_upload_bytes: Largest attachment body (bigger ones answer 413).
         max_json_bytes: Largest body of any other route (bigger ones answer 413).
+        header_timeout: Seconds from a request line to the end of its headers before the
+            connection is dropped (``None``: no limit).
         streamed_uploads: Request targets whose ``PUT`` bodies are streamed, not
             stored (``None``: store every body).
     """
 
     def __init__(
         self, resource: IResource, max_upload_bytes: int, max_json_bytes: int | None = None,
-        streamed_uploads: re.Pattern[bytes] | None = STREAMED_UPLOADS, **kwargs: Any,
+        streamed_uploads: re.Pattern[bytes] | None = STREAMED_UPLOADS,
+        header_timeout: float | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource, requestFactory=GatewayRequest, **kwargs
         )
         self.max_upload_bytes = max_upload_bytes
         self.max_json_bytes = max_upload_bytes if max_json_bytes is None else max_json_bytes
+        self.header_timeout = header_timeout
         self.streamed_uploads = streamed_uploads
         self.displayTracebacks = False
 

@@ -192,3 +192,40 @@ async def test_cors_star_lets_any_origin_read_but_never_with_credentials(
     refused = await only_listed.client.get("/health", headers={"Origin": "https://evil.example"})
     assert refused.header("Access-Control-Allow-Origin") is None
     assert refused.header("Vary") == "Origin"
+
+
+async def test_headers_that_trickle_forever_are_cut(start_gateway: StartGateway) -> None:
+    """A slow-loris client sends a header line every few seconds: the idle timeout never
+    fires, but the deadline from the request line to the end of the headers does."""
+    import time
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    gateway = await start_gateway(header_timeout=1.0)
+    port = int(gateway.url.rstrip("/").rsplit(":", 1)[1])
+    closed: defer.Deferred[None] = defer.Deferred()
+
+    class Trickle(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Any = None) -> None:
+            closed.callback(None)
+
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    protocol = Trickle()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    started = time.monotonic()
+    sent = 0
+    while not closed.called and time.monotonic() - started < 8:
+        await deferLater(reactor, 0.2, lambda: None)
+        if not closed.called:
+            protocol.transport.write(b"X-Drip-%d: y\r\n" % sent)  # type: ignore[union-attr]
+            sent += 1
+    assert closed.called, "the trickling connection was never closed"
+    assert 0.9 <= time.monotonic() - started < 5
+    assert sent >= 3  # it was not idle
+    complete = await gateway.client.get("/health")  # a normal client is unaffected
+    assert complete.status == 200
