@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from gateway.http.client_address import parse_networks
+
 __all__ = ["Settings"]
 
 
@@ -63,6 +65,8 @@ class Settings:
         port: Listen port.
         public_url: The externally visible base URL (for links and cookies), optional.
         cors_origins: Origins allowed by CORS and for WebSocket handshakes (``*`` allows any).
+        trusted_proxies: Addresses or ranges of reverse proxies whose ``X-Forwarded-For``
+            names the client (rate limits, failed logins, access log).
         allow_anonymous: Let requests without credentials through (CouchDB still decides).
         auth_mode: How a user's identity reaches CouchDB: ``forward`` (their session
             cookie or Basic credentials), ``proxy`` (CouchDB proxy authentication, needs
@@ -108,6 +112,7 @@ class Settings:
     port: int = 8080
     public_url: str | None = None
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     allow_anonymous: bool = False
     auth_mode: str = "forward"
     proxy_secret: str | None = field(default=None, repr=False)
@@ -163,6 +168,10 @@ class Settings:
                 "WALLABY_PROXY_SECRET: proxy mode signs every user's identity with CouchDB's "
                 "[chttpd_auth] secret; set it (CouchDB must trust only signed headers)"
             )
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_name('trusted_proxies')}: {exc}") from None
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{self.env_name('port')}: {self.port} is not a TCP port")
         for name in _POSITIVE:

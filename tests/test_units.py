@@ -247,3 +247,30 @@ def test_failed_logins_lock_a_pair_for_the_window() -> None:
     clock.advance(71)  # the oldest failure is out of the window
     guard.check("1.2.3.4", "ann")
     FailedLogins(clock.seconds, limit=0).check("1.2.3.4", "ann")  # 0: off
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "client"), [
+    ("203.0.113.9", ["1.1.1.1"], "203.0.113.9"),           # not a trusted peer: header ignored
+    ("10.0.0.2", ["198.51.100.7"], "198.51.100.7"),         # the balancer names the client
+    ("10.0.0.2", ["6.6.6.6, 198.51.100.7"], "198.51.100.7"),  # a forged left part is ignored
+    ("10.0.0.2", ["198.51.100.7, 10.0.0.3"], "198.51.100.7"),  # two trusted hops
+    ("10.0.0.2", ["not-an-ip, 198.51.100.7"], "198.51.100.7"),
+    ("10.0.0.2", ["198.51.100.7, garbage"], "10.0.0.2"),    # garbled chain: the peer
+    ("10.0.0.2", [], "10.0.0.2"),
+])
+def test_client_address_behind_trusted_proxies(
+    peer: str, forwarded: list[str], client: str
+) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.client_address import ClientAddress
+
+    request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", peer, 1234)
+    for value in forwarded:
+        request.requestHeaders.addRawHeader(b"x-forwarded-for", value.encode())
+    assert ClientAddress(["10.0.0.0/8"]).of(request) == client
+    assert ClientAddress().of(request) == peer  # no trusted proxies: always the peer
+    with pytest.raises(ValueError, match="WALLABY_TRUSTED_PROXIES"):
+        Settings.from_env({"WALLABY_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})

@@ -58,6 +58,7 @@ from gateway.errors import (
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
 from gateway.http.attachments_inline import check_inline_attachments
+from gateway.http.client_address import ClientAddress
 from gateway.http.compression import gzip_answer
 from gateway.http.conditional import content_etag, etag_matches, must_revalidate, not_modified
 from gateway.http.contract import Contract, load_contract
@@ -86,7 +87,7 @@ _UPLOAD_BYTES_PER_SECOND = 1024 * 1024
 
 
 def _client_host(request: Any) -> str:
-    return str(getattr(request.getClientAddress(), "host", None) or "unknown")
+    return str(getattr(request, "client_host", None) or "unknown")
 
 
 def _decode_args(request: Any) -> dict[str, list[str]]:
@@ -194,6 +195,7 @@ class GatewayApp:
             limiter=self.limiter,
             in_flight=self.in_flight,
             mounts=self.mounts,
+            client_address=ClientAddress(self.settings.trusted_proxies),
         )
 
     def site(self) -> GatewaySite:

@@ -26,6 +26,7 @@ from twisted.web.resource import IResource, Resource
 from gateway.eager_write import flush_now
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.http.accesslog import AccessLog
+from gateway.http.client_address import ClientAddress
 from gateway.http.cors import Cors
 from gateway.http.metrics import Metrics
 from gateway.http.paths import check_raw_path
@@ -53,6 +54,8 @@ class GatewayRequest(server.Request):
         self.route = "unmatched"
         self.user_name: str | None = None
         self.error_code: str | None = None
+        #: The client's address (behind trusted proxies: from X-Forwarded-For).
+        self.client_host = "unknown"
         self.started = 0.0
         self.too_large = False
         self._body_seen = 0
@@ -319,6 +322,7 @@ class FrontDoor(Resource):
         limiter: Per-client rate limiter.
         in_flight: In-flight counter (graceful shutdown waits on it).
         mounts: Exact paths served by other resources (e.g. ``b"/api/v1/changes"``).
+        client_address: Finds the client behind trusted proxies (none by default).
     """
 
     isLeaf = True  # noqa: N815 - Twisted's name
@@ -334,6 +338,7 @@ class FrontDoor(Resource):
         limiter: RateLimiter,
         in_flight: InFlight,
         mounts: Mapping[bytes, IResource],
+        client_address: ClientAddress | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.router: Any = router
@@ -344,10 +349,12 @@ class FrontDoor(Resource):
         self.limiter = limiter
         self.in_flight = in_flight
         self.mounts = mounts
+        self.client_address = client_address or ClientAddress()
 
     def render(self, request: Any) -> bytes | int:
         """Serve one request."""
         request.started = self.clock()
+        request.client_host = self.client_address.of(request)
         incoming = request.getHeader("x-request-id")
         if incoming and _REQUEST_ID.match(incoming):
             request.request_id = incoming
@@ -368,7 +375,7 @@ class FrontDoor(Resource):
                 request.route = "preflight"
                 return b""
             if request.path not in _UNLIMITED:
-                self.limiter.check(request.getClientAddress().host or "unknown")
+                self.limiter.check(request.client_host)
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
         except GatewayError as exc:
@@ -401,7 +408,7 @@ class FrontDoor(Resource):
             status=request.code,
             duration_ms=round(duration * 1000, 2),
             bytes_sent=request.sentLength,
-            client=getattr(request.getClientAddress(), "host", None),
+            client=request.client_host,
             user=request.user_name,
             # A WebSocket's upgrade request ends with ConnectionDone once upgraded (or when
             # a refused handshake's socket closes cleanly): no abort (gateway.ws.resource).

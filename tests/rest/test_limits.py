@@ -229,3 +229,20 @@ async def test_headers_that_trickle_forever_are_cut(start_gateway: StartGateway)
     assert sent >= 3  # it was not idle
     complete = await gateway.client.get("/health")  # a normal client is unaffected
     assert complete.status == 200
+
+
+async def test_rate_limit_per_client_behind_a_trusted_proxy(start_gateway: StartGateway) -> None:
+    """Behind the cluster's load balancer every request comes from one address: with it
+    trusted, each client named by X-Forwarded-For has its own bucket; untrusted, the
+    header is ignored (a client cannot pick its own bucket)."""
+    trusting = await start_gateway(rate_limit_per_second=0.1, rate_limit_burst=2,
+                                   trusted_proxies=("127.0.0.1",))
+    for client in ("198.51.100.1", "198.51.100.2"):
+        statuses = [(await trusting.client.get(
+            "/api/v1/session", headers={"X-Forwarded-For": client})).status for _ in range(3)]
+        assert statuses == [401, 401, 429], (client, statuses)
+    ignoring = await start_gateway(rate_limit_per_second=0.1, rate_limit_burst=2)
+    statuses = [(await ignoring.client.get(
+        "/api/v1/session", headers={"X-Forwarded-For": f"198.51.100.{i}"})).status
+        for i in range(3)]
+    assert statuses == [401, 401, 429]
