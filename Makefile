@@ -19,11 +19,11 @@ install: $(VENV)/.installed node_modules/.installed
 
 ## run: start the gateway (and an embedded CouchDB-compatible server unless COUCHDB_URL is set)
 run: install
-	$(BIN)/python -m gateway run
+	$(BIN)/python -m gateway run $(ARGS)
 
 ## test: the whole test suite against a real CouchDB-compatible server
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(ARGS)
 
 ## lint: ruff and mypy --strict
 lint: install

@@ -1,12 +1,15 @@
-"""The README documents every setting the gateway reads."""
+"""The README documents every setting the gateway reads, and its example runs."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from gateway.config import Settings
+from tests.conftest import CouchBackend, unique_name
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -25,3 +28,45 @@ def test_readme_names_the_two_commands() -> None:
     assert "```bash\n./wallaby run\n```" in README and "```bash\n./wallaby test\n```" in README
     assert os.access(root / "wallaby", os.X_OK)
     assert "./wallaby test" in (root / ".ci" / "run").read_text()
+
+
+def test_the_readme_client_example_runs(couch_backend: CouchBackend, tmp_path: Path) -> None:
+    """The client example of the README, as printed, against the test server (its URL,
+    admin and a database of its own substituted); run twice, as a reader would."""
+    start = README.index("## The CouchDB client")
+    block = README[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    name = unique_name("readme")
+    script = (block.replace('"http://127.0.0.1:5984"', repr(couch_backend.url))
+              .replace('username="admin", password="admin"',
+                       f"username={couch_backend.admin_username!r}, "
+                       f"password={couch_backend.admin_password!r}")
+              .replace('Database("todo"', f'Database("{name}"'))
+    assert script.count(name) == 1 and couch_backend.url in script
+    path = tmp_path / "example.py"
+    path.write_text(script)
+    try:
+        for _ in range(2):
+            run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                                 timeout=60, check=False)
+            assert run.returncode == 0, run.stderr
+            lines = run.stdout.splitlines()
+            assert lines[0].startswith("409 conflict")
+            assert lines[1] == "b'oat milk'"
+            assert lines[2].endswith("['milk']")
+            assert lines[3] == "changed: ['bread']"
+    finally:
+        subprocess.run([sys.executable, "-c", (
+            "import urllib.request, base64;"
+            f"r = urllib.request.Request({couch_backend.url + '/' + name!r}, method='DELETE');"
+            "r.add_header('Authorization', 'Basic ' + base64.b64encode("
+            f"{(couch_backend.admin_username + ':' + couch_backend.admin_password)!r}"
+            ".encode()).decode());"
+            "urllib.request.urlopen(r)")], check=False, capture_output=True, timeout=30)
+
+
+def test_wallaby_passes_options_to_the_command_not_to_make() -> None:
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([str(root / "wallaby"), "run", "--help"], capture_output=True,
+                         text=True, timeout=300, check=False, cwd=root)
+    assert run.returncode == 0, run.stderr
+    assert "--couch-port" in run.stdout  # the gateway's own help, not make's
