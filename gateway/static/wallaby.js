@@ -25,6 +25,7 @@ export class WallabyError extends Error {
     this.name = "WallabyError";
     this.status = status;
     this.error = body && body.error;
+    this.reason = body && body.reason;
     this.body = body;
   }
 }
@@ -228,6 +229,10 @@ export class Wallaby {
     ws.onclose = (event) => {
       const opened = this._opened;
       if (this._ws === ws) this._ws = null;
+      // Feed ids are per gateway process (and per replica): on the next connection an old
+      // id may name another database's feed. A subscription follows no feed until that
+      // connection's `subscribed` names it.
+      for (const sub of this._subs.values()) sub.feed = null;
       this.onStatus("closed", { code: event.code, reason: event.reason });
       if (this._closed || !this._subs.size) return;
       // 4001: the session behind the socket expired. A refused handshake looks like
@@ -297,7 +302,7 @@ export class Wallaby {
       }
       case "change":
         for (const sub of this._subs.values()) {
-          if (sub.feed !== message.feed) continue;
+          if (sub.feed === null || sub.feed !== message.feed) continue;
           sub.lastSeq = message.seq;
           try {
             sub.onChange(message);

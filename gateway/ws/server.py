@@ -691,6 +691,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         except ProtocolError as exc:
             self.factory.metrics.invalid_messages += 1
             self._invalid_streak += 1
+            if exc.sub_id in self.subs:
+                # An error with an id ends that subscription: a bad message that merely
+                # names a live one must not look as if it had ended it.
+                exc.sub_id = None
             self._reply(exc.message())
             if self._invalid_streak >= MAX_INVALID_STREAK:
                 self.end(CLOSE_POLICY_VIOLATION, "too many invalid messages")
@@ -709,8 +713,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     async def _subscribe(self, request: Subscribe) -> None:
         factory = self.factory
         if request.id in self.subs:
-            self._reply(error_message("duplicate_id", "a subscription with this id exists",
-                                     sub_id=request.id, status=409))
+            # Without the id: the live subscription of that id carries on.
+            self._reply(error_message(
+                "duplicate_id", f"a subscription with the id {request.id!r} exists",
+                status=409))
             return
         if len(self.subs) >= factory.settings.ws_max_subscriptions:
             self._reply(error_message(

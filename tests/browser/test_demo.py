@@ -214,3 +214,38 @@ def test_the_browser_cache_revalidates_documents(couch_backend: CouchBackend) ->
         assert node.wait(30) == 0
     finally:
         _clean_up(node, gateway, couch_backend, db)
+
+
+def test_client_keeps_each_subscriptions_changes_its_own_across_a_restart(
+    couch_backend: CouchBackend,
+) -> None:
+    """Feed ids restart with the gateway process: a subscription must not take another
+    database's changes for its own until the new process has named its feed."""
+    member = _member_of_new_database(couch_backend)
+    other = f"other_{uuid.uuid4().hex[:10]}"
+    _call(couch_backend, "PUT", f"/{other}")
+    _call(couch_backend, "PUT", f"/{other}/_security",
+          {"members": {"names": [member.name], "roles": []}})
+    port = free_port()
+    gateway = _start_gateway(couch_backend, port)
+    node = subprocess.Popen(  # fixed argv
+        ["node", str(ROOT / "tests/browser/client_feed_ids.mjs"), f"http://127.0.0.1:{port}",
+         member.db, member.name, member.password, other],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert node.stdin is not None and node.stdout is not None
+    try:
+        assert node.stdout.readline().strip() == "RESTART"
+        gateway.kill()
+        gateway.wait(15)
+        added = [f"down{i}" for i in range(5)]
+        for doc_id in added:  # written to the first database while the gateway is down
+            _call(couch_backend, "PUT", f"/{member.db}/{doc_id}", {"v": 1})
+        gateway = _start_gateway(couch_backend, port)
+        node.stdin.write("RESTARTED " + json.dumps(added) + "\n")
+        node.stdin.flush()
+        assert node.stdout.readline().strip() == "OK"
+        assert node.wait(30) == 0
+    finally:
+        _clean_up(node, gateway, couch_backend, member.db)
+        _call(couch_backend, "DELETE", f"/{other}")

@@ -135,6 +135,25 @@ async def test_too_many_subscriptions(make_server: Any, make_user: Any, db: Data
     assert refused["error"] == "too_many_subscriptions" and refused["id"] == "s3"
 
 
+async def test_a_bad_message_naming_a_live_subscription_does_not_end_it(
+    ws_server: WsServer, make_user: Any, db: Database
+) -> None:
+    """Errors with an id end that subscription (docs/websocket.md): so an error about a
+    message that only names a live subscription carries no id, and the subscription goes on."""
+    client = await ws_server.connect(await ws_server.login(await make_user()))
+    assert (await client.subscribe("x", db.name))["type"] == "subscribed"
+    for bad in ({"type": "subscribe", "id": "x", "db": db.name},
+                {"type": "subscribe", "id": "x", "db": "BAD NAME"},
+                {"type": "bogus", "id": "x"}):
+        client.send(bad)
+        error = await client.next("error")
+        assert "id" not in error, error
+    await db.save({"_id": "still-x"})
+    assert (await client.next("change"))["id"] == "still-x"
+    client.send({"type": "subscribe", "id": "fresh", "db": "BAD NAME"})
+    assert (await client.next("error"))["id"] == "fresh"  # not a live one: the id stays
+
+
 async def test_one_user_cannot_spread_subscriptions_over_connections(
     make_server: Any, make_user: Any, db: Database
 ) -> None:
