@@ -119,8 +119,9 @@ class GatewayRequest(server.Request):
         answer. The channel's second dispatch, once the body is complete, only ends
         the pipe (:meth:`requestReceived`).
         """
-        if self._head_deadline is not None and self._head_deadline.active():
-            self._head_deadline.cancel()
+        deadline, self._head_deadline = self._head_deadline, None  # no request<->call cycle
+        if deadline is not None and deadline.active():
+            deadline.cancel()
         too_large = length is not None and length > self._body_limit()
         self.too_large = self.too_large or too_large
         channel: Any = self.channel
@@ -151,6 +152,7 @@ class GatewayRequest(server.Request):
 
     def _head_too_slow(self) -> None:
         """The headers did not all come in time (a slow-loris client): drop the socket."""
+        self._head_deadline = None
         transport = getattr(self.channel, "transport", None)
         if transport is not None:
             transport.abortConnection()
