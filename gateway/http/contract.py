@@ -71,6 +71,8 @@ class Operation:
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
     schema = param.get("schema", {})
     if param.get("x-json"):
+        if raw in param.get("x-json-words", ()):
+            return raw  # a plain word CouchDB also takes there (``open_revs=all``)
         try:
             return json.loads(raw)
         except ValueError:

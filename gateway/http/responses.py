@@ -29,7 +29,7 @@ def json_response(
         headers: Extra response headers.
         encoded: ``body`` already encoded (CouchDB's own bytes, relayed as they came).
     """
-    request.setResponseCode(status)
+    request.setResponseCode(status, _PHRASES.get(status))
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
@@ -37,6 +37,10 @@ def json_response(
     # A known length: no chunked framing, and the response can leave in one send.
     request.setHeader("Content-Length", str(len(data)))
     return data
+
+
+#: Reason phrases Twisted does not know (it would send "Unknown Status").
+_PHRASES: dict[int, bytes] = {426: b"Upgrade Required", 429: b"Too Many Requests"}
 
 
 def render_error(request: Any, exc: BaseException) -> bytes:

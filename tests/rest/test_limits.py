@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import treq
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 
@@ -34,6 +35,9 @@ async def test_rate_limit_answers_429_with_retry_after(start_gateway: StartGatew
     assert statuses == [401, 401, 401]
     limited = await gateway.client.get("/api/v1/session")
     assert limited.status == 429 and limited.json["error"] == "too_many_requests"
+    raw = await treq.get(f"{gateway.url}/api/v1/session")
+    assert raw.phrase == b"Too Many Requests"  # not Twisted's "Unknown Status"
+    await raw.content()
     assert int(limited.header("Retry-After") or 0) >= 1
     health = await gateway.client.get("/health")  # probes are never limited
     assert health.status == 200
