@@ -3,7 +3,7 @@
 // Each subscription must get only its own changes.
 // argv: <gateway base url> <db> <user> <password> <other db>
 // Talks to the Python test over stdio: prints "RESTART" and waits for "RESTARTED <ids>".
-import { closeBrowser, launchBrowser, nextLine } from "./harness.mjs";
+import { launchBrowser, nextLine, runCheck } from "./harness.mjs";
 
 const [base, db, user, password, other] = process.argv.slice(2);
 const browser = await launchBrowser();
@@ -35,7 +35,7 @@ async function open(subscriptions) {
   return page;
 }
 
-try {
+await runCheck(browser, async () => {
   const page = await open([other, db]); // `other` is subscribed first: feed f1
   console.log("RESTART");
   const added = JSON.parse((await nextLine()).replace(/^RESTARTED /, ""));
@@ -51,10 +51,4 @@ try {
   if (strays.length) throw new Error(`${other}'s subscription got ${db}'s changes: ${strays}`);
   const repeats = got[db].filter((id, i) => got[db].indexOf(id) !== i);
   if (repeats.length) throw new Error(`repeated changes: ${repeats}`);
-  console.log("OK");
-} catch (error) {
-  console.log(`FAIL ${error.message}`);
-  process.exitCode = 1;
-} finally {
-  await closeBrowser(browser);
-}
+});

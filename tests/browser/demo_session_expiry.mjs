@@ -3,7 +3,7 @@
 // argv: <gateway base url> <db> <user> <password>
 // stdio: prints "LOGGED_OUT" once the page shows the login form again, waits for
 // "RELOGIN <titles json>", then prints "OK" or "FAIL <why>".
-import { closeBrowser, launchBrowser, nextLine } from "./harness.mjs";
+import { launchBrowser, nextLine, runCheck } from "./harness.mjs";
 
 const [base, db, user, password] = process.argv.slice(2);
 const browser = await launchBrowser();
@@ -13,7 +13,7 @@ async function titles(page) {
   return page.$$eval("[data-testid=items] li .title", (nodes) => nodes.map((n) => n.textContent));
 }
 
-try {
+await runCheck(browser, async () => {
   const page = await context.newPage();
   page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
   await page.goto(`${base}/?db=${db}`);
@@ -56,10 +56,4 @@ try {
   await new Promise((resolve) => setTimeout(resolve, 500));
   const final = await titles(page);
   if (final.filter((t) => t === "after login").length !== 1) throw new Error(`duplicates: ${final}`);
-  console.log("OK");
-} catch (error) {
-  console.log(`FAIL ${error.message}`);
-  process.exitCode = 1;
-} finally {
-  await closeBrowser(browser);
-}
+});

@@ -1,7 +1,7 @@
 // Drives the demo page in a real headless Chromium (playwright-core).
 // argv: <gateway base url> <db> <user> <password>
 // Talks to the Python test over stdio: prints "RESTART" and waits for "RESTARTED <ids>".
-import { closeBrowser, launchBrowser, nextLine } from "./harness.mjs";
+import { launchBrowser, nextLine, runCheck } from "./harness.mjs";
 
 const [base, db, user, password] = process.argv.slice(2);
 const browser = await launchBrowser();
@@ -26,7 +26,7 @@ async function waitTitles(page, expected, what) {
   }
 }
 
-try {
+await runCheck(browser, async () => {
   const pageA = await context.newPage();
   const pageB = await context.newPage();
   for (const page of [pageA, pageB]) {
@@ -64,10 +64,4 @@ try {
   await pageA.fill("[data-testid=new-title]", "after restart");
   await pageA.click("[data-testid=add]");
   await waitTitles(pageB, ["buy milk", ...added, "after restart"], "live after restart");
-  console.log("OK");
-} catch (error) {
-  console.log(`FAIL ${error.message}`);
-  process.exitCode = 1;
-} finally {
-  await closeBrowser(browser);
-}
+});

@@ -37,3 +37,16 @@ export async function closeBrowser({ context, profile }) {
   rmSync(profile, { recursive: true, force: true });
   lines.close();
 }
+
+/** Runs `check`, prints "OK" (or "FAIL <why>" with a failing exit code), closes the browser. */
+export async function runCheck(browser, check) {
+  try {
+    await check();
+    console.log("OK");
+  } catch (error) {
+    console.log(`FAIL ${error.message}`);
+    process.exitCode = 1;
+  } finally {
+    await closeBrowser(browser);
+  }
+}

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Awaitable, Callable
 
 from tests.conftest import CouchBackend, TestUser
-from tests.rest.conftest import RunningGateway, StartGateway, basic
+from tests.rest.conftest import Reply, RunningGateway, StartGateway, basic
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 
@@ -128,6 +128,11 @@ async def test_the_basic_scheme_is_case_insensitive(
         assert reply.json["name"] == user.name
 
 
+async def _login(gateway: RunningGateway, name: str, password: str) -> Reply:
+    return await gateway.client.post("/api/v1/session",
+                                     json_body={"name": name, "password": password})
+
+
 async def test_password_guessing_is_stopped_per_account_and_client(
     start_gateway: StartGateway, make_user: MakeUser
 ) -> None:
@@ -137,18 +142,13 @@ async def test_password_guessing_is_stopped_per_account_and_client(
     gateway = await start_gateway(login_max_failures=3, login_lockout_seconds=60)
     victim, bystander = await make_user(), await make_user()
     for _ in range(3):
-        wrong = await gateway.client.post(
-            "/api/v1/session", json_body={"name": victim.name, "password": "guess"})
-        assert wrong.status == 401
-    refused = await gateway.client.post(
-        "/api/v1/session", json_body={"name": victim.name, "password": victim.password})
+        assert (await _login(gateway, victim.name, "guess")).status == 401
+    refused = await _login(gateway, victim.name, victim.password)
     assert refused.status == 429 and refused.json["error"] == "too_many_requests"
     assert 1 <= int(refused.header("Retry-After") or 0) <= 60
     by_basic = await gateway.client.get("/api/v1/session", headers=basic(victim.name, "x"))
     assert by_basic.status == 429  # the same account, the same client
-    fine = await gateway.client.post(
-        "/api/v1/session", json_body={"name": bystander.name, "password": bystander.password})
-    assert fine.status == 200
+    assert (await _login(gateway, bystander.name, bystander.password)).status == 200
     for _ in range(3):
         assert (await gateway.client.get(
             "/api/v1/db/x", headers=basic(bystander.name, "guess"))).status == 401
@@ -162,9 +162,5 @@ async def test_a_right_password_clears_the_failures(
     gateway = await start_gateway(login_max_failures=2, login_lockout_seconds=60)
     user = await make_user()
     for _ in range(3):
-        wrong = await gateway.client.post(
-            "/api/v1/session", json_body={"name": user.name, "password": "guess"})
-        assert wrong.status == 401
-        right = await gateway.client.post(
-            "/api/v1/session", json_body={"name": user.name, "password": user.password})
-        assert right.status == 200
+        assert (await _login(gateway, user.name, "guess")).status == 401
+        assert (await _login(gateway, user.name, user.password)).status == 200

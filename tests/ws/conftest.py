@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +238,35 @@ class WsServer:
 
     def feeds(self) -> int:
         return len(self.service.hub.feeds)
+
+
+@dataclass
+class MountedGateway:
+    """A listening gateway (see :func:`gateway_with_changes`)."""
+
+    port: int
+    changes: Any  # the ChangesService of its WebSocket endpoint
+
+
+@asynccontextmanager
+async def gateway_with_changes(
+    reactor: Any, admin: CouchServer, **settings: Any
+) -> AsyncIterator[MountedGateway]:
+    """The whole gateway (REST app with the WebSocket endpoint mounted, as the entry point
+    builds it) listening on a loopback port."""
+    from gateway.http.app import GatewayApp
+    from gateway.ws.mount import install_changes
+
+    config = Settings(couchdb_url=admin.url, **settings)
+    app = GatewayApp(config, couch=admin, reactor=reactor)
+    changes = install_changes(app, admin, config, reactor)
+    changes.startService()
+    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
+    try:
+        yield MountedGateway(int(port.getHost().port), changes)
+    finally:
+        await changes.stopService()
+        await port.stopListening()
 
 
 def ws_settings(**overrides: Any) -> Settings:

@@ -20,13 +20,17 @@ from typing import Any
 import pytest
 from twisted.logger import capturedLogs
 
-from gateway.config import Settings
 from gateway.couch import Database
-from gateway.http.app import GatewayApp
 from gateway.http.site import GatewayRequest
-from gateway.ws.mount import install_changes
 from gateway.ws.server import ChangesServerProtocol
-from tests.ws.conftest import Client, WsServer, open_client, sleep, ws_settings
+from tests.ws.conftest import (
+    Client,
+    WsServer,
+    gateway_with_changes,
+    open_client,
+    sleep,
+    ws_settings,
+)
 
 
 @pytest.fixture
@@ -140,15 +144,11 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
     It is written to the access log then, with status 101; a refused handshake with its
     status when its socket closes.
     """
-    settings = Settings(couchdb_url=admin.url, ws_ping_interval=5.0, ws_auth_recheck=30.0)
-    app = GatewayApp(settings, couch=admin, reactor=reactor)
-    changes = install_changes(app, admin, settings, reactor)
-    changes.startService()
-    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
-    try:
+    async with gateway_with_changes(reactor, admin, ws_ping_interval=5.0,
+                                    ws_auth_recheck=30.0) as gateway:
         user = await make_user()
         token = await admin.login(user.name, user.password)
-        url = f"ws://127.0.0.1:{port.getHost().port}/api/v1/changes"
+        url = f"ws://127.0.0.1:{gateway.port}/api/v1/changes"
         watched = (GatewayRequest, ChangesServerProtocol)
         gc.collect()
         before = {id(o) for o in gc.get_objects() if isinstance(o, watched)}
@@ -161,7 +161,7 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
                 await client.next("change")
             assert _new(watched, before) == ["ChangesServerProtocol"] * 3, (
                 "open connections hold their upgrade requests")
-            waits = [c.when_closed() for c in changes.factory.connections]
+            waits = [c.when_closed() for c in gateway.changes.factory.connections]
             await sleep(reactor, 0.2)
             await clients[0].close()
             clients[1].protocol.dropConnection(abort=True)
@@ -171,7 +171,7 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
             for wait in waits:
                 await wait
             del waits
-            await changes.factory.drain_tasks()
+            await gateway.changes.factory.drain_tasks()
             await sleep(reactor, 0.1)
         assert _new(watched, before) == [], "closed connections wait for the cycle collector"
         lines = [e["access"] for e in events if e.get("log_namespace") == "gateway.access"]
@@ -180,7 +180,4 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
         assert all(line["route"] == "mounted" and line["path"] == "/api/v1/changes"
                    and line["duration_ms"] >= 0 for line in lines)
         assert all(token not in json.dumps(line) for line in lines)
-    finally:
-        await changes.stopService()
-        await port.stopListening()
 

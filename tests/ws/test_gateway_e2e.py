@@ -8,11 +8,8 @@ from typing import Any
 
 import treq
 
-from gateway.config import Settings
 from gateway.couch import CouchServer, Database
-from gateway.http.app import GatewayApp
-from gateway.ws.mount import install_changes
-from tests.ws.conftest import Client, ClientProtocol, sleep
+from tests.ws.conftest import Client, ClientProtocol, gateway_with_changes, sleep
 
 
 async def test_cookie_login_then_websocket_through_gateway(
@@ -20,13 +17,9 @@ async def test_cookie_login_then_websocket_through_gateway(
 ) -> None:
     from autobahn.twisted.websocket import WebSocketClientFactory
 
-    settings = Settings(couchdb_url=admin.url, ws_ping_interval=0, ws_auth_recheck=0)
-    app = GatewayApp(settings, couch=admin, reactor=reactor)
-    changes = install_changes(app, admin, settings, reactor)
-    changes.startService()
-    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
-    base = f"127.0.0.1:{port.getHost().port}"
-    try:
+    async with gateway_with_changes(reactor, admin, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
+        base = f"127.0.0.1:{gateway.port}"
         user = await make_user()
         answer = await treq.post(f"http://{base}/api/v1/session",
                                  json={"name": user.name, "password": user.password})
@@ -38,7 +31,7 @@ async def test_cookie_login_then_websocket_through_gateway(
         built: list[ClientProtocol] = []
         original = factory.buildProtocol
         factory.buildProtocol = lambda addr: built.append(original(addr)) or built[-1]
-        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        reactor.connectTCP("127.0.0.1", gateway.port, factory)
         while not built:
             await sleep(reactor, 0.005)
         await built[0].opened
@@ -53,7 +46,7 @@ async def test_cookie_login_then_websocket_through_gateway(
         refused: list[ClientProtocol] = []
         original_anon = anonymous.buildProtocol
         anonymous.buildProtocol = lambda addr: refused.append(original_anon(addr)) or refused[-1]
-        reactor.connectTCP("127.0.0.1", port.getHost().port, anonymous)
+        reactor.connectTCP("127.0.0.1", gateway.port, anonymous)
         while not refused:
             await sleep(reactor, 0.005)
         try:
@@ -62,9 +55,6 @@ async def test_cookie_login_then_websocket_through_gateway(
         except ConnectionError:
             pass
         await client.close()
-    finally:
-        await changes.stopService()
-        await port.stopListening()
 
 
 async def test_a_plain_request_to_the_websocket_endpoint_gets_the_envelope(
@@ -74,21 +64,13 @@ async def test_a_plain_request_to_the_websocket_endpoint_gets_the_envelope(
     way around the front door: 426 with the error envelope, for anyone."""
     from tests.rest.conftest import CONTRACT
 
-    settings = Settings(couchdb_url=admin.url, ws_ping_interval=0, ws_auth_recheck=0)
-    app = GatewayApp(settings, couch=admin, reactor=reactor)
-    changes = install_changes(app, admin, settings, reactor)
-    changes.startService()
-    port = reactor.listenTCP(0, app.site(), interface="127.0.0.1")
-    try:
+    async with gateway_with_changes(reactor, admin, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
         for method in ("GET", "POST"):
-            answer = await treq.request(
-                method, f"http://127.0.0.1:{port.getHost().port}/api/v1/changes")
+            answer = await treq.request(method, f"http://127.0.0.1:{gateway.port}/api/v1/changes")
             body = await answer.content()
             assert answer.code == 426, body
             assert b"autobahn" not in body.lower()
             envelope = json.loads(body)
             assert envelope["error"] == "upgrade_required" and envelope["status"] == 426
         assert CONTRACT.match("GET", "/api/v1/changes") is not None
-    finally:
-        await port.stopListening()
-        await changes.stopService()
