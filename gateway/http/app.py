@@ -22,6 +22,7 @@ traversal checks, access log) and instead of the router — the WebSocket endpoi
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from werkzeug import exceptions as wz
+from werkzeug import routing as wz_routing
 
 from gateway.config import Settings
 from gateway.couch import CouchServer
@@ -45,6 +47,7 @@ from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
+    Conflict,
     CouchError,
     CouchTimeout,
     CouchUnreachable,
@@ -99,14 +102,30 @@ def _decode_args(request: Any) -> dict[str, list[str]]:
 
 
 def _if_match(request: Any, query: dict[str, Any]) -> None:
-    """Turn ``If-Match`` into ``rev`` (refusing two different revisions)."""
+    """Turn ``If-Match`` into ``rev`` (refusing two different revisions).
+
+    A weak tag (``W/"<rev>"``: the ETag of a gzip-coded answer) names the same revision.
+    """
     header = request.getHeader("if-match")
     if header is None:
         return
-    rev = header.strip().strip('"')
+    rev = header.strip()
+    if rev.startswith("W/"):
+        rev = rev[2:]
+    rev = rev.strip('"')
     if "rev" in query and query["rev"] != rev:
         raise InvalidRequest("'If-Match' and 'rev' name different revisions")
     query["rev"] = rev
+
+
+def _if_range_holds(if_range: str | None, etag: str | None) -> bool:
+    """Whether a ``Range`` applies under ``If-Range`` (absent, or the current strong tag).
+
+    A date never matches: attachments carry no ``Last-Modified``.
+    """
+    if if_range is None:
+        return True
+    return etag is not None and not etag.startswith("W/") and if_range.strip() == etag
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
@@ -557,6 +576,9 @@ class GatewayApp:
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "deleteDocument", db=name, docid=doc_id)
         _if_match(request, query)
+        if "rev" not in query:
+            # CouchDB's answer; pouchdb-server would delete whatever revision is current.
+            raise Conflict("Document update conflict: deleting needs 'rev' or 'If-Match'")
         return await self._forward(request, couch, "DELETE", doc_path(name, doc_id), params=query)
 
     @app.route(_DB + "/bulk_docs", methods=["POST"])
@@ -619,6 +641,8 @@ class GatewayApp:
         if length is None and method == "GET" and isinstance(response.length, int):
             length = str(response.length)  # Twisted's client moves Content-Length there
         wanted = request.getHeader("range") if status == 200 else None
+        if wanted is not None and not _if_range_holds(request.getHeader("if-range"), etag):
+            wanted = None  # RFC 9110 13.1.5: another version: the whole body, 200
         skip, limit = 0, None
         if status == 200 and (length is None or wanted is not None):
             # Upstream sent no length or ignored Range (pouchdb-server): the stub knows.
@@ -856,9 +880,32 @@ class GatewayApp:
     @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
                                        "OPTIONS", "COPY"])
     def no_route(self, request: Any, rest: str) -> bytes:
-        """Anything else: the API does not expose it."""
+        """Anything else: 405 on a route of the API with another method, else 404."""
         setattr(request, "route", "unmatched")  # noqa: B010
+        allowed = _methods_of(bytes(request.path).decode("latin-1"))
+        if allowed:
+            request.setHeader("Allow", ", ".join(sorted(allowed)))
+            raise GatewayRequestError(
+                f"this route takes {', '.join(sorted(allowed))}",
+                error="method_not_allowed", status=405,
+            )
         raise RouteNotFound("no such route")
+
+
+@functools.cache
+def _routes_without_catch_all() -> Any:
+    """The API's routes, without the catch-all that answers for every method."""
+    rules = [rule.empty() for rule in GatewayApp.app.url_map.iter_rules()
+             if rule.endpoint != "no_route"]
+    return wz_routing.Map(rules).bind("gateway")
+
+
+def _methods_of(path: str) -> set[str]:
+    """The methods the API's routes take at ``path`` (none: not a route)."""
+    try:
+        return set(_routes_without_catch_all().allowed_methods(path))
+    except wz.HTTPException:
+        return set()
 
 
 class _Missing(Resource):

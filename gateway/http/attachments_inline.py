@@ -5,11 +5,12 @@ keep the stored attachment) or as inline data (``"data"``: base64, with an optio
 ``content_type``), and answers 400 ``Invalid attachment data`` for anything else.
 pouchdb-server, the embedded development server, crashes on an entry with neither.
 The gateway refuses such a document itself, with CouchDB's status, before it goes
-upstream.
+upstream; likewise inline data that is not base64 (pouchdb-server answers 500).
 """
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,3 +38,14 @@ def check_inline_attachments(docs: Iterable[Any]) -> None:
                 raise InvalidRequest(
                     f"invalid attachment data for {name!r}: an inline attachment needs "
                     "'data' (base64) or '\"stub\": true'")
+            if entry.get("stub") is not True and not _is_base64(entry["data"]):
+                raise InvalidRequest(f"invalid attachment data for {name!r}: 'data' is not base64")
+
+
+def _is_base64(data: str) -> bool:
+    """Whether ``data`` is base64 as CouchDB decodes it (pouchdb-server answered 500)."""
+    try:  # whitespace (line breaks of MIME-style base64) is ignored, as by CouchDB
+        binascii.a2b_base64("".join(data.split()).encode("ascii"), strict_mode=True)
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return True

@@ -50,6 +50,13 @@ async def test_upload_download_etag_range_and_delete(scenario: Scenario) -> None
     assert suffix.status == 206 and suffix.body == b"tail"
     beyond = await client.get(url, headers={"Range": f"bytes={len(payload) + 5}-"})
     assert beyond.status == 416
+    # If-Range (RFC 9110 13.1.5): the range only of the version named; another (or a
+    # date: attachments have no Last-Modified) gets the whole body.
+    same = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": etag})
+    assert same.status == 206 and same.body == payload[10:20]
+    for stale_version in ('"1-stale"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+        whole = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": stale_version})
+        assert whole.status == 200 and whole.body == payload, stale_version
 
     head = await client.request("HEAD", url)
     assert head.status == 200 and head.body == b""

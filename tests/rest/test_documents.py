@@ -33,6 +33,43 @@ async def test_non_admin_cannot_create_or_delete_databases(scenario: Scenario) -
     assert created.status == 403
 
 
+async def test_if_match_takes_the_weak_etag_of_a_compressed_answer(scenario: Scenario) -> None:
+    """A browser asks for gzip, so a large document's ETag comes back weak (``W/"<rev>"``);
+    sending it back as ``If-Match`` must name the same revision."""
+    db, client = scenario.db.name, scenario.member_client
+    created = await client.put(f"/api/v1/db/{db}/docs/big", json_body={"text": "x" * 5000})
+    rev = created.json["rev"]
+    weak = f'W/"{rev}"'
+    updated = await client.put(f"/api/v1/db/{db}/docs/big", json_body={"text": "y"},
+                               headers={"If-Match": weak})
+    assert updated.status == 201, updated.body
+    gone = await client.delete(f"/api/v1/db/{db}/docs/big",
+                               headers={"If-Match": f'W/"{updated.json["rev"]}"'})
+    assert gone.status == 200, gone.body
+
+
+async def test_delete_without_a_revision_is_a_conflict(scenario: Scenario) -> None:
+    """CouchDB answers 409 (pouchdb-server deleted whatever revision was current)."""
+    db, client = scenario.db.name, scenario.member_client
+    await client.put(f"/api/v1/db/{db}/docs/keep", json_body={"v": 1})
+    refused = await client.delete(f"/api/v1/db/{db}/docs/keep")
+    assert refused.status == 409 and refused.json["error"] == "conflict"
+    assert (await client.get(f"/api/v1/db/{db}/docs/keep")).status == 200
+
+
+async def test_couchdb_parameters_the_contract_takes(scenario: Scenario) -> None:
+    db, client = scenario.db.name, scenario.member_client
+    made = await client.put(f"/api/v1/db/{db}/docs/p", json_body={
+        "_attachments": {"a.txt": {"content_type": "text/plain", "data": "aGk="}}})
+    rev = made.json["rev"]
+    since = await client.get(
+        f"/api/v1/db/{db}/docs/p?attachments=true&atts_since=%5B%22{rev}%22%5D")
+    assert since.status == 200, since.body
+    found = await client.post(f"/api/v1/db/{db}/find",
+                              json_body={"selector": {}, "allow_fallback": True})
+    assert found.status == 200, found.body
+
+
 async def test_open_revs_all_as_couchdb_spells_it(scenario: Scenario) -> None:
     """CouchDB takes ``open_revs=all`` as a plain word as well as a JSON array."""
     db = scenario.db.name
@@ -178,6 +215,8 @@ async def test_inline_attachments_need_data_or_a_stub_as_couchdb_requires(
         {"content_type": "text/plain", "stub": False},
         {"stub": "yes"},
         "aGk=",
+        {"content_type": "text/plain", "data": "not base64!"},  # pouchdb-server: 500
+        {"content_type": "text/plain", "data": "aGk"},  # padding missing
     ]
     for entry in broken:
         refused = await client.put(f"{base}/bad", json_body={"_attachments": {"a b": entry}})
