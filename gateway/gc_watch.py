@@ -18,6 +18,12 @@ closed connections leave no reference cycle (``tests/ws/test_connection_memory.p
 An object that dies inside a cycle while frozen (a REST request in flight at the freeze:
 Klein and Werkzeug make a cycle of every request) waits for the first full collection
 ``refreeze_every`` seconds after the freeze, which gets everything back first ("thaws").
+
+Two rules keep that from growing memory under heavy REST load, where long full collections
+come every second or so and each is full of dying request cycles: a collection that freed
+more than ``max_garbage_share`` of what survived it freezes nothing (the heap is churning,
+not holding long-lived connections), and at most one freeze happens per
+``min_freeze_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class GarbageCollection(Service):
             survived it (``None``: only start-up objects are frozen).
         refreeze_every: Seconds after such a freeze at which the next full collection
             walks every object again, frozen or not.
+        max_garbage_share: A long full collection that freed more than this share of the
+            objects that survived it freezes nothing.
+        min_freeze_interval: Seconds from one freeze to the next one at the earliest.
     """
 
     def __init__(
@@ -58,11 +67,18 @@ class GarbageCollection(Service):
         warn_after: float = 0.1,
         freeze_after: float | None = 0.05,
         refreeze_every: float = 3600.0,
+        max_garbage_share: float = 0.1,
+        min_freeze_interval: float = 60.0,
     ) -> None:
         self.timer = timer
         self.warn_after = warn_after
         self.freeze_after = freeze_after
         self.refreeze_every = refreeze_every
+        self.max_garbage_share = max_garbage_share
+        self.min_freeze_interval = min_freeze_interval
+        #: Long full collections that froze nothing: churning heap, or too soon.
+        self.freezes_skipped = 0
+        self._last_freeze_at: float | None = None
         #: Full collections whose survivors were frozen (after start-up's).
         self.freezes = 0
         #: Full collections that walked the frozen objects again.
@@ -106,10 +122,14 @@ class GarbageCollection(Service):
         if generation == 2 and self.freeze_after is not None and (
                 thawed or took >= self.freeze_after):
             # After a thaw, start-up's objects are frozen again however short it was.
-            gc.freeze()
-            self.freezes += 1
-            if self._first_freeze_at is None:
-                self._first_freeze_at = self.timer()
+            if thawed or self._worth_freezing(info.get("collected", 0)):
+                gc.freeze()
+                self.freezes += 1
+                self._last_freeze_at = self.timer()
+                if self._first_freeze_at is None:
+                    self._first_freeze_at = self._last_freeze_at
+            else:
+                self.freezes_skipped += 1
         if took >= self.warn_after:
             _log.warn(
                 "garbage collection of generation {generation} paused the gateway for "
@@ -117,6 +137,14 @@ class GarbageCollection(Service):
                 generation=generation, milliseconds=took * 1000,
                 collected=info.get("collected", 0),
             )
+
+    def _worth_freezing(self, collected: int) -> bool:
+        """Whether the survivors of a long full collection are long-lived enough to freeze."""
+        if (self._last_freeze_at is not None
+                and self.timer() - self._last_freeze_at < self.min_freeze_interval):
+            return False
+        survivors = len(gc.get_objects(generation=2))  # ~10 ns each, after a long pause
+        return collected <= self.max_garbage_share * survivors
 
     def prometheus(self) -> str:
         """Pause histograms and the longest pause per generation, and the frozen objects."""
@@ -142,5 +170,9 @@ class GarbageCollection(Service):
             "# HELP wallaby_gc_thaws_total Full collections that walked the frozen objects again.",
             "# TYPE wallaby_gc_thaws_total counter",
             f"wallaby_gc_thaws_total {self.thaws}",
+            "# HELP wallaby_gc_freezes_skipped_total Long full collections that froze nothing"
+            " (they freed much garbage, or came too soon after a freeze).",
+            "# TYPE wallaby_gc_freezes_skipped_total counter",
+            f"wallaby_gc_freezes_skipped_total {self.freezes_skipped}",
         ]
         return "\n".join(lines) + "\n"

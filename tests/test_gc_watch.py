@@ -189,3 +189,40 @@ def test_an_hour_after_a_freeze_a_full_collection_frees_cycles_that_died_frozen(
     gc.collect(2)
     assert service.thaws == 2 and service.freezes == 4
     assert gc.get_freeze_count() > 1000
+
+
+def test_a_collection_full_of_garbage_freezes_nothing(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    """Under heavy REST load every request dies in a cycle: freezing the survivors of such
+    a collection would trap the cycles of the requests in flight, again and again."""
+    service = running(_ticking(0.25), warn_after=10.0, freeze_after=0.1)
+    frozen = gc.get_freeze_count()
+    survivors = [_Node() for _ in range(100)]
+    for _ in range(20_000):  # dying cycles, as requests leave them
+        node = _Node()
+        node.peer = node
+    del node
+    gc.collect(2)
+    assert service.freezes == 0 and service.freezes_skipped == 1
+    assert gc.get_freeze_count() == frozen
+    assert "wallaby_gc_freezes_skipped_total 1\n" in service.prometheus()
+    assert len(survivors) == 100
+
+
+def test_freezes_are_at_least_a_minute_apart(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    clock = _Clock(0.25)
+    service = running(clock, warn_after=10.0, freeze_after=0.1, min_freeze_interval=60.0)
+    kept = [_Node() for _ in range(1000)]
+    gc.collect(2)
+    assert service.freezes == 1
+    kept += [_Node() for _ in range(1000)]
+    clock.jump(30.0)
+    gc.collect(2)
+    assert service.freezes == 1 and service.freezes_skipped == 1  # too soon
+    clock.jump(31.0)
+    gc.collect(2)
+    assert service.freezes == 2
+    assert gc.get_freeze_count() >= len(kept)
