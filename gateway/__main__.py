@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     changes = install_changes(app, couch, settings, reactor)
     service = GatewayService(app, reactor, settings.host, settings.port, pool=pool)
     collection = GarbageCollection(
-        freeze_after=settings.gc_freeze_after_ms / 1000 if settings.gc_freeze_after_ms else None)
+        freeze_after=settings.gc_freeze_after_ms / 1000 if settings.gc_freeze_after_ms else None,
+        quiet=lambda: app.in_flight.count == 0)
     app.metrics.add_collector(collection.prometheus)
 
     def announce(_: object) -> None:

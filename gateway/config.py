@@ -40,7 +40,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 #: Sizes and durations where 0 would refuse or time out everything.
 _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
-    "ws_max_subscriptions", "ws_max_user_subscriptions", "ws_max_feeds",
+    "ws_max_subscriptions", "ws_max_user_feeds", "ws_max_feeds",
     "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms",
 )
 #: Where 0 means "off" (or "at once").
@@ -92,7 +92,8 @@ class Settings:
         compress_min_bytes: gzip JSON answers from CouchDB of at least this many bytes
             for clients that accept it (0: never).
         ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
-        ws_max_user_subscriptions: Subscriptions one user may hold on all connections.
+        ws_max_user_feeds: Distinct feeds (database and options) one user's subscriptions
+            may follow over all their connections (any number may share one).
         ws_max_feeds: Upstream ``_changes`` feeds the gateway keeps open at most.
         ws_max_message_bytes: Largest WebSocket message a client may send.
         ws_queue_bytes: Bytes queued for one slow WebSocket client before it is closed.
@@ -132,7 +133,7 @@ class Settings:
     splice_uploads: bool = True
     compress_min_bytes: int = 1400
     ws_max_subscriptions: int = 32
-    ws_max_user_subscriptions: int = 128
+    ws_max_user_feeds: int = 64
     ws_max_feeds: int = 1000
     ws_max_message_bytes: int = 64 * 1024
     ws_queue_bytes: int = 1024 * 1024

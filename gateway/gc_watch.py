@@ -19,11 +19,13 @@ An object that dies inside a cycle while frozen (a REST request in flight at the
 Klein and Werkzeug make a cycle of every request) waits for the first full collection
 ``refreeze_every`` seconds after the freeze, which gets everything back first ("thaws").
 
-Two rules keep that from growing memory under heavy REST load, where long full collections
-come every second or so and each is full of dying request cycles: a collection that freed
-more than ``max_garbage_share`` of what survived it freezes nothing (the heap is churning,
-not holding long-lived connections), and at most one freeze happens per
-``min_freeze_interval`` seconds.
+Three rules keep that from growing memory under REST load, where long full collections
+come every second or so and each is full of dying request cycles (a fault audit saw 36
+freezes in 30 s and RSS 67 → 219 MB): nothing is frozen while a REST request is in flight
+(``quiet``: those are the cycles that would die frozen); a collection that freed more
+than ``max_garbage_share`` of what survived it freezes nothing (the heap is churning, not
+holding long-lived connections: 16 to 50 % under REST load, 0 % with 10,000 idle
+WebSockets); and at most one freeze happens per ``min_freeze_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class GarbageCollection(Service):
         max_garbage_share: A long full collection that freed more than this share of the
             objects that survived it freezes nothing.
         min_freeze_interval: Seconds from one freeze to the next one at the earliest.
+        quiet: Whether no REST request is in flight now (freezing waits for that).
     """
 
     def __init__(
@@ -68,7 +71,8 @@ class GarbageCollection(Service):
         freeze_after: float | None = 0.05,
         refreeze_every: float = 3600.0,
         max_garbage_share: float = 0.1,
-        min_freeze_interval: float = 60.0,
+        min_freeze_interval: float = 1.0,
+        quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         self.timer = timer
         self.warn_after = warn_after
@@ -76,6 +80,7 @@ class GarbageCollection(Service):
         self.refreeze_every = refreeze_every
         self.max_garbage_share = max_garbage_share
         self.min_freeze_interval = min_freeze_interval
+        self.quiet = quiet
         #: Long full collections that froze nothing: churning heap, or too soon.
         self.freezes_skipped = 0
         self._last_freeze_at: float | None = None
@@ -140,6 +145,8 @@ class GarbageCollection(Service):
 
     def _worth_freezing(self, collected: int) -> bool:
         """Whether the survivors of a long full collection are long-lived enough to freeze."""
+        if not self.quiet():
+            return False
         if (self._last_freeze_at is not None
                 and self.timer() - self._last_freeze_at < self.min_freeze_interval):
             return False

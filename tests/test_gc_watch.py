@@ -210,7 +210,7 @@ def test_a_collection_full_of_garbage_freezes_nothing(
     assert len(survivors) == 100
 
 
-def test_freezes_are_at_least_a_minute_apart(
+def test_freezes_are_at_least_min_freeze_interval_apart(
     running: Callable[..., GarbageCollection],
 ) -> None:
     clock = _Clock(0.25)
@@ -225,4 +225,22 @@ def test_freezes_are_at_least_a_minute_apart(
     clock.jump(31.0)
     gc.collect(2)
     assert service.freezes == 2
+    assert gc.get_freeze_count() >= len(kept)
+
+
+def test_nothing_is_frozen_while_a_request_is_in_flight(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    """Requests in flight die in cycles: frozen, they would wait an hour for the thaw."""
+    in_flight = [1]
+    clock = _Clock(0.25)
+    service = running(clock, warn_after=10.0, freeze_after=0.1,
+                      quiet=lambda: in_flight[0] == 0)
+    kept = [_Node() for _ in range(1000)]
+    gc.collect(2)
+    assert service.freezes == 0 and service.freezes_skipped == 1
+    in_flight[0] = 0
+    clock.jump(1.0)
+    gc.collect(2)
+    assert service.freezes == 1
     assert gc.get_freeze_count() >= len(kept)

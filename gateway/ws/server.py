@@ -725,11 +725,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 sub_id=request.id, status=429))
             return
         owner = self._owner()
-        if factory.user_subscriptions[owner] >= factory.settings.ws_max_user_subscriptions:
+        feeds = factory.user_feeds.setdefault(owner, Counter())
+        feed_key = (request.db, request.params)
+        if feed_key not in feeds and len(feeds) >= factory.settings.ws_max_user_feeds:
             self._reply(error_message(
-                "too_many_subscriptions",
-                f"at most {factory.settings.ws_max_user_subscriptions} subscriptions per user "
-                "on all connections", sub_id=request.id, status=429))
+                "too_many_feeds",
+                f"at most {factory.settings.ws_max_user_feeds} distinct feeds (database and "
+                "options) per user on all connections", sub_id=request.id, status=429))
             return
         for other in self.subs.values():
             if other.request.db == request.db and other.request.params == request.params:
@@ -741,7 +743,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub = Subscription(request.id, request)
         self.subs[request.id] = sub
         factory.metrics.subscriptions += 1
-        factory.user_subscriptions[owner] += 1
+        feeds[feed_key] += 1
         try:
             await self._authorize(request)
             if not sub.active or self._ending:
@@ -780,6 +782,18 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             if sub.active:
                 self._reply(exception_message(exc, sub.id), sub)
                 await self._drop(sub)
+
+    def _forget_feed_key(self, sub: Subscription) -> None:
+        owner = self._owner()
+        feeds = self.factory.user_feeds.get(owner)
+        if feeds is None:
+            return
+        key = (sub.request.db, sub.request.params)
+        feeds[key] -= 1
+        if feeds[key] <= 0:
+            del feeds[key]
+        if not feeds:
+            del self.factory.user_feeds[owner]
 
     def _owner(self) -> str:
         """Whose subscriptions these are, for the per-user limit."""
@@ -848,11 +862,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
-            owners = self.factory.user_subscriptions
-            owner = self._owner()
-            owners[owner] -= 1
-            if owners[owner] <= 0:
-                del owners[owner]
+            self._forget_feed_key(sub)
         db = sub.request.db
         if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
             self._unwatch(db)
@@ -1078,9 +1088,10 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.socket_send_buffer = socket_send_buffer
         self.metrics = metrics or WsMetrics()
         self.connections: set[ChangesServerProtocol] = set()
-        #: Subscriptions per user (by name; per credential for anonymous callers), over
-        #: all their connections: one user must not open the upstream feeds of many.
-        self.user_subscriptions: Counter[str] = Counter()
+        #: Per user (by name; per credential for anonymous callers), over all their
+        #: connections: the subscriptions on each distinct feed key. One user must not open
+        #: the upstream feeds of many; any number of subscriptions may share a feed.
+        self.user_feeds: dict[str, Counter[Hashable]] = {}
         #: One upstream transport per credential, shared by its connections.
         self.identities = SharedIdentities(hub.transport)
         #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
