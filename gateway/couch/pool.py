@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = ["IDLE_TIMEOUT", "connection_pool"]
 
@@ -13,6 +13,16 @@ __all__ = ["IDLE_TIMEOUT", "connection_pool"]
 #: replays only body-less idempotent requests. Dropping idle connections first avoids
 #: that race instead of replaying writes.
 IDLE_TIMEOUT = 4
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    """Twisted's factory of pooled connections, without its start and stop log lines.
+
+    One "Starting factory" / "Stopping factory" pair per upstream connection was half
+    the gateway's log under load.
+    """
+
+    noisy = False
 
 
 def connection_pool(
@@ -28,4 +38,5 @@ def connection_pool(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = idle_timeout
+    pool._factory = _QuietFactory
     return pool

@@ -56,6 +56,8 @@ class GatewayRequest(server.Request):
         self.error_code: str | None = None
         #: The client's address (behind trusted proxies: from X-Forwarded-For).
         self.client_host = "unknown"
+        #: The connection was lost before the answer was complete.
+        self.client_gone = False
         self.started = 0.0
         self.too_large = False
         self._body_seen = 0
@@ -231,6 +233,9 @@ class GatewayRequest(server.Request):
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         """A client gone mid-upload fails the upstream request (nothing is stored)."""
+        # Marked first: failing the upload may finish the request before Twisted notes
+        # the loss, and its access line must still say aborted.
+        self.client_gone = not self.finished
         if self.body_pipe is not None and not self._body_done:
             self._body_done = True
             self.body_pipe.abort(reason)
@@ -251,6 +256,28 @@ class GatewayRequest(server.Request):
             self.content.truncate()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+def _aborted(request: Any, outcome: Any) -> bool:
+    """Whether a request's answer did not reach its client whole (for the access log)."""
+    if request.route == "mounted":
+        # A WebSocket's upgrade request ends with ConnectionDone once upgraded (or when a
+        # refused handshake's socket closes cleanly): no abort (gateway.ws.resource).
+        return outcome is not None and not outcome.check(ConnectionDone)
+    return request.client_gone or _truncated(request) or outcome is not None
+
+
+def _truncated(request: Any) -> bool:
+    """Whether fewer body bytes left than the response's ``Content-Length`` promised.
+
+    A download cut by the client, the upstream or the end of a shutdown's grace.
+    """
+    if request.method == b"HEAD" or request.code in (204, 304):
+        return False
+    declared = request.responseHeaders.getRawHeaders(b"content-length")
+    if not declared or not declared[0].isdigit():
+        return False
+    return int(request.sentLength) < int(declared[0])
 
 
 class GatewaySite(server.Site):
@@ -412,9 +439,6 @@ class FrontDoor(Resource):
             bytes_sent=request.sentLength,
             client=request.client_host,
             user=request.user_name,
-            # A WebSocket's upgrade request ends with ConnectionDone once upgraded (or when
-            # a refused handshake's socket closes cleanly): no abort (gateway.ws.resource).
-            aborted=outcome is not None and not (
-                request.route == "mounted" and outcome.check(ConnectionDone)),
+            aborted=_aborted(request, outcome),
         )
         return None

@@ -31,7 +31,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -239,7 +240,14 @@ async def spool(pipe: BodyPipe) -> IBodyProducer:
     Raises what ended the body early (the client went away).
     """
     file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
-    await pipe.startProducing(_FileSink(file))
+    try:
+        await pipe.startProducing(_FileSink(file))
+    except BaseException as exc:
+        file.close()  # the body ended early: nothing will read the partial spool
+        if isinstance(exc, (ConnectionLost, ConnectionDone)):
+            # The client went away: nobody to answer, nothing unexpected to report.
+            raise CancelledError() from exc
+        raise
     file.seek(0)
     return FileBodyProducer(file, readSize=CHUNK)
 
@@ -297,10 +305,15 @@ class _Relay(Protocol):
             self.finish()
             self.done.callback(self.sent)
 
+    def _unregister(self) -> None:
+        # The client may be gone already (its channel is then None, like the splice's).
+        if getattr(self.request, "channel", None) is not None:
+            self.request.unregisterProducer()
+
     def finish(self) -> None:
         """Stop relaying: unregister, restore the sockets, abort the upstream body."""
         self.finished = True
-        self.request.unregisterProducer()
+        self._unregister()
         for raw in self._widened:
             narrow(raw)
         if self.transport is not None:
@@ -322,7 +335,7 @@ class _Relay(Protocol):
         if self.finished:
             return
         self.finished = True
-        self.request.unregisterProducer()
+        self._unregister()
         for raw in self._widened:
             narrow(raw)
         if reason is None or body_complete(reason):

@@ -202,19 +202,43 @@ async def test_declared_length_over_the_cap_is_413_before_the_body(
     eager.transport.loseConnection()
 
 
+def _open_deleted_files() -> int:
+    """Files this process holds open that are deleted (spooled bodies are such files)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
+        except OSError:
+            continue
+    return count
+
+
+def _access_lines(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["access"] for e in events if isinstance(e.get("access"), dict)]
+
+
 async def test_client_abort_mid_upload_stores_nothing(scenario: Scenario) -> None:
+    """Nothing stored, the partial spool closed (not one open deleted temp file per cut
+    upload), no critical log, and the access line says aborted (not a false 500)."""
     from twisted.internet import reactor
+    from twisted.logger import LogLevel, capturedLogs
 
     client = scenario.member_client
     base, rev = await _doc(scenario)
-    raw = await _connect(client.base)
-    auth = {k: v for k, v in client.default_headers.items() if k == "Authorization"}
-    raw.transport.write(_put_head(f"{base}/attachments/cut.bin?rev={rev}", 2_000_000, auth))
-    raw.transport.write(os.urandom(500_000))
-    await task.deferLater(reactor, 0.5, lambda: None)
-    raw.transport.abortConnection()
-    await raw.closed
-    await task.deferLater(reactor, 0.5, lambda: None)
+    spools = _open_deleted_files()
+    with capturedLogs() as events:
+        raw = await _connect(client.base)
+        auth = {k: v for k, v in client.default_headers.items() if k == "Authorization"}
+        raw.transport.write(_put_head(f"{base}/attachments/cut.bin?rev={rev}", 2_000_000, auth))
+        raw.transport.write(os.urandom(500_000))
+        await task.deferLater(reactor, 0.5, lambda: None)
+        raw.transport.abortConnection()
+        await raw.closed
+        await task.deferLater(reactor, 0.5, lambda: None)
+    assert _open_deleted_files() <= spools
+    assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+    cut = [line for line in _access_lines(events) if line["path"].endswith("/cut.bin")]
+    assert len(cut) == 1 and cut[0]["aborted"] is True and cut[0]["status"] != 500, cut
     doc = await client.get(base)
     assert doc.status == 200 and doc.json["_rev"] == rev
     assert "cut.bin" not in (doc.json.get("_attachments") or {})
@@ -316,3 +340,33 @@ async def test_upload_streams_to_couchdb_and_a_slow_client_is_no_timeout(
         assert [x for x in log if x[0] == "stored"] == [("stored", 400_000)]
     finally:
         await defer.maybeDeferred(port.stopListening)
+
+
+async def test_client_leaving_a_relayed_download_is_logged_as_aborted(
+    start_gateway: StartGateway, db: Any, couch_backend: Any,
+) -> None:
+    """Through the Python relay (splice off): no critical "Unhandled Error" when the
+    client goes, and its access line says aborted, not a clean 200."""
+    from twisted.internet import reactor
+    from twisted.logger import LogLevel, capturedLogs
+
+    from tests.rest.conftest import basic
+
+    gateway = await start_gateway(splice_downloads=False)
+    await db.put_attachment("big", "blob.bin", os.urandom(16 << 20))
+    with capturedLogs() as events:
+        raw = await _connect(gateway.url)
+        auth = basic(couch_backend.admin_username, couch_backend.admin_password)
+        raw.transport.write(
+            f"GET /api/v1/db/{db.name}/docs/big/attachments/blob.bin HTTP/1.1\r\nHost: gw\r\n"
+            f"Authorization: {auth['Authorization']}\r\n\r\n".encode())
+        await _until(lambda: b"HTTP/1.1 200" in raw.data)
+        raw.transport.pauseProducing()  # a reader that stops reading, then leaves
+        await task.deferLater(reactor, 0.5, lambda: None)
+        raw.transport.abortConnection()
+        await raw.closed
+        await task.deferLater(reactor, 0.5, lambda: None)
+    assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+    lines = [line for line in _access_lines(events) if line["path"].endswith("/blob.bin")]
+    assert len(lines) == 1 and lines[0]["aborted"] is True, lines
+    assert lines[0]["bytes_sent"] < 16 << 20
