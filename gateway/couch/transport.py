@@ -40,7 +40,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
-from gateway.couch.idle import IdleTimeout, ProgressBody
+from gateway.couch.idle import IdleTimeout, PausingProducer, ProgressBody
 from gateway.couch.pool import connection_pool
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
@@ -53,6 +53,7 @@ from gateway.errors import (
 
 __all__ = [
     "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "body_complete", "read_body",
+    "stream_body",
 ]
 
 T = TypeVar("T")
@@ -223,30 +224,50 @@ def body_complete(reason: Failure) -> bool:
     return isinstance(reason.value, (ResponseDone, PotentialDataLoss))
 
 
-class _BodyReader(Protocol):
-    """Collects a small body into :attr:`finished` (``treq.content``, see :func:`body_complete`)."""
+class _BodyStream(Protocol):
+    """Writes a response body into ``write`` as it arrives.
 
-    def __init__(self, idle: IdleTimeout | None = None) -> None:
-        self._parts: list[bytes] = []
-        self._idle = idle
-        self.finished: Deferred[bytes] = Deferred(self._cancel)
+    :attr:`finished` fires with the byte count (see :func:`body_complete`), or fails with
+    the reason the body broke off. ``consumer``, when given, gets the body as its
+    streaming producer: pausing it stops the reading and the idle clock. A ``write``
+    that raises stops the transfer.
+    """
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        if self._idle is not None:
-            self._idle.touch()
-        self._parts.append(data)
+    def __init__(self, write: Callable[[bytes], Any], consumer: Any = None) -> None:
+        self._write = write
+        self._consumer = consumer
+        self.idle: IdleTimeout | None = None
+        self.received = 0
+        self.finished: Deferred[int] = Deferred(self._cancel)
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        if self._consumer is not None:
+            self._consumer.registerProducer(PausingProducer(self.transport, self.idle), True)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.idle is not None:
+            self.idle.touch()
+        self.received += len(data)
+        try:
+            self._write(data)
+        except Exception:
+            # The sink failed (a full disk): stop the transfer, report its error.
+            self.finished.errback()
+            self._cancel(self.finished)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        if self._idle is not None:
-            self._idle.stop()
-        if self.finished.called:  # cancelled (a timeout): the transfer was stopped
+        if self.idle is not None:
+            self.idle.stop()
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+        if self.finished.called:  # cancelled (a timeout) or failed: the transfer was stopped
             return
         if body_complete(reason):
-            self.finished.callback(b"".join(self._parts))
+            self.finished.callback(self.received)
         else:
             self.finished.errback(reason)
 
-    def _cancel(self, _: Deferred[bytes]) -> None:
+    def _cancel(self, _: Deferred[int]) -> None:
         # Stop the transfer: the connection is closed, never returned to the pool half read.
         transport: Any = self.transport  # the response body's IPushProducer
         if transport is not None:
@@ -262,9 +283,43 @@ def idle_timeout(
     return IdleTimeout(clock, seconds, expire)
 
 
-def silence(seconds: float) -> CouchTimeout:
-    """The error of a transfer that stopped moving."""
-    return CouchTimeout(f"CouchDB sent nothing for {seconds:g} s in the middle of its answer")
+async def stream_body(
+    response: IResponse,
+    write: Callable[[bytes], Any],
+    *,
+    consumer: Any = None,
+    clock: IReactorTime | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Deliver a response body chunk by chunk to ``write``; the number of bytes.
+
+    Args:
+        response: A response whose body has not been read.
+        write: Called with each chunk.
+        consumer: An ``IConsumer`` to register the body with as its streaming producer.
+        clock: With ``timeout``: the clock of the idle timeout.
+        timeout: Seconds the body may stop arriving (while ``consumer`` is not pausing
+            it) before :class:`CouchTimeout`; the transfer is then stopped. ``None``: no
+            limit.
+
+    Raises:
+        CouchTimeout: The body stopped arriving for ``timeout`` seconds.
+        Exception: What broke the body off (Twisted's reason), or what ``write`` raised.
+    """
+    stream = _BodyStream(write, consumer)
+    stream.idle = idle = idle_timeout(clock, timeout, stream.finished.cancel)
+    response.deliverBody(stream)  # type: ignore[no-untyped-call]
+    try:
+        return await stream.finished
+    except CancelledError:
+        if idle is not None and idle.expired:
+            raise CouchTimeout(
+                f"CouchDB sent nothing for {idle.seconds:g} s in the middle of its answer"
+            ) from None
+        raise
+    finally:
+        if idle is not None:
+            idle.stop()
 
 
 async def read_body(
@@ -278,25 +333,15 @@ async def read_body(
         timeout: Seconds the body may stop arriving before :class:`CouchTimeout` (the
             transfer is then stopped); ``None``: no limit.
     """
-    holder: list[_BodyReader] = []
-    idle = idle_timeout(clock, timeout, lambda: holder[0].finished.cancel())
-    reader = _BodyReader(idle)
-    holder.append(reader)
-    response.deliverBody(reader)  # type: ignore[no-untyped-call]
+    parts: list[bytes] = []
     try:
-        return await reader.finished
-    except CancelledError:
-        if idle is not None and idle.expired:
-            raise silence(idle.seconds) from None
-        raise
+        await stream_body(response, parts.append, clock=clock, timeout=timeout)
     except _UNREACHABLE_ERRORS as exc:
         translated = _unreachable(exc)
         if isinstance(translated, CouchUnreachable):
             translated = CouchUnreachable("connection to CouchDB lost while reading its answer")
         raise translated from exc
-    finally:
-        if idle is not None:
-            idle.stop()
+    return b"".join(parts)
 
 
 @dataclass
