@@ -69,7 +69,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -85,6 +85,7 @@ from gateway.couch.changes.parser import (
     FeedErrorLine,
     FeedEvent,
 )
+from gateway.couch.idle import IdleTimeout
 from gateway.couch.transport import BytesBody
 from gateway.errors import CouchError, CouchUnreachable, FeedProtocolError, GatewayError
 
@@ -233,13 +234,14 @@ class _FeedConnection(Protocol):
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._on_events = on_events
-        self._watchdog: IDelayedCall | None = None
+        self._watchdog: IdleTimeout | None = None
         self._backlog: list[bytes] = []
         self._waiting = False
         self._closing = False
 
     def connectionMade(self) -> None:  # noqa: N802
-        self._arm()
+        if not self._closing:
+            self._watchdog = IdleTimeout(self._clock, self._idle_timeout, self._silent)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._closing:
@@ -262,7 +264,8 @@ class _FeedConnection(Protocol):
         pending = self._on_events(self, events)
         if pending is not None and not self._closing:
             self._waiting = True
-            self._disarm()
+            if self._watchdog is not None:
+                self._watchdog.pause()  # waiting for the handler is no silence of CouchDB
             self.transport.pauseProducing()  # type: ignore[union-attr]
             pending.addBoth(self._resume)
 
@@ -271,7 +274,8 @@ class _FeedConnection(Protocol):
         if self._closing:
             return
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        self._arm()
+        if self._watchdog is not None:
+            self._watchdog.resume()
         if self._backlog:
             # One handler call for everything that arrived while it was busy (a
             # continuous feed comes one HTTP chunk, i.e. one row, per dataReceived).
@@ -279,20 +283,14 @@ class _FeedConnection(Protocol):
             self._process(backlog)
 
     def _arm(self) -> None:
-        if self._closing or self._waiting:
-            return
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(self._idle_timeout)
-        else:
-            self._watchdog = self._clock.callLater(self._idle_timeout, self._silent)
+        if self._watchdog is not None and not self._waiting:
+            self._watchdog.touch()
 
     def _disarm(self) -> None:
-        if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.cancel()
-        self._watchdog = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     def _silent(self) -> None:
-        self._watchdog = None
         self.abort(detail=f"no heartbeat from CouchDB for {self._idle_timeout:g} s")
 
     def abort(self, *, error: Exception | None = None, detail: str | None = None) -> None:
