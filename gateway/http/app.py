@@ -63,7 +63,14 @@ from gateway.http.accesslog import AccessLog
 from gateway.http.attachments_inline import check_inline_attachments
 from gateway.http.client_address import ClientAddress
 from gateway.http.compression import gzip_answer
-from gateway.http.conditional import content_etag, etag_matches, must_revalidate, not_modified
+from gateway.http.conditional import (
+    content_etag,
+    etag_matches,
+    must_revalidate,
+    not_modified,
+    opaque_tag,
+    range_applies,
+)
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
@@ -109,23 +116,10 @@ def _if_match(request: Any, query: dict[str, Any]) -> None:
     header = request.getHeader("if-match")
     if header is None:
         return
-    rev = header.strip()
-    if rev.startswith("W/"):
-        rev = rev[2:]
-    rev = rev.strip('"')
+    rev = opaque_tag(header.strip()).strip('"')
     if "rev" in query and query["rev"] != rev:
         raise InvalidRequest("'If-Match' and 'rev' name different revisions")
     query["rev"] = rev
-
-
-def _if_range_holds(if_range: str | None, etag: str | None) -> bool:
-    """Whether a ``Range`` applies under ``If-Range`` (absent, or the current strong tag).
-
-    A date never matches: attachments carry no ``Last-Modified``.
-    """
-    if if_range is None:
-        return True
-    return etag is not None and not etag.startswith("W/") and if_range.strip() == etag
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
@@ -641,7 +635,7 @@ class GatewayApp:
         if length is None and method == "GET" and isinstance(response.length, int):
             length = str(response.length)  # Twisted's client moves Content-Length there
         wanted = request.getHeader("range") if status == 200 else None
-        if wanted is not None and not _if_range_holds(request.getHeader("if-range"), etag):
+        if wanted is not None and not range_applies(request.getHeader("if-range"), etag):
             wanted = None  # RFC 9110 13.1.5: another version: the whole body, 200
         skip, limit = 0, None
         if status == 200 and (length is None or wanted is not None):

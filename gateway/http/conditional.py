@@ -17,7 +17,10 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["REVALIDATE", "content_etag", "etag_matches", "must_revalidate", "not_modified"]
+__all__ = [
+    "REVALIDATE", "content_etag", "etag_matches", "must_revalidate", "not_modified",
+    "opaque_tag", "range_applies",
+]
 
 #: ``Cache-Control`` of answers a browser may keep but must revalidate before each use:
 #: ``private`` because they depend on who asks.
@@ -33,7 +36,8 @@ def content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-def _opaque(tag: str) -> str:
+def opaque_tag(tag: str) -> str:
+    """An entity tag without its weakness mark: ``W/"x"`` and ``"x"`` name the same."""
     return tag[2:] if tag.startswith("W/") else tag
 
 
@@ -51,8 +55,19 @@ def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
         return False
     if if_none_match.strip() == "*":
         return True
-    current = _opaque(etag.strip())
-    return any(_opaque(tag) == current for tag in _ENTITY_TAG.findall(if_none_match))
+    current = opaque_tag(etag.strip())
+    return any(opaque_tag(tag) == current for tag in _ENTITY_TAG.findall(if_none_match))
+
+
+def range_applies(if_range: str | None, etag: str | None) -> bool:
+    """Whether a ``Range`` applies under ``If-Range`` (absent, or the current strong tag).
+
+    RFC 9110 13.1.5: otherwise the whole body is sent. A date never matches here (the
+    gateway's ranged answers, attachments, carry no ``Last-Modified``).
+    """
+    if if_range is None:
+        return True
+    return etag is not None and not etag.startswith("W/") and if_range.strip() == etag
 
 
 def must_revalidate(request: Any) -> None:
