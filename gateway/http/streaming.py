@@ -305,17 +305,18 @@ class _Relay(Protocol):
             self.finish()
             self.done.callback(self.sent)
 
-    def _unregister(self) -> None:
+    def _release(self) -> None:
+        """Done relaying: unregister from the request and restore the sockets."""
+        self.finished = True
         # The client may be gone already (its channel is then None, like the splice's).
         if getattr(self.request, "channel", None) is not None:
             self.request.unregisterProducer()
+        for raw in self._widened:
+            narrow(raw)
 
     def finish(self) -> None:
         """Stop relaying: unregister, restore the sockets, abort the upstream body."""
-        self.finished = True
-        self._unregister()
-        for raw in self._widened:
-            narrow(raw)
+        self._release()
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
@@ -334,10 +335,7 @@ class _Relay(Protocol):
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         if self.finished:
             return
-        self.finished = True
-        self._unregister()
-        for raw in self._widened:
-            narrow(raw)
+        self._release()
         if reason is None or body_complete(reason):
             self.done.callback(self.sent)
         else:
