@@ -269,6 +269,19 @@ async def gateway_with_changes(
         await port.stopListening()
 
 
+def record_first_arguments(monkeypatch: Any, owner: Any, name: str) -> list[Any]:
+    """The first argument of every call of ``owner.name`` from now on (it still runs)."""
+    seen: list[Any] = []
+    original = getattr(owner, name)
+
+    def recording(first: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(first)
+        return original(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return seen
+
+
 def ws_settings(**overrides: Any) -> Settings:
     base = dict(ws_ping_interval=0.0, ws_auth_recheck=0.0, feed_heartbeat_ms=1000, shutdown_grace=3.0)
     base.update(overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
-from tests.ws.conftest import StopsReading, WsServer, sleep
+from tests.ws.conftest import StopsReading, WsServer, record_first_arguments, sleep
 
 
 async def test_subscribe_receives_live_changes(ws_server: WsServer, db: Database, make_user: Any) -> None:
@@ -73,14 +73,7 @@ async def test_prepared_once_per_change(ws_server: WsServer, db: Database, make_
     for i, client in enumerate(clients):
         await client.subscribe(f"s{i}", db.name)
     factory = ws_server.service.factory
-    prepared: list[bytes] = []
-    original = factory.prepareMessage
-
-    def counting(payload: bytes, *args: Any, **kwargs: Any) -> Any:
-        prepared.append(payload)
-        return original(payload, *args, **kwargs)
-
-    monkeypatch.setattr(factory, "prepareMessage", counting)
+    prepared = record_first_arguments(monkeypatch, factory, "prepareMessage")
     await db.save({"_id": "once"})
     for client in clients:
         await client.next("change")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.ws.server import ChangesServerProtocol
-from tests.ws.conftest import WsServer, ws_settings
+from tests.ws.conftest import WsServer, record_first_arguments, ws_settings
 
 
 async def test_a_handshake_takes_the_factorys_options_without_printing_them(
@@ -15,14 +15,7 @@ async def test_a_handshake_takes_the_factorys_options_without_printing_them(
     not (a third of a handshake's CPU); the connection copies them without that."""
     from autobahn.websocket import protocol as autobahn_protocol
 
-    printed: list[Any] = []
-    original = autobahn_protocol.pformat
-
-    def counting(value: Any, *args: Any, **kwargs: Any) -> str:
-        printed.append(value)
-        return original(value, *args, **kwargs)
-
-    monkeypatch.setattr(autobahn_protocol, "pformat", counting)
+    printed = record_first_arguments(monkeypatch, autobahn_protocol, "pformat")
     server: WsServer = await make_server(ws_settings(ws_ping_interval=7.0,
                                                      ws_max_message_bytes=4096))
     client = await server.connect(await server.login(await make_user()))
