@@ -485,6 +485,15 @@ def test_identical_replayed_rows_are_dropped() -> None:
     feed.stopService()
 
 
+def test_first_connection_delivers_rows_that_repeat_a_documents_state() -> None:
+    """Deleting a losing conflict revision leaves the row looking as before: still news."""
+    feed, couch, _clock, rec = make_feed(since=0)
+    feed.startService()
+    couch.responses[0].send(row("1-x", "a") + row("2-x", "a") + row("3-x", "a"))
+    assert rec.ids == ["a", "a", "a"] and feed.duplicates_dropped == 0
+    feed.stopService()
+
+
 def test_raising_handler_does_not_stop_the_feed() -> None:
     calls: list[str] = []
 

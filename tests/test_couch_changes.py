@@ -321,6 +321,24 @@ async def test_feed_survives_a_server_restart_exactly_once(
     assert states[-1] == ("stopped", None)
 
 
+async def test_conflict_changes_that_keep_the_winner_are_delivered(
+    db: Database, reactor: Any
+) -> None:
+    """Adding and deleting a losing revision are changes of their own, as CouchDB lists them."""
+    got = Collector()
+    await db.changes(got)
+    doc_id, winner = await save(db, "contested")
+    await wait_until(reactor, lambda: got.ids == [doc_id])
+    loser = "1-" + "0" * 32  # sorts below any random revision id: it loses
+    await db.bulk_save([{"_id": doc_id, "_rev": loser}], new_edits=False)
+    await wait_until(reactor, lambda: len(got.rows) == 2)
+    await db.delete({"_id": doc_id, "_rev": loser})
+    await wait_until(reactor, lambda: len(got.rows) == 3)
+    assert got.ids == [doc_id] * 3
+    assert [row["changes"][0]["rev"] for row in got.rows] == [winner] * 3
+    await db.unchanges()
+
+
 async def test_now_joiner_never_gets_history_from_a_replaying_feed(
     db: Database, reactor: Any
 ) -> None:

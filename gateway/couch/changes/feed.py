@@ -35,9 +35,11 @@ Behaviour:
   or delivered twice. ``since="now"`` is fixed to the database's ``update_seq`` before
   the first connection, so changes made while a reconnection is pending are not lost.
   Seqs are opaque: they are stored and sent back, never compared. CouchDB clusters may
-  replay rows after a rewind; a row identical (same id, revisions, deletion and
-  conflicts) to the last one delivered for its document is dropped
-  (:attr:`ChangesFeed.duplicates_dropped` counts them).
+  replay rows after a rewind, which only a resumed connection can bring: there, a row
+  identical (same id, revisions, deletion and conflicts) to the last one delivered for
+  its document is dropped (:attr:`ChangesFeed.duplicates_dropped` counts them). The
+  first connection drops nothing, so a change that leaves a document's visible state
+  as it was (deleting a losing conflict revision) is still delivered.
 * **Dead connections.** The feed asks for ``heartbeat``; when no byte at all arrives for
   twice ``heartbeat`` the connection is aborted and reopened.
 * **Reconnection.** After a lost connection, an unreachable or failing (5xx) server, an
@@ -607,7 +609,8 @@ class ChangesFeed(Service):
             if isinstance(event, ChangeRow):
                 self._since = event.seq
                 self._advanced = True
-                if self._recent.is_repeat(event.row):
+                repeat = self._recent.is_repeat(event.row)
+                if repeat and self.connections > 1:
                     self.duplicates_dropped += 1
                 else:
                     rows.append(event.row)
