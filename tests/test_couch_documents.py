@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 
 from gateway.couch import (
     BasicAuth,
@@ -21,6 +23,7 @@ from gateway.couch import (
 )
 from gateway.embedded import free_port
 from tests.conftest import CouchBackend, unique_name
+from tests.support.couchconfig import config_value
 
 
 async def test_original_readme_scenarios_with_inline_callbacks(
@@ -202,9 +205,35 @@ async def test_session_auth_logs_in_and_renews(
     who = await admin.as_identity(auth).session()
     assert who["userCtx"]["name"] == user.name
     # A session CouchDB no longer accepts is replaced by a fresh login, transparently.
-    auth._cookie = "bm90LWEtdmFsaWQtY29va2ll"
+    expired = expired_session(user.name)
+    auth._cookie = expired
     assert (await as_user.get("mine"))["_id"] == "mine"
-    assert auth._cookie != "bm90LWEtdmFsaWQtY29va2ll"
+    assert auth._cookie != expired
+
+
+def expired_session(name: str) -> str:
+    """A well-formed ``AuthSession`` value issued long ago (timestamp 1).
+
+    CouchDB answers 400 to a malformed cookie but ignores an expired one: the request
+    runs as anonymous, and a members-only database answers 401.
+    """
+    raw = f"{name}:1:".encode() + b"\x01" * 32
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_idle_session_logs_in_again_before_couchdb_forgets_it(
+    couch_backend: CouchBackend, admin: CouchServer, make_user: Any, reactor: Any
+) -> None:
+    """An expired cookie is served as anonymous, not refused: it must not be used."""
+    user = await make_user()
+    async with config_value(admin, couch_backend.is_pouchdb, "chttpd_auth", "timeout", "3"):
+        auth = admin.session_auth(user.name, user.password, max_age=2)
+        as_user = admin.as_identity(auth)
+        assert (await as_user.session())["userCtx"]["name"] == user.name
+        first = auth._cookie
+        await deferLater(reactor, 4.5, lambda: None)
+        assert (await as_user.session())["userCtx"]["name"] == user.name
+        assert auth._cookie != first
 
 
 async def test_security_members_only(
@@ -279,7 +308,7 @@ async def test_session_renewal_covers_attachments(
     await db.put_attachment("d", "a.txt", b"hello", content_type="text/plain")
     auth = admin.session_auth(user.name, user.password)
     as_user = admin.as_identity(auth).database(db.name)
-    expired = "bm90LWEtdmFsaWQtY29va2ll"
+    expired = expired_session(user.name)
     auth._cookie = expired
     assert await as_user.get_attachment("d", "a.txt") == b"hello"
     assert auth._cookie != expired

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from gateway.config import Settings
 from gateway.couch.auth import ProxyAuth, SessionAuth, session_cookie_from_headers
@@ -152,6 +153,24 @@ async def test_session_auth_adopts_refreshed_cookie() -> None:
     assert logins == ["bob", "bob"]
     assert "pw" not in repr(auth)
     assert session_cookie_from_headers(["other=1", "AuthSession=x; Path=/"]) == "x"
+
+
+async def test_session_auth_logs_in_again_once_the_cookie_is_max_age_old() -> None:
+    clock = Clock()
+    cookies = iter(["first", "second", "third"])
+
+    async def login(name: str, password: str) -> str:
+        return next(cookies)
+
+    auth = SessionAuth("bob", "pw", login, clock=clock, max_age=60)
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    clock.advance(59)
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    auth.observe(["AuthSession=refreshed; Path=/"])  # CouchDB's refresh restarts the age
+    clock.advance(59)
+    assert await auth.headers() == {"Cookie": "AuthSession=refreshed"}
+    clock.advance(1)
+    assert await auth.headers() == {"Cookie": "AuthSession=second"}
 
 
 def test_settings_from_environment() -> None:

@@ -12,9 +12,13 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookies import SimpleCookie
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 __all__ = [
+    "DEFAULT_SESSION_MAX_AGE",
     "Auth",
     "BasicAuth",
     "BearerAuth",
@@ -132,28 +136,50 @@ def session_cookie_from_headers(set_cookie_headers: Sequence[str]) -> str | None
     return None
 
 
+#: Seconds a session cookie is used before logging in again: 90 % of CouchDB's default
+#: ``[chttpd_auth] timeout`` (600 s).
+DEFAULT_SESSION_MAX_AGE = 540.0
+
+
 class SessionAuth:
     """Cookie authentication via ``POST /_session``, renewed transparently.
 
     The first request logs in; CouchDB's refreshed cookies (sent when a session is
-    near expiry) are adopted; a 401 triggers one fresh login and a retry.
+    near expiry) are adopted; a 401 triggers one fresh login and a retry. CouchDB does
+    not answer 401 to an *expired* cookie: it serves the request as anonymous. So a
+    cookie neither issued nor refreshed for ``max_age`` seconds (an idle client) is
+    replaced by a fresh login before it is used.
 
     Args:
         username: The CouchDB user name.
         password: Its password.
         login: Performs the login; supplied by the client that owns this object.
+        clock: Measures the cookie's age; without one, only a 401 renews.
+        max_age: Seconds a cookie is used; keep it below the server's
+            ``[chttpd_auth] timeout``.
     """
 
-    def __init__(self, username: str, password: str, login: SessionLogin) -> None:
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        login: SessionLogin,
+        clock: IReactorTime | None = None,
+        max_age: float = DEFAULT_SESSION_MAX_AGE,
+    ) -> None:
         self.username = username
         self._password = password
         self._login = login
+        self._clock = clock
+        self._max_age = max_age
         self._cookie: str | None = None
+        self._issued = 0.0
 
     async def headers(self) -> HeaderMap:
         """A ``Cookie: AuthSession=…`` header, logging in first when needed."""
-        if self._cookie is None:
-            self._cookie = await self._login(self.username, self._password)
+        if self._cookie is None or self._too_old():
+            cookie = await self._login(self.username, self._password)
+            self._adopt(cookie)
         return {"Cookie": f"AuthSession={self._cookie}"}
 
     async def renew(self) -> bool:
@@ -167,7 +193,15 @@ class SessionAuth:
         """Adopt a refreshed ``AuthSession`` cookie."""
         cookie = session_cookie_from_headers(set_cookie_headers)
         if cookie:
-            self._cookie = cookie
+            self._adopt(cookie)
+
+    def _too_old(self) -> bool:
+        return self._clock is not None and self._clock.seconds() - self._issued >= self._max_age
+
+    def _adopt(self, cookie: str) -> None:
+        self._cookie = cookie
+        if self._clock is not None:
+            self._issued = self._clock.seconds()
 
     def __repr__(self) -> str:
         return f"SessionAuth(username={self.username!r}, password=<hidden>)"

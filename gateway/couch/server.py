@@ -7,7 +7,7 @@ from typing import Any
 from twisted.web.client import HTTPConnectionPool
 
 from gateway.couch._deferred import returns_deferred
-from gateway.couch.auth import Auth, SessionAuth
+from gateway.couch.auth import DEFAULT_SESSION_MAX_AGE, Auth, SessionAuth
 from gateway.couch.database import Database
 from gateway.couch.transport import CouchTransport, Reactor
 
@@ -52,9 +52,21 @@ class CouchServer:
         """The same server as another identity, sharing the connection pool."""
         return CouchServer.from_transport(self.transport.with_auth(auth))
 
-    def session_auth(self, username: str, password: str) -> SessionAuth:
-        """Cookie-session credentials that log in through this server."""
-        return SessionAuth(username, password, self.transport.login)
+    def session_auth(
+        self, username: str, password: str, max_age: float = DEFAULT_SESSION_MAX_AGE
+    ) -> SessionAuth:
+        """Cookie-session credentials that log in through this server.
+
+        Args:
+            username: The CouchDB user name.
+            password: Its password.
+            max_age: Seconds a cookie is used before a fresh login; keep it below the
+                server's ``[chttpd_auth] timeout`` (600 s by default).
+        """
+        return SessionAuth(
+            username, password, self.transport.login, clock=self.transport.reactor,
+            max_age=max_age,
+        )
 
     def database(self, name: str) -> Database:
         """A :class:`Database` using this server's transport."""
