@@ -134,6 +134,13 @@ def admin(couch_backend: CouchBackend, reactor: Any, pool: HTTPConnectionPool) -
     )
 
 
+#: ``_security`` with no admins and no members: a database every user may read and write.
+OPEN_SECURITY: dict[str, Any] = {
+    "admins": {"names": [], "roles": []},
+    "members": {"names": [], "roles": []},
+}
+
+
 def unique_name(prefix: str = "test") -> str:
     """A fresh, valid database or user name."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
@@ -141,9 +148,16 @@ def unique_name(prefix: str = "test") -> str:
 
 @pytest_twisted.async_yield_fixture
 async def db(admin: CouchServer) -> AsyncIterator[Database]:
-    """A fresh database (as the admin), removed after the test."""
+    """A fresh database (as the admin) that any user may read, removed after the test.
+
+    CouchDB 3 gives a new database ``_security`` admitting admins only
+    (``[couchdb] default_security = admin_only``); pouchdb-server admits everyone.
+    Emptying ``_security`` is CouchDB's documented way to open a database, so tests
+    that read as an ordinary user start from the same place on both.
+    """
     database = admin.database(unique_name())
     await database.create()
+    await database.set_security(OPEN_SECURITY)
     yield database
     await database.close()
     await database.destroy()

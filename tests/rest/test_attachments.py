@@ -12,7 +12,10 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.rest.conftest import Scenario, StartGateway
+from gateway.couch import CouchServer, Database
+from tests.conftest import CouchBackend
+from tests.rest.conftest import Scenario, StartGateway, basic
+from tests.support.couchranges import CouchRangeRelay
 
 
 async def _doc(scenario: Scenario) -> tuple[str, str]:
@@ -370,3 +373,38 @@ async def test_client_leaving_a_relayed_download_is_logged_as_aborted(
     lines = [line for line in _access_lines(events) if line["path"].endswith("/blob.bin")]
     assert len(lines) == 1 and lines[0]["aborted"] is True, lines
     assert lines[0]["bytes_sent"] < 16 << 20
+
+
+async def test_if_range_is_decided_here_because_couchdb_ignores_it(
+    start_gateway: StartGateway, couch_backend: CouchBackend, admin: CouchServer,
+    db: Database, reactor: Any,
+) -> None:
+    """CouchDB answers a ``Range`` with 206 whatever ``If-Range`` says (chttpd_db.erl).
+
+    The relay in front of pouchdb-server does the same, so a gateway that passed
+    ``If-Range`` on would splice bytes of the current version onto a stale copy.
+    """
+    relay = CouchRangeRelay(couch_backend.url, reactor)
+    port = reactor.listenTCP(0, relay.site(), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{port.getHost().port}")
+        payload = os.urandom(5000)
+        await db.put_attachment("doc", "a.bin", payload, content_type="application/octet-stream")
+        client = gateway.client.with_headers(
+            basic(couch_backend.admin_username, couch_backend.admin_password))
+        url = f"/api/v1/db/{db.name}/docs/doc/attachments/a.bin"
+        etag = (await client.get(url)).header("ETag")
+
+        plain = await client.get(url, headers={"Range": "bytes=10-19"})
+        assert plain.status == 206 and plain.body == payload[10:20]
+        assert relay.seen[-1].range == "bytes=10-19", "a plain range is CouchDB's to cut"
+
+        stale = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": '"1-stale"'})
+        assert stale.status == 200 and stale.body == payload
+        current = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": etag})
+        assert current.status == 206 and current.body == payload[10:20]
+        assert current.header("Content-Range") == f"bytes 10-19/{len(payload)}"
+        asked = [seen for seen in relay.seen if seen.path.endswith("/a.bin")][-2:]
+        assert [(seen.range, seen.if_range) for seen in asked] == [(None, None)] * 2
+    finally:
+        await port.stopListening()
