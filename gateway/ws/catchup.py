@@ -13,8 +13,12 @@ edits: both are real changes and neither is dropped.
 
 The shared feed may still be *behind* the end of the catch-up when the merge happens
 (the catch-up read changes the feed has not delivered yet), so the same filter stays on
-for the live changes that follow, until the first one that is not a duplicate: the feed
-delivers in seq order, so from there on it is past everything the catch-up sent.
+for the live changes that follow. CouchDB orders a feed per document, not across
+documents (a sharded database interleaves its shards' rows), so the filter is lifted
+per document: a document's first live change that is new shows the feed is past what
+the catch-up sent of it. The filter as a whole goes when no document is left in it, or
+:data:`TRAILING_SECONDS` after the merge, so documents the live feed never brings again
+do not keep it (and its memory) for the subscription's life.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from gateway.couch.transport import CouchTransport
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import FeedParams, Seq
 
-__all__ = ["Join", "fetch_changes", "rev_generation"]
+__all__ = ["TRAILING_SECONDS", "Join", "fetch_changes", "rev_generation"]
 
 PAGE_SIZE = 500
+
+#: Seconds after the merge that live changes are still checked against the catch-up:
+#: far more than a live shared feed lags behind a one-shot read of the same database.
+TRAILING_SECONDS = 30.0
 
 
 def rev_generation(rev: str) -> int:
@@ -73,11 +81,13 @@ class Join:
         buffer_bytes: Their serialised size.
         sent: Per document id, the revisions of the highest generation sent during the
             join (several when conflicting edits were sent).
+        until: After the merge, the clock time the trailing filter ends.
     """
 
     buffer: list[PreparedChange] = field(default_factory=list)
     buffer_bytes: int = 0
     sent: dict[str, set[str]] = field(default_factory=dict)
+    until: float = 0.0
 
     def buffer_live(self, change: PreparedChange) -> None:
         """Keep a live change until the catch-up is done."""
@@ -120,13 +130,19 @@ class Join:
     def admit(self, change: PreparedChange) -> bool:
         """After :meth:`merge`: whether a live change is new (see the module docs).
 
-        Duplicates of what was sent are refused until the first new change, after which
-        the filter is off for good (its memory is released) and this returns ``True``.
+        A duplicate of what was sent of its document is refused; the first new change
+        of a document ends the filter for that document.
         """
-        if self.sent and self.is_duplicate(change.doc_id, change.rev):
+        if change.doc_id not in self.sent:
+            return True
+        if self.is_duplicate(change.doc_id, change.rev):
             return False
-        self.sent.clear()
+        del self.sent[change.doc_id]
         return True
+
+    def trailing(self, now: float) -> bool:
+        """Whether live changes still need :meth:`admit` at clock time ``now``."""
+        return bool(self.sent) and now < self.until
 
 
 def row_rev(row: dict[str, Any]) -> str:

@@ -59,7 +59,7 @@ from gateway.ws.access import (
     SharedIdentities,
     credential_key,
 )
-from gateway.ws.catchup import Join, fetch_changes, row_rev
+from gateway.ws.catchup import TRAILING_SECONDS, Join, fetch_changes, row_rev
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
     CLOSE_GOING_AWAY,
@@ -275,7 +275,8 @@ class Subscription:
         feed: The shared feed, once attached.
         join: Resume state while catching up (``None`` once live).
         trailing: After the catch-up, the join whose filter drops live changes the
-            catch-up already sent, until the shared feed has caught up with it.
+            catch-up already sent, until the shared feed has passed each document of it
+            (or :data:`~gateway.ws.catchup.TRAILING_SECONDS` have gone by).
         last_seq: Seq of the last change written to the socket.
         active: False once ended.
     """
@@ -841,6 +842,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub.join = None
         for change in join.merge():
             self._deliver(sub, change)
+        join.until = self.factory.clock.seconds() + TRAILING_SECONDS
         if join.sent:
             sub.trailing = join
 
@@ -886,12 +888,14 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             return
         if self._takes_live_writes(sub):
             changes = self._write_changes(sub, changes)
+        now = self.factory.clock.seconds() if sub.trailing is not None else 0.0
         for change in changes:
             trailing = sub.trailing
             if trailing is not None:
-                if not trailing.admit(change):
+                if trailing.trailing(now) and not trailing.admit(change):
                     continue
-                sub.trailing = None
+                if not trailing.trailing(now):
+                    sub.trailing = None
             self._deliver(sub, change)
 
     def direct_socket(self, feed: SharedFeed) -> socket.socket | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -50,7 +51,10 @@ async def resume_while_writing(
         written = await writing
         wanted = expected_after + written
         changes = await client.collect_changes(len(wanted))
-        assert [c["id"] for c in changes] == wanted, f"gap or duplicate at the join (round {round_})"
+        # Each document once: CouchDB orders a feed per document, and a catch-up read of
+        # a sharded database may interleave its shards otherwise than the live feed did.
+        assert Counter(c["id"] for c in changes) == Counter(wanted), (
+            f"gap or duplicate at the join (round {round_})")
         # nothing more (no duplicate arrives late)
         await db.save({"_id": f"end{round_}"})
         assert (await client.next("change"))["id"] == f"end{round_}"

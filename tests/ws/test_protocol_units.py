@@ -92,22 +92,26 @@ def test_join_keeps_conflicting_revisions_of_the_same_generation() -> None:
     assert [c.rev for c in join.merge()] == ["2-y"]
 
 
-def test_join_filters_live_changes_until_the_feed_passes_the_catch_up() -> None:
+def test_join_filters_each_document_until_the_feed_passes_it() -> None:
+    """CouchDB orders a feed per document only: shards interleave their rows."""
     join = Join()
     join.record("a", "1-a")
     join.record("b", "1-b")
     assert list(join.merge()) == []
+    join.until = 100.0
 
     def live(doc_id: str, rev: str) -> PreparedChange:
         return PreparedChange(doc_id, rev, 0, None, 10, 0.0)
 
     # the shared feed was behind: it now delivers what the catch-up already sent
     assert not join.admit(live("a", "1-a"))
-    assert not join.admit(live("b", "1-b"))
-    # the first new change turns the filter off for good
-    assert join.admit(live("c", "1-c"))
-    assert join.sent == {}
-    assert join.admit(live("a", "1-a"))
+    assert join.admit(live("c", "1-c"))  # news from another shard ...
+    assert not join.admit(live("b", "1-b"))  # ... before an old row of this one
+    assert join.admit(live("a", "2-a"))  # a's first news: a is past the catch-up
+    assert join.admit(live("a", "1-a")) and join.sent == {"b": {"1-b"}}
+    assert join.trailing(99.0) and not join.trailing(100.0)
+    assert join.admit(live("b", "2-b")) and not join.trailing(0.0)
+
 
 def test_origins() -> None:
     assert origin_allowed(None, "h:1", ())
