@@ -398,12 +398,14 @@ class GatewayApp:
     def health(self, request: Any) -> bytes:
         """The process is alive."""
         setattr(request, "route", "getHealth")  # noqa: B010
+        self.contract.check_query("getHealth", _decode_args(request))
         return json_response(request, 200, {"ok": True})
 
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: Any) -> bytes:
         """CouchDB answers (asked with the service credentials, if any)."""
         setattr(request, "route", "getReady")  # noqa: B010
+        self.contract.check_query("getReady", _decode_args(request))
         if not await self._timed(request, self.couch.up()):
             raise CouchUnreachable("CouchDB is not ready")
         return json_response(request, 200, {"ok": True})
@@ -412,6 +414,7 @@ class GatewayApp:
     def metrics_text(self, request: Any) -> bytes:
         """Prometheus metrics."""
         setattr(request, "route", "getMetrics")  # noqa: B010
+        self.contract.check_query("getMetrics", _decode_args(request))
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.render().encode("utf-8")
 
@@ -419,6 +422,7 @@ class GatewayApp:
     def openapi(self, request: Any) -> bytes:
         """The contract as JSON."""
         setattr(request, "route", "getOpenApi")  # noqa: B010
+        self.contract.check_query("getOpenApi", _decode_args(request))
         request.setHeader("Content-Type", "application/json")
         return self._spec_json
 
@@ -426,6 +430,7 @@ class GatewayApp:
     def docs(self, request: Any) -> bytes:
         """A self-contained page rendering the contract."""
         setattr(request, "route", "getApiDocs")  # noqa: B010
+        self.contract.check_query("getApiDocs", _decode_args(request))
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         request.setHeader(
             "Content-Security-Policy",
@@ -500,6 +505,7 @@ class GatewayApp:
     def logout(self, request: Any) -> bytes:
         """Forget the session cookie (CouchDB sessions are stateless: it simply expires)."""
         setattr(request, "route", "logout")  # noqa: B010
+        self.contract.check_query("logout", _decode_args(request))
         request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie("", 0).encode())
         return json_response(request, 200, {"ok": True})
 
@@ -605,21 +611,23 @@ class GatewayApp:
         self, request: Any, db: str, docid: str, attname: str
     ) -> bytes:
         """Stream an attachment down (``ETag``/``If-None-Match``, ``Range``)."""
-        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        name, doc_id = paths.database_name(db), paths.attachment_owner(docid)
         att = paths.attachment_name(attname)
         couch, query = await self._begin(
             request, "getAttachment", db=name, docid=doc_id, attname=att
         )
+        method = "HEAD" if request.method == b"HEAD" else "GET"
+        # Only GET has ranges (RFC 9110 14.2). CouchDB cuts a Range without looking at
+        # If-Range: with If-Range the whole body is asked for, and the range decided
+        # below against its ETag.
+        ranged = method == "GET" and request.getHeader("range") is not None
+        forwarded = ("Range", "If-None-Match") if ranged and not request.getHeader(
+            "if-range") else ("If-None-Match",)
         headers = {}
-        # CouchDB cuts a Range without looking at If-Range: with If-Range the whole
-        # body is asked for, and the range decided below against its ETag.
-        forwarded = ("If-None-Match",) if request.getHeader("if-range") else (
-            "Range", "If-None-Match")
         for header in forwarded:
             value = request.getHeader(header)
             if value is not None:
                 headers[header] = value
-        method = "HEAD" if request.method == b"HEAD" else "GET"
         segments = attachment_path(name, doc_id, att)
         response: Any = await self._timed(request, couch.transport.open_stream(
             method, segments, params=query, headers=headers, raise_for_status=False,
@@ -638,7 +646,7 @@ class GatewayApp:
         length = response.headers.getRawHeaders("content-length", [None])[0]
         if length is None and method == "GET" and isinstance(response.length, int):
             length = str(response.length)  # Twisted's client moves Content-Length there
-        wanted = request.getHeader("range") if status == 200 else None
+        wanted = request.getHeader("range") if status == 200 and ranged else None
         if wanted is not None and not range_applies(request.getHeader("if-range"), etag):
             wanted = None  # RFC 9110 13.1.5: another version: the whole body, 200
         skip, limit = 0, None
@@ -696,7 +704,7 @@ class GatewayApp:
         self, request: Any, db: str, docid: str, attname: str
     ) -> bytes:
         """Stream an attachment up; its ``Content-Type`` is stored."""
-        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        name, doc_id = paths.database_name(db), paths.attachment_owner(docid)
         att = paths.attachment_name(attname)
         couch, query = await self._begin(
             request, "putAttachment", db=name, docid=doc_id, attname=att
@@ -775,7 +783,7 @@ class GatewayApp:
         self, request: Any, db: str, docid: str, attname: str
     ) -> bytes:
         """Delete an attachment (``rev`` or ``If-Match``)."""
-        name, doc_id = paths.database_name(db), paths.document_id(docid)
+        name, doc_id = paths.database_name(db), paths.attachment_owner(docid)
         att = paths.attachment_name(attname)
         couch, query = await self._begin(
             request, "deleteAttachment", db=name, docid=doc_id, attname=att
@@ -875,8 +883,7 @@ class GatewayApp:
             params=query,
         )
 
-    @app.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
-                                       "OPTIONS", "COPY"])
+    @app.route("/<path:rest>", methods=None)
     def no_route(self, request: Any, rest: str) -> bytes:
         """Anything else: 405 on a route of the API with another method, else 404."""
         setattr(request, "route", "unmatched")  # noqa: B010

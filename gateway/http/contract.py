@@ -26,6 +26,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from gateway.couch.urls import JSON_NULL
 from gateway.errors import InvalidRequest
 from gateway.http.schema_check import Check, compile_schema
 from gateway.schemas import api_schema_dir
@@ -75,7 +76,7 @@ def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
             return raw  # a plain word CouchDB also takes there (``open_revs=all``)
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidRequest(f"query parameter '{name}' must be JSON") from None
     kind = schema.get("type")
     if kind == "integer":
@@ -206,7 +207,8 @@ class Contract:
                 raise InvalidRequest(f"query parameter '{name}' given more than once")
             value = _coerce(name, values[0], param)
             self.validate(param.get("schema", {}), value, f"query parameter '{name}'")
-            result[name] = value
+            # ``key=null`` asks for the null key: None would drop the parameter upstream.
+            result[name] = JSON_NULL if value is None and param.get("x-json") else value
         for (location, name), param in op.parameters.items():
             if location == "query" and param.get("required") and name not in result:
                 raise InvalidRequest(f"query parameter '{name}' is required")

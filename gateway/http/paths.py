@@ -100,6 +100,21 @@ def document_id(raw: str) -> str:
     return doc_id
 
 
+def attachment_owner(raw: str) -> str:
+    """Decode and validate the id of a document whose attachments are addressed.
+
+    CouchDB keeps no attachments on ``_local`` documents ("_local documents do not
+    accept attachments"); their URL would name another local document.
+
+    Raises:
+        InvalidRequest: Not a valid document id, or a ``_local`` one.
+    """
+    doc_id = document_id(raw)
+    if doc_id.startswith("_local/"):
+        raise InvalidRequest("_local documents do not accept attachments")
+    return doc_id
+
+
 def design_name(raw: str, what: str = "the design document name") -> str:
     """Decode and validate a design-document, view or index name (one segment).
 

@@ -8,11 +8,13 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 
 from gateway.couch import CouchServer, Database
+from gateway.errors import NotFound
 from tests.conftest import CouchBackend
 from tests.rest.conftest import Scenario, StartGateway, basic
 from tests.support.couchranges import CouchRangeRelay
@@ -64,6 +66,10 @@ async def test_upload_download_etag_range_and_delete(scenario: Scenario) -> None
     head = await client.request("HEAD", url)
     assert head.status == 200 and head.body == b""
     assert head.header("Content-Length") == str(len(payload))  # kept in headers for HEAD
+    # Only GET has ranges (RFC 9110 14.2): HEAD describes the whole representation.
+    head_range = await client.request("HEAD", url, headers={"Range": "bytes=0-0"})
+    assert head_range.status == 200 and head_range.header("Content-Range") is None
+    assert head_range.header("Content-Length") == str(len(payload))
 
     doc = await client.get(f"{base}?attachments=false")
     stub = doc.json["_attachments"]["dir/photo.jpg"]
@@ -111,6 +117,21 @@ async def test_attachment_names_are_validated(scenario: Scenario) -> None:
             headers={"Content-Type": "text/plain"},
         )
         assert reply.status == 400, name
+
+
+async def test_local_documents_have_no_attachments(scenario: Scenario) -> None:
+    """``_local/l/x`` is another local document: CouchDB refuses, and so does the gateway."""
+    client, db = scenario.member_client, scenario.db.name
+    local = f"/api/v1/db/{db}/docs/_local%2Fl"
+    assert (await client.put(local, json_body={"v": 1})).status == 201
+    url = f"{local}/attachments/x"
+    put = await client.put(url, data=b"abc", headers={"Content-Type": "text/plain"})
+    assert put.status == 400 and "_local" in put.json["reason"]
+    for method in ("GET", "HEAD", "DELETE"):
+        assert (await client.request(method, url)).status == 400, method
+    assert (await client.get(f"/api/v1/db/{db}/docs/_local%2Fl")).json["v"] == 1
+    with pytest.raises(NotFound):  # no stray local document was made upstream either
+        await scenario.db.get("_local/l/x")
 
 
 # -- streamed uploads (dispatched at the headers, body piped upstream) -------------

@@ -53,11 +53,24 @@ async def test_unknown_routes_and_methods_get_the_envelope(gateway: RunningGatew
         ("DELETE", "/api/v1/db/x/all_docs", "GET, HEAD, POST"),
         ("GET", "/api/v1/db/x/find", "POST"),
         ("POST", "/health", "GET, HEAD"),
+        ("TRACE", "/api/v1/db/x", "DELETE, GET, HEAD, PUT"),
+        ("PROPFIND", "/api/v1/db/x/docs/a", "DELETE, GET, HEAD, PUT"),
     ):
         reply = await gateway.client.request(method, path)
         assert reply.status == 405, (method, path, reply.body)
         assert reply.json["error"] == "method_not_allowed" and reply.json["status"] == 405
         assert reply.header("Allow") == allowed, (method, path)
+    for method in ("TRACE", "PROPFIND"):  # any method, on a path that is no route: 404
+        reply = await gateway.client.request(method, "/nope")
+        assert reply.status == 404 and reply.json["error"] == "not_found", method
+
+
+async def test_every_route_refuses_unknown_query_parameters(gateway: RunningGateway) -> None:
+    for method, path in (("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"),
+                         ("GET", "/openapi.json"), ("GET", "/docs"),
+                         ("DELETE", "/api/v1/session")):
+        reply = await gateway.client.request(method, f"{path}?x=1")
+        assert reply.status == 400 and "unknown query parameter 'x'" in reply.json["reason"], path
 
 
 async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:
