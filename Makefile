@@ -27,7 +27,7 @@ test: install
 
 ## lint: ruff and mypy --strict
 lint: install
-	$(BIN)/ruff check gateway tests benches
+	$(BIN)/ruff check gateway tests benches deploy
 	$(BIN)/mypy
 
 check: lint test

@@ -33,6 +33,9 @@ import urllib.request
 from typing import Any
 
 SYSTEM_DBS = ("_users", "_replicator", "_global_changes")
+#: Seconds a node may take to listen again after a restart of its HTTP listener.
+RESTART_SECONDS = 60.0
+RETRY_PAUSE = 0.5
 AUTH_HANDLERS_PROXY = (
     "{chttpd_auth, cookie_authentication_handler}, "
     "{chttpd_auth, proxy_authentication_handler}, "
@@ -46,8 +49,9 @@ AUTH_HANDLERS_JWT = (
 
 
 def jwt_keys(spec: str) -> dict[str, str]:
-    """``COUCHDB_JWT_KEYS``: ``kty:kid=key`` entries separated by ``;`` (CouchDB's
-    ``[jwt_keys]`` section, e.g. ``hmac:_default=<base64 secret>``).
+    """Parse ``COUCHDB_JWT_KEYS`` for CouchDB's ``[jwt_keys]`` section.
+
+    Entries are ``kty:kid=key``, separated by ``;`` (e.g. ``hmac:_default=<base64 secret>``).
 
     Raises:
         SetupError: An entry is not ``kty:kid=key``.
@@ -76,7 +80,27 @@ class Node:
         self._auth = f"Basic {token}"
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """Send one request; returns (status, decoded JSON or None). Never raises on 4xx/5xx."""
+        """Send one request; returns (status, decoded JSON or None). Never raises on 4xx/5xx.
+
+        A request other than ``POST`` (all of them idempotent here) is sent again while
+        the connection is refused or cut, for up to :data:`RESTART_SECONDS`: CouchDB
+        restarts its listener when a setup action changes ``bind_address``.
+
+        Raises:
+            OSError: No answer (for a ``POST``: at once; otherwise after the retries).
+        """
+        deadline = time.monotonic() + RESTART_SECONDS
+        while True:
+            try:
+                return self._send(method, path, body)
+            except (ConnectionError, urllib.error.URLError) as exc:
+                lost = isinstance(exc, ConnectionError) or isinstance(
+                    getattr(exc, "reason", None), ConnectionError)
+                if method == "POST" or not lost or time.monotonic() > deadline:
+                    raise
+                time.sleep(RETRY_PAUSE)
+
+    def _send(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         req.add_header("Authorization", self._auth)
@@ -135,12 +159,28 @@ def setup_single(node: Node, user: str, password: str) -> None:
     if state == "single_node_enabled":
         log("single node already set up")
     else:
-        node.expect("POST", "/_cluster_setup", {
+        status, doc = post_setup(node, {
             "action": "enable_single_node", "username": user, "password": password,
             "bind_address": "0.0.0.0", "port": node.port,  # noqa: S104 (inside the container)
         })
+        if setup_state(node) != "single_node_enabled":
+            raise SetupError(f"enable_single_node: HTTP {status} {doc}")
         log("single node enabled")
     ensure_system_dbs(node)
+
+
+def post_setup(node: Node, action: dict[str, Any]) -> tuple[int, Any]:
+    """POST a ``/_cluster_setup`` action whose answer may be lost.
+
+    Setting ``bind_address`` (the official image has ``any``) makes CouchDB restart its
+    HTTP listener, which can cut the connection that asked. The action's effect is then
+    read back by the caller; ``(0, None)`` stands for the lost answer.
+    """
+    try:
+        return node.request("POST", "/_cluster_setup", action)
+    except (ConnectionError, urllib.error.URLError) as exc:
+        log(f"{action['action']}: the answer was lost ({type(exc).__name__}), checking")
+        return 0, None
 
 
 def setup_cluster(nodes: list[Node], user: str, password: str) -> None:
@@ -151,11 +191,13 @@ def setup_cluster(nodes: list[Node], user: str, password: str) -> None:
         log("cluster already finished")
     else:
         count = str(len(nodes))
-        status, doc = coordinator.request("POST", "/_cluster_setup", {
+        status, doc = post_setup(coordinator, {
             "action": "enable_cluster", "bind_address": "0.0.0.0",  # noqa: S104
             "username": user, "password": password, "node_count": count,
         })
-        if status >= 300 and "already enabled" not in json.dumps(doc):
+        refused = status >= 300 and "already enabled" not in json.dumps(doc)
+        lost = status == 0 and setup_state(coordinator) != "cluster_enabled"
+        if refused or lost:
             raise SetupError(f"enable_cluster on {coordinator.host}: HTTP {status} {doc}")
         members = coordinator.expect("GET", "/_membership") or {}
         joined = set(members.get("cluster_nodes", []))

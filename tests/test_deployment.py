@@ -261,8 +261,17 @@ def test_dockerfile() -> None:
 # ------------------------------------------------------------------ one-shot setup script
 
 
+#: A status meaning: close the connection without an answer.
+CUT = -1
+
+
 class FakeCouch:
-    """Just enough of CouchDB's setup, config, membership and database API."""
+    """Just enough of CouchDB's setup, config, membership and database API.
+
+    Like CouchDB, it restarts its HTTP listener when a setup action changes
+    ``bind_address`` (the official image starts with ``any``): the connection that
+    asked, and the next two, are cut without an answer.
+    """
 
     def __init__(self, host: str, cluster: dict[str, Any]) -> None:
         self.host = host
@@ -272,32 +281,27 @@ class FakeCouch:
         self.dbs: set[str] = set()
         self.docs: dict[str, Any] = {}
         self.calls: list[tuple[str, str, Any]] = []
+        self.bind_address = "any"
+        self.restarts = 0
+        self._cut = 0
 
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         self.calls.append((method, path, body))
+        if self._cut:
+            self._cut -= 1
+            return CUT, None
         if path == "/_up":
             return 200, {"status": "ok"}
         if path == "/_cluster_setup" and method == "GET":
             return 200, {"state": self.state}
         if path == "/_cluster_setup":
-            action = body["action"]
-            if action == "enable_single_node":
-                self.state = "single_node_enabled"
-                self.dbs |= {"_users", "_replicator"}
-            elif action == "enable_cluster":
-                if "remote_node" not in body:
-                    if self.state != "cluster_disabled":
-                        return 400, {"reason": "Cluster is already enabled"}
-                    self.state = "cluster_enabled"
-                    self.cluster["members"].add(f"couchdb@{self.host}")
-            elif action == "add_node":
-                self.cluster["members"].add(f"couchdb@{body['host']}")
-            elif action == "finish_cluster":
-                if self.state == "cluster_finished":
-                    return 400, {"reason": "Cluster is already finished"}
-                self.state = "cluster_finished"
-                self.dbs |= {"_users", "_replicator"}
-            return 201, {"ok": True}
+            answer = self._setup(body)
+            wanted = body.get("bind_address") if "remote_node" not in body else None
+            if wanted is not None and wanted != self.bind_address:
+                self.bind_address, self._cut = wanted, 2
+                self.restarts += 1
+                return CUT, None
+            return answer
         if path == "/_membership":
             members = sorted(self.cluster["members"])
             return 200, {"all_nodes": members, "cluster_nodes": members}
@@ -320,6 +324,26 @@ class FakeCouch:
             return 201, {"ok": True}
         return 404, {"error": "not_found"}
 
+    def _setup(self, body: dict[str, Any]) -> tuple[int, Any]:
+        action = body["action"]
+        if action == "enable_single_node":
+            self.state = "single_node_enabled"
+            self.dbs |= {"_users", "_replicator"}
+        elif action == "enable_cluster":
+            if "remote_node" not in body:
+                if self.state != "cluster_disabled":
+                    return 400, {"reason": "Cluster is already enabled"}
+                self.state = "cluster_enabled"
+                self.cluster["members"].add(f"couchdb@{self.host}")
+        elif action == "add_node":
+            self.cluster["members"].add(f"couchdb@{body['host']}")
+        elif action == "finish_cluster":
+            if self.state == "cluster_finished":
+                return 400, {"reason": "Cluster is already finished"}
+            self.state = "cluster_finished"
+            self.dbs |= {"_users", "_replicator"}
+        return 201, {"ok": True}
+
 
 @pytest.fixture
 def fake_nodes() -> Iterator[list[tuple[str, FakeCouch]]]:
@@ -336,6 +360,9 @@ def fake_nodes() -> Iterator[list[tuple[str, FakeCouch]]]:
                 body = json.loads(self.rfile.read(length)) if length else None
                 assert self.headers["Authorization"].startswith("Basic ")
                 status, doc = self.couch.handle(self.command, self.path, body)
+                if status == CUT:
+                    self.close_connection = True
+                    return
                 raw = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -374,7 +401,7 @@ def test_setup_single_node_is_idempotent(fake_nodes: list[tuple[str, FakeCouch]]
            "WALLABY_AUTH_MODE": "proxy", "DEMO_USER": "demo", "DEMO_PASSWORD": "demo-pw",
            "SETUP_TIMEOUT": "5"}
     assert run_setup(env) == 0
-    assert node.state == "single_node_enabled"
+    assert node.state == "single_node_enabled" and node.restarts == 1
     assert {"_users", "_replicator", "_global_changes"} <= node.dbs
     assert "proxy_authentication_handler" in node.config["chttpd/authentication_handlers"]
     # Only headers signed with the shared secret are trusted (CouchDB's default: any).
@@ -391,7 +418,7 @@ def test_setup_cluster(fake_nodes: list[tuple[str, FakeCouch]]) -> None:
            "COUCHDB_PASSWORD": "pw", "SETUP_TIMEOUT": "5"}
     assert run_setup(env) == 0
     coordinator = fake_nodes[0][1]
-    assert coordinator.state == "cluster_finished"
+    assert coordinator.state == "cluster_finished" and coordinator.restarts == 1
     assert coordinator.cluster["members"] == {f"couchdb@127.0.0.{i}" for i in (1, 2, 3)}
     actions = [c[2]["action"] for c in coordinator.calls if c[1] == "/_cluster_setup" and c[2]]
     assert actions == ["enable_cluster", "enable_cluster", "add_node", "enable_cluster",
