@@ -255,8 +255,8 @@ class ProxyAuth:
         username: The user the request acts as.
         roles: Its roles.
         secret: The shared ``[chttpd_auth] secret``; when given, a token is added.
-        digest: Hash of the HMAC token (CouchDB 3 uses the first of its
-            ``hash_algorithms``, ``sha256`` by default).
+        digest: Hash of the HMAC token (CouchDB 3 accepts any of its
+            ``[chttpd_auth] hash_algorithms``, ``sha256`` by default).
     """
 
     def __init__(

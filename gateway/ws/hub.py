@@ -421,8 +421,9 @@ class FeedHub(Service):
             on_state=lambda state, detail: self._on_state(feed, state, detail),
             on_error=lambda exc: self._on_error(feed, exc),
             clock=self.clock, heartbeat=self.heartbeat,
-            # CouchDB sends a continuous feed's headers at once: a reconnection into
-            # a stalled path is given up after two heartbeats (at least 5 s), not 30 s.
+            # CouchDB sends a continuous feed's headers with its first row or heartbeat
+            # line: a reconnection into a stalled path is given up after two heartbeats
+            # (at least 5 s) plus one more heartbeat (the feed adds it), not 30 s.
             connect_timeout=max(CONNECT_TIMEOUT_MIN, 2 * self.heartbeat),
         )
         feed.service = service
