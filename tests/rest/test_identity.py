@@ -1,24 +1,30 @@
 """gateway.identity: the shared authentication routine, including CouchDB-only modes.
 
 ``jwt`` and ``proxy`` modes need Apache CouchDB's handlers, which pouchdb-server lacks:
-here we check the credentials they would send upstream.
+against it we check the credentials they would send upstream; against Apache CouchDB
+(``COUCHDB_URL``) the end-to-end tests at the bottom switch the handlers on and go through.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from gateway.config import Settings
-from gateway.couch import BearerAuth, CouchServer, ForwardedAuth, NoAuth, ProxyAuth
-from gateway.errors import AuthenticationRequired
+from gateway.couch import BearerAuth, CouchServer, Database, ForwardedAuth, NoAuth, ProxyAuth
+from gateway.errors import AuthenticationRequired, CouchError
 from gateway.identity import Identity, IdentityCache, credentials_from, identify
-from tests.conftest import TestUser
-from tests.rest.conftest import basic
+from tests.conftest import CouchBackend, TestUser
+from tests.rest.conftest import StartGateway, basic
+from tests.support.couchconfig import config_value
 
 
 def test_credentials_by_mode() -> None:
@@ -83,3 +89,78 @@ def test_cache_is_bounded() -> None:
     for key in ("k1", "k2", "k3"):
         cache.put(key, ident)
     assert cache.get("k1") is None and cache.get("k3") is ident
+
+
+# -- end to end on Apache CouchDB (pouchdb-server has neither handler) ----------------
+
+NO_HANDLERS = "pouchdb-server has no proxy or JWT authentication handler (CouchDB 3 has both)"
+
+PROXY_HANDLERS = ("{chttpd_auth, cookie_authentication_handler}, "
+                  "{chttpd_auth, proxy_authentication_handler}, "
+                  "{chttpd_auth, default_authentication_handler}")
+JWT_HANDLERS = ("{chttpd_auth, jwt_authentication_handler}, "
+                "{chttpd_auth, cookie_authentication_handler}, "
+                "{chttpd_auth, default_authentication_handler}")
+
+
+def hs256(claims: dict[str, Any], key: bytes) -> str:
+    """A JWT signed with HMAC-SHA256."""
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    head = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = part(json.dumps(claims).encode())
+    signature = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{part(signature)}"
+
+
+async def test_proxy_mode_end_to_end_on_couchdb(
+    start_gateway: StartGateway, admin: CouchServer, couch_backend: CouchBackend,
+    make_user: Callable[..., Awaitable[TestUser]], db: Database,
+) -> None:
+    """CouchDB takes the gateway's signed proxy headers, and refuses a wrong signature."""
+    if couch_backend.is_pouchdb:
+        pytest.skip(NO_HANDLERS)
+    user = await make_user(["editor"])
+    await db.set_security({"admins": {"names": [], "roles": []},
+                           "members": {"names": [user.name], "roles": []}})
+    secret = uuid.uuid4().hex
+    async with config_value(admin, False, "chttpd", "authentication_handlers", PROXY_HANDLERS), \
+            config_value(admin, False, "chttpd_auth", "proxy_use_secret", "true"), \
+            config_value(admin, False, "chttpd_auth", "secret", secret):
+        session = await admin.as_identity(ProxyAuth(user.name, ["editor"], secret)).session()
+        assert session["userCtx"]["name"] == user.name
+        assert "editor" in session["userCtx"]["roles"]
+        assert session["info"]["authenticated"] == "proxy"
+        gateway = await start_gateway(auth_mode="proxy", proxy_secret=secret)
+        client = gateway.as_user(user)
+        saved = await client.put(f"/api/v1/db/{db.name}/docs/by-proxy", json_body={"v": 1})
+        assert saved.status == 201, saved.body  # as the member: anonymous would get 401
+        forged = admin.as_identity(ProxyAuth(user.name, [], "not-the-secret")).database(db.name)
+        with pytest.raises(CouchError) as refused:
+            await forged.get("by-proxy")
+        assert refused.value.status == 401
+
+
+async def test_jwt_mode_end_to_end_on_couchdb(
+    start_gateway: StartGateway, admin: CouchServer, couch_backend: CouchBackend, db: Database,
+) -> None:
+    """CouchDB verifies the bearer JWT the gateway passes on; another key's token is 401."""
+    if couch_backend.is_pouchdb:
+        pytest.skip(NO_HANDLERS)
+    name, key = f"jwt_{uuid.uuid4().hex[:10]}", uuid.uuid4().bytes
+    await db.set_security({"admins": {"names": [], "roles": []},
+                           "members": {"names": [name], "roles": []}})
+    claims = {"sub": name, "_couchdb.roles": ["editor"], "exp": int(time.time()) + 300}
+    async with config_value(admin, False, "chttpd", "authentication_handlers", JWT_HANDLERS), \
+            config_value(admin, False, "jwt_keys", "hmac:_default",
+                         base64.b64encode(key).decode()):
+        gateway = await start_gateway(auth_mode="jwt")
+        bearer = gateway.client.with_headers({"Authorization": f"Bearer {hs256(claims, key)}"})
+        who = await bearer.get("/api/v1/session")
+        assert who.status == 200 and who.json["name"] == name and "editor" in who.json["roles"]
+        saved = await bearer.put(f"/api/v1/db/{db.name}/docs/by-jwt", json_body={"v": 1})
+        assert saved.status == 201, saved.body
+        forged = gateway.client.with_headers(
+            {"Authorization": f"Bearer {hs256(claims, b'another key')}"})
+        assert (await forged.get("/api/v1/session")).status == 401
