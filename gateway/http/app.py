@@ -116,10 +116,35 @@ def _if_match(request: Any, query: dict[str, Any]) -> None:
     header = request.getHeader("if-match")
     if header is None:
         return
+    if header.strip() == "*":
+        raise InvalidRequest("'If-Match' takes the ETag of a revision; '*' names none")
     rev = opaque_tag(header.strip()).strip('"')
     if "rev" in query and query["rev"] != rev:
         raise InvalidRequest("'If-Match' and 'rev' name different revisions")
     query["rev"] = rev
+
+
+#: Options that give a document GET ``meta`` members; CouchDB then sends no ETag, since
+#: they can change while the revision stays.
+_DOC_META_OPTIONS = ("conflicts", "deleted_conflicts", "revs_info", "local_seq", "meta")
+
+
+def _revision_etag(answer: CouchResponse, field: str) -> CouchResponse:
+    """The answer with CouchDB's ETag of a document, ``"<rev>"`` (``field`` of the body).
+
+    CouchDB sends it; pouchdb-server sends a hash of the body instead, which ``If-Match``
+    could not name. Answers that are not a successful JSON object with a revision are
+    returned as they are.
+    """
+    rev = answer.body.get(field) if isinstance(answer.body, dict) else None
+    if not isinstance(rev, str) or not 200 <= answer.status < 300:
+        return answer
+    tag = f'"{rev}"'
+    if answer.header("ETag") == tag:
+        return answer
+    headers = answer.headers.copy()
+    headers.setRawHeaders(b"etag", [tag.encode("latin-1")])
+    return replace(answer, headers=headers)
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
@@ -337,6 +362,7 @@ class GatewayApp:
         *,
         revalidate: bool = False,
         amend: Callable[[Any], Any] | None = None,
+        rev_etag: str | None = None,
         **kwargs: Any,
     ) -> bytes:
         """Send a JSON request upstream and answer with CouchDB's status and body.
@@ -353,12 +379,15 @@ class GatewayApp:
         (:func:`~gateway.http.compression.gzip_answer`).
 
         ``amend`` may give a successful answer's body in another form; only a body it
-        changes (returns another object) is encoded again.
+        changes (returns another object) is encoded again. ``rev_etag`` names the body
+        member holding a document's revision, which becomes the ``ETag`` as on CouchDB.
         """
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
+        if rev_etag is not None:
+            answer = _revision_etag(answer, rev_etag)
         if amend is not None and 200 <= answer.status < 300:
             amended = amend(answer.body)
             if amended is not answer.body:
@@ -545,15 +574,20 @@ class GatewayApp:
         check_inline_attachments([body])
         if "_id" in body:
             paths.document_id(body["_id"].replace("%", "%25"))
-        return await self._forward(request, couch, "POST", [name], params=query, json=body)
+        return await self._forward(
+            request, couch, "POST", [name], params=query, json=body, rev_etag="rev"
+        )
 
     @app.route(_DB + "/docs/<docid>", methods=["GET"])
     async def get_document(self, request: Any, db: str, docid: str) -> bytes:
         """Read a document (``rev``, ``conflicts``, ``revs``, ``revs_info``, ``attachments``…)."""
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
+        plain = not doc_id.startswith("_local/") and not any(
+            query.get(option) for option in _DOC_META_OPTIONS)
         return await self._forward(
-            request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True
+            request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
+            rev_etag="_rev" if plain else None,
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["PUT"])
@@ -567,7 +601,8 @@ class GatewayApp:
             raise InvalidRequest("the body's '_id' differs from the id in the path")
         _if_match(request, query)
         return await self._forward(
-            request, couch, "PUT", doc_path(name, doc_id), params=query, json=body
+            request, couch, "PUT", doc_path(name, doc_id), params=query, json=body,
+            rev_etag="rev",
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["DELETE"])
@@ -579,7 +614,9 @@ class GatewayApp:
         if "rev" not in query:
             # CouchDB's answer; pouchdb-server would delete whatever revision is current.
             raise Conflict("Document update conflict: deleting needs 'rev' or 'If-Match'")
-        return await self._forward(request, couch, "DELETE", doc_path(name, doc_id), params=query)
+        return await self._forward(
+            request, couch, "DELETE", doc_path(name, doc_id), params=query, rev_etag="rev"
+        )
 
     @app.route(_DB + "/bulk_docs", methods=["POST"])
     async def bulk_docs(self, request: Any, db: str) -> bytes:
