@@ -140,6 +140,11 @@ class CouchError(GatewayError):
         klass = cls._by_status.get(status)
         if klass is None:
             klass = UpstreamServerError if status >= 500 else CouchError
+        if klass is UpstreamServerError and error is not None:
+            # The server's own code stays in the reason; the code says whose fault it is,
+            # so a 502 never carries a client-mistake code such as "bad_request".
+            reason = f"{error}: {reason}" if reason else error
+            error = None
         return klass(reason or "", error=error, status=status)
 
 

@@ -123,6 +123,11 @@ def test_error_envelope_mapping() -> None:
     assert status == 503 and headers["Retry-After"] == "5"
     assert error_body(CouchTimeout("slow"))[0] == 504
     assert error_body(UpstreamServerError("boom", status=500))[0] == 502
+    # A 5xx keeps the server's code in the reason: a 502 never says "bad_request".
+    crashed = CouchError.from_response(500, {"error": "bad_request", "reason": "no such index"})
+    assert error_body(crashed)[:2] == (502, {"error": "upstream_error",
+                                             "reason": "bad_request: no such index",
+                                             "status": 502})
     status, body, _ = error_body(KeyError("secret-detail"))
     assert status == 500 and "secret-detail" not in str(body)
     assert error_body(RateLimited(retry_after=2.2))[2] == {"Retry-After": "3"}

@@ -60,7 +60,6 @@ from gateway.errors import (
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
-from gateway.http.attachments_inline import check_inline_attachments
 from gateway.http.client_address import ClientAddress
 from gateway.http.compression import gzip_answer
 from gateway.http.conditional import (
@@ -74,6 +73,7 @@ from gateway.http.conditional import (
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
+from gateway.http.document_bodies import check_documents
 from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
@@ -571,7 +571,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createDocument", db=name)
         body = self._json_body(request, "createDocument")
-        check_inline_attachments([body])
+        check_documents([body])
         if "_id" in body:
             paths.document_id(body["_id"].replace("%", "%25"))
         return await self._forward(
@@ -596,7 +596,7 @@ class GatewayApp:
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "putDocument", db=name, docid=doc_id)
         body = self._json_body(request, "putDocument")
-        check_inline_attachments([body])
+        check_documents([body])
         if body.get("_id", doc_id) != doc_id:
             raise InvalidRequest("the body's '_id' differs from the id in the path")
         _if_match(request, query)
@@ -624,7 +624,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "bulkDocs", db=name)
         body = self._json_body(request, "bulkDocs")
-        check_inline_attachments(body["docs"])
+        check_documents(body["docs"])
         return await self._forward(
             request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
             amend=lambda answer: in_request_order(body, answer),
@@ -637,6 +637,9 @@ class GatewayApp:
         couch, query = await self._begin(request, "bulkGet", db=name)
         body = self._json_body(request, "bulkGet")
         await self._require_reader(request, couch, name)
+        if not body["docs"]:
+            # CouchDB's answer; pouchdb-server never answers an empty list.
+            return json_response(request, 200, {"results": []})
         return await self._forward(
             request, couch, "POST", [name, "_bulk_get"], params=query, json=body
         )

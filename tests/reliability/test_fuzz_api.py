@@ -157,8 +157,8 @@ def test_schemathesis_every_operation_authenticated_and_anonymous(
         # 401/403); those two operations are fuzzed anonymously only (refused before upstream).
         skip = {("PUT", "/api/v1/db/{db}"), ("DELETE", "/api/v1/db/{db}")}
     # pouchdb-server answers some malformed documents (``_attachments`` that are not
-    # objects) with a JavaScript TypeError as 500, and never answers ``_bulk_get`` with an
-    # empty ``docs`` list; CouchDB answers 400 for both. There, and only there, a 502
+    # objects) with a JavaScript TypeError as 500, where CouchDB answers 400. There, and
+    # only there, a 502
     # carrying the upstream's own 5xx answer or a 504 ``upstream_timeout`` is counted as an
     # upstream quirk relayed cleanly, not as a gateway failure. Any 500 always fails.
     quirks: list[str] | None = [] if couch_backend.is_pouchdb else None

@@ -230,3 +230,23 @@ async def test_inline_attachments_need_data_or_a_stub_as_couchdb_requires(
     for doc_id in ("bad", "bad2", "bad3", "fine"):
         assert (await client.get(f"{base}/{doc_id}")).status == 404
     assert (await client.get(f"{base}/with-att")).json["v"] == 2  # the server still answers
+
+
+async def test_client_mistakes_are_400_whatever_the_server_behind(scenario: Scenario) -> None:
+    """CouchDB refuses these with 400; pouchdb-server crashed (500, shown as 502) or hung."""
+    db, client = scenario.db.name, scenario.member_client
+    special = await client.put(f"/api/v1/db/{db}/docs/u1", json_body={"_foo": 1})
+    assert special.status == 400 and special.json["error"] == "doc_validation"
+    assert "_foo" in special.json["reason"]
+    bulk = await client.post(f"/api/v1/db/{db}/bulk_docs",
+                             json_body={"docs": [{"_id": "ok"}, {"_id": "bad", "_bar": 2}]})
+    assert bulk.status == 400 and bulk.json["error"] == "doc_validation"
+    assert (await client.get(f"/api/v1/db/{db}/docs/ok")).status == 404  # nothing half-done
+    kept = await client.put(f"/api/v1/db/{db}/docs/u2", json_body={
+        "_id": "u2", "_deleted": False, "plain": {"_nested": "members are data"}})
+    assert kept.status == 201, kept.body
+    odd = await client.get(f"/api/v1/db/{db}/docs/u2?open_revs=%22x%22")
+    assert odd.status == 400 and "open_revs" in odd.json["reason"]
+    assert (await client.get(f"/api/v1/db/{db}/docs/u2?open_revs=all")).status == 200
+    empty = await client.post(f"/api/v1/db/{db}/bulk_get", json_body={"docs": []})
+    assert empty.status == 200 and empty.json == {"results": []}
