@@ -9,8 +9,11 @@ reactor (before it starts, or from test fixtures), so it uses ``subprocess`` dir
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,6 +67,23 @@ def find_pouchdb_server() -> Path:
     )
 
 
+def password_matches(stored: object, password: str) -> bool:
+    """Whether a stored admin entry is the hash of ``password``.
+
+    The entry is CouchDB-style, ``-pbkdf2-<key>,<salt>,<iterations>``, as pouchdb-server
+    writes it (PBKDF2-SHA1 with a 20-byte key).
+    """
+    if not isinstance(stored, str) or not stored.startswith("-pbkdf2-"):
+        return False
+    try:
+        key, salt, iterations = stored[len("-pbkdf2-"):].split(",")
+        derived = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(),
+                                      int(iterations), 20)
+    except ValueError:
+        return False
+    return hmac.compare_digest(derived.hex(), key)
+
+
 @dataclass
 class EmbeddedCouch:
     """A ``pouchdb-server`` child process with an admin user and an on-disk data folder.
@@ -102,8 +122,16 @@ class EmbeddedCouch:
         if config.exists():
             settings = json.loads(config.read_text())
         # The configured password always wins (pouchdb-server hashes a plain-text admin
-        # password on start, like CouchDB), also over a hash left by an earlier start.
-        settings.setdefault("admins", {})[self.admin_username] = self.admin_password
+        # password on start, like CouchDB), also over a hash left by an earlier start. A
+        # hash of that same password is kept: a new one has a new salt, and session
+        # cookies are signed with the salt, so the admin would be logged out.
+        admins = settings.setdefault("admins", {})
+        if not password_matches(admins.get(self.admin_username), self.admin_password):
+            admins[self.admin_username] = self.admin_password
+        # Session cookies are signed with this secret; pouchdb-server draws a new one on
+        # every start unless it is configured, which would log every browser out.
+        auth = settings.setdefault("couch_httpd_auth", {})
+        auth.setdefault("secret", secrets.token_hex(16))
         settings.setdefault("log", {})["file"] = str(self.data_dir / "log.txt")
         settings.setdefault("httpd", {})["bind_address"] = self.host
         config.write_text(json.dumps(settings, indent=2))
@@ -118,6 +146,8 @@ class EmbeddedCouch:
         if self.process is not None and self.process.poll() is None:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The folder holds the admin password's hash, the cookie secret and the data.
+        self.data_dir.chmod(0o700)
         if not self.port:
             self.port = free_port(self.host)
         config = self._write_config()

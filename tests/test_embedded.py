@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet.threads import deferToThread
 
-from gateway.couch import BasicAuth, CouchServer, NoAuth, Unauthorized
+from gateway.couch import BasicAuth, CouchServer, ForwardedAuth, NoAuth, Unauthorized
 from gateway.embedded import EmbeddedCouch
 from tests.conftest import CouchBackend
 
@@ -40,12 +40,17 @@ async def test_restart_keeps_data_and_stop_leaves_no_process(
         database = couch.database("keep")
         await database.create()
         await database.save({"_id": "survivor", "v": 42})
+        cookie = await couch.transport.login("admin", "pw-embedded")
         pid = server.process.pid if server.process else -1
         await pool.closeCachedConnections()
         await deferToThread(server.kill)
         assert not _alive(pid)
         await deferToThread(server.restart)
         assert (await database.get("survivor"))["v"] == 42
+        # Sessions outlive the restart (pouchdb-server drew a new cookie secret each start,
+        # logging every browser out; CouchDB keeps its [chttpd_auth] secret).
+        kept = couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={cookie}"}))
+        assert (await kept.session())["userCtx"]["name"] == "admin"
         # The plain-text admin password was hashed on first start, as CouchDB does.
         assert "pw-embedded" not in (tmp_path / "data" / "config.json").read_text()
     finally:
@@ -83,3 +88,25 @@ def test_server_exits_when_its_starter_is_killed(tmp_path: Path) -> None:
     if survived:
         os.killpg(server_pid, signal.SIGKILL)
     assert not survived, "the embedded server outlived the process that started it"
+
+
+async def test_the_configured_admin_password_wins_over_an_earlier_start(
+    couch_backend: CouchBackend, tmp_path: Path, reactor: Any, pool: Any
+) -> None:
+    if couch_backend.embedded is None:
+        pytest.skip("checks the embedded server, which an external COUCHDB_URL run does not use")
+    first = EmbeddedCouch(tmp_path / "data", admin_password="first-pw")
+    await deferToThread(first.start)
+    await deferToThread(first.stop)
+    second = EmbeddedCouch(tmp_path / "data", admin_password="second-pw")
+    await deferToThread(second.start)
+    try:
+        couch = CouchServer(second.url, reactor=reactor, pool=pool, auth=NoAuth())
+        now = await couch.as_identity(BasicAuth("admin", "second-pw")).session()
+        assert now["userCtx"]["name"] == "admin"
+        with pytest.raises(Unauthorized):
+            await couch.as_identity(BasicAuth("admin", "first-pw")).database("x").info()
+        assert (tmp_path / "data").stat().st_mode & 0o077 == 0  # secrets and data inside
+    finally:
+        await pool.closeCachedConnections()
+        await deferToThread(second.stop)
