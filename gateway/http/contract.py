@@ -3,8 +3,9 @@
 OpenAPI 3.1 schema objects are JSON Schema 2020-12, so ``jsonschema`` validates them
 directly; ``$ref`` s into the document resolve through a ``referencing`` registry.
 Query parameters arrive as text and are coerced by their schema's type first
-(``integer``, ``number``, ``boolean``); parameters marked ``x-json: true`` carry JSON
-text (view keys) and are decoded before validation. Unknown query parameters are
+(``integer``, ``number``, ``boolean``); parameters described by ``content:
+application/json`` (OpenAPI's way of saying a value is serialised JSON: view keys) are
+decoded before validation against that content's schema. Unknown query parameters are
 refused, so a typo is a precise 400 rather than a silently ignored option.
 
 The same object also checks responses (used by the test-suite's client).
@@ -69,11 +70,20 @@ class Operation:
         )
 
 
+def _json_content(param: dict[str, Any]) -> dict[str, Any]:
+    """A parameter with ``content: application/json`` as one with ``x-json`` and a schema.
+
+    The document itself is left as it is (it is served at ``/openapi.json``).
+    """
+    media = param.get("content", {}).get("application/json")
+    if media is None:
+        return param
+    return {**param, "x-json": True, "schema": media.get("schema", {})}
+
+
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
     schema = param.get("schema", {})
     if param.get("x-json"):
-        if raw in param.get("x-json-words", ()):
-            return raw  # a plain word CouchDB also takes there (``open_revs=all``)
         try:
             return json.loads(raw)
         except (ValueError, RecursionError):
@@ -116,14 +126,14 @@ class Contract:
         self._by_schema: dict[int, tuple[Mapping[str, Any], Check]] = {}
         self.operations: dict[str, Operation] = {}
         for path, item in document["paths"].items():
-            shared = [self._deref(p) for p in item.get("parameters", [])]
+            shared = [_json_content(self._deref(p)) for p in item.get("parameters", [])]
             for method in _METHODS:
                 op = item.get(method)
                 if op is None:
                     continue
                 params = {(p["in"], p["name"]): p for p in shared}
                 for p in op.get("parameters", []):
-                    p = self._deref(p)
+                    p = _json_content(self._deref(p))
                     params[(p["in"], p["name"])] = p
                 body = op.get("requestBody", {})
                 json_body = body.get("content", {}).get("application/json")
@@ -205,7 +215,14 @@ class Contract:
                 raise InvalidRequest(f"unknown query parameter '{name}' for {op.operation_id}")
             if len(values) != 1:
                 raise InvalidRequest(f"query parameter '{name}' given more than once")
+            words = param.get("x-json-words", ())
+            if values[0] in words:
+                result[name] = values[0]  # a plain word CouchDB also takes (open_revs=all)
+                continue
             value = _coerce(name, values[0], param)
+            if isinstance(value, str) and value in words:
+                result[name] = value  # the same word as JSON text ("all")
+                continue
             self.validate(param.get("schema", {}), value, f"query parameter '{name}'")
             # ``key=null`` asks for the null key: None would drop the parameter upstream.
             result[name] = JSON_NULL if value is None and param.get("x-json") else value
