@@ -31,6 +31,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── PayloadTooLarge            413
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
         ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
+        ├── ShuttingDown               503 (a WebSocket handshake during shutdown; Retry-After)
         └── RateLimited                429 (carries retry_after)
 
 Messages never contain credentials: classes only ever receive CouchDB's ``error`` and
@@ -64,6 +65,7 @@ __all__ = [
     "RateLimited",
     "RequestEntityTooLarge",
     "RouteNotFound",
+    "ShuttingDown",
     "TooManyFeeds",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -322,6 +324,21 @@ class TooManyFeeds(GatewayRequestError):
 
     default_status = 503
     default_error = "too_many_feeds"
+
+
+class ShuttingDown(GatewayRequestError):
+    """The gateway is shutting down: it opens no new WebSocket (503).
+
+    Another instance (or this one, restarted) takes the connection shortly.
+    """
+
+    default_status = 503
+    default_error = "shutting_down"
+    retry_after: ClassVar[int] = 5
+
+    def headers(self) -> dict[str, str]:
+        """Tell clients when to try again."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class RateLimited(GatewayRequestError):

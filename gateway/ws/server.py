@@ -49,8 +49,9 @@ from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
     CouchError,
-    CouchUnreachable,
+    GatewayError,
     NotFound,
+    ShuttingDown,
     Unauthorized,
 )
 from gateway.ws.access import (
@@ -81,7 +82,7 @@ from gateway.ws.protocol import (
     subscribed_message,
     unsubscribed_message,
 )
-from gateway.ws.resource import UpgradingResource
+from gateway.ws.resource import UpgradingResource, malformed_handshake, refusal_response
 
 __all__ = [
     "Authenticate",
@@ -381,6 +382,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self.upgrade_request: Any = None
         #: The status the access log records for the upgrade request.
         self.handshake_status = 400
+        #: The HTTP request being upgraded, whose headers a refusal answers with (the
+        #: factory's ``upgrading`` one while ``UpgradingResource`` hands the socket over).
+        self.handshake_request: Any = None
+        #: Why the handshake checks refused this connection (see :meth:`failHandshake`).
+        self._refusal: BaseException | None = None
 
     def _connectionMade(self) -> None:  # noqa: N802 - Autobahn's name
         """Take the factory's options (see ``CONFIG_ATTRS``), then Autobahn's set-up."""
@@ -388,6 +394,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         for name in self._OPTIONS:
             if not hasattr(self, name):
                 setattr(self, name, getattr(factory, name))
+        self.handshake_request = factory.upgrading
         super()._connectionMade()
 
     # -- handshake ---------------------------------------------------------------
@@ -397,21 +404,59 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         return Deferred.fromCoroutine(self._handshake(request)).addErrback(self._refused)
 
     def _refused(self, failure: Failure) -> Failure:
-        if isinstance(failure.value, ConnectionDeny):
-            self.handshake_status = failure.value.code
-        return failure
+        """Keep why the checks refused for :meth:`failHandshake`.
+
+        Autobahn gets a ``ConnectionDeny`` (anything else it would answer with the
+        exception's text). An unexpected exception is logged here, with its traceback,
+        and refused as an opaque 500. The traceback is dropped: it holds this connection
+        (in the frame of :meth:`_handshake`) and, through the frames that threw the
+        exception in, the failure itself, a cycle only the cycle collector would free.
+        """
+        raised = failure.value
+        exc = raised
+        if not isinstance(exc, GatewayError):
+            log.error("websocket handshake check failed: %s", failure.getTraceback())
+            exc = GatewayError("internal server error")  # as error_body words it
+        failure.cleanFailure()  # type: ignore[no-untyped-call,unused-ignore]
+        # (by hand as well: pytest-twisted makes cleanFailure keep the traceback)
+        failure.tb = None
+        if raised is not None:
+            raised.__traceback__ = None
+        self._refusal = exc
+        return Failure(ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+            exc.status, "refused"))
+
+    def failHandshake(  # noqa: N802 - Autobahn's name
+        self, reason: str, code: int = 400, responseHeaders: Any = None  # noqa: N803
+    ) -> None:
+        """Refuse the handshake as the REST API refuses a request, then close.
+
+        Instead of Autobahn's bare status line: the error envelope, ``Content-Type``,
+        the front door's headers (``X-Request-Id``, CORS) and the error's (``Retry-After``)
+        (:func:`~gateway.ws.resource.refusal_response`). The error is the one the checks
+        of :meth:`_handshake` raised, or, for a handshake Autobahn finds malformed, a
+        ``bad_request`` (:func:`~gateway.ws.resource.malformed_handshake`).
+        """
+        exc, self._refusal = self._refusal, None
+        if exc is None:
+            exc = malformed_handshake(code, reason)
+        self.wasNotCleanReason = reason
+        request = self.upgrade_request or self.handshake_request
+        path = str(getattr(self, "http_request_path", "") or "").encode("latin-1", "replace")
+        self.handshake_status, response = refusal_response(
+            request, exc, list(responseHeaders or ()), path=path)
+        self.sendData(response)
+        self.dropConnection(abort=False)
 
     async def _handshake(self, request: Any) -> None:
         factory = self.factory
         if not factory.accepting:
-            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-                503, "server shutting down")
+            raise ShuttingDown("the gateway is shutting down: connect again shortly")
         headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
         if not origin_allowed(headers.get("origin"), headers.get("host"),
                               factory.settings.cors_origins):
             factory.metrics.rejected_handshakes += 1
-            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-                403, "origin not allowed")
+            raise AccessDenied("origin not allowed")
         if not origin_trusted(headers.get("origin"), headers.get("host"),
                               factory.settings.cors_origins):
             # Let in by "*" only: the browser's ambient credentials do not count.
@@ -423,17 +468,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         cookies = _cookies(headers.get("cookie"))
         try:
             identity = await factory.authenticate(headers, cookies)
-        except (AuthenticationRequired, Unauthorized, AccessDenied) as exc:
+        except (AuthenticationRequired, Unauthorized, AccessDenied):
             factory.metrics.rejected_handshakes += 1
-            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-                exc.status, exc.reason) from None
-        except CouchUnreachable as exc:
-            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-                503, exc.reason) from None
+            raise
         if getattr(identity, "name", None) is None and not factory.settings.allow_anonymous:
             factory.metrics.rejected_handshakes += 1
-            raise ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-                401, "authentication required")
+            raise AuthenticationRequired("authentication required")
         self.identity = identity
         self.credential = credential_key(headers, cookies, factory.settings.cookie_name,
                                          getattr(identity, "name", None))
@@ -543,6 +583,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         An upgraded request never finishes by itself (see gateway.ws.resource).
         """
         request, self.upgrade_request = self.upgrade_request, None
+        self.handshake_request = None
         if request is not None:
             request.setResponseCode(self.handshake_status)
             request.connectionLost(reason)
@@ -1109,6 +1150,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
                                        on_revoked=self.authorizations.invalidate)
         #: False once shutting down: new handshakes are refused with 503.
         self.accepting = True
+        #: The HTTP request whose socket ``UpgradingResource`` is handing over, meanwhile.
+        self.upgrading: Any = None
         self._tasks: set[Deferred[Any]] = set()
         self.setProtocolOptions(  # type: ignore[no-untyped-call,unused-ignore]
             maxMessagePayloadSize=settings.ws_max_message_bytes,
