@@ -904,6 +904,11 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createIndex", db=name)
         body = self._json_body(request, "createIndex")
+        ddoc = body.get("ddoc")
+        if isinstance(ddoc, str) and ddoc.startswith("_design/"):
+            # CouchDB takes the name with or without the prefix; pouchdb-server would
+            # prefix it again (_design/_design/x, which no route could delete).
+            body = {**body, "ddoc": ddoc[len("_design/"):]}
         await self._require_db_admin(request, couch, name)
         return await self._forward(
             request, couch, "POST", [name, "_index"], params=query, json=body

@@ -77,6 +77,13 @@ async def test_mango_find_and_index_management(scenario: Scenario) -> None:
     assert [d["n"] for d in sorted_find.json["docs"]] == [7, 8, 9]
     removed = await scenario.admin.delete(f"/api/v1/db/{db}/indexes/idx/by-n")
     assert removed.status == 200
+    # CouchDB takes the design document with or without its prefix: the same place.
+    prefixed = await scenario.admin.post(f"/api/v1/db/{db}/indexes", json_body={
+        "index": {"fields": ["kind"]}, "name": "by-kind", "ddoc": "_design/grp"})
+    assert prefixed.status == 200 and prefixed.json["id"] == "_design/grp"
+    listed = await client.get(f"/api/v1/db/{db}/indexes")
+    assert [i["ddoc"] for i in listed.json["indexes"] if i["name"] == "by-kind"] == ["_design/grp"]
+    assert (await scenario.admin.delete(f"/api/v1/db/{db}/indexes/grp/by-kind")).status == 200
 
 
 async def test_null_keys_select_the_null_key_and_bad_json_is_400(
