@@ -494,6 +494,18 @@ def test_first_connection_delivers_rows_that_repeat_a_documents_state() -> None:
     feed.stopService()
 
 
+def test_rows_without_a_seq_keep_the_resume_position() -> None:
+    """With ``seq_interval`` CouchDB sends ``"seq": null`` on most rows."""
+    feed, couch, clock, rec = make_feed(since=0)
+    feed.startService()
+    couch.responses[0].send(row("5-x", "a") + row(None, "b"))
+    assert rec.ids == ["a", "b"] and feed.since == "5-x"
+    couch.responses[0].end(ConnectionDone())
+    clock.advance(1)
+    assert couch.requests[1][1]["since"] == "5-x"
+    feed.stopService()
+
+
 def test_raising_handler_does_not_stop_the_feed() -> None:
     calls: list[str] = []
 

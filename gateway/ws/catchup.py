@@ -56,7 +56,12 @@ async def fetch_changes(
     """Read one page of a normal ``_changes`` feed as the transport's identity.
 
     Returns:
-        ``(rows, last_seq, more)``: ``more`` is true when the page was full.
+        ``(rows, next_since, more)``: ``more`` is true when the page was full, and
+        ``next_since`` is where the next page starts. After a full page that is the last
+        row's seq, not ``last_seq``: a clustered CouchDB that stops at ``limit`` still
+        moves ``last_seq`` past rows its filter weighed on other shards, and past rows
+        it read but did not send (fabric_view_changes), so resuming there could skip
+        changes. A row's seq holds every shard's position at that row.
 
     Raises:
         CouchError: CouchDB refused (e.g. the user may not read the database).
@@ -68,8 +73,11 @@ async def fetch_changes(
     else:
         answer = await transport.request("GET", [db, "_changes"], params=query)
     rows: list[dict[str, Any]] = list(answer.get("results") or [])
-    last_seq: Seq = answer.get("last_seq", since)
-    return rows, last_seq, len(rows) >= page_size
+    more = len(rows) >= page_size
+    next_since: Seq = answer.get("last_seq", since)
+    if more and rows[-1].get("seq") is not None:
+        next_since = rows[-1]["seq"]
+    return rows, next_since, more
 
 
 @dataclass

@@ -575,7 +575,10 @@ class FeedHub(Service):
             feed.interrupted, notice = False, "live"
         if notice is None or feed.closed:
             return
-        reason = "CouchDB is unreachable; reconnecting" if notice == "interrupted" else None
+        # The feed's own explanation (never credentials): unreachable, silent, or an
+        # error CouchDB sent mid-feed, e.g. a filter function that throws.
+        reason = (f"{detail or 'CouchDB is unreachable'}; reconnecting"
+                  if notice == "interrupted" else None)
         payload = encode(feed_state_message(feed.id, notice, reason))
         message = self.prepare(payload)
         for sink in list(feed.subscribers):

@@ -1013,6 +1013,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub = self.by_feed.get(feed)
         if sub is None or not sub.active:
             return
+        if state == "live" and sub.trailing is not None:
+            # The feed was down: it may still bring rows the catch-up sent. The filter
+            # gets its full time again from now.
+            sub.trailing.until = self.factory.clock.seconds() + TRAILING_SECONDS
         self._enqueue(_Item(message, size), None)
 
     def feed_failed(self, feed: SharedFeed, exc: BaseException) -> None:

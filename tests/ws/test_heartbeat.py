@@ -39,6 +39,9 @@ async def test_stalled_upstream_is_detected_by_heartbeat_and_recovers(
         notice = await client.next("feed_state", timeout=DETECTION_BOUND + 2)
         detected_after = reactor.seconds() - stalled_at
         assert notice["state"] == "interrupted", notice
+        # the feed's own explanation reaches the client, not a guess
+        assert notice["reason"] == f"no heartbeat from CouchDB for {2 * HEARTBEAT_MS / 1000:g} s;" \
+            " reconnecting", notice
         assert detected_after < DETECTION_BOUND, f"stall noticed after {detected_after:.2f} s"
         # written while the path is dead: must arrive after it heals
         await db.bulk_save([{"_id": f"b{i}"} for i in range(5)])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from gateway.errors import Forbidden
-from gateway.ws.catchup import Join, rev_generation
+from gateway.ws.catchup import Join, fetch_changes, rev_generation
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import (
     FeedParams,
@@ -47,6 +49,11 @@ def test_subscribe_is_parsed_and_normalised() -> None:
     (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "_view"}', "bad_message"),
     (b'{"type": "subscribe", "id": "x", "db": "d", "query": {"a": "b"}}', "bad_message"),
     (b'{"type": "subscribe", "id": "x", "db": "d", "filter": "nofilter"}', "bad_message"),
+    # _changes's own parameters are the gateway's: another limit, feed, seq_interval or
+    # descending would end, cut or reorder the shared feed and its catch-up reads
+    *[(json.dumps({"type": "subscribe", "id": "x", "db": "d", "filter": "app/f",
+                   "query": {name: "1"}}).encode(), "bad_message")
+      for name in ("limit", "feed", "seq_interval", "descending", "since", "style")],
     (b"[" * 60_000 + b"]" * 60_000, "bad_message"),  # nested too deep for the parser
 ])
 def test_invalid_messages(raw: bytes, code: str) -> None:
@@ -120,3 +127,48 @@ def test_origins() -> None:
     assert origin_allowed("http://app", "h:1", ("http://app",))
     assert origin_allowed("http://any", "h:1", ("*",))
     assert not origin_allowed("null", "h:1", ("http://app",))
+
+
+async def test_a_full_catch_up_page_resumes_after_its_last_row_not_last_seq() -> None:
+    """A clustered CouchDB stopping at ``limit`` can report a ``last_seq`` past rows it
+    never sent (fabric_view_changes): the next page must start at the last row's seq."""
+    asked: list[Any] = []
+
+    class Pages:
+        async def request(self, method: str, segments: list[str], **kwargs: Any) -> Any:
+            asked.append(kwargs["params"]["since"])
+            if len(asked) == 1:
+                return {"results": [{"seq": "1-a", "id": "a", "changes": [{"rev": "1-x"}]},
+                                    {"seq": "2-b", "id": "b", "changes": [{"rev": "1-y"}]}],
+                        "last_seq": "9-past-unsent-rows"}
+            return {"results": [{"seq": "3-c", "id": "c", "changes": [{"rev": "1-z"}]}],
+                    "last_seq": "4-end"}
+
+    params = FeedParams.build(filter="app/f")
+    rows, since, more = await fetch_changes(Pages(), "d", params, 0, page_size=2)  # type: ignore[arg-type]
+    assert [r["id"] for r in rows] == ["a", "b"] and more and since == "2-b"
+    rows, since, more = await fetch_changes(Pages(), "d", params, since, page_size=2)  # type: ignore[arg-type]
+    assert [r["id"] for r in rows] == ["c"] and not more and since == "4-end"
+    assert asked == [0, "2-b"]
+
+
+def test_a_feed_back_live_gives_the_join_filter_its_full_time_again() -> None:
+    """Rows the catch-up sent may still come after an interruption of the shared feed."""
+    from types import SimpleNamespace
+
+    from gateway.ws.catchup import TRAILING_SECONDS
+    from gateway.ws.server import ChangesServerProtocol
+
+    clock = Clock()
+    join = Join()
+    join.record("a", "1-a")
+    join.until = 10.0
+    sub = SimpleNamespace(active=True, trailing=join)
+    queued: list[Any] = []
+    conn = SimpleNamespace(by_feed={"f": sub}, factory=SimpleNamespace(clock=clock),
+                           _enqueue=lambda item, _sub: queued.append(item))
+    clock.advance(25)
+    ChangesServerProtocol.feed_state(conn, "f", "interrupted", b"m", 1)  # type: ignore[arg-type]
+    assert join.until == 10.0
+    ChangesServerProtocol.feed_state(conn, "f", "live", b"m", 1)  # type: ignore[arg-type]
+    assert join.until == 25 + TRAILING_SECONDS and join.trailing(40.0) and len(queued) == 2

@@ -607,7 +607,8 @@ class ChangesFeed(Service):
         rows: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, ChangeRow):
-                self._since = event.seq
+                if event.seq is not None:  # null with seq_interval: keep the last real one
+                    self._since = event.seq
                 self._advanced = True
                 repeat = self._recent.is_repeat(event.row)
                 if repeat and self.connections > 1:
