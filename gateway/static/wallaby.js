@@ -9,16 +9,30 @@
 //   });
 //   sub.unsubscribe();
 //
-// Live changes travel over ONE WebSocket per Wallaby instance (/api/v1/changes). When it
-// drops (network, gateway restart) the client reconnects with jittered exponential
-// backoff and resubscribes every subscription from the last seq it delivered, so the
-// callback sees every change exactly once, in order.
+// Live changes travel over a WebSocket (/api/v1/changes), one per Wallaby instance as long
+// as no two subscriptions have the same database and options (the gateway refuses such a
+// pair on one connection, so the second one gets a socket of its own). When a socket drops
+// (network, gateway restart) the client reconnects with jittered exponential backoff and
+// resubscribes every subscription from the last seq it delivered, so each callback sees
+// every change exactly once, in order.
 
 const API = "/api/v1";
 /** Close code: the session behind the socket expired (see api_schema/asyncapi.yaml). */
 const SESSION_INVALID = 4001;
+/**
+ * A subscription refused with 401/403 while the session still looks valid is tried once
+ * more after this long: the gateway trusts a verified session for a few seconds (5 s), so
+ * a session that just ended can look valid that long; a second refusal ends it.
+ */
+const AUTH_RETRY_MS = 6000;
+/** Query parameters the gateway reads as JSON even when they are strings. */
+const JSON_PARAMS = new Set(["key", "keys", "startkey", "endkey", "start_key", "end_key", "atts_since"]);
 
-/** An error answered by the gateway ({error, reason, status}). */
+/**
+ * A failure: an error answered by the gateway ({error, reason, status}), a network
+ * failure (status 0, error "network_error") or an answer that is not JSON (error
+ * "bad_response", with the answer's HTTP status).
+ */
 export class WallabyError extends Error {
   constructor(status, body) {
     super((body && body.reason) || `HTTP ${status}`);
@@ -38,10 +52,199 @@ function query(params) {
   const parts = [];
   for (const [key, value] of Object.entries(params || {})) {
     if (value === undefined) continue;
-    const text = typeof value === "string" ? value : JSON.stringify(value);
+    const json = JSON_PARAMS.has(key) || (key === "open_revs" && value !== "all");
+    const text = typeof value === "string" && !json ? value : JSON.stringify(value);
     parts.push(`${enc(key)}=${enc(text)}`);
   }
   return parts.length ? `?${parts.join("&")}` : "";
+}
+
+/** JSON with object keys sorted, so equal values give equal text. */
+function stable(value) {
+  if (Array.isArray(value)) return `[${value.map(stable).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${stable(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value === undefined ? null : value);
+}
+
+/** What the gateway compares to find duplicate subscriptions: db and options, not since. */
+function feedKey(db, p) {
+  return stable([db, p.filter ?? null, [...new Set(p.doc_ids || [])].sort(), p.selector ?? null,
+    p.view ?? null, Object.entries(p.query || {}).sort(), !!p.include_docs]);
+}
+
+/** One WebSocket and the subscriptions it carries (at most one per feed key). */
+class Lane {
+  constructor(wb) {
+    this.wb = wb;
+    this.subs = new Map(); // id -> subscription
+    this.ws = null;
+    this.attempt = 0;
+    this.timer = null;
+    this.ended = false;
+  }
+
+  has(key) {
+    for (const sub of this.subs.values()) if (sub.key === key) return true;
+    return false;
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  add(sub) {
+    sub.lane = this;
+    this.subs.set(sub.id, sub);
+    if (this.isOpen) this.send(sub);
+    else this.connect();
+  }
+
+  /** Forget a subscription (telling the gateway if it is live there); close when empty. */
+  remove(sub, { tellServer = false } = {}) {
+    if (!this.subs.delete(sub.id)) return;
+    if (tellServer && this.isOpen) this.ws.send(JSON.stringify({ type: "unsubscribe", id: sub.id }));
+    if (!this.subs.size) this.wb._dropLane(this);
+  }
+
+  send(sub) {
+    const since = sub.lastSeq !== null ? sub.lastSeq : sub.since;
+    this.ws.send(JSON.stringify({ type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params }));
+  }
+
+  connect() {
+    const wb = this.wb;
+    if (this.ws || this.timer || this.ended || wb._waitingForLogin) return;
+    const token = wb.token;
+    const url = token ? `${wb.wsUrl}?token=${enc(token)}` : wb.wsUrl;
+    wb.onStatus("connecting");
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (error) {
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      opened = true;
+      this.attempt = 0;
+      wb.onStatus("open");
+      wb._startKeepAlive();
+      for (const sub of this.subs.values()) if (!sub.checking) this.send(sub);
+    };
+    ws.onmessage = (event) => {
+      if (this.ws === ws) this.onMessage(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return; // an old socket, already replaced or closed on purpose
+      this.ws = null;
+      // Feed ids are per gateway process (and per replica): on the next connection an old
+      // id may name another database's feed. A subscription follows no feed until that
+      // connection's `subscribed` names it.
+      for (const sub of this.subs.values()) sub.feed = null;
+      wb.onStatus("closed", { code: event.code, reason: event.reason });
+      if (this.ended || !this.subs.size) return;
+      // 4001: the session behind the socket expired; a token cannot renew itself, so if
+      // it is still the one in use, that session is over.
+      if (event.code === SESSION_INVALID && token && token === wb.token) {
+        wb._unauthenticated();
+      } else if (event.code === SESSION_INVALID || !opened) {
+        // A cookie may have been renewed meanwhile; a refused handshake looks like 1006
+        // without an open. Ask whether we are still logged in.
+        wb._checkSession().then((state) => {
+          if (state !== "invalid") this.scheduleReconnect();
+        });
+      } else {
+        this.scheduleReconnect();
+      }
+    };
+  }
+
+  scheduleReconnect() {
+    if (this.timer || this.ended || this.wb._waitingForLogin) return;
+    const { minBackoff, maxBackoff } = this.wb;
+    const ceiling = Math.min(maxBackoff, minBackoff * 2 ** this.attempt);
+    this.attempt += 1;
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2); // jittered
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.connect();
+    }, delay);
+  }
+
+  /** Close the socket now; `end` for good, else until resume(). */
+  close(end, code = 1000, reason = "") {
+    this.ended = this.ended || end;
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (!this.ws) return;
+    const ws = this.ws;
+    this.ws = null; // its onclose is ignored from now on
+    for (const sub of this.subs.values()) sub.feed = null;
+    ws.close(code, reason);
+    this.wb.onStatus("closed", { code, reason });
+  }
+
+  resume() {
+    this.attempt = 0;
+    this.connect();
+  }
+
+  onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch (error) {
+      return;
+    }
+    switch (message.type) {
+      case "subscribed": {
+        const sub = this.subs.get(message.id);
+        if (sub) {
+          sub.feed = message.feed;
+          sub.authRetried = false;
+          // Where this subscription starts: resuming from it after a drop loses
+          // nothing, even before the first change arrived.
+          if (sub.lastSeq === null && message.since !== undefined) sub.lastSeq = message.since;
+        }
+        break;
+      }
+      case "change":
+        for (const sub of this.subs.values()) {
+          if (sub.feed === null || sub.feed !== message.feed) continue;
+          sub.lastSeq = message.seq;
+          try {
+            sub.onChange(message);
+          } catch (error) {
+            console.error("wallaby onChange", error);
+          }
+        }
+        break;
+      case "error": {
+        const sub = message.id && this.subs.get(message.id);
+        if (!sub) {
+          console.warn("wallaby", message);
+        } else if (message.error === "duplicate_subscription") {
+          // The gateway found this one equal to another on this socket: use another socket.
+          this.subs.delete(sub.id);
+          this.wb._place(sub, this);
+          if (!this.subs.size) this.wb._dropLane(this);
+        } else {
+          this.wb._refused(sub, message);
+        }
+        break;
+      }
+      case "feed_state":
+        this.wb.onStatus(message.state, message);
+        break;
+      default:
+        break; // pong, unsubscribed, closing (we resume from our own lastSeq)
+    }
+  }
 }
 
 export class Wallaby {
@@ -49,29 +252,29 @@ export class Wallaby {
    * @param {object} [options]
    * @param {string} [options.baseUrl] Gateway origin (default: the page's).
    * @param {string} [options.wsUrl] WebSocket URL (default: derived from baseUrl).
-   * @param {string} [options.token] A bearer token (instead of the session cookie).
+   * @param {string} [options.token] A bearer token (instead of the session cookie); such
+   *   an instance keeps using tokens: login() replaces it with the new session's token.
    * @param {number} [options.minBackoff] First reconnect delay in ms (default 250).
    * @param {number} [options.maxBackoff] Largest reconnect delay in ms (default 10000).
+   * @param {number} [options.keepAliveMs] Session touch interval while subscribed (default 60000, 0 = off).
    * @param {(state: string, detail?: any) => void} [options.onStatus] Connection state:
-   *   "connecting", "open", "closed", "interrupted" / "live" (upstream feed).
+   *   "connecting", "open", "closed", "unauthenticated" (the session ended: call login()
+   *   to resume), "interrupted" / "live" (upstream feed).
    */
   constructor(options = {}) {
     const origin = options.baseUrl || (typeof location !== "undefined" ? location.origin : "");
     this.baseUrl = origin.replace(/\/$/, "");
     this.wsUrl = options.wsUrl || `${this.baseUrl.replace(/^http/, "ws")}${API}/changes`;
     this.token = options.token || null;
+    this._tokenMode = !!options.token;
     this.minBackoff = options.minBackoff ?? 250;
     this.maxBackoff = options.maxBackoff ?? 10000;
     this.onStatus = options.onStatus || (() => {});
-    this._subs = new Map(); // id -> subscription
+    this._subs = new Map(); // id -> subscription, over every lane
+    this._lanes = []; // sockets; a subscription goes on the first without an equal one
     this._nextId = 1;
-    this._ws = null;
-    this._attempt = 0;
-    this._timer = null;
-    this._closed = false;
-    this._opened = false; // whether the current socket completed its handshake
     this._waitingForLogin = false;
-    this._authSuspect = false;
+    this._sessionCheck = null;
     // CouchDB sessions expire unless used; while live changes run, touching the session
     // lets the gateway hand back CouchDB's refreshed cookie, so reconnects keep working.
     this.keepAliveMs = options.keepAliveMs ?? 60000;
@@ -80,34 +283,61 @@ export class Wallaby {
 
   // -- REST --------------------------------------------------------------------
 
+  /**
+   * Any REST route of the gateway. Returns the parsed JSON answer (null when empty).
+   * @param {string} method "GET", "PUT", "POST", "DELETE", ...
+   * @param {string} path Below /api/v1, e.g. `/db/${encodeURIComponent(db)}/find`.
+   * @param {any} [body] Sent as JSON (omit for none).
+   * @param {object} [params] Query parameters: strings as they are, other values as JSON;
+   *   key, keys, startkey, endkey, start_key, end_key, atts_since and open_revs (but "all")
+   *   always as JSON.
+   * @throws {WallabyError} the gateway's error; status 0 "network_error"; "bad_response"
+   *   for an answer that is not JSON.
+   */
   async request(method, path, body, params) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
-    const answer = await fetch(`${this.baseUrl}${API}${path}${query(params)}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "include",
-    });
-    const text = await answer.text();
-    const data = text ? JSON.parse(text) : null;
+    let answer;
+    let text;
+    try {
+      answer = await fetch(`${this.baseUrl}${API}${path}${query(params)}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        credentials: "include",
+      });
+      text = await answer.text();
+    } catch (error) {
+      throw new WallabyError(answer ? answer.status : 0, { error: "network_error", reason: error.message });
+    }
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (error) {
+      const reason = `the answer (HTTP ${answer.status}) is not JSON`;
+      throw new WallabyError(answer.status, { error: "bad_response", reason });
+    }
     if (!answer.ok) throw new WallabyError(answer.status, data);
     return data;
   }
 
-  /** Log in; the gateway sets its HttpOnly session cookie. Returns {name, roles, token}. */
+  /**
+   * Log in; the gateway sets its HttpOnly session cookie (an instance made with a token
+   * takes the new token instead). Subscriptions waiting after "unauthenticated" resume.
+   * @returns {Promise<{ok: boolean, name: string, roles: string[], token: string}>}
+   */
   async login(name, password) {
     const result = await this.request("POST", "/session", { name, password });
+    if (this._tokenMode) this.token = result.token;
     if (this._waitingForLogin) {
       this._waitingForLogin = false;
-      this._attempt = 0;
-      this._connect(); // resume every subscription from its last delivered seq
+      for (const lane of this._lanes) lane.resume(); // from each subscription's last seq
     }
     return result;
   }
 
-  /** Log out (clears the cookie) and stop live changes. */
+  /** Log out (clears the cookie and the token) and stop live changes. */
   async logout() {
     this.close();
     this.token = null;
@@ -119,26 +349,36 @@ export class Wallaby {
     return this.request("GET", "/session");
   }
 
+  /** A document; params e.g. {rev}, {revs_info: true}, {open_revs: "all"}. */
   get(db, id, params) {
     return this.request("GET", `/db/${enc(db)}/docs/${enc(id)}`, undefined, params);
   }
 
-  /** Create or update a document (it needs an _id; _rev for updates). Returns {ok, id, rev}. */
+  /**
+   * Create or update a document; it needs a non-empty string _id (use post() to have one
+   * generated, else this throws TypeError) and _rev for updates. Sets doc._rev.
+   * @returns {Promise<{ok: boolean, id: string, rev: string}>}
+   */
   async put(db, doc) {
+    if (!doc || typeof doc._id !== "string" || !doc._id) {
+      throw new TypeError("put() needs a document with a non-empty string _id (post() generates one)");
+    }
     const result = await this.request("PUT", `/db/${enc(db)}/docs/${enc(doc._id)}`, doc);
     doc._rev = result.rev;
     return result;
   }
 
-  /** Create a document with a server-generated id. */
+  /** Create a document with a server-generated id. Returns {ok, id, rev}. */
   post(db, doc) {
     return this.request("POST", `/db/${enc(db)}/docs`, doc);
   }
 
+  /** Delete a document's revision `rev`. Returns {ok, id, rev}. */
   delete(db, id, rev) {
     return this.request("DELETE", `/db/${enc(db)}/docs/${enc(id)}`, undefined, { rev });
   }
 
+  /** All documents; params e.g. {include_docs: true, startkey: "a", endkey: "b", keys: [...]}. */
   allDocs(db, params = {}) {
     return this.request("GET", `/db/${enc(db)}/all_docs`, undefined, params);
   }
@@ -149,7 +389,7 @@ export class Wallaby {
    * Follow a database's changes.
    * @param {string} db
    * @param {object} [options] since ("now", 0 or a seq), include_docs, filter, doc_ids,
-   *   selector, view, query; onError(error) for subscription errors.
+   *   selector, view, query; onError(WallabyError) when the subscription ends with an error.
    * @param {(change: object) => void} onChange Called once per change, in order.
    * @returns {{unsubscribe: () => void, id: string, readonly lastSeq: any}}
    */
@@ -159,16 +399,19 @@ export class Wallaby {
       id: `s${this._nextId++}`,
       db,
       params,
+      key: feedKey(db, params),
       since: since === undefined ? "now" : since,
       lastSeq: null,
       feed: null,
+      lane: null,
+      checking: false, // refused with 401/403 and not resent yet (see _refused)
+      authRetried: false,
+      retryTimer: null,
       onChange,
       onError: onError || ((error) => console.warn("wallaby subscription", error)),
     };
     this._subs.set(sub.id, sub);
-    this._closed = false;
-    if (this._ws && this._ws.readyState === WebSocket.OPEN) this._sendSubscribe(sub);
-    else this._connect();
+    this._place(sub, null);
     return {
       id: sub.id,
       get lastSeq() {
@@ -176,87 +419,95 @@ export class Wallaby {
       },
       unsubscribe: () => {
         if (!this._subs.delete(sub.id)) return;
-        if (this._ws && this._ws.readyState === WebSocket.OPEN) {
-          this._ws.send(JSON.stringify({ type: "unsubscribe", id: sub.id }));
-        }
-        if (this._subs.size === 0) this.close();
+        clearTimeout(sub.retryTimer);
+        sub.lane.remove(sub, { tellServer: !sub.checking });
+        if (!this._subs.size) this._stopKeepAlive();
       },
     };
   }
 
-  /** Close the WebSocket and stop reconnecting (subscriptions are dropped). */
+  /** Close every WebSocket and stop reconnecting (subscriptions are dropped). */
   close() {
-    this._closed = true;
     this._waitingForLogin = false;
     this._stopKeepAlive();
     this._subs.clear();
-    clearTimeout(this._timer);
-    this._timer = null;
-    if (this._ws) {
-      const ws = this._ws;
-      this._ws = null;
-      ws.close(1000);
+    const lanes = this._lanes;
+    this._lanes = [];
+    for (const lane of lanes) lane.close(true);
+  }
+
+  /** Put a subscription on the first socket after `after` without an equal one. */
+  _place(sub, after) {
+    const start = after ? this._lanes.indexOf(after) + 1 : 0;
+    let lane = this._lanes.slice(start).find((candidate) => !candidate.has(sub.key));
+    if (!lane) {
+      lane = new Lane(this);
+      this._lanes.push(lane);
     }
+    lane.add(sub);
   }
 
-  _sendSubscribe(sub) {
-    const since = sub.lastSeq !== null ? sub.lastSeq : sub.since;
-    const message = { type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params };
-    this._ws.send(JSON.stringify(message));
+  _dropLane(lane) {
+    this._lanes = this._lanes.filter((other) => other !== lane);
+    lane.close(true);
   }
 
-  _connect() {
-    if (this._ws || this._timer || this._closed) return;
-    const url = this.token ? `${this.wsUrl}?token=${enc(this.token)}` : this.wsUrl;
-    this.onStatus("connecting");
-    let ws;
-    try {
-      ws = new WebSocket(url);
-    } catch (error) {
-      this._scheduleReconnect();
-      return;
-    }
-    this._ws = ws;
-    this._opened = false;
-    ws.onopen = () => {
-      this._attempt = 0;
-      this._opened = true;
-      this.onStatus("open");
-      this._startKeepAlive();
-      for (const sub of this._subs.values()) this._sendSubscribe(sub);
-    };
-    ws.onmessage = (event) => this._onMessage(event.data);
-    ws.onclose = (event) => {
-      const opened = this._opened;
-      if (this._ws === ws) this._ws = null;
-      // Feed ids are per gateway process (and per replica): on the next connection an old
-      // id may name another database's feed. A subscription follows no feed until that
-      // connection's `subscribed` names it.
-      for (const sub of this._subs.values()) sub.feed = null;
-      this.onStatus("closed", { code: event.code, reason: event.reason });
-      if (this._closed || !this._subs.size) return;
-      // 4001: the session behind the socket expired. A refused handshake looks like
-      // 1006 without an open. Either way, ask whether we are still logged in.
-      const suspect = this._authSuspect;
-      this._authSuspect = false;
-      if (event.code === SESSION_INVALID || suspect || (!opened && !this.token)) this._checkSession();
-      else this._scheduleReconnect();
-    };
-  }
-
-  async _checkSession() {
-    try {
-      await this.session();
-      this._scheduleReconnect();
-    } catch (error) {
-      if (error instanceof WallabyError && error.status === 401) {
-        this._waitingForLogin = true; // subscriptions resume after the next login()
-        this._stopKeepAlive();
-        this.onStatus("unauthenticated");
-      } else {
-        this._scheduleReconnect();
+  /** The gateway ended a subscription with an error. */
+  async _refused(sub, message) {
+    const error = new WallabyError(message.status, message);
+    if (message.status === 401 || message.status === 403) {
+      // Forbidden, or not logged in any more? Only the session can tell. The other
+      // subscriptions on the socket go on meanwhile.
+      sub.checking = true;
+      const state = await this._checkSession();
+      if (!this._subs.has(sub.id)) return; // unsubscribed meanwhile
+      if (state === "invalid") {
+        sub.checking = false; // kept: resubscribed after the next login()
+        return;
       }
+      if (!sub.authRetried) {
+        sub.authRetried = true;
+        sub.retryTimer = setTimeout(() => {
+          sub.checking = false;
+          if (this._subs.has(sub.id) && sub.lane.isOpen) sub.lane.send(sub);
+        }, AUTH_RETRY_MS);
+        return;
+      }
+      // Refused twice while logged in: this database is not readable for this user.
     }
+    this._subs.delete(sub.id);
+    sub.lane.remove(sub);
+    if (!this._subs.size) this._stopKeepAlive();
+    try {
+      sub.onError(error);
+    } catch (failure) {
+      console.error("wallaby onError", failure);
+    }
+  }
+
+  /** "valid", "invalid" (then the client waits for login()) or "unknown" (no answer). */
+  _checkSession() {
+    if (!this._sessionCheck) {
+      this._sessionCheck = this.session().then(
+        () => "valid",
+        (error) => {
+          if (!(error instanceof WallabyError && error.status === 401)) return "unknown";
+          this._unauthenticated();
+          return "invalid";
+        },
+      ).finally(() => {
+        this._sessionCheck = null;
+      });
+    }
+    return this._sessionCheck;
+  }
+
+  _unauthenticated() {
+    if (this._waitingForLogin || !this._subs.size) return;
+    this._waitingForLogin = true; // subscriptions resume after the next login()
+    this._stopKeepAlive();
+    for (const lane of this._lanes) lane.close(false, 4000, "logged out");
+    this.onStatus("unauthenticated");
   }
 
   _startKeepAlive() {
@@ -269,71 +520,6 @@ export class Wallaby {
   _stopKeepAlive() {
     clearInterval(this._keepAlive);
     this._keepAlive = null;
-  }
-
-  _scheduleReconnect() {
-    if (this._timer || this._closed || this._waitingForLogin) return;
-    const ceiling = Math.min(this.maxBackoff, this.minBackoff * 2 ** this._attempt);
-    this._attempt += 1;
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2); // jittered
-    this._timer = setTimeout(() => {
-      this._timer = null;
-      this._connect();
-    }, delay);
-  }
-
-  _onMessage(data) {
-    let message;
-    try {
-      message = JSON.parse(data);
-    } catch (error) {
-      return;
-    }
-    switch (message.type) {
-      case "subscribed": {
-        const sub = this._subs.get(message.id);
-        if (sub) {
-          sub.feed = message.feed;
-          // Where this subscription starts: resuming from it after a drop loses
-          // nothing, even before the first change arrived.
-          if (sub.lastSeq === null && message.since !== undefined) sub.lastSeq = message.since;
-        }
-        break;
-      }
-      case "change":
-        for (const sub of this._subs.values()) {
-          if (sub.feed === null || sub.feed !== message.feed) continue;
-          sub.lastSeq = message.seq;
-          try {
-            sub.onChange(message);
-          } catch (error) {
-            console.error("wallaby onChange", error);
-          }
-        }
-        break;
-      case "error": {
-        const sub = message.id && this._subs.get(message.id);
-        if (sub && message.status === 401 && !this.token) {
-          // Not (or no longer) authenticated: keep the subscription, find out whether
-          // the session is gone, and resume it after a new login if so.
-          this._authSuspect = true;
-          if (this._ws) this._ws.close(4000, "re-authenticating");
-          break;
-        }
-        if (sub) {
-          this._subs.delete(message.id);
-          sub.onError(message);
-        } else {
-          console.warn("wallaby", message);
-        }
-        break;
-      }
-      case "feed_state":
-        this.onStatus(message.state, message);
-        break;
-      default:
-        break; // pong, unsubscribed, closing (we resume from our own lastSeq)
-    }
   }
 }
 

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,11 @@ def _member_of_new_database(backend: CouchBackend) -> Member:
     return Member(db, name, password, user_doc, created["rev"])
 
 
-def _browser_script(script: str, port: int, member: Member) -> Any:
-    """``node tests/browser/<script> <gateway url> <db> <user> <password>``, piped."""
+def _browser_script(script: str, port: int, member: Member, *args: str) -> Any:
+    """``node tests/browser/<script> <gateway url> <db> <user> <password> <args…>``, piped."""
     node = subprocess.Popen(  # fixed argv
         ["node", str(ROOT / "tests/browser" / script), f"http://127.0.0.1:{port}",
-         member.db, member.name, member.password],
+         member.db, member.name, member.password, *args],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert node.stdin is not None and node.stdout is not None
@@ -249,3 +250,99 @@ def test_client_keeps_each_subscriptions_changes_its_own_across_a_restart(
     finally:
         _clean_up(node, gateway, couch_backend, member.db)
         _call(couch_backend, "DELETE", f"/{other}")
+
+
+def _run_case(couch_backend: CouchBackend, script: str, *args: str,
+              prepare: Callable[[Member], None] | None = None, **settings: str) -> None:
+    """``node tests/browser/<script> <gateway> <db> <user> <password> <args…>`` prints OK."""
+    member = _member_of_new_database(couch_backend)
+    if prepare is not None:
+        prepare(member)
+    port = free_port()
+    gateway = _start_gateway(couch_backend, port, **settings)
+    node = _browser_script(script, port, member, *args)
+    try:
+        result = node.stdout.readline().strip()
+        assert result == "OK", result
+        assert node.wait(30) == 0
+    finally:
+        _clean_up(node, gateway, couch_backend, member.db)
+
+
+@pytest.mark.parametrize("case", ["json_keys", "put_without_id", "errors", "request"])
+def test_client_rest(couch_backend: CouchBackend, case: str) -> None:
+    """json_keys: key/keys/startkey/endkey/… given as JS strings are sent as JSON;
+    put_without_id: TypeError, nothing written; errors: a network failure and a non-JSON
+    answer (a proxy's HTML 502) reject with WallabyError; request: the documented
+    request() examples (find, a view, bulk_docs)."""
+    def design_doc(member: Member) -> None:  # only a database admin may write one
+        _call(couch_backend, "PUT", f"/{member.db}/_design/app", {"views": {"by_date": {
+            "map": "function (doc) { if (doc.date) emit(doc.date, null); }"}}})
+
+    _run_case(couch_backend, "client_rest.mjs", case,
+              prepare=design_doc if case == "request" else None)
+
+
+@pytest.mark.parametrize("case", ["identical", "error_closes", "resubscribe"])
+def test_client_subscriptions(couch_backend: CouchBackend, case: str) -> None:
+    """identical: two subscriptions with equal options on one client both work;
+    error_closes: the last subscription ending with an error closes the socket;
+    resubscribe: unsubscribe + subscribe at once (a remount) loses no change."""
+    _run_case(couch_backend, "client_subscriptions.mjs", case)
+
+
+def test_client_forbidden_subscription_ends_alone(couch_backend: CouchBackend) -> None:
+    """A database the user may not read (pouchdb-server: 401, CouchDB: 403) ends that
+    subscription with onError; the shared socket and the other subscriptions go on."""
+    forbidden = f"forbidden_{uuid.uuid4().hex[:10]}"
+    _call(couch_backend, "PUT", f"/{forbidden}")
+    _call(couch_backend, "PUT", f"/{forbidden}/_security",
+          {"members": {"names": [f"nobody_{uuid.uuid4().hex[:6]}"], "roles": []}})
+    try:
+        _run_case(couch_backend, "client_subscriptions.mjs", "forbidden", forbidden)
+    finally:
+        _call(couch_backend, "DELETE", f"/{forbidden}")
+
+
+def test_client_token_refused_handshake_reports_unauthenticated(couch_backend: CouchBackend) -> None:
+    """A token client whose handshake is refused reports `unauthenticated` (no reconnect
+    loop) and resumes after login()."""
+    _run_case(couch_backend, "client_token.mjs", "refused")
+
+
+@pytest.mark.parametrize(("case", "recheck"), [("relogin", "0.5"), ("refused_sub", "30")])
+def test_client_token_session_end_and_login_again(
+    couch_backend: CouchBackend, case: str, recheck: str,
+) -> None:
+    """A token client: the session ends (the user is removed) — by a 4001 close (relogin)
+    or a new subscription refused with 401 on an open socket (refused_sub). It reports
+    `unauthenticated`, keeps its subscriptions, and after login() (which takes the new
+    token) resumes them: the change made meanwhile arrives once."""
+    member = _member_of_new_database(couch_backend)
+    port = free_port()
+    gateway = _start_gateway(couch_backend, port, WALLABY_WS_AUTH_RECHECK=recheck)
+    node = _browser_script("client_token.mjs", port, member, case)
+    try:
+        line = node.stdout.readline().strip()
+        assert line == "SUBSCRIBED", line
+        _call(couch_backend, "DELETE",
+              f"/_users/org.couchdb.user:{member.name}?rev={member.user_rev}")
+        node.stdin.write("GONE\n")
+        node.stdin.flush()
+        line = node.stdout.readline().strip()
+        assert line == "LOGGED_OUT", line
+        _call(couch_backend, "PUT", f"/{member.db}/meanwhile", {"v": 1})
+        _call(couch_backend, "PUT", f"/_users/org.couchdb.user:{member.name}", member.user_doc)
+        node.stdin.write("RELOGIN meanwhile\n")
+        node.stdin.flush()
+        result = node.stdout.readline().strip()
+        assert result == "OK", result
+        assert node.wait(30) == 0
+    finally:
+        _clean_up(node, gateway, couch_backend, member.db)
+
+
+def test_demo_other_tab_logged_out_asks_to_log_in(couch_backend: CouchBackend) -> None:
+    """Two tabs of the demo: tab A logs out; tab B's next REST call gets 401 and B shows
+    the login form (not "Signed in" with an error); logging in again works."""
+    _run_case(couch_backend, "demo_logout_two_tabs.mjs")

@@ -1,0 +1,172 @@
+// The browser client's subscriptions in Chromium, one case per run.
+// argv: <gateway base url> <db> <user> <password> <case> [<db the user may not read>]
+//   forbidden    a subscription the user may not read ends alone (onError, WallabyError,
+//                after one retry); the shared socket stays up and the others go on
+//   identical    two subscriptions with the same database and options (and one with
+//                another since) each get every change once: no duplicate_subscription
+//   error_closes the last subscription ending with an error closes the socket
+//   resubscribe  unsubscribing the last subscription and subscribing again at once (a
+//                component remounting) loses no change
+// Prints "OK" or "FAIL <why>".
+import { launchBrowser, runCheck } from "./harness.mjs";
+
+const [base, db, user, password, which, forbidden] = process.argv.slice(2);
+const browser = await launchBrowser();
+const { context } = browser;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function expect(condition, what, detail) {
+  if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+}
+
+/**
+ * A close that takes a while to complete (a slow network, a busy gateway): the page's
+ * WebSockets go through a route that forwards everything but delays the close handshake
+ * by a second, so an old socket's close event comes after its successor subscribed.
+ */
+async function slowCloses(page) {
+  await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onClose((code, reason) => setTimeout(() => {
+      server.close({ code, reason });
+      ws.close({ code, reason });
+    }, 1000));
+  });
+}
+
+async function clientPage() {
+  const page = await context.newPage();
+  if (which === "resubscribe") await slowCloses(page);
+  page.on("console", (message) => console.error("[browser]", message.type(), message.text()));
+  page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
+  await page.goto(`${base}/health`); // any page of the gateway's origin
+  await page.evaluate(async ([user, password]) => {
+    window.W = await import("/static/wallaby.js");
+    window.statuses = [];
+    window.wb = new window.W.Wallaby({ onStatus: (state) => window.statuses.push(state) });
+    await window.wb.login(user, password);
+    window.got = {};
+    window.errors = {};
+    window.subs = {};
+    window.follow = (name, database, options) => {
+      window.got[name] = [];
+      window.errors[name] = [];
+      window.subs[name] = window.wb.subscribe(database, {
+        ...options,
+        onError: (error) => window.errors[name].push({
+          isWallaby: error instanceof window.W.WallabyError, status: error.status, error: error.error }),
+      }, (change) => window.got[name].push(change.id));
+    };
+  }, [user, password]);
+  return page;
+}
+
+/** Open WebSocket connections to the gateway (its metrics gauge). */
+async function openSockets() {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split("\n").find((l) => /^wallaby_ws_connections(_open|_active)?\s/.test(l));
+  return line === undefined ? null : Number(line.split(/\s+/)[1]);
+}
+
+const cases = {
+  async forbidden(page) {
+    await page.evaluate(async ([db, forbidden]) => {
+      follow("mine", db, { since: 0 });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      window.statuses.length = 0;
+      follow("theirs", forbidden, { since: 0 });
+    }, [db, forbidden]);
+    for (let i = 0; i < 6; i++) {
+      await page.evaluate(([db, i]) => wb.put(db, { _id: `d${i}` }), [db, i]);
+      await sleep(400);
+    }
+    await page.waitForFunction(() => window.got.mine.length >= 6, null, { timeout: 10000 }).catch(() => {});
+    // (a refusal while the session looks valid is tried once more, 6 s later)
+    await page.waitForFunction(() => window.errors.theirs.length > 0, null, { timeout: 20000 }).catch(() => {});
+    await sleep(500);
+    const got = await page.evaluate(() => ({ got, errors, statuses }));
+    expect(got.errors.theirs.length === 1 && got.errors.theirs[0].isWallaby
+      && [401, 403].includes(got.errors.theirs[0].status), "onError once, with a WallabyError", got.errors);
+    expect(!got.statuses.includes("closed") && !got.statuses.includes("unauthenticated"),
+      "the shared socket stays up", got.statuses);
+    expect(JSON.stringify(got.got.mine) === JSON.stringify(["d0", "d1", "d2", "d3", "d4", "d5"]),
+      "the readable subscription gets each change once", got.got.mine);
+    expect(got.errors.mine.length === 0, "no error for the readable one", got.errors);
+  },
+
+  async identical(page) {
+    await page.evaluate(async (db) => {
+      await wb.put(db, { _id: "before" });
+      follow("A", db, { since: 0, include_docs: true });
+      follow("B", db, { since: 0, include_docs: true }); // identical to A
+      follow("C", db, { include_docs: true }); // since "now": the same options as A
+      follow("D", db, { since: 0, include_docs: true, filter: "_doc_ids", doc_ids: ["w1", "before"] });
+      follow("E", db, { since: 0, include_docs: true, filter: "_doc_ids", doc_ids: ["before", "w1"] });
+    }, db);
+    await page.waitForFunction(() => Object.values(subs).every((s) => s.lastSeq !== null), null,
+      { timeout: 10000 }).catch(async () => {
+      throw new Error(`not all subscribed: ${JSON.stringify(await page.evaluate(() => ({
+        seqs: Object.fromEntries(Object.entries(subs).map(([name, s]) => [name, s.lastSeq])), errors, got })))}`);
+    });
+    await page.evaluate(async (db) => {
+      for (let i = 0; i < 5; i++) await wb.put(db, { _id: `w${i}` });
+    }, db);
+    const later = ["w0", "w1", "w2", "w3", "w4"];
+    const want = { A: ["before", ...later], B: ["before", ...later], C: later,
+      D: ["before", "w1"], E: ["before", "w1"] };
+    await page.waitForFunction((want) => Object.entries(want).every(
+      ([name, ids]) => window.got[name].length >= ids.length), want, { timeout: 10000 }).catch(() => {});
+    await sleep(500);
+    const got = await page.evaluate(() => ({ got, errors }));
+    for (const [name, ids] of Object.entries(want)) {
+      expect(got.errors[name].length === 0, `subscription ${name}: no error`, got.errors[name]);
+      expect(JSON.stringify(got.got[name]) === JSON.stringify(ids), `subscription ${name}: each change once`, got.got[name]);
+    }
+    // Unsubscribing one of a pair leaves the other running.
+    await page.evaluate(async (db) => {
+      subs.A.unsubscribe();
+      await wb.put(db, { _id: "after" });
+    }, db);
+    await page.waitForFunction(() => window.got.B.includes("after"), null, { timeout: 10000 })
+      .catch(() => { throw new Error("B stopped when A was unsubscribed"); });
+  },
+
+  async error_closes(page) {
+    const before = await openSockets();
+    await page.evaluate(() => follow("missing", "no_such_database_here", { since: 0 }));
+    await page.waitForFunction(() => window.errors.missing.length > 0, null, { timeout: 10000 });
+    await sleep(500);
+    const got = await page.evaluate(() => ({ errors, statuses, keepAlive: wb._keepAlive }));
+    expect(got.errors.missing[0].status === 404, "onError with 404", got.errors);
+    expect(got.statuses[got.statuses.length - 1] === "closed", "the socket is closed", got.statuses);
+    expect(got.keepAlive === null, "no keep-alive timer left", got.keepAlive);
+    const after = await openSockets();
+    expect(after === null || after === before, "the gateway holds no socket of it", { before, after });
+  },
+
+  async resubscribe(page) {
+    let lost = 0;
+    for (let round = 0; round < 4; round++) {
+      await page.evaluate(async (db) => {
+        window.got = {};
+        const first = wb.subscribe(db, {}, () => {});
+        await new Promise((resolve) => setTimeout(resolve, 500)); // mounted, live
+        first.unsubscribe(); // cleanup: the last subscription, so the socket closes
+        follow("again", db, {}); // mounted again at once
+      }, db);
+      await page.waitForFunction(() => subs.again.lastSeq !== null, null, { timeout: 10000 });
+      await sleep(1500); // the old socket's close event
+      await page.evaluate(([db, round]) => wb.put(db, { _id: `r${round}` }), [db, round]);
+      const seen = await page.waitForFunction((id) => window.got.again.includes(id), `r${round}`,
+        { timeout: 3000 }).then(() => true, () => false);
+      if (!seen) lost += 1;
+      await page.evaluate(() => subs.again.unsubscribe());
+    }
+    expect(lost === 0, "the remounted subscription gets the next change", `${lost}/4 rounds lost it`);
+  },
+};
+
+await runCheck(browser, async () => {
+  if (!cases[which]) throw new Error(`unknown case ${which}`);
+  await cases[which](await clientPage());
+});
