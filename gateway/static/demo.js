@@ -7,14 +7,17 @@ const $ = (id) => document.getElementById(id);
 const items = new Map(); // id -> doc
 let subscription = null;
 
+// The session ended (expired, or logged out in another tab): log in again and the list
+// resumes where it stopped.
+function askToLogIn() {
+  $("app").hidden = true;
+  $("login").hidden = false;
+}
+
 const wb = new Wallaby({
   onStatus: (state) => {
     $("status").textContent = state;
-    if (state === "unauthenticated") {
-      // The session expired: log in again and the list resumes where it stopped.
-      $("app").hidden = true;
-      $("login").hidden = false;
-    }
+    if (state === "unauthenticated") askToLogIn();
   },
 });
 
@@ -49,6 +52,7 @@ function render() {
 
 function showError(error) {
   $("error").textContent = error.message || String(error);
+  if (error.status === 401) askToLogIn(); // a REST call found the session gone
 }
 
 async function save(doc) {
