@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import TaskStopped
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from gateway.couch import CouchServer, CouchTimeout, Database
@@ -187,3 +189,59 @@ class PausingSink:
             self.producer.pauseProducing()
             self.reactor.callLater(self.pause_for, self.producer.resumeProducing)
 
+
+
+class HeartbeatAnswer(Resource):
+    """A normal ``_changes`` answer kept alive by heartbeat lines, as CouchDB sends one
+    while a filter scans for matches; it stops for good after ``stall_after`` lines."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def __init__(self, reactor: Any, lines: int, interval: float,
+                 stall_after: int | None = None) -> None:
+        super().__init__()
+        self.reactor, self.lines, self.interval = reactor, lines, interval
+        self.stall_after = stall_after
+
+    def render_GET(self, request: Any) -> Any:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.write(b'{"results":[\n')
+        self._beat(request, 0)
+        return NOT_DONE_YET
+
+    def _beat(self, request: Any, sent: int) -> None:
+        if sent == self.stall_after:
+            return  # silence from here on
+        if sent == self.lines:
+            request.write(b'{"seq":"7-x","id":"match","changes":[{"rev":"1-a"}]}\n'
+                          b'],\n"last_seq":"9-y"}\n')
+            request.finish()
+            return
+        request.write(b"\n")
+        self.reactor.callLater(self.interval, self._beat, request, sent + 1)
+
+
+@pytest.mark.parametrize("stall_after", [None, 2])
+async def test_an_answer_kept_alive_by_heartbeats_outlives_the_timeout(
+    reactor: Any, stall_after: int | None
+) -> None:
+    """Bytes of an answer push the timeout back (a filtered catch-up read scanning for
+    long); an answer that stops moving still ends in CouchTimeout."""
+    port = reactor.listenTCP(0, Site(HeartbeatAnswer(reactor, 8, TIMEOUT / 3, stall_after)),
+                             interface="127.0.0.1")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    couch = CouchServer(f"http://127.0.0.1:{port.getHost().port}", reactor=reactor, pool=pool,
+                        timeout=TIMEOUT)
+    started = time.monotonic()
+    try:
+        if stall_after is None:
+            answer = await couch.transport.request("GET", ["db", "_changes"])
+            assert answer["last_seq"] == "9-y" and answer["results"][0]["id"] == "match"
+            assert time.monotonic() - started > TIMEOUT * 2  # lived past the timeout
+        else:
+            with pytest.raises(CouchTimeout):
+                await couch.transport.request("GET", ["db", "_changes"])
+            assert time.monotonic() - started < TIMEOUT * 2 + MARGIN
+    finally:
+        await pool.closeCachedConnections()
+        await port.stopListening()

@@ -323,7 +323,11 @@ async def stream_body(
 
 
 async def read_body(
-    response: IResponse, *, clock: IReactorTime | None = None, timeout: float | None = None
+    response: IResponse,
+    *,
+    clock: IReactorTime | None = None,
+    timeout: float | None = None,
+    progress: IdleTimeout | None = None,
 ) -> bytes:
     """Read a (small) response body completely, mapping connection loss.
 
@@ -332,10 +336,19 @@ async def read_body(
         clock: With ``timeout``: the clock of the idle timeout.
         timeout: Seconds the body may stop arriving before :class:`CouchTimeout` (the
             transfer is then stopped); ``None``: no limit.
+        progress: An idle timeout of the whole request that every chunk pushes back.
     """
     parts: list[bytes] = []
+    write: Callable[[bytes], Any] = parts.append
+    if progress is not None:
+        touch = progress.touch
+
+        def write(chunk: bytes) -> None:
+            parts.append(chunk)
+            touch()
+
     try:
-        await stream_body(response, parts.append, clock=clock, timeout=timeout)
+        await stream_body(response, write, clock=clock, timeout=timeout)
     except _UNREACHABLE_ERRORS as exc:
         translated = _unreachable(exc)
         if isinstance(translated, CouchUnreachable):
@@ -399,7 +412,9 @@ class CouchTransport:
 
         Nothing moves while waiting for an answer, so for most requests this is a plain
         deadline; a request body pushes it back with every chunk it writes
-        (:class:`~gateway.couch.idle.ProgressBody`), so a long upload lives while it moves.
+        (:class:`~gateway.couch.idle.ProgressBody`), and an answer's body with every chunk
+        it brings, so a long upload, a long answer or a ``_changes`` read kept alive by
+        heartbeat lines lives while it moves.
         """
         holder: list[Deferred[T]] = []
         idle = idle_timeout(self.reactor, timeout, lambda: holder[0].cancel())
@@ -474,7 +489,7 @@ class CouchTransport:
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
-            raw = await read_body(response)
+            raw = await read_body(response, progress=idle)
             parsed = _decode_json(raw, response.code)
             return CouchResponse(response.code, response.headers, parsed,
                                  raw if raw and response.code < 400 else None)

@@ -52,8 +52,13 @@ async def fetch_changes(
     params: FeedParams,
     since: Seq,
     page_size: int = PAGE_SIZE,
+    heartbeat_ms: int | None = None,
 ) -> tuple[list[dict[str, Any]], Seq, bool]:
     """Read one page of a normal ``_changes`` feed as the transport's identity.
+
+    With ``heartbeat_ms`` CouchDB sends a blank line whenever it has had nothing to
+    send for that long (a filter scanning many documents for few matches), and each
+    line keeps the request's timeout from running out while the scan goes on.
 
     Returns:
         ``(rows, next_since, more)``: ``more`` is true when the page was full, and
@@ -67,6 +72,8 @@ async def fetch_changes(
         CouchError: CouchDB refused (e.g. the user may not read the database).
     """
     query = dict(params.changes_params(), since=since, limit=page_size)
+    if heartbeat_ms is not None:
+        query["heartbeat"] = heartbeat_ms
     body = params.changes_body()
     if body is not None:
         answer = await transport.request("POST", [db, "_changes"], params=query, json=body)

@@ -865,7 +865,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         more = True
         while more:
             rows, since, more = await fetch_changes(
-                transport, sub.request.db, sub.request.params, since
+                transport, sub.request.db, sub.request.params, since,
+                heartbeat_ms=self.factory.settings.feed_heartbeat_ms,
             )
             if not sub.active or self._ending:
                 return
