@@ -140,11 +140,9 @@ def _revision_etag(answer: CouchResponse, field: str) -> CouchResponse:
     if not isinstance(rev, str) or not 200 <= answer.status < 300:
         return answer
     tag = f'"{rev}"'
-    if answer.header("ETag") == tag:
-        return answer
-    headers = answer.headers.copy()
-    headers.setRawHeaders(b"etag", [tag.encode("latin-1")])
-    return replace(answer, headers=headers)
+    if answer.header("ETag") != tag:
+        answer.headers.setRawHeaders(b"etag", [tag.encode("latin-1")])  # this answer's own
+    return answer
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
