@@ -11,6 +11,12 @@ generation of the same document (revision generations are compared; seqs never a
 they are opaque). Two different revisions of the same generation are conflicting
 edits: both are real changes and neither is dropped.
 
+A buffered row of a *lower* generation than was sent is either stale (a lagging feed's
+older edit) or a real change whose new winner is an older branch (the winner deleted
+while a conflicting branch lives on): the server asks CouchDB for the document's current
+revision and delivers it only if it is that row's (:class:`Verdict`), holding the rows
+after it meanwhile so that order is kept.
+
 The shared feed may still be *behind* the end of the catch-up when the merge happens
 (the catch-up read changes the feed has not delivered yet), so the same filter stays on
 for the live changes that follow. CouchDB orders a feed per document, not across
@@ -23,7 +29,7 @@ do not keep it (and its memory) for the subscription's life.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +37,7 @@ from gateway.couch.transport import CouchTransport
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import FeedParams, Seq
 
-__all__ = ["TRAILING_SECONDS", "Join", "fetch_changes", "rev_generation"]
+__all__ = ["TRAILING_SECONDS", "Join", "Verdict", "fetch_changes", "rev_generation"]
 
 PAGE_SIZE = 500
 
@@ -87,25 +93,42 @@ async def fetch_changes(
     return rows, next_since, more
 
 
+class Verdict(enum.Enum):
+    """What a live change is, against what the catch-up sent of its document."""
+
+    #: Nothing sent of it, or a newer edit (or a conflicting one of the same generation).
+    NEW = "new"
+    #: This revision was sent.
+    SENT = "sent"
+    #: A lower generation than was sent: a stale row of a lagging feed, or a real change
+    #: whose new winner is an older branch (the winner deleted while a conflict lives
+    #: on); only the document's current revision can tell them apart.
+    OLDER = "older"
+
+
 @dataclass
 class Join:
     """The state of one subscription between its catch-up and the live feed.
 
     Attributes:
-        buffer: Live changes received while catching up.
+        buffer: Live changes received while catching up (or while one is checked).
         buffer_bytes: Their serialised size.
         sent: Per document id, the revisions of the highest generation sent during the
             join (several when conflicting edits were sent).
+        merged: False while the catch-up runs: a new change is remembered like the
+            catch-up's; afterwards the first new change of a document lifts the filter
+            for that document.
         until: After the merge, the clock time the trailing filter ends.
     """
 
     buffer: list[PreparedChange] = field(default_factory=list)
     buffer_bytes: int = 0
     sent: dict[str, set[str]] = field(default_factory=dict)
+    merged: bool = False
     until: float = 0.0
 
     def buffer_live(self, change: PreparedChange) -> None:
-        """Keep a live change until the catch-up is done."""
+        """Keep a live change until the catch-up (or a check) is done."""
         self.buffer.append(change)
         self.buffer_bytes += change.size
 
@@ -121,42 +144,45 @@ class Join:
         elif generation == top:
             revs.add(rev)
 
-    def is_duplicate(self, doc_id: str, rev: str) -> bool:
-        """Whether a change adds nothing to what was sent.
-
-        It does when this revision was sent, or when a revision of a strictly higher
-        generation was (this one is an older edit). A different revision of the same generation is a
-        conflicting edit, hence a real change.
-        """
+    def verdict(self, doc_id: str, rev: str) -> Verdict:
+        """Classify a change against what was sent (see :class:`Verdict`)."""
         revs = self.sent.get(doc_id)
         if not revs:
-            return False
-        return rev in revs or rev_generation(rev) < rev_generation(next(iter(revs)))
+            return Verdict.NEW
+        if rev in revs:
+            return Verdict.SENT
+        if rev_generation(rev) < rev_generation(next(iter(revs))):
+            return Verdict.OLDER
+        return Verdict.NEW
 
-    def merge(self) -> Iterator[PreparedChange]:
-        """The buffered live changes that are new, in order (empties the buffer)."""
-        buffer, self.buffer, self.buffer_bytes = self.buffer, [], 0
-        for change in buffer:
-            if self.is_duplicate(change.doc_id, change.rev):
-                continue
-            self.record(change.doc_id, change.rev)
-            yield change
+    def take(self, change: PreparedChange) -> Verdict:
+        """Classify a live change and note a new one (see the module docs).
 
-    def admit(self, change: PreparedChange) -> bool:
-        """After :meth:`merge`: whether a live change is new (see the module docs).
-
-        A duplicate of what was sent of its document is refused; the first new change
-        of a document ends the filter for that document.
+        Before the merge a new change is remembered as sent; after it, a document's
+        first new change ends the filter for that document.
         """
-        if change.doc_id not in self.sent:
-            return True
-        if self.is_duplicate(change.doc_id, change.rev):
-            return False
-        del self.sent[change.doc_id]
-        return True
+        verdict = self.verdict(change.doc_id, change.rev)
+        if verdict is Verdict.NEW:
+            self.passed(change.doc_id, change.rev)
+        return verdict
+
+    def passed(self, doc_id: str, rev: str, *, demoted: bool = False) -> None:
+        """Note a change that goes out.
+
+        Args:
+            doc_id: Its document.
+            rev: Its (winning) revision.
+            demoted: It is an older branch found to be the document's winner now.
+        """
+        if self.merged:
+            self.sent.pop(doc_id, None)
+        elif demoted:
+            self.sent[doc_id] = {rev}
+        else:
+            self.record(doc_id, rev)
 
     def trailing(self, now: float) -> bool:
-        """Whether live changes still need :meth:`admit` at clock time ``now``."""
+        """Whether live changes still need :meth:`take` at clock time ``now``."""
         return bool(self.sent) and now < self.until
 
 

@@ -60,7 +60,7 @@ from gateway.ws.access import (
     SharedIdentities,
     credential_key,
 )
-from gateway.ws.catchup import TRAILING_SECONDS, Join, fetch_changes, row_rev
+from gateway.ws.catchup import TRAILING_SECONDS, Join, Verdict, fetch_changes, row_rev
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
     CLOSE_GOING_AWAY,
@@ -881,12 +881,57 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self._enqueue_run(sub, page)
             if sub.ended() or self._ending:
                 return
-        sub.join = None
-        for change in join.merge():
+        await self._settle(sub, join)
+
+    async def _settle(self, sub: Subscription, join: Join) -> None:
+        """Deliver the live changes ``join`` holds, in order, then let live ones through.
+
+        More changes may be buffered while a document's current revision is asked for
+        (:meth:`_still_current`): they wait their turn. Afterwards the join's filter
+        stays on for the changes that follow (``sub.trailing``) until it is done.
+        """
+        taken = 0
+        while taken < len(join.buffer):
+            change = join.buffer[taken]
+            taken += 1
+            join.buffer_bytes -= change.size
+            verdict = join.take(change)
+            if verdict is Verdict.OLDER:
+                if not await self._still_current(sub, change):
+                    continue
+                if not sub.active or self._ending or sub.join is not join:
+                    return
+                join.passed(change.doc_id, change.rev, demoted=True)
+            elif verdict is Verdict.SENT:
+                continue
             self._deliver(sub, change)
-        join.until = self.factory.clock.seconds() + TRAILING_SECONDS
-        if join.sent:
+        join.buffer, join.buffer_bytes = [], 0
+        if sub.join is join:
+            sub.join = None
+        if not join.merged:
+            join.merged = True
+            join.until = self.factory.clock.seconds() + TRAILING_SECONDS
+        if join.trailing(self.factory.clock.seconds()):
             sub.trailing = join
+
+    async def _still_current(self, sub: Subscription, change: PreparedChange) -> bool:
+        """Whether a change of an older revision than was sent is the winner now.
+
+        Asked as the user, with ``_all_docs`` and the document's id (its winning revision,
+        deleted or not, without its body). When CouchDB cannot say, the change goes out:
+        a repeat is better than a loss.
+        """
+        transport = self.user_transport
+        if transport is None:
+            return True
+        try:
+            answer = await transport.request(
+                "POST", [sub.request.db, "_all_docs"], json={"keys": [change.doc_id]})
+        except CouchError:
+            return True
+        rows = answer.get("rows") if isinstance(answer, dict) else None
+        value = rows[0].get("value") if rows and isinstance(rows[0], dict) else None
+        return not isinstance(value, dict) or value.get("rev") == change.rev
 
     async def _unsubscribe(self, request: Unsubscribe) -> None:
         sub = self.subs.get(request.id)
@@ -931,13 +976,22 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self._takes_live_writes(sub):
             changes = self._write_changes(sub, changes)
         now = self.factory.clock.seconds() if sub.trailing is not None else 0.0
-        for change in changes:
+        for index, change in enumerate(changes):
             trailing = sub.trailing
-            if trailing is not None:
-                if trailing.trailing(now) and not trailing.admit(change):
+            if trailing is not None and trailing.trailing(now):
+                verdict = trailing.take(change)
+                if verdict is Verdict.OLDER:
+                    # Stale, or an older branch that won: hold it and what follows
+                    # while CouchDB is asked (see _settle).
+                    sub.trailing, sub.join = None, trailing
+                    for held in changes[index:]:
+                        trailing.buffer_live(held)
+                    self._track(self._settle(sub, trailing))
+                    return
+                if verdict is Verdict.SENT:
                     continue
-                if not trailing.trailing(now):
-                    sub.trailing = None
+            if trailing is not None and not trailing.trailing(now):
+                sub.trailing = None
             self._deliver(sub, change)
 
     def direct_socket(self, feed: SharedFeed) -> socket.socket | None:

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from gateway.errors import Forbidden
-from gateway.ws.catchup import Join, fetch_changes, rev_generation
+from gateway.ws.catchup import Join, Verdict, fetch_changes, rev_generation
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import (
     FeedParams,
@@ -73,30 +73,39 @@ def test_ping_and_server_messages_match_schemas() -> None:
     assert b"secret" not in encode(exception_message(RuntimeError("secret detail")))
 
 
-def test_join_drops_duplicates_and_older_revisions() -> None:
+def live(doc_id: str, rev: str) -> PreparedChange:
+    return PreparedChange(doc_id, rev, 0, None, 10, 0.0)
+
+
+def test_join_sorts_buffered_changes_by_what_was_sent() -> None:
     join = Join()
     join.record("a", "2-x")
     join.record("b", "1-y")
-    for doc_id, rev in [("a", "1-w"), ("a", "2-x"), ("b", "2-z"), ("c", "1-q"), ("b", "2-z")]:
-        join.buffer_live(PreparedChange(doc_id, rev, 0, None, 10, 0.0))
-    assert [(c.doc_id, c.rev) for c in join.merge()] == [("b", "2-z"), ("c", "1-q")]
-    assert join.buffer_bytes == 0
+    verdicts = [join.take(live(doc_id, rev)) for doc_id, rev in
+                [("a", "1-w"), ("a", "2-x"), ("b", "2-z"), ("c", "1-q"), ("b", "2-z")]]
+    assert verdicts == [Verdict.OLDER, Verdict.SENT, Verdict.NEW, Verdict.NEW, Verdict.SENT]
     assert rev_generation("12-abc") == 12 and rev_generation("junk") == 0
-
 
 
 def test_join_keeps_conflicting_revisions_of_the_same_generation() -> None:
     join = Join()
     join.record("a", "2-x")
-    assert join.is_duplicate("a", "2-x")  # the same revision
-    assert join.is_duplicate("a", "1-w")  # strictly older
-    assert not join.is_duplicate("a", "2-y")  # a conflicting edit: a real change
-    assert not join.is_duplicate("a", "3-z")
-    assert not join.is_duplicate("b", "1-q")
-    for rev in ("2-y", "2-x", "2-y"):
-        join.buffer_live(PreparedChange("a", rev, 0, None, 10, 0.0))
+    assert join.verdict("a", "2-x") is Verdict.SENT  # the same revision
+    assert join.verdict("a", "1-w") is Verdict.OLDER  # stale, or an older branch that won
+    assert join.verdict("a", "2-y") is Verdict.NEW  # a conflicting edit: a real change
+    assert join.verdict("a", "3-z") is Verdict.NEW
+    assert join.verdict("b", "1-q") is Verdict.NEW
     # 2-y is new; 2-x was sent by the catch-up; the second 2-y was just sent
-    assert [c.rev for c in join.merge()] == ["2-y"]
+    assert [join.take(live("a", rev)) for rev in ("2-y", "2-x", "2-y")] == [
+        Verdict.NEW, Verdict.SENT, Verdict.SENT]
+
+
+def test_an_older_branch_found_to_win_replaces_what_was_sent() -> None:
+    join = Join()
+    join.record("a", "3-x")
+    assert join.take(live("a", "2-b")) is Verdict.OLDER  # not noted: it is checked first
+    join.passed("a", "2-b", demoted=True)  # CouchDB says 2-b is the winner now
+    assert join.verdict("a", "2-b") is Verdict.SENT and join.verdict("a", "3-x") is Verdict.NEW
 
 
 def test_join_filters_each_document_until_the_feed_passes_it() -> None:
@@ -104,20 +113,15 @@ def test_join_filters_each_document_until_the_feed_passes_it() -> None:
     join = Join()
     join.record("a", "1-a")
     join.record("b", "1-b")
-    assert list(join.merge()) == []
-    join.until = 100.0
-
-    def live(doc_id: str, rev: str) -> PreparedChange:
-        return PreparedChange(doc_id, rev, 0, None, 10, 0.0)
-
+    join.merged, join.until = True, 100.0
     # the shared feed was behind: it now delivers what the catch-up already sent
-    assert not join.admit(live("a", "1-a"))
-    assert join.admit(live("c", "1-c"))  # news from another shard ...
-    assert not join.admit(live("b", "1-b"))  # ... before an old row of this one
-    assert join.admit(live("a", "2-a"))  # a's first news: a is past the catch-up
-    assert join.admit(live("a", "1-a")) and join.sent == {"b": {"1-b"}}
+    assert join.take(live("a", "1-a")) is Verdict.SENT
+    assert join.take(live("c", "1-c")) is Verdict.NEW  # news from another shard ...
+    assert join.take(live("b", "1-b")) is Verdict.SENT  # ... before an old row of this one
+    assert join.take(live("a", "2-a")) is Verdict.NEW  # a's first news: a is past the catch-up
+    assert join.take(live("a", "1-a")) is Verdict.NEW and join.sent == {"b": {"1-b"}}
     assert join.trailing(99.0) and not join.trailing(100.0)
-    assert join.admit(live("b", "2-b")) and not join.trailing(0.0)
+    assert join.take(live("b", "2-b")) is Verdict.NEW and not join.trailing(0.0)
 
 
 def test_origins() -> None:

@@ -85,3 +85,31 @@ async def test_selector_filter(ws_server: WsServer, db: Database, make_user: Any
     await db.save({"_id": "n1", "kind": "note"})
     await db.save({"_id": "t1", "kind": "todo"})
     assert (await client.next("change"))["id"] == "t1"
+
+
+async def test_an_older_branch_that_wins_during_the_join_is_delivered(
+    ws_server: WsServer, db: Database, make_user: Any
+) -> None:
+    """Deleting the winner while an older conflicting branch lives on makes that branch
+    the winner: a change of a *lower* revision generation than the catch-up sent. The
+    join must not take it for a stale row of a lagging feed."""
+    doc: dict[str, Any] = {"_id": "contested"}
+    for _ in range(3):
+        await db.save(doc)  # 1-, 2-, 3- of the main branch
+    winner = doc["_rev"]
+    branch = "2-" + "0" * 32  # a shorter conflicting branch: it loses while 3- lives
+    await db.bulk_save([{"_id": "contested", "_rev": branch, "side": True}], new_edits=False)
+    token = await ws_server.login(await make_user())
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)  # the shared feed runs before the resume
+    client = await ws_server.connect(token)
+    await client.subscribe("s", db.name, since=0)
+    caught_up = await client.collect_changes(1)
+    assert caught_up[0]["changes"][0]["rev"] == winner
+    await db.delete({"_id": "contested", "_rev": winner})  # the branch wins now
+    demoted = await client.next("change", timeout=10)
+    assert demoted["id"] == "contested" and demoted["changes"][0]["rev"] == branch
+    assert not demoted.get("deleted")
+    await db.save({"_id": "after"})
+    assert (await client.next("change", timeout=10))["id"] == "after"  # nothing else first
+    client.check()
