@@ -19,6 +19,8 @@
 const API = "/api/v1";
 /** Close code: the session behind the socket expired (see api_schema/asyncapi.yaml). */
 const SESSION_INVALID = 4001;
+/** Close code: a message larger than the gateway accepts (WALLABY_WS_MAX_MESSAGE_BYTES). */
+const MESSAGE_TOO_BIG = 1009;
 /**
  * A subscription refused with 401/403 while the session still looks valid is tried once
  * more after this long: the gateway trusts a verified session for a few seconds (5 s), so
@@ -110,6 +112,7 @@ class Lane {
 
   send(sub) {
     const since = sub.lastSeq !== null ? sub.lastSeq : sub.since;
+    this.lastSent = sub;
     this.ws.send(JSON.stringify({ type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params }));
   }
 
@@ -118,7 +121,7 @@ class Lane {
     if (this.ws || this.timer || this.ended || wb._waitingForLogin) return;
     const token = wb.token;
     const url = token ? `${wb.wsUrl}?token=${enc(token)}` : wb.wsUrl;
-    wb.onStatus("connecting");
+    wb._status("connecting");
     let ws;
     try {
       ws = new WebSocket(url);
@@ -130,9 +133,8 @@ class Lane {
     let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      opened = true;
-      this.attempt = 0;
-      wb.onStatus("open");
+      opened = true; // the backoff resets only once a subscription is accepted
+      wb._status("open");
       wb._startKeepAlive();
       for (const sub of this.subs.values()) if (!sub.checking) this.send(sub);
     };
@@ -145,8 +147,15 @@ class Lane {
       // Feed ids are per gateway process (and per replica): on the next connection an old
       // id may name another database's feed. A subscription follows no feed until that
       // connection's `subscribed` names it.
+      const unanswered = this.lastSent && this.lastSent.feed === null ? this.lastSent : null;
       for (const sub of this.subs.values()) sub.feed = null;
-      wb.onStatus("closed", { code: event.code, reason: event.reason });
+      wb._status("closed", { code: event.code, reason: event.reason });
+      if (event.code === MESSAGE_TOO_BIG && unanswered && this.subs.has(unanswered.id)) {
+        // Its subscribe message is over the gateway's limit: sending it again would close
+        // the socket again. It ends; the others reconnect.
+        wb._end(unanswered, new WallabyError(MESSAGE_TOO_BIG, { error: "message_too_big",
+          reason: "the subscribe message is larger than the gateway accepts (doc_ids, selector)" }));
+      }
       if (this.ended || !this.subs.size) return;
       // 4001: the session behind the socket expired; a token cannot renew itself, so if
       // it is still the one in use, that session is over.
@@ -186,7 +195,7 @@ class Lane {
     this.ws = null; // its onclose is ignored from now on
     for (const sub of this.subs.values()) sub.feed = null;
     ws.close(code, reason);
-    this.wb.onStatus("closed", { code, reason });
+    this.wb._status("closed", { code, reason });
   }
 
   resume() {
@@ -205,6 +214,7 @@ class Lane {
       case "subscribed": {
         const sub = this.subs.get(message.id);
         if (sub) {
+          this.attempt = 0;
           sub.feed = message.feed;
           sub.authRetried = false;
           // Where this subscription starts: resuming from it after a drop loses
@@ -228,8 +238,9 @@ class Lane {
         const sub = message.id && this.subs.get(message.id);
         if (!sub) {
           console.warn("wallaby", message);
-        } else if (message.error === "duplicate_subscription") {
-          // The gateway found this one equal to another on this socket: use another socket.
+        } else if (message.error === "duplicate_subscription"
+            || message.error === "too_many_subscriptions") {
+          // Equal to another on this socket, or one too many for a socket: use another.
           this.subs.delete(sub.id);
           this.wb._place(sub, this);
           if (!this.subs.size) this.wb._dropLane(this);
@@ -239,7 +250,7 @@ class Lane {
         break;
       }
       case "feed_state":
-        this.wb.onStatus(message.state, message);
+        this.wb._status(message.state, message);
         break;
       default:
         break; // pong, unsubscribed, closing (we resume from our own lastSeq)
@@ -330,9 +341,17 @@ export class Wallaby {
   async login(name, password) {
     const result = await this.request("POST", "/session", { name, password });
     if (this._tokenMode) this.token = result.token;
-    if (this._waitingForLogin) {
-      this._waitingForLogin = false;
-      for (const lane of this._lanes) lane.resume(); // from each subscription's last seq
+    this._waitingForLogin = false;
+    // Sockets carry the credentials they were opened with: every one is opened again
+    // with the new ones (maybe another user's), each subscription from its last seq.
+    for (const sub of this._subs.values()) {
+      clearTimeout(sub.retryTimer);
+      sub.checking = false;
+      sub.authRetried = false;
+    }
+    for (const lane of this._lanes) {
+      lane.close(false, 4000, "new login");
+      lane.resume();
     }
     return result;
   }
@@ -475,7 +494,13 @@ export class Wallaby {
       }
       // Refused twice while logged in: this database is not readable for this user.
     }
-    this._subs.delete(sub.id);
+    this._end(sub, error);
+  }
+
+  /** End a subscription with an error (onError). */
+  _end(sub, error) {
+    if (!this._subs.delete(sub.id)) return;
+    clearTimeout(sub.retryTimer);
     sub.lane.remove(sub);
     if (!this._subs.size) this._stopKeepAlive();
     try {
@@ -507,7 +532,16 @@ export class Wallaby {
     this._waitingForLogin = true; // subscriptions resume after the next login()
     this._stopKeepAlive();
     for (const lane of this._lanes) lane.close(false, 4000, "logged out");
-    this.onStatus("unauthenticated");
+    this._status("unauthenticated");
+  }
+
+  /** Tell onStatus; a throwing callback must not stop the client (as for onChange). */
+  _status(state, detail) {
+    try {
+      this.onStatus(state, detail);
+    } catch (error) {
+      console.error("wallaby onStatus", error);
+    }
   }
 
   _startKeepAlive() {

@@ -7,10 +7,16 @@
 //   error_closes the last subscription ending with an error closes the socket
 //   resubscribe  unsubscribing the last subscription and subscribing again at once (a
 //                component remounting) loses no change
+//   too_many     33 different subscriptions (one more than a socket takes) all work
+//   status_throws an onStatus callback that throws stops nothing
+//   too_big      a subscription whose message is over the gateway's limit ends with
+//                onError (1009) instead of reconnecting forever; the others go on
+//   login_switch after login() as another user (argv: <other user> <other password>),
+//                no socket keeps the first user's credentials
 // Prints "OK" or "FAIL <why>".
 import { launchBrowser, runCheck } from "./harness.mjs";
 
-const [base, db, user, password, which, forbidden] = process.argv.slice(2);
+const [base, db, user, password, which, forbidden, otherPassword] = process.argv.slice(2);
 const browser = await launchBrowser();
 const { context } = browser;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -43,7 +49,10 @@ async function clientPage() {
   await page.evaluate(async ([user, password]) => {
     window.W = await import("/static/wallaby.js");
     window.statuses = [];
-    window.wb = new window.W.Wallaby({ onStatus: (state) => window.statuses.push(state) });
+    window.wb = new window.W.Wallaby({ onStatus: (state) => {
+      window.statuses.push(state);
+      if (window.throwOnStatus) throw new Error(`onStatus bug (${state})`);
+    } });
     await window.wb.login(user, password);
     window.got = {};
     window.errors = {};
@@ -142,6 +151,80 @@ const cases = {
     expect(got.keepAlive === null, "no keep-alive timer left", got.keepAlive);
     const after = await openSockets();
     expect(after === null || after === before, "the gateway holds no socket of it", { before, after });
+  },
+
+  async too_many(page) {
+    await page.evaluate((db) => {
+      for (let i = 0; i < 33; i++) {
+        follow(`s${i}`, db, { filter: "_doc_ids", doc_ids: [`only${i}`, "common"] });
+      }
+    }, db);
+    await page.waitForFunction(() => Object.values(subs).every((s) => s.lastSeq !== null)
+      || Object.values(errors).some((e) => e.length), null, { timeout: 15000 }).catch(() => {});
+    await page.evaluate((db) => wb.put(db, { _id: "common" }), db);
+    await page.waitForFunction(() => Object.values(got).every((ids) => ids.length === 1), null,
+      { timeout: 10000 }).catch(() => {});
+    const seen = await page.evaluate(() => ({ got, errors }));
+    const failed = Object.entries(seen.errors).filter(([, e]) => e.length);
+    expect(failed.length === 0, "no subscription refused", failed);
+    expect(Object.values(seen.got).every((ids) => JSON.stringify(ids) === '["common"]'),
+      "every subscription gets the change once", seen.got);
+  },
+
+  async status_throws(page) {
+    await page.evaluate((db) => {
+      window.throwOnStatus = true;
+      follow("a", db, {});
+    }, db);
+    await page.waitForFunction(() => subs.a.lastSeq !== null, null, { timeout: 10000 })
+      .catch(() => { throw new Error("never subscribed with a throwing onStatus"); });
+    await page.evaluate((db) => wb.put(db, { _id: "seen" }), db);
+    await page.waitForFunction(() => got.a.includes("seen"), null, { timeout: 10000 })
+      .catch(() => { throw new Error("no change with a throwing onStatus"); });
+  },
+
+  async too_big(page) {
+    await page.evaluate((db) => {
+      follow("fine", db, {});
+      const ids = Array.from({ length: 700 }, (_, i) => `${i}-`.padEnd(100, "x"));
+      follow("huge", db, { filter: "_doc_ids", doc_ids: ids }); // ~70 KiB: over 64 KiB
+    }, db);
+    await page.waitForFunction(() => errors.huge.length > 0, null, { timeout: 10000 })
+      .catch(() => {});
+    await sleep(3000); // would be ~15 reconnects at the shortest backoff
+    await page.evaluate((db) => wb.put(db, { _id: "after" }), db);
+    await page.waitForFunction(() => got.fine.includes("after"), null, { timeout: 10000 })
+      .catch(() => {});
+    const seen = await page.evaluate(() => ({ got, errors, statuses }));
+    expect(seen.errors.huge.length === 1 && seen.errors.huge[0].status === 1009
+      && seen.errors.huge[0].error === "message_too_big", "onError once, 1009", seen.errors);
+    const connects = seen.statuses.filter((state) => state === "connecting").length;
+    expect(connects <= 3, "no reconnect loop", seen.statuses);
+    expect(seen.got.fine.includes("after"), "the other subscription goes on", seen.got);
+  },
+
+  async login_switch(page) {
+    const other = forbidden; // argv: the other user's name, then password
+    await page.evaluate(async (db) => {
+      const first = await wb.request("GET", "/session");
+      window.firstUser = first.name;
+      follow("mine", db, {});
+    }, db);
+    await page.waitForFunction(() => subs.mine.lastSeq !== null, null, { timeout: 10000 });
+    // A writer with the first user's own token (the page's cookie is about to change).
+    await page.evaluate(async ([user, password]) => {
+      const probe = new W.Wallaby({ token: "x" });
+      window.writer = new W.Wallaby({ token: (await probe.login(user, password)).token });
+    }, [user, password]);
+    await page.evaluate((db) => writer.put(db, { _id: "before" }), db);
+    await page.waitForFunction(() => got.mine.includes("before"), null, { timeout: 10000 });
+    await page.evaluate(([name, password]) => wb.login(name, password), [other, otherPassword]);
+    await sleep(1500);
+    await page.evaluate((db) => writer.put(db, { _id: "secret" }), db);
+    await sleep(3000);
+    const seen = await page.evaluate(() => ({ got, errors }));
+    expect(!seen.got.mine.includes("secret"),
+      "the other user gets nothing of a database only the first may read", seen);
   },
 
   async resubscribe(page) {

@@ -283,12 +283,27 @@ def test_client_rest(couch_backend: CouchBackend, case: str) -> None:
               prepare=design_doc if case == "request" else None)
 
 
-@pytest.mark.parametrize("case", ["identical", "error_closes", "resubscribe"])
+@pytest.mark.parametrize("case", ["identical", "error_closes", "resubscribe", "too_many",
+                                  "status_throws", "too_big"])
 def test_client_subscriptions(couch_backend: CouchBackend, case: str) -> None:
     """identical: two subscriptions with equal options on one client both work;
     error_closes: the last subscription ending with an error closes the socket;
-    resubscribe: unsubscribe + subscribe at once (a remount) loses no change."""
+    resubscribe: unsubscribe + subscribe at once (a remount) loses no change;
+    too_many: one subscription more than a socket takes goes on another socket;
+    status_throws: a throwing onStatus stops nothing; too_big: a subscribe message over
+    the gateway's limit ends that subscription (1009) instead of a reconnect loop."""
     _run_case(couch_backend, "client_subscriptions.mjs", case)
+
+
+def test_client_login_as_another_user_reconnects_every_socket(couch_backend: CouchBackend) -> None:
+    """After login() as another user, no socket goes on with the first user's session:
+    a database only the first user may read sends the second nothing."""
+    other = _member_of_new_database(couch_backend)
+    try:
+        _run_case(couch_backend, "client_subscriptions.mjs", "login_switch",
+                  other.name, other.password)
+    finally:
+        _call(couch_backend, "DELETE", f"/{other.db}")
 
 
 def test_client_forbidden_subscription_ends_alone(couch_backend: CouchBackend) -> None:
