@@ -176,3 +176,35 @@ def test_a_feed_back_live_gives_the_join_filter_its_full_time_again() -> None:
     assert join.until == 10.0
     ChangesServerProtocol.feed_state(conn, "f", "live", b"m", 1)  # type: ignore[arg-type]
     assert join.until == 25 + TRAILING_SECONDS and join.trailing(40.0) and len(queued) == 2
+
+
+async def test_settle_asks_about_older_rows_and_keeps_the_order() -> None:
+    """A row older than was sent goes out only if CouchDB says it is the winner now;
+    rows buffered behind it wait, so the order is kept either way."""
+    from types import SimpleNamespace
+
+    from gateway.ws.server import ChangesServerProtocol
+
+    join = Join()
+    join.record("a", "3-a")
+    join.record("b", "3-b")
+    for change in (live("a", "2-stale"), live("c", "1-c"), live("b", "2-won"), live("d", "1-d")):
+        join.buffer_live(change)
+    sub = SimpleNamespace(active=True, join=join, trailing=None)
+    delivered: list[str] = []
+    asked: list[str] = []
+
+    async def still_current(_sub: Any, change: PreparedChange) -> bool:
+        asked.append(change.rev)
+        if change.rev == "2-won":
+            join.buffer_live(live("e", "1-e"))  # arrives while CouchDB is asked
+        return change.rev == "2-won"
+
+    conn = SimpleNamespace(
+        _still_current=still_current, _ending=False, factory=SimpleNamespace(clock=Clock()),
+        _deliver=lambda _sub, change: delivered.append(f"{change.doc_id}@{change.rev}"))
+    await ChangesServerProtocol._settle(conn, sub, join)  # type: ignore[arg-type]
+    assert asked == ["2-stale", "2-won"]
+    assert delivered == ["c@1-c", "b@2-won", "d@1-d", "e@1-e"]
+    assert sub.join is None and sub.trailing is join and join.merged
+    assert join.verdict("b", "2-won") is Verdict.SENT  # the new winner is what was sent
