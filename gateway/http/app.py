@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -124,6 +125,9 @@ def _if_match(request: Any, query: dict[str, Any]) -> None:
     query["rev"] = rev
 
 
+#: What an entity tag may hold between its quotes (RFC 9110 ``etagc``, ASCII only).
+_ETAG_CHARACTERS = re.compile(r"[\x21\x23-\x7e]+")
+
 #: Options that give a document GET ``meta`` members; CouchDB then sends no ETag, since
 #: they can change while the revision stays.
 _DOC_META_OPTIONS = ("conflicts", "deleted_conflicts", "revs_info", "local_seq", "meta")
@@ -139,9 +143,14 @@ def _revision_etag(answer: CouchResponse, field: str) -> CouchResponse:
     rev = answer.body.get(field) if isinstance(answer.body, dict) else None
     if not isinstance(rev, str) or not 200 <= answer.status < 300:
         return answer
+    if not _ETAG_CHARACTERS.fullmatch(rev):
+        # A revision stored with new_edits=false can be any string: one that cannot be
+        # an entity tag (a quote, a control or non-ASCII character) gives no tag at all.
+        answer.headers.removeHeader(b"etag")
+        return answer
     tag = f'"{rev}"'
     if answer.header("ETag") != tag:
-        answer.headers.setRawHeaders(b"etag", [tag.encode("latin-1")])  # this answer's own
+        answer.headers.setRawHeaders(b"etag", [tag.encode("ascii")])  # this answer's own
     return answer
 
 

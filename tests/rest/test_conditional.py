@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,22 @@ async def test_the_etag_of_a_read_is_what_if_match_takes(scenario: Scenario) -> 
     # CouchDB sends no revision tag then, and neither does the gateway.
     meta = await client.get(f"/api/v1/db/{db}/docs/{posted.json['id']}?conflicts=true")
     assert meta.status == 200 and meta.header("ETag") != f'"{posted.json["rev"]}"'
+
+
+async def test_a_revision_that_cannot_be_an_entity_tag_gives_none(scenario: Scenario) -> None:
+    """With new_edits=false a writer can store any revision string; reading it must not
+    break (it was a 500 for every reader) nor make a malformed or injected header."""
+    client, db = scenario.member_client, scenario.db.name
+    odd = {"snowman": "1-\u2603", "quote": '1-a"b', "crlf": "1-abc\r\nX-Injected: yes"}
+    stored = await client.post(f"/api/v1/db/{db}/bulk_docs", json_body={
+        "new_edits": False, "docs": [{"_id": name, "_rev": rev} for name, rev in odd.items()]})
+    assert stored.status == 201, stored.body
+    for name, rev in odd.items():
+        read = await client.get(f"/api/v1/db/{db}/docs/{name}")
+        assert read.status == 200 and read.json["_rev"] == rev, (name, read.body)
+        etag = read.header("ETag")  # none of the revision's: at most one of the bytes
+        assert etag is None or re.fullmatch(r'(W/)?"[\x21\x23-\x7e]*"', etag), (name, etag)
+        assert etag != f'"{rev}"' and read.header("X-Injected") is None, (name, etag)
 
 
 async def test_a_document_is_revalidated_by_its_etag(
