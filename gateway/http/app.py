@@ -133,25 +133,22 @@ _ETAG_CHARACTERS = re.compile(r"[\x21\x23-\x7e]+")
 _DOC_META_OPTIONS = ("conflicts", "deleted_conflicts", "revs_info", "local_seq", "meta")
 
 
-def _revision_etag(answer: CouchResponse, field: str) -> CouchResponse:
-    """The answer with CouchDB's ETag of a document, ``"<rev>"`` (``field`` of the body).
+def _set_revision_etag(answer: CouchResponse, field: str) -> None:
+    """Give a document answer CouchDB's ETag, ``"<rev>"`` (``field`` of the body).
 
     CouchDB sends it; pouchdb-server sends a hash of the body instead, which ``If-Match``
-    could not name. Answers that are not a successful JSON object with a revision are
-    returned as they are.
+    could not name. The answer's own headers are changed; answers that are not a
+    successful JSON object with a revision are left as they are.
     """
     rev = answer.body.get(field) if isinstance(answer.body, dict) else None
     if not isinstance(rev, str) or not 200 <= answer.status < 300:
-        return answer
+        return
     if not _ETAG_CHARACTERS.fullmatch(rev):
         # A revision stored with new_edits=false can be any string: one that cannot be
         # an entity tag (a quote, a control or non-ASCII character) gives no tag at all.
         answer.headers.removeHeader(b"etag")
-        return answer
-    tag = f'"{rev}"'
-    if answer.header("ETag") != tag:
-        answer.headers.setRawHeaders(b"etag", [tag.encode("ascii")])  # this answer's own
-    return answer
+    else:
+        answer.headers.setRawHeaders(b"etag", [f'"{rev}"'.encode("ascii")])
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
@@ -294,12 +291,20 @@ class GatewayApp:
         self, request: Any, operation: str, **path: str
     ) -> tuple[CouchServer, dict[str, Any]]:
         """Label, validate and authenticate a request; returns the user's server and query."""
-        setattr(request, "route", operation)  # noqa: B010 - metrics label
-        self.contract.check_path(operation, path)
-        query = self.contract.check_query(operation, _decode_args(request))
+        query = self._checked(request, operation, **path)
         identity = await self.identify(request)
         setattr(request, "identity", identity)  # noqa: B010 - for the guards below
         return self.couch.as_identity(identity.auth), query
+
+    def _checked(self, request: Any, operation: str, **path: str) -> dict[str, Any]:
+        """Label a request with its operation and validate its path and query against it.
+
+        Returns:
+            The coerced query parameters.
+        """
+        setattr(request, "route", operation)  # noqa: B010 - metrics label
+        self.contract.check_path(operation, path)
+        return self.contract.check_query(operation, _decode_args(request))
 
     # Defence in depth: CouchDB 3 enforces ``_security`` on every endpoint, but not every
     # CouchDB-compatible server does (pouchdb-server 4.2, the embedded default, leaves
@@ -394,7 +399,7 @@ class GatewayApp:
             kwargs["headers"] = {"If-None-Match": condition}
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if rev_etag is not None:
-            answer = _revision_etag(answer, rev_etag)
+            _set_revision_etag(answer, rev_etag)
         if amend is not None and 200 <= answer.status < 300:
             amended = amend(answer.body)
             if amended is not answer.body:
@@ -433,15 +438,13 @@ class GatewayApp:
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
         """The process is alive."""
-        setattr(request, "route", "getHealth")  # noqa: B010
-        self.contract.check_query("getHealth", _decode_args(request))
+        self._checked(request, "getHealth")
         return json_response(request, 200, {"ok": True})
 
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: Any) -> bytes:
         """CouchDB answers (asked with the service credentials, if any)."""
-        setattr(request, "route", "getReady")  # noqa: B010
-        self.contract.check_query("getReady", _decode_args(request))
+        self._checked(request, "getReady")
         if not await self._timed(request, self.couch.up()):
             raise CouchUnreachable("CouchDB is not ready")
         return json_response(request, 200, {"ok": True})
@@ -449,24 +452,21 @@ class GatewayApp:
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: Any) -> bytes:
         """Prometheus metrics."""
-        setattr(request, "route", "getMetrics")  # noqa: B010
-        self.contract.check_query("getMetrics", _decode_args(request))
+        self._checked(request, "getMetrics")
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.render().encode("utf-8")
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: Any) -> bytes:
         """The contract as JSON."""
-        setattr(request, "route", "getOpenApi")  # noqa: B010
-        self.contract.check_query("getOpenApi", _decode_args(request))
+        self._checked(request, "getOpenApi")
         request.setHeader("Content-Type", "application/json")
         return self._spec_json
 
     @app.route("/docs", methods=["GET"])
     def docs(self, request: Any) -> bytes:
         """A self-contained page rendering the contract."""
-        setattr(request, "route", "getApiDocs")  # noqa: B010
-        self.contract.check_query("getApiDocs", _decode_args(request))
+        self._checked(request, "getApiDocs")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         request.setHeader(
             "Content-Security-Policy",
@@ -508,8 +508,7 @@ class GatewayApp:
     @app.route(_PREFIX + "/session", methods=["POST"])
     async def login(self, request: Any) -> bytes:
         """Log in with CouchDB credentials; sets the session cookie, returns a token."""
-        setattr(request, "route", "login")  # noqa: B010
-        self.contract.check_query("login", _decode_args(request))
+        self._checked(request, "login")
         body = self._json_body(request, "login")
         client = _client_host(request)
         self.failed_logins.check(client, body["name"])
@@ -532,16 +531,14 @@ class GatewayApp:
     @app.route(_PREFIX + "/session", methods=["GET"])
     async def get_session(self, request: Any) -> bytes:
         """The current user as CouchDB sees it."""
-        setattr(request, "route", "getSession")  # noqa: B010
-        self.contract.check_query("getSession", _decode_args(request))
+        self._checked(request, "getSession")
         identity = await self.identify(request)
         return json_response(request, 200, {"name": identity.name, "roles": list(identity.roles)})
 
     @app.route(_PREFIX + "/session", methods=["DELETE"])
     def logout(self, request: Any) -> bytes:
         """Forget the session cookie (CouchDB sessions are stateless: it simply expires)."""
-        setattr(request, "route", "logout")  # noqa: B010
-        self.contract.check_query("logout", _decode_args(request))
+        self._checked(request, "logout")
         request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie("", 0).encode())
         return json_response(request, 200, {"ok": True})
 
