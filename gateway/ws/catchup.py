@@ -181,6 +181,13 @@ class Join:
         else:
             self.record(doc_id, rev)
 
+    def keep_filtering(self, now: float) -> None:
+        """Check live changes for :data:`TRAILING_SECONDS` from ``now``.
+
+        Called after the merge, and again when an interrupted shared feed is back.
+        """
+        self.until = now + TRAILING_SECONDS
+
     def trailing(self, now: float) -> bool:
         """Whether live changes still need :meth:`take` at clock time ``now``."""
         return bool(self.sent) and now < self.until

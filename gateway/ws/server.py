@@ -60,7 +60,7 @@ from gateway.ws.access import (
     SharedIdentities,
     credential_key,
 )
-from gateway.ws.catchup import TRAILING_SECONDS, Join, Verdict, fetch_changes, row_rev
+from gateway.ws.catchup import Join, Verdict, fetch_changes, row_rev
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.protocol import (
     CLOSE_GOING_AWAY,
@@ -910,7 +910,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             sub.join = None
         if not join.merged:
             join.merged = True
-            join.until = self.factory.clock.seconds() + TRAILING_SECONDS
+            join.keep_filtering(self.factory.clock.seconds())
         if join.trailing(self.factory.clock.seconds()):
             sub.trailing = join
 
@@ -1071,7 +1071,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if state == "live" and sub.trailing is not None:
             # The feed was down: it may still bring rows the catch-up sent. The filter
             # gets its full time again from now.
-            sub.trailing.until = self.factory.clock.seconds() + TRAILING_SECONDS
+            sub.trailing.keep_filtering(self.factory.clock.seconds())
         self._enqueue(_Item(message, size), None)
 
     def feed_failed(self, feed: SharedFeed, exc: BaseException) -> None:
