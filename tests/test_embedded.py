@@ -22,11 +22,15 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+def _only_embedded(couch_backend: CouchBackend) -> None:
+    if couch_backend.embedded is None:
+        pytest.skip("checks the embedded server, which an external COUCHDB_URL run does not use")
+
+
 async def test_restart_keeps_data_and_stop_leaves_no_process(
     couch_backend: CouchBackend, tmp_path: Path, reactor: Any, pool: Any
 ) -> None:
-    if couch_backend.embedded is None:
-        pytest.skip("checks the embedded server, which an external COUCHDB_URL run does not use")
+    _only_embedded(couch_backend)
     server = EmbeddedCouch(tmp_path / "data", admin_password="pw-embedded")
     await deferToThread(server.start)
     try:
@@ -93,8 +97,7 @@ def test_server_exits_when_its_starter_is_killed(tmp_path: Path) -> None:
 async def test_the_configured_admin_password_wins_over_an_earlier_start(
     couch_backend: CouchBackend, tmp_path: Path, reactor: Any, pool: Any
 ) -> None:
-    if couch_backend.embedded is None:
-        pytest.skip("checks the embedded server, which an external COUCHDB_URL run does not use")
+    _only_embedded(couch_backend)
     first = EmbeddedCouch(tmp_path / "data", admin_password="first-pw")
     await deferToThread(first.start)
     await deferToThread(first.stop)

@@ -1,5 +1,5 @@
 // The browser client's subscriptions in Chromium, one case per run.
-// argv: <gateway base url> <db> <user> <password> <case> [<db the user may not read>]
+// argv: <gateway base url> <db> <user> <password> <case> [<case's own arguments>]
 //   forbidden    a subscription the user may not read ends alone (onError, WallabyError,
 //                after one retry); the shared socket stays up and the others go on
 //   identical    two subscriptions with the same database and options (and one with
@@ -16,7 +16,10 @@
 // Prints "OK" or "FAIL <why>".
 import { launchBrowser, runCheck } from "./harness.mjs";
 
-const [base, db, user, password, which, forbidden, otherPassword] = process.argv.slice(2);
+const [base, db, user, password, which, ...extra] = process.argv.slice(2);
+// forbidden: <db the user may not read>; login_switch: <other user> <other password>
+const [forbidden] = extra;
+const [otherUser, otherPassword] = extra;
 const browser = await launchBrowser();
 const { context } = browser;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -204,7 +207,6 @@ const cases = {
   },
 
   async login_switch(page) {
-    const other = forbidden; // argv: the other user's name, then password
     await page.evaluate(async (db) => {
       const first = await wb.request("GET", "/session");
       window.firstUser = first.name;
@@ -218,7 +220,7 @@ const cases = {
     }, [user, password]);
     await page.evaluate((db) => writer.put(db, { _id: "before" }), db);
     await page.waitForFunction(() => got.mine.includes("before"), null, { timeout: 10000 });
-    await page.evaluate(([name, password]) => wb.login(name, password), [other, otherPassword]);
+    await page.evaluate(([name, password]) => wb.login(name, password), [otherUser, otherPassword]);
     await sleep(1500);
     await page.evaluate((db) => writer.put(db, { _id: "secret" }), db);
     await sleep(3000);
