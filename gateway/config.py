@@ -41,7 +41,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
     "ws_max_subscriptions", "ws_max_user_feeds", "ws_max_feeds",
-    "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms",
+    "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms", "buffer_answer_bytes",
 )
 #: Where 0 means "off" (or "at once").
 _NOT_NEGATIVE = (
@@ -91,6 +91,9 @@ class Settings:
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
         compress_min_bytes: gzip JSON answers from CouchDB of at least this many bytes
             for clients that accept it (0: never).
+        buffer_answer_bytes: Largest query answer (views, ``_all_docs``, ``_find``,
+            ``_bulk_get``) read whole before it is relayed; a larger one streams to the
+            client as CouchDB sends it, without an ``ETag`` made from its bytes.
         ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
         ws_max_user_feeds: Distinct feeds (database and options) one user's subscriptions
             may follow over all their connections (any number may share one).
@@ -132,6 +135,7 @@ class Settings:
     splice_downloads: bool = True
     splice_uploads: bool = True
     compress_min_bytes: int = 1400
+    buffer_answer_bytes: int = 4 * 1024 * 1024
     ws_max_subscriptions: int = 32
     ws_max_user_feeds: int = 64
     ws_max_feeds: int = 1000

@@ -29,12 +29,10 @@ from twisted.web._newclient import (
     RequestGenerationFailed,
     RequestNotSent,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
@@ -42,6 +40,7 @@ from zope.interface import implementer
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
 from gateway.couch.idle import IdleTimeout, PausingProducer, ProgressBody
 from gateway.couch.pool import connection_pool
+from gateway.couch.spill import SpilledBody, body_complete, read_or_spill
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
     CouchError,
@@ -182,12 +181,15 @@ class CouchResponse:
         headers: Response headers.
         body: Decoded JSON body (``None`` when empty).
         raw: The body as received, when it is that JSON (relayed as is, not re-encoded).
+        spilled: A successful answer's body when it outgrew the ``spill_over`` the
+            request gave (``body`` and ``raw`` are then ``None``): relay or abort it.
     """
 
     status: int
     headers: Headers
     body: Any
     raw: bytes | None = None
+    spilled: SpilledBody | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of a response header, or ``None``."""
@@ -211,17 +213,6 @@ def _decode_json(raw: bytes, status: int) -> Any:
             raise UpstreamServerError(reason, error="bad_response") from None
         # Built into the error for this status; upstream bytes are not echoed.
         return {"error": "bad_response", "reason": reason}
-
-
-def body_complete(reason: Failure) -> bool:
-    """Whether a response body's ``connectionLost`` reason means it arrived whole.
-
-    ``ResponseDone``, or ``PotentialDataLoss`` for an answer without ``Content-Length``
-    ended by its connection (complete under HTTP/1.0 framing; treq accepts it too). The
-    type is tested directly: ``Failure.check`` formats the qualified name of every class
-    in the reason's MRO, 4 % of the gateway's CPU per view request (BENCHMARKS.md).
-    """
-    return isinstance(reason.value, (ResponseDone, PotentialDataLoss))
 
 
 class _BodyStream(Protocol):
@@ -347,14 +338,19 @@ async def read_body(
             parts.append(chunk)
             touch()
 
+    await _lost_is_unreachable(stream_body(response, write, clock=clock, timeout=timeout))
+    return b"".join(parts)
+
+
+async def _lost_is_unreachable(reading: Awaitable[T]) -> T:
+    """Await the reading of an answer; a lost connection is CouchDB unreachable."""
     try:
-        await stream_body(response, write, clock=clock, timeout=timeout)
+        return await reading
     except _UNREACHABLE_ERRORS as exc:
         translated = _unreachable(exc)
         if isinstance(translated, CouchUnreachable):
             translated = CouchUnreachable("connection to CouchDB lost while reading its answer")
         raise translated from exc
-    return b"".join(parts)
 
 
 @dataclass
@@ -441,6 +437,7 @@ class CouchTransport:
         headers: Mapping[str, str] | None = None,
         timeout: float | object | None = _NO_BODY,
         raise_for_status: bool = True,
+        spill_over: int | None = None,
     ) -> CouchResponse:
         """Send a request and read its JSON answer.
 
@@ -453,6 +450,9 @@ class CouchTransport:
             headers: Extra request headers.
             timeout: Override of the transport's timeout.
             raise_for_status: Raise a :class:`CouchError` for 4xx/5xx answers.
+            spill_over: Most bytes of a successful answer to read whole; a longer one
+                is neither read nor decoded but returned as :attr:`CouchResponse.spilled`
+                (see :mod:`gateway.couch.spill`). ``None``: always read whole.
 
         Returns:
             The answer.
@@ -489,7 +489,15 @@ class CouchTransport:
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
-            raw = await read_body(response, progress=idle)
+            if spill_over is not None and 200 <= response.code < 300:
+                kept = await _lost_is_unreachable(
+                    read_or_spill(response, spill_over, progress=idle)
+                )
+                if isinstance(kept, SpilledBody):
+                    return CouchResponse(response.code, response.headers, None, spilled=kept)
+                raw = kept
+            else:
+                raw = await read_body(response, progress=idle)
             parsed = _decode_json(raw, response.code)
             return CouchResponse(response.code, response.headers, parsed,
                                  raw if raw and response.code < 400 else None)

@@ -62,7 +62,7 @@ from gateway.errors import (
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
 from gateway.http.client_address import ClientAddress
-from gateway.http.compression import gzip_answer
+from gateway.http.compression import gzip_answer, gzip_stream
 from gateway.http.conditional import (
     content_etag,
     etag_matches,
@@ -375,6 +375,7 @@ class GatewayApp:
         revalidate: bool = False,
         amend: Callable[[Any], Any] | None = None,
         rev_etag: str | None = None,
+        stream_large: bool = False,
         **kwargs: Any,
     ) -> bytes:
         """Send a JSON request upstream and answer with CouchDB's status and body.
@@ -393,11 +394,19 @@ class GatewayApp:
         ``amend`` may give a successful answer's body in another form; only a body it
         changes (returns another object) is encoded again. ``rev_etag`` names the body
         member holding a document's revision, which becomes the ``ETag`` as on CouchDB.
+
+        With ``stream_large`` (query answers, which grow with the database) a successful
+        answer over ``buffer_answer_bytes`` is not held but streamed
+        (:meth:`_relay_spilled`).
         """
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": condition}
+        if stream_large and amend is None:
+            kwargs["spill_over"] = self.settings.buffer_answer_bytes
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
+        if answer.spilled is not None:
+            return await self._relay_spilled(request, couch, answer, revalidate)
         if rev_etag is not None:
             _set_revision_etag(answer, rev_etag)
         if amend is not None and 200 <= answer.status < 300:
@@ -410,6 +419,39 @@ class GatewayApp:
             data = json_response(request, answer.status, answer.body, _etag(answer),
                                  encoded=answer.raw)
         return gzip_answer(request, data, self.settings.compress_min_bytes)
+
+    async def _relay_spilled(
+        self, request: Any, couch: CouchServer, answer: CouchResponse, revalidate: bool
+    ) -> bytes:
+        """Stream a successful answer too large to hold, as CouchDB sends it.
+
+        It goes chunked, gzip-coded on the fly for clients that take it, with CouchDB's
+        own ``ETag`` if any (one made from the bytes would come after them). A client
+        slower than CouchDB pauses the upstream connection. If the answer breaks off,
+        the client's connection is cut (:meth:`on_error`), so a truncated answer never
+        looks complete.
+        """
+        spilled = answer.spilled
+        assert spilled is not None
+        try:
+            request.setResponseCode(answer.status)
+            request.setHeader("Content-Type", "application/json")
+            etag = answer.header("ETag")
+            if etag:
+                request.setHeader("ETag", etag)
+            if revalidate:
+                must_revalidate(request)
+            compressor = gzip_stream(request, self.settings.compress_min_bytes)
+        except BaseException:
+            spilled.abort()
+            raise
+        write: Callable[[bytes], Any] = request.write
+        if compressor is not None:
+            def write(chunk: bytes) -> None:
+                request.write(compressor.compress(chunk))
+
+        await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout)
+        return compressor.flush() if compressor is not None else b""
 
     # -- errors ----------------------------------------------------------------
 
@@ -645,7 +687,8 @@ class GatewayApp:
             # CouchDB's answer; pouchdb-server never answers an empty list.
             return json_response(request, 200, {"results": []})
         return await self._forward(
-            request, couch, "POST", [name, "_bulk_get"], params=query, json=body
+            request, couch, "POST", [name, "_bulk_get"], params=query, json=body,
+            stream_large=True,
         )
 
     # -- attachments -----------------------------------------------------------
@@ -845,7 +888,8 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "allDocs", db=name)
         return await self._forward(
-            request, couch, "GET", [name, "_all_docs"], params=query, revalidate=True
+            request, couch, "GET", [name, "_all_docs"], params=query, revalidate=True,
+            stream_large=True,
         )
 
     @app.route(_DB + "/all_docs", methods=["POST"])
@@ -855,7 +899,8 @@ class GatewayApp:
         couch, query = await self._begin(request, "allDocsKeys", db=name)
         body = self._json_body(request, "allDocsKeys")
         return await self._forward(
-            request, couch, "POST", [name, "_all_docs"], params=query, json=body
+            request, couch, "POST", [name, "_all_docs"], params=query, json=body,
+            stream_large=True,
         )
 
     @app.route(_DB + "/views/<ddoc>/<view>", methods=["GET"])
@@ -868,7 +913,7 @@ class GatewayApp:
         )
         return await self._forward(
             request, couch, "GET", [name, "_design", design, "_view", view_name], params=query,
-            revalidate=True,
+            revalidate=True, stream_large=True,
         )
 
     @app.route(_DB + "/views/<ddoc>/<view>", methods=["POST"])
@@ -882,7 +927,7 @@ class GatewayApp:
         body = self._json_body(request, "queryViewKeys")
         return await self._forward(
             request, couch, "POST", [name, "_design", design, "_view", view_name],
-            params=query, json=body,
+            params=query, json=body, stream_large=True,
         )
 
     @app.route(_DB + "/find", methods=["POST"])
@@ -892,7 +937,9 @@ class GatewayApp:
         couch, query = await self._begin(request, "find", db=name)
         body = self._json_body(request, "find")
         await self._require_reader(request, couch, name)
-        return await self._forward(request, couch, "POST", [name, "_find"], params=query, json=body)
+        return await self._forward(
+            request, couch, "POST", [name, "_find"], params=query, json=body, stream_large=True
+        )
 
     @app.route(_DB + "/indexes", methods=["GET"])
     async def list_indexes(self, request: Any, db: str) -> bytes:

@@ -1,0 +1,176 @@
+"""Query answers over ``WALLABY_BUFFER_ANSWER_BYTES`` stream through instead of being held.
+
+Against the real server: the streamed answers are the same JSON as the held ones, gzip
+works on the fly, the client gets the first bytes while CouchDB is still sending, and an
+answer that breaks off (or goes silent) cuts the client's connection instead of ending
+like a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseDone
+
+from tests.conftest import CouchBackend
+from tests.rest.conftest import ApiClient, Scenario, StartGateway
+from tests.support.faultproxy import FaultProxy
+
+#: The setting in these tests: every answer of the seeded database is larger.
+LIMIT = 4096
+GZIP = {"Accept-Encoding": "gzip"}
+DDOC = {"views": {"by_kind": {"map": "function(doc) { if (doc.kind) emit(doc.kind, doc.n); }"}}}
+COUNT = 150
+
+
+async def _seed(scenario: Scenario) -> str:
+    base = f"/api/v1/db/{scenario.db.name}"
+    assert (await scenario.admin.put(f"{base}/docs/_design%2Fgrp", json_body=DDOC)).status == 201
+    docs = [{"_id": f"doc{i:03}", "kind": "odd" if i % 2 else "even", "n": i, "pad": "x" * 80}
+            for i in range(COUNT)]
+    written = await scenario.member_client.post(f"{base}/bulk_docs", json_body={"docs": docs})
+    assert written.status == 201
+    return base
+
+
+def _queries(base: str) -> list[tuple[str, str, Any]]:
+    ids = [f"doc{i:03}" for i in range(COUNT)]
+    return [
+        ("GET", f"{base}/all_docs?include_docs=true", None),
+        ("POST", f"{base}/all_docs?include_docs=true", {"keys": ids}),
+        ("GET", f"{base}/views/grp/by_kind?include_docs=true", None),
+        ("POST", f"{base}/views/grp/by_kind?include_docs=true", {"keys": ["odd", "even"]}),
+        ("POST", f"{base}/find", {"selector": {"n": {"$gte": 0}}, "limit": 1000}),
+        ("POST", f"{base}/bulk_get", {"docs": [{"id": i} for i in ids]}),
+    ]
+
+
+async def test_large_answers_stream_and_match_the_held_ones(
+    start_gateway: StartGateway, scenario: Scenario
+) -> None:
+    base = await _seed(scenario)
+    streaming = (await start_gateway(buffer_answer_bytes=LIMIT)).as_user(scenario.member)
+    held_whole = scenario.member_client  # the default, 4 MiB: these answers are held
+    for method, url, body in _queries(base):
+        streamed = await streaming.request(method, url, json_body=body)
+        held = await held_whole.request(method, url, json_body=body)
+        assert streamed.status == held.status == 200, url
+        assert json.loads(streamed.body) == json.loads(held.body), url
+        assert len(streamed.body) > LIMIT
+        # Held: a known length. Streamed: chunked, as CouchDB sent it.
+        assert held.length == len(held.body) and streamed.length is None, url
+        assert streamed.header("Content-Type") == "application/json"
+        if method == "GET":  # revalidatable routes: the browser must still ask again
+            assert streamed.header("Cache-Control") == held.header("Cache-Control")
+
+    small = await streaming.get(f"{base}/all_docs?limit=1")
+    assert small.status == 200 and small.length == len(small.body)  # under the limit: held
+
+
+async def test_a_streamed_answer_is_gzip_coded_on_the_fly(
+    start_gateway: StartGateway, scenario: Scenario
+) -> None:
+    base = await _seed(scenario)
+    url = f"{base}/all_docs?include_docs=true"
+    streaming = (await start_gateway(buffer_answer_bytes=LIMIT)).as_user(scenario.member)
+    plain = await streaming.get(url)
+    coded = await streaming.get(url, headers=GZIP)
+    assert coded.header("Content-Encoding") == "gzip" and coded.length is None
+    assert "Accept-Encoding" in (coded.header("Vary") or "")
+    assert coded.json == plain.json and len(coded.json["rows"]) == COUNT + 1  # + the ddoc
+    assert coded.wire_size < len(coded.body) / 4
+    assert plain.header("Content-Encoding") is None
+
+    never = (await start_gateway(buffer_answer_bytes=LIMIT, compress_min_bytes=0)).as_user(
+        scenario.member)
+    off = await never.get(url, headers=GZIP)
+    assert off.header("Content-Encoding") is None and off.json == plain.json
+
+
+class _Collect(Protocol):
+    """Collects a response body and how it ended."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.reason: Failure | None = None
+        self.ended: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.reason = reason or Failure(ResponseDone())
+        self.ended.callback(None)
+
+
+async def _until(reactor: Any, check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(couch_backend: CouchBackend, reactor: Any) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the real server."""
+    fault = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
+    fault.listen()
+    yield fault
+    await fault.close()
+
+
+async def _stalled_midway(
+    reactor: Any, client: ApiClient, proxy: FaultProxy, url: str
+) -> tuple[_Collect, int]:
+    """Start a large answer whose upstream stops after a few times the limit."""
+    whole = await client.get(url)  # also checks the user once, so no upstream call is left
+    assert whole.status == 200 and len(whole.body) > 8 * LIMIT
+    proxy.stall_after(3 * LIMIT)
+    opening: Deferred[Any] = Deferred.fromCoroutine(client.open("GET", url))
+    opening.addTimeout(10, reactor)  # held whole, no header would ever come
+    response = await opening
+    assert response.code == 200
+    body = _Collect()
+    response.deliverBody(body)
+    await _until(reactor, lambda: len(body.data) > LIMIT)
+    assert len(body.data) < len(whole.body)  # the rest is still upstream
+    return body, len(whole.body)
+
+
+async def test_the_client_gets_a_large_answer_while_couchdb_still_sends_it(
+    start_gateway: StartGateway, scenario: Scenario, proxy: FaultProxy, reactor: Any
+) -> None:
+    base = await _seed(scenario)
+    gateway = await start_gateway(couchdb_url=proxy.url, buffer_answer_bytes=LIMIT)
+    body, _size = await _stalled_midway(
+        reactor, gateway.as_user(scenario.member), proxy, f"{base}/all_docs?include_docs=true")
+    assert not body.ended.called
+    proxy.reset_all()  # CouchDB dies midway: the client must not see a complete answer
+    ending = body.ended
+    ending.addTimeout(10, reactor)
+    await ending
+    assert body.reason is not None and not body.reason.check(ResponseDone), body.reason
+
+
+async def test_a_streamed_answer_that_goes_silent_is_cut_after_the_timeout(
+    start_gateway: StartGateway, scenario: Scenario, proxy: FaultProxy, reactor: Any
+) -> None:
+    base = await _seed(scenario)
+    gateway = await start_gateway(
+        couchdb_url=proxy.url, buffer_answer_bytes=LIMIT, request_timeout=1.0)
+    body, _size = await _stalled_midway(
+        reactor, gateway.as_user(scenario.member), proxy, f"{base}/all_docs?include_docs=true")
+    started = time.monotonic()
+    ending = body.ended
+    ending.addTimeout(10, reactor)
+    await ending
+    assert body.reason is not None and not body.reason.check(ResponseDone), body.reason
+    assert 0.5 < time.monotonic() - started < 5
