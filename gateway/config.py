@@ -92,8 +92,8 @@ class Settings:
         compress_min_bytes: gzip JSON answers from CouchDB of at least this many bytes
             for clients that accept it (0: never).
         buffer_answer_bytes: Largest query answer (views, ``_all_docs``, ``_find``,
-            ``_bulk_get``) read whole before it is relayed; a larger one streams to the
-            client as CouchDB sends it, without an ``ETag`` made from its bytes.
+            ``_bulk_get``) or document read whole before it is relayed; a larger one
+            streams to the client as CouchDB sends it, without an ``ETag`` made from it.
         ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
         ws_max_user_feeds: Distinct feeds (database and options) one user's subscriptions
             may follow over all their connections (any number may share one).

@@ -127,6 +127,8 @@ def _if_match(request: Any, query: dict[str, Any]) -> None:
 
 #: What an entity tag may hold between its quotes (RFC 9110 ``etagc``, ASCII only).
 _ETAG_CHARACTERS = re.compile(r"[\x21\x23-\x7e]+")
+#: A document's ETag as CouchDB sends it: its revision, ``"<generation>-<hash>"``.
+_REVISION_TAG = re.compile(r'"[0-9]+-[\x21\x23-\x7e]+"')
 
 #: Options that give a document GET ``meta`` members; CouchDB then sends no ETag, since
 #: they can change while the revision stays.
@@ -406,6 +408,10 @@ class GatewayApp:
             kwargs["spill_over"] = self.settings.buffer_answer_bytes
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if answer.spilled is not None:
+            if rev_etag is not None and not _REVISION_TAG.fullmatch(answer.header("ETag") or ""):
+                # The revision is in the body, which has not been read: only an upstream
+                # tag that is a revision (CouchDB's) may stand for it (see If-Match).
+                answer.headers.removeHeader(b"etag")
             return await self._relay_spilled(request, couch, answer, revalidate)
         if rev_etag is not None:
             _set_revision_etag(answer, rev_etag)
@@ -633,7 +639,7 @@ class GatewayApp:
             query.get(option) for option in _DOC_META_OPTIONS)
         return await self._forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
-            rev_etag="_rev" if plain else None,
+            rev_etag="_rev" if plain else None, stream_large=True,
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["PUT"])
