@@ -639,7 +639,9 @@ class GatewayApp:
             query.get(option) for option in _DOC_META_OPTIONS)
         return await self._forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
-            rev_etag="_rev" if plain else None, stream_large=True,
+            rev_etag="_rev" if plain else None,
+            # A HEAD gives the length and the revision's tag: both need the whole body.
+            stream_large=request.method != b"HEAD",
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["PUT"])

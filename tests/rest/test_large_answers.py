@@ -199,3 +199,9 @@ async def test_a_large_document_streams_and_keeps_only_a_revision_as_its_etag(
         # that revision (CouchDB's); pouchdb-server's hash of the body is dropped.
         assert held.header("ETag") == f'"{rev}"'
         assert streamed.header("ETag") in (None, f'"{rev}"'), streamed.header("ETag")
+
+    head = await streaming.request("HEAD", f"{base}/big")  # its length and tag: held whole
+    held = await scenario.member_client.get(f"{base}/big")
+    assert head.status == 200 and head.body == b""
+    assert head.header("Content-Length") == str(len(held.body))
+    assert head.header("ETag") == f'"{rev}"'
