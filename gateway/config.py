@@ -42,6 +42,7 @@ _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
     "ws_max_subscriptions", "ws_max_user_feeds", "ws_max_feeds",
     "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms", "buffer_answer_bytes",
+    "send_stall_timeout",
 )
 #: Where 0 means "off" (or "at once").
 _NOT_NEGATIVE = (
@@ -86,6 +87,8 @@ class Settings:
         login_lockout_seconds: How long a failure counts.
         header_timeout: Seconds a client has from its request line to the end of its
             headers, however steadily they trickle (0: no limit).
+        send_stall_timeout: Seconds a client may read nothing of a streamed response
+            (a download, a large answer) before its connection is cut.
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
         splice_downloads: Relay large attachment downloads with ``splice(2)`` (Linux).
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
@@ -127,6 +130,7 @@ class Settings:
     max_attachment_bytes: int = 4 * 1024 * 1024 * 1024
     request_timeout: float = 30.0
     header_timeout: float = 20.0
+    send_stall_timeout: float = 60.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
     login_max_failures: int = 5

@@ -32,6 +32,8 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
         ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
         ├── ShuttingDown               503 (a WebSocket handshake during shutdown; Retry-After)
+        ├── ClientStalled              408 (read none of a streamed answer for too long:
+        │                                   its connection is cut, as its headers are out)
         └── RateLimited                429 (carries retry_after)
 
 Messages never contain credentials: classes only ever receive CouchDB's ``error`` and
@@ -46,6 +48,7 @@ __all__ = [
     "AccessDenied",
     "AuthenticationRequired",
     "BadRequest",
+    "ClientStalled",
     "Conflict",
     "CouchError",
     "CouchTimeout",
@@ -339,6 +342,16 @@ class ShuttingDown(GatewayRequestError):
     def headers(self) -> dict[str, str]:
         """Tell clients when to try again."""
         return {"Retry-After": str(self.retry_after)}
+
+
+class ClientStalled(GatewayRequestError):
+    """The client took none of a streamed answer for too long (408).
+
+    Raised once the answer's headers are out, so it is never sent: the connection is cut.
+    """
+
+    default_status = 408
+    default_error = "client_stalled"
 
 
 class RateLimited(GatewayRequestError):

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 
 from gateway.couch.spill import SpilledBody, read_or_spill
-from gateway.errors import CouchTimeout
+from gateway.errors import ClientStalled, CouchTimeout
 
 
 class FakeBodyTransport:
@@ -228,4 +228,27 @@ def test_a_first_write_that_fails_stops_the_transfer_and_lets_the_consumer_go() 
     assert isinstance(failure, Failure) and failure.check(RuntimeError)
     assert response.transport.stopped and consumer.unregistered and consumer.producer is None
     response.protocol.dataReceived(b"late")  # what the stopped transport still had: dropped
+    done.addErrback(lambda _: None)
+
+
+def test_a_consumer_that_holds_the_transfer_back_too_long_is_given_up() -> None:
+    response, spilled = _spilled()
+    consumer = FakeConsumer()
+    clock = Clock()
+    done = Deferred.fromCoroutine(spilled.relay(
+        consumer.write, consumer, clock=clock, timeout=5, stall_timeout=30))
+    clock.advance(4)
+    response.send(b"x")
+    consumer.producer.pauseProducing()
+    clock.advance(29)  # held back, but not yet for 30 s
+    consumer.producer.resumeProducing()
+    response.send(b"y")
+    consumer.producer.pauseProducing()  # the count starts again
+    clock.advance(29)
+    assert not done.called
+    clock.advance(1.5)
+    failure = done.result
+    assert isinstance(failure, Failure) and failure.check(ClientStalled)
+    assert "read nothing for 30 s" in str(failure.value)
+    assert response.transport.stopped and consumer.unregistered
     done.addErrback(lambda _: None)

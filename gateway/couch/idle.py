@@ -71,20 +71,31 @@ class PausingProducer:
     Args:
         producer: The response body's transport (an ``IPushProducer``).
         idle: The transfer's idle timeout, if any.
+        stall: A timeout that counts only while the consumer keeps the producer paused
+            (a client that reads nothing), if any.
     """
 
-    def __init__(self, producer: Any, idle: IdleTimeout | None) -> None:
+    def __init__(
+        self, producer: Any, idle: IdleTimeout | None, stall: IdleTimeout | None = None
+    ) -> None:
         self._producer = producer
         self._idle = idle
+        self._stall = stall
+        if stall is not None:
+            stall.pause()  # it counts only while the consumer holds the transfer back
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
-        """Stop reading the response, and stop counting its silence."""
+        """Stop reading the response, stop counting its silence, count the consumer's."""
         if self._idle is not None:
             self._idle.pause()
+        if self._stall is not None:
+            self._stall.resume()
         self._producer.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802
         """Read again, counting from now."""
+        if self._stall is not None:
+            self._stall.pause()
         if self._idle is not None:
             self._idle.resume()
         self._producer.resumeProducing()

@@ -23,7 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from gateway.couch.idle import IdleTimeout, PausingProducer
-from gateway.errors import CouchTimeout
+from gateway.errors import ClientStalled, CouchTimeout
 
 __all__ = ["SpilledBody", "body_complete", "read_or_spill"]
 
@@ -144,6 +144,7 @@ class SpilledBody:
         *,
         clock: IReactorTime | None = None,
         timeout: float | None = None,
+        stall_timeout: float | None = None,
     ) -> int:
         """Write the bytes read so far, then the rest as it arrives; the bytes written.
 
@@ -154,9 +155,12 @@ class SpilledBody:
             clock: With ``timeout``: the clock of the idle timeout.
             timeout: Seconds the rest may stop arriving while the consumer is not
                 pausing it (``None``: no limit).
+            stall_timeout: With ``clock``: seconds the consumer may keep the transfer
+                paused at a stretch (a client that reads nothing); ``None``: no limit.
 
         Raises:
             CouchTimeout: The body stopped arriving for ``timeout`` seconds.
+            ClientStalled: The consumer held the transfer back for ``stall_timeout``.
             Exception: What broke the body off, or what ``write`` raised.
         """
         reader = self._reader
@@ -164,13 +168,18 @@ class SpilledBody:
         reader.parts = []
         relayed: Deferred[int] = Deferred(reader.cancel_transfer)
         reader.relayed = relayed
+        stall: IdleTimeout | None = None
         if reader.ended is None:
             if clock is not None and timeout is not None:
                 reader.idle = IdleTimeout(clock, timeout, relayed.cancel)
+            if clock is not None and stall_timeout is not None:
+                stall = IdleTimeout(clock, stall_timeout, relayed.cancel)
             reader.sink = write
             # Registered before anything is written, so the first write's backpressure
             # already pauses the upstream connection; resuming delivers nothing at once.
-            consumer.registerProducer(PausingProducer(reader.transport, reader.idle), True)
+            consumer.registerProducer(
+                PausingProducer(reader.transport, reader.idle, stall), True
+            )
             reader.consumer = consumer
             reader.transport.resumeProducing()  # type: ignore[union-attr]
         complete = False
@@ -190,12 +199,17 @@ class SpilledBody:
                 raise CouchTimeout(
                     f"CouchDB sent nothing for {idle.seconds:g} s in the middle of its answer"
                 ) from None
+            if stall is not None and stall.expired:
+                raise ClientStalled(
+                    f"the client read nothing for {stall.seconds:g} s in the middle of an answer"
+                ) from None
             raise
         finally:
             if not complete:
                 reader.abort()
-            if reader.idle is not None:
-                reader.idle.stop()
+            for timer in (reader.idle, stall):
+                if timer is not None:
+                    timer.stop()
             # Before the caller answers the failure: a request must not end with a
             # producer still registered.
             reader.release_consumer()

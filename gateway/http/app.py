@@ -206,7 +206,8 @@ class GatewayApp:
         self.metrics = Metrics()
         self.in_flight = InFlight()
         #: Zero-copy attachment downloads (see gateway.http.splice_relay).
-        self.splicer = Splicer(reactor, shutdown_grace=settings.shutdown_grace)
+        self.splicer = Splicer(reactor, shutdown_grace=settings.shutdown_grace,
+                               stall_timeout=settings.send_stall_timeout)
         self.splicer.enabled = self.splicer.enabled and settings.splice_downloads
         self.splicer.uploads_enabled = self.splicer.uploads_enabled and settings.splice_uploads
         self.metrics.add_collector(self.splicer.render_metrics)
@@ -456,7 +457,8 @@ class GatewayApp:
             def write(chunk: bytes) -> None:
                 request.write(compressor.compress(chunk))
 
-        await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout)
+        await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout,
+                            stall_timeout=self.settings.send_stall_timeout)
         return compressor.flush() if compressor is not None else b""
 
     # -- errors ----------------------------------------------------------------
@@ -775,7 +777,8 @@ class GatewayApp:
             return b""
         if length is not None:
             request.setHeader("Content-Length", length)
-        await relay(response, request, skip, limit, splicer=self.splicer)
+        await relay(response, request, skip, limit, splicer=self.splicer, clock=self.reactor,
+                    stall_timeout=self.settings.send_stall_timeout)
         return b""
 
     async def _attachment_stub(

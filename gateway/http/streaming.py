@@ -33,15 +33,17 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from gateway.couch.idle import IdleTimeout
 from gateway.couch.transport import body_complete
 from gateway.eager_write import write_now
+from gateway.errors import ClientStalled
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
@@ -265,12 +267,28 @@ class _Relay(Protocol):
         self.finished = False
         self._widened: list[Any] = []
         self._client: Any = None
+        self._stall: IdleTimeout | None = None
+
+    def limit_stalls(self, stall: IdleTimeout) -> None:
+        """Fail the transfer once the client has held it paused for ``stall``'s time."""
+        self._stall = stall
+        stall.pause()  # it counts only while the client holds the transfer back
 
     def connectionMade(self) -> None:  # noqa: N802
         client = getattr(getattr(self.request, "channel", None), "transport", None)
         self._client = client
         self._widened = [widen(self.transport), widen(client)]
         self.request.registerProducer(self, True)
+
+    def stalled(self) -> None:
+        """The client read nothing for the stall timeout: give up the transfer."""
+        if self.finished:
+            return
+        self.finish()
+        assert self._stall is not None
+        self.done.errback(ClientStalled(
+            f"the client read nothing for {self._stall.seconds:g} s in the middle of a download"
+        ))
 
     def _write(self, data: bytes) -> None:
         request = self.request
@@ -308,6 +326,8 @@ class _Relay(Protocol):
     def _release(self) -> None:
         """Done relaying: unregister from the request and restore the sockets."""
         self.finished = True
+        if self._stall is not None:
+            self._stall.stop()
         # The client may be gone already (its channel is then None, like the splice's).
         if getattr(self.request, "channel", None) is not None:
             self.request.unregisterProducer()
@@ -321,10 +341,14 @@ class _Relay(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def pauseProducing(self) -> None:  # noqa: N802
+        if self._stall is not None:
+            self._stall.resume()
         if self.transport is not None:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:  # noqa: N802
+        if self._stall is not None:
+            self._stall.pause()
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -344,7 +368,8 @@ class _Relay(Protocol):
 
 def relay(
     response: Any, request: Any, skip: int = 0, limit: int | None = None,
-    splicer: Splicer | None = None,
+    splicer: Splicer | None = None, *, clock: IReactorTime | None = None,
+    stall_timeout: float | None = None,
 ) -> Deferred[int]:
     """Stream ``response``'s body into ``request`` with backpressure.
 
@@ -354,7 +379,12 @@ def relay(
         skip: Bytes to drop first (a byte range the upstream did not honour).
         limit: Bytes to relay at most; the upstream body is aborted after them.
         splicer: Splices the body instead when that is possible and safe
-            (:meth:`~gateway.http.splice_relay.Splicer.try_relay`).
+            (:meth:`~gateway.http.splice_relay.Splicer.try_relay`, which has its own
+            stall timeout).
+        clock: With ``stall_timeout``: the clock.
+        stall_timeout: Seconds the client may keep the transfer paused at a stretch
+            (reading nothing) before it fails with :class:`~gateway.errors.ClientStalled`
+            and the upstream body is aborted; ``None``: no limit.
 
     Returns:
         A Deferred firing with the number of bytes relayed; cancelling it aborts the
@@ -372,6 +402,8 @@ def relay(
 
     done: Deferred[int] = Deferred(cancel)
     protocol = _Relay(request, done, skip, limit)
+    if clock is not None and stall_timeout is not None:
+        protocol.limit_stalls(IdleTimeout(clock, stall_timeout, protocol.stalled))
     response.deliverBody(protocol)
     return done
 
