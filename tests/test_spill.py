@@ -228,6 +228,7 @@ def test_a_first_write_that_fails_stops_the_transfer_and_lets_the_consumer_go() 
     assert isinstance(failure, Failure) and failure.check(RuntimeError)
     assert response.transport.stopped and consumer.unregistered and consumer.producer is None
     response.protocol.dataReceived(b"late")  # what the stopped transport still had: dropped
+    response.end(ConnectionLost())  # and its end concerns nobody any more
     done.addErrback(lambda _: None)
 
 

@@ -58,11 +58,13 @@ class _SpillingReader(Protocol):
         self.relayed: Deferred[int] | None = None
         #: Why the body ended, if it did before the relay started.
         self.ended: Failure | None = None
+        #: The relay is over: whatever still arrives is dropped.
+        self.stopped = False
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self.stopped:
+            return  # given up (a timeout, a failed write): the rest of this read is dropped
         if self.sink is not None:
-            if self.relayed is not None and self.relayed.called:
-                return  # stopped (a timeout, a cancel): the rest of this read is dropped
             if self.idle is not None:
                 self.idle.touch()
             self.received += len(data)
@@ -94,7 +96,7 @@ class _SpillingReader(Protocol):
             return
         if self.relayed is None:
             self.ended = reason  # before the relay started: it finishes at once
-        elif not self.relayed.called:
+        elif not self.relayed.called and not self.stopped:
             if body_complete(reason):
                 self.relayed.callback(self.received)
             else:
@@ -205,6 +207,7 @@ class SpilledBody:
                 ) from None
             raise
         finally:
+            reader.stopped = True
             if not complete:
                 reader.abort()
             for timer in (reader.idle, stall):
