@@ -60,9 +60,14 @@ bench-stream: install
 bench-browser-reads: install
 	timeout 600 $(BIN)/python -m benches.browser_reads
 
-.PHONY: bench-fanout bench-reconnect bench-stream bench-browser-reads
+## bench-big-answers: a ~43 MiB _all_docs?include_docs=true answer read direct, through nginx,
+## through the gateway and through one buffering answers whole, plain and gzip (~1 min)
+bench-big-answers: install
+	timeout 300 $(BIN)/python -m benches.big_answers
+
+.PHONY: bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers
 ## bench: every benchmark in turn (results in benches/results/, see BENCHMARKS.md)
-bench: bench-rest bench-fanout bench-reconnect bench-stream bench-browser-reads
+bench: bench-rest bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers
 
 ## soak: mixed REST + WebSocket soak against a real gateway (SOAK_SECONDS, default 600; report in var/reliability/)
 soak: install ; timeout $$(( $${SOAK_SECONDS:-600} + 300 )) $(BIN)/python -m tests.reliability.soak --duration $${SOAK_SECONDS:-600}
