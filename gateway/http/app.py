@@ -52,6 +52,7 @@ from gateway.errors import (
     CouchError,
     CouchTimeout,
     CouchUnreachable,
+    GatewayError,
     GatewayRequestError,
     InvalidRequest,
     PayloadTooLarge,
@@ -476,7 +477,10 @@ class GatewayApp:
         elif isinstance(exc, wz.HTTPException):
             exc = RouteNotFound("no such route")
         if getattr(request, "startedWriting", False):
-            # Headers are gone (a stream broke midway): all we can do is cut it short.
+            # Headers are gone (a stream broke midway): all we can do is cut it short,
+            # and say why in the access log and the error metrics.
+            if isinstance(exc, GatewayError):
+                setattr(request, "error_code", exc.error)  # noqa: B010
             transport = getattr(getattr(request, "channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()

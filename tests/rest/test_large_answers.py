@@ -174,6 +174,8 @@ async def test_a_streamed_answer_that_goes_silent_is_cut_after_the_timeout(
     await ending
     assert body.reason is not None and not body.reason.check(ResponseDone), body.reason
     assert 0.5 < time.monotonic() - started < 5
+    metrics = (await gateway.client.get("/metrics")).body.decode()
+    assert 'wallaby_errors_total{route="allDocs",error="upstream_timeout"} 1' in metrics
 
 
 async def test_a_large_document_streams_and_keeps_only_a_revision_as_its_etag(
