@@ -24,12 +24,21 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["flush_now", "idle_socket", "nothing_queued", "send_each", "write_now"]
+__all__ = [
+    "flush_now", "idle_socket", "nothing_queued", "queued_bytes", "send_each", "write_now",
+]
 
 
 def nothing_queued(transport: Any) -> bool:
     """Whether a TCP transport has no bytes waiting in Twisted's send queue."""
     return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
+
+
+def queued_bytes(transport: Any) -> int | None:
+    """Bytes waiting in a TCP transport's Twisted send queue (``None``: not one)."""
+    if not isinstance(transport, tcp.Connection):
+        return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def idle_socket(transport: Any) -> socket.socket | None:

@@ -253,3 +253,22 @@ def test_a_consumer_that_holds_the_transfer_back_too_long_is_given_up() -> None:
     assert "read nothing for 30 s" in str(failure.value)
     assert response.transport.stopped and consumer.unregistered
     done.addErrback(lambda _: None)
+
+
+def test_a_consumer_that_takes_some_while_holding_back_is_slow_not_stalled() -> None:
+    response, spilled = _spilled()
+    consumer = FakeConsumer()
+    clock = Clock()
+    backlog = [1000]
+    done = Deferred.fromCoroutine(spilled.relay(
+        consumer.write, consumer, clock=clock, stall_timeout=30, backlog=lambda: backlog[0]))
+    consumer.producer.pauseProducing()  # held back for minutes, draining slowly
+    for left in (900, 500, 10):
+        backlog[0] = left  # it took some bytes within each 30 s
+        clock.advance(30)
+        assert not done.called
+    clock.advance(30)  # then nothing for 30 s
+    failure = done.result
+    assert isinstance(failure, Failure) and failure.check(ClientStalled)
+    assert response.transport.stopped
+    done.addErrback(lambda _: None)

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-__all__ = ["IdleTimeout", "PausingProducer", "ProgressBody"]
+__all__ = ["IdleTimeout", "PausingProducer", "ProgressBody", "StallWatch"]
 
 
 class IdleTimeout:
@@ -64,6 +64,65 @@ class IdleTimeout:
         self.pause()
 
 
+class StallWatch:
+    """Gives up a transfer whose consumer holds it back and takes nothing meanwhile.
+
+    A consumer (a request) pauses its producer when its send buffer is full and resumes
+    it only once that buffer is empty, which a slow but steady reader of a large buffer
+    takes long to do. So the time that counts from a pause is not the verdict: when it
+    runs out, the consumer's backlog is measured, and a smaller one than at the last
+    look means the client took bytes meanwhile: the time starts again. Only a backlog
+    that did not shrink in ``seconds`` calls ``expire``.
+
+    Args:
+        clock: The reactor's clock.
+        seconds: How long the consumer may take nothing.
+        expire: Called once, when it took nothing for that long.
+        backlog: Bytes the consumer still holds to send (``None`` when unknown: then
+            no progress can be seen, and the time from the pause decides).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, seconds: float, expire: Callable[[], None],
+        backlog: Callable[[], int | None],
+    ) -> None:
+        self._clock = clock
+        self.seconds = seconds
+        self._expire = expire
+        self._backlog = backlog
+        self.expired = False
+        self._stopped = False
+        self._mark: int | None = None
+        self._call: IDelayedCall | None = None
+
+    def hold(self) -> None:
+        """The consumer paused the transfer: start counting."""
+        if self._call is None and not self._stopped and not self.expired:
+            self._mark = self._backlog()
+            self._call = self._clock.callLater(self.seconds, self._look)
+
+    def release(self) -> None:
+        """The consumer resumed the transfer: stop counting."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def stop(self) -> None:
+        """The transfer is over: never fire."""
+        self._stopped = True
+        self.release()
+
+    def _look(self) -> None:
+        self._call = None
+        backlog = self._backlog()
+        if backlog is not None and self._mark is not None and backlog < self._mark:
+            self._mark = backlog  # the client took some: it is slow, not gone
+            self._call = self._clock.callLater(self.seconds, self._look)
+            return
+        self.expired = True
+        self._expire()
+
+
 @implementer(IPushProducer)
 class PausingProducer:
     """A response body's producer, seen by a consumer: pausing it also pauses the clock.
@@ -71,31 +130,29 @@ class PausingProducer:
     Args:
         producer: The response body's transport (an ``IPushProducer``).
         idle: The transfer's idle timeout, if any.
-        stall: A timeout that counts only while the consumer keeps the producer paused
-            (a client that reads nothing), if any.
+        stall: Watches the consumer while it keeps the producer paused (a client that
+            reads nothing), if any.
     """
 
     def __init__(
-        self, producer: Any, idle: IdleTimeout | None, stall: IdleTimeout | None = None
+        self, producer: Any, idle: IdleTimeout | None, stall: StallWatch | None = None
     ) -> None:
         self._producer = producer
         self._idle = idle
         self._stall = stall
-        if stall is not None:
-            stall.pause()  # it counts only while the consumer holds the transfer back
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
         """Stop reading the response, stop counting its silence, count the consumer's."""
         if self._idle is not None:
             self._idle.pause()
         if self._stall is not None:
-            self._stall.resume()
+            self._stall.hold()
         self._producer.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802
         """Read again, counting from now."""
         if self._stall is not None:
-            self._stall.pause()
+            self._stall.release()
         if self._idle is not None:
             self._idle.resume()
         self._producer.resumeProducing()

@@ -22,7 +22,7 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from gateway.couch.idle import IdleTimeout, PausingProducer
+from gateway.couch.idle import IdleTimeout, PausingProducer, StallWatch
 from gateway.errors import ClientStalled, CouchTimeout
 
 __all__ = ["SpilledBody", "body_complete", "read_or_spill"]
@@ -147,6 +147,7 @@ class SpilledBody:
         clock: IReactorTime | None = None,
         timeout: float | None = None,
         stall_timeout: float | None = None,
+        backlog: Callable[[], int | None] = lambda: None,
     ) -> int:
         """Write the bytes read so far, then the rest as it arrives; the bytes written.
 
@@ -157,8 +158,10 @@ class SpilledBody:
             clock: With ``timeout``: the clock of the idle timeout.
             timeout: Seconds the rest may stop arriving while the consumer is not
                 pausing it (``None``: no limit).
-            stall_timeout: With ``clock``: seconds the consumer may keep the transfer
-                paused at a stretch (a client that reads nothing); ``None``: no limit.
+            stall_timeout: With ``clock``: seconds the consumer may hold the transfer
+                back while taking nothing (a client that reads nothing); ``None``: no
+                limit. See :class:`~gateway.couch.idle.StallWatch`.
+            backlog: Bytes the consumer still holds to send, which shows it taking some.
 
         Raises:
             CouchTimeout: The body stopped arriving for ``timeout`` seconds.
@@ -170,12 +173,12 @@ class SpilledBody:
         reader.parts = []
         relayed: Deferred[int] = Deferred(reader.cancel_transfer)
         reader.relayed = relayed
-        stall: IdleTimeout | None = None
+        stall: StallWatch | None = None
         if reader.ended is None:
             if clock is not None and timeout is not None:
                 reader.idle = IdleTimeout(clock, timeout, relayed.cancel)
             if clock is not None and stall_timeout is not None:
-                stall = IdleTimeout(clock, stall_timeout, relayed.cancel)
+                stall = StallWatch(clock, stall_timeout, relayed.cancel, backlog)
             reader.sink = write
             # Registered before anything is written, so the first write's backpressure
             # already pauses the upstream connection; resuming delivers nothing at once.
@@ -210,9 +213,10 @@ class SpilledBody:
             reader.stopped = True
             if not complete:
                 reader.abort()
-            for timer in (reader.idle, stall):
-                if timer is not None:
-                    timer.stop()
+            if reader.idle is not None:
+                reader.idle.stop()
+            if stall is not None:
+                stall.stop()
             # Before the caller answers the failure: a request must not end with a
             # producer still registered.
             reader.release_consumer()

@@ -82,7 +82,14 @@ from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
-from gateway.http.streaming import BodyPipe, parse_range, relay, spool, upload_producer
+from gateway.http.streaming import (
+    BodyPipe,
+    client_backlog,
+    parse_range,
+    relay,
+    spool,
+    upload_producer,
+)
 from gateway.identity import Identity, IdentityCache, basic_user, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
@@ -406,7 +413,8 @@ class GatewayApp:
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": condition}
-        if stream_large and amend is None:
+        if stream_large and amend is None and request.method != b"HEAD":
+            # A HEAD gives the length and maybe a tag made from the body: held whole.
             kwargs["spill_over"] = self.settings.buffer_answer_bytes
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if answer.spilled is not None:
@@ -453,13 +461,14 @@ class GatewayApp:
         except BaseException:
             spilled.abort()
             raise
-        write: Callable[[bytes], Any] = request.write
-        if compressor is not None:
-            def write(chunk: bytes) -> None:
-                request.write(compressor.compress(chunk))
+        def write(chunk: bytes) -> None:
+            # Looked up each time: Twisted swaps ``request.write`` after the headers of
+            # answers that must have no body.
+            request.write(chunk if compressor is None else compressor.compress(chunk))
 
         await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout,
-                            stall_timeout=self.settings.send_stall_timeout)
+                            stall_timeout=self.settings.send_stall_timeout,
+                            backlog=client_backlog(request))
         return compressor.flush() if compressor is not None else b""
 
     # -- errors ----------------------------------------------------------------
@@ -481,6 +490,8 @@ class GatewayApp:
             # and say why in the access log and the error metrics.
             if isinstance(exc, GatewayError):
                 setattr(request, "error_code", exc.error)  # noqa: B010
+            # Klein finishes the request before the abort takes effect: mark it here.
+            setattr(request, "cut_short", True)  # noqa: B010
             transport = getattr(getattr(request, "channel", None), "transport", None)
             if transport is not None:
                 transport.abortConnection()
@@ -645,9 +656,7 @@ class GatewayApp:
             query.get(option) for option in _DOC_META_OPTIONS)
         return await self._forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
-            rev_etag="_rev" if plain else None,
-            # A HEAD gives the length and the revision's tag: both need the whole body.
-            stream_large=request.method != b"HEAD",
+            rev_etag="_rev" if plain else None, stream_large=True,
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["PUT"])

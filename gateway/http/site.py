@@ -58,6 +58,8 @@ class GatewayRequest(server.Request):
         self.client_host = "unknown"
         #: The connection was lost before the answer was complete.
         self.client_gone = False
+        #: The gateway cut the connection after the headers (a stream that broke off).
+        self.cut_short = False
         self.started = 0.0
         self.too_large = False
         self._body_seen = 0
@@ -264,7 +266,9 @@ def _aborted(request: Any, outcome: Any) -> bool:
         # A WebSocket's upgrade request ends with ConnectionDone once upgraded (or when a
         # refused handshake's socket closes cleanly): no abort (gateway.ws.resource).
         return outcome is not None and not outcome.check(ConnectionDone)
-    return request.client_gone or _truncated(request) or outcome is not None
+    return (
+        request.client_gone or request.cut_short or _truncated(request) or outcome is not None
+    )
 
 
 def _truncated(request: Any) -> bool:
@@ -440,5 +444,6 @@ class FrontDoor(Resource):
             client=request.client_host,
             user=request.user_name,
             aborted=_aborted(request, outcome),
+            error=request.error_code,
         )
         return None

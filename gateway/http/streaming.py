@@ -29,6 +29,7 @@ memory in flight stays bounded by about two chunks per direction.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -40,14 +41,15 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from gateway.couch.idle import IdleTimeout
+from gateway.couch.idle import StallWatch
 from gateway.couch.transport import body_complete
-from gateway.eager_write import write_now
+from gateway.eager_write import queued_bytes, write_now
 from gateway.errors import ClientStalled
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
-    "CHUNK", "BodyPipe", "narrow", "parse_range", "relay", "spool", "upload_producer", "widen",
+    "CHUNK", "BodyPipe", "client_backlog", "narrow", "parse_range", "relay", "spool",
+    "upload_producer", "widen",
 ]
 
 #: Bytes per read, per send and per producer pause while streaming a body.
@@ -267,12 +269,11 @@ class _Relay(Protocol):
         self.finished = False
         self._widened: list[Any] = []
         self._client: Any = None
-        self._stall: IdleTimeout | None = None
+        self._stall: StallWatch | None = None
 
-    def limit_stalls(self, stall: IdleTimeout) -> None:
-        """Fail the transfer once the client has held it paused for ``stall``'s time."""
+    def limit_stalls(self, stall: StallWatch) -> None:
+        """Fail the transfer once the client holds it back and takes nothing for long."""
         self._stall = stall
-        stall.pause()  # it counts only while the client holds the transfer back
 
     def connectionMade(self) -> None:  # noqa: N802
         client = getattr(getattr(self.request, "channel", None), "transport", None)
@@ -342,13 +343,13 @@ class _Relay(Protocol):
 
     def pauseProducing(self) -> None:  # noqa: N802
         if self._stall is not None:
-            self._stall.resume()
+            self._stall.hold()
         if self.transport is not None:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:  # noqa: N802
         if self._stall is not None:
-            self._stall.pause()
+            self._stall.release()
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -364,6 +365,19 @@ class _Relay(Protocol):
             self.done.callback(self.sent)
         else:
             self.done.errback(reason)
+
+
+def client_backlog(request: Any) -> Callable[[], int | None]:
+    """How many bytes of ``request``'s answer wait in the gateway to be sent, when asked.
+
+    A client that takes some of them is slow, not stalled (see
+    :class:`~gateway.couch.idle.StallWatch`).
+    """
+
+    def backlog() -> int | None:
+        return queued_bytes(getattr(getattr(request, "channel", None), "transport", None))
+
+    return backlog
 
 
 def relay(
@@ -382,9 +396,10 @@ def relay(
             (:meth:`~gateway.http.splice_relay.Splicer.try_relay`, which has its own
             stall timeout).
         clock: With ``stall_timeout``: the clock.
-        stall_timeout: Seconds the client may keep the transfer paused at a stretch
-            (reading nothing) before it fails with :class:`~gateway.errors.ClientStalled`
-            and the upstream body is aborted; ``None``: no limit.
+        stall_timeout: Seconds the client may hold the transfer back while taking
+            nothing before it fails with :class:`~gateway.errors.ClientStalled` and the
+            upstream body is aborted (:class:`~gateway.couch.idle.StallWatch`); ``None``:
+            no limit.
 
     Returns:
         A Deferred firing with the number of bytes relayed; cancelling it aborts the
@@ -403,7 +418,9 @@ def relay(
     done: Deferred[int] = Deferred(cancel)
     protocol = _Relay(request, done, skip, limit)
     if clock is not None and stall_timeout is not None:
-        protocol.limit_stalls(IdleTimeout(clock, stall_timeout, protocol.stalled))
+        protocol.limit_stalls(
+            StallWatch(clock, stall_timeout, protocol.stalled, client_backlog(request))
+        )
     response.deliverBody(protocol)
     return done
 
