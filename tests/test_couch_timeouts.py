@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import TaskStopped
 from twisted.web.client import HTTPConnectionPool
@@ -24,6 +25,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from gateway.couch import CouchServer, CouchTimeout, Database
+from gateway.couch.transport import CouchTransport
+from gateway.errors import CouchUnreachable
 from tests.conftest import CouchBackend
 from tests.support.faultproxy import FaultProxy
 
@@ -245,3 +248,39 @@ async def test_an_answer_kept_alive_by_heartbeats_outlives_the_timeout(
     finally:
         await pool.closeCachedConnections()
         await port.stopListening()
+
+
+class _ResolvingAgent:
+    """An agent still resolving CouchDB's host name, as ``HostnameEndpoint`` does."""
+
+    def __init__(self, outcome: Exception | None = None) -> None:
+        self.outcome = outcome
+
+    def request(self, *args: Any) -> Deferred[Any]:
+        def cancel(pending: Deferred[Any]) -> None:
+            # What HostnameEndpoint does when cancelled in the middle of a lookup.
+            pending.errback(DNSLookupError("Couldn't find the hostname '127.0.0.1'."))
+
+        pending: Deferred[Any] = Deferred(cancel)
+        if self.outcome is not None:
+            pending.errback(self.outcome)
+        return pending
+
+
+async def test_a_name_that_does_not_resolve_is_couchdb_unreachable(reactor: Any) -> None:
+    transport = CouchTransport("http://couchdb:5984", reactor, timeout=None)
+    transport._agent = _ResolvingAgent(DNSLookupError("no such host"))  # type: ignore[assignment]
+    with pytest.raises(CouchUnreachable, match="DNSLookupError"):
+        await transport.send("GET", ["db"])
+
+
+async def test_cancelled_while_resolving_is_a_cancellation(reactor: Any) -> None:
+    """A client that leaves while the host name resolves is not CouchDB unreachable."""
+    transport = CouchTransport("http://couchdb:5984", reactor, timeout=None)
+    transport._agent = _ResolvingAgent()  # type: ignore[assignment]
+    for start in (lambda: transport.send("GET", ["db"]),
+                  lambda: transport.open_stream("GET", ["db", "doc", "att"])):
+        pending: Deferred[Any] = Deferred.fromCoroutine(start())
+        pending.cancel()
+        with pytest.raises(CancelledError):
+            await pending

@@ -65,6 +65,7 @@ class Reactor(IReactorTCP, IReactorTime):
 _NO_BODY: Final = object()
 _UNREACHABLE_ERRORS = (
     neterror.ConnectError,
+    neterror.DNSLookupError,
     neterror.ConnectionLost,
     neterror.ConnectionDone,
     ResponseNeverReceived,
@@ -401,6 +402,32 @@ class CouchTransport:
     def _url(self, segments: Sequence[str], params: Any) -> bytes:
         return self._base + path_bytes(segments, encode_query(params) if params else "")
 
+    async def _request(
+        self, method: bytes, url: bytes, headers: Headers, body: IBodyProducer | None
+    ) -> IResponse:
+        """``Agent.request``, where being cancelled always ends in ``CancelledError``.
+
+        Cancelled while it still resolves the host name, Twisted's ``HostnameEndpoint``
+        fails with ``DNSLookupError`` instead, which would read as CouchDB unreachable
+        (and be logged as an error for a client that merely left).
+        """
+        cancelled = False
+        started: Deferred[IResponse] = self._agent.request(method, url, headers, body)
+
+        def cancel(_: Deferred[IResponse]) -> None:
+            nonlocal cancelled
+            cancelled = True
+            started.cancel()
+
+        relayed: Deferred[IResponse] = Deferred(cancel)
+        started.chainDeferred(relayed)
+        try:
+            return await relayed
+        except Exception as exc:
+            if cancelled and not isinstance(exc, CancelledError):
+                raise CancelledError() from exc
+            raise
+
     async def _with_timeout(
         self, start: Callable[[IdleTimeout | None], Awaitable[T]], timeout: float | None
     ) -> T:
@@ -485,7 +512,7 @@ class CouchTransport:
                 BytesBody(content) if isinstance(content, bytes) else _progress(content, idle)
             )
             try:
-                response = await self._agent.request(verb, url, raw_headers, body)
+                response = await self._request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:
                 raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
@@ -548,7 +575,7 @@ class CouchTransport:
             request_headers.update(await auth.headers())
             raw_headers = Headers({k: [v] for k, v in request_headers.items()})
             try:
-                response: IResponse = await self._agent.request(
+                response: IResponse = await self._request(
                     method.encode("ascii"), url, raw_headers, _progress(body, idle)
                 )
             except _UNREACHABLE_ERRORS as exc:

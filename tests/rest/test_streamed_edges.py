@@ -3,13 +3,15 @@
 Real sockets against the real server, as in ``test_slow_readers``: a HEAD of a large
 query answer sends no body (it kept the connection's framing in step); a reader that
 keeps reading, however slowly its gateway buffer drains, is not taken for one that
-stopped; a stream cut midway is logged as aborted, with why.
+stopped; a stream cut midway is logged as aborted, with why; a client that leaves at
+once, while the gateway still connects upstream, is not logged as an error.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -179,3 +181,34 @@ async def test_a_stream_cut_midway_is_logged_as_aborted(
     assert line["aborted"] is True, line
     assert line["error"] == {"upstream breaks off": None, "upstream goes silent":
                              "upstream_timeout", "client reads nothing": "client_stalled"}[fault]
+
+
+@pytest.mark.parametrize("path", ["all_docs?limit=1", "docs/nothere", "all_docs?include_docs=true"])
+async def test_a_client_that_leaves_at_once_is_no_error(
+    path: str, start_gateway: StartGateway, scenario: Scenario, reactor: Any
+) -> None:
+    """Gone while the gateway still connects upstream: not an error to log (it was a
+    DNSLookupError from Twisted's cancelled host-name lookup, logged as unhandled)."""
+    await _seed(scenario, 1)
+    gateway = await start_gateway(buffer_answer_bytes=LIMIT)
+    base = f"/api/v1/db/{scenario.db.name}"
+    auth = basic(scenario.member.name, scenario.member.password)["Authorization"]
+    assert (await gateway.as_user(scenario.member).get(f"{base}/all_docs?limit=1")).status == 200
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(5):
+            sock = _connect(_port(gateway.url))
+            sock.sendall(
+                f"GET {base}/{path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, at once
+            await deferLater(reactor, 0.3, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not errors, [str(e.get("failure") or e.get("log_failure")) for e in errors]
