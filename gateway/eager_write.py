@@ -18,7 +18,10 @@ one frame, many sockets picked with :func:`idle_socket`, one tight loop.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import sys
+import termios
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +38,28 @@ def nothing_queued(transport: Any) -> bool:
 
 
 def queued_bytes(transport: Any) -> int | None:
-    """Bytes waiting in a TCP transport's Twisted send queue (``None``: not one)."""
+    """Bytes of a TCP transport not yet taken by its peer (``None``: not a TCP transport).
+
+    Those in Twisted's send queue, plus those in the kernel's send queue (``SIOCOUTQ``:
+    not yet acknowledged, which on a full connection means not yet read by the peer).
+    The kernel's queue can hold megabytes, and Twisted's shrinks only when a third of it
+    is free again, so a peer reading slowly shows in the kernel's count first.
+    """
     if not isinstance(transport, tcp.Connection):
         return None
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    queued = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    if _OUTQ is None:
+        return queued
+    try:
+        kernel = fcntl.ioctl(transport.socket.fileno(), _OUTQ, _INT)
+    except (OSError, ValueError):  # closed, or not a socket the call knows
+        return queued
+    return queued + int.from_bytes(kernel, sys.byteorder, signed=True)
+
+
+_INT = bytes(4)
+#: ``SIOCOUTQ`` on Linux (the same number); absent elsewhere.
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 
 def idle_socket(transport: Any) -> socket.socket | None:

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 
 from gateway.couch.spill import SpilledBody, read_or_spill
-from gateway.errors import ClientStalled, CouchTimeout
+from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
 
 
 class FakeBodyTransport:
@@ -157,7 +157,7 @@ def test_a_body_that_breaks_off_while_relayed_fails_the_relay() -> None:
     response.send(b"more")
     response.end(ConnectionLost())
     failure = done.result
-    assert isinstance(failure, Failure) and failure.check(ConnectionLost)
+    assert isinstance(failure, Failure) and failure.check(CouchUnreachable)
     assert consumer.unregistered
     done.addErrback(lambda _: None)
 
@@ -176,7 +176,7 @@ def test_a_body_that_ended_before_the_relay_started() -> None:
     consumer = FakeConsumer()
     broken = Deferred.fromCoroutine(spilled.relay(consumer.write, consumer))
     failure = broken.result
-    assert isinstance(failure, Failure) and failure.check(ConnectionLost)
+    assert isinstance(failure, Failure) and failure.check(CouchUnreachable)
     broken.addErrback(lambda _: None)
 
 
@@ -259,12 +259,12 @@ def test_a_consumer_that_takes_some_while_holding_back_is_slow_not_stalled() -> 
     response, spilled = _spilled()
     consumer = FakeConsumer()
     clock = Clock()
-    backlog = [1000]
+    backlog = [1_000_000]
     done = Deferred.fromCoroutine(spilled.relay(
         consumer.write, consumer, clock=clock, stall_timeout=30, backlog=lambda: backlog[0]))
     consumer.producer.pauseProducing()  # held back for minutes, draining slowly
-    for left in (900, 500, 10):
-        backlog[0] = left  # it took some bytes within each 30 s
+    for left in (900_000, 500_000, 400_000):
+        backlog[0] = left  # it took some within each 30 s
         clock.advance(30)
         assert not done.called
     clock.advance(30)  # then nothing for 30 s
@@ -272,3 +272,19 @@ def test_a_consumer_that_takes_some_while_holding_back_is_slow_not_stalled() -> 
     assert isinstance(failure, Failure) and failure.check(ClientStalled)
     assert response.transport.stopped
     done.addErrback(lambda _: None)
+
+
+def test_a_consumer_that_takes_the_little_that_is_left_is_reading() -> None:
+    response, spilled = _spilled()
+    consumer = FakeConsumer()
+    clock = Clock()
+    backlog = [5000]
+    done = Deferred.fromCoroutine(spilled.relay(
+        consumer.write, consumer, clock=clock, stall_timeout=30, backlog=lambda: backlog[0]))
+    consumer.producer.pauseProducing()
+    backlog[0] = 0  # less than 64 KiB, but all of it
+    clock.advance(30)
+    assert not done.called
+    consumer.producer.resumeProducing()
+    response.end()
+    assert done.result == 16 and not response.transport.stopped

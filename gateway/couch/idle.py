@@ -70,9 +70,11 @@ class StallWatch:
     A consumer (a request) pauses its producer when its send buffer is full and resumes
     it only once that buffer is empty, which a slow but steady reader of a large buffer
     takes long to do. So the time that counts from a pause is not the verdict: when it
-    runs out, the consumer's backlog is measured, and a smaller one than at the last
-    look means the client took bytes meanwhile: the time starts again. Only a backlog
-    that did not shrink in ``seconds`` calls ``expire``.
+    runs out, the consumer's backlog is measured (what it still holds to send, its
+    kernel's send queue included), and a smaller one than at the last look means the
+    client took bytes meanwhile: the time starts again. A backlog that did not shrink
+    in ``seconds`` calls ``expire``. That is nginx's ``send_timeout``: time without
+    progress, as the sender sees it (a client's window opens a segment at a time).
 
     Args:
         clock: The reactor's clock.
@@ -115,7 +117,8 @@ class StallWatch:
     def _look(self) -> None:
         self._call = None
         backlog = self._backlog()
-        if backlog is not None and self._mark is not None and backlog < self._mark:
+        mark = self._mark
+        if backlog is not None and mark is not None and backlog < mark:
             self._mark = backlog  # the client took some: it is slow, not gone
             self._call = self._clock.callLater(self.seconds, self._look)
             return

@@ -23,7 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from gateway.couch.idle import IdleTimeout, PausingProducer, StallWatch
-from gateway.errors import ClientStalled, CouchTimeout
+from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
 
 __all__ = ["SpilledBody", "body_complete", "read_or_spill"]
 
@@ -37,6 +37,13 @@ def body_complete(reason: Failure) -> bool:
     in the reason's MRO, 4 % of the gateway's CPU per view request (BENCHMARKS.md).
     """
     return isinstance(reason.value, (ResponseDone, PotentialDataLoss))
+
+
+def _broke_off(reason: Failure) -> Failure:
+    """The answer broke off after part of it was relayed: CouchDB was lost midway."""
+    error = CouchUnreachable("connection to CouchDB lost in the middle of its answer")
+    error.__cause__ = reason.value
+    return Failure(error)  # type: ignore[no-untyped-call]
 
 
 class _SpillingReader(Protocol):
@@ -100,7 +107,7 @@ class _SpillingReader(Protocol):
             if body_complete(reason):
                 self.relayed.callback(self.received)
             else:
-                self.relayed.errback(reason)
+                self.relayed.errback(_broke_off(reason))
 
     def release_consumer(self) -> None:
         """Unregister from the consumer (a request), once, if it is still there."""
@@ -166,7 +173,8 @@ class SpilledBody:
         Raises:
             CouchTimeout: The body stopped arriving for ``timeout`` seconds.
             ClientStalled: The consumer held the transfer back for ``stall_timeout``.
-            Exception: What broke the body off, or what ``write`` raised.
+            CouchUnreachable: The body broke off.
+            Exception: What ``write`` raised.
         """
         reader = self._reader
         head = b"".join(reader.parts)
@@ -192,7 +200,7 @@ class SpilledBody:
             write(head)
             if reader.ended is not None:
                 if not body_complete(reader.ended):
-                    reader.ended.raiseException()
+                    _broke_off(reader.ended).raiseException()
                 complete = True
                 return len(head)
             count = len(head) + await relayed

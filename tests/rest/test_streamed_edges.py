@@ -179,7 +179,7 @@ async def test_a_stream_cut_midway_is_logged_as_aborted(
         globalLogPublisher.removeObserver(observe)
     line = [entry for entry in lines if entry["route"] == "allDocs"][-1]
     assert line["aborted"] is True, line
-    assert line["error"] == {"upstream breaks off": None, "upstream goes silent":
+    assert line["error"] == {"upstream breaks off": "upstream_unavailable", "upstream goes silent":
                              "upstream_timeout", "client reads nothing": "client_stalled"}[fault]
 
 
