@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from gateway.eager_write import flush_now, idle_socket, send_each, write_now
+from gateway.eager_write import flush_now, idle_socket, queued_bytes, send_each, write_now
 
 
 class _Server(Protocol):
@@ -219,3 +219,28 @@ async def test_send_each_reports_what_every_socket_took(reactor: Any) -> None:
         for transport, _reader, client in pairs:
             transport.abortConnection()
             client.disconnect()
+
+
+async def test_queued_bytes_counts_twisted_and_kernel_queues_until_the_peer_reads(
+    reactor: Any,
+) -> None:
+    transport, reader, client = await _pair(reactor, paused=True)
+    try:
+        assert queued_bytes(transport) == 0
+        payload = b"q" * 3_000_000
+        transport.write(payload)
+        for _ in range(20):  # let Twisted hand to the kernel what it takes
+            await _tick(reactor)
+        twisted_only = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        held = queued_bytes(transport)
+        assert held is not None and held > twisted_only  # the kernel's queue is counted
+        assert held <= len(payload)  # never more than was written and not yet read
+        reader.transport.resumeProducing()  # type: ignore[union-attr]
+        await reader.wait_for(len(payload))
+        for _ in range(5):
+            await _tick(reactor)
+        assert queued_bytes(transport) == 0  # all of it taken by the peer
+    finally:
+        transport.loseConnection()
+        client.disconnect()
+    assert queued_bytes(StringTransport()) is None  # not a TCP transport
