@@ -25,7 +25,7 @@ from twisted.web.iweb import IResponse
 from gateway.couch.idle import IdleTimeout, PausingProducer, StallWatch
 from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
 
-__all__ = ["SpilledBody", "body_complete", "read_or_spill"]
+__all__ = ["SpilledBody", "body_complete", "lost_midway", "read_or_spill"]
 
 
 def body_complete(reason: Failure) -> bool:
@@ -39,11 +39,16 @@ def body_complete(reason: Failure) -> bool:
     return isinstance(reason.value, (ResponseDone, PotentialDataLoss))
 
 
+def lost_midway(reason: Failure, what: str = "its answer") -> CouchUnreachable:
+    """The error of a body that broke off after part of it was relayed (``reason``)."""
+    error = CouchUnreachable(f"connection to CouchDB lost in the middle of {what}")
+    error.__cause__ = reason.value
+    return error
+
+
 def _broke_off(reason: Failure) -> Failure:
     """The answer broke off after part of it was relayed: CouchDB was lost midway."""
-    error = CouchUnreachable("connection to CouchDB lost in the middle of its answer")
-    error.__cause__ = reason.value
-    return Failure(error)  # type: ignore[no-untyped-call]
+    return Failure(lost_midway(reason))  # type: ignore[no-untyped-call]
 
 
 class _SpillingReader(Protocol):

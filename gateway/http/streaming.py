@@ -42,9 +42,10 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gateway.couch.idle import StallWatch
+from gateway.couch.spill import lost_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import queued_bytes, write_now
-from gateway.errors import ClientStalled, CouchUnreachable
+from gateway.errors import ClientStalled
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
@@ -364,9 +365,7 @@ class _Relay(Protocol):
         if reason is None or body_complete(reason):
             self.done.callback(self.sent)
         else:
-            error = CouchUnreachable("connection to CouchDB lost in the middle of a download")
-            error.__cause__ = getattr(reason, "value", None)
-            self.done.errback(error)
+            self.done.errback(lost_midway(reason, "a download"))
 
 
 def client_backlog(request: Any) -> Callable[[], int | None]:
