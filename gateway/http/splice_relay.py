@@ -70,8 +70,10 @@ from twisted.web._newclient import LengthEnforcingConsumer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from gateway.couch.spill import lost_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import nothing_queued
+from gateway.errors import ClientStalled, CouchTimeout
 
 __all__ = [
     "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "Progress", "SpliceStalled",
@@ -110,7 +112,19 @@ class SpliceStopped(Exception):
 
 
 class SpliceStalled(TimeoutError):
-    """No byte moved for ``stall_timeout`` seconds."""
+    """No byte moved for ``stall_timeout`` seconds.
+
+    Args:
+        message: What stalled.
+        seconds: The stall timeout.
+        destination: Whether bytes were waiting for the destination socket (it took
+            nothing), rather than for the source to send some.
+    """
+
+    def __init__(self, message: str, *, seconds: float, destination: bool) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.destination = destination
 
 
 class UpstreamClosed(ConnectionError):
@@ -206,7 +220,8 @@ def splice_loop(
             left = last_move + stall_timeout - clock()
             if left <= 0:
                 raise SpliceStalled(
-                    f"no progress for {stall_timeout:g} s ({done.sent} of {length} bytes)"
+                    f"no progress for {stall_timeout:g} s ({done.sent} of {length} bytes)",
+                    seconds=stall_timeout, destination=done.received > done.sent,
                 )
             for fd, events in poller.poll(max(1, int(left * 1000))):
                 if fd == wake:
@@ -229,6 +244,28 @@ def _splice(src: int, dst: int, count: int, flags: int) -> int:
         return -1
     except InterruptedError:
         return -1
+
+
+def _download_error(failure: Failure) -> Failure:
+    """A spliced download's failure as the error the Python relay gives for the same fault.
+
+    The access log and ``wallaby_errors_total`` then name who held the transfer up: a
+    client that took nothing (``client_stalled``), a silent upstream (``upstream_timeout``)
+    or one that broke off (``upstream_unavailable``).
+    """
+    exc = failure.value
+    error: Exception | None = None
+    if isinstance(exc, SpliceStalled):
+        if exc.destination:
+            error = ClientStalled(
+                f"the client read nothing for {exc.seconds:g} s in the middle of a download")
+        else:
+            error = CouchTimeout(
+                f"CouchDB sent nothing for {exc.seconds:g} s in the middle of a download")
+        error.__cause__ = exc
+    elif isinstance(exc, UpstreamClosed):
+        error = lost_midway(failure, "a download")
+    return failure if error is None else Failure(error)  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -293,7 +330,10 @@ class Splicer:
 
         Returns:
             Like :func:`gateway.http.streaming.relay`: a Deferred of the bytes relayed;
-            cancelling it stops the transfer.
+            cancelling it stops the transfer. It fails with the errors of the Python
+            relay for the same faults (:class:`~gateway.errors.ClientStalled`, a
+            :class:`~gateway.errors.CouchTimeout` or
+            :class:`~gateway.errors.CouchUnreachable`), else with the splice's own.
         """
         plan = self._plan(response, request, limit)
         if plan is None:
@@ -303,6 +343,7 @@ class Splicer:
         transfer = _Transfer(self, request, plan)
         done: Deferred[int] = Deferred(transfer.cancel)
         transfer.done = done
+        done.addErrback(_download_error)
         response.deliverBody(transfer)
         transfer.begin()
         return done
@@ -598,7 +639,9 @@ class _Transfer(_SpliceWorker, Protocol):
 
     def _flush_stalled(self) -> None:
         if self.state == "flush":
-            self._fail(_failure(SpliceStalled("the client did not take the response headers")))
+            self._fail(_failure(SpliceStalled(
+                "the client did not take the response headers",
+                seconds=self.splicer.stall_timeout, destination=True)))
 
     def _launch(self) -> None:
         self._cancel_timers()
@@ -723,7 +766,9 @@ class _Upload(_SpliceWorker):
     def _flush_stalled(self) -> None:
         if self.state == "flush":
             self._keep_client = False
-            self._end(_failure(SpliceStalled("the upstream did not take the request headers")))
+            self._end(_failure(SpliceStalled(
+                "the upstream did not take the request headers",
+                seconds=self.splicer.stall_timeout, destination=True)))
 
     def _stop_for_shutdown(self) -> None:
         self.stop(keep_client=False)

@@ -19,13 +19,16 @@ import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
+from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
 from gateway.http.splice_relay import (
     ClientGone,
     Progress,
     SpliceStalled,
     SpliceStopped,
     UpstreamClosed,
+    _download_error,
     available,
     splice_loop,
 )
@@ -139,11 +142,46 @@ def test_loop_gives_up_without_progress() -> None:
     up_writer, up_end, client_end, client_reader = _pairs()
     try:
         up_writer.sendall(b"y" * 100)
-        with pytest.raises(SpliceStalled):
+        with pytest.raises(SpliceStalled) as stalled:
             splice_loop(up_end.fileno(), client_end.fileno(), MIB, stall_timeout=0.2)
+        assert not stalled.value.destination  # the client took all; the upstream went quiet
+        assert stalled.value.seconds == 0.2
     finally:
         for sock in (up_writer, up_end, client_end, client_reader):
             sock.close()
+
+
+def test_loop_tells_a_client_that_takes_nothing_from_a_quiet_upstream() -> None:
+    up_writer, up_end, client_end, client_reader = _pairs()
+    client_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer, _ = _in_thread(lambda: _send_quietly(up_writer, os.urandom(8 * MIB)))
+    try:
+        with pytest.raises(SpliceStalled) as stalled:
+            splice_loop(up_end.fileno(), client_end.fileno(), 8 * MIB, stall_timeout=0.2)
+        assert stalled.value.destination
+    finally:
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+        writer.join(10)
+
+
+def test_a_spliced_downloads_failures_are_the_python_relays() -> None:
+    """The access log and the error metrics name the same culprit on both paths."""
+
+    def mapped(exc: Exception) -> BaseException:
+        return _download_error(Failure(exc)).value  # type: ignore[no-untyped-call]
+
+    client = mapped(SpliceStalled("x", seconds=3, destination=True))
+    assert isinstance(client, ClientStalled) and client.error == "client_stalled"
+    assert "3 s" in str(client)
+    quiet = mapped(SpliceStalled("x", seconds=3, destination=False))
+    assert isinstance(quiet, CouchTimeout) and quiet.error == "upstream_timeout"
+    lost = mapped(UpstreamClosed("closed"))
+    assert type(lost) is CouchUnreachable and lost.error == "upstream_unavailable"
+    assert isinstance(lost.__cause__, UpstreamClosed)
+    gone = ClientGone("hung up")
+    assert mapped(gone) is gone
 
 
 # -- through the gateway ---------------------------------------------------------
