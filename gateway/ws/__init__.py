@@ -3,5 +3,11 @@
 * :mod:`gateway.ws.protocol` — the message layer (schemas in ``api_schema/ws``), sans I/O;
 * :mod:`gateway.ws.hub` — the refcounted shared feeds and their fan-out;
 * :mod:`gateway.ws.catchup` — resuming from a seq without gap or duplicate;
-* :mod:`gateway.ws.server` — the Autobahn endpoint and its service.
+* :mod:`gateway.ws.handshake` — what a handshake's ``Origin`` and cookies allow;
+* :mod:`gateway.ws.access` — shared identities and access re-checks per credential;
+* :mod:`gateway.ws.server` — the Autobahn endpoint: its connections and their factory;
+* :mod:`gateway.ws.metrics` — its counters;
+* :mod:`gateway.ws.service` — the endpoint as a service, with its graceful shutdown;
+* :mod:`gateway.ws.resource` — the upgrade through Twisted Web, and its refusals;
+* :mod:`gateway.ws.mount` — wiring it into the REST gateway at ``/api/v1/changes``.
 """

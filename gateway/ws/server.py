@@ -1,10 +1,9 @@
-"""The WebSocket endpoint of live changes (Autobahn on Twisted).
+"""The WebSocket endpoint of live changes (Autobahn on Twisted): its connections.
 
-:class:`ChangesServerFactory` builds :class:`ChangesServerProtocol` connections;
-:class:`ChangesService` owns the factory and its :class:`~gateway.ws.hub.FeedHub` and
-closes every socket with code 1001 (after a ``closing`` message with resume seqs) on
-shutdown. ``ChangesService.resource()`` is the Twisted Web resource to mount at
-``/api/v1/changes``; ``factory`` can also listen on its own port (as the tests do).
+:class:`ChangesServerFactory` builds :class:`ChangesServerProtocol` connections sharing
+one :class:`~gateway.ws.hub.FeedHub`. :class:`~gateway.ws.service.ChangesService` owns
+both and closes every socket with code 1001 (after a ``closing`` message with resume
+seqs) on shutdown; the factory can also listen on its own port (as the tests do).
 
 Per connection: handshake authentication (the REST API's identities, checked by the
 same code) and Origin check; every client message validated against its schema; at most
@@ -27,14 +26,10 @@ import socket
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
@@ -61,9 +56,10 @@ from gateway.ws.access import (
     credential_key,
 )
 from gateway.ws.catchup import Join, Verdict, fetch_changes, row_rev
+from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
+from gateway.ws.metrics import WsMetrics
 from gateway.ws.protocol import (
-    CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SESSION_INVALID,
     CLOSE_SLOW_CONSUMER,
@@ -82,16 +78,13 @@ from gateway.ws.protocol import (
     subscribed_message,
     unsubscribed_message,
 )
-from gateway.ws.resource import UpgradingResource, malformed_handshake, refusal_response
+from gateway.ws.resource import malformed_handshake, refusal_response
 
 __all__ = [
     "Authenticate",
     "ChangesServerFactory",
     "ChangesServerProtocol",
-    "ChangesService",
     "WsIdentity",
-    "WsMetrics",
-    "origin_allowed",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,155 +108,6 @@ class WsIdentity:
 #: Verifies a handshake's credentials: ``(headers with lower-case names, cookies)`` →
 #: an object with ``name``, ``roles`` and ``auth``; raises ``AuthenticationRequired``.
 Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Any]]
-
-
-@dataclass
-class WsMetrics:
-    """Counters of the WebSocket layer (exported by the metrics endpoint).
-
-    Attributes:
-        connections: Open connections.
-        connections_total: Connections accepted since start.
-        rejected_handshakes: Handshakes refused (credentials or origin).
-        subscriptions: Active subscriptions.
-        messages_sent: Messages written to sockets.
-        coalesced: Queued changes replaced by a newer change of the same document.
-        slow_closed: Connections closed for exceeding their queue budget.
-        invalid_messages: Client messages refused.
-        lag_sum: Sum of delivery lags (seconds from upstream receipt to socket write).
-        lag_count: Number of lag samples.
-        lag_max: Largest lag seen.
-        resumes_from_memory: Resumes served from a shared feed's recent changes.
-    """
-
-    connections: int = 0
-    connections_total: int = 0
-    rejected_handshakes: int = 0
-    subscriptions: int = 0
-    messages_sent: int = 0
-    coalesced: int = 0
-    slow_closed: int = 0
-    invalid_messages: int = 0
-    lag_sum: float = 0.0
-    lag_count: int = 0
-    lag_max: float = 0.0
-    resumes_from_memory: int = 0
-
-    def observe_lag(self, seconds: float) -> None:
-        """Record one delivery lag."""
-        seconds = max(0.0, seconds)
-        self.lag_sum += seconds
-        self.lag_count += 1
-        self.lag_max = max(self.lag_max, seconds)
-
-    def snapshot(self, hub: FeedHub | None = None) -> dict[str, float | int]:
-        """All counters (plus the hub's upstream feeds) as a flat mapping."""
-        values: dict[str, float | int] = {
-            "ws_connections": self.connections,
-            "ws_connections_total": self.connections_total,
-            "ws_rejected_handshakes_total": self.rejected_handshakes,
-            "ws_subscriptions": self.subscriptions,
-            "ws_messages_sent_total": self.messages_sent,
-            "ws_coalesced_total": self.coalesced,
-            "ws_slow_clients_closed_total": self.slow_closed,
-            "ws_invalid_messages_total": self.invalid_messages,
-            "ws_resumes_from_memory_total": self.resumes_from_memory,
-            "ws_delivery_lag_seconds_sum": self.lag_sum,
-            "ws_delivery_lag_seconds_count": self.lag_count,
-            "ws_delivery_lag_seconds_max": self.lag_max,
-        }
-        if hub is not None:
-            values["ws_upstream_feeds"] = len(hub.feeds)
-            values["ws_upstream_feeds_opened_total"] = hub.feeds_opened
-            values["ws_upstream_changes_total"] = hub.changes_received
-            values["ws_fanout_seconds_sum"] = hub.fanout_seconds
-            values["ws_fanout_seconds_count"] = hub.fanouts
-            values["ws_fanout_seconds_max"] = hub.fanout_max_seconds
-        return values
-
-    def prometheus(self, hub: FeedHub | None = None) -> str:
-        """The counters in Prometheus text format (``wallaby_`` + the snapshot's names)."""
-        values = self.snapshot(hub)
-        summaries = [name for name in _SUMMARIES if f"{name}_count" in values]
-        lines = []
-        for name, value in values.items():
-            if name.startswith(tuple(_SUMMARIES)):
-                continue
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# HELP wallaby_{name} {_HELP[name]}", f"# TYPE wallaby_{name} {kind}",
-                      f"wallaby_{name} {value}"]
-        for name in summaries:
-            largest = f"wallaby_{name.removesuffix('_seconds')}_max_seconds"
-            lines += [
-                f"# HELP wallaby_{name} {_HELP[name]}",
-                f"# TYPE wallaby_{name} summary",
-                f"wallaby_{name}_sum {values[f'{name}_sum']:.6f}",
-                f"wallaby_{name}_count {values[f'{name}_count']}",
-                f"# HELP {largest} {_SUMMARIES[name]}",
-                f"# TYPE {largest} gauge",
-                f"{largest} {values[f'{name}_max']:.6f}",
-            ]
-        return "\n".join(lines) + "\n"
-
-
-#: Summaries (``_sum``, ``_count``) with a gauge of their largest value, and its help.
-_SUMMARIES = {
-    "ws_delivery_lag_seconds": "Largest delivery lag seen.",
-    "ws_fanout_seconds": "Longest fan-out of one upstream batch.",
-}
-
-_HELP = {
-    "ws_connections": "Open WebSocket connections.",
-    "ws_connections_total": "WebSocket connections accepted.",
-    "ws_rejected_handshakes_total": "WebSocket handshakes refused (credentials or origin).",
-    "ws_subscriptions": "Active live-changes subscriptions.",
-    "ws_messages_sent_total": "Messages written to WebSockets.",
-    "ws_coalesced_total": "Queued changes replaced by a newer change of the same document.",
-    "ws_slow_clients_closed_total": "Connections closed for exceeding their send queue budget.",
-    "ws_invalid_messages_total": "Client messages refused.",
-    "ws_resumes_from_memory_total": "Resumes served from a shared feed's recent changes.",
-    "ws_delivery_lag_seconds": "Seconds from upstream receipt of a change to its socket write.",
-    "ws_fanout_seconds": "Seconds one upstream batch took to reach every subscriber of its feed "
-                         "(the process does nothing else meanwhile).",
-    "ws_upstream_feeds": "Open shared upstream _changes feeds.",
-    "ws_upstream_feeds_opened_total": "Shared upstream _changes feeds opened.",
-    "ws_upstream_changes_total": "Changes received from upstream feeds.",
-}
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
-    """Whether a handshake's ``Origin`` may connect.
-
-    No Origin (not a browser), the gateway's own origin (same host and port), ``*``
-    or an origin listed in ``cors_origins`` are allowed.
-    """
-    return "*" in allowed or origin_trusted(origin, host, allowed)
-
-
-def origin_trusted(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
-    """Whether a handshake may carry the browser's own credentials (cookie, Basic).
-
-    Not a browser, the gateway's own origin, or an origin listed by name. An origin
-    let in only by ``*`` must bring its credentials itself (``?token=``): a foreign
-    page must not act with the session of a user who visits it.
-    """
-    if not origin:
-        return True
-    if origin.rstrip("/") in {o.rstrip("/") for o in allowed}:
-        return True
-    if origin == "null" or host is None:
-        return False
-    return urlsplit(origin).netloc.lower() == host.strip().lower()
-
-
-def _cookies(header: str | None) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    if header:
-        try:
-            jar.load(header)
-        except Exception:
-            return {}
-    return {name: morsel.value for name, morsel in jar.items()}
 
 
 @dataclass(eq=False)
@@ -465,7 +309,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         token = (request.params.get("token") or [None])[0]
         if token and "authorization" not in headers:
             headers["authorization"] = f"Bearer {token}"
-        cookies = _cookies(headers.get("cookie"))
+        cookies = request_cookies(headers.get("cookie"))
         try:
             identity = await factory.authenticate(headers, cookies)
         except (AuthenticationRequired, Unauthorized, AccessDenied):
@@ -501,8 +345,6 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             transport.unregisterProducer()
             transport.registerProducer(self, True)
         if self.factory.socket_send_buffer:
-            import socket
-
             handle = getattr(transport, "getHandle", lambda: None)()
             if handle is not None:
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
@@ -1230,85 +1072,3 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         """Wait for background tasks (feed releases) to finish."""
         while self._tasks:
             await DeferredList(list(self._tasks), consumeErrors=True)
-
-
-class ChangesService(Service):
-    """The live-changes endpoint as a service: hub + factory + graceful shutdown.
-
-    Args:
-        service_transport: The gateway's own CouchDB identity (reads shared feeds).
-        settings: Gateway settings.
-        authenticate: Verifies handshake credentials.
-        clock: The reactor.
-        socket_send_buffer: See :class:`ChangesServerFactory`.
-    """
-
-    def __init__(
-        self,
-        service_transport: CouchTransport,
-        settings: Settings,
-        authenticate: Authenticate,
-        clock: IReactorTime,
-        *,
-        socket_send_buffer: int | None = None,
-    ) -> None:
-        self.settings = settings
-        self.hub = FeedHub(service_transport, self._prepare, clock,
-                           heartbeat_ms=settings.feed_heartbeat_ms,
-                           max_feeds=settings.ws_max_feeds)
-        self.factory = ChangesServerFactory(
-            self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer
-        )
-        self.clock = clock
-
-    def _prepare(self, payload: bytes) -> Any:
-        return self.factory.prepareMessage(payload)
-
-    @property
-    def metrics(self) -> WsMetrics:
-        """The WebSocket counters."""
-        return self.factory.metrics
-
-    def metrics_snapshot(self) -> dict[str, float | int]:
-        """Counters including the number of upstream feeds."""
-        return self.metrics.snapshot(self.hub)
-
-    def prometheus(self) -> str:
-        """:meth:`metrics_snapshot` in Prometheus text (a ``/metrics`` collector)."""
-        return self.metrics.prometheus(self.hub)
-
-    def resource(self) -> WebSocketResource:
-        """The Twisted Web resource to mount at ``/api/v1/changes``."""
-        return UpgradingResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
-
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
-        """Start the hub."""
-        super().startService()  # type: ignore[no-untyped-call,unused-ignore]
-        self.hub.startService()  # type: ignore[no-untyped-call,unused-ignore]
-
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
-        """Close every socket with 1001 and resume seqs, then every upstream feed."""
-        super().stopService()  # type: ignore[no-untyped-call,unused-ignore]
-        return Deferred.fromCoroutine(self._shutdown())
-
-    async def _shutdown(self) -> None:
-        self.factory.accepting = False
-        connections = list(self.factory.connections)
-        closed = [c.when_closed() for c in connections]
-        for connection in connections:
-            connection.end(CLOSE_GOING_AWAY, "server shutting down")
-        if closed:
-            waiting = DeferredList(closed, consumeErrors=True)
-            timer = self.clock.callLater(max(1.0, self.settings.shutdown_grace), waiting.cancel)
-            try:
-                await waiting
-            except CancelledError:
-                for connection in connections:
-                    connection.dropConnection(abort=True)
-            finally:
-                if timer.active():
-                    timer.cancel()
-        self.factory.rechecks.stop()
-        await self.factory.drain_tasks()
-        await self.hub.stopService()
-

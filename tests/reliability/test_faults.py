@@ -19,7 +19,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from gateway.couch import BasicAuth, CouchServer
 from gateway.embedded import free_port
-from gateway.ws.server import ChangesService
+from gateway.ws.service import ChangesService
 from tests.conftest import CouchBackend
 from tests.reliability.conftest import (
     Couch,

@@ -23,7 +23,8 @@ from gateway.couch.auth import ForwardedAuth
 from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired
 from gateway.ws.protocol import SERVER_TYPES, validator
-from gateway.ws.server import ChangesService, WsIdentity
+from gateway.ws.server import WsIdentity
+from gateway.ws.service import ChangesService
 
 DEFAULT_TIMEOUT = 15.0
 

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from gateway.errors import Forbidden
 from gateway.ws.catchup import Join, Verdict, fetch_changes, rev_generation
+from gateway.ws.handshake import origin_allowed
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import (
     FeedParams,
@@ -22,7 +23,6 @@ from gateway.ws.protocol import (
     exception_message,
     parse_client_message,
 )
-from gateway.ws.server import origin_allowed
 from tests.ws.conftest import validate_server_message
 
 
