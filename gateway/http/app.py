@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -65,12 +64,15 @@ from gateway.http.accesslog import AccessLog
 from gateway.http.client_address import ClientAddress
 from gateway.http.compression import gzip_answer, gzip_stream
 from gateway.http.conditional import (
+    DOC_META_OPTIONS,
     content_etag,
     etag_matches,
+    if_match_revision,
+    is_revision_tag,
     must_revalidate,
     not_modified,
-    opaque_tag,
     range_applies,
+    set_revision_etag,
 )
 from gateway.http.contract import Contract, load_contract
 from gateway.http.cors import Cors
@@ -115,50 +117,6 @@ def _decode_args(request: Any) -> dict[str, list[str]]:
         return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
     except UnicodeDecodeError:
         raise InvalidRequest("the query string is not valid UTF-8") from None
-
-
-def _if_match(request: Any, query: dict[str, Any]) -> None:
-    """Turn ``If-Match`` into ``rev`` (refusing two different revisions).
-
-    A weak tag (``W/"<rev>"``: the ETag of a gzip-coded answer) names the same revision.
-    """
-    header = request.getHeader("if-match")
-    if header is None:
-        return
-    if header.strip() == "*":
-        raise InvalidRequest("'If-Match' takes the ETag of a revision; '*' names none")
-    rev = opaque_tag(header.strip()).strip('"')
-    if "rev" in query and query["rev"] != rev:
-        raise InvalidRequest("'If-Match' and 'rev' name different revisions")
-    query["rev"] = rev
-
-
-#: What an entity tag may hold between its quotes (RFC 9110 ``etagc``, ASCII only).
-_ETAG_CHARACTERS = re.compile(r"[\x21\x23-\x7e]+")
-#: A document's ETag as CouchDB sends it: its revision, ``"<generation>-<hash>"``.
-_REVISION_TAG = re.compile(r'"[0-9]+-[\x21\x23-\x7e]+"')
-
-#: Options that give a document GET ``meta`` members; CouchDB then sends no ETag, since
-#: they can change while the revision stays.
-_DOC_META_OPTIONS = ("conflicts", "deleted_conflicts", "revs_info", "local_seq", "meta")
-
-
-def _set_revision_etag(answer: CouchResponse, field: str) -> None:
-    """Give a document answer CouchDB's ETag, ``"<rev>"`` (``field`` of the body).
-
-    CouchDB sends it; pouchdb-server sends a hash of the body instead, which ``If-Match``
-    could not name. The answer's own headers are changed; answers that are not a
-    successful JSON object with a revision are left as they are.
-    """
-    rev = answer.body.get(field) if isinstance(answer.body, dict) else None
-    if not isinstance(rev, str) or not 200 <= answer.status < 300:
-        return
-    if not _ETAG_CHARACTERS.fullmatch(rev):
-        # A revision stored with new_edits=false can be any string: one that cannot be
-        # an entity tag (a quote, a control or non-ASCII character) gives no tag at all.
-        answer.headers.removeHeader(b"etag")
-    else:
-        answer.headers.setRawHeaders(b"etag", [f'"{rev}"'.encode("ascii")])
 
 
 def _etag(answer: CouchResponse) -> dict[str, str]:
@@ -418,13 +376,13 @@ class GatewayApp:
             kwargs["spill_over"] = self.settings.buffer_answer_bytes
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if answer.spilled is not None:
-            if rev_etag is not None and not _REVISION_TAG.fullmatch(answer.header("ETag") or ""):
+            if rev_etag is not None and not is_revision_tag(answer.header("ETag")):
                 # The revision is in the body, which has not been read: only an upstream
                 # tag that is a revision (CouchDB's) may stand for it (see If-Match).
                 answer.headers.removeHeader(b"etag")
             return await self._relay_spilled(request, couch, answer, revalidate)
         if rev_etag is not None:
-            _set_revision_etag(answer, rev_etag)
+            set_revision_etag(answer, rev_etag)
         if amend is not None and 200 <= answer.status < 300:
             amended = amend(answer.body)
             if amended is not answer.body:
@@ -653,7 +611,7 @@ class GatewayApp:
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
         plain = not doc_id.startswith("_local/") and not any(
-            query.get(option) for option in _DOC_META_OPTIONS)
+            query.get(option) for option in DOC_META_OPTIONS)
         return await self._forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
             rev_etag="_rev" if plain else None, stream_large=True,
@@ -668,7 +626,7 @@ class GatewayApp:
         check_documents([body])
         if body.get("_id", doc_id) != doc_id:
             raise InvalidRequest("the body's '_id' differs from the id in the path")
-        _if_match(request, query)
+        if_match_revision(request, query)
         return await self._forward(
             request, couch, "PUT", doc_path(name, doc_id), params=query, json=body,
             rev_etag="rev",
@@ -679,7 +637,7 @@ class GatewayApp:
         """Delete a document (``rev`` or ``If-Match``)."""
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "deleteDocument", db=name, docid=doc_id)
-        _if_match(request, query)
+        if_match_revision(request, query)
         if "rev" not in query:
             # CouchDB's answer; pouchdb-server would delete whatever revision is current.
             raise Conflict("Document update conflict: deleting needs 'rev' or 'If-Match'")
@@ -820,7 +778,7 @@ class GatewayApp:
         couch, query = await self._begin(
             request, "putAttachment", db=name, docid=doc_id, attname=att
         )
-        _if_match(request, query)
+        if_match_revision(request, query)
         # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled.
         pipe = getattr(request, "body_pipe", None)
         producer = pipe or upload_producer(request)
@@ -899,7 +857,7 @@ class GatewayApp:
         couch, query = await self._begin(
             request, "deleteAttachment", db=name, docid=doc_id, attname=att
         )
-        _if_match(request, query)
+        if_match_revision(request, query)
         return await self._forward(
             request, couch, "DELETE", attachment_path(name, doc_id, att), params=query
         )

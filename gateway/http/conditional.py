@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from gateway.couch.transport import CouchResponse
 
 __all__ = [
-    "REVALIDATE", "content_etag", "etag_matches", "must_revalidate", "not_modified",
-    "opaque_tag", "range_applies",
+    "DOC_META_OPTIONS", "REVALIDATE", "content_etag", "etag_matches", "if_match_revision",
+    "is_revision_tag", "must_revalidate", "not_modified", "opaque_tag", "range_applies",
+    "set_revision_etag",
 ]
 
 #: ``Cache-Control`` of answers a browser may keep but must revalidate before each use:
@@ -92,3 +98,57 @@ def not_modified(request: Any, etag: str | None) -> bytes:
     if etag:
         request.setHeader("ETag", etag)
     return b""
+
+
+# -- documents: their ETag is their revision -----------------------------------------
+
+#: What an entity tag may hold between its quotes (RFC 9110 ``etagc``, ASCII only).
+_ETAG_CHARACTERS = re.compile(r"[\x21\x23-\x7e]+")
+#: A document's ETag as CouchDB sends it: its revision, ``"<generation>-<hash>"``.
+_REVISION_TAG = re.compile(r'"[0-9]+-[\x21\x23-\x7e]+"')
+
+#: Options that give a document GET ``meta`` members; CouchDB then sends no ETag, since
+#: they can change while the revision stays.
+DOC_META_OPTIONS = ("conflicts", "deleted_conflicts", "revs_info", "local_seq", "meta")
+
+
+def is_revision_tag(etag: str | None) -> bool:
+    """Whether ``etag`` is a document revision, as CouchDB tags documents."""
+    return etag is not None and _REVISION_TAG.fullmatch(etag) is not None
+
+
+def if_match_revision(request: Any, query: dict[str, Any]) -> None:
+    """Turn ``If-Match`` into ``rev`` (refusing two different revisions).
+
+    A weak tag (``W/"<rev>"``: the ETag of a gzip-coded answer) names the same revision.
+
+    Raises:
+        InvalidRequest: ``If-Match: *``, or a revision other than the query's ``rev``.
+    """
+    header = request.getHeader("if-match")
+    if header is None:
+        return
+    if header.strip() == "*":
+        raise InvalidRequest("'If-Match' takes the ETag of a revision; '*' names none")
+    rev = opaque_tag(header.strip()).strip('"')
+    if "rev" in query and query["rev"] != rev:
+        raise InvalidRequest("'If-Match' and 'rev' name different revisions")
+    query["rev"] = rev
+
+
+def set_revision_etag(answer: CouchResponse, field: str) -> None:
+    """Give a document answer CouchDB's ETag, ``"<rev>"`` (``field`` of the body).
+
+    CouchDB sends it; pouchdb-server sends a hash of the body instead, which ``If-Match``
+    could not name. The answer's own headers are changed; answers that are not a
+    successful JSON object with a revision are left as they are.
+    """
+    rev = answer.body.get(field) if isinstance(answer.body, dict) else None
+    if not isinstance(rev, str) or not 200 <= answer.status < 300:
+        return
+    if not _ETAG_CHARACTERS.fullmatch(rev):
+        # A revision stored with new_edits=false can be any string: one that cannot be
+        # an entity tag (a quote, a control or non-ASCII character) gives no tag at all.
+        answer.headers.removeHeader(b"etag")
+    else:
+        answer.headers.setRawHeaders(b"etag", [f'"{rev}"'.encode("ascii")])
