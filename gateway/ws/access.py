@@ -114,8 +114,9 @@ class AccessRechecks:
     Args:
         clock: The reactor's clock.
         interval: Seconds between the checks of a pair.
-        jitter: Each delay is ``interval`` times a random factor in ``[1 - jitter, 1 + jitter]``
-            (pairs created together do not check together).
+        jitter: Each delay is ``interval`` times a random factor in ``[1 - jitter, 1]``
+            (pairs created together do not check together, and none waits longer than
+            the interval the documentation promises).
         on_revoked: Called with ``(key, db)`` when a check is refused (401/403/404),
             before the watchers hear of it (e.g. to forget cached authorizations).
     """
@@ -135,8 +136,7 @@ class AccessRechecks:
         return len(self._pairs)
 
     def _delay(self) -> float:
-        spread = self.interval * self.jitter
-        return max(0.01, self.interval + random.uniform(-spread, spread))  # noqa: S311
+        return max(0.01, self.interval * (1 - random.uniform(0, self.jitter)))  # noqa: S311
 
     def watch(self, key: str, db: str, transport: CouchTransport, watcher: AccessWatcher) -> None:
         """Re-check ``db`` for ``watcher`` (idempotent)."""
