@@ -942,10 +942,20 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self._ending:
             return
         for sub in [s for s in self.subs.values() if s.request.db == db]:
+            self._forget_queued(sub)
             self._reply(error_message(
                 "access_revoked", f"you may no longer read {db!r}: {exc.reason}",
                 sub_id=sub.id, status=exc.status), sub)
             self._track(self._drop(sub))
+
+    def _forget_queued(self, sub: Subscription) -> None:
+        """Take what waits in the send queue for ``sub`` out of it: none of it may go now.
+
+        A socket backed up holds changes (documents, with ``include_docs``) read while
+        the user could still read them; once access is revoked they must not follow.
+        """
+        for key in [key for key, item in self._queue.items() if item.sub is sub]:
+            self._queued_bytes -= self._queue.pop(key).size
 
     def session_ended(self) -> None:
         """The credentials behind the socket no longer authenticate: close with 4001.

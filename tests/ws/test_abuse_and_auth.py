@@ -9,7 +9,7 @@ import pytest
 
 from gateway.couch import Database
 from gateway.ws.protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
-from tests.ws.conftest import WsServer, sleep, ws_settings
+from tests.ws.conftest import StopsReading, WsServer, sleep, ws_settings
 
 
 async def test_handshake_requires_valid_credentials(ws_server: WsServer) -> None:
@@ -92,6 +92,48 @@ async def test_lost_access_stops_changes_within_recheck_interval(
     await sleep(reactor, 0.5)
     assert not [m for m in client.messages if m.get("id") == "after"]
     assert server.feeds() == 0
+
+
+async def test_changes_queued_for_a_revoked_subscriber_are_not_sent(
+    make_server: Any, db: Database, make_user: Any, reactor: Any
+) -> None:
+    """A backed-up socket holds documents read while the user could read them: once the
+    re-check finds access revoked, none of them may follow (docs/websocket.md)."""
+    server: WsServer = await make_server(
+        ws_settings(ws_auth_recheck=0.5, ws_queue_bytes=64 * 1024 * 1024),
+        socket_send_buffer=16 * 1024)
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    stuck = await server.connect(await server.login(user), protocol=StopsReading)
+    stuck.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
+    for _ in range(300):
+        if server.service.metrics.subscriptions == 1 and server.feeds() == 1:
+            break
+        await sleep(reactor, 0.01)
+    await sleep(reactor, 0.2)
+    (conn,) = list(server.service.factory.connections)
+    blob = "x" * 16000
+    batch = 0
+    while not (conn._paused and conn._queued_bytes > 256 * 1024):  # the kernel's buffers are full
+        await db.bulk_save([{"_id": f"pre{batch}-{i}", "blob": blob} for i in range(50)])
+        batch += 1
+        await sleep(reactor, 0.05)
+        assert batch < 400
+    await db.set_security({"members": {"names": ["someone_else"], "roles": []}})
+    await db.save({"_id": "secret", "card": "4111 1111 1111 1111"})
+    for _ in range(500):  # the re-check refused: the subscription is gone
+        if not conn.subs:
+            break
+        await sleep(reactor, 0.01)
+    assert not conn.subs
+    sent_at_revocation = server.service.metrics.messages_sent
+    await sleep(reactor, 1.0)
+    stuck.protocol.transport.resumeProducing()  # the client reads again
+    await stuck.next("error", where=lambda m: m.get("error") == "access_revoked", timeout=30)
+    written_after = server.service.metrics.messages_sent - sent_at_revocation
+    assert written_after == 1  # the error, and nothing queued before it
+    assert not [m for m in stuck.messages if m.get("id") == "secret"]
+    assert conn._queued_bytes == 0
 
 
 async def test_malformed_and_unknown_messages_get_errors(
