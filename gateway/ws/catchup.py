@@ -5,17 +5,21 @@ deliveries are buffered), then reads ``_changes?since=`` as its own user, page b
 until the end. Every change committed up to the end of the catch-up is in the
 catch-up; every change after it reaches the buffer (the shared feed started from a
 seq taken before the catch-up began). The buffer is then merged, dropping what the
-catch-up already sent, by ``(doc id, rev)``: a buffered row is dropped when the
-catch-up (or an earlier buffered row) sent the same revision or one of a strictly higher
-generation of the same document (revision generations are compared; seqs never are:
-they are opaque). Two different revisions of the same generation are conflicting
-edits: both are real changes and neither is dropped.
+catch-up already sent, by ``(doc id, rev)``: the join remembers the last revision it
+sent of each document, and a buffered row of that revision is dropped. A row of a
+strictly higher generation is a newer edit and goes out (seqs are never compared: they
+are opaque).
 
-A buffered row of a *lower* generation than was sent is either stale (a lagging feed's
-older edit) or a real change whose new winner is an older branch (the winner deleted
-while a conflicting branch lives on): the server asks CouchDB for the document's current
-revision and delivers it only if it is that row's (:class:`Verdict`), holding the rows
-after it meanwhile so that order is kept.
+Any other row of a document already sent is either stale (a lagging feed's earlier
+state: a lower generation, or a conflicting branch of the same generation that won
+before and lost since) or a real change (the winner deleted while an older branch lives
+on, or a conflicting branch replicated in that wins now). Only CouchDB can tell: the
+server asks for the document's current revision and delivers the row only if it is
+that row's (:class:`Verdict`), holding the rows after it meanwhile so that order is kept.
+
+One race is left to the generation rule: a stale row of a *higher* generation than was
+sent, which needs a winner deleted in favour of an older conflicting branch while a
+subscriber resumes, goes out behind the current revision.
 
 The shared feed may still be *behind* the end of the catch-up when the merge happens
 (the catch-up read changes the feed has not delivered yet), so the same filter stays on
@@ -96,14 +100,14 @@ async def fetch_changes(
 class Verdict(enum.Enum):
     """What a live change is, against what the catch-up sent of its document."""
 
-    #: Nothing sent of it, or a newer edit (or a conflicting one of the same generation).
+    #: Nothing sent of it, or a newer edit (a higher generation).
     NEW = "new"
-    #: This revision was sent.
+    #: This revision was the last sent.
     SENT = "sent"
-    #: A lower generation than was sent: a stale row of a lagging feed, or a real change
-    #: whose new winner is an older branch (the winner deleted while a conflict lives
-    #: on); only the document's current revision can tell them apart.
-    OLDER = "older"
+    #: Another revision, not of a higher generation: a stale row of a lagging feed, or a
+    #: real change (an older branch, or a conflicting one, that won); only the
+    #: document's current revision can tell them apart.
+    CHECK = "check"
 
 
 @dataclass
@@ -113,8 +117,7 @@ class Join:
     Attributes:
         buffer: Live changes received while catching up (or while one is checked).
         buffer_bytes: Their serialised size.
-        sent: Per document id, the revisions of the highest generation sent during the
-            join (several when conflicting edits were sent).
+        sent: Per document id, the last revision sent during the join.
         merged: False while the catch-up runs: a new change is remembered like the
             catch-up's; afterwards the first new change of a document lifts the filter
             for that document.
@@ -123,7 +126,7 @@ class Join:
 
     buffer: list[PreparedChange] = field(default_factory=list)
     buffer_bytes: int = 0
-    sent: dict[str, set[str]] = field(default_factory=dict)
+    sent: dict[str, str] = field(default_factory=dict)
     merged: bool = False
     until: float = 0.0
 
@@ -133,51 +136,36 @@ class Join:
         self.buffer_bytes += change.size
 
     def record(self, doc_id: str, rev: str) -> None:
-        """Note that ``rev`` of ``doc_id`` was sent."""
-        revs = self.sent.get(doc_id)
-        if not revs:
-            self.sent[doc_id] = {rev}
-            return
-        generation, top = rev_generation(rev), rev_generation(next(iter(revs)))
-        if generation > top:
-            self.sent[doc_id] = {rev}
-        elif generation == top:
-            revs.add(rev)
+        """Note that ``rev`` of ``doc_id`` was sent (a feed sends a document's states in order)."""
+        self.sent[doc_id] = rev
 
     def verdict(self, doc_id: str, rev: str) -> Verdict:
         """Classify a change against what was sent (see :class:`Verdict`)."""
-        revs = self.sent.get(doc_id)
-        if not revs:
+        last = self.sent.get(doc_id)
+        if last is None:
             return Verdict.NEW
-        if rev in revs:
+        if rev == last:
             return Verdict.SENT
-        if rev_generation(rev) < rev_generation(next(iter(revs))):
-            return Verdict.OLDER
-        return Verdict.NEW
+        if rev_generation(rev) > rev_generation(last):
+            return Verdict.NEW
+        return Verdict.CHECK
 
     def take(self, change: PreparedChange) -> Verdict:
         """Classify a live change and note a new one (see the module docs).
 
         Before the merge a new change is remembered as sent; after it, a document's
-        first new change ends the filter for that document.
+        first new change ends the filter for that document. A change to check is noted
+        only once CouchDB confirmed it (:meth:`passed`).
         """
         verdict = self.verdict(change.doc_id, change.rev)
         if verdict is Verdict.NEW:
             self.passed(change.doc_id, change.rev)
         return verdict
 
-    def passed(self, doc_id: str, rev: str, *, demoted: bool = False) -> None:
-        """Note a change that goes out.
-
-        Args:
-            doc_id: Its document.
-            rev: Its (winning) revision.
-            demoted: It is an older branch found to be the document's winner now.
-        """
+    def passed(self, doc_id: str, rev: str) -> None:
+        """Note a change that goes out: its revision is the last sent of its document."""
         if self.merged:
             self.sent.pop(doc_id, None)
-        elif demoted:
-            self.sent[doc_id] = {rev}
         else:
             self.record(doc_id, rev)
 

@@ -738,12 +738,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             taken += 1
             join.buffer_bytes -= change.size
             verdict = join.take(change)
-            if verdict is Verdict.OLDER:
+            if verdict is Verdict.CHECK:
                 if not await self._still_current(sub, change):
                     continue
                 if not sub.active or self._ending or sub.join is not join:
                     return
-                join.passed(change.doc_id, change.rev, demoted=True)
+                join.passed(change.doc_id, change.rev)
             elif verdict is Verdict.SENT:
                 continue
             self._deliver(sub, change)
@@ -757,7 +757,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             sub.trailing = join
 
     async def _still_current(self, sub: Subscription, change: PreparedChange) -> bool:
-        """Whether a change of an older revision than was sent is the winner now.
+        """Whether a change of another revision than was sent, not newer, is the winner now.
 
         Asked as the user, with ``_all_docs`` and the document's id (its winning revision,
         deleted or not, without its body). When CouchDB cannot say, the change goes out:
@@ -822,8 +822,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             trailing = sub.trailing
             if trailing is not None and trailing.trailing(now):
                 verdict = trailing.take(change)
-                if verdict is Verdict.OLDER:
-                    # Stale, or an older branch that won: hold it and what follows
+                if verdict is Verdict.CHECK:
+                    # Stale, or another branch that won: hold it and what follows
                     # while CouchDB is asked (see _settle).
                     sub.trailing, sub.join = None, trailing
                     for held in changes[index:]:

@@ -83,29 +83,40 @@ def test_join_sorts_buffered_changes_by_what_was_sent() -> None:
     join.record("b", "1-y")
     verdicts = [join.take(live(doc_id, rev)) for doc_id, rev in
                 [("a", "1-w"), ("a", "2-x"), ("b", "2-z"), ("c", "1-q"), ("b", "2-z")]]
-    assert verdicts == [Verdict.OLDER, Verdict.SENT, Verdict.NEW, Verdict.NEW, Verdict.SENT]
+    assert verdicts == [Verdict.CHECK, Verdict.SENT, Verdict.NEW, Verdict.NEW, Verdict.SENT]
     assert rev_generation("12-abc") == 12 and rev_generation("junk") == 0
 
 
-def test_join_keeps_conflicting_revisions_of_the_same_generation() -> None:
+def test_join_checks_another_revision_of_the_same_generation() -> None:
+    """A conflicting branch in the buffer is stale (it won, then lost) or the winner now:
+    only CouchDB can say, like for a lower generation."""
     join = Join()
     join.record("a", "2-x")
     assert join.verdict("a", "2-x") is Verdict.SENT  # the same revision
-    assert join.verdict("a", "1-w") is Verdict.OLDER  # stale, or an older branch that won
-    assert join.verdict("a", "2-y") is Verdict.NEW  # a conflicting edit: a real change
+    assert join.verdict("a", "1-w") is Verdict.CHECK  # stale, or an older branch that won
+    assert join.verdict("a", "2-y") is Verdict.CHECK  # stale, or a conflicting one that won
     assert join.verdict("a", "3-z") is Verdict.NEW
     assert join.verdict("b", "1-q") is Verdict.NEW
-    # 2-y is new; 2-x was sent by the catch-up; the second 2-y was just sent
-    assert [join.take(live("a", rev)) for rev in ("2-y", "2-x", "2-y")] == [
-        Verdict.NEW, Verdict.SENT, Verdict.SENT]
+    # A conflicting branch confirmed as the winner is the last sent; the first is not.
+    assert join.take(live("a", "2-y")) is Verdict.CHECK
+    join.passed("a", "2-y")
+    assert [join.verdict("a", rev) for rev in ("2-y", "2-x")] == [Verdict.SENT, Verdict.CHECK]
+
+
+def test_the_catch_up_remembers_the_last_state_it_sent_of_a_document() -> None:
+    join = Join()
+    join.record("a", "3-x")
+    join.record("a", "2-b")  # a later page: the winner 3-x was deleted, 2-b won
+    assert join.sent == {"a": "2-b"}  # not the higher generation sent before it
+    assert join.verdict("a", "2-b") is Verdict.SENT and join.verdict("a", "2-c") is Verdict.CHECK
 
 
 def test_an_older_branch_found_to_win_replaces_what_was_sent() -> None:
     join = Join()
     join.record("a", "3-x")
-    assert join.take(live("a", "2-b")) is Verdict.OLDER  # not noted: it is checked first
-    join.passed("a", "2-b", demoted=True)  # CouchDB says 2-b is the winner now
-    assert join.verdict("a", "2-b") is Verdict.SENT and join.verdict("a", "3-x") is Verdict.NEW
+    assert join.take(live("a", "2-b")) is Verdict.CHECK  # not noted: it is checked first
+    join.passed("a", "2-b")  # CouchDB says 2-b is the winner now
+    assert join.verdict("a", "2-b") is Verdict.SENT and join.verdict("a", "4-x") is Verdict.NEW
 
 
 def test_join_filters_each_document_until_the_feed_passes_it() -> None:
@@ -119,7 +130,7 @@ def test_join_filters_each_document_until_the_feed_passes_it() -> None:
     assert join.take(live("c", "1-c")) is Verdict.NEW  # news from another shard ...
     assert join.take(live("b", "1-b")) is Verdict.SENT  # ... before an old row of this one
     assert join.take(live("a", "2-a")) is Verdict.NEW  # a's first news: a is past the catch-up
-    assert join.take(live("a", "1-a")) is Verdict.NEW and join.sent == {"b": {"1-b"}}
+    assert join.take(live("a", "1-a")) is Verdict.NEW and join.sent == {"b": "1-b"}
     assert join.trailing(99.0) and not join.trailing(100.0)
     assert join.take(live("b", "2-b")) is Verdict.NEW and not join.trailing(0.0)
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+import gateway.ws.server as server_module
 from gateway.couch import Database
 from tests.conftest import CouchBackend
-from tests.ws.conftest import WsServer
+from tests.ws.conftest import WsServer, sleep
 from tests.ws.resume_support import resume_point, resume_while_writing
 
 
@@ -112,6 +113,81 @@ async def test_an_older_branch_that_wins_during_the_join_is_delivered(
     assert not demoted.get("deleted")
     await db.save({"_id": "after"})
     assert (await client.next("change", timeout=10))["id"] == "after"  # nothing else first
+    client.check()
+
+
+_AAA, _BBB, _CCC = ("2-" + c * 32 for c in "abc")
+
+
+async def test_a_stale_conflicting_row_never_follows_the_winner_of_a_resume(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any, monkeypatch: Any
+) -> None:
+    """A conflicting branch replicated in while a subscriber resumes: the live feed brings
+    W@2-aaa, then W@2-bbb (the new winner); the catch-up, read after both, sends 2-bbb.
+    The buffered 2-aaa is stale: it must not go out after the winner."""
+    await db.save({"_id": "other"})
+    token = await ws_server.login(await make_user())
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)  # the shared feed runs
+    original, raced = server_module.fetch_changes, []
+
+    async def racing_fetch(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            await db.bulk_save([{"_id": "W", "_rev": _AAA, "v": "a"}], new_edits=False)
+            await db.bulk_save([{"_id": "W", "_rev": _BBB, "v": "b"}], new_edits=False)
+            seen = [await watcher.next("change") for _ in range(2)]
+            assert [m["changes"][0]["rev"] for m in seen] == [_AAA, _BBB]
+            await sleep(reactor, 0.1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "fetch_changes", racing_fetch)
+    client = await ws_server.connect(token)
+    await client.subscribe("s", db.name, since=0)
+    await sleep(reactor, 0.5)
+    await db.save({"_id": "zz-after"})
+    got = []
+    while not got or got[-1][0] != "zz-after":
+        change = await client.next("change", timeout=10)
+        got.append((change["id"], change["changes"][0]["rev"]))
+    assert (await db.get("W"))["_rev"] == _BBB
+    assert [rev for doc, rev in got if doc == "W"] == [_BBB], got
+    client.check()
+
+
+async def test_a_winner_that_returns_to_the_revision_a_resume_sent_is_delivered(
+    ws_server: WsServer, db: Database, make_user: Any, reactor: Any, monkeypatch: Any
+) -> None:
+    """The catch-up sends c@2-bbb; a conflicting 2-ccc wins during the join and goes out;
+    then 2-ccc is deleted and 2-bbb wins again: that change is real and must go out."""
+    await db.bulk_save([{"_id": "c", "_rev": _BBB, "v": "b"}], new_edits=False)
+    token = await ws_server.login(await make_user())
+    watcher = await ws_server.connect(token)
+    await watcher.subscribe("w", db.name)  # the shared feed runs
+    original, raced = server_module.fetch_changes, []
+
+    async def slow_fetch(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            await db.bulk_save([{"_id": "c", "_rev": _CCC, "v": "c"}], new_edits=False)
+            assert (await watcher.next("change"))["changes"][0]["rev"] == _CCC
+            await sleep(reactor, 0.2)
+        return result
+
+    monkeypatch.setattr(server_module, "fetch_changes", slow_fetch)
+    client = await ws_server.connect(token)
+    await client.subscribe("s", db.name, since=0)
+    first, second = await client.collect_changes(2)
+    assert (first["id"], first["changes"][0]["rev"]) == ("c", _BBB)  # the catch-up
+    assert (second["id"], second["changes"][0]["rev"]) == ("c", _CCC)  # live: it won
+    await db.delete({"_id": "c", "_rev": _CCC})  # 2-bbb is the winner again
+    back = await watcher.next("change")
+    assert back["changes"][0]["rev"] == _BBB and not back.get("deleted")
+    await db.save({"_id": "after"})
+    following = await client.next("change", timeout=10)
+    assert (following["id"], following["changes"][0]["rev"]) == ("c", _BBB), following
+    assert (await client.next("change", timeout=10))["id"] == "after"
     client.check()
 
 
