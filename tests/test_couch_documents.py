@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
 
 from gateway.couch import (
@@ -209,6 +210,23 @@ async def test_session_auth_logs_in_and_renews(
     auth._cookie = expired
     assert (await as_user.get("mine"))["_id"] == "mine"
     assert auth._cookie != expired
+
+
+async def test_requests_meeting_an_expired_session_at_once_all_renew_it(
+    admin: CouchServer, make_user: Any, db: Database
+) -> None:
+    """Each gets its 401 and retries; the later ones must not fail for want of a cookie."""
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []},
+                           "admins": {"names": [], "roles": []}})
+    await db.save({"_id": "mine"})
+    auth = admin.session_auth(user.name, user.password)
+    as_user = admin.as_identity(auth).database(db.name)
+    assert (await as_user.get("mine"))["_id"] == "mine"  # logged in
+    auth._cookie = expired_session(user.name)  # CouchDB serves it as anonymous: 401
+    results = await DeferredList([as_user.get("mine") for _ in range(4)], consumeErrors=True)
+    assert [repr(r.value) for ok, r in results if not ok] == []
+    assert [r["_id"] for _, r in results] == ["mine"] * 4
 
 
 def expired_session(name: str) -> str:

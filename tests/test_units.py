@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from gateway.config import Settings
@@ -158,6 +159,27 @@ async def test_session_auth_adopts_refreshed_cookie() -> None:
     assert logins == ["bob", "bob"]
     assert "pw" not in repr(auth)
     assert session_cookie_from_headers(["other=1", "AuthSession=x; Path=/"]) == "x"
+
+
+async def test_session_auth_shares_one_login_among_requests_that_need_it() -> None:
+    pending: list[Deferred[str]] = []
+
+    def login(name: str, password: str) -> Deferred[str]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    auth = SessionAuth("bob", "pw", login)
+    waiting = [Deferred.fromCoroutine(auth.headers()) for _ in range(3)]
+    assert len(pending) == 1 and not any(w.called for w in waiting)
+    pending[0].callback("first")
+    assert [w.result for w in waiting] == [{"Cookie": "AuthSession=first"}] * 3
+    # Three requests got 401 with that cookie: each renews, and they share the next login.
+    assert [await auth.renew() for _ in range(3)] == [True] * 3
+    retries = [Deferred.fromCoroutine(auth.headers()) for _ in range(3)]
+    assert await auth.renew() is True  # a late 401 while that login runs: it is kept
+    pending[1].callback("second")
+    assert len(pending) == 2
+    assert [r.result for r in retries] == [{"Cookie": "AuthSession=second"}] * 3
 
 
 async def test_session_auth_logs_in_again_once_the_cookie_is_max_age_old() -> None:

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.singleflight import Flight, single_flight
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
@@ -174,19 +176,30 @@ class SessionAuth:
         self._max_age = max_age
         self._cookie: str | None = None
         self._issued = 0.0
+        self._logins: dict[None, Flight] = {}
 
     async def headers(self) -> HeaderMap:
-        """A ``Cookie: AuthSession=…`` header, logging in first when needed."""
+        """A ``Cookie: AuthSession=…`` header, logging in first when needed.
+
+        Requests that need a login at the same time share one.
+        """
         if self._cookie is None or self._too_old():
-            cookie = await self._login(self.username, self._password)
-            self._adopt(cookie)
+            self._adopt(await single_flight(self._logins, None, self._log_in))
         return {"Cookie": f"AuthSession={self._cookie}"}
 
+    async def _log_in(self) -> str:
+        return await self._login(self.username, self._password)
+
     async def renew(self) -> bool:
-        """Forget the cookie so the retry logs in again."""
-        if self._cookie is None:
-            return False
-        self._cookie = None
+        """Forget the cookie so the retry logs in again.
+
+        Always worth a retry: several requests sent with the same expired cookie each
+        get their 401 and each retry once, the later ones joining the login the first
+        one started (or using the cookie it brought). A wrong password then fails that
+        login with :class:`~gateway.errors.Unauthorized`.
+        """
+        if not self._logins:
+            self._cookie = None
         return True
 
     def observe(self, set_cookie_headers: Sequence[str]) -> None:
