@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from gateway.couch.changes.parser import (
     Heartbeat,
 )
 from gateway.couch.changes.subscriptions import normalize_options, options_key
+from gateway.couch.urls import encode_query
 from gateway.errors import (
     CouchTimeout,
     CouchUnreachable,
@@ -184,6 +186,18 @@ def test_changes_request_get_and_post() -> None:
     method, params, body = changes_request({"selector": {"n": 1}}, 0, 100)
     assert method == "POST" and params["filter"] == "_selector"
     assert json.loads(body or b"") == {"selector": {"n": 1}}
+
+
+def test_a_filter_functions_own_parameters_are_sent_as_written() -> None:
+    """``_changes`` has no ``key``: one of that name is a filter function's, which reads
+    ``req.query`` as sent; CouchDB would hand it ``'"abc"'`` if it went as JSON."""
+    _, params, _ = changes_request(
+        {"filter": "app/by_key", "key": "abc", "startkey": ["a", 1], "endkey": 5,
+         "include_docs": True}, "7-g1", 500)
+    query = encode_query(params)
+    assert "&key=abc&" in query and "endkey=5" in query and "include_docs=true" in query
+    assert "startkey=" + quote('["a",1]', safe="") in query
+    assert "since=7-g1" in query
 
 
 def test_retry_policy() -> None:

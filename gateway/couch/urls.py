@@ -18,7 +18,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 __all__ = [
     "JSON_NULL",
     "JSON_QUERY_PARAMS",
+    "Verbatim",
     "attachment_path",
+    "changes_query",
     "database_path",
     "doc_path",
     "encode_query",
@@ -99,7 +101,15 @@ class _JsonNull:
 JSON_NULL: Final = _JsonNull()
 
 
+class Verbatim(str):
+    """A query value sent as it is written, whatever its parameter's name."""
+
+    __slots__ = ()
+
+
 def _query_value(name: str, value: Any) -> str:
+    if isinstance(value, Verbatim):
+        return str(value)
     if value is JSON_NULL:
         return "null"
     if name in JSON_QUERY_PARAMS:
@@ -132,6 +142,22 @@ def encode_query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -
             continue
         parts.append(f"{quote(name, safe='')}={quote(_query_value(name, value), safe='')}")
     return "&".join(parts)
+
+
+def changes_query(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The query of a ``_changes`` request: no parameter of it is JSON.
+
+    ``_changes`` takes ``doc_ids`` and ``selector`` in its body and has no ``key``; a
+    parameter of that name is a filter function's own, which reads ``req.query`` as it
+    was sent. So ``key="abc"`` goes as ``key=abc``, not as the JSON ``"abc"`` a view
+    would take.
+    """
+    return {
+        name: Verbatim(_query_value("", value))
+        if name in JSON_QUERY_PARAMS and value is not None and value is not JSON_NULL
+        else value
+        for name, value in params.items()
+    }
 
 
 @lru_cache(maxsize=64)  # a transport is made per identity, always from the same URL

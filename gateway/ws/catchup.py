@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.couch.transport import CouchTransport
+from gateway.couch.urls import changes_query
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import FeedParams, Seq
 
@@ -81,7 +82,7 @@ async def fetch_changes(
     Raises:
         CouchError: CouchDB refused (e.g. the user may not read the database).
     """
-    query = dict(params.changes_params(), since=since, limit=page_size)
+    query = dict(changes_query(params.changes_params()), since=since, limit=page_size)
     if heartbeat_ms is not None:
         query["heartbeat"] = heartbeat_ms
     body = params.changes_body()

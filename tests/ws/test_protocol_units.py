@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from gateway.couch.urls import encode_query
 from gateway.errors import Forbidden
 from gateway.ws.catchup import Join, Verdict, fetch_changes, rev_generation
 from gateway.ws.handshake import origin_allowed
@@ -165,6 +166,19 @@ async def test_a_full_catch_up_page_resumes_after_its_last_row_not_last_seq() ->
     rows, since, more = await fetch_changes(Pages(), "d", params, since, page_size=2)  # type: ignore[arg-type]
     assert [r["id"] for r in rows] == ["c"] and not more and since == "4-end"
     assert asked == [0, "2-b"]
+
+
+async def test_a_catch_up_sends_a_design_filters_parameters_as_written() -> None:
+    asked: list[str] = []
+
+    class Recorder:
+        async def request(self, method: str, segments: list[str], **kwargs: Any) -> Any:
+            asked.append(encode_query(kwargs["params"]))
+            return {"results": [], "last_seq": "1-x"}
+
+    params = FeedParams.build(filter="app/by_key", query={"key": "abc", "kind": "k"})
+    await fetch_changes(Recorder(), "d", params, "0")  # type: ignore[arg-type]
+    assert "key=abc" in asked[0].split("&") and "kind=k" in asked[0].split("&")
 
 
 def test_a_feed_back_live_gives_the_join_filter_its_full_time_again() -> None:

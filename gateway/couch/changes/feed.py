@@ -89,6 +89,7 @@ from gateway.couch.changes.parser import (
 )
 from gateway.couch.idle import IdleTimeout
 from gateway.couch.transport import BytesBody
+from gateway.couch.urls import changes_query
 from gateway.errors import CouchError, CouchUnreachable, FeedProtocolError, GatewayError
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ def changes_request(
         params.setdefault("filter", "_doc_ids")
     if "selector" in body:
         params.setdefault("filter", "_selector")
+    params = changes_query(params)
     params["since"] = since
     if not body:
         return "GET", params, None
