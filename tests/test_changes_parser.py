@@ -216,8 +216,12 @@ def test_normalize_options_makes_equal_requests_equal() -> None:
     assert options_key(a) == options_key(b)
     assert normalize_options({"view": "d/v"})["filter"] == "_view"
     assert normalize_options({"selector": {"x": 1}})["filter"] == "_selector"
+    # seq_interval is a number (CouchDB: "the update seq with every Nth result").
+    assert normalize_options({"seq_interval": "10"}) == normalize_options({"seq_interval": 10})
+    assert normalize_options({"seq_interval": 10}) == {"seq_interval": 10}
     for bad in ({"limit": 3}, {"feed": "longpoll"}, {"doc_ids": "a"}, {"include_docs": "yes"},
-                {"selector": [1]}):
+                {"selector": [1]}, {"seq_interval": True}, {"seq_interval": 0},
+                {"seq_interval": "x"}):
         with pytest.raises(ValueError):
             normalize_options(bad)
 

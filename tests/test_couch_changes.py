@@ -164,6 +164,16 @@ async def test_include_docs_delivers_docs(db: Database, reactor: Any) -> None:
     assert second["deleted"] is True and second["doc"]["_deleted"] is True
 
 
+async def test_seq_interval_takes_a_number(db: Database, reactor: Any) -> None:
+    """CouchDB: seq_interval=N computes the seq of every Nth row only (the others: null)."""
+    got = Collector()
+    await db.changes(got, since=0, seq_interval=3)
+    for name in ("a", "b", "c", "d"):
+        await save(db, name)
+    await wait_until(reactor, lambda: got.ids == ["a", "b", "c", "d"])
+    assert await db.unchanges(got, since=0, seq_interval="3") is True
+
+
 async def test_unchanges_stops_delivery(db: Database, reactor: Any) -> None:
     got = Collector()
     await db.changes(got, since=0, include_docs=True)

@@ -57,8 +57,9 @@ __all__ = [
 ChangeCallback = Callable[..., Any]
 
 _BOOLEAN_OPTIONS: Final = frozenset(
-    {"include_docs", "conflicts", "attachments", "att_encoding_info", "seq_interval"}
+    {"include_docs", "conflicts", "attachments", "att_encoding_info"}
 )
+_COUNT_OPTIONS: Final = frozenset({"seq_interval"})
 _DROPPED: Final = frozenset({"feed", "heartbeat", "since"})
 _REFUSED: Final = frozenset({"limit", "descending"})
 
@@ -71,6 +72,14 @@ def _boolean(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise ValueError(f"the changes option {name!r} must be a boolean")
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"the changes option {name!r} must be a positive whole number")
 
 
 def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +109,7 @@ def normalize_options(options: Mapping[str, Any]) -> dict[str, Any]:
             if _boolean(name, value):
                 result[name] = True
             continue
-        result[name] = value
+        result[name] = _count(name, value) if name in _COUNT_OPTIONS else value
     if result.get("style") == "main_only":
         del result["style"]
     if "doc_ids" in result:
