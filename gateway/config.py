@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from gateway.couch.urls import split_credentials
 from gateway.http.client_address import parse_networks
 
 __all__ = ["Settings"]
@@ -177,6 +178,10 @@ class Settings:
                 "WALLABY_PROXY_SECRET: proxy mode signs every user's identity with CouchDB's "
                 "[chttpd_auth] secret; set it (CouchDB must trust only signed headers)"
             )
+        try:
+            split_credentials(self.couchdb_url)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_name('couchdb_url')}: {exc}") from None
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from gateway.config import Settings
+from gateway.couch import Database
 from gateway.couch.auth import ProxyAuth, SessionAuth, session_cookie_from_headers
 from gateway.couch.urls import (
     attachment_path,
@@ -198,6 +199,17 @@ async def test_session_auth_logs_in_again_once_the_cookie_is_max_age_old() -> No
     assert await auth.headers() == {"Cookie": "AuthSession=refreshed"}
     clock.advance(1)
     assert await auth.headers() == {"Cookie": "AuthSession=second"}
+
+
+@pytest.mark.parametrize("password", ["s3cr3t/x", "s3cr3t#x", "s3cr3t?x"])
+def test_a_password_not_percent_encoded_is_refused_without_being_quoted(password: str) -> None:
+    from twisted.internet.task import Clock
+
+    url = f"http://admin:{password}@127.0.0.1:5984"
+    with pytest.raises(ValueError, match="percent-encode") as refused:
+        Database("x", url=url, reactor=Clock())
+    assert "s3cr3t" not in str(refused.value) and refused.value.__cause__ is None
+    assert refused.value.__context__ is None or "s3cr3t" not in str(refused.value.__context__)
 
 
 def test_settings_from_environment() -> None:

@@ -169,15 +169,30 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
 
     Returns:
         ``(url_without_credentials, username, password)``, credentials percent-decoded.
+
+    Raises:
+        ValueError: The port is not a number; the message quotes nothing of the URL.
     """
     from urllib.parse import unquote
 
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1:
+        # Python's message quotes the "port", which is often part of a password with a
+        # "/", "?" or "#" that was not percent-encoded: say what is wrong without it,
+        # outside the handler, so that not even the exception's context holds it.
+        raise ValueError(
+            "the CouchDB URL's port is not a number (percent-encode '/', '?', '#' and '@' "
+            "in a user name or password)"
+        )
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
     return clean, username, password

@@ -206,20 +206,27 @@ async def test_large_attachment_streams_with_flat_gateway_memory(
         await database.destroy()
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"WALLABY_AUTH_MODE": "bogus"},
+     "WALLABY_AUTH_MODE: 'bogus' is not one of forward, jwt, proxy"),
+    # A "/" in a password that was not percent-encoded: Python would quote the secret.
+    ({"COUCHDB_URL": "http://admin:s3cr3t/x@127.0.0.1:1"},
+     "COUCHDB_URL: the CouchDB URL's port is not a number (percent-encode"),
+])
 async def test_a_bad_setting_stops_the_gateway_with_a_message(
+    setting: dict[str, str], message: str,
     reactor: Any, tmp_path: Path, couch_backend: CouchBackend
 ) -> None:
     log = tmp_path / "bad.err"
     with log.open("wb") as err:
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-m", "gateway", "run"],
-            env={**os.environ, "COUCHDB_URL": couch_backend.admin_url,
-                 "WALLABY_AUTH_MODE": "bogus"},
+            env={**os.environ, "COUCHDB_URL": couch_backend.admin_url, **setting},
             stdin=subprocess.DEVNULL, stdout=err, stderr=err)
     assert await _wait_exit(reactor, process, 30) == 2
     text = log.read_text()
-    assert "WALLABY_AUTH_MODE: 'bogus' is not one of forward, jwt, proxy" in text
-    assert "Traceback" not in text
+    assert message in text
+    assert "Traceback" not in text and "s3cr3t" not in text
 
 
 async def test_a_port_it_cannot_listen_on_is_a_failed_start(
