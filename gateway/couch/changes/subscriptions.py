@@ -14,7 +14,10 @@ booleans, ``doc_ids`` sorted and deduplicated, the implied ``filter`` of ``doc_i
 * a registration with ``since="now"`` joins a running feed with equal options that
   itself started at ``"now"`` (it gets every change from now on) or starts one. It
   never joins a feed that started at ``0`` or a seq: that one may still be replaying
-  history, and seqs are opaque, so there is no telling when it has caught up;
+  history, and seqs are opaque, so there is no telling when it has caught up. "Now"
+  is where the running feed is: if that feed is behind CouchDB (a connection stalled
+  and not yet found dead, or held back by a slow callback), the joiner also gets the
+  changes between the feed's position and the moment it joined, never fewer;
 * a callback with an explicit ``since`` (``0`` or a seq) starts its own feed from that
   point, so it gets exactly the changes after its ``since`` — once each, in order. It
   joins a running feed only if that feed has the same ``since`` and options and has not
