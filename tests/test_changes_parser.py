@@ -503,6 +503,20 @@ def test_identical_replayed_rows_are_dropped() -> None:
     feed.stopService()
 
 
+def test_a_resumed_connection_drops_repeats_only_until_its_first_heartbeat() -> None:
+    """A replay comes before the connection is first idle; afterwards a row that looks
+    like the last one of its document is news (a losing conflict revision deleted)."""
+    feed, couch, clock, rec = make_feed(since=0)
+    feed.startService()
+    couch.responses[0].send(row("1-x", "a") + row("2-x", "b"))
+    couch.responses[0].end(ConnectionDone())
+    clock.advance(1)
+    couch.responses[1].send(row("1-y", "a") + b"\n" + row("4-y", "a") + row("5-y", "b"))
+    assert rec.ids == ["a", "b", "a", "b"] and feed.duplicates_dropped == 1
+    assert feed.since == "5-y"
+    feed.stopService()
+
+
 def test_first_connection_delivers_rows_that_repeat_a_documents_state() -> None:
     """Deleting a losing conflict revision leaves the row looking as before: still news."""
     feed, couch, _clock, rec = make_feed(since=0)

@@ -12,11 +12,12 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from gateway.couch import Database
+from gateway.couch import CouchServer, Database
 from gateway.couch.changes.backoff import Backoff
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.changes.subscriptions import ChangeSubscriptions
 from tests.conftest import CouchBackend
+from tests.support.faultproxy import FaultProxy
 
 FILTER_DDOC = {
     "_id": "_design/app",
@@ -352,6 +353,39 @@ async def test_conflict_changes_that_keep_the_winner_are_delivered(
     assert got.ids == [doc_id] * 3
     assert [row["changes"][0]["rev"] for row in got.rows] == [winner] * 3
     await db.unchanges()
+
+
+async def test_a_change_that_keeps_the_winner_after_a_reconnect_is_delivered(
+    db: Database, reactor: Any, couch_backend: CouchBackend, pool: Any
+) -> None:
+    """A resumed connection's repeats are dropped only while it may replay (until its
+    first heartbeat): a losing revision deleted later is news, as on the first one."""
+    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
+    proxy.listen()
+    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=db.transport.auth)
+    got = Collector()
+    feed = ChangesFeed(through.transport, db.name, {}, since="now",
+                       on_changes=lambda rows, _seq: got(rows), heartbeat=0.3,
+                       backoff=Backoff(initial=0.1, factor=2, cap=0.5))
+    feed.startService()
+    try:
+        await feed.ready()
+        doc_id, _winner = await save(db, "contested")
+        await wait_until(reactor, lambda: got.ids == [doc_id])
+        loser = "1-" + "0" * 32  # sorts below any random revision id: it loses
+        await db.bulk_save([{"_id": doc_id, "_rev": loser}], new_edits=False)
+        await wait_until(reactor, lambda: len(got.rows) == 2)
+        proxy.reset_all()  # the connection drops; the feed resumes from its last seq
+        await wait_until(reactor, lambda: feed.connections >= 2 and feed.state == "live")
+        await wait_until(reactor, lambda: not feed._replaying)  # its first heartbeat
+        await db.delete({"_id": doc_id, "_rev": loser})  # a change of its own (a new seq)
+        await db.save({"_id": "marker"})
+        await wait_until(reactor, lambda: "marker" in got.ids)
+        assert got.ids == [doc_id, doc_id, doc_id, "marker"]
+        assert feed.duplicates_dropped == 0
+    finally:
+        await feed.stopService()
+        await proxy.close()
 
 
 async def test_now_joiner_never_gets_history_from_a_replaying_feed(

@@ -35,11 +35,14 @@ Behaviour:
   or delivered twice. ``since="now"`` is fixed to the database's ``update_seq`` before
   the first connection, so changes made while a reconnection is pending are not lost.
   Seqs are opaque: they are stored and sent back, never compared. CouchDB clusters may
-  replay rows after a rewind, which only a resumed connection can bring: there, a row
-  identical (same id, revisions, deletion and conflicts) to the last one delivered for
-  its document is dropped (:attr:`ChangesFeed.duplicates_dropped` counts them). The
-  first connection drops nothing, so a change that leaves a document's visible state
-  as it was (deleting a losing conflict revision) is still delivered.
+  replay rows after a rewind, which only a resumed connection can bring, in the rows it
+  sends before it is idle: there, until its first heartbeat line, a row identical (same
+  id, revisions, deletion and conflicts) to the last one delivered for its document is
+  dropped (:attr:`ChangesFeed.duplicates_dropped` counts them). Otherwise nothing is
+  dropped, so a change that leaves a document's visible state as it was (deleting a
+  losing conflict revision) is delivered, unless it comes in that window. A filter
+  that scans long for few matches can send heartbeats before a replay is over; the rest
+  of the replay is then delivered again: a repeat, never a loss.
 * **Dead connections.** The feed asks for ``heartbeat``; when no byte at all arrives for
   twice ``heartbeat`` the connection is aborted and reopened.
 * **Reconnection.** After a lost connection, an unreachable or failing (5xx) server, an
@@ -86,6 +89,7 @@ from gateway.couch.changes.parser import (
     FeedEnd,
     FeedErrorLine,
     FeedEvent,
+    Heartbeat,
 )
 from gateway.couch.idle import IdleTimeout
 from gateway.couch.transport import BytesBody
@@ -372,6 +376,8 @@ class ChangesFeed(Service):
         self.duplicates_dropped = 0
         self.rows_delivered = 0
         self.connections = 0
+        #: A resumed connection that has sent no heartbeat yet (it may replay rows).
+        self._replaying = False
         self._transport = transport
         self._clock: IReactorTime = clock if clock is not None else transport.reactor
         self._since = since
@@ -537,6 +543,7 @@ class ChangesFeed(Service):
                     return None
                 return _describe(exc)
         self.connections += 1
+        self._replaying = self.connections > 1
         self._set_state("live", None)
         connection = _FeedConnection(
             ChangesParser(self.max_line_bytes),
@@ -613,10 +620,12 @@ class ChangesFeed(Service):
                     self._since = event.seq
                 self._advanced = True
                 repeat = self._recent.is_repeat(event.row)
-                if repeat and self.connections > 1:
+                if repeat and self._replaying:
                     self.duplicates_dropped += 1
                 else:
                     rows.append(event.row)
+            elif isinstance(event, Heartbeat):
+                self._replaying = False  # idle: what it had to send, it sent
             elif isinstance(event, FeedEnd):
                 self._since = event.last_seq
                 self._advanced = True
