@@ -122,7 +122,8 @@ class Subscription:
         trailing: After the catch-up, the join whose filter drops live changes the
             catch-up already sent, until the shared feed has passed each document of it
             (or :data:`~gateway.ws.catchup.TRAILING_SECONDS` have gone by).
-        last_seq: Seq of the last change written to the socket.
+        last_seq: Seq of the last change written to the socket; before the first one,
+            the seq the subscription started after.
         active: False once ended.
     """
 
@@ -645,6 +646,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             # else the shared feed's position now (every later change reaches this
             # subscriber), so a socket lost before the first change resumes without a gap.
             start = request.since if request.catch_up else feed.position()
+            # Until a change is written, that is where it resumes (the closing message).
+            sub.last_seq = start
             backlog = None
             if sub.join is not None and request.since is not None:
                 # A resume from a seq the shared feed remembers: every change after it

@@ -90,9 +90,13 @@ async def test_graceful_shutdown_closes_with_1001_and_resume_seqs(
     await client.subscribe("s", db.name)
     await db.save({"_id": "one"})
     change = await client.next("change")
+    # One that has had no change yet resumes from where it started, not from "now".
+    quiet = await client.subscribe("q", db.name, filter="_doc_ids", doc_ids=["never"])
+    assert quiet["type"] == "subscribed" and quiet.get("since") is not None, quiet
     await server.service.stopService()
     _clean, code, _reason = await client.protocol.closed
     assert code == CLOSE_GOING_AWAY
     closing = await client.next("closing")
-    assert closing["code"] == CLOSE_GOING_AWAY and closing["resume"] == {"s": change["seq"]}
+    assert closing["code"] == CLOSE_GOING_AWAY
+    assert closing["resume"] == {"s": change["seq"], "q": quiet["since"]}
     assert server.feeds() == 0
