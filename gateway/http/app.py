@@ -33,6 +33,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
 from werkzeug import exceptions as wz
@@ -112,7 +113,11 @@ def _client_host(request: Any) -> str:
 
 
 def _decode_args(request: Any) -> dict[str, list[str]]:
-    args: dict[bytes, list[bytes]] = request.args
+    # The query string only: Twisted's ``request.args`` also holds the fields of a
+    # form-encoded body, which would be judged as query parameters (and the body,
+    # refused by its media type, would never be).
+    _, _, query = bytes(request.uri).partition(b"?")
+    args: dict[bytes, list[bytes]] = parse_qs(query, 1)  # type: ignore[no-untyped-call]
     try:
         return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
     except UnicodeDecodeError:

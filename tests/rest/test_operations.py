@@ -71,6 +71,11 @@ async def test_every_route_refuses_unknown_query_parameters(gateway: RunningGate
                          ("DELETE", "/api/v1/session")):
         reply = await gateway.client.request(method, f"{path}?x=1")
         assert reply.status == 400 and "unknown query parameter 'x'" in reply.json["reason"], path
+    # Names and values are percent-decoded as UTF-8, or refused as not UTF-8.
+    named = await gateway.client.get("/health?%C3%A9t%C3%A9=%C3%A0")
+    assert named.status == 400 and "unknown query parameter 'été'" in named.json["reason"]
+    broken = await gateway.client.get("/health?x=%FF")
+    assert broken.status == 400 and "not valid UTF-8" in broken.json["reason"]
 
 
 async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:

@@ -113,6 +113,17 @@ async def test_login_body_is_validated(gateway: RunningGateway) -> None:
         "/api/v1/session", data=b"name=x", headers={"Content-Type": "text/plain"}
     )
     assert wrong_type.status == 415
+    # A form body is a body of the wrong type, not query parameters (Twisted merges a
+    # form's fields into request.args).
+    form = await gateway.client.post(
+        "/api/v1/session", data=b"name=x&password=y",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (form.status, form.json["error"]) == (415, "bad_content_type"), form.json
+    # Real query parameters are still judged, whatever the body.
+    query = await gateway.client.post(
+        "/api/v1/session?name=x", data=b"name=x&password=y",
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert query.status == 400 and "unknown query parameter 'name'" in query.json["reason"]
 
 
 async def test_the_basic_scheme_is_case_insensitive(
