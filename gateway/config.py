@@ -109,6 +109,9 @@ class Settings:
         feed_heartbeat_ms: Heartbeat CouchDB sends on upstream ``_changes`` feeds.
         gc_freeze_after_ms: A full garbage collection that paused the gateway this long
             (milliseconds) freezes what survived it, so later ones skip it (0: off).
+        attachment_csp: ``Content-Security-Policy`` of attachment downloads, as CouchDB
+            sends it (``sandbox``: stored HTML or SVG cannot run script on the gateway's
+            origin); empty: none.
         log_format: ``json`` or ``text`` access logs.
         embedded_data_dir: Data folder of the embedded server (no ``COUCHDB_URL``).
     """
@@ -141,6 +144,7 @@ class Settings:
     splice_uploads: bool = True
     compress_min_bytes: int = 1400
     buffer_answer_bytes: int = 4 * 1024 * 1024
+    attachment_csp: str = "sandbox"
     ws_max_subscriptions: int = 32
     ws_max_user_feeds: int = 64
     ws_max_feeds: int = 1000

@@ -746,6 +746,10 @@ class GatewayApp:
             if values and not request.responseHeaders.hasHeader(header.encode()):
                 request.setHeader(header, values[0])
         request.setHeader("Accept-Ranges", "bytes")
+        if self.settings.attachment_csp:
+            # As CouchDB 3.2+ does ([csp] attachments_enable): served on the API's origin,
+            # an HTML or SVG attachment must not run script with the user's session.
+            request.setHeader("Content-Security-Policy", self.settings.attachment_csp)
         if status == 304 or method == "HEAD":
             if length is not None and status != 304:
                 request.setHeader("Content-Length", length)

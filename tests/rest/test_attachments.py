@@ -109,6 +109,31 @@ async def test_download_streams_in_chunks(scenario: Scenario) -> None:
     assert digest.digest() == hashlib.sha256(payload).digest()
 
 
+async def test_an_html_attachment_is_sandboxed_as_couchdb_does(
+    scenario: Scenario, start_gateway: StartGateway
+) -> None:
+    """Stored HTML served on the API's origin must not run script with the reader's
+    session: CouchDB 3.2+ sends ``Content-Security-Policy: sandbox``, and so does the
+    gateway, whatever the server behind it sends (pouchdb-server sends none)."""
+    base = f"/api/v1/db/{scenario.db.name}/docs/page"
+    rev = (await scenario.member_client.put(base, json_body={"t": 1})).json["rev"]
+    up = await scenario.member_client.put(
+        f"{base}/attachments/x.html?rev={rev}",
+        data=b"<script>fetch('/api/v1/session')</script>", headers={"Content-Type": "text/html"})
+    assert up.status == 201
+    for method in ("GET", "HEAD"):
+        down = await scenario.member_client.request(method, f"{base}/attachments/x.html")
+        assert down.status == 200 and down.header("Content-Type") == "text/html"
+        assert down.header("Content-Security-Policy") == "sandbox", method
+    ranged = await scenario.member_client.get(
+        f"{base}/attachments/x.html", headers={"Range": "bytes=0-7"})
+    assert ranged.status == 206 and ranged.header("Content-Security-Policy") == "sandbox"
+    # An app that serves its own trusted pages from attachments may turn it off.
+    trusting = await start_gateway(attachment_csp="")
+    plain = await trusting.as_user(scenario.member).get(f"{base}/attachments/x.html")
+    assert plain.status == 200 and plain.header("Content-Security-Policy") is None
+
+
 async def test_attachment_names_are_validated(scenario: Scenario) -> None:
     base, rev = await _doc(scenario)
     for name in ("_reserved", "a%2F%2Fb", "a%2F..%2Fb", "%2Fa"):
