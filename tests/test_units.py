@@ -212,6 +212,21 @@ def test_a_password_not_percent_encoded_is_refused_without_being_quoted(password
     assert refused.value.__context__ is None or "s3cr3t" not in str(refused.value.__context__)
 
 
+def test_query_numbers_and_json_must_be_finite() -> None:
+    from gateway.errors import InvalidRequest
+    from gateway.http.contract import _coerce, strict_json
+
+    number = {"schema": {"type": "number"}}
+    assert _coerce("n", "1.5", number) == 1.5
+    for raw in ("nan", "inf", "-Infinity", "x"):
+        with pytest.raises(InvalidRequest, match="must be a number"):
+            _coerce("n", raw, number)
+    assert strict_json('{"a": [1e3, -0.5]}') == {"a": [1000.0, -0.5]}
+    for text in ("NaN", "[Infinity]", '{"a": -Infinity}'):
+        with pytest.raises(ValueError):
+            strict_json(text)
+
+
 def test_settings_from_environment() -> None:
     settings = Settings.from_env({"WALLABY_PORT": "9000", "WALLABY_CORS_ORIGINS": "http://a, http://b",
                                   "WALLABY_COOKIE_SECURE": "true", "COUCHDB_URL": "http://c:1"})

@@ -75,7 +75,7 @@ from gateway.http.conditional import (
     range_applies,
     set_revision_etag,
 )
-from gateway.http.contract import Contract, load_contract
+from gateway.http.contract import Contract, load_contract, strict_json
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
 from gateway.http.document_bodies import check_documents
@@ -325,7 +325,7 @@ class GatewayApp:
             )
         content.seek(0)
         try:
-            body = json.loads(content.read())
+            body = strict_json(content.read())
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
         self.contract.check_body(operation, body)

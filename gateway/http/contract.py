@@ -14,6 +14,7 @@ The same object also checks responses (used by the test-suite's client).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,11 +82,28 @@ def _json_content(param: dict[str, Any]) -> dict[str, Any]:
     return {**param, "x-json": True, "schema": media.get("schema", {})}
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """Parse JSON as RFC 8259 defines it.
+
+    Python's extensions ``NaN``, ``Infinity`` and ``-Infinity`` are refused: CouchDB
+    refuses them, and they could not be sent on as JSON.
+
+    Raises:
+        ValueError: Not JSON.
+        RecursionError: Nested too deep.
+    """
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
     schema = param.get("schema", {})
     if param.get("x-json"):
         try:
-            return json.loads(raw)
+            return strict_json(raw)
         except (ValueError, RecursionError):
             raise InvalidRequest(f"query parameter '{name}' must be JSON") from None
     kind = schema.get("type")
@@ -96,9 +114,12 @@ def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
             raise InvalidRequest(f"query parameter '{name}' must be an integer") from None
     if kind == "number":
         try:
-            return float(raw)
+            number = float(raw)
         except ValueError:
-            raise InvalidRequest(f"query parameter '{name}' must be a number") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise InvalidRequest(f"query parameter '{name}' must be a number")
+        return number
     if kind == "boolean":
         if raw in ("true", "false"):
             return raw == "true"

@@ -109,3 +109,10 @@ async def test_null_keys_select_the_null_key_and_bad_json_is_400(
     deep = "%5B" * 2000 + "%5D" * 2000  # within the request line limit, past the parser's
     too_deep = await client.get(f"{view}?key={deep}")
     assert too_deep.status == 400 and too_deep.json["error"] == "bad_request"
+    # Python's JSON extensions are not JSON: refused here, never sent on.
+    for word in ("NaN", "Infinity", "-Infinity", "%5BNaN%5D"):
+        not_json = await client.get(f"{view}?key={word}")
+        assert not_json.status == 400 and "must be JSON" in not_json.json["reason"], word
+    body = await client.post(view, data=b'{"keys": [NaN]}',
+                             headers={"Content-Type": "application/json"})
+    assert body.status == 400 and "not valid JSON" in body.json["reason"]
