@@ -8,10 +8,13 @@ credentials, which use the names CouchDB deployments already use. CLI flags of
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.couch.urls import split_credentials
 from gateway.http.client_address import parse_networks
@@ -38,6 +41,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cookie_samesite": ("Strict", "Lax", "None"),
     "log_format": ("json", "text"),
 }
+#: A cookie name: an RFC 9110 token (RFC 6265, section 4.1.1).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Sizes and durations where 0 would refuse or time out everything.
 _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
@@ -186,6 +191,21 @@ class Settings:
             split_credentials(self.couchdb_url)
         except ValueError as exc:
             raise ValueError(f"{self.env_name('couchdb_url')}: {exc}") from None
+        upstream = urlsplit(self.couchdb_url)
+        if upstream.scheme not in ("http", "https") or not upstream.hostname:
+            raise ValueError(
+                f"{self.env_name('couchdb_url')}: not an http:// or https:// URL with a host "
+                "(e.g. http://admin:password@127.0.0.1:5984)"
+            )
+        if not _TOKEN.fullmatch(self.cookie_name):
+            raise ValueError(
+                f"{self.env_name('cookie_name')}: {self.cookie_name!r} is not a cookie name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{self.env_name(spec.name)}: {value} is not a finite number")
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
@@ -235,7 +255,10 @@ class Settings:
             if isinstance(default, int):
                 return int(raw)
             if isinstance(default, float):
-                return float(raw)
+                number = float(raw)
+                if not math.isfinite(number):
+                    raise ValueError(f"{raw!r} is not a finite number")
+                return number
             if isinstance(default, tuple):
                 return _split(raw)
         except ValueError as exc:

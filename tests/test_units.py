@@ -227,6 +227,25 @@ def test_query_numbers_and_json_must_be_finite() -> None:
             strict_json(text)
 
 
+@pytest.mark.parametrize(("env", "message"), [
+    *[({name: "nan"}, f"{name}: 'nan' is not a finite number") for name in (
+        "WALLABY_HEADER_TIMEOUT", "WALLABY_WS_PING_INTERVAL", "WALLABY_LOGIN_LOCKOUT_SECONDS",
+        "WALLABY_SHUTDOWN_GRACE", "WALLABY_RATE_LIMIT_PER_SECOND", "WALLABY_WS_AUTH_RECHECK",
+        "WALLABY_REQUEST_TIMEOUT")],
+    ({"WALLABY_SHUTDOWN_GRACE": "inf"}, "'inf' is not a finite number"),
+    *[({"COUCHDB_URL": url}, "COUCHDB_URL: not an http:// or https:// URL with a host")
+      for url in ("127.0.0.1:5984", "ftp://x", "not a url", "http://")],
+    ({"WALLABY_COOKIE_NAME": "a;b"}, "WALLABY_COOKIE_NAME: 'a;b' is not a cookie name"),
+    ({"WALLABY_COOKIE_NAME": "a b"}, "is not a cookie name"),
+])
+def test_settings_that_parse_but_cannot_work_are_refused(env: dict[str, str], message: str) -> None:
+    """nan passed every range check (nan < 0 is false): a timeout of nan dropped every
+    connection, a lockout of nan turned it off."""
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env(env)
+    assert message in str(refused.value)
+
+
 def test_settings_from_environment() -> None:
     settings = Settings.from_env({"WALLABY_PORT": "9000", "WALLABY_CORS_ORIGINS": "http://a, http://b",
                                   "WALLABY_COOKIE_SECURE": "true", "COUCHDB_URL": "http://c:1"})
