@@ -34,9 +34,16 @@ DEMO_DB = "demo"
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``port``, as Node's does (with ``SO_REUSEADDR``).
+
+    The connections of a server that just stopped leave TIME-WAIT sockets on its port
+    for a minute; they keep a plain ``bind`` out, not a listener like Node's.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen(1)
         except OSError:
             return False
         return True

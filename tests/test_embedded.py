@@ -113,3 +113,40 @@ async def test_the_configured_admin_password_wins_over_an_earlier_start(
     finally:
         await pool.closeCachedConnections()
         await deferToThread(second.stop)
+
+
+def _leave_time_wait_on(port: int) -> None:
+    """What a server that just stopped leaves on its port: TIME-WAIT sockets of the
+    connections it closed first, and nothing listening."""
+    import socket
+    import time
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: TIME-WAIT on the server's port
+    time.sleep(0.1)
+    client.close()
+    server.close()
+
+
+def test_a_port_left_in_time_wait_by_the_last_run_is_free_but_a_listened_one_is_not() -> None:
+    """A quick second ``./wallaby run`` took a random port instead of 5984 (or its
+    ``--couch-port``): the probe's plain bind failed on TIME-WAIT sockets, which a
+    listener with SO_REUSEADDR, as Node's, does not mind."""
+    import socket
+
+    from gateway.__main__ import _port_free
+    from gateway.embedded import free_port
+
+    port = free_port()
+    _leave_time_wait_on(port)
+    assert _port_free("127.0.0.1", port)
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        assert not _port_free("127.0.0.1", port)
