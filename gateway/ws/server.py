@@ -1075,6 +1075,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             closeHandshakeTimeout=2,
             failByDrop=False,
             openHandshakeTimeout=30,
+            versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
         )
 
     def track(self, deferred: Deferred[Any]) -> None:
