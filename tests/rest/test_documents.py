@@ -23,6 +23,13 @@ async def test_database_info_create_delete(scenario: Scenario, couch_backend: Co
     assert missing.status == 404 and missing.json["error"] == "not_found"
     bad = await scenario.admin.put("/api/v1/db/Bad-Name")
     assert bad.status == 400
+    # CouchDB 3 takes the cluster's shards and replicas at creation.
+    sharded = unique_name("sharded")
+    made = await scenario.admin.put(f"/api/v1/db/{sharded}?q=2&n=1")
+    assert made.status in (201, 202), made.json
+    assert (await scenario.admin.delete(f"/api/v1/db/{sharded}")).status in (200, 202)
+    no_shards = await scenario.admin.put(f"/api/v1/db/{unique_name('zero')}?q=0")
+    assert no_shards.status == 400
 
 
 async def test_non_admin_cannot_create_or_delete_databases(scenario: Scenario) -> None:

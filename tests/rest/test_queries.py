@@ -64,6 +64,9 @@ async def test_mango_find_and_index_management(scenario: Scenario) -> None:
     assert invalid.status == 400 and "selector" in invalid.json["reason"]
     unknown = await client.post(f"/api/v1/db/{db}/find", json_body={"selector": {}, "x": 1})
     assert unknown.status == 400
+    stale = await client.post(f"/api/v1/db/{db}/find", json_body={
+        "selector": {"kind": "odd", "n": {"$gt": 4}}, "fields": ["n"], "stale": "ok"})
+    assert stale.status == 200 and sorted(d["n"] for d in stale.json["docs"]) == [5, 7, 9]
 
     made = await scenario.admin.post(f"/api/v1/db/{db}/indexes", json_body={
         "index": {"fields": ["n"]}, "name": "by-n", "ddoc": "idx", "type": "json",
