@@ -246,6 +246,25 @@ def test_settings_that_parse_but_cannot_work_are_refused(env: dict[str, str], me
     assert message in str(refused.value)
 
 
+def test_byte_ranges_follow_rfc_9110() -> None:
+    from gateway.http.streaming import parse_range
+
+    assert parse_range("bytes=0-9", 100) == (0, 9)
+    assert parse_range("bytes=90-", 100) == (90, 99)
+    assert parse_range("bytes=-5", 100) == (95, 99)
+    assert parse_range("bytes=-500", 100) == (0, 99)
+    assert parse_range("bytes=0-500", 100) == (0, 99)
+    # Not a range the gateway cuts: the whole body, 200.
+    for header in ("bytes=0-1,5-6", "items=0-1", "bytes=5", "bytes=9-3", "bytes=-",
+                   "bytes=+1-2", "bytes=1_0-2_0", "bytes=1 -2", "bytes=0x1-2"):
+        assert parse_range(header, 100) is None, header
+    # A zero-length body has no bytes to name: a suffix takes the whole of it.
+    assert parse_range("bytes=-5", 0) is None
+    for header, total in (("bytes=100-", 100), ("bytes=0-", 0), ("bytes=-0", 100)):
+        with pytest.raises(ValueError):
+            parse_range(header, total)
+
+
 def test_settings_from_environment() -> None:
     settings = Settings.from_env({"WALLABY_PORT": "9000", "WALLABY_CORS_ORIGINS": "http://a, http://b",
                                   "WALLABY_COOKIE_SECURE": "true", "COUCHDB_URL": "http://c:1"})

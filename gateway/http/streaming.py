@@ -28,6 +28,7 @@ memory in flight stays bounded by about two chunks per direction.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -426,6 +427,10 @@ def relay(
     return done
 
 
+#: RFC 9110 ``1*DIGIT``.
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def parse_range(header: str, total: int) -> tuple[int, int] | None:
     """Parse a single ``bytes=`` range against a known total length.
 
@@ -440,22 +445,21 @@ def parse_range(header: str, total: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first_text, dash, last_text = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first_text == "":
-            suffix = int(last_text)
-            if suffix <= 0:
-                raise ValueError("empty suffix range")
-            return max(0, total - suffix), total - 1
-        first = int(first_text)
-        last = int(last_text) if last_text else total - 1
-    except ValueError as exc:
-        if "suffix" in str(exc):
-            raise
-        return None
+    if not dash or not all(_DIGITS.fullmatch(t) for t in (first_text, last_text) if t):
+        return None  # not RFC 9110's digits ("+1", "1_0" and " 1" are not)
+    if first_text == "":
+        if not last_text:
+            return None
+        suffix = int(last_text)
+        if suffix == 0:
+            raise ValueError("empty suffix range")
+        if total == 0:
+            return None  # the whole of nothing: no Content-Range can say "0 bytes of 0"
+        return max(0, total - suffix), total - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else total - 1
     if first >= total:
         raise ValueError("range starts beyond the end")
-    if first < 0 or last < first:
+    if last < first:
         return None
     return first, min(last, total - 1)

@@ -134,6 +134,22 @@ async def test_an_html_attachment_is_sandboxed_as_couchdb_does(
     assert plain.status == 200 and plain.header("Content-Security-Policy") is None
 
 
+async def test_a_range_of_an_empty_attachment_is_the_whole_of_it(scenario: Scenario) -> None:
+    """``bytes=-5`` of nothing was a 206 with ``Content-Range: bytes 0--1/0``."""
+    base = f"/api/v1/db/{scenario.db.name}/docs/empty"
+    rev = (await scenario.member_client.put(base, json_body={})).json["rev"]
+    up = await scenario.member_client.put(
+        f"{base}/attachments/none.bin?rev={rev}", data=b"",
+        headers={"Content-Type": "application/octet-stream"})
+    assert up.status == 201
+    suffix = await scenario.member_client.get(
+        f"{base}/attachments/none.bin", headers={"Range": "bytes=-5"})
+    assert (suffix.status, suffix.body, suffix.header("Content-Range")) == (200, b"", None)
+    start = await scenario.member_client.get(
+        f"{base}/attachments/none.bin", headers={"Range": "bytes=0-"})
+    assert start.status == 416 and start.header("Content-Range") == "bytes */0"
+
+
 async def test_attachment_names_are_validated(scenario: Scenario) -> None:
     base, rev = await _doc(scenario)
     for name in ("_reserved", "a%2F%2Fb", "a%2F..%2Fb", "%2Fa"):
