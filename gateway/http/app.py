@@ -72,6 +72,7 @@ from gateway.http.conditional import (
     is_revision_tag,
     must_revalidate,
     not_modified,
+    opaque_tag,
     range_applies,
     set_revision_etag,
 )
@@ -725,7 +726,7 @@ class GatewayApp:
         skip, limit = 0, None
         if status == 200 and (length is None or wanted is not None):
             # Upstream sent no length or ignored Range (pouchdb-server): the stub knows.
-            stub = await self._attachment_stub(request, couch, name, doc_id, att, query)
+            stub = await self._attachment_stub(request, couch, name, doc_id, att, query, etag)
             length = str(stub) if stub is not None else None
             if wanted is not None and stub is not None:
                 try:
@@ -763,9 +764,14 @@ class GatewayApp:
 
     async def _attachment_stub(
         self, request: Any, couch: CouchServer, db: str, doc_id: str, att: str,
-        query: Mapping[str, Any],
+        query: Mapping[str, Any], etag: str | None,
     ) -> int | None:
-        """The attachment's length from its document's stub (``None`` if unknown)."""
+        """The attachment's length from its document's stub (``None`` if unknown).
+
+        The stub is read in a second request: it must describe the body already
+        received (``etag``, its digest), or a concurrent write would give one version's
+        bytes another's length (and a resumed download, mixed versions).
+        """
         params = {"rev": query["rev"]} if "rev" in query else None
         doc = await self._timed(
             request, couch.transport.request("GET", doc_path(db, doc_id), params=params)
@@ -774,6 +780,10 @@ class GatewayApp:
         stub = stubs.get(att) if isinstance(stubs, dict) else None
         if not isinstance(stub, dict) or stub.get("encoding"):
             return None
+        digest = stub.get("digest")
+        if etag is not None and isinstance(digest, str) and digest.startswith("md5-") \
+                and opaque_tag(etag) != f'"{digest[4:]}"':
+            return None  # another version than the body in hand
         length = stub.get("length")
         return length if isinstance(length, int) else None
 

@@ -9,9 +9,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import treq
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.couch import CouchServer, Database
 from gateway.errors import NotFound
@@ -148,6 +150,59 @@ async def test_a_range_of_an_empty_attachment_is_the_whole_of_it(scenario: Scena
     start = await scenario.member_client.get(
         f"{base}/attachments/none.bin", headers={"Range": "bytes=0-"})
     assert start.status == 416 and start.header("Content-Range") == "bytes */0"
+
+
+class _ReplacedBeforeItsStub(CouchRangeRelay):
+    """Replaces the attachment just before the gateway reads its stub (a concurrent write)."""
+
+    armed: tuple[str, str, bytes, str] | None = None  # (db, doc, new bytes, auth header)
+
+    def render(self, request: Any) -> Any:
+        segments = [s for s in request.path.split(b"/") if s]
+        if self.armed is not None and request.method == b"GET" and len(segments) == 2:
+            armed, self.armed = self.armed, None
+            defer.Deferred.fromCoroutine(self._replace(armed)).addBoth(
+                lambda _: CouchRangeRelay.render(self, request))
+            return NOT_DONE_YET
+        return super().render(request)
+
+    async def _replace(self, armed: tuple[str, str, bytes, str]) -> None:
+        db, doc, data, auth = armed
+        got = await treq.get(f"{self.upstream}/{db}/{doc}", headers={"Authorization": auth})
+        rev = (await treq.json_content(got))["_rev"]
+        put = await treq.put(f"{self.upstream}/{db}/{doc}/a.bin?rev={rev}", data=data,
+                             headers={"Authorization": auth,
+                                      "Content-Type": "application/octet-stream"})
+        assert put.code == 201, await treq.content(put)
+
+
+async def test_a_range_never_mixes_two_versions_of_an_attachment(
+    start_gateway: StartGateway, couch_backend: CouchBackend, reactor: Any, db: Database
+) -> None:
+    """The length of a range the gateway cuts comes from a second request (the stub): it
+    must be the length of the body in hand, or a client resuming with If-Range is told
+    a file is complete at another version's length."""
+    relay = _ReplacedBeforeItsStub(couch_backend.url, reactor)
+    port = reactor.listenTCP(0, relay.site(), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{port.getHost().port}")
+        auth = basic(couch_backend.admin_username, couch_backend.admin_password)
+        client = gateway.client.with_headers(auth)
+        old, new = bytes(range(256)) * 4, b"N" * 100
+        await db.put_attachment("doc", "a.bin", old, content_type="application/octet-stream")
+        url = f"/api/v1/db/{db.name}/docs/doc/attachments/a.bin"
+        etag = (await client.get(url)).header("ETag")
+        relay.armed = (db.name, "doc", new, auth["Authorization"])
+        reply = await client.get(url, headers={"Range": "bytes=0-499", "If-Range": etag})
+        assert relay.armed is None  # the attachment was replaced between the two requests
+        if reply.status == 206:
+            assert reply.header("Content-Range") == f"bytes 0-499/{len(old)}"
+            assert reply.body == old[:500] and reply.header("ETag") == etag
+        else:  # the whole of the version its ETag names
+            assert reply.status == 200, reply.status
+            assert reply.body == (old if reply.header("ETag") == etag else new)
+    finally:
+        await port.stopListening()
 
 
 async def test_attachment_names_are_validated(scenario: Scenario) -> None:
