@@ -68,6 +68,7 @@ class GatewayRequest(server.Request):
         #: The body of an upload dispatched before its body arrived (see gotLength).
         self.body_pipe: BodyPipe | None = None
         self._early = False  # to be dispatched from gotLength
+        self._continue_due = False  # the client waits for 100 Continue, not sent yet
         self._dispatched = False
         self._body_done = True  # the whole body arrived (or none will be read)
         self._finish_pending = False  # answered; finish once the body is drained
@@ -116,6 +117,11 @@ class GatewayRequest(server.Request):
         and then starts the upstream request with :attr:`body_pipe` as body, which
         :meth:`handleContentChunk` feeds. Over the cap, it is answered 413 at once.
 
+        A client that waits for ``100 Continue`` is told so only when the upstream
+        request asks for the body, after the caller was authenticated and the upstream
+        reached (RFC 9110 10.1.1: a refusal costs it no body). Whether the caller may
+        write there is CouchDB's to say, once that request has begun.
+
         An answer given before the body has arrived (an error) is written at once; the
         request is finished only once the rest of the body has been read and dropped,
         so the connection stays in step and alive — unless the client waits for
@@ -148,11 +154,18 @@ class GatewayRequest(server.Request):
                 channel.persistent = False
                 self._body_done = True
         else:
-            if expects and version == b"HTTP/1.1":
-                channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._continue_due = bool(expects) and version == b"HTTP/1.1"
             self._widened = widen(channel.transport)
-            self.body_pipe = BodyPipe(length, channel.transport, source=self)
+            self.body_pipe = BodyPipe(length, channel.transport, source=self,
+                                      on_start=self._send_continue)
         self.requestReceived(command, target, version)
+
+    def _send_continue(self) -> None:
+        """The upstream request wants the body: a client waiting for leave may send it."""
+        transport = getattr(self.channel, "transport", None)
+        if self._continue_due and not self.startedWriting and transport is not None:
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._continue_due = False
 
     def _head_too_slow(self) -> None:
         """The headers did not all come in time (a slow-loris client): drop the socket."""
@@ -224,6 +237,16 @@ class GatewayRequest(server.Request):
         A response with a known length is complete once written: it is sent at once,
         before the access log, metrics and callbacks that finishing runs.
         """
+        if self._continue_due:
+            # Answered before the body was asked for: the client still waits for leave
+            # to send it, which it will not get. Nothing more comes on this connection.
+            self._continue_due = False
+            self._body_done = True
+            channel: Any = self.channel
+            if channel is not None:
+                channel.persistent = False
+            if self.body_pipe is not None:
+                self.body_pipe.discard()
         if not self._body_done and not self._disconnected:
             self._finish_pending = True
             if self.body_pipe is not None:

@@ -103,10 +103,16 @@ class BodyPipe:
         length: The declared ``Content-Length``.
         client: The client's TCP transport (paused and resumed here).
         source: The request, if the rest of its body may be spliced (see :attr:`splicer`).
+        on_start: Called once when the upstream request asks for the body, before any
+            of it is wanted (the moment to tell a waiting client ``100 Continue``).
     """
 
-    def __init__(self, length: int, client: Any, source: BodySource | None = None) -> None:
+    def __init__(
+        self, length: int, client: Any, source: BodySource | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         self.length = length
+        self._on_start = on_start
         self.complete = False
         self.stopped = False
         #: Set by the handler when the upstream may get the body by ``splice(2)``
@@ -181,6 +187,9 @@ class BodyPipe:
         """Write held and future chunks to ``consumer`` (the upstream request)."""
         if self._failure is not None:
             return fail(self._failure)
+        on_start, self._on_start = self._on_start, None
+        if on_start is not None:
+            on_start()
         self._consumer = consumer
         held, self._held = self._held, []
         for data in held:

@@ -306,6 +306,21 @@ async def test_streamed_upload_answers_401_before_the_body_and_drains_it(
     raw.transport.loseConnection()
 
 
+async def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_the_body(
+    scenario: Scenario,
+) -> None:
+    """RFC 9110 10.1.1: ``Expect: 100-continue`` lets a client learn of a refusal before
+    it sends a large body; leave to send is given only once the caller is known (what
+    the caller may write is CouchDB's to say, once the upstream request has begun)."""
+    base, rev = await _doc(scenario)
+    stranger = await _connect(scenario.member_client.base)
+    stranger.transport.write(_put_head(f"{base}/attachments/n.bin?rev={rev}", 10**9,
+                                       {"Expect": "100-continue"}))
+    await _until(lambda: b"HTTP/1.1 401" in stranger.data)
+    await stranger.closed  # no body is awaited: the connection is closed
+    assert b"100 Continue" not in stranger.data
+
+
 async def test_declared_length_over_the_cap_is_413_before_the_body(
     start_gateway: StartGateway,
 ) -> None:
