@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Settings
+from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch, free_port
 
 DEMO_USER = "demo"
@@ -156,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
                 else textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
+    if not settings.couchdb_user and split_credentials(settings.couchdb_url)[1] is None:
+        sys.stderr.write(
+            "wallaby: warning: no service credentials (COUCHDB_USER, or user:password@ in "
+            "COUCHDB_URL): live changes of a database anonymous users may not read will "
+            "be refused (service_refused)\n")
     pool = connection_pool(reactor)
     pool.maxPersistentPerHost = 32
     service_auth = (BasicAuth(settings.couchdb_user, settings.couchdb_password or "")

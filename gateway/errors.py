@@ -21,6 +21,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   ├── ExpectationFailed          417
     │   ├── UpstreamServerError        5xx answered by CouchDB
     │   │   └── FeedProtocolError      a _changes feed line CouchDB sent is unusable
+    │   ├── ServiceRefused             502 (CouchDB refused the gateway's own identity)
     │   └── CouchUnreachable           no answer at all (status 503)
     │       └── CouchTimeout           no answer in time (status 504)
     └── GatewayRequestError            the gateway refuses a client's request itself
@@ -68,6 +69,7 @@ __all__ = [
     "RateLimited",
     "RequestEntityTooLarge",
     "RouteNotFound",
+    "ServiceRefused",
     "ShuttingDown",
     "TooManyFeeds",
     "Unauthorized",
@@ -252,6 +254,18 @@ class FeedProtocolError(UpstreamServerError):
     """
 
     default_error = "bad_feed"
+
+
+class ServiceRefused(CouchError):
+    """CouchDB refused the gateway's own (service) identity, not the user's (502).
+
+    The shared ``_changes`` feeds read as the service identity: one CouchDB refuses is a
+    gateway misconfiguration (no ``COUCHDB_USER``, or one that may not read the
+    database), which the user can do nothing about.
+    """
+
+    default_status = 502
+    default_error = "service_refused"
 
 
 class CouchUnreachable(CouchError):

@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import send_each
-from gateway.errors import TooManyFeeds
+from gateway.errors import Forbidden, ServiceRefused, TooManyFeeds, Unauthorized
 from gateway.ws.protocol import FeedParams, Seq, change_message, encode, feed_state_message
 
 __all__ = [
@@ -219,6 +219,18 @@ class ChangeSink(Protocol):
 
     def feed_failed(self, feed: SharedFeed, exc: BaseException) -> None:
         """The feed hit a permanent error (e.g. the database was deleted)."""
+
+
+def _as_service_error(exc: BaseException, db: str) -> BaseException:
+    """A shared feed's refusal is the service identity's, not the subscriber's, to fix."""
+    if not isinstance(exc, (Unauthorized, Forbidden)):
+        return exc
+    return ServiceRefused(
+        f"CouchDB refused the gateway's own identity the changes of {db!r} "
+        f"({exc.status} {exc.error}): live changes are read as the service user "
+        "(COUCHDB_USER, or the credentials in COUCHDB_URL), who must be able to read "
+        "every database followed"
+    )
 
 
 class _Latch:
@@ -406,7 +418,7 @@ class FeedHub(Service):
             if self._feeds.get(feed.key) is feed:
                 del self._feeds[feed.key]
             feed.closed = True
-            feed.started.fire(exc)
+            feed.started.fire(_as_service_error(exc, feed.db))
             return
         if feed.closed:
             feed.started.fire(None)
@@ -591,6 +603,7 @@ class FeedHub(Service):
         # The upstream feed stopped for good (database deleted, access revoked, a
         # malformed feed): forget it, so the next subscriber opens a fresh one, and
         # end every subscription on it.
+        exc = _as_service_error(exc, feed.db)
         log.warning("feed %s on %s stopped: %s", feed.id, feed.db, exc)
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]

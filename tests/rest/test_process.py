@@ -229,6 +229,18 @@ async def test_a_bad_setting_stops_the_gateway_with_a_message(
     assert "Traceback" not in text and "s3cr3t" not in text
 
 
+async def test_no_service_credentials_is_warned_of_at_start(
+    spawn: Callable[..., Any], couch_backend: CouchBackend
+) -> None:
+    """Live changes read as the service identity: without one they are refused, so the
+    operator hears of it when the gateway starts, not from a user's failed subscription."""
+    bare = await spawn(couch_backend.url)
+    assert "no service credentials" in bare.output()
+    assert "COUCHDB_USER" in bare.output()
+    with_user = await spawn(couch_backend.admin_url)
+    assert "no service credentials" not in with_user.output()
+
+
 async def test_a_port_it_cannot_listen_on_is_a_failed_start(
     reactor: Any, tmp_path: Path, couch_backend: CouchBackend
 ) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 
-from gateway.couch import Database
+from gateway.couch import CouchServer, Database
 from gateway.ws.protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION
-from tests.ws.conftest import StopsReading, WsServer, sleep, ws_settings
+from tests.ws.conftest import (
+    StopsReading,
+    WsServer,
+    gateway_with_changes,
+    open_client,
+    sleep,
+    ws_settings,
+)
 
 
 async def test_handshake_requires_valid_credentials(ws_server: WsServer) -> None:
@@ -134,6 +142,28 @@ async def test_changes_queued_for_a_revoked_subscriber_are_not_sent(
     assert written_after == 1  # the error, and nothing queued before it
     assert not [m for m in stuck.messages if m.get("id") == "secret"]
     assert conn._queued_bytes == 0
+
+
+async def test_a_service_identity_couchdb_refuses_is_named_as_the_culprit(
+    reactor: Any, pool: Any, admin: CouchServer, db: Database, make_user: Any
+) -> None:
+    """Shared feeds read as the gateway's own identity. Without one (no COUCHDB_USER), a
+    member's subscription was refused 'unauthorized: You are not authorized', as if the
+    member were at fault; it is a gateway misconfiguration, and the error says so."""
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    anonymous_service = CouchServer(admin.url, reactor=reactor, pool=pool, timeout=30)
+    basic = "Basic " + base64.b64encode(f"{user.name}:{user.password}".encode()).decode()
+    async with gateway_with_changes(reactor, anonymous_service, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
+        client = await open_client(reactor, f"ws://127.0.0.1:{gateway.port}/api/v1/changes",
+                                   headers={"Authorization": basic})
+        try:
+            answer = await client.subscribe("s1", db.name, since=0)
+        finally:
+            await client.close()
+    assert answer["type"] == "error" and answer["error"] == "service_refused", answer
+    assert answer["status"] == 502 and "COUCHDB_USER" in answer["reason"], answer
 
 
 async def test_malformed_and_unknown_messages_get_errors(
