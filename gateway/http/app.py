@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -991,6 +992,11 @@ class GatewayApp:
                 f"this route takes {', '.join(sorted(allowed))}",
                 error="method_not_allowed", status=405,
             )
+        special = re.search(r"/docs/(_design|_local)/", bytes(request.path).decode("latin-1"))
+        if special:
+            raise RouteNotFound(
+                f"no such route: a document id is one path segment, so the '/' of "
+                f"'{special.group(1)}/…' is written %2F (…/docs/{special.group(1)}%2Fname)")
         raise RouteNotFound("no such route")
 
 

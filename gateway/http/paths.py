@@ -50,6 +50,8 @@ def check_raw_path(raw: bytes) -> None:
     if not text.startswith("/"):
         raise InvalidRequest("the request path must start with '/'")
     segments = text.split("/")[1:]
+    if text != "/" and text.endswith("/") and "" not in segments[:-1]:
+        raise InvalidRequest("the path must not end with '/'")
     for segment in segments:
         if segment == "" and text != "/":
             raise InvalidRequest("empty path segments ('//') are not allowed")

@@ -63,6 +63,13 @@ async def test_unknown_routes_and_methods_get_the_envelope(gateway: RunningGatew
     for method in ("TRACE", "PROPFIND"):  # any method, on a path that is no route: 404
         reply = await gateway.client.request(method, "/nope")
         assert reply.status == 404 and reply.json["error"] == "not_found", method
+    # Mistakes a newcomer makes are named.
+    design = await gateway.client.get("/api/v1/db/x/docs/_design/app")
+    assert design.status == 404 and "_design%2Fname" in design.json["reason"], design.json
+    trailing = await gateway.client.get("/api/v1/db/x/")
+    assert trailing.status == 400 and "must not end with '/'" in trailing.json["reason"]
+    doubled = await gateway.client.get("/api/v1//db/x")
+    assert doubled.status == 400 and "('//')" in doubled.json["reason"]
 
 
 async def test_every_route_refuses_unknown_query_parameters(gateway: RunningGateway) -> None:
