@@ -45,6 +45,10 @@ STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?
 ATTACHMENT_TARGETS = STREAMED_UPLOADS
 
 
+#: The ``Server`` header: Twisted's and Autobahn's would tell their versions to anyone.
+SERVER_NAME = b"Wallaby-Gateway"
+
+
 class GatewayRequest(server.Request):
     """A request that knows its id, route label and whether its body was too large."""
 
@@ -82,6 +86,12 @@ class GatewayRequest(server.Request):
         if head_timeout and getattr(self.channel, "callLater", None) is not None:
             channel: Any = self.channel
             self._head_deadline = channel.callLater(head_timeout, self._head_too_slow)
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
+        """Set a response header; ``Server`` names the product, never its versions."""
+        if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
+            value = SERVER_NAME
+        super().setHeader(name, value)  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes) -> None:
         """Write body bytes; the first write hands a refreshed session cookie back."""

@@ -49,6 +49,7 @@ from gateway.errors import (
     ShuttingDown,
     Unauthorized,
 )
+from gateway.http.site import SERVER_NAME
 from gateway.ws.access import (
     AccessRechecks,
     AuthorizationCache,
@@ -1039,7 +1040,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         socket_send_buffer: int | None = None,
         metrics: WsMetrics | None = None,
     ) -> None:
-        super().__init__(url, reactor=clock)  # type: ignore[no-untyped-call,unused-ignore]
+        super().__init__(  # type: ignore[no-untyped-call,unused-ignore]
+            url, reactor=clock, server=SERVER_NAME.decode("ascii"))
         self.hub = hub
         self.settings = settings
         self.authenticate = authenticate

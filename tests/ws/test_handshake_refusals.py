@@ -81,6 +81,8 @@ def _complete(data: bytes) -> bool:
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
         return False
+    if head.startswith(b"HTTP/1.1 101 "):
+        return True  # what follows is the WebSocket's
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
@@ -113,6 +115,8 @@ def parse_answer(raw: bytes) -> RawAnswer:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     answer = RawAnswer(int(status), phrase, headers, body, raw)
+    if answer.status == 101:
+        return answer
     length = answer.header("content-length")
     assert length is not None and int(length) == len(body), raw[:600]
     return answer
@@ -299,6 +303,25 @@ async def test_malformed_upgrades_get_the_400_envelope(
         posted = await raw_handshake(reactor, gateway.port, method="POST")
         assert_refused(posted, 405, "method_not_allowed")
         assert gateway.changes.metrics.connections_total == 0
+
+
+async def test_answers_name_the_product_but_not_its_versions(
+    reactor: Any, admin: CouchServer, make_user: Any
+) -> None:
+    """Twisted's and Autobahn's Server headers told their versions to any scanner."""
+    user = await make_user()
+    async with gateway_with_changes(reactor, admin, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
+        token = await admin.login(user.name, user.password)
+        upgraded = await raw_handshake(reactor, gateway.port, wait_close=False,
+                                       headers={"Authorization": f"Bearer {token}"})
+        refused = await raw_handshake(reactor, gateway.port)
+        health = await treq.get(f"http://127.0.0.1:{gateway.port}/health")
+        await treq.content(health)
+    assert upgraded.status == 101
+    for server in (upgraded.header("server"), refused.header("server"),
+                   health.headers.getRawHeaders("server", [None])[0]):
+        assert server == "Wallaby-Gateway", server
 
 
 async def test_a_handshake_during_shutdown_gets_503_with_retry_after(
