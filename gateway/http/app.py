@@ -721,7 +721,9 @@ class GatewayApp:
         length = response.headers.getRawHeaders("content-length", [None])[0]
         if length is None and method == "GET" and isinstance(response.length, int):
             length = str(response.length)  # Twisted's client moves Content-Length there
-        wanted = request.getHeader("range") if status == 200 and ranged else None
+        # CouchDB serves no ranges of an attachment it stores compressed ("none").
+        cuttable = response.headers.getRawHeaders("accept-ranges", ["bytes"])[0] != "none"
+        wanted = request.getHeader("range") if status == 200 and ranged and cuttable else None
         if wanted is not None and not range_applies(request.getHeader("if-range"), etag):
             wanted = None  # RFC 9110 13.1.5: another version: the whole body, 200
         skip, limit = 0, None
@@ -747,7 +749,7 @@ class GatewayApp:
             values = response.headers.getRawHeaders(header)
             if values and not request.responseHeaders.hasHeader(header.encode()):
                 request.setHeader(header, values[0])
-        request.setHeader("Accept-Ranges", "bytes")
+        request.setHeader("Accept-Ranges", "bytes" if cuttable else "none")
         if self.settings.attachment_csp:
             # As CouchDB 3.2+ does ([csp] attachments_enable): served on the API's origin,
             # an HTML or SVG attachment must not run script with the user's session.

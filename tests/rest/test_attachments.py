@@ -538,5 +538,13 @@ async def test_if_range_is_decided_here_because_couchdb_ignores_it(
         assert current.header("Content-Range") == f"bytes 10-19/{len(payload)}"
         asked = [seen for seen in relay.seen if seen.path.endswith("/a.bin")][-2:]
         assert [(seen.range, seen.if_range) for seen in asked] == [(None, None)] * 2
+        assert plain.header("Accept-Ranges") == "bytes"
+
+        # An attachment CouchDB stores compressed has no ranges ("Accept-Ranges: none"):
+        # neither CouchDB nor the gateway cuts one, and the gateway says so.
+        relay.compressed.add(f"/{db.name}/doc/a.bin")
+        whole = await client.get(url, headers={"Range": "bytes=10-19", "If-Range": etag})
+        assert (whole.status, whole.body) == (200, payload)
+        assert whole.header("Accept-Ranges") == "none" and whole.header("Content-Range") is None
     finally:
         await port.stopListening()

@@ -49,6 +49,9 @@ class CouchRangeRelay(Resource):
     upstream: str
     reactor: Any
     seen: list[SeenRequest] = field(default_factory=list)
+    #: Attachment paths (``/db/doc/name``) to serve as CouchDB serves one it stores
+    #: compressed to a client that does not take gzip: whole, ``Accept-Ranges: none``.
+    compressed: set[str] = field(default_factory=set)
     isLeaf = True  # noqa: N815 - twisted.web's name
 
     def __post_init__(self) -> None:
@@ -80,7 +83,9 @@ class CouchRangeRelay(Resource):
         content = await treq.content(response)
         status = response.code
         is_attachment = len([s for s in path.split("?", 1)[0].split("/") if s]) >= 3
-        match = _SINGLE_RANGE.match(wanted or "") if is_attachment and status == 200 else None
+        whole = path.split("?", 1)[0] in self.compressed
+        match = (_SINGLE_RANGE.match(wanted or "")
+                 if is_attachment and status == 200 and not whole else None)
         if match is not None and (match.group(1) or match.group(2)):
             size = len(content)
             first, last = match.group(1), match.group(2)
@@ -93,6 +98,8 @@ class CouchRangeRelay(Resource):
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in _HOP_BY_HOP:
                 request.responseHeaders.setRawHeaders(name, values)
+        if is_attachment and status == 200:
+            request.setHeader("Accept-Ranges", "none" if whole else "bytes")
         request.setHeader("Content-Length", str(len(content)))
         if request.method != b"HEAD":
             request.write(content)
