@@ -801,14 +801,15 @@ class GatewayApp:
             request, "putAttachment", db=name, docid=doc_id, attname=att
         )
         if_match_revision(request, query)
-        # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled.
+        # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled
+        # (chunked, or to pouchdb-server), in either case only now that the caller is known.
         pipe = getattr(request, "body_pipe", None)
         producer = pipe or upload_producer(request)
         size = producer.length if isinstance(producer.length, int) else 0
         if size > self.settings.max_attachment_bytes:
             raise PayloadTooLarge("the attachment is too large")
-        if pipe is not None and not await self._streams_uploads(request):
-            producer = await spool(pipe)
+        if pipe is not None and (pipe.length is None or not await self._streams_uploads(request)):
+            producer = await spool(pipe)  # a chunked body goes whole, with its length
         content_type = request.getHeader("content-type") or "application/octet-stream"
         streamed = pipe is not None and producer is pipe
         timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND

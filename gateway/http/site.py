@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import IResource, Resource
@@ -122,10 +123,13 @@ class GatewayRequest(server.Request):
         """Refuse to store a body whose declared length exceeds the cap; stream uploads.
 
         Twisted dispatches a request once its whole body is stored. An attachment
-        ``PUT`` with a ``Content-Length`` (:data:`STREAMED_UPLOADS`) is dispatched here
-        instead, as soon as its headers are in: its handler authenticates the caller
-        and then starts the upstream request with :attr:`body_pipe` as body, which
-        :meth:`handleContentChunk` feeds. Over the cap, it is answered 413 at once.
+        ``PUT`` (:data:`STREAMED_UPLOADS`) is dispatched here instead, as soon as its
+        headers are in: its handler authenticates the caller and then starts the
+        upstream request with :attr:`body_pipe` as body, which
+        :meth:`handleContentChunk` feeds. Over the cap, it is answered 413 at once. A
+        chunked one (no ``Content-Length``) is spooled by its handler, once the caller
+        is known, and cut off with 413 when it outgrows the cap: nobody can make the
+        gateway store a body before saying who they are.
 
         A client that waits for ``100 Continue`` is told so only when the upstream
         request asks for the body, after the caller was authenticated and the upstream
@@ -150,7 +154,7 @@ class GatewayRequest(server.Request):
         version = getattr(channel, "_version", None)
         pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
         if (
-            not length or command != b"PUT" or target is None or version is None
+            length == 0 or command != b"PUT" or target is None or version is None
             or pattern is None or not pattern.match(target) or channel.transport is None
         ):
             super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
@@ -166,9 +170,20 @@ class GatewayRequest(server.Request):
         else:
             self._continue_due = bool(expects) and version == b"HTTP/1.1"
             self._widened = widen(channel.transport)
-            self.body_pipe = BodyPipe(length, channel.transport, source=self,
+            self.body_pipe = BodyPipe(length, channel.transport,
+                                      source=self if length is not None else None,
                                       on_start=self._send_continue)
         self.requestReceived(command, target, version)
+
+    def _outgrown(self, pipe: BodyPipe) -> None:
+        """A chunked upload passed the cap: answer 413 and close (the rest is not read)."""
+        self.too_large = True
+        self._body_done = True
+        channel: Any = self.channel
+        if channel is not None:
+            channel.persistent = False
+        pipe.abort(Failure(PayloadTooLarge(  # type: ignore[no-untyped-call]
+            f"the attachment is larger than {self._body_limit()} bytes")))
 
     def _send_continue(self) -> None:
         """The upstream request wants the body: a client waiting for leave may send it."""
@@ -278,8 +293,15 @@ class GatewayRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
         """Store body bytes until the cap; discard the rest (or stream them upstream)."""
-        if self.body_pipe is not None:
-            self.body_pipe.feed(data)
+        pipe = self.body_pipe
+        if pipe is not None:
+            if pipe.length is None and not self.too_large:
+                # Chunked: no declared length was checked against the cap.
+                self._body_seen += len(data)
+                if self._body_seen > self._body_limit():
+                    self._outgrown(pipe)
+                    return
+            pipe.feed(data)
             return
         if self.too_large or self._early:
             return

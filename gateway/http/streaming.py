@@ -100,7 +100,7 @@ class BodyPipe:
     upstream request failed or was cancelled) the rest of the body is discarded.
 
     Args:
-        length: The declared ``Content-Length``.
+        length: The declared ``Content-Length`` (``None``: a chunked body, to spool).
         client: The client's TCP transport (paused and resumed here).
         source: The request, if the rest of its body may be spliced (see :attr:`splicer`).
         on_start: Called once when the upstream request asks for the body, before any
@@ -108,7 +108,7 @@ class BodyPipe:
     """
 
     def __init__(
-        self, length: int, client: Any, source: BodySource | None = None,
+        self, length: int | None, client: Any, source: BodySource | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         self.length = length

@@ -321,6 +321,70 @@ async def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_the_
     assert b"100 Continue" not in stranger.data
 
 
+def _chunked_head(path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"PUT {path} HTTP/1.1", "Host: gw", "Transfer-Encoding: chunked",
+             "Content-Type: application/octet-stream", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+async def test_a_chunked_upload_is_stored_only_once_the_caller_is_known(
+    scenario: Scenario,
+) -> None:
+    """Without a Content-Length, Twisted stores the whole body (up to the attachment cap,
+    4 GiB) before the handler runs: an anonymous client could fill the disk, and was told
+    ``100 Continue`` first. The handler now runs at the headers and spools after."""
+    base, rev = await _doc(scenario)
+    spooled = _open_deleted_files()
+    waiting = await _connect(scenario.member_client.base)
+    waiting.transport.write(_chunked_head(f"{base}/attachments/c.bin?rev={rev}",
+                                          {"Expect": "100-continue"}))
+    await _until(lambda: b"HTTP/1.1 401" in waiting.data)
+    await waiting.closed
+    assert b"100 Continue" not in waiting.data
+    eager = await _connect(scenario.member_client.base)
+    eager.transport.write(_chunked_head(f"{base}/attachments/c.bin?rev={rev}", {}))
+    for _ in range(3):
+        eager.transport.write(_chunk(b"x" * 1_000_000))
+    await _until(lambda: b"HTTP/1.1 401" in eager.data)  # before the body's end
+    assert _open_deleted_files() == spooled  # nothing of it was stored
+    eager.transport.write(b"0\r\n\r\n" + b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await _until(lambda: b"HTTP/1.1 200" in eager.data, raw=eager)  # still in step
+    eager.transport.loseConnection()
+    # A member's chunked upload, with or without Expect, is stored whole.
+    payload = os.urandom(300_000)
+    member = await _connect(scenario.member_client.base)
+    auth = {k: v for k, v in scenario.member_client.default_headers.items()
+            if k == "Authorization"}
+    member.transport.write(_chunked_head(f"{base}/attachments/c.bin?rev={rev}",
+                                         {**auth, "Expect": "100-continue"}))
+    await _until(lambda: b"100 Continue" in member.data)
+    member.transport.write(_chunk(payload[:100_000]) + _chunk(payload[100_000:]) + b"0\r\n\r\n")
+    await _until(lambda: b"HTTP/1.1 201" in member.data, raw=member)
+    member.transport.loseConnection()
+    down = await scenario.member_client.get(f"{base}/attachments/c.bin")
+    assert down.status == 200 and down.body == payload
+
+
+async def test_a_chunked_upload_over_the_cap_is_413_and_closed(
+    scenario: Scenario, start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway(max_attachment_bytes=50_000)
+    base, rev = await _doc(scenario)
+    raw = await _connect(gateway.url)
+    auth = basic(scenario.member.name, scenario.member.password)
+    raw.transport.write(_chunked_head(f"{base}/attachments/big.bin?rev={rev}", auth))
+    for _ in range(4):
+        raw.transport.write(_chunk(b"y" * 20_000))
+    await _until(lambda: b"HTTP/1.1 413" in raw.data, raw=raw)
+    await raw.closed
+    missing = await gateway.as_user(scenario.member).get(f"{base}/attachments/big.bin")
+    assert missing.status == 404
+
+
 async def test_declared_length_over_the_cap_is_413_before_the_body(
     start_gateway: StartGateway,
 ) -> None:
