@@ -171,7 +171,9 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         ``(url_without_credentials, username, password)``, credentials percent-decoded.
 
     Raises:
-        ValueError: The port is not a number; the message quotes nothing of the URL.
+        ValueError: The port is not a number, or an ``@`` comes after the host (both
+            mean a password with a character that was not percent-encoded); the
+            message quotes nothing of the URL.
     """
     from urllib.parse import unquote
 
@@ -180,13 +182,17 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         port = parts.port
     except ValueError:
         port = -1
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # "user:1234/x@host": the password's digits parsed as a port, "admin" as the
+        # host, and the rest of it as the path, printed with the URL.
+        port = -1
     if port == -1:
         # Python's message quotes the "port", which is often part of a password with a
         # "/", "?" or "#" that was not percent-encoded: say what is wrong without it,
         # outside the handler, so that not even the exception's context holds it.
         raise ValueError(
-            "the CouchDB URL's port is not a number (percent-encode '/', '?', '#' and '@' "
-            "in a user name or password)"
+            "the CouchDB URL's host and port are not where they should be (percent-encode "
+            "'/', '?', '#' and '@' in a user name or password)"
         )
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None

@@ -95,13 +95,37 @@ class GatewayRequest(server.Request):
         super().setHeader(name, value)  # type: ignore[no-untyped-call]
 
     def write(self, data: bytes) -> None:
-        """Write body bytes; the first write hands a refreshed session cookie back."""
-        if not self.startedWriting and self.session_refresh is not None:
-            refresh, self.session_refresh = self.session_refresh, None
-            cookie = refresh()
-            if cookie:
-                self.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode("latin-1"))
+        """Write body bytes; the first write hands a refreshed session cookie back.
+
+        An answer that comes before a client waiting for ``100 Continue`` was told to
+        send its body ends the connection, and says so (RFC 9110 10.1.1).
+        """
+        if not self.startedWriting:
+            if self._continue_due:
+                self._refused_before_body()
+            channel: Any = self.channel
+            if channel is not None and not channel.persistent:
+                self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            if self.session_refresh is not None:
+                refresh, self.session_refresh = self.session_refresh, None
+                cookie = refresh()
+                if cookie:
+                    self.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode("latin-1"))
         super().write(data)  # type: ignore[no-untyped-call]
+
+    def _refused_before_body(self) -> None:
+        """Answered before the body was asked for: close once answered.
+
+        The client still waits for leave to send its body, which it will not get, so
+        nothing more comes on this connection.
+        """
+        self._continue_due = False
+        self._body_done = True
+        channel: Any = self.channel
+        if channel is not None:
+            channel.persistent = False
+        if self.body_pipe is not None:
+            self.body_pipe.discard()
 
     def _body_limit(self) -> int:
         """The largest body this request may send: an attachment's, or a JSON body's.
@@ -263,15 +287,7 @@ class GatewayRequest(server.Request):
         before the access log, metrics and callbacks that finishing runs.
         """
         if self._continue_due:
-            # Answered before the body was asked for: the client still waits for leave
-            # to send it, which it will not get. Nothing more comes on this connection.
-            self._continue_due = False
-            self._body_done = True
-            channel: Any = self.channel
-            if channel is not None:
-                channel.persistent = False
-            if self.body_pipe is not None:
-                self.body_pipe.discard()
+            self._refused_before_body()
         if not self._body_done and not self._disconnected:
             self._finish_pending = True
             if self.body_pipe is not None:

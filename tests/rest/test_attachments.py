@@ -317,8 +317,9 @@ async def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_the_
     stranger.transport.write(_put_head(f"{base}/attachments/n.bin?rev={rev}", 10**9,
                                        {"Expect": "100-continue"}))
     await _until(lambda: b"HTTP/1.1 401" in stranger.data)
-    await stranger.closed  # no body is awaited: the connection is closed
+    await stranger.closed  # no body is awaited: the connection is closed, as announced
     assert b"100 Continue" not in stranger.data
+    assert b"\r\nconnection: close\r\n" in stranger.data.lower()
 
 
 def _chunked_head(path: str, headers: dict[str, str]) -> bytes:
@@ -345,6 +346,7 @@ async def test_a_chunked_upload_is_stored_only_once_the_caller_is_known(
     await _until(lambda: b"HTTP/1.1 401" in waiting.data)
     await waiting.closed
     assert b"100 Continue" not in waiting.data
+    assert b"\r\nconnection: close\r\n" in waiting.data.lower()
     eager = await _connect(scenario.member_client.base)
     eager.transport.write(_chunked_head(f"{base}/attachments/c.bin?rev={rev}", {}))
     for _ in range(3):
@@ -381,6 +383,7 @@ async def test_a_chunked_upload_over_the_cap_is_413_and_closed(
         raw.transport.write(_chunk(b"y" * 20_000))
     await _until(lambda: b"HTTP/1.1 413" in raw.data, raw=raw)
     await raw.closed
+    assert b"\r\nconnection: close\r\n" in raw.data.lower()
     missing = await gateway.as_user(scenario.member).get(f"{base}/attachments/big.bin")
     assert missing.status == 404
 
@@ -395,6 +398,7 @@ async def test_declared_length_over_the_cap_is_413_before_the_body(
     await _until(lambda: b"HTTP/1.1 413" in waiting.data)
     await waiting.closed  # no body is awaited: the connection is closed
     assert b"100 Continue" not in waiting.data
+    assert b"\r\nconnection: close\r\n" in waiting.data.lower()
     eager = await _connect(gateway.url)
     eager.transport.write(_put_head(path, 60_000, {}))
     await _until(lambda: b"HTTP/1.1 413" in eager.data)

@@ -211,7 +211,7 @@ async def test_large_attachment_streams_with_flat_gateway_memory(
      "WALLABY_AUTH_MODE: 'bogus' is not one of forward, jwt, proxy"),
     # A "/" in a password that was not percent-encoded: Python would quote the secret.
     ({"COUCHDB_URL": "http://admin:s3cr3t/x@127.0.0.1:1"},
-     "COUCHDB_URL: the CouchDB URL's port is not a number (percent-encode"),
+     "COUCHDB_URL: the CouchDB URL's host and port are not where they should be"),
 ])
 async def test_a_bad_setting_stops_the_gateway_with_a_message(
     setting: dict[str, str], message: str,
