@@ -195,8 +195,9 @@ class SessionAuth:
 
         Always worth a retry: several requests sent with the same expired cookie each
         get their 401 and each retry once, the later ones joining the login the first
-        one started (or using the cookie it brought). A wrong password then fails that
-        login with :class:`~gateway.errors.Unauthorized`.
+        one started (a 401 that comes after that login has finished starts another: one
+        login too many, never a failure). A wrong password then fails the login with
+        :class:`~gateway.errors.Unauthorized`.
         """
         if not self._logins:
             self._cookie = None
