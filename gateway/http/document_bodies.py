@@ -6,6 +6,9 @@ refuses as the client's mistake; the gateway refuses them itself, with CouchDB's
 * **Special members.** A top-level member starting with ``_`` other than CouchDB's own
   (``_id``, ``_rev``, ``_deleted``, ``_attachments`` …) is ``doc_validation`` "Bad
   special document member" (``couch_doc:transfer_fields``).
+* **Ids that are not Unicode.** A JSON escape can spell a lone surrogate (``d800``
+  without its pair), which no UTF-8 URL can name: a document stored under such an
+  ``_id`` could never be read, updated or deleted again through the API.
 * **Inline attachments.** CouchDB reads an entry of ``_attachments`` as a stub
   (``"stub": true``, keep the stored attachment) or as inline data (``"data"``:
   base64, with an optional ``content_type``), and answers 400 ``Invalid attachment
@@ -36,12 +39,16 @@ def check_documents(docs: Iterable[Any]) -> None:
         docs: Document bodies (anything not a JSON object is left to the contract).
 
     Raises:
-        InvalidRequest: An unknown special member, or an attachment entry without
-            ``"stub": true`` or base64 ``data``.
+        InvalidRequest: An unknown special member, an ``_id`` that is not valid
+            Unicode, or an attachment entry without ``"stub": true`` or base64 ``data``.
     """
     for doc in docs:
         if not isinstance(doc, dict):
             continue
+        doc_id = doc.get("_id")
+        if isinstance(doc_id, str) and not _is_unicode(doc_id):
+            raise InvalidRequest("'_id' is not valid Unicode (a lone surrogate escape): no "
+                                 "URL could name the document")
         for member in doc:
             if member.startswith("_") and member not in SPECIAL_MEMBERS:
                 raise InvalidRequest(f"Bad special document member: {member}",
@@ -64,5 +71,13 @@ def _is_base64(data: str) -> bool:
     try:  # whitespace (line breaks of MIME-style base64) is ignored, as by CouchDB
         binascii.a2b_base64("".join(data.split()).encode("ascii"), strict_mode=True)
     except (ValueError, UnicodeEncodeError):
+        return False
+    return True
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         return False
     return True

@@ -249,6 +249,14 @@ async def test_client_mistakes_are_400_whatever_the_server_behind(scenario: Scen
                              json_body={"docs": [{"_id": "ok"}, {"_id": "bad", "_bar": 2}]})
     assert bulk.status == 400 and bulk.json["error"] == "doc_validation"
     assert (await client.get(f"/api/v1/db/{db}/docs/ok")).status == 404  # nothing half-done
+    # An id no URL can name (a lone surrogate escape) would be stored for good.
+    for path, body in ((f"/api/v1/db/{db}/docs", b'{"_id": "\\ud800x"}'),
+                       (f"/api/v1/db/{db}/bulk_docs", b'{"docs": [{"_id": "\\udfffy"}]}')):
+        lone = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+        assert lone.status == 400 and "not valid Unicode" in lone.json["reason"], lone.json
+    paired = await client.post(f"/api/v1/db/{db}/docs", data=b'{"_id": "\\ud83d\\ude00"}',
+                               headers={"Content-Type": "application/json"})
+    assert paired.status == 201 and paired.json["id"] == "\U0001f600"
     kept = await client.put(f"/api/v1/db/{db}/docs/u2", json_body={
         "_id": "u2", "_deleted": False, "plain": {"_nested": "members are data"}})
     assert kept.status == 201, kept.body
