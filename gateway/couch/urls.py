@@ -192,7 +192,7 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         # outside the handler, so that not even the exception's context holds it.
         raise ValueError(
             "the CouchDB URL's host and port are not where they should be (percent-encode "
-            "'/', '?', '#' and '@' in a user name or password)"
+            "'/', '?', '#' and '@' in a user name or password, and '@' in a path)"
         )
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None

@@ -89,6 +89,7 @@ from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import (
     BodyPipe,
+    SpooledBody,
     client_backlog,
     parse_range,
     relay,
@@ -749,7 +750,8 @@ class GatewayApp:
             values = response.headers.getRawHeaders(header)
             if values and not request.responseHeaders.hasHeader(header.encode()):
                 request.setHeader(header, values[0])
-        request.setHeader("Accept-Ranges", "bytes" if cuttable else "none")
+        if status != 304:  # CouchDB's 304 says nothing of ranges: neither does this one
+            request.setHeader("Accept-Ranges", "bytes" if cuttable else "none")
         if self.settings.attachment_csp:
             # As CouchDB 3.2+ does ([csp] attachments_enable): served on the API's origin,
             # an HTML or SVG attachment must not run script with the user's session.
@@ -804,23 +806,34 @@ class GatewayApp:
         # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled
         # (chunked, or to pouchdb-server), in either case only now that the caller is known.
         pipe = getattr(request, "body_pipe", None)
-        producer = pipe or upload_producer(request)
-        size = producer.length if isinstance(producer.length, int) else 0
-        if size > self.settings.max_attachment_bytes:
+        producer: Any = pipe or upload_producer(request)
+        declared = producer.length
+        if isinstance(declared, int) and declared > self.settings.max_attachment_bytes:
             raise PayloadTooLarge("the attachment is too large")
         if pipe is not None and (pipe.length is None or not await self._streams_uploads(request)):
             producer = await spool(pipe)  # a chunked body goes whole, with its length
+        try:
+            return await self._send_attachment(request, couch, (name, doc_id, att), query,
+                                               producer, streamed=producer is pipe)
+        finally:
+            if isinstance(producer, SpooledBody):
+                producer.close()  # whatever became of the upload, the spool goes now
+
+    async def _send_attachment(
+        self, request: Any, couch: CouchServer, where: tuple[str, str, str],
+        query: Mapping[str, Any], producer: Any, *, streamed: bool,
+    ) -> bytes:
+        """PUT an attachment's body upstream; the deadline grows with its size."""
+        size = producer.length if isinstance(producer.length, int) else 0
         content_type = request.getHeader("content-type") or "application/octet-stream"
-        streamed = pipe is not None and producer is pipe
         timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
         send = couch.transport.send(
-            "PUT", attachment_path(name, doc_id, att), params=query, data=producer,
+            "PUT", attachment_path(*where), params=query, data=producer,
             headers={"Content-Type": content_type}, timeout=None if streamed else timeout,
         )
         if streamed:
-            assert pipe is not None
-            pipe.splicer = self.splicer  # not to pouchdb-server: spooled above
-            send = self._timeout_after_body(pipe, send)
+            producer.splicer = self.splicer  # not to pouchdb-server: spooled before
+            send = self._timeout_after_body(producer, send)
         answer = await self._timed(request, send)
         return json_response(request, answer.status, answer.body, _etag(answer))
 

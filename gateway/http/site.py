@@ -101,7 +101,11 @@ class GatewayRequest(server.Request):
         send its body ends the connection, and says so (RFC 9110 10.1.1).
         """
         if not self.startedWriting:
-            if self._continue_due:
+            pipe = self.body_pipe
+            if self._continue_due or (pipe is not None and pipe.length is None
+                                      and not self._body_done):
+                # Answered before the body was asked for, or before the end of a
+                # chunked one (of no known length to drain): this answer is the last.
                 self._refused_before_body()
             channel: Any = self.channel
             if channel is not None and not channel.persistent:
@@ -114,9 +118,10 @@ class GatewayRequest(server.Request):
         super().write(data)  # type: ignore[no-untyped-call]
 
     def _refused_before_body(self) -> None:
-        """Answered before the body was asked for: close once answered.
+        """Answered before the body was taken: close once answered.
 
-        The client still waits for leave to send its body, which it will not get, so
+        The client still waits for leave to send its body, which it will not get, or
+        sends a chunked body of no known length, which is not read to its end; so
         nothing more comes on this connection.
         """
         self._continue_due = False
@@ -130,15 +135,17 @@ class GatewayRequest(server.Request):
     def _body_limit(self) -> int:
         """The largest body this request may send: an attachment's, or a JSON body's.
 
-        Decided from the request target as soon as the headers are in (the body is
-        counted against it as it arrives), so that no route but an attachment upload
-        lets a client, authenticated or not, make the gateway store more than a JSON body.
+        Decided from the request line as soon as the headers are in (the body is
+        counted against it as it arrives), so that nothing but an attachment upload (a
+        ``PUT``, whose handler runs at the headers) lets a client, authenticated or not,
+        make the gateway store more than a JSON body.
         """
         if self._limit is None:
             site = getattr(self.channel, "site", None)
             limit = int(getattr(site, "max_upload_bytes", 2**62))
             target = getattr(self.channel, "_path", None) or b""
-            if not ATTACHMENT_TARGETS.match(target):
+            command = getattr(self.channel, "_command", None)
+            if command != b"PUT" or not ATTACHMENT_TARGETS.match(target):
                 limit = min(limit, int(getattr(site, "max_json_bytes", limit)))
             self._limit = limit
         return self._limit
@@ -311,7 +318,7 @@ class GatewayRequest(server.Request):
         """Store body bytes until the cap; discard the rest (or stream them upstream)."""
         pipe = self.body_pipe
         if pipe is not None:
-            if pipe.length is None and not self.too_large:
+            if pipe.length is None and not self.too_large and not self._body_done:
                 # Chunked: no declared length was checked against the cap.
                 self._body_seen += len(data)
                 if self._body_seen > self._body_limit():

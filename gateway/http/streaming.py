@@ -50,7 +50,7 @@ from gateway.errors import ClientStalled
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
-    "CHUNK", "BodyPipe", "client_backlog", "narrow", "parse_range", "relay", "spool",
+    "CHUNK", "BodyPipe", "SpooledBody", "client_backlog", "narrow", "parse_range", "relay", "spool",
     "upload_producer", "widen",
 ]
 
@@ -248,11 +248,28 @@ class _FileSink:
         self.file.write(data)
 
 
-async def spool(pipe: BodyPipe) -> IBodyProducer:
+class SpooledBody(FileBodyProducer):
+    """A body received whole into a temporary file, produced from it with its length.
+
+    Its owner closes it (:meth:`close`) once the upload is over, whatever its outcome:
+    a request that fails before the producer has read the file to its end would
+    otherwise keep the file open until the garbage collector finds it.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, readSize=CHUNK)  # type: ignore[no-untyped-call]
+        self._file = file
+
+    def close(self) -> None:
+        """Close (and so delete) the temporary file."""
+        self._file.close()
+
+
+async def spool(pipe: BodyPipe) -> SpooledBody:
     """Receive a pipe's whole body into a temporary file; a producer re-reading it.
 
-    For upstreams that must not see an upload cut short (see ``put_attachment``).
-    Raises what ended the body early (the client went away).
+    For upstreams that must not see an upload cut short, and for chunked bodies (see
+    ``put_attachment``). Raises what ended the body early (the client went away).
     """
     file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
     try:
@@ -264,7 +281,7 @@ async def spool(pipe: BodyPipe) -> IBodyProducer:
             raise CancelledError() from exc
         raise
     file.seek(0)
-    return FileBodyProducer(file, readSize=CHUNK)
+    return SpooledBody(file)
 
 
 @implementer(IPushProducer)
