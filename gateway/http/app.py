@@ -817,7 +817,7 @@ class GatewayApp:
                                                producer, streamed=producer is pipe)
         finally:
             if isinstance(producer, SpooledBody):
-                producer.close()  # whatever became of the upload, the spool goes now
+                producer.release()  # an upload that never began must not keep its spool
 
     async def _send_attachment(
         self, request: Any, couch: CouchServer, where: tuple[str, str, str],

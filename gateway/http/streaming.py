@@ -251,18 +251,29 @@ class _FileSink:
 class SpooledBody(FileBodyProducer):
     """A body received whole into a temporary file, produced from it with its length.
 
-    Its owner closes it (:meth:`close`) once the upload is over, whatever its outcome:
-    a request that fails before the producer has read the file to its end would
-    otherwise keep the file open until the garbage collector finds it.
+    Its owner calls :meth:`release` once the upload is over, whatever its outcome. A
+    request that fails before it started producing (CouchDB unreachable) would
+    otherwise keep the file open until the garbage collector finds it. Once started,
+    the producer closes the file itself: at its end, or when its request stops it
+    (closing it under a producer still running, after an early answer, made Twisted's
+    client log a failed read of a closed file).
     """
 
     def __init__(self, file: Any) -> None:
         super().__init__(file, readSize=CHUNK)  # type: ignore[no-untyped-call]
         self._file = file
+        self.started = False
 
-    def close(self) -> None:
-        """Close (and so delete) the temporary file."""
-        self._file.close()
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        """Produce the file into ``consumer`` (see ``FileBodyProducer``)."""
+        self.started = True
+        started: Deferred[None] = super().startProducing(consumer)  # type: ignore[no-untyped-call]
+        return started
+
+    def release(self) -> None:
+        """Close (and so delete) the temporary file, unless producing has it."""
+        if not self.started:
+            self._file.close()
 
 
 async def spool(pipe: BodyPipe) -> SpooledBody:

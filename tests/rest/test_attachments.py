@@ -12,7 +12,8 @@ import pytest
 import treq
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.web.server import NOT_DONE_YET
 
 from gateway.couch import CouchServer, Database
@@ -464,6 +465,92 @@ async def test_a_failed_upload_closes_its_spool(
     raw.transport.loseConnection()
     await _until(lambda: gateway.app.in_flight.count == 0)
     assert _open_deleted_files() <= spools, "the spooled body is still open"
+
+
+_CONFLICT = b'{"error":"conflict","reason":"Document update conflict."}\n'
+
+
+class _Pass(Protocol):
+    """One side of a relay: what it receives goes to its peer."""
+
+    def __init__(self) -> None:
+        self.peer: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _AnswersUploadsEarly(_Pass):
+    """The gateway's side of a relay to CouchDB that answers ``PUT …/early.bin`` with 409
+    at once and never reads its body, as CouchDB does for a revision that does not exist
+    (``chttpd_db:db_attachment_req`` throws ``conflict`` before it reads the body)."""
+
+    def __init__(self, upstream: tuple[str, int], reactor: Any) -> None:
+        super().__init__()
+        self.upstream, self.reactor, self.swallow = upstream, reactor, False
+
+    def connectionMade(self) -> None:
+        couch = _Pass()
+        couch.peer, self.peer = self, couch
+        self.reactor.connectTCP(*self.upstream, ClientFactory.forProtocol(lambda: couch))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.swallow:
+            return
+        if data.startswith(b"PUT ") and b"early.bin" in data.split(b"\r\n", 1)[0]:
+            self.swallow = True
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(_CONFLICT) + _CONFLICT)
+            return
+        super().dataReceived(data)
+
+
+async def test_an_upload_couchdb_answers_before_its_body_logs_no_error(
+    scenario: Scenario, couch_backend: CouchBackend, reactor: Any, start_gateway: StartGateway,
+) -> None:
+    """The spool must not be closed under the producer still sending it (Twisted's client
+    logged a critical 'read of closed file'); the producer closes it itself."""
+    host, port_no = urlsplit(couch_backend.url).hostname, urlsplit(couch_backend.url).port
+    sides: list[_AnswersUploadsEarly] = []
+    factory = Factory()
+    factory.buildProtocol = lambda addr: sides.append(  # type: ignore[method-assign]
+        _AnswersUploadsEarly((host or "127.0.0.1", port_no or 5984), reactor)) or sides[-1]
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    errors: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(event)
+
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}")
+        base, rev = await _doc(scenario)
+        auth = basic(scenario.member.name, scenario.member.password)
+        assert (await gateway.as_user(scenario.member).get(base)).status == 200
+        globalLogPublisher.addObserver(observe)
+        raw = await _connect(gateway.url)
+        payload = os.urandom(8 << 20)
+        raw.transport.write(_chunked_head(f"{base}/attachments/early.bin?rev={rev}", auth))
+        for start in range(0, len(payload), 1 << 20):
+            raw.transport.write(_chunk(payload[start:start + (1 << 20)]))
+        raw.transport.write(b"0\r\n\r\n")
+        await _until(lambda: b"HTTP/1.1 409" in raw.data and raw.data.endswith(b"}"), 30, raw)
+        await _until(lambda: gateway.app.in_flight.count == 0)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        raw.transport.loseConnection()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        for side in sides:
+            if side.transport is not None:
+                side.transport.abortConnection()
+        await listening.stopListening()
+    assert not errors, [str(e.get("log_failure") or e.get("log_format")) for e in errors]
 
 
 def _reactor() -> Any:
