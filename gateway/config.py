@@ -54,7 +54,7 @@ _POSITIVE = (
 _NOT_NEGATIVE = (
     "rate_limit_per_second", "login_max_failures", "login_lockout_seconds", "shutdown_grace",
     "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
-    "header_timeout",
+    "header_timeout", "idle_timeout",
 )
 
 
@@ -93,6 +93,8 @@ class Settings:
         login_lockout_seconds: How long a failure counts.
         header_timeout: Seconds a client has from its request line to the end of its
             headers, however steadily they trickle (0: no limit).
+        idle_timeout: Seconds an HTTP connection may stay silent, between requests or
+            in the middle of a request body, before it is closed (0: never).
         send_stall_timeout: Seconds a client may read nothing of a streamed response
             (a download, a large answer) before its connection is cut.
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
@@ -139,6 +141,7 @@ class Settings:
     max_attachment_bytes: int = 4 * 1024 * 1024 * 1024
     request_timeout: float = 30.0
     header_timeout: float = 20.0
+    idle_timeout: float = 60.0
     send_stall_timeout: float = 60.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200

@@ -219,9 +219,11 @@ class GatewayApp:
 
     def site(self) -> GatewaySite:
         """A ``Site`` serving :meth:`resource`."""
-        return GatewaySite(self.resource(), self.settings.max_attachment_bytes,
+        site = GatewaySite(self.resource(), self.settings.max_attachment_bytes,
                            self.settings.max_body_bytes,
                            header_timeout=self.settings.header_timeout or None)
+        site.timeOut = self.settings.idle_timeout or None
+        return site
 
     # -- helpers ---------------------------------------------------------------
 

@@ -235,6 +235,67 @@ async def test_headers_that_trickle_forever_are_cut(start_gateway: StartGateway)
     assert complete.status == 200
 
 
+async def test_silent_connections_are_closed_after_the_idle_timeout(
+    start_gateway: StartGateway, scenario: Scenario
+) -> None:
+    """Kept alive between requests, or stopped in the middle of an upload, a connection
+    is closed after WALLABY_IDLE_TIMEOUT (Twisted's 60 s, now a setting); one that keeps
+    sending is not."""
+    import time
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.task import deferLater
+
+    gateway = await start_gateway(idle_timeout=1.0)
+    port = int(gateway.url.rstrip("/").rsplit(":", 1)[1])
+
+    class Raw(Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.closed: defer.Deferred[float] = defer.Deferred()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.closed.callback(time.monotonic())
+
+    async def connect() -> Raw:
+        raw = Raw()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+        return raw
+
+    kept_alive = await connect()
+    assert kept_alive.transport is not None
+    kept_alive.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answered = time.monotonic()
+    closed_at = await kept_alive.closed
+    assert b"HTTP/1.1 200" in kept_alive.data and 0.8 <= closed_at - answered < 4
+
+    auth = basic(scenario.member.name, scenario.member.password)["Authorization"]
+    doc = f"/api/v1/db/{scenario.db.name}/docs/idle"
+    rev = (await gateway.as_user(scenario.member).put(doc, json_body={})).json["rev"]
+    stalled = await connect()
+    assert stalled.transport is not None
+    stalled.transport.write(
+        f"PUT {doc}/attachments/a.bin?rev={rev} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".encode()
+        + b"s" * 10_000)
+    sent = time.monotonic()
+    closed_at = await stalled.closed
+    assert 0.8 <= closed_at - sent < 4
+    assert (await gateway.as_user(scenario.member).get(f"{doc}/attachments/a.bin")).status == 404
+
+    steady = await connect()
+    assert steady.transport is not None
+    for _ in range(4):  # a request every 0.6 s: never silent for a whole second
+        steady.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await deferLater(reactor, 0.6, lambda: None)
+    assert not steady.closed.called and steady.data.count(b"HTTP/1.1 200") == 4
+    steady.transport.loseConnection()
+
+
 async def test_rate_limit_per_client_behind_a_trusted_proxy(start_gateway: StartGateway) -> None:
     """Behind the cluster's load balancer every request comes from one address: with it
     trusted, each client named by X-Forwarded-For has its own bucket; untrusted, the

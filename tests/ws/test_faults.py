@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
 import psutil
 from twisted.internet.threads import deferToThread
 
-from gateway.couch import Database
+from gateway.couch import CouchServer, Database
 from gateway.ws.protocol import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
 from tests.conftest import CouchBackend
-from tests.ws.conftest import StopsReading, WsServer, sleep, ws_settings
+from tests.ws.conftest import (
+    StopsReading,
+    WsServer,
+    gateway_with_changes,
+    open_client,
+    sleep,
+    ws_settings,
+)
 
 
 async def test_client_that_never_reads_is_closed_and_others_unaffected(
@@ -100,3 +108,26 @@ async def test_graceful_shutdown_closes_with_1001_and_resume_seqs(
     assert closing["code"] == CLOSE_GOING_AWAY
     assert closing["resume"] == {"s": change["seq"], "q": quiet["since"]}
     assert server.feeds() == 0
+
+
+async def test_a_quiet_websocket_outlives_the_http_idle_timeout(
+    reactor: Any, admin: CouchServer, db: Database, make_user: Any
+) -> None:
+    """WALLABY_IDLE_TIMEOUT closes silent HTTP connections; an upgraded one is the
+    WebSocket's, kept (or dropped) by its own pings, not by the HTTP channel's timer."""
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    basic = "Basic " + base64.b64encode(f"{user.name}:{user.password}".encode()).decode()
+    async with gateway_with_changes(reactor, admin, idle_timeout=0.5, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
+        client = await open_client(reactor, f"ws://127.0.0.1:{gateway.port}/api/v1/changes",
+                                   headers={"Authorization": basic})
+        try:
+            assert (await client.subscribe("s", db.name))["type"] == "subscribed"
+            await sleep(reactor, 2.0)  # four idle timeouts of silence
+            await db.save({"_id": "after-the-silence"})
+            assert (await client.next("change", timeout=10))["id"] == "after-the-silence"
+            assert not client.protocol.closed.called
+        finally:
+            await client.close()
+
