@@ -25,7 +25,10 @@ from twisted.web.iweb import IResponse
 from gateway.couch.idle import IdleTimeout, PausingProducer, StallWatch
 from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
 
-__all__ = ["SpilledBody", "body_complete", "lost_midway", "read_or_spill"]
+__all__ = [
+    "SpilledBody", "body_complete", "lost_midway", "read_or_spill", "silent_midway",
+    "stalled_midway",
+]
 
 
 def body_complete(reason: Failure) -> bool:
@@ -44,6 +47,16 @@ def lost_midway(reason: Failure, what: str = "its answer") -> CouchUnreachable:
     error = CouchUnreachable(f"connection to CouchDB lost in the middle of {what}")
     error.__cause__ = reason.value
     return error
+
+
+def stalled_midway(seconds: float, what: str = "an answer") -> ClientStalled:
+    """The error of a client that took none of a relayed body for ``seconds``."""
+    return ClientStalled(f"the client read nothing for {seconds:g} s in the middle of {what}")
+
+
+def silent_midway(seconds: float, what: str = "its answer") -> CouchTimeout:
+    """The error of a CouchDB that sent nothing more of a relayed body for ``seconds``."""
+    return CouchTimeout(f"CouchDB sent nothing for {seconds:g} s in the middle of {what}")
 
 
 def _broke_off(reason: Failure) -> Failure:
@@ -214,13 +227,9 @@ class SpilledBody:
         except CancelledError:
             idle = reader.idle
             if idle is not None and idle.expired:
-                raise CouchTimeout(
-                    f"CouchDB sent nothing for {idle.seconds:g} s in the middle of its answer"
-                ) from None
+                raise silent_midway(idle.seconds) from None
             if stall is not None and stall.expired:
-                raise ClientStalled(
-                    f"the client read nothing for {stall.seconds:g} s in the middle of an answer"
-                ) from None
+                raise stalled_midway(stall.seconds) from None
             raise
         finally:
             reader.stopped = True

@@ -293,7 +293,7 @@ class GatewayRequest(server.Request):
         A response with a known length is complete once written: it is sent at once,
         before the access log, metrics and callbacks that finishing runs.
         """
-        if self._continue_due:
+        if self._continue_due:  # an answer with no body: write() has not seen it
             self._refused_before_body()
         if not self._body_done and not self._disconnected:
             self._finish_pending = True

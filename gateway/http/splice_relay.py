@@ -70,10 +70,9 @@ from twisted.web._newclient import LengthEnforcingConsumer
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from gateway.couch.spill import lost_midway
+from gateway.couch.spill import lost_midway, silent_midway, stalled_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import nothing_queued
-from gateway.errors import ClientStalled, CouchTimeout
 
 __all__ = [
     "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "Progress", "SpliceStalled",
@@ -256,12 +255,7 @@ def _download_error(failure: Failure) -> Failure:
     exc = failure.value
     error: Exception | None = None
     if isinstance(exc, SpliceStalled):
-        if exc.destination:
-            error = ClientStalled(
-                f"the client read nothing for {exc.seconds:g} s in the middle of a download")
-        else:
-            error = CouchTimeout(
-                f"CouchDB sent nothing for {exc.seconds:g} s in the middle of a download")
+        error = (stalled_midway if exc.destination else silent_midway)(exc.seconds, "a download")
         error.__cause__ = exc
     elif isinstance(exc, UpstreamClosed):
         error = lost_midway(failure, "a download")

@@ -43,10 +43,9 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gateway.couch.idle import StallWatch
-from gateway.couch.spill import lost_midway
+from gateway.couch.spill import lost_midway, stalled_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import queued_bytes, write_now
-from gateway.errors import ClientStalled
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
@@ -326,9 +325,7 @@ class _Relay(Protocol):
             return
         self.finish()
         assert self._stall is not None
-        self.done.errback(ClientStalled(
-            f"the client read nothing for {self._stall.seconds:g} s in the middle of a download"
-        ))
+        self.done.errback(stalled_midway(self._stall.seconds, "a download"))
 
     def _write(self, data: bytes) -> None:
         request = self.request
