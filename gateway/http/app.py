@@ -25,14 +25,13 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, ensureDeferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
@@ -44,37 +43,34 @@ from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import ForwardedAuth
 from gateway.couch.bulk import in_request_order
-from gateway.couch.transport import CouchResponse, Reactor, read_body
+from gateway.couch.transport import CouchResponse, Reactor
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
     Conflict,
-    CouchError,
-    CouchTimeout,
     CouchUnreachable,
     GatewayError,
     GatewayRequestError,
     InvalidRequest,
     PayloadTooLarge,
-    RangeNotSatisfiable,
     RouteNotFound,
     Unauthorized,
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
+from gateway.http.attachments import Attachments
 from gateway.http.client_address import ClientAddress
 from gateway.http.compression import gzip_answer, gzip_stream
 from gateway.http.conditional import (
     DOC_META_OPTIONS,
     content_etag,
+    etag_header,
     etag_matches,
     if_match_revision,
     is_revision_tag,
     must_revalidate,
     not_modified,
-    opaque_tag,
-    range_applies,
     set_revision_etag,
 )
 from gateway.http.contract import Contract, load_contract, strict_json
@@ -88,13 +84,7 @@ from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import (
-    BodyPipe,
-    SpooledBody,
     client_backlog,
-    parse_range,
-    relay,
-    spool,
-    upload_producer,
 )
 from gateway.identity import Identity, IdentityCache, basic_user, identify
 
@@ -104,11 +94,6 @@ T = TypeVar("T")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
-_COPIED_ATTACHMENT_HEADERS = (
-    "Content-Type", "ETag", "Content-Range",
-    "Content-Encoding", "Content-MD5", "Last-Modified",
-)
-_UPLOAD_BYTES_PER_SECOND = 1024 * 1024
 
 
 def _client_host(request: Any) -> str:
@@ -125,11 +110,6 @@ def _decode_args(request: Any) -> dict[str, list[str]]:
         return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
     except UnicodeDecodeError:
         raise InvalidRequest("the query string is not valid UTF-8") from None
-
-
-def _etag(answer: CouchResponse) -> dict[str, str]:
-    etag = answer.header("ETag")
-    return {"ETag": etag} if etag else {}
 
 
 def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
@@ -185,6 +165,8 @@ class GatewayApp:
         self.splicer.enabled = self.splicer.enabled and settings.splice_downloads
         self.splicer.uploads_enabled = self.splicer.uploads_enabled and settings.splice_uploads
         self.metrics.add_collector(self.splicer.render_metrics)
+        self.attachments = Attachments(settings, service=couch, reactor=reactor,
+                                       splicer=self.splicer, timed=self._timed)
         self.identities = IdentityCache(clock=reactor.seconds)
         self.limiter = RateLimiter(
             settings.rate_limit_per_second, settings.rate_limit_burst, reactor.seconds
@@ -400,7 +382,7 @@ class GatewayApp:
         if revalidate and answer.status in (200, 304):
             data = _revalidatable(request, answer, condition)
         else:
-            data = json_response(request, answer.status, answer.body, _etag(answer),
+            data = json_response(request, answer.status, answer.body, etag_header(answer),
                                  encoded=answer.raw)
         return gzip_answer(request, data, self.settings.compress_min_bytes)
 
@@ -689,201 +671,25 @@ class GatewayApp:
         self, request: Any, db: str, docid: str, attname: str
     ) -> bytes:
         """Stream an attachment down (``ETag``/``If-None-Match``, ``Range``)."""
-        name, doc_id = paths.database_name(db), paths.attachment_owner(docid)
-        att = paths.attachment_name(attname)
+        where = (paths.database_name(db), paths.attachment_owner(docid),
+                 paths.attachment_name(attname))
         couch, query = await self._begin(
-            request, "getAttachment", db=name, docid=doc_id, attname=att
+            request, "getAttachment", db=where[0], docid=where[1], attname=where[2]
         )
-        method = "HEAD" if request.method == b"HEAD" else "GET"
-        # Only GET has ranges (RFC 9110 14.2). CouchDB cuts a Range without looking at
-        # If-Range: with If-Range the whole body is asked for, and the range decided
-        # below against its ETag.
-        ranged = method == "GET" and request.getHeader("range") is not None
-        forwarded = ("Range", "If-None-Match") if ranged and not request.getHeader(
-            "if-range") else ("If-None-Match",)
-        headers = {}
-        for header in forwarded:
-            value = request.getHeader(header)
-            if value is not None:
-                headers[header] = value
-        segments = attachment_path(name, doc_id, att)
-        response: Any = await self._timed(request, couch.transport.open_stream(
-            method, segments, params=query, headers=headers, raise_for_status=False,
-        ))
-        if response.code >= 400:
-            raw = await read_body(response)
-            try:
-                detail = json.loads(raw) if raw else None
-            except ValueError:
-                detail = None
-            raise CouchError.from_response(response.code, detail)
-        etag = response.headers.getRawHeaders("etag", [None])[0]
-        status = response.code
-        if status == 200 and etag_matches(request.getHeader("if-none-match"), etag):
-            status = 304  # the server ignored If-None-Match: answer it here
-        length = response.headers.getRawHeaders("content-length", [None])[0]
-        if length is None and method == "GET" and isinstance(response.length, int):
-            length = str(response.length)  # Twisted's client moves Content-Length there
-        # CouchDB serves no ranges of an attachment it stores compressed ("none").
-        cuttable = response.headers.getRawHeaders("accept-ranges", ["bytes"])[0] != "none"
-        wanted = request.getHeader("range") if status == 200 and ranged and cuttable else None
-        if wanted is not None and not range_applies(request.getHeader("if-range"), etag):
-            wanted = None  # RFC 9110 13.1.5: another version: the whole body, 200
-        skip, limit = 0, None
-        if status == 200 and (length is None or wanted is not None):
-            # Upstream sent no length or ignored Range (pouchdb-server): the stub knows.
-            stub = await self._attachment_stub(request, couch, name, doc_id, att, query, etag)
-            length = str(stub) if stub is not None else None
-            if wanted is not None and stub is not None:
-                try:
-                    span = parse_range(wanted, stub)
-                except ValueError:
-                    response.deliverBody(_Discard())
-                    request.setHeader("Content-Range", f"bytes */{stub}")
-                    raise RangeNotSatisfiable("the range is outside the attachment") from None
-                if span is not None:
-                    skip, limit = span[0], span[1] - span[0] + 1
-                    status = 206
-                    request.setHeader("Content-Range", f"bytes {span[0]}-{span[1]}/{stub}")
-                    length = str(limit)
-        request.setResponseCode(status)
-        must_revalidate(request)
-        for header in _COPIED_ATTACHMENT_HEADERS:
-            values = response.headers.getRawHeaders(header)
-            if values and not request.responseHeaders.hasHeader(header.encode()):
-                request.setHeader(header, values[0])
-        if status != 304:  # CouchDB's 304 says nothing of ranges: neither does this one
-            request.setHeader("Accept-Ranges", "bytes" if cuttable else "none")
-        if self.settings.attachment_csp:
-            # As CouchDB 3.2+ does ([csp] attachments_enable): served on the API's origin,
-            # an HTML or SVG attachment must not run script with the user's session.
-            request.setHeader("Content-Security-Policy", self.settings.attachment_csp)
-        if status == 304 or method == "HEAD":
-            if length is not None and status != 304:
-                request.setHeader("Content-Length", length)
-            response.deliverBody(_Discard())
-            return b""
-        if length is not None:
-            request.setHeader("Content-Length", length)
-        await relay(response, request, skip, limit, splicer=self.splicer, clock=self.reactor,
-                    stall_timeout=self.settings.send_stall_timeout)
-        return b""
-
-    async def _attachment_stub(
-        self, request: Any, couch: CouchServer, db: str, doc_id: str, att: str,
-        query: Mapping[str, Any], etag: str | None,
-    ) -> int | None:
-        """The attachment's length from its document's stub (``None`` if unknown).
-
-        The stub is read in a second request: it must describe the body already
-        received (``etag``, its digest), or a concurrent write would give one version's
-        bytes another's length (and a resumed download, mixed versions).
-        """
-        params = {"rev": query["rev"]} if "rev" in query else None
-        doc = await self._timed(
-            request, couch.transport.request("GET", doc_path(db, doc_id), params=params)
-        )
-        stubs = doc.get("_attachments") if isinstance(doc, dict) else None
-        stub = stubs.get(att) if isinstance(stubs, dict) else None
-        if not isinstance(stub, dict) or stub.get("encoding"):
-            return None
-        digest = stub.get("digest")
-        if etag is not None and isinstance(digest, str) and digest.startswith("md5-") \
-                and opaque_tag(etag) != f'"{digest[4:]}"':
-            return None  # another version than the body in hand
-        length = stub.get("length")
-        return length if isinstance(length, int) else None
+        return await self.attachments.download(request, couch, where, query)
 
     @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["PUT"])
     async def put_attachment(
         self, request: Any, db: str, docid: str, attname: str
     ) -> bytes:
         """Stream an attachment up; its ``Content-Type`` is stored."""
-        name, doc_id = paths.database_name(db), paths.attachment_owner(docid)
-        att = paths.attachment_name(attname)
+        where = (paths.database_name(db), paths.attachment_owner(docid),
+                 paths.attachment_name(attname))
         couch, query = await self._begin(
-            request, "putAttachment", db=name, docid=doc_id, attname=att
+            request, "putAttachment", db=where[0], docid=where[1], attname=where[2]
         )
         if_match_revision(request, query)
-        # Streamed (a Content-Length body, see GatewayRequest.gotLength) or spooled
-        # (chunked, or to pouchdb-server), in either case only now that the caller is known.
-        pipe = getattr(request, "body_pipe", None)
-        producer: Any = pipe or upload_producer(request)
-        declared = producer.length
-        if isinstance(declared, int) and declared > self.settings.max_attachment_bytes:
-            raise PayloadTooLarge("the attachment is too large")
-        if pipe is not None and (pipe.length is None or not await self._streams_uploads(request)):
-            producer = await spool(pipe)  # a chunked body goes whole, with its length
-        try:
-            return await self._send_attachment(request, couch, (name, doc_id, att), query,
-                                               producer, streamed=producer is pipe)
-        finally:
-            if isinstance(producer, SpooledBody):
-                producer.release()  # an upload that never began must not keep its spool
-
-    async def _send_attachment(
-        self, request: Any, couch: CouchServer, where: tuple[str, str, str],
-        query: Mapping[str, Any], producer: Any, *, streamed: bool,
-    ) -> bytes:
-        """PUT an attachment's body upstream; the deadline grows with its size."""
-        size = producer.length if isinstance(producer.length, int) else 0
-        content_type = request.getHeader("content-type") or "application/octet-stream"
-        timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
-        send = couch.transport.send(
-            "PUT", attachment_path(*where), params=query, data=producer,
-            headers={"Content-Type": content_type}, timeout=None if streamed else timeout,
-        )
-        if streamed:
-            producer.splicer = self.splicer  # not to pouchdb-server: spooled before
-            send = self._timeout_after_body(producer, send)
-        answer = await self._timed(request, send)
-        return json_response(request, answer.status, answer.body, _etag(answer))
-
-    async def _timeout_after_body(self, pipe: BodyPipe, call: Coroutine[Any, Any, T]) -> T:
-        """``call``, timed out ``request_timeout`` seconds after the body has arrived.
-
-        A streamed upload lasts as long as the client takes to send its body (a slow
-        client is not an upstream timeout); the upstream's answer after it is bounded.
-        """
-        deferred = ensureDeferred(call)
-        timers: list[Any] = []
-
-        def arm(_: object) -> None:
-            if not deferred.called:
-                timers.append(self.reactor.callLater(self.settings.request_timeout,
-                                                     deferred.cancel))
-
-        pipe.when_received().addCallback(arm)
-        try:
-            return await deferred
-        except CancelledError:
-            if timers and not timers[0].active():
-                raise CouchTimeout(
-                    f"CouchDB did not answer within {self.settings.request_timeout:g} s"
-                ) from None
-            raise
-        finally:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
-
-    async def _streams_uploads(self, request: Any) -> bool:
-        """Whether attachment bodies may go upstream while they arrive (asked once).
-
-        Not to pouchdb-server (the embedded default): when an upload is cut short (the
-        client went away) it stores an empty attachment as a new revision, where
-        CouchDB stores nothing. Its uploads are received completely first.
-        """
-        known: bool | None = getattr(self, "_upload_streaming", None)
-        if known is None:
-            welcome = await self._timed(
-                request, self.couch.transport.send("GET", [], raise_for_status=False)
-            )
-            body = welcome.body if isinstance(welcome.body, dict) else {}
-            vendor = str((body.get("vendor") or {}).get("name", "")).lower()
-            known = "express-pouchdb" not in body and "pouchdb" not in vendor
-            self._upload_streaming = known
-        return known
+        return await self.attachments.upload(request, couch, where, query)
 
     @app.route(_DB + "/docs/<docid>/attachments/<attname>", methods=["DELETE"])
     async def delete_attachment(
@@ -1056,10 +862,3 @@ class _StaticFiles(File):
     def directoryListing(self) -> Any:  # noqa: N802 - Twisted's name
         """No listings."""
         return self.childNotFound
-
-
-class _Discard(Protocol):
-    """A body protocol that drops what it receives (304s and HEADs)."""
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        """Drop the bytes."""

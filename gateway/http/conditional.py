@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from gateway.couch.transport import CouchResponse
 
 __all__ = [
-    "DOC_META_OPTIONS", "REVALIDATE", "content_etag", "etag_matches", "if_match_revision",
+    "DOC_META_OPTIONS", "REVALIDATE", "content_etag", "etag_header", "etag_matches",
+    "if_match_revision",
     "is_revision_tag", "must_revalidate", "not_modified", "opaque_tag", "range_applies",
     "set_revision_etag",
 ]
@@ -40,6 +41,12 @@ _ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
 def content_etag(body: bytes) -> str:
     """A strong ``ETag`` for exactly these bytes (a 128-bit BLAKE2b digest, quoted)."""
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def etag_header(answer: CouchResponse) -> dict[str, str]:
+    """CouchDB's ``ETag`` of ``answer`` as headers to send on (none if it gave none)."""
+    etag = answer.header("ETag")
+    return {"ETag": etag} if etag else {}
 
 
 def opaque_tag(tag: str) -> str:
