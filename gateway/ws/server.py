@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +60,7 @@ from gateway.ws.catchup import Join, Verdict, fetch_changes, row_rev
 from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.metrics import WsMetrics
+from gateway.ws.outbox import Outbox, Outgoing
 from gateway.ws.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SESSION_INVALID,
@@ -141,15 +142,6 @@ class Subscription:
         return not self.active
 
 
-@dataclass(eq=False)
-class _Item:
-    message: Any
-    size: int
-    sub: Subscription | None = None
-    seq: Seq | None = None
-    received: float | None = None
-
-
 def _hold(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
     """Keep ``deferred`` in ``tasks`` until it fires; log a failure other than a cancel."""
     if not deferred.called:
@@ -210,9 +202,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self.user_transport: CouchTransport | None = None
         self.subs: dict[str, Subscription] = {}
         self.by_feed: dict[SharedFeed, Subscription] = {}
-        self._queue: OrderedDict[Hashable, _Item] = OrderedDict()
-        self._queued_bytes = 0
-        self._item_ids = 0
+        #: Messages waiting for the socket (see gateway.ws.outbox).
+        self.outbox = Outbox()
         self._paused = False
         self._open = False
         self._ending = False
@@ -435,39 +426,28 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     def _reply(self, message: Mapping[str, Any], sub: Subscription | None = None) -> None:
         """Queue a per-connection message (serialised for this client only)."""
         payload = encode(message)
-        self._enqueue(_Item(self.factory.prepareMessage(payload), len(payload), sub), None)
+        self._enqueue(Outgoing(self.factory.prepareMessage(payload), len(payload), sub), None)
 
-    def _enqueue(self, item: _Item, coalesce: Hashable | None) -> None:
+    def _enqueue(self, item: Outgoing, coalesce: Hashable | None) -> None:
         if not self._open or self._ending:
             return
-        if not self._paused and not self._queue:
+        if not self._paused and not self.outbox:
             self._write(item)
             return
-        if coalesce is not None:
-            previous = self._queue.pop(coalesce, None)
-            if previous is not None:
-                self._queued_bytes -= previous.size
-                self.factory.metrics.coalesced += 1
-            key = coalesce
-        else:
-            self._item_ids += 1
-            key = ("m", self._item_ids)
-        self._queue[key] = item
-        self._queued_bytes += item.size
+        if self.outbox.put(item, coalesce):
+            self.factory.metrics.coalesced += 1
         self._check_budget()
 
     def _check_budget(self) -> None:
         joins = sum(s.join.buffer_bytes for s in self.subs.values() if s.join is not None)
-        if self._queued_bytes + joins > self.factory.settings.ws_queue_bytes:
+        if self.outbox.bytes + joins > self.factory.settings.ws_queue_bytes:
             self._close_slow()
 
     def _drain(self) -> None:
-        while self._queue and not self._paused and self._open and not self._ending:
-            _key, item = self._queue.popitem(last=False)
-            self._queued_bytes -= item.size
-            self._write(item)
+        while self.outbox and not self._paused and self._open and not self._ending:
+            self._write(self.outbox.pop())
 
-    def _enqueue_run(self, sub: Subscription, items: Sequence[tuple[Hashable, _Item]]) -> None:
+    def _enqueue_run(self, sub: Subscription, items: Sequence[tuple[Hashable, Outgoing]]) -> None:
         """Enqueue ``(coalescing key, item)`` pairs, in order.
 
         While the socket takes them directly, their frames go out joined, up to
@@ -485,11 +465,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         for key, item in items[index:]:
             self._enqueue(item, key)
 
-    def _write(self, item: _Item) -> None:
+    def _write(self, item: Outgoing) -> None:
         self._send_prepared(item.message)
         self._written(item)
 
-    def _written(self, item: _Item) -> None:
+    def _written(self, item: Outgoing) -> None:
         """Count a sent item and move its subscription's resume seq past it."""
         metrics = self.factory.metrics
         metrics.messages_sent += 1
@@ -532,7 +512,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             stats.outgoingOctetsWireLevel += size
 
     def _deliver(self, sub: Subscription, change: PreparedChange) -> None:
-        item = _Item(change.message, change.size, sub, change.seq, change.received)
+        item = Outgoing(change.message, change.size, sub, change.seq, change.received)
         self._enqueue(item, ("c", id(sub), change.doc_id))
 
     def resume_seqs(self) -> dict[str, Seq | None]:
@@ -545,8 +525,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             return
         self._leave_direct_rosters()
         resume = self.resume_seqs()
-        self._queue.clear()
-        self._queued_bytes = 0
+        self.outbox.clear()
         for sub in self.subs.values():
             if sub.join is not None:
                 sub.join.buffer, sub.join.buffer_bytes = [], 0
@@ -716,13 +695,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             )
             if not sub.active or self._ending:
                 return
-            page: list[tuple[Hashable, _Item]] = []
+            page: list[tuple[Hashable, Outgoing]] = []
             for row in rows:
                 if "id" not in row or "seq" not in row:
                     continue
                 join.record(row["id"], row_rev(row))
                 payload = encode(change_message(feed.id, row))
-                item = _Item(self.factory.prepareMessage(payload), len(payload), sub, row["seq"])
+                item = Outgoing(self.factory.prepareMessage(payload), len(payload), sub, row["seq"])
                 page.append((("c", id(sub), row["id"]), item))
             self._enqueue_run(sub, page)
             if sub.ended() or self._ending:
@@ -873,7 +852,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     def _takes_live_writes(self, sub: Subscription) -> bool:
         """Whether live changes may skip the queue: the socket's writes are in order."""
         return sub.trailing is None and self._open and not self._paused \
-            and not self._queue and self._writes_directly()
+            and not self.outbox and self._writes_directly()
 
     def _count_written(
         self, sub: Subscription, changes: Sequence[PreparedChange], now: float
@@ -918,7 +897,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             # The feed was down: it may still bring rows the catch-up sent. The filter
             # gets its full time again from now.
             sub.trailing.keep_filtering(self.factory.clock.seconds())
-        self._enqueue(_Item(message, size), None)
+        self._enqueue(Outgoing(message, size), None)
 
     def feed_failed(self, feed: SharedFeed, exc: BaseException) -> None:
         """End the subscription of a feed that cannot continue."""
@@ -958,8 +937,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         A socket backed up holds changes (documents, with ``include_docs``) read while
         the user could still read them; once access is revoked they must not follow.
         """
-        for key in [key for key, item in self._queue.items() if item.sub is sub]:
-            self._queued_bytes -= self._queue.pop(key).size
+        self.outbox.forget(sub)
 
     def session_ended(self) -> None:
         """The credentials behind the socket no longer authenticate: close with 4001.
@@ -985,8 +963,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self.factory.identities.release(self.credential)
         for deferred in list(self._pending):
             deferred.cancel()
-        self._queue.clear()
-        self._queued_bytes = 0
+        self.outbox.clear()
         factory = self.factory
         if was_open:
             factory.connections.discard(self)

@@ -122,7 +122,7 @@ async def test_changes_queued_for_a_revoked_subscriber_are_not_sent(
     (conn,) = list(server.service.factory.connections)
     blob = "x" * 16000
     batch = 0
-    while not (conn._paused and conn._queued_bytes > 256 * 1024):  # the kernel's buffers are full
+    while not (conn._paused and conn.outbox.bytes > 256 * 1024):  # the kernel's buffers are full
         await db.bulk_save([{"_id": f"pre{batch}-{i}", "blob": blob} for i in range(50)])
         batch += 1
         await sleep(reactor, 0.05)
@@ -141,7 +141,7 @@ async def test_changes_queued_for_a_revoked_subscriber_are_not_sent(
     written_after = server.service.metrics.messages_sent - sent_at_revocation
     assert written_after == 1  # the error, and nothing queued before it
     assert not [m for m in stuck.messages if m.get("id") == "secret"]
-    assert conn._queued_bytes == 0
+    assert conn.outbox.bytes == 0
 
 
 async def test_a_service_identity_couchdb_refuses_is_named_as_the_culprit(

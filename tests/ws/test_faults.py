@@ -49,7 +49,7 @@ async def test_client_that_never_reads_is_closed_and_others_unaffected(
     assert server.service.metrics.slow_closed == 1
     # the server does not hold more than the budget (plus socket buffers) for it
     connections = server.service.factory.connections
-    assert all(c._queued_bytes <= budget for c in connections)
+    assert all(c.outbox.bytes <= budget for c in connections)
     stuck.protocol.transport.resumeProducing()
     _clean, code, _reason = await stuck.protocol.closed
     closing = [m for m in stuck.messages if m["type"] == "closing"]
