@@ -11,7 +11,9 @@ from gateway.errors import AccessDenied
 __all__ = ["Cors"]
 
 _METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
-_ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, Range, X-Request-Id"
+_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, If-Match, If-None-Match, If-Range, Range, X-Request-Id"
+)
 _EXPOSED = "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-Request-Id"
 
 

@@ -54,7 +54,7 @@ class WsMetrics:
         """All counters (plus the hub's upstream feeds) as a flat mapping."""
         values: dict[str, float | int] = {
             "ws_connections": self.connections,
-            "ws_connections_total": self.connections_total,
+            "ws_connections_accepted_total": self.connections_total,
             "ws_rejected_handshakes_total": self.rejected_handshakes,
             "ws_subscriptions": self.subscriptions,
             "ws_messages_sent_total": self.messages_sent,
@@ -108,7 +108,7 @@ _SUMMARIES = {
 
 _HELP = {
     "ws_connections": "Open WebSocket connections.",
-    "ws_connections_total": "WebSocket connections accepted.",
+    "ws_connections_accepted_total": "WebSocket connections accepted.",
     "ws_rejected_handshakes_total": "WebSocket handshakes refused (credentials or origin).",
     "ws_subscriptions": "Active live-changes subscriptions.",
     "ws_messages_sent_total": "Messages written to WebSockets.",

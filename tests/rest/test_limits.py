@@ -65,6 +65,38 @@ async def test_cors_preflight_and_simple_requests(start_gateway: StartGateway) -
     assert foreign.header("Access-Control-Allow-Origin") is None
 
 
+async def test_preflight_allows_every_request_header_the_contract_documents(
+    start_gateway: StartGateway,
+) -> None:
+    """A header the API takes but the preflight leaves out is one no other origin can
+    send: the browser refuses the request before it leaves (``If-Range`` was)."""
+    from gateway.http.contract import load_contract
+
+    document = load_contract().document
+    shared = document["components"]["parameters"]
+    documented = set()
+    for item in document["paths"].values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                if "$ref" in parameter:
+                    parameter = shared[parameter["$ref"].rsplit("/", 1)[1]]
+                if parameter.get("in") == "header":
+                    documented.add(parameter["name"].lower())
+    assert {"range", "if-range", "if-none-match", "if-match"} <= documented
+    gateway = await start_gateway(cors_origins=("https://app.example",))
+    preflight = await gateway.client.request(
+        "OPTIONS", "/api/v1/db/x/docs/y/attachments/a", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": ",".join(sorted(documented)),
+        })
+    assert preflight.status == 204
+    allowed = {h.strip().lower()
+               for h in (preflight.header("Access-Control-Allow-Headers") or "").split(",")}
+    assert documented - allowed == set()
+
+
 async def test_unreachable_upstream_is_503_with_retry_after(
     start_gateway: StartGateway, make_user: Any
 ) -> None:

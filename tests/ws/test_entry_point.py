@@ -69,6 +69,15 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1))
 
 
+def metric_families_defined_twice(text: str) -> list[str]:
+    """Families declared more than once: Prometheus names a counter's family without its
+    ``_total`` (so a gauge ``x`` and a counter ``x_total`` clash, and OpenMetrics parsers
+    refuse the exposition)."""
+    families = [name.removesuffix("_total") if kind == "counter" else name
+                for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE)]
+    return sorted({family for family in families if families.count(family) > 1})
+
+
 async def scrape(gateway: GatewayProcess) -> str:
     answer = await treq.get(gateway.url + "/metrics")
     assert answer.code == 200
@@ -113,6 +122,8 @@ async def test_entry_point_serves_changes_metrics_and_closes_1001_on_sigterm(
         text, "wallaby_ws_fanout_max_seconds")
     assert "# TYPE wallaby_ws_fanout_seconds summary" in text
     assert "wallaby_http_requests_total" in text  # the REST metrics are still there
+    assert metric(text, "wallaby_ws_connections_accepted_total") == 1
+    assert metric_families_defined_twice(text) == []
 
     # a second subscription with other options opens a second feed; leaving closes it
     assert (await client.subscribe("t", db.name))["type"] == "subscribed"
