@@ -35,6 +35,36 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def web_origin(value: str) -> str:
+    """``value`` as a browser serializes it in ``Origin`` (RFC 6454): ``scheme://host[:port]``.
+
+    Scheme and host are lower-cased and a default port dropped, since origins are then
+    compared as strings. ``*`` stays as it is.
+
+    Raises:
+        ValueError: Not an origin: no scheme or host, or a path, query, user or ``null``
+            (the origin of sandboxed frames and local files, whatever site they are from).
+    """
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.scheme or not parts.hostname or parts.username is not None \
+            or parts.password is not None or parts.path or parts.query or parts.fragment \
+            or port == -1 or "://" not in value:
+        raise ValueError(
+            f"{value!r} is not an origin: scheme://host[:port] with nothing after it, "
+            "as browsers send it (e.g. https://app.example.com)"
+        )
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
 #: Settings that take one of a few words.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "auth_mode": ("forward", "jwt", "proxy"),
@@ -43,6 +73,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: A cookie name: an RFC 9110 token (RFC 6265, section 4.1.1).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: A whole number in ASCII digits (``int()`` also takes other scripts' digits and ``_``).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 #: Sizes and durations where 0 would refuse or time out everything.
 _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
@@ -200,6 +232,11 @@ class Settings:
                 f"{self.env_name('couchdb_url')}: not an http:// or https:// URL with a host "
                 "(e.g. http://admin:password@127.0.0.1:5984)"
             )
+        try:
+            origins = tuple(web_origin(origin) for origin in self.cors_origins)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_name('cors_origins')}: {exc}") from None
+        object.__setattr__(self, "cors_origins", origins)
         if not _TOKEN.fullmatch(self.cookie_name):
             raise ValueError(
                 f"{self.env_name('cookie_name')}: {self.cookie_name!r} is not a cookie name "
@@ -256,6 +293,8 @@ class Settings:
             if isinstance(default, bool):
                 return _bool(raw)
             if isinstance(default, int):
+                if not _INTEGER.fullmatch(raw.strip()):
+                    raise ValueError(f"{raw!r} is not a whole number")
                 return int(raw)
             if isinstance(default, float):
                 number = float(raw)

@@ -239,6 +239,15 @@ def test_query_numbers_and_json_must_be_finite() -> None:
       for url in ("127.0.0.1:5984", "ftp://x", "not a url", "http://")],
     ({"WALLABY_COOKIE_NAME": "a;b"}, "WALLABY_COOKIE_NAME: 'a;b' is not a cookie name"),
     ({"WALLABY_COOKIE_NAME": "a b"}, "is not a cookie name"),
+    # An origin no browser ever sends: CORS silently off for that app.
+    *[({"WALLABY_CORS_ORIGINS": f"https://ok.example, {origin}"},
+       f"WALLABY_CORS_ORIGINS: {origin!r} is not an origin")
+      for origin in ("https://app.example.com/", "app.example.com", "https://app.example.com/x",
+                     "null", "https://user@app.example.com", "https://app.example.com?x",
+                     "https://app.example.com:99999")],
+    # int() takes other scripts' digits and underscores.
+    *[({"WALLABY_PORT": port}, f"WALLABY_PORT: {port!r} is not a whole number")
+      for port in ("\u0663\u0663", "8_080", "0x50")],
 ])
 def test_settings_that_parse_but_cannot_work_are_refused(env: dict[str, str], message: str) -> None:
     """nan passed every range check (nan < 0 is false): a timeout of nan dropped every
@@ -277,6 +286,16 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"WALLABY_PORT": "eighty"})
     assert "password" not in repr(Settings(couchdb_password="hunter2")) or "hunter2" not in repr(
         Settings(couchdb_password="hunter2"))
+
+
+def test_cors_origins_are_kept_as_browsers_serialize_them() -> None:
+    settings = Settings.from_env({"WALLABY_CORS_ORIGINS":
+                                  "https://App.Example.com:443, http://127.0.0.1:8080, "
+                                  "HTTP://[::1]:80, capacitor://localhost, *"})
+    assert settings.cors_origins == ("https://app.example.com", "http://127.0.0.1:8080",
+                                     "http://[::1]", "capacitor://localhost", "*")
+    assert Settings().with_overrides(cors_origins=("https://A.example",)).cors_origins == (
+        "https://a.example",)
 
 
 def test_forwarded_cookie_sessions_adopt_refreshed_cookies() -> None:
