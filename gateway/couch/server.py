@@ -10,6 +10,7 @@ from gateway.couch._deferred import returns_deferred
 from gateway.couch.auth import DEFAULT_SESSION_MAX_AGE, Auth, SessionAuth
 from gateway.couch.database import Database
 from gateway.couch.transport import CouchTransport, Reactor
+from gateway.errors import CouchError
 
 __all__ = ["CouchServer"]
 
@@ -83,6 +84,30 @@ class CouchServer:
         """Whether the server answers (``GET /``; ``/_up`` is not on every server)."""
         answer = await self.transport.send("GET", [], raise_for_status=False)
         return answer.status == 200
+
+    @returns_deferred
+    async def ready(self) -> None:
+        """Raise unless the server takes requests from this identity.
+
+        ``GET /_up``: 200, or 404 with a ``status`` (``maintenance_mode``, ``nolb``) while
+        a CouchDB node is drained. A server without ``/_up`` (pouchdb-server: a plain
+        404) is asked ``GET /`` instead.
+
+        Raises:
+            Unauthorized: The identity's credentials are refused.
+            CouchError: Another refusal, or not up (status and ``status``/``reason``).
+        """
+        answer = await self.transport.send("GET", ["_up"], raise_for_status=False)
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if answer.status == 404 and not isinstance(body.get("status"), str):
+            answer = await self.transport.send("GET", [], raise_for_status=False)
+            body = answer.body if isinstance(answer.body, dict) else {}
+        if answer.status == 200:
+            return
+        state = body.get("status")
+        if isinstance(state, str) and "reason" not in body:
+            body = {**body, "reason": f"the node is not serving ({state})"}
+        raise CouchError.from_response(answer.status, body)
 
     @returns_deferred
     async def session(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
@@ -49,12 +50,15 @@ from gateway.errors import (
     AccessDenied,
     AuthenticationRequired,
     Conflict,
+    CouchError,
     CouchUnreachable,
+    Forbidden,
     GatewayError,
     GatewayRequestError,
     InvalidRequest,
     PayloadTooLarge,
     RouteNotFound,
+    ServiceRefused,
     Unauthorized,
 )
 from gateway.http import paths
@@ -91,6 +95,7 @@ from gateway.identity import Identity, IdentityCache, basic_user, identify
 __all__ = ["STATIC_DIR", "GatewayApp"]
 
 T = TypeVar("T")
+_log = Logger(namespace="gateway.http")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
@@ -178,6 +183,7 @@ class GatewayApp:
         self.mounts: dict[bytes, IResource] = dict(extra_resources or {})
         self.static_dir = static_dir
         self._spec_json = json.dumps(self.contract.document).encode("utf-8")
+        self._readiness: str | None = None  # the last /ready verdict's problem
 
     # -- assembly --------------------------------------------------------------
 
@@ -458,11 +464,38 @@ class GatewayApp:
 
     @app.route("/ready", methods=["GET"])
     async def ready(self, request: Any) -> bytes:
-        """CouchDB answers (asked with the service credentials, if any)."""
+        """CouchDB is up and takes the service identity (``/_up`` where it has one).
+
+        A change of verdict is logged once (probes ask every few seconds), so an operator
+        sees why the load balancer took the gateway out.
+        """
         self._checked(request, "getReady")
-        if not await self._timed(request, self.couch.up()):
-            raise CouchUnreachable("CouchDB is not ready")
-        return json_response(request, 200, {"ok": True})
+        try:
+            await self._timed(request, self.couch.ready())
+        except (Unauthorized, Forbidden) as exc:
+            problem: GatewayError = ServiceRefused(
+                f"CouchDB refused the gateway's service identity ({exc.status} {exc.error}): "
+                "check COUCHDB_USER and COUCHDB_PASSWORD (or the credentials in COUCHDB_URL)"
+            )
+        except CouchUnreachable as exc:
+            problem = exc
+        except CouchError as exc:
+            problem = CouchUnreachable(f"CouchDB is not ready: {exc.status} {exc.reason}")
+        else:
+            self._readiness_changed(None)
+            return json_response(request, 200, {"ok": True})
+        self._readiness_changed(problem)
+        raise problem
+
+    def _readiness_changed(self, problem: GatewayError | None) -> None:
+        verdict = None if problem is None else f"{problem.error}: {problem.reason}"
+        if verdict == self._readiness:
+            return
+        self._readiness = verdict
+        if problem is None:
+            _log.info("ready: CouchDB takes requests again")
+        else:
+            _log.warn("not ready: {verdict}", verdict=verdict)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: Any) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.resource import Resource
+
 from tests.rest.conftest import RunningGateway, StartGateway
 
 
@@ -16,6 +18,73 @@ async def test_health_ready_and_request_id(gateway: RunningGateway) -> None:
     assert echoed.header("X-Request-Id") == "abc-123"
     bogus = await gateway.client.get("/health", headers={"X-Request-Id": "bad id\twith space"})
     assert bogus.header("X-Request-Id") not in (None, "bad id\twith space")
+
+
+async def test_ready_names_refused_service_credentials_and_logs_it_once(
+    start_gateway: StartGateway,
+) -> None:
+    """CouchDB answers, but not to the gateway's own identity: the load balancer takes the
+    gateway out either way, and the operator must learn which setting to fix (it said
+    "CouchDB is not ready", 503, and logged nothing)."""
+    from twisted.logger import globalLogPublisher
+
+    gateway = await start_gateway(couchdb_password="definitely-wrong")
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        replies = [await gateway.client.get("/ready") for _ in range(3)]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    for reply in replies:
+        assert reply.status == 502 and reply.json["error"] == "service_refused", reply.json
+        assert "COUCHDB_USER" in reply.json["reason"]
+        assert "definitely-wrong" not in reply.body.decode()
+    warnings = [e for e in events if e.get("log_namespace") == "gateway.http"
+                and "not ready" in e.get("log_format", "")]
+    assert len(warnings) == 1 and "service_refused" in warnings[0]["verdict"]
+
+
+class _DrainedCouch(Resource):
+    """A CouchDB node whose ``/_up`` says ``maintenance_mode`` until ``up`` is set."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+        self.root_hits = 0
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        if request.path == b"/_up":
+            if self.up:
+                return b'{"status":"ok"}'
+            request.setResponseCode(404)
+            return b'{"status":"maintenance_mode"}'
+        self.root_hits += 1
+        return b'{"couchdb":"Welcome","version":"3.5.0"}'
+
+
+async def test_ready_fails_while_couchdb_is_in_maintenance_mode(
+    start_gateway: StartGateway, reactor: Any,
+) -> None:
+    """A node in maintenance mode still answers ``GET /`` 200; ``/_up`` is what says it
+    is drained (CouchDB 3: 404 ``{"status": "maintenance_mode"}``)."""
+    from twisted.web.server import Site
+
+    couch = _DrainedCouch()
+    listening = reactor.listenTCP(0, Site(couch), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}")
+        drained = await gateway.client.get("/ready")
+        assert drained.status == 503 and drained.json["error"] == "upstream_unavailable"
+        assert "maintenance_mode" in drained.json["reason"]
+        assert drained.header("Retry-After")
+        couch.up = True
+        assert (await gateway.client.get("/ready")).status == 200
+        assert couch.root_hits == 0  # a server with /_up is not asked anything else
+    finally:
+        await listening.stopListening()
 
 
 async def test_metrics_count_requests_by_route_and_status(gateway: RunningGateway) -> None:
