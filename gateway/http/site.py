@@ -157,7 +157,8 @@ class GatewayRequest(server.Request):
         ``PUT`` (:data:`STREAMED_UPLOADS`) is dispatched here instead, as soon as its
         headers are in: its handler authenticates the caller and then starts the
         upstream request with :attr:`body_pipe` as body, which
-        :meth:`handleContentChunk` feeds. Over the cap, it is answered 413 at once. A
+        :meth:`handleContentChunk` feeds. Any request whose declared length is over its
+        cap (:meth:`_body_limit`) is dispatched here too, and answered 413 at once. A
         chunked one (no ``Content-Length``) is spooled by its handler, once the caller
         is known, and cut off with 413 when it outgrows the cap: nobody can make the
         gateway store a body before saying who they are.
@@ -184,11 +185,15 @@ class GatewayRequest(server.Request):
         target = getattr(channel, "_path", None)  # the channel before the headers
         version = getattr(channel, "_version", None)
         pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
-        if (
-            length == 0 or command != b"PUT" or target is None or version is None
-            or pattern is None or not pattern.match(target) or channel.transport is None
+        known = target is not None and version is not None and channel.transport is not None
+        # Over the cap, any request is answered at its headers (a client waiting for
+        # 100 Continue is refused without being invited to send, and the connection
+        # closed); on the cap, only attachment PUTs are dispatched before their body.
+        if not (known and too_large) and (
+            length == 0 or command != b"PUT" or not known
+            or pattern is None or not pattern.match(target)
         ):
-            super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
+            super().gotLength(length)  # type: ignore[no-untyped-call]
             return
         self.content = io.BytesIO()  # stays empty: the body is never stored
         self._early, self._body_done = True, False

@@ -343,3 +343,33 @@ async def test_rate_limit_per_client_behind_a_trusted_proxy(start_gateway: Start
         "/api/v1/session", headers={"X-Forwarded-For": f"198.51.100.{i}"})).status
         for i in range(3)]
     assert statuses == [401, 401, 429]
+
+
+async def test_a_json_body_declared_over_the_cap_is_refused_at_its_headers(
+    start_gateway: StartGateway,
+) -> None:
+    """A client waiting for ``100 Continue`` was invited to send a declared 1 GB body,
+    and any client got its 413 only after every declared byte had been read and
+    dropped; attachment uploads were already refused at the headers."""
+    from tests.rest.test_attachments import _connect, _until
+
+    gateway = await start_gateway(max_body_bytes=2_000)
+    auth = basic("nobody", "x")["Authorization"].encode()
+    head = (b"PUT /api/v1/db/anydb/docs/d HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n"
+            b"Authorization: " + auth + b"\r\n")
+
+    waiting = await _connect(gateway.url)
+    waiting.transport.write(head + b"Expect: 100-continue\r\n\r\n")
+    await _until(lambda: waiting.closed.called, raw=waiting)  # answered, then closed
+    assert waiting.data.startswith(b"HTTP/1.1 413 "), waiting.data
+    assert b"100 Continue" not in waiting.data
+    assert b"connection: close" in waiting.data.lower()
+    assert json.loads(waiting.data.split(b"\r\n\r\n", 1)[1])["error"] == "too_large"
+
+    sending = await _connect(gateway.url)
+    sending.transport.write(head + b"\r\n" + b"[" * 65536)  # 64 KiB of the declared 1 GB
+    await _until(lambda: b"\r\n\r\n" in sending.data, raw=sending)
+    assert sending.data.startswith(b"HTTP/1.1 413 "), sending.data
+    sending.transport.loseConnection()
+    assert (await gateway.client.get("/health")).status == 200
