@@ -185,15 +185,13 @@ class GatewayRequest(server.Request):
         target = getattr(channel, "_path", None)  # the channel before the headers
         version = getattr(channel, "_version", None)
         pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
-        known = target is not None and version is not None and channel.transport is not None
         # Over the cap, any request is answered at its headers (a client waiting for
         # 100 Continue is refused without being invited to send, and the connection
-        # closed); on the cap, only attachment PUTs are dispatched before their body.
-        if not (known and too_large) and (
-            length == 0 or command != b"PUT" or not known
-            or pattern is None or not pattern.match(target)
-        ):
-            super().gotLength(length)  # type: ignore[no-untyped-call]
+        # closed); within it, only attachment PUTs are dispatched before their body.
+        if command is None or target is None or version is None or channel.transport is None \
+                or not too_large and (length == 0 or command != b"PUT" or pattern is None
+                                      or not pattern.match(target)):
+            super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
             return
         self.content = io.BytesIO()  # stays empty: the body is never stored
         self._early, self._body_done = True, False
