@@ -189,8 +189,8 @@ class GatewayRequest(server.Request):
         # 100 Continue is refused without being invited to send, and the connection
         # closed); within it, only attachment PUTs are dispatched before their body.
         if command is None or target is None or version is None or channel.transport is None \
-                or not too_large and (length == 0 or command != b"PUT" or pattern is None
-                                      or not pattern.match(target)):
+                or (not too_large and (length == 0 or command != b"PUT" or pattern is None
+                                      or not pattern.match(target))):
             super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
             return
         self.content = io.BytesIO()  # stays empty: the body is never stored
