@@ -24,6 +24,8 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   ├── ServiceRefused             502 (CouchDB refused the gateway's own identity)
     │   └── CouchUnreachable           no answer at all (status 503)
     │       └── CouchTimeout           no answer in time (status 504)
+    ├── InsufficientStorage            507 (no room left to hold a request body the
+    │                                       gateway must receive before sending it on)
     └── GatewayRequestError            the gateway refuses a client's request itself
         ├── InvalidRequest             400 (schema violation, bad JSON, bad id)
         ├── AuthenticationRequired     401
@@ -59,6 +61,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "GatewayRequestError",
+    "InsufficientStorage",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotAcceptable",
@@ -352,6 +355,23 @@ class ShuttingDown(GatewayRequestError):
     default_status = 503
     default_error = "shutting_down"
     retry_after: ClassVar[int] = 5
+
+    def headers(self) -> dict[str, str]:
+        """Tell clients when to try again."""
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InsufficientStorage(GatewayError):
+    """A request body could not be held: the temporary directory is full (507).
+
+    Bodies the gateway must receive whole before sending them on (JSON bodies over
+    100 kB, chunked attachment uploads, any upload to pouchdb-server) go to temporary
+    files. Neither the client's fault nor CouchDB's: nothing was sent upstream.
+    """
+
+    default_status = 507
+    default_error = "insufficient_storage"
+    retry_after: ClassVar[int] = 30
 
     def headers(self) -> dict[str, str]:
         """Tell clients when to try again."""

@@ -50,8 +50,10 @@ def render_error(request: Any, exc: BaseException) -> bytes:
     """
     if not isinstance(exc, GatewayError):
         # Called from an error handler, not an ``except`` block: the failure is explicit.
-        _log.failure("unexpected error serving {path}", failure=Failure(exc),  # type: ignore[no-untyped-call]
-                    path=_path(request))
+        _log.failure(
+            "unexpected error serving {path} (request {request_id})",
+            failure=Failure(exc),  # type: ignore[no-untyped-call]
+            path=_path(request), request_id=getattr(request, "request_id", None))
     status, body, headers = error_body(exc)
     setattr(request, "error_code", body["error"])  # noqa: B010 - read by the access log
     # A body-less error must not inherit headers of a partial success (e.g. ETag).

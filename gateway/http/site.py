@@ -33,7 +33,7 @@ from gateway.http.metrics import Metrics
 from gateway.http.paths import check_raw_path
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import render_error
-from gateway.http.streaming import BodyPipe, narrow, widen
+from gateway.http.streaming import BodyPipe, close_quietly, narrow, no_room, widen
 
 __all__ = ["STREAMED_UPLOADS", "FrontDoor", "GatewayRequest", "GatewaySite", "InFlight"]
 
@@ -67,6 +67,8 @@ class GatewayRequest(server.Request):
         self.cut_short = False
         self.started = 0.0
         self.too_large = False
+        #: Why the body could not be stored (its temporary file), if it could not.
+        self.spool_error: OSError | None = None
         self._body_seen = 0
         #: Returns a ``Set-Cookie`` value when the user's CouchDB session was refreshed.
         self.session_refresh: Callable[[], str | None] | None = None
@@ -191,7 +193,10 @@ class GatewayRequest(server.Request):
         if command is None or target is None or version is None or channel.transport is None \
                 or (not too_large and (length == 0 or command != b"PUT" or pattern is None
                                       or not pattern.match(target))):
-            super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
+            try:
+                super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
+            except OSError as exc:  # no temporary file for a body over 100 kB
+                self._cannot_spool(exc)
             return
         self.content = io.BytesIO()  # stays empty: the body is never stored
         self._early, self._body_done = True, False
@@ -288,6 +293,12 @@ class GatewayRequest(server.Request):
                 super().finish()  # type: ignore[no-untyped-call]
             return
         self._dispatched = self._early
+        if self.content is not None and not isinstance(self.content, io.BytesIO) \
+                and self.spool_error is None:
+            try:
+                self.content.flush()  # Twisted's seek(0) would, outside any handler
+            except OSError as exc:
+                self._cannot_spool(exc)
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     def finish(self) -> None:
@@ -315,6 +326,9 @@ class GatewayRequest(server.Request):
         if self.body_pipe is not None and not self._body_done:
             self._body_done = True
             self.body_pipe.abort(reason)
+        if self.content is not None and not isinstance(self.content, io.BytesIO):
+            close_quietly(self.content)  # Twisted's close() would raise on a full disk
+            self.content = io.BytesIO()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
@@ -329,7 +343,7 @@ class GatewayRequest(server.Request):
                     return
             pipe.feed(data)
             return
-        if self.too_large or self._early:
+        if self.too_large or self._early or self.spool_error is not None:
             return
         self._body_seen += len(data)
         if self._body_seen > self._body_limit():
@@ -338,7 +352,16 @@ class GatewayRequest(server.Request):
             self.content.seek(0)
             self.content.truncate()
             return
-        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+        try:
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+        except OSError as exc:  # a body over 100 kB is spooled by Twisted: the disk is full
+            self._cannot_spool(exc)
+
+    def _cannot_spool(self, exc: OSError) -> None:
+        """The body cannot be stored: drop it, and answer 507 once it has arrived."""
+        self.spool_error = exc
+        close_quietly(self.content)
+        self.content = io.BytesIO()
 
 
 def _aborted(request: Any, outcome: Any) -> bool:
@@ -492,6 +515,8 @@ class FrontDoor(Resource):
                 self.limiter.check(request.client_host)
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
+            if request.spool_error is not None:
+                raise no_room(request.spool_error)
         except GatewayError as exc:
             return render_error(request, exc)
         if mounted is not None:

@@ -28,6 +28,7 @@ memory in flight stays bounded by about two chunks per direction.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
@@ -46,12 +48,15 @@ from gateway.couch.idle import StallWatch
 from gateway.couch.spill import lost_midway, stalled_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import queued_bytes, write_now
+from gateway.errors import InsufficientStorage
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
-    "CHUNK", "BodyPipe", "SpooledBody", "client_backlog", "narrow", "parse_range", "relay", "spool",
-    "upload_producer", "widen",
+    "CHUNK", "BodyPipe", "SpooledBody", "client_backlog", "close_quietly", "narrow", "no_room",
+    "parse_range", "relay", "spool", "upload_producer", "widen",
 ]
+
+_log = Logger(namespace="gateway.http")
 
 #: Bytes per read, per send and per producer pause while streaming a body.
 CHUNK = 1 << 20
@@ -177,6 +182,18 @@ class BodyPipe:
         """Drop the rest of the body (the answer is known without it)."""
         self.stopProducing()
 
+    def failure(self) -> Failure | None:
+        """What ended the body early (the client left, the consumer refused), if anything."""
+        return self._failure
+
+    def refuse(self, reason: Failure) -> None:
+        """The consumer cannot take the body (its spool is full): fail it, drop the rest."""
+        self._failure = reason
+        done = self._done
+        self.stopProducing()
+        if done is not None:
+            done.errback(reason)
+
     def _finish_producing(self) -> Deferred[None]:
         done, self._done = self._done, None
         assert done is not None
@@ -193,6 +210,9 @@ class BodyPipe:
         held, self._held = self._held, []
         for data in held:
             consumer.write(data)
+        refused = self.failure()  # the consumer may have refused what was held
+        if refused is not None:
+            return fail(refused)
         if self.complete:
             return succeed(None)
         self._done = Deferred(self._cancelled)
@@ -238,13 +258,17 @@ class BodyPipe:
 
 
 class _FileSink:
-    """A consumer writing into a file."""
+    """A consumer writing a pipe's body into a file; a full disk fails the pipe."""
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, pipe: BodyPipe) -> None:
         self.file = file
+        self.pipe = pipe
 
     def write(self, data: bytes) -> None:
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:  # ENOSPC, EDQUOT, EIO: this write runs in dataReceived
+            self.pipe.refuse(Failure(exc))  # type: ignore[no-untyped-call]
 
 
 class SpooledBody(FileBodyProducer):
@@ -281,17 +305,35 @@ async def spool(pipe: BodyPipe) -> SpooledBody:
     For upstreams that must not see an upload cut short, and for chunked bodies (see
     ``put_attachment``). Raises what ended the body early (the client went away).
     """
-    file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
     try:
-        await pipe.startProducing(_FileSink(file))
-    except BaseException as exc:
-        file.close()  # the body ended early: nothing will read the partial spool
-        if isinstance(exc, (ConnectionLost, ConnectionDone)):
-            # The client went away: nobody to answer, nothing unexpected to report.
-            raise CancelledError() from exc
-        raise
-    file.seek(0)
+        file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
+        try:
+            await pipe.startProducing(_FileSink(file, pipe))
+            file.seek(0)  # flushes what is buffered: may find the disk full too
+        except BaseException:
+            close_quietly(file)  # the body ended early: nothing will read the partial spool
+            raise
+    except (ConnectionLost, ConnectionDone) as exc:
+        # The client went away: nobody to answer, nothing unexpected to report.
+        raise CancelledError() from exc
+    except OSError as exc:
+        pipe.discard()
+        raise no_room(exc) from exc
     return SpooledBody(file)
+
+
+def no_room(exc: OSError) -> InsufficientStorage:
+    """The error answering a body that could not be spooled, logged for the operator."""
+    _log.error("cannot hold a request body in {directory}: {error}",
+               directory=tempfile.gettempdir(), error=exc.strerror or str(exc))
+    return InsufficientStorage("the gateway has no room left to receive this body; "
+                               "try again later")
+
+
+def close_quietly(file: Any) -> None:
+    """Close a spool file; flushing its buffer to a full disk must not raise."""
+    with contextlib.suppress(OSError):  # the file is gone either way
+        file.close()
 
 
 @implementer(IPushProducer)
