@@ -6,6 +6,7 @@ const DB = params.get("db") || "demo";
 const $ = (id) => document.getElementById(id);
 const items = new Map(); // id -> doc
 let subscription = null;
+let signedIn = null; // whose items are listed
 
 // The session ended (expired, or logged out in another tab): log in again and the list
 // resumes where it stopped.
@@ -24,7 +25,9 @@ const wb = new Wallaby({
 function render() {
   const list = $("items");
   list.replaceChildren();
-  const docs = [...items.values()].sort((a, b) => (a.created || "").localeCompare(b.created || "") || a._id.localeCompare(b._id));
+  // Other clients may write any JSON: order by what is a string, show titles as text.
+  const created = (doc) => (typeof doc.created === "string" ? doc.created : "");
+  const docs = [...items.values()].sort((a, b) => created(a).localeCompare(created(b)) || a._id.localeCompare(b._id));
   for (const doc of docs) {
     const li = document.createElement("li");
     li.dataset.id = doc._id;
@@ -33,16 +36,17 @@ function render() {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.checked = !!doc.done;
-    box.setAttribute("aria-label", `done: ${doc.title}`);
+    const text = typeof doc.title === "string" ? doc.title : JSON.stringify(doc.title ?? "");
+    box.setAttribute("aria-label", `done: ${text}`);
     box.addEventListener("change", () => save({ ...doc, done: box.checked }));
     const title = document.createElement("span");
     title.className = "title";
-    title.textContent = doc.title;
+    title.textContent = text;
     const remove = document.createElement("button");
     remove.className = "delete";
     remove.type = "button";
     remove.textContent = "✕";
-    remove.setAttribute("aria-label", `delete ${doc.title}`);
+    remove.setAttribute("aria-label", `delete ${text}`);
     remove.addEventListener("click", () => wb.delete(DB, doc._id, doc._rev).catch(showError));
     li.append(box, title, remove);
     list.append(li);
@@ -73,7 +77,11 @@ async function start(name) {
   $("login").hidden = true;
   $("app").hidden = false;
   $("user").textContent = name;
-  if (subscription) return; // a subscription that waited for a new login resumes by itself
+  // A subscription that waited for a new login resumes by itself, for the same user; for
+  // another one, the list starts again from what that user may read.
+  if (subscription && name === signedIn) return;
+  if (subscription) stop();
+  signedIn = name;
   // since: 0 — the catch-up brings the current list, then changes stream in live.
   subscription = wb.subscribe(DB, { since: 0, include_docs: true, onError: showError }, onChange);
 }
@@ -98,11 +106,16 @@ $("add").addEventListener("submit", async (event) => {
   await save({ _id: id, title, done: false, created: new Date().toISOString() });
 });
 
-$("logout").addEventListener("click", async () => {
+function stop() {
   if (subscription) subscription.unsubscribe();
   subscription = null;
+  signedIn = null;
   items.clear();
   render();
+}
+
+$("logout").addEventListener("click", async () => {
+  stop();
   await wb.logout().catch(() => {});
   $("app").hidden = true;
   $("login").hidden = false;

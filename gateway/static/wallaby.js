@@ -27,6 +27,8 @@ const MESSAGE_TOO_BIG = 1009;
  * a session that just ended can look valid that long; a second refusal ends it.
  */
 const AUTH_RETRY_MS = 6000;
+/** Close code reported when a socket is given up for not answering a ping (as for a drop). */
+const NO_ANSWER = 1006;
 /** Query parameters the gateway reads as JSON even when they are strings. */
 const JSON_PARAMS = new Set(["key", "keys", "startkey", "endkey", "start_key", "end_key", "atts_since"]);
 
@@ -85,6 +87,9 @@ class Lane {
     this.attempt = 0;
     this.timer = null;
     this.ended = false;
+    this.sentBytes = new Map(); // sub -> size of its subscribe message on this socket
+    this.pinger = null;
+    this.pingDue = false; // a ping went out and nothing has come since
   }
 
   has(key) {
@@ -112,15 +117,57 @@ class Lane {
 
   send(sub) {
     const since = sub.lastSeq !== null ? sub.lastSeq : sub.since;
-    this.lastSent = sub;
-    this.ws.send(JSON.stringify({ type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params }));
+    const text = JSON.stringify({ type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params });
+    this.sentBytes.set(sub, new TextEncoder().encode(text).length);
+    this.ws.send(text);
+  }
+
+  /**
+   * The subscription whose message closed the socket with 1009: of those sent on it and
+   * not yet answered, the largest (the gateway's limit is not known here, but the one
+   * over it is larger than any under it).
+   */
+  tooBig() {
+    let largest = null;
+    for (const [sub, size] of this.sentBytes) {
+      if (sub.feed !== null || !this.subs.has(sub.id)) continue;
+      if (largest === null || size > this.sentBytes.get(largest)) largest = sub;
+    }
+    return largest;
+  }
+
+  /**
+   * Ping the gateway every `pingMs` while open; a socket that answers nothing until the
+   * next ping is given up (a proxy or NAT that drops a connection silently never closes it).
+   */
+  startPinging(ws, token) {
+    const every = this.wb.pingMs;
+    this.pingDue = false;
+    if (!every) return;
+    this.pinger = setInterval(() => {
+      if (this.ws !== ws) return;
+      if (this.pingDue) {
+        this.ws = null; // its onclose, if it ever comes, is ignored
+        ws.close();
+        this.lost({ code: NO_ANSWER, reason: "no answer to ping" }, true, token);
+        return;
+      }
+      this.pingDue = true;
+      ws.send(JSON.stringify({ type: "ping" }));
+    }, every);
+  }
+
+  stopPinging() {
+    clearInterval(this.pinger);
+    this.pinger = null;
   }
 
   connect() {
     const wb = this.wb;
     if (this.ws || this.timer || this.ended || wb._waitingForLogin) return;
     const token = wb.token;
-    const url = token ? `${wb.wsUrl}?token=${enc(token)}` : wb.wsUrl;
+    const url = token ? `${wb.wsUrl}${wb.wsUrl.includes("?") ? "&" : "?"}token=${enc(token)}`
+      : wb.wsUrl;
     wb._status("connecting");
     let ws;
     try {
@@ -130,47 +177,58 @@ class Lane {
       return;
     }
     this.ws = ws;
+    this.sentBytes = new Map();
     let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
       opened = true; // the backoff resets only once a subscription is accepted
       wb._status("open");
       wb._startKeepAlive();
+      this.startPinging(ws, token);
       for (const sub of this.subs.values()) if (!sub.checking) this.send(sub);
     };
     ws.onmessage = (event) => {
-      if (this.ws === ws) this.onMessage(event.data);
+      if (this.ws !== ws) return;
+      this.pingDue = false;
+      this.onMessage(event.data);
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return; // an old socket, already replaced or closed on purpose
       this.ws = null;
-      // Feed ids are per gateway process (and per replica): on the next connection an old
-      // id may name another database's feed. A subscription follows no feed until that
-      // connection's `subscribed` names it.
-      const unanswered = this.lastSent && this.lastSent.feed === null ? this.lastSent : null;
-      for (const sub of this.subs.values()) sub.feed = null;
-      wb._status("closed", { code: event.code, reason: event.reason });
-      if (event.code === MESSAGE_TOO_BIG && unanswered && this.subs.has(unanswered.id)) {
-        // Its subscribe message is over the gateway's limit: sending it again would close
-        // the socket again. It ends; the others reconnect.
-        wb._end(unanswered, new WallabyError(MESSAGE_TOO_BIG, { error: "message_too_big",
-          reason: "the subscribe message is larger than the gateway accepts (doc_ids, selector)" }));
-      }
-      if (this.ended || !this.subs.size) return;
-      // 4001: the session behind the socket expired; a token cannot renew itself, so if
-      // it is still the one in use, that session is over.
-      if (event.code === SESSION_INVALID && token && token === wb.token) {
-        wb._unauthenticated();
-      } else if (event.code === SESSION_INVALID || !opened) {
-        // A cookie may have been renewed meanwhile; a refused handshake looks like 1006
-        // without an open. Ask whether we are still logged in.
-        wb._checkSession().then((state) => {
-          if (state !== "invalid") this.scheduleReconnect();
-        });
-      } else {
-        this.scheduleReconnect();
-      }
+      this.lost(event, opened, token);
     };
+  }
+
+  /** The socket is gone (closed, or given up): end what cannot go on, reconnect the rest. */
+  lost(event, opened, token) {
+    const wb = this.wb;
+    this.stopPinging();
+    // Feed ids are per gateway process (and per replica): on the next connection an old
+    // id may name another database's feed. A subscription follows no feed until that
+    // connection's `subscribed` names it.
+    const unanswered = event.code === MESSAGE_TOO_BIG ? this.tooBig() : null;
+    for (const sub of this.subs.values()) sub.feed = null;
+    wb._status("closed", { code: event.code, reason: event.reason });
+    if (unanswered) {
+      // Its subscribe message is over the gateway's limit: sending it again would close
+      // the socket again. It ends; the others reconnect.
+      wb._end(unanswered, new WallabyError(MESSAGE_TOO_BIG, { error: "message_too_big",
+        reason: "the subscribe message is larger than the gateway accepts (doc_ids, selector)" }));
+    }
+    if (this.ended || !this.subs.size) return;
+    // 4001: the session behind the socket expired; a token cannot renew itself, so if
+    // it is still the one in use, that session is over.
+    if (event.code === SESSION_INVALID && token && token === wb.token) {
+      wb._unauthenticated();
+    } else if (event.code === SESSION_INVALID || !opened) {
+      // A cookie may have been renewed meanwhile; a refused handshake looks like 1006
+      // without an open. Ask whether we are still logged in.
+      wb._checkSession().then((state) => {
+        if (state !== "invalid") this.scheduleReconnect();
+      });
+    } else {
+      this.scheduleReconnect();
+    }
   }
 
   scheduleReconnect() {
@@ -190,6 +248,7 @@ class Lane {
     this.ended = this.ended || end;
     clearTimeout(this.timer);
     this.timer = null;
+    this.stopPinging();
     if (!this.ws) return;
     const ws = this.ws;
     this.ws = null; // its onclose is ignored from now on
@@ -268,6 +327,8 @@ export class Wallaby {
    * @param {number} [options.minBackoff] First reconnect delay in ms (default 250).
    * @param {number} [options.maxBackoff] Largest reconnect delay in ms (default 10000).
    * @param {number} [options.keepAliveMs] Session touch interval while subscribed (default 60000, 0 = off).
+   * @param {number} [options.pingMs] Ping interval of each socket (default 30000, 0 = off): a
+   *   socket that answers nothing until the next ping is given up and reconnected.
    * @param {(state: string, detail?: any) => void} [options.onStatus] Connection state:
    *   "connecting", "open", "closed", "unauthenticated" (the session ended: call login()
    *   to resume), "interrupted" / "live" (upstream feed).
@@ -290,6 +351,18 @@ export class Wallaby {
     // lets the gateway hand back CouchDB's refreshed cookie, so reconnects keep working.
     this.keepAliveMs = options.keepAliveMs ?? 60000;
     this._keepAlive = null;
+    this.pingMs = options.pingMs ?? 30000;
+    // Back online: sockets waiting out a backoff reconnect now (listened to while any
+    // socket is wanted, see _place and close).
+    this._online = () => {
+      for (const lane of this._lanes) {
+        if (!lane.timer) continue;
+        clearTimeout(lane.timer);
+        lane.timer = null;
+        lane.resume();
+      }
+    };
+    this._listening = false;
   }
 
   // -- REST --------------------------------------------------------------------
@@ -320,7 +393,7 @@ export class Wallaby {
       });
       text = await answer.text();
     } catch (error) {
-      throw new WallabyError(answer ? answer.status : 0, { error: "network_error", reason: error.message });
+      throw new WallabyError(0, { error: "network_error", reason: error.message });
     }
     let data = null;
     try {
@@ -449,6 +522,8 @@ export class Wallaby {
   close() {
     this._waitingForLogin = false;
     this._stopKeepAlive();
+    if (this._listening) window.removeEventListener("online", this._online);
+    this._listening = false;
     this._subs.clear();
     const lanes = this._lanes;
     this._lanes = [];
@@ -462,6 +537,10 @@ export class Wallaby {
     if (!lane) {
       lane = new Lane(this);
       this._lanes.push(lane);
+    }
+    if (!this._listening && typeof window !== "undefined") {
+      window.addEventListener("online", this._online);
+      this._listening = true;
     }
     lane.add(sub);
   }

@@ -5,6 +5,8 @@
 //   errors          network failures and non-JSON answers reject with WallabyError
 //   request         the request() examples of docs/browser-client.md (find, view, bulk_docs)
 // Prints "OK" or "FAIL <why>".
+import http from "node:http";
+
 import { launchBrowser, runCheck } from "./harness.mjs";
 
 const [base, db, user, password, which] = process.argv.slice(2);
@@ -97,16 +99,30 @@ const cases = {
       status: 502, contentType: "text/html", body: "<html><body>Bad Gateway</body></html>" }));
     await page.route("**/api/v1/db/*/docs/fine-but-html", (route) => route.fulfill({
       status: 200, contentType: "text/html", body: "<html></html>" }));
-    const got = await page.evaluate(async (db) => {
+    // A connection cut in the middle of an answer's body: a network failure too (status
+    // 0), though its headers said 200.
+    const cut = http.createServer((request, response) => {
+      response.writeHead(200, { "Content-Type": "application/json", "Content-Length": "100",
+        "Access-Control-Allow-Origin": base, "Access-Control-Allow-Credentials": "true" });
+      response.write('{"_id": "x", ');
+      setTimeout(() => response.destroy(), 50);
+    });
+    await new Promise((resolve) => cut.listen(0, "127.0.0.1", resolve));
+    const cutOrigin = `http://127.0.0.1:${cut.address().port}`;
+    const got = await page.evaluate(async ([db, cutOrigin]) => {
       const nowhere = new W.Wallaby({ baseUrl: "http://127.0.0.1:9" }); // nothing listens on 9
       return {
+        cutMidway: await failure(() => new W.Wallaby({ baseUrl: cutOrigin }).get(db, "x")),
         network: await failure(() => nowhere.get(db, "x")),
         networkSession: await failure(() => nowhere.session()),
         proxy: await failure(() => wb.get(db, "proxied")),
         html: await failure(() => wb.get(db, "fine-but-html")),
         missing: await failure(() => wb.get(db, "missing")),
       };
-    }, db);
+    }, [db, cutOrigin]);
+    cut.close();
+    expect(got.cutMidway && got.cutMidway.isWallaby && got.cutMidway.status === 0
+      && got.cutMidway.error === "network_error", "a body cut midway", got.cutMidway);
     expect(got.network && got.network.isWallaby && got.network.status === 0
       && got.network.error === "network_error", "network failure", got.network);
     expect(got.networkSession && got.networkSession.error === "network_error", "session()", got);

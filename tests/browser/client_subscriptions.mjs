@@ -13,7 +13,16 @@
 //                onError (1009) instead of reconnecting forever; the others go on
 //   login_switch after login() as another user (argv: <other user> <other password>),
 //                no socket keeps the first user's credentials
+//   too_big_first the same with the oversized subscription made first, both before the
+//                socket opens (a page subscribing at start-up): only it ends
+//   dead_path    the path to the gateway goes silent (a hung proxy or NAT: nothing passes,
+//                nothing closes): the client's pings go unanswered, it reconnects, and
+//                the change made meanwhile arrives
+//   online       a socket waiting out a long backoff reconnects at once when the browser
+//                says it is back online
 // Prints "OK" or "FAIL <why>".
+import net from "node:net";
+
 import { launchBrowser, runCheck } from "./harness.mjs";
 
 const [base, db, user, password, which, ...extra] = process.argv.slice(2);
@@ -43,16 +52,51 @@ async function slowCloses(page) {
   });
 }
 
-async function clientPage() {
+/**
+ * A loopback TCP proxy to the gateway. `silence()` makes its connections so far pass
+ * nothing and close nothing (a dead path); `drop()` closes them; new ones work.
+ */
+function proxyToGateway() {
+  const pairs = new Set();
+  const server = net.createServer((down) => {
+    const up = net.connect(Number(new URL(base).port), "127.0.0.1");
+    const pair = { down, up, silent: false };
+    pairs.add(pair);
+    down.on("data", (data) => { if (!pair.silent) up.write(data); });
+    up.on("data", (data) => { if (!pair.silent) down.write(data); });
+    const closeBoth = () => { if (!pair.silent) { down.destroy(); up.destroy(); } pairs.delete(pair); };
+    down.on("close", closeBoth);
+    up.on("close", closeBoth);
+    down.on("error", () => {});
+    up.on("error", () => {});
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({
+    origin: `http://127.0.0.1:${server.address().port}`,
+    silence() { for (const pair of pairs) pair.silent = true; },
+    drop() { for (const pair of [...pairs]) { pair.down.destroy(); pair.up.destroy(); } },
+    close() { this.drop(); server.close(); },
+  })));
+}
+
+/** PUT a document straight to the gateway (not through the page or the proxy). */
+async function writeDirect(id) {
+  const answer = await fetch(`${base}/api/v1/db/${encodeURIComponent(db)}/docs/${encodeURIComponent(id)}`, {
+    method: "PUT", body: "{}", headers: {
+      "Content-Type": "application/json",
+      Authorization: `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}` } });
+  expect(answer.status === 201, "written", answer.status);
+}
+
+async function clientPage(origin = base, options = {}) {
   const page = await context.newPage();
   if (which === "resubscribe") await slowCloses(page);
   page.on("console", (message) => console.error("[browser]", message.type(), message.text()));
   page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
-  await page.goto(`${base}/health`); // any page of the gateway's origin
-  await page.evaluate(async ([user, password]) => {
+  await page.goto(`${origin}/health`); // any page of the gateway's origin
+  await page.evaluate(async ([user, password, options]) => {
     window.W = await import("/static/wallaby.js");
     window.statuses = [];
-    window.wb = new window.W.Wallaby({ onStatus: (state) => {
+    window.wb = new window.W.Wallaby({ ...options, onStatus: (state) => {
       window.statuses.push(state);
       if (window.throwOnStatus) throw new Error(`onStatus bug (${state})`);
     } });
@@ -69,7 +113,7 @@ async function clientPage() {
           isWallaby: error instanceof window.W.WallabyError, status: error.status, error: error.error }),
       }, (change) => window.got[name].push(change.id));
     };
-  }, [user, password]);
+  }, [user, password, options]);
   return page;
 }
 
@@ -206,6 +250,64 @@ const cases = {
     expect(seen.got.fine.includes("after"), "the other subscription goes on", seen.got);
   },
 
+  async too_big_first(page) {
+    await page.evaluate((db) => {
+      const ids = Array.from({ length: 700 }, (_, i) => `${i}-`.padEnd(100, "x"));
+      follow("huge", db, { filter: "_doc_ids", doc_ids: ids }); // ~70 KiB: over 64 KiB
+      follow("fine", db, {}); // sent after it on the same socket: unanswered at the close
+    }, db);
+    await page.waitForFunction(() => errors.huge.length > 0, null, { timeout: 10000 })
+      .catch(() => {});
+    await page.waitForFunction(() => subs.fine.lastSeq !== null, null, { timeout: 10000 })
+      .catch(() => {});
+    await writeDirect("after");
+    await page.waitForFunction(() => got.fine.includes("after"), null, { timeout: 10000 })
+      .catch(() => {});
+    const seen = await page.evaluate(() => ({ got, errors, statuses }));
+    expect(seen.errors.fine.length === 0, "the small subscription does not end", seen.errors);
+    expect(seen.errors.huge.length === 1 && seen.errors.huge[0].status === 1009,
+      "the oversized one ends, 1009", seen.errors);
+    expect(seen.got.fine.includes("after"), "the small subscription goes on", seen.got);
+  },
+
+  async dead_path() {
+    const proxy = await proxyToGateway();
+    try {
+      const page = await clientPage(proxy.origin, { pingMs: 1000 });
+      await page.evaluate((db) => follow("a", db, { since: 0 }), db);
+      await writeDirect("before");
+      await page.waitForFunction(() => got.a.includes("before"), null, { timeout: 10000 });
+      proxy.silence();
+      await writeDirect("after");
+      const arrived = await page.waitForFunction(() => got.a.includes("after"), null,
+        { timeout: 15000 }).then(() => true, () => false);
+      const seen = await page.evaluate(() => ({ got, errors, statuses }));
+      expect(arrived, "the change made while the path was dead arrives", seen);
+      expect(seen.got.a.filter((id) => id === "before").length === 1, "nothing twice", seen.got);
+      expect(seen.errors.a.length === 0, "the subscription goes on", seen.errors);
+    } finally {
+      proxy.close();
+    }
+  },
+
+  async online() {
+    const proxy = await proxyToGateway();
+    try {
+      const page = await clientPage(proxy.origin, { minBackoff: 60000, maxBackoff: 60000 });
+      await page.evaluate((db) => follow("a", db, { since: 0 }), db);
+      await page.waitForFunction(() => subs.a.lastSeq !== null, null, { timeout: 10000 });
+      proxy.drop(); // the socket closes: the next try is 30 to 60 s away
+      await page.waitForFunction(() => statuses.includes("closed"), null, { timeout: 10000 });
+      await writeDirect("meanwhile");
+      await page.evaluate(() => window.dispatchEvent(new Event("online")));
+      const arrived = await page.waitForFunction(() => got.a.includes("meanwhile"), null,
+        { timeout: 10000 }).then(() => true, () => false);
+      expect(arrived, "reconnected once back online", await page.evaluate(() => statuses));
+    } finally {
+      proxy.close();
+    }
+  },
+
   async login_switch(page) {
     await page.evaluate(async (db) => {
       const first = await wb.request("GET", "/session");
@@ -251,7 +353,10 @@ const cases = {
   },
 };
 
+/** Cases that make their own page (through a proxy, with other options). */
+const ownPage = new Set(["dead_path", "online"]);
+
 await runCheck(browser, async () => {
   if (!cases[which]) throw new Error(`unknown case ${which}`);
-  await cases[which](await clientPage());
+  await cases[which](ownPage.has(which) ? undefined : await clientPage());
 });

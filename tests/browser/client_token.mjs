@@ -5,6 +5,7 @@
 //   relogin     the socket is closed with 4001 (session gone) while subscribed
 //   refused_sub a new subscription is refused with 401 on a socket opened earlier
 //   refused     the handshake is refused (a token that is no good): unauthenticated
+//   ws_url_query a wsUrl that has a query string of its own gets the token added to it
 // stdio (relogin, refused_sub): prints "SUBSCRIBED", waits for "GONE" (the user was
 // removed), prints "LOGGED_OUT" once `unauthenticated` was reported, waits for "RELOGIN
 // <doc id>", then prints "OK" or "FAIL <why>".
@@ -79,6 +80,24 @@ async function relogin(page, { subscribeAfterGone }) {
 const cases = {
   relogin: (page) => relogin(page, { subscribeAfterGone: false }),
   refused_sub: (page) => relogin(page, { subscribeAfterGone: true }),
+
+  async ws_url_query(page) {
+    const got = await page.evaluate(async (db) => {
+      const wsUrl = `${location.origin.replace(/^http/, "ws")}/api/v1/changes?app=demo`;
+      const client = new W.Wallaby({ token: wb.token, wsUrl });
+      const seen = [];
+      const errors = [];
+      client.subscribe(db, { since: 0, onError: (error) => errors.push(error.error) },
+        (change) => seen.push(change.id));
+      await client.put(db, { _id: "with-query" });
+      for (let i = 0; i < 100 && !seen.includes("with-query"); i += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      client.close();
+      return { seen, errors };
+    }, db);
+    expect(got.seen.includes("with-query") && !got.errors.length, "subscribed with the token", got);
+  },
 
   async refused(page) {
     await page.evaluate((db) => {

@@ -284,14 +284,18 @@ def test_client_rest(couch_backend: CouchBackend, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["identical", "error_closes", "resubscribe", "too_many",
-                                  "status_throws", "too_big"])
+                                  "status_throws", "too_big", "too_big_first", "dead_path",
+                                  "online"])
 def test_client_subscriptions(couch_backend: CouchBackend, case: str) -> None:
     """identical: two subscriptions with equal options on one client both work;
     error_closes: the last subscription ending with an error closes the socket;
     resubscribe: unsubscribe + subscribe at once (a remount) loses no change;
     too_many: one subscription more than a socket takes goes on another socket;
     status_throws: a throwing onStatus stops nothing; too_big: a subscribe message over
-    the gateway's limit ends that subscription (1009) instead of a reconnect loop."""
+    the gateway's limit ends that subscription (1009) instead of a reconnect loop;
+    too_big_first: also when it was sent before another one (which went on unanswered
+    and was ended in its place); dead_path: a silent dead path is noticed by unanswered
+    pings and nothing is lost; online: the browser's online event ends a backoff."""
     _run_case(couch_backend, "client_subscriptions.mjs", case)
 
 
@@ -325,6 +329,12 @@ def test_client_token_refused_handshake_reports_unauthenticated(couch_backend: C
     _run_case(couch_backend, "client_token.mjs", "refused")
 
 
+def test_client_token_joins_a_ws_url_with_a_query(couch_backend: CouchBackend) -> None:
+    """The token is added to a ``wsUrl`` that has a query string of its own (it made a
+    second ``?``, so the gateway saw no token)."""
+    _run_case(couch_backend, "client_token.mjs", "ws_url_query")
+
+
 @pytest.mark.parametrize(("case", "recheck"), [("relogin", "0.5"), ("refused_sub", "30")])
 def test_client_token_session_end_and_login_again(
     couch_backend: CouchBackend, case: str, recheck: str,
@@ -355,6 +365,17 @@ def test_client_token_session_end_and_login_again(
         assert node.wait(30) == 0
     finally:
         _clean_up(node, gateway, couch_backend, member.db)
+
+
+def test_demo_lists_odd_documents_and_forgets_the_last_user(couch_backend: CouchBackend) -> None:
+    """A document whose ``created`` is a number (another client wrote it) emptied the list
+    for good (a TypeError in the sort); after the session ended, the next user to log in
+    still saw the first user's items."""
+    other = _member_of_new_database(couch_backend)
+    try:
+        _run_case(couch_backend, "demo_odd_documents.mjs", other.name, other.password)
+    finally:
+        _call(couch_backend, "DELETE", f"/{other.db}")
 
 
 def test_demo_other_tab_logged_out_asks_to_log_in(couch_backend: CouchBackend) -> None:
