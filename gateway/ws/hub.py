@@ -379,7 +379,8 @@ class FeedHub(Service):
         key = (db, params)
         feed = self._feeds.get(key)
         if feed is None:
-            if self.max_feeds is not None and self._busy_feeds() >= self.max_feeds:
+            if self.max_feeds is not None and len(self._feeds) >= self.max_feeds \
+                    and not self._evict_lingering():
                 raise TooManyFeeds(
                     f"the gateway follows {self.max_feeds} upstream feeds already; share one "
                     "(the same database and options) or try later"
@@ -396,9 +397,21 @@ class FeedHub(Service):
         feed.subscribers[sink] = None
         return feed
 
-    def _busy_feeds(self) -> int:
-        """Feeds with subscribers (lingering ones close by themselves soon)."""
-        return sum(1 for feed in self._feeds.values() if feed.linger_timer is None)
+    def _evict_lingering(self) -> bool:
+        """Close the feed that has lingered longest, to make room; whether there was one.
+
+        A lingering feed still holds its upstream connection and recent changes, so it
+        counts toward :attr:`max_feeds` (a client dropping its sockets over and over must
+        not hold more); it gives way to a feed with subscribers.
+        """
+        for feed in self._feeds.values():
+            timer = feed.linger_timer
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                self._linger_over(feed)
+                return True
+        return False
 
     async def ready(self, feed: SharedFeed) -> None:
         """Wait until the feed follows the database from a fixed seq.

@@ -650,18 +650,6 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 self._reply(exception_message(exc, sub.id), sub)
                 await self._drop(sub)
 
-    def _forget_feed_key(self, sub: Subscription) -> None:
-        owner = self._owner()
-        feeds = self.factory.user_feeds.get(owner)
-        if feeds is None:
-            return
-        key = (sub.request.db, sub.request.params)
-        feeds[key] -= 1
-        if feeds[key] <= 0:
-            del feeds[key]
-        if not feeds:
-            del self.factory.user_feeds[owner]
-
     def _owner(self) -> str:
         """Whose subscriptions these are, for the per-user limit."""
         name = getattr(self.identity, "name", None)
@@ -776,7 +764,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
-            self._forget_feed_key(sub)
+            # A lost connection's feed lingers upstream: it counts for its user until then.
+            self.factory.forget_user_feed(self._owner(), (sub.request.db, sub.request.params),
+                                          after=self.factory.hub.linger if linger else 0.0)
         db = sub.request.db
         if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
             self._unwatch(db)
@@ -1056,6 +1046,27 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             openHandshakeTimeout=30,
             versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
         )
+
+    def forget_user_feed(self, owner: str, key: Hashable, *, after: float = 0.0) -> None:
+        """One subscription of ``owner`` on the feed ``key`` ended.
+
+        Args:
+            owner: Whose it was (see ``user_feeds``).
+            key: Its database and options.
+            after: Seconds it still counts toward ``WALLABY_WS_MAX_USER_FEEDS`` (the
+                time its feed lingers upstream after a lost connection).
+        """
+        if after > 0:
+            self.clock.callLater(after, self.forget_user_feed, owner, key)
+            return
+        feeds = self.user_feeds.get(owner)
+        if feeds is None:
+            return
+        feeds[key] -= 1
+        if feeds[key] <= 0:
+            del feeds[key]
+        if not feeds:
+            del self.user_feeds[owner]
 
     def track(self, deferred: Deferred[Any]) -> None:
         """Keep a background task until it ends (awaited at shutdown)."""

@@ -259,6 +259,47 @@ async def test_one_user_cannot_spread_feeds_over_connections(
                                    doc_ids=["e"]))["type"] == "subscribed"
 
 
+async def _subscribe_and_drop(client: Any, subs: list[str], db: Database) -> list[dict[str, Any]]:
+    answers = [await client.subscribe(sub, db.name, filter="_doc_ids", doc_ids=[sub])
+               for sub in subs]
+    client.protocol.dropConnection(abort=True)  # a TCP reset: no close handshake
+    await client.protocol.closed
+    return answers
+
+
+def _upstream_feeds(server: WsServer) -> int:
+    return sum(1 for feed in server.service.hub.feeds.values() if feed.service is not None)
+
+
+async def test_dropped_connections_cannot_pile_up_lingering_feeds(
+    make_server: Any, make_user: Any, db: Database,
+) -> None:
+    """A lost connection's feeds stay open upstream for the linger, to serve its resume.
+    They counted toward neither cap, so one user dropping sockets in a loop held any
+    number of upstream feeds (384 against a cap of 64 in ten seconds)."""
+    server: WsServer = await make_server(ws_settings(ws_max_user_feeds=2, ws_max_feeds=4))
+    token = await server.login(await make_user())
+    first = await _subscribe_and_drop(await server.connect(token), ["a", "b"], db)
+    assert [answer["type"] for answer in first] == ["subscribed", "subscribed"]
+    # Still this user's feeds while they linger: two new ones are two too many ...
+    again = await server.connect(token)
+    refused = await again.subscribe("c", db.name, filter="_doc_ids", doc_ids=["c"])
+    assert refused["error"] == "too_many_feeds" and "per user" in refused["reason"]
+    # ... but the same ones are a resume, served by the lingering feeds.
+    resumed = await again.subscribe("a", db.name, filter="_doc_ids", doc_ids=["a"])
+    assert resumed["type"] == "subscribed"
+    assert _upstream_feeds(server) == 2
+
+    # Many users, each dropping: the global cap holds, lingering feeds give way.
+    for round_ in range(4):
+        client = await server.connect(await server.login(await make_user()))
+        answers = await _subscribe_and_drop(client, [f"u{round_}x", f"u{round_}y"], db)
+        assert [answer["type"] for answer in answers] == ["subscribed", "subscribed"], answers
+        assert _upstream_feeds(server) <= 4
+    await sleep(server.reactor, 0.3)
+    assert _upstream_feeds(server) <= 4
+
+
 async def test_upstream_feeds_are_capped_but_shared_ones_still_join(
     make_server: Any, make_user: Any, db: Database
 ) -> None:
