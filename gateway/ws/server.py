@@ -205,6 +205,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         #: Messages waiting for the socket (see gateway.ws.outbox).
         self.outbox = Outbox()
         self._paused = False
+        self._pong_due: bytes | None = None  # the last ping, answered once writes resume
         self._open = False
         self._ending = False
         self._invalid_streak = 0
@@ -345,14 +346,29 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     # -- flow control (IPushProducer of the socket) --------------------------------
 
+    def onPing(self, payload: bytes) -> None:  # noqa: N802 - Autobahn's name
+        """Answer a ping frame; while the socket is backed up, only the latest, later.
+
+        Autobahn writes a pong for every ping, outside the send queue and its budget: a
+        client sending pings and reading nothing grew the gateway by what it sent. RFC
+        6455 (5.5.3) lets an endpoint answer only the most recent ping.
+        """
+        if self._paused:
+            self._pong_due = payload
+            return
+        super().onPing(payload)
+
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
         """The socket is backed up: queue instead of writing."""
         self._leave_direct_rosters()
         self._paused = True
 
     def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
-        """The socket drained: write queued messages."""
+        """The socket drained: answer the last ping held, write queued messages."""
         self._paused = False
+        pong, self._pong_due = self._pong_due, None
+        if pong is not None and self.state == self.STATE_OPEN:
+            self.sendPong(pong)  # type: ignore[no-untyped-call,unused-ignore]
         self._drain()
 
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name

@@ -144,6 +144,34 @@ async def test_changes_queued_for_a_revoked_subscriber_are_not_sent(
     assert conn.outbox.bytes == 0
 
 
+async def test_ping_frames_from_a_client_that_reads_nothing_hold_one_pong(
+    make_server: Any, make_user: Any, reactor: Any
+) -> None:
+    """Autobahn wrote a pong for every ping frame, outside the send queue's budget: a
+    client pinging and reading nothing grew the gateway by what it uploaded (200 MiB in a
+    live run). While the socket is backed up only the latest ping is answered, later."""
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=256 * 1024),
+                                         socket_send_buffer=16 * 1024)
+    client = await server.connect(await server.login(await make_user()), protocol=StopsReading)
+    (conn,) = list(server.service.factory.connections)
+    for round_ in range(200):  # 100,000 pings: 12.5 MB of pongs if each were answered
+        for _ in range(500):
+            client.protocol.sendPing(b"p" * 124 + bytes([round_ % 256]))
+        await sleep(reactor, 0.01)
+    await sleep(reactor, 0.5)
+    transport: Any = conn.transport
+    held = len(transport.dataBuffer) + sum(len(chunk) for chunk in transport._tempDataBuffer)
+    assert conn._paused and held < 256 * 1024, held
+    assert conn._pong_due == b"p" * 124 + bytes([199])  # the latest, owed
+    assert conn.state == conn.STATE_OPEN  # not a slow consumer: it owes nothing else
+    client.protocol.transport.resumeProducing()  # the client reads again: the pong goes
+    for _ in range(500):
+        if conn._pong_due is None:
+            break
+        await sleep(reactor, 0.01)
+    assert conn._pong_due is None
+
+
 async def test_a_service_identity_couchdb_refuses_is_named_as_the_culprit(
     reactor: Any, pool: Any, admin: CouchServer, db: Database, make_user: Any
 ) -> None:
