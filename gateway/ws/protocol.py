@@ -61,6 +61,8 @@ CLOSE_SESSION_INVALID = 4001
 CLOSE_SLOW_CONSUMER = 4008
 
 CLIENT_TYPES = ("subscribe", "unsubscribe", "ping")
+#: Arrays and objects a client message may nest (a Mango selector needs a few).
+MAX_NESTING = 64
 SERVER_TYPES = (
     "subscribed", "unsubscribed", "change", "feed_state", "error", "pong", "closing",
 )
@@ -239,6 +241,11 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
         raise ProtocolError("bad_message", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
+    if _nesting(data) > MAX_NESTING:
+        # Parsed, but every later step (the schema, CouchDB's request body, a pong) would
+        # recurse as deep, and a shared feed would fail with it long after `subscribed`.
+        raise ProtocolError("bad_message", f"nested more than {MAX_NESTING} levels deep",
+                            data.get("id") if isinstance(data.get("id"), str) else None)
     kind = data.get("type")
     sub_id = data.get("id") if isinstance(data.get("id"), str) else None
     if kind not in CLIENT_TYPES:
@@ -264,6 +271,21 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
     if kind == "unsubscribe":
         return Unsubscribe(data["id"])
     return Ping(data.get("data"))
+
+
+def _nesting(value: Any) -> int:
+    """How many arrays and objects deep ``value`` goes (without recursing)."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

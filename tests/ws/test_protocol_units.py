@@ -42,6 +42,26 @@ def test_subscribe_is_parsed_and_normalised() -> None:
     assert parse_client_message(b'{"type":"subscribe","id":"x","db":"d","since":0}').catch_up
 
 
+def _nested_selector(depth: int) -> bytes:
+    return (b'{"type":"subscribe","id":"deep","db":"d","filter":"_selector","selector":'
+            + b'{"$and":[' * depth + b'{"a":1}' + b"]}" * depth + b"}")
+
+
+def test_messages_nested_too_deep_are_refused_before_anything_recurses() -> None:
+    """A 460-level selector was accepted (``subscribed``), then the shared feed failed
+    with a RecursionError reported as a lost CouchDB connection, retried for ever."""
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message(_nested_selector(460))
+    assert info.value.error == "bad_message" and info.value.sub_id == "deep"
+    assert "nested more than 64 levels" in info.value.reason
+    with pytest.raises(ProtocolError):  # a ping's data is echoed back in its pong
+        parse_client_message(b'{"type":"ping","data":' + b"[" * 100 + b"]" * 100 + b"}")
+    # 31 $and levels (each an object and an array) and the message itself: 64 in all
+    assert parse_client_message(_nested_selector(31)).params.selector is not None
+    with pytest.raises(ProtocolError):
+        parse_client_message(_nested_selector(32))
+
+
 @pytest.mark.parametrize("raw, code", [
     (b"\xff", "bad_message"),
     (b"null", "bad_message"),
