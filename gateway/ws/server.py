@@ -436,6 +436,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         request, self.upgrade_request = self.upgrade_request, None
         self.handshake_request = None
         if request is not None:
+            # Its access-log line names the user, as a REST line does.
+            request.user_name = getattr(self.identity, "name", None)
             request.setResponseCode(self.handshake_status)
             request.connectionLost(reason)
 

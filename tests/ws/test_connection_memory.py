@@ -179,5 +179,7 @@ async def test_connections_through_the_gateway_leave_nothing_for_the_collector(
         assert upgrades == [(101, False)] * 3 + [(401, False)], lines
         assert all(line["route"] == "mounted" and line["path"] == "/api/v1/changes"
                    and line["duration_ms"] >= 0 for line in lines)
+        # Each line names its user, as a REST line does (they said None).
+        assert sorted(str(line["user"]) for line in lines) == sorted([user.name] * 3 + ["None"])
         assert all(token not in json.dumps(line) for line in lines)
 
