@@ -42,7 +42,10 @@ from gateway.couch.urls import changes_query
 from gateway.ws.hub import PreparedChange
 from gateway.ws.protocol import FeedParams, Seq
 
-__all__ = ["TRAILING_SECONDS", "Join", "Verdict", "fetch_changes", "rev_generation"]
+__all__ = [
+    "PAGE_SIZE", "TRAILING_SECONDS", "Join", "PageSizer", "Verdict", "fetch_changes",
+    "rev_generation",
+]
 
 PAGE_SIZE = 500
 
@@ -96,6 +99,33 @@ async def fetch_changes(
     if more and rows[-1].get("seq") is not None:
         next_since = rows[-1]["seq"]
     return rows, next_since, more
+
+
+class PageSizer:
+    """How many rows a catch-up asks for next, so that a page holds about ``target`` bytes.
+
+    A page is read, parsed and encoded whole before the connection's send-queue budget
+    can act on it: 500 rows of large documents made one slow subscriber cost the gateway
+    hundreds of MiB. The first page with documents is small; each next one is sized by
+    the rows seen so far.
+
+    Args:
+        target: Bytes of encoded changes wanted per page.
+        first: Rows of the first page.
+        most: Rows of any page at most.
+    """
+
+    def __init__(self, target: int, first: int, most: int = PAGE_SIZE) -> None:
+        self.target = target
+        self.most = most
+        #: Rows to ask for next.
+        self.size = max(1, min(first, most))
+
+    def record(self, rows: int, size: int) -> None:
+        """A page brought ``rows`` rows, ``size`` bytes once encoded."""
+        if rows:
+            per_row = max(1, size // rows)
+            self.size = max(1, min(self.most, self.target // per_row))
 
 
 class Verdict(enum.Enum):

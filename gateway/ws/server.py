@@ -56,7 +56,7 @@ from gateway.ws.access import (
     SharedIdentities,
     credential_key,
 )
-from gateway.ws.catchup import Join, Verdict, fetch_changes, row_rev
+from gateway.ws.catchup import PAGE_SIZE, Join, PageSizer, Verdict, fetch_changes, row_rev
 from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.metrics import WsMetrics
@@ -96,6 +96,10 @@ MAX_INVALID_STREAK = 20
 
 #: Seconds a successful subscribe authorization of a (credential, database) is reused.
 AUTHORIZATION_TTL = 5.0
+
+
+#: Rows of a catch-up's first page with documents (their size is not known yet).
+CATCH_UP_FIRST_DOCS = 4
 
 
 @dataclass(frozen=True)
@@ -693,10 +697,14 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         assert transport is not None and join is not None
         since = sub.request.since
         assert since is not None
+        budget = self.factory.settings.ws_queue_bytes
+        pages = PageSizer(target=min(max(budget // 4, 16 * 1024), 1024 * 1024),
+                          first=CATCH_UP_FIRST_DOCS if sub.request.params.include_docs
+                          else PAGE_SIZE)
         more = True
         while more:
             rows, since, more = await fetch_changes(
-                transport, sub.request.db, sub.request.params, since,
+                transport, sub.request.db, sub.request.params, since, page_size=pages.size,
                 heartbeat_ms=self.factory.settings.feed_heartbeat_ms,
             )
             if not sub.active or self._ending:
@@ -709,6 +717,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 payload = encode(change_message(feed.id, row))
                 item = Outgoing(self.factory.prepareMessage(payload), len(payload), sub, row["seq"])
                 page.append((("c", id(sub), row["id"]), item))
+            pages.record(len(page), sum(item.size for _key, item in page))
+            del rows
             self._enqueue_run(sub, page)
             if sub.ended() or self._ending:
                 return

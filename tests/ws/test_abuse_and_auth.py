@@ -172,6 +172,52 @@ async def test_ping_frames_from_a_client_that_reads_nothing_hold_one_pong(
     assert conn._pong_due is None
 
 
+async def test_a_catch_up_of_large_documents_reads_pages_the_budget_can_hold(
+    make_server: Any, make_user: Any, db: Database, reactor: Any
+) -> None:
+    """A catch-up read 500 rows a page, held whole (parsed and encoded) before the
+    connection's budget could act: with large documents one slow subscriber cost the
+    gateway hundreds of MiB (24 MiB here against a 256 KiB budget)."""
+    import tracemalloc
+
+    budget = 256 * 1024
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=budget))
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    for batch in range(4):  # 100 documents of 50 kB
+        await db.bulk_save([{"_id": f"d{batch}-{i}", "blob": "z" * 50_000} for i in range(25)])
+    client = await server.connect(await server.login(user), protocol=StopsReading)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        client.send({"type": "subscribe", "id": "s", "db": db.name, "since": 0,
+                     "include_docs": True})
+        for _ in range(1000):
+            if server.service.metrics.slow_closed or client.protocol.closed.called:
+                break
+            await sleep(reactor, 0.02)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert server.service.metrics.slow_closed == 1  # it reads nothing: closed, 4008
+    assert peak < 8 * budget, f"{peak / 2**20:.1f} MiB for one slow subscriber"
+
+
+async def test_a_catch_up_still_delivers_every_change_in_pages_of_any_size(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=64 * 1024))
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []}})
+    sizes = [10, 30_000, 10, 5_000, 20_000] * 6  # pages shrink and grow as sizes change
+    await db.bulk_save([{"_id": f"d{i:02d}", "blob": "z" * size} for i, size in enumerate(sizes)])
+    client = await server.connect(await server.login(user))
+    assert (await client.subscribe("s", db.name, since=0, include_docs=True))["type"] == \
+        "subscribed"
+    got = [(await client.next("change"))["id"] for _ in sizes]
+    assert got == [f"d{i:02d}" for i in range(len(sizes))]
+
+
 async def test_a_service_identity_couchdb_refuses_is_named_as_the_culprit(
     reactor: Any, pool: Any, admin: CouchServer, db: Database, make_user: Any
 ) -> None:

@@ -253,3 +253,19 @@ async def test_settle_asks_about_older_rows_and_keeps_the_order() -> None:
     assert delivered == ["c@1-c", "b@2-won", "d@1-d", "e@1-e"]
     assert sub.join is None and sub.trailing is join and join.merged
     assert join.verdict("b", "2-won") is Verdict.SENT  # the new winner is what was sent
+
+
+def test_catch_up_pages_are_sized_by_the_rows_seen() -> None:
+    from gateway.ws.catchup import PAGE_SIZE, PageSizer
+
+    pages = PageSizer(target=64 * 1024, first=4)
+    assert pages.size == 4  # documents of unknown size
+    pages.record(4, 4 * 50_000)  # 50 kB a row: one fits
+    assert pages.size == 1
+    pages.record(1, 8_000_000)  # one larger than the target still comes, one at a time
+    assert pages.size == 1
+    pages.record(2, 200)  # small rows again: many per page, at most PAGE_SIZE
+    assert pages.size == PAGE_SIZE
+    pages.record(0, 0)  # an empty page says nothing
+    assert pages.size == PAGE_SIZE
+    assert PageSizer(target=1024, first=10_000).size == PAGE_SIZE
