@@ -195,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
         reactor.stop()
 
     async def shutdown() -> None:
-        # WebSockets first (closing + 1001, upstream feeds closed), then HTTP drains.
+        # /ready fails first (load balancers stop sending), WebSockets close (closing +
+        # 1001, upstream feeds closed), then HTTP stops accepting and drains.
+        app.draining = True
         try:
             await changes.stopService()
         finally:

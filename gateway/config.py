@@ -237,6 +237,11 @@ class Settings:
         except ValueError as exc:
             raise ValueError(f"{self.env_name('cors_origins')}: {exc}") from None
         object.__setattr__(self, "cors_origins", origins)
+        if any(ord(char) < 32 or ord(char) == 127 for char in self.attachment_csp):
+            raise ValueError(
+                f"{self.env_name('attachment_csp')}: a header value cannot hold control "
+                "characters (line breaks included)"
+            )
         if not _TOKEN.fullmatch(self.cookie_name):
             raise ValueError(
                 f"{self.env_name('cookie_name')}: {self.cookie_name!r} is not a cookie name "

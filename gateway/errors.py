@@ -34,7 +34,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── PayloadTooLarge            413
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
         ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
-        ├── ShuttingDown               503 (a WebSocket handshake during shutdown; Retry-After)
+        ├── ShuttingDown               503 (shutting down: /ready, new WebSockets; Retry-After)
         ├── ClientStalled              408 (read none of a streamed answer for too long:
         │                                   its connection is cut, as its headers are out)
         └── RateLimited                429 (carries retry_after)
@@ -347,7 +347,7 @@ class TooManyFeeds(GatewayRequestError):
 
 
 class ShuttingDown(GatewayRequestError):
-    """The gateway is shutting down: it opens no new WebSocket (503).
+    """The gateway is shutting down: not ready, and it opens no new WebSocket (503).
 
     Another instance (or this one, restarted) takes the connection shortly.
     """

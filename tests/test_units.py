@@ -245,6 +245,8 @@ def test_query_numbers_and_json_must_be_finite() -> None:
       for origin in ("https://app.example.com/", "app.example.com", "https://app.example.com/x",
                      "null", "https://user@app.example.com", "https://app.example.com?x",
                      "https://app.example.com:99999")],
+    ({"WALLABY_ATTACHMENT_CSP": "sandbox\r\nSet-Cookie: x=1"},
+     "WALLABY_ATTACHMENT_CSP: a header value cannot hold control characters"),
     # int() takes other scripts' digits and underscores.
     *[({"WALLABY_PORT": port}, f"WALLABY_PORT: {port!r} is not a whole number")
       for port in ("\u0663\u0663", "8_080", "0x50")],

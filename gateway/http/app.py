@@ -59,6 +59,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RouteNotFound,
     ServiceRefused,
+    ShuttingDown,
     Unauthorized,
 )
 from gateway.http import paths
@@ -115,6 +116,15 @@ def _decode_args(request: Any) -> dict[str, list[str]]:
         return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
     except UnicodeDecodeError:
         raise InvalidRequest("the query string is not valid UTF-8") from None
+
+
+def _as_served(document: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The contract as this gateway serves it: its session cookie under its own name."""
+    served: dict[str, Any] = json.loads(json.dumps(document))
+    schemes = served.get("components", {}).get("securitySchemes", {})
+    if "cookieAuth" in schemes:
+        schemes["cookieAuth"]["name"] = settings.cookie_name
+    return served
 
 
 def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
@@ -182,8 +192,11 @@ class GatewayApp:
         )
         self.mounts: dict[bytes, IResource] = dict(extra_resources or {})
         self.static_dir = static_dir
-        self._spec_json = json.dumps(self.contract.document).encode("utf-8")
+        self._spec_json = json.dumps(_as_served(self.contract.document, settings)).encode()
         self._readiness: str | None = None  # the last /ready verdict's problem
+        #: Set when shutdown begins: ``/ready`` fails at once, so load balancers stop
+        #: sending new clients while WebSockets close and requests finish.
+        self.draining = False
 
     # -- assembly --------------------------------------------------------------
 
@@ -470,6 +483,8 @@ class GatewayApp:
         sees why the load balancer took the gateway out.
         """
         self._checked(request, "getReady")
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down")
         try:
             await self._timed(request, self.couch.ready())
         except (Unauthorized, Forbidden) as exc:

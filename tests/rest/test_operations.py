@@ -108,6 +108,16 @@ async def test_openapi_and_docs_page(gateway: RunningGateway) -> None:
     docs = await gateway.client.get("/docs")
     assert docs.status == 200 and b"/openapi.json" in docs.body
     assert b"<script src=" not in docs.body  # self-contained, no CDN
+    cookie = spec.json["components"]["securitySchemes"]["cookieAuth"]
+    assert cookie == {"type": "apiKey", "in": "cookie", "name": gateway.settings.cookie_name}
+
+
+async def test_openapi_names_the_session_cookie_this_gateway_sets(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway(cookie_name="app_session")
+    spec = await gateway.client.get("/openapi.json")
+    assert spec.json["components"]["securitySchemes"]["cookieAuth"]["name"] == "app_session"
 
 
 async def test_unknown_routes_and_methods_get_the_envelope(gateway: RunningGateway) -> None:

@@ -21,7 +21,7 @@ from gateway.embedded import free_port
 from gateway.ws.protocol import CLOSE_GOING_AWAY
 from tests.conftest import CouchBackend
 from tests.support.gatewayproc import GatewayProcess, spawn_gateway
-from tests.ws.conftest import Client, open_client, sleep
+from tests.ws.conftest import Client, StopsReading, open_client, sleep
 
 
 async def start_gateway(reactor: Any, backend: CouchBackend, log: Path,
@@ -144,3 +144,23 @@ async def test_entry_point_serves_changes_metrics_and_closes_1001_on_sigterm(
     assert closing["resume"] == {"s": change["seq"]}
     assert code == 0, gateway.output()
     client.check()
+
+
+async def test_ready_fails_as_soon_as_shutdown_begins(
+    reactor: Any, gateway: GatewayProcess, make_user: Any,
+) -> None:
+    """The WebSockets close first, for up to WALLABY_SHUTDOWN_GRACE when a client does not
+    answer its close frame; meanwhile /ready said 200, so a load balancer kept sending new
+    clients to a gateway on its way out."""
+    cookie = await login(gateway, await make_user())
+    await open_client(reactor, f"ws://127.0.0.1:{gateway.port}/api/v1/changes",
+                      headers={"Cookie": cookie}, protocol=StopsReading)
+    assert (await treq.get(gateway.url + "/ready")).code == 200
+    gateway.process.send_signal(signal.SIGTERM)
+    await sleep(reactor, 0.5)  # the WebSocket phase waits for the silent client
+    answer = await treq.get(gateway.url + "/ready")
+    body = await answer.json()
+    assert answer.code == 503 and body["error"] == "shutting_down", body
+    assert answer.headers.getRawHeaders("retry-after") == ["5"]
+    assert await stop_gateway(gateway) == 0, gateway.output()
+
