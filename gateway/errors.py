@@ -23,7 +23,9 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   │   └── FeedProtocolError      a _changes feed line CouchDB sent is unusable
     │   ├── ServiceRefused             502 (CouchDB refused the gateway's own identity)
     │   └── CouchUnreachable           no answer at all (status 503)
-    │       └── CouchTimeout           no answer in time (status 504)
+    │       ├── CouchTimeout           no answer in time (status 504)
+    │       └── AnswerLost             a write went out, its answer did not (502, no
+    │                                   Retry-After: it may have been applied)
     ├── InsufficientStorage            507 (no room left to hold a request body the
     │                                       gateway must receive before sending it on)
     └── GatewayRequestError            the gateway refuses a client's request itself
@@ -49,6 +51,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AccessDenied",
+    "AnswerLost",
     "AuthenticationRequired",
     "BadRequest",
     "ClientStalled",
@@ -281,6 +284,21 @@ class CouchUnreachable(CouchError):
     def headers(self) -> dict[str, str]:
         """Tell clients when to try again."""
         return {"Retry-After": str(self.retry_after)}
+
+
+class AnswerLost(CouchUnreachable):
+    """A write reached CouchDB (or part of it did) but its answer never came (502).
+
+    Whether it was applied is unknown, so it carries no ``Retry-After``: a client that
+    simply sent it again could store a document twice (``POST`` without an ``_id``).
+    """
+
+    default_status = 502
+    default_error = "upstream_answer_lost"
+
+    def headers(self) -> dict[str, str]:
+        """No invitation to retry."""
+        return {}
 
 
 class CouchTimeout(CouchUnreachable):

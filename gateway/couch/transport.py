@@ -43,6 +43,7 @@ from gateway.couch.pool import connection_pool
 from gateway.couch.spill import SpilledBody, body_complete, read_or_spill
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
+    AnswerLost,
     CouchError,
     CouchTimeout,
     CouchUnreachable,
@@ -77,11 +78,13 @@ _UNREACHABLE_ERRORS = (
 )
 
 
-def _unreachable(exc: Exception) -> Exception:
+def _unreachable(exc: Exception, method: str = "GET") -> Exception:
     """Translate a Twisted transport failure, keeping cancellation a cancellation.
 
     A request body that failed to produce (``RequestGenerationFailed``: a file that
     could not be read, say) is the caller's failure, not CouchDB's: its own exception.
+    A write whose request went out but whose answer did not come may have been applied:
+    :class:`AnswerLost`, which tells no one to simply try again.
     """
     reasons = getattr(exc, "reasons", None) or []
     if any(reason.check(CancelledError) for reason in reasons):
@@ -90,6 +93,11 @@ def _unreachable(exc: Exception) -> Exception:
         local = [r.value for r in reasons if not r.check(*_UNREACHABLE_ERRORS, TaskStopped)]
         if local and isinstance(local[0], Exception):
             return local[0]
+    if method not in ("GET", "HEAD") and isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
+        return AnswerLost(
+            f"CouchDB's answer to the {method} was lost ({type(exc).__name__}): it may have "
+            "been applied; read before writing again"
+        )
     return CouchUnreachable(f"CouchDB is unreachable ({type(exc).__name__})")
 
 
@@ -514,7 +522,7 @@ class CouchTransport:
             try:
                 response = await self._request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:
-                raise _unreachable(exc) from exc
+                raise _unreachable(exc, method) from exc
             auth.observe(_set_cookies(response))
             if spill_over is not None and 200 <= response.code < 300:
                 kept = await _lost_is_unreachable(
@@ -579,7 +587,7 @@ class CouchTransport:
                     method.encode("ascii"), url, raw_headers, _progress(body, idle)
                 )
             except _UNREACHABLE_ERRORS as exc:
-                raise _unreachable(exc) from exc
+                raise _unreachable(exc, method) from exc
             auth.observe(_set_cookies(response))
             return response
 

@@ -387,3 +387,32 @@ async def test_broken_upstream_answers_give_clean_error_envelopes(
                clean_envelopes=len(statuses), healthy_after=True, passed=True)
     finally:
         await listening.stopListening()
+
+
+async def test_a_write_whose_answer_is_lost_is_not_offered_a_retry(
+    start_gateway: Any, reactor: Any,
+) -> None:
+    """CouchDB took the request and dropped the connection before answering: a read is
+    503 with Retry-After, but a write may have been applied, and a POST sent again
+    stores a second document. It is 502 upstream_answer_lost, without Retry-After."""
+    fake = BrokenCouch()
+    listening = reactor.listenTCP(0, server.Site(fake), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
+                                      request_timeout=5.0)
+        client = gateway.client.with_headers(basic_header("u", "pw"))
+        fake.mode = "reset"
+        read = await client.get("/api/v1/db/x/docs/d")
+        assert read.status == 503 and read.json["error"] == "upstream_unavailable"
+        assert read.header("Retry-After") == "5"
+        for method, path, body in (("POST", "/api/v1/db/x/docs", {"v": 1}),
+                                   ("PUT", "/api/v1/db/x/docs/d", {"v": 1}),
+                                   ("POST", "/api/v1/db/x/bulk_docs", {"docs": [{"v": 1}]})):
+            write = await client.request(method, path, json_body=body)
+            assert write.status == 502, (method, path, write.status, write.body[:200])
+            assert write.json["error"] == "upstream_answer_lost"
+            assert "may have been applied" in write.json["reason"]
+            assert write.header("Retry-After") is None
+    finally:
+        await listening.stopListening()
+
