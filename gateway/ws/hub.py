@@ -289,7 +289,20 @@ class SharedFeed:
     closed: bool = False
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
     linger_timer: IDelayedCall | None = field(default=None, repr=False)
+    #: When the feed began to linger (reactor seconds): the oldest gives way first.
+    lingering_since: float = 0.0
+    #: Called once the linger ends, whichever way (taken over, closed, given way).
+    linger_waiters: list[Callable[[], None]] = field(default_factory=list, repr=False)
     pacing: tuple[IDelayedCall, Deferred[None]] | None = field(default=None, repr=False)
+
+    def end_linger(self) -> None:
+        """Stop lingering (if it was): cancel the timer, tell who waited for the end."""
+        timer, self.linger_timer = self.linger_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        waiters, self.linger_waiters = self.linger_waiters, []
+        for waiter in waiters:
+            waiter()
 
     def forget_direct(self, sink: ChangeSink) -> None:
         """Ask ``sink`` for its socket before the next direct write (see :class:`ChangeSink`)."""
@@ -391,9 +404,7 @@ class FeedHub(Service):
             starting = Deferred.fromCoroutine(self._start(feed))
             starting.addErrback(lambda failure: log.error("feed start: %s", failure.value))
         elif feed.linger_timer is not None:
-            if feed.linger_timer.active():
-                feed.linger_timer.cancel()
-            feed.linger_timer = None
+            feed.end_linger()  # taken over: a resume
         feed.subscribers[sink] = None
         return feed
 
@@ -404,14 +415,11 @@ class FeedHub(Service):
         counts toward :attr:`max_feeds` (a client dropping its sockets over and over must
         not hold more); it gives way to a feed with subscribers.
         """
-        for feed in self._feeds.values():
-            timer = feed.linger_timer
-            if timer is not None:
-                if timer.active():
-                    timer.cancel()
-                self._linger_over(feed)
-                return True
-        return False
+        lingering = [feed for feed in self._feeds.values() if feed.linger_timer is not None]
+        if not lingering:
+            return False
+        self._linger_over(min(lingering, key=lambda feed: feed.lingering_since))
+        return True
 
     async def ready(self, feed: SharedFeed) -> None:
         """Wait until the feed follows the database from a fixed seq.
@@ -456,34 +464,50 @@ class FeedHub(Service):
         service.startService()
         feed.started.fire(None)
 
-    async def release(self, feed: SharedFeed, sink: ChangeSink, *, linger: bool = False) -> None:
+    async def release(
+        self, feed: SharedFeed, sink: ChangeSink, *, linger: bool = False,
+        on_linger_end: Callable[[], None] | None = None,
+    ) -> None:
         """Unregister ``sink``; close the feed when it was the last subscriber.
 
         With ``linger`` (the subscriber was lost, it may come back), a started feed
         stays open for :attr:`linger` seconds first.
+
+        Args:
+            feed: The feed.
+            sink: The subscriber leaving it.
+            linger: Whether the feed may linger for the subscriber's return.
+            on_linger_end: Called once the feed no longer lingers for ``sink``: at once
+                if it does not linger (others follow it, or it closes), else when it is
+                taken over, closes or gives way.
         """
         feed.subscribers.pop(sink, None)
         feed.forget_direct(sink)
+        lingers = linger and self.linger > 0 and feed.service is not None \
+            and not feed.subscribers and not feed.closed
+        if on_linger_end is not None:
+            if lingers:
+                feed.linger_waiters.append(on_linger_end)
+            else:
+                on_linger_end()
         if feed.subscribers or feed.closed:
             return
-        if linger and self.linger > 0 and feed.service is not None:
+        if lingers:
             if feed.linger_timer is None:
+                feed.lingering_since = self.clock.seconds()
                 feed.linger_timer = self.clock.callLater(self.linger, self._linger_over, feed)
             return
         await self._close(feed)
 
     def _linger_over(self, feed: SharedFeed) -> None:
-        feed.linger_timer = None
+        feed.end_linger()
         if feed.subscribers or feed.closed:
             return
         closing = Deferred.fromCoroutine(self._close(feed))
         closing.addErrback(lambda failure: log.error("feed close: %s", failure.value))
 
     async def _close(self, feed: SharedFeed) -> None:
-        if feed.linger_timer is not None:
-            if feed.linger_timer.active():
-                feed.linger_timer.cancel()
-            feed.linger_timer = None
+        feed.end_linger()
         feed.closed = True
         feed.direct.clear()
         self._end_pacing(feed)
@@ -636,9 +660,7 @@ class FeedHub(Service):
     async def _stop_all(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), {}
         for feed in feeds:
-            if feed.linger_timer is not None and feed.linger_timer.active():
-                feed.linger_timer.cancel()
-            feed.linger_timer = None
+            feed.end_linger()
             feed.closed = True
             feed.subscribers.clear()
             feed.direct.clear()

@@ -21,6 +21,7 @@ the pair, instead of once per connection.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections import Counter
@@ -789,20 +790,24 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._leave_direct_rosters()
         sub.active = False
         sub.join = sub.trailing = None
-        if self.subs.get(sub.id) is sub:
+        counted = self.subs.get(sub.id) is sub
+        if counted:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
-            # A lost connection's feed lingers upstream: it counts for its user until then.
-            self.factory.forget_user_feed(self._owner(), (sub.request.db, sub.request.params),
-                                          after=self.factory.hub.linger if linger else 0.0)
         db = sub.request.db
         if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
             self._unwatch(db)
+        forget = None
+        if counted:  # it counts for its user until its feed no longer lingers for it
+            forget = functools.partial(self.factory.forget_user_feed, self._owner(),
+                                       (sub.request.db, sub.request.params))
         feed = sub.feed
         if feed is not None:
             if self.by_feed.get(feed) is sub:
                 del self.by_feed[feed]
-            await self.factory.hub.release(feed, self, linger=linger)
+            await self.factory.hub.release(feed, self, linger=linger, on_linger_end=forget)
+        elif forget is not None:
+            forget()
 
     # -- shared feed deliveries (ChangeSink) -----------------------------------------
 
@@ -1075,18 +1080,16 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
         )
 
-    def forget_user_feed(self, owner: str, key: Hashable, *, after: float = 0.0) -> None:
-        """One subscription of ``owner`` on the feed ``key`` ended.
+    def forget_user_feed(self, owner: str, key: Hashable) -> None:
+        """One subscription of ``owner`` on the feed ``key`` no longer counts.
+
+        A lost connection's subscription counts until its feed stops lingering for it
+        (see ``FeedHub.release``): the feed is still open upstream meanwhile.
 
         Args:
             owner: Whose it was (see ``user_feeds``).
             key: Its database and options.
-            after: Seconds it still counts toward ``WALLABY_WS_MAX_USER_FEEDS`` (the
-                time its feed lingers upstream after a lost connection).
         """
-        if after > 0:
-            self.clock.callLater(after, self.forget_user_feed, owner, key)
-            return
         feeds = self.user_feeds.get(owner)
         if feeds is None:
             return

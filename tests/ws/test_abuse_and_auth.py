@@ -374,6 +374,60 @@ async def test_dropped_connections_cannot_pile_up_lingering_feeds(
     assert _upstream_feeds(server) <= 4
 
 
+async def test_a_lingering_feed_counts_only_while_it_lingers(
+    make_server: Any, make_user: Any, db: Database,
+) -> None:
+    """The first fix kept a lost connection's count for 10 s whatever became of its feed:
+    resumed and then unsubscribed, the user's slot stayed taken, and the next new feed was
+    refused (a browser page switching lists after a network blip lost it with a 429)."""
+    server: WsServer = await make_server(ws_settings(ws_max_user_feeds=1))
+    token = await server.login(await make_user())
+    await _subscribe_and_drop(await server.connect(token), ["a"], db)
+    again = await server.connect(token)  # the resume, within the linger
+    assert (await again.subscribe("a", db.name, filter="_doc_ids", doc_ids=["a"]))["type"] \
+        == "subscribed"
+    again.send({"type": "unsubscribe", "id": "a"})
+    await again.next("unsubscribed")
+    await sleep(server.reactor, 0.2)
+    assert not server.service.hub.feeds
+    answer = await again.subscribe("b", db.name, filter="_doc_ids", doc_ids=["b"])
+    assert answer["type"] == "subscribed", answer
+    assert server.service.factory.user_feeds  # b counts
+    again.send({"type": "unsubscribe", "id": "b"})
+    await again.next("unsubscribed")
+    assert not server.service.factory.user_feeds  # nothing left behind
+
+
+async def test_the_longest_lingering_feed_gives_way_and_its_resume_loses_nothing(
+    make_server: Any, make_user: Any, db: Database,
+) -> None:
+    server: WsServer = await make_server(ws_settings(ws_max_feeds=2))
+    user, second, third = await make_user(), await make_user(), await make_user()
+    await db.set_security({"members": {"names": [user.name, second.name, third.name],
+                                       "roles": []}})
+    token = await server.login(user)
+    one = await server.connect(token)
+    assert (await one.subscribe("s", db.name, since=0, include_docs=True))["type"] == "subscribed"
+    await db.bulk_save([{"_id": f"d{i}"} for i in range(3)])
+    last = [await one.next("change") for _ in range(3)][-1]["seq"]
+    lingering = await _subscribe_and_drop(await server.connect(await server.login(second)),
+                                          ["b"], db)  # b lingers first ...
+    assert lingering[0]["type"] == "subscribed"
+    await sleep(server.reactor, 0.5)
+    one.protocol.dropConnection(abort=True)  # ... the full feed half a second later
+    await one.protocol.closed
+    await db.bulk_save([{"_id": f"e{i}"} for i in range(3)])  # while both linger
+    three = await server.connect(await server.login(third))
+    assert (await three.subscribe("c", db.name, filter="_doc_ids", doc_ids=["c"]))["type"] \
+        == "subscribed"
+    kept = {params.doc_ids for (_db, params) in server.service.hub.feeds}
+    assert kept == {(), ("c",)}, kept  # b, lingering longest, gave way
+    back = await server.connect(token)
+    assert (await back.subscribe("s", db.name, since=last, include_docs=True))["type"] \
+        == "subscribed"
+    assert [(await back.next("change"))["id"] for _ in range(3)] == ["e0", "e1", "e2"]
+
+
 async def test_upstream_feeds_are_capped_but_shared_ones_still_join(
     make_server: Any, make_user: Any, db: Database
 ) -> None:
