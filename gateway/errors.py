@@ -280,10 +280,12 @@ class CouchUnreachable(CouchError):
     default_status = 503
     default_error = "upstream_unavailable"
     retry_after: ClassVar[int] = 5
+    #: Whether clients are told to try again (not for a write that may have been applied).
+    invites_retry: bool = True
 
     def headers(self) -> dict[str, str]:
-        """Tell clients when to try again."""
-        return {"Retry-After": str(self.retry_after)}
+        """Tell clients when to try again (if they may)."""
+        return {"Retry-After": str(self.retry_after)} if self.invites_retry else {}
 
 
 class AnswerLost(CouchUnreachable):
@@ -295,10 +297,7 @@ class AnswerLost(CouchUnreachable):
 
     default_status = 502
     default_error = "upstream_answer_lost"
-
-    def headers(self) -> dict[str, str]:
-        """No invitation to retry."""
-        return {}
+    invites_retry = False
 
 
 class CouchTimeout(CouchUnreachable):

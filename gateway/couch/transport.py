@@ -53,7 +53,7 @@ from gateway.errors import (
 
 __all__ = [
     "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "body_complete", "read_body",
-    "stream_body",
+    "stream_body", "writes",
 ]
 
 T = TypeVar("T")
@@ -78,13 +78,11 @@ _UNREACHABLE_ERRORS = (
 )
 
 
-def _unreachable(exc: Exception, method: str = "GET") -> Exception:
+def _unreachable(exc: Exception) -> Exception:
     """Translate a Twisted transport failure, keeping cancellation a cancellation.
 
     A request body that failed to produce (``RequestGenerationFailed``: a file that
     could not be read, say) is the caller's failure, not CouchDB's: its own exception.
-    A write whose request went out but whose answer did not come may have been applied:
-    :class:`AnswerLost`, which tells no one to simply try again.
     """
     reasons = getattr(exc, "reasons", None) or []
     if any(reason.check(CancelledError) for reason in reasons):
@@ -93,12 +91,41 @@ def _unreachable(exc: Exception, method: str = "GET") -> Exception:
         local = [r.value for r in reasons if not r.check(*_UNREACHABLE_ERRORS, TaskStopped)]
         if local and isinstance(local[0], Exception):
             return local[0]
-    if method not in ("GET", "HEAD") and isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
-        return AnswerLost(
-            f"CouchDB's answer to the {method} was lost ({type(exc).__name__}): it may have "
-            "been applied; read before writing again"
-        )
     return CouchUnreachable(f"CouchDB is unreachable ({type(exc).__name__})")
+
+
+#: Endpoints that take a ``POST`` without changing what CouchDB stores (queries, login).
+_READS_BY_POST = frozenset({
+    "_all_docs", "_bulk_get", "_changes", "_design_docs", "_explain", "_find",
+    "_local_docs", "_missing_revs", "_revs_diff", "_session", "_view",
+})
+#: Failures that leave a request certainly unsent (so certainly not applied).
+_NOT_SENT = (neterror.ConnectError, neterror.DNSLookupError, RequestNotSent,
+             RequestTransmissionFailed, RequestGenerationFailed)
+
+
+def writes(method: str, segments: Sequence[str]) -> bool:
+    """Whether a request may change what CouchDB stores."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    return not (method == "POST" and _READS_BY_POST.intersection(segments[-3:]))
+
+
+def _unsure(exc: CouchUnreachable, method: str, segments: Sequence[str]) -> CouchUnreachable:
+    """A write that went out without an answer may have been applied: say so.
+
+    No ``Retry-After`` then: a client sending it again could store a document twice. A
+    write that certainly did not leave (refused connection) stays an invitation to retry.
+    """
+    if not writes(method, segments) or isinstance(exc.__cause__, _NOT_SENT) \
+            or not exc.invites_retry:
+        return exc
+    unsure = "it may have been applied; read before writing again"
+    if isinstance(exc, CouchTimeout):
+        timed_out = CouchTimeout(f"{exc.reason}: {unsure}")
+        timed_out.invites_retry = False
+        return timed_out
+    return AnswerLost(f"CouchDB's answer to the {method} was lost ({exc.reason}): {unsure}")
 
 
 _JSON_TYPE: Final = [b"application/json"]
@@ -522,7 +549,7 @@ class CouchTransport:
             try:
                 response = await self._request(verb, url, raw_headers, body)
             except _UNREACHABLE_ERRORS as exc:
-                raise _unreachable(exc, method) from exc
+                raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
             if spill_over is not None and 200 <= response.code < 300:
                 kept = await _lost_is_unreachable(
@@ -537,9 +564,15 @@ class CouchTransport:
             return CouchResponse(response.code, response.headers, parsed,
                                  raw if raw and response.code < 400 else None)
 
-        answer = await self._with_timeout(attempt, limit)
-        if answer.status == 401 and replayable and await auth.renew():
+        try:
             answer = await self._with_timeout(attempt, limit)
+            if answer.status == 401 and replayable and await auth.renew():
+                answer = await self._with_timeout(attempt, limit)
+        except CouchUnreachable as exc:
+            unsure = _unsure(exc, method, segments)
+            if unsure is exc:
+                raise
+            raise unsure from exc
         if raise_for_status and answer.status >= 400:
             raise CouchError.from_response(answer.status, answer.body)
         return answer
@@ -587,14 +620,20 @@ class CouchTransport:
                     method.encode("ascii"), url, raw_headers, _progress(body, idle)
                 )
             except _UNREACHABLE_ERRORS as exc:
-                raise _unreachable(exc, method) from exc
+                raise _unreachable(exc) from exc
             auth.observe(_set_cookies(response))
             return response
 
-        response = await self._with_timeout(attempt, limit)
-        if response.code == 401 and body is None and await auth.renew():
-            await read_body(response, clock=self.reactor, timeout=limit)
+        try:
             response = await self._with_timeout(attempt, limit)
+            if response.code == 401 and body is None and await auth.renew():
+                await read_body(response, clock=self.reactor, timeout=limit)
+                response = await self._with_timeout(attempt, limit)
+        except CouchUnreachable as exc:
+            unsure = _unsure(exc, method, segments)
+            if unsure is exc:
+                raise
+            raise unsure from exc
         if raise_for_status and response.code >= 400:
             raw = await read_body(response, clock=self.reactor, timeout=limit)
             raise CouchError.from_response(response.code, _decode_json(raw, response.code))

@@ -416,3 +416,75 @@ async def test_a_write_whose_answer_is_lost_is_not_offered_a_retry(
     finally:
         await listening.stopListening()
 
+
+class WriteBreakingCouch(resource.Resource):
+    """A stand-in CouchDB whose GETs answer, and whose other requests fail as ``mode``
+    says: ``reset`` (dropped before any answer), ``half`` (201 and half a body: it was
+    stored) or ``hang`` (no answer)."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def render(self, request: Any) -> Any:
+        request.setHeader(b"Content-Type", b"application/json")
+        if request.path == b"/_session" or request.method == b"GET":
+            return json.dumps({"ok": True, "userCtx": {"name": "u", "roles": []},
+                               "db_name": "x", "rows": [], "total_rows": 0}).encode()
+        if self.mode == "reset":
+            request.channel.transport.abortConnection()
+        elif self.mode == "half":
+            body = json.dumps({"ok": True, "id": "new", "rev": "1-b", "pad": "x" * 2000})
+            request.setResponseCode(201)
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body.encode()[:1000])
+            request.channel.transport.loseConnection()
+        return server.NOT_DONE_YET
+
+
+@pytest.mark.parametrize("mode,status", [("reset", 502), ("half", 502), ("hang", 504)])
+async def test_a_write_that_may_have_been_applied_is_not_offered_a_retry(
+    start_gateway: Any, reactor: Any, mode: str, status: int,
+) -> None:
+    """A POST without an _id sent again on a Retry-After's invitation stores a second
+    document: a write whose answer was lost, cut or late is answered without one."""
+    listening = reactor.listenTCP(0, server.Site(WriteBreakingCouch(mode)),
+                                  interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
+                                      request_timeout=1.0)
+        client = gateway.client.with_headers(basic_header("u", "pw"))
+        for method, path, body in (("POST", "/api/v1/db/x/docs", {"v": 1}),
+                                   ("PUT", "/api/v1/db/x/docs/d", {"v": 1}),
+                                   ("POST", "/api/v1/db/x/bulk_docs", {"docs": [{"v": 1}]})):
+            write = await client.request(method, path, json_body=body)
+            assert write.status == status, (method, path, write.status, write.body[:200])
+            assert "may have been applied" in write.json["reason"]
+            assert write.header("Retry-After") is None
+    finally:
+        await listening.stopListening()
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/v1/db/x/find", {"selector": {"a": 1}}),
+    ("/api/v1/db/x/all_docs", {"keys": ["a"]}),
+    ("/api/v1/db/x/bulk_get", {"docs": [{"id": "a"}]}),
+    ("/api/v1/db/x/views/dd/v", {"keys": ["a"]}),
+])
+async def test_a_read_sent_as_a_post_is_still_offered_a_retry(
+    start_gateway: Any, reactor: Any, path: str, body: Any,
+) -> None:
+    listening = reactor.listenTCP(0, server.Site(WriteBreakingCouch("reset")),
+                                  interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
+                                      request_timeout=5.0)
+        client = gateway.client.with_headers(basic_header("u", "pw"))
+        read = await client.post(path, json_body=body)
+        assert read.status == 503 and read.json["error"] == "upstream_unavailable", read.body
+        assert read.header("Retry-After") == "5"
+    finally:
+        await listening.stopListening()
+
