@@ -46,6 +46,9 @@ STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?
 ATTACHMENT_TARGETS = STREAMED_UPLOADS
 
 
+#: Seconds the rest of a body answered before it arrived is read (and dropped) at most.
+DRAIN_SECONDS = 5.0
+
 #: The ``Server`` header: Twisted's and Autobahn's would tell their versions to anyone.
 SERVER_NAME = b"Wallaby-Gateway"
 
@@ -82,6 +85,7 @@ class GatewayRequest(server.Request):
         self._widened: Any = None
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
+        self._drain_deadline: Any = None  # cuts off a body still sent after its answer
         # The request line is in; the headers must follow within the site's deadline,
         # however steadily they trickle (the channel's idle timeout restarts on each byte).
         head_timeout = getattr(getattr(self.channel, "site", None), "header_timeout", None)
@@ -286,6 +290,7 @@ class GatewayRequest(server.Request):
         """Dispatch; for an early-dispatched upload, the second call ends its body."""
         if self._dispatched:
             self._body_done = True
+            self._stop_draining()
             narrow(self._widened)
             if self.body_pipe is not None:
                 self.body_pipe.end()
@@ -313,16 +318,47 @@ class GatewayRequest(server.Request):
             self._finish_pending = True
             if self.body_pipe is not None:
                 self.body_pipe.discard()
+            self._answered_before_body()
             return
+        self._stop_draining()
         if not self.chunked and self.startedWriting:
             flush_now(getattr(self.channel, "transport", None))
         super().finish()  # type: ignore[no-untyped-call]
+
+    def _answered_before_body(self) -> None:
+        """The answer is complete, the body still arriving: it is read and dropped.
+
+        The request counts as done now (access log, metrics, in flight, so shutdown
+        does not wait for it): its answer is out. The rest of the body keeps the
+        connection in step for the next request, but only for ``DRAIN_SECONDS``: a
+        client that goes on sending what was refused (a declared 1 GB, an endless
+        chunked body) is then cut off; it has had its answer.
+        """
+        flush_now(getattr(self.channel, "transport", None))
+        notifications, self.notifications = self.notifications, []
+        for waiter in notifications:
+            waiter.callback(None)
+        channel: Any = self.channel
+        if self._drain_deadline is None and getattr(channel, "callLater", None) is not None:
+            self._drain_deadline = channel.callLater(DRAIN_SECONDS, self._drained_too_long)
+
+    def _drained_too_long(self) -> None:
+        self._drain_deadline = None
+        transport = getattr(getattr(self, "channel", None), "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _stop_draining(self) -> None:
+        deadline, self._drain_deadline = self._drain_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         """A client gone mid-upload fails the upstream request (nothing is stored)."""
         # Marked first: failing the upload may finish the request before Twisted notes
         # the loss, and its access line must still say aborted.
         self.client_gone = not self.finished
+        self._stop_draining()
         if self.body_pipe is not None and not self._body_done:
             self._body_done = True
             self.body_pipe.abort(reason)
@@ -347,10 +383,18 @@ class GatewayRequest(server.Request):
             return
         self._body_seen += len(data)
         if self._body_seen > self._body_limit():
+            # A chunked body (a declared length was checked at the headers) outgrew the
+            # cap: answered now, not after its end (which may never come).
             self.too_large = True
             assert self.content is not None
             self.content.seek(0)
             self.content.truncate()
+            channel: Any = self.channel
+            command, target = getattr(channel, "_command", None), getattr(channel, "_path", None)
+            version = getattr(channel, "_version", None)
+            if not self._dispatched and command and target and version:
+                self._early, self._body_done = True, False
+                self.requestReceived(command, target, version)
             return
         try:
             super().handleContentChunk(data)  # type: ignore[no-untyped-call]

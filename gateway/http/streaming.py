@@ -331,9 +331,10 @@ def no_room(exc: OSError) -> InsufficientStorage:
 
 
 def close_quietly(file: Any) -> None:
-    """Close a spool file; flushing its buffer to a full disk must not raise."""
-    with contextlib.suppress(OSError):  # the file is gone either way
-        file.close()
+    """Close a spool file (if any); flushing its buffer to a full disk must not raise."""
+    if file is not None:
+        with contextlib.suppress(OSError):  # the file is gone either way
+            file.close()
 
 
 @implementer(IPushProducer)

@@ -25,20 +25,29 @@ from tests.rest.conftest import Scenario
 from tests.rest.test_attachments import _chunk, _chunked_head, _connect, _doc, _until
 
 
-@pytest.fixture
-def full_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """``tempfile``'s directory on a 1 MiB tmpfs of its own."""
+def _small_tmpfs(where: Path, options: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "tiny"
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
     monkeypatch.setattr(tempfile, "tempdir", str(where))
     try:
         yield where
     finally:
         monkeypatch.undo()
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def full_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``tempfile``'s directory on a 1 MiB tmpfs of its own."""
+    yield from _small_tmpfs(tmp_path / "tiny", "size=1m", monkeypatch)
+
+
+@pytest.fixture
+def no_file_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``tempfile``'s directory where no file can be made at all (no inode left)."""
+    yield from _small_tmpfs(tmp_path / "noinode", "size=1m,nr_inodes=1", monkeypatch)
 
 
 @pytest.fixture
@@ -115,3 +124,27 @@ async def test_a_large_json_body_meeting_a_full_disk_is_answered_507(
     fits = await client.post(f"/api/v1/db/{scenario.db.name}/bulk_docs",
                              json_body={"docs": [{"_id": "small"}]})
     assert fits.status == 201
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_json_body_with_no_room_for_its_file_is_answered_507(
+    scenario: Scenario, no_file_temp_dir: Path, chunked: bool,
+) -> None:
+    """Twisted failed to make the temporary file before there was one to close: the
+    client got no answer (an AttributeError escaped from dataReceived)."""
+    body = json.dumps({"docs": [{"_id": f"b{i:05d}", "pad": "x" * 200}
+                                for i in range(600)]}).encode()  # 130 kB: spooled
+    framing = ["Transfer-Encoding: chunked"] if chunked else [f"Content-Length: {len(body)}"]
+    head = [f"POST /api/v1/db/{scenario.db.name}/bulk_docs HTTP/1.1", "Host: gw",
+            "Content-Type: application/json", *framing,
+            *(f"{k}: {v}" for k, v in _auth(scenario).items())]
+    payload = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n" if chunked else body
+    raw = await _connect(scenario.member_client.base)
+    raw.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+    await _until(lambda: raw.closed.called or b"}" in raw.data.rpartition(b"\r\n\r\n")[2],
+                 raw=raw)
+    status, answer = _answer(raw.data)
+    assert status.startswith(b"HTTP/1.1 507 "), raw.data[:300]
+    assert answer["error"] == "insufficient_storage"
+    raw.transport.loseConnection()
+

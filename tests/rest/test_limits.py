@@ -373,3 +373,66 @@ async def test_a_json_body_declared_over_the_cap_is_refused_at_its_headers(
     assert sending.data.startswith(b"HTTP/1.1 413 "), sending.data
     sending.transport.loseConnection()
     assert (await gateway.client.get("/health")).status == 200
+
+
+async def test_an_answered_refusal_is_done_and_a_body_still_sent_is_cut_off(
+    start_gateway: StartGateway, monkeypatch: Any,
+) -> None:
+    """The 413 at the headers is written at once, but the request finished only once the
+    declared body had been read: it stayed in flight (shutdown waited for it), its access
+    line came only when the connection ended, logged aborted, and a client that went on
+    sending was read for as long as it liked."""
+    from twisted.logger import globalLogPublisher
+
+    import gateway.http.site
+    from tests.rest.test_attachments import _connect, _until
+
+    monkeypatch.setattr(gateway.http.site, "DRAIN_SECONDS", 1.0)
+    running = await start_gateway(max_body_bytes=2_000)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        raw = await _connect(running.url)
+        raw.transport.write(b"POST /api/v1/db/anydb/bulk_docs HTTP/1.1\r\nHost: gw\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+        await _until(lambda: raw.data.endswith(b"}"), raw=raw)
+        assert raw.data.startswith(b"HTTP/1.1 413 ")
+        await _until(lambda: running.app.in_flight.count == 0)
+        lines = [e["access"] for e in events if e.get("log_namespace") == "gateway.access"]
+        assert [(line["status"], line["aborted"]) for line in lines] == [(413, False)]
+        for _ in range(30):  # the client goes on sending what was refused
+            if raw.closed.called:
+                break
+            raw.transport.write(b"[" * 10_000)
+            await _pause(0.1)
+        assert raw.closed.called  # cut off after DRAIN_SECONDS
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+async def _pause(seconds: float) -> None:
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def test_a_chunked_json_body_over_the_cap_is_answered_before_its_end(
+    start_gateway: StartGateway,
+) -> None:
+    """It was read and dropped to its end (for ever, if it never ends) before its 413."""
+    from tests.rest.test_attachments import _chunk, _connect, _until
+
+    running = await start_gateway(max_body_bytes=2_000)
+    raw = await _connect(running.url)
+    raw.transport.write(b"POST /api/v1/db/anydb/bulk_docs HTTP/1.1\r\nHost: gw\r\n"
+                        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(5):  # 5 kB of a body that has not ended
+        raw.transport.write(_chunk(b"[" * 1_000))
+        await _pause(0.05)
+    await _until(lambda: raw.data.endswith(b"}"), seconds=3, raw=raw)
+    assert raw.data.startswith(b"HTTP/1.1 413 ")
+    raw.transport.write(_chunk(b"[" * 1_000) + b"0\r\n\r\n")  # it ends: still in step
+    raw.transport.write(b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await _until(lambda: raw.data.count(b"HTTP/1.1 ") == 2 and raw.data.endswith(b"}"), raw=raw)
+    assert b"HTTP/1.1 200 " in raw.data
+    raw.transport.loseConnection()
