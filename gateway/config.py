@@ -8,6 +8,7 @@ credentials, which use the names CouchDB deployments already use. CLI flags of
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -59,10 +60,27 @@ def web_origin(value: str) -> str:
             f"{value!r} is not an origin: scheme://host[:port] with nothing after it, "
             "as browsers send it (e.g. https://app.example.com)"
         )
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    host = _origin_host(value, parts.hostname)
     scheme = parts.scheme.lower()
     default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
     return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _origin_host(value: str, host: str) -> str:
+    """A host as browsers serialize it: IPv6 compressed in brackets, IDN as punycode."""
+    if ":" in host:
+        try:
+            return f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            pass
+    else:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_host = ""
+        if _HOST_NAME.fullmatch(ascii_host):
+            return ascii_host.lower()
+    raise ValueError(f"{value!r} is not an origin: {host!r} is not a host name or address")
 
 
 #: Settings that take one of a few words.
@@ -71,6 +89,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cookie_samesite": ("Strict", "Lax", "None"),
     "log_format": ("json", "text"),
 }
+#: A host name as browsers send it in ``Origin``: dotted labels of letters, digits,
+#: hyphens and underscores (IPv4 addresses match too).
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.IGNORECASE)
 #: A cookie name: an RFC 9110 token (RFC 6265, section 4.1.1).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A whole number in ASCII digits (``int()`` also takes other scripts' digits and ``_``).

@@ -244,7 +244,8 @@ def test_query_numbers_and_json_must_be_finite() -> None:
        f"WALLABY_CORS_ORIGINS: {origin!r} is not an origin")
       for origin in ("https://app.example.com/", "app.example.com", "https://app.example.com/x",
                      "null", "https://user@app.example.com", "https://app.example.com?x",
-                     "https://app.example.com:99999")],
+                     "https://app.example.com:99999", "https://*.example.com",
+                     "https://app example", "https://app.example\\", "https://-app.example")],
     ({"WALLABY_ATTACHMENT_CSP": "sandbox\r\nSet-Cookie: x=1"},
      "WALLABY_ATTACHMENT_CSP: a header value cannot hold control characters"),
     # int() takes other scripts' digits and underscores.
@@ -293,9 +294,13 @@ def test_settings_from_environment() -> None:
 def test_cors_origins_are_kept_as_browsers_serialize_them() -> None:
     settings = Settings.from_env({"WALLABY_CORS_ORIGINS":
                                   "https://App.Example.com:443, http://127.0.0.1:8080, "
-                                  "HTTP://[::1]:80, capacitor://localhost, *"})
+                                  "HTTP://[::1]:80, capacitor://localhost, *, "
+                                  "https://bücher.example, http://[0:0:0:0:0:0:0:1]:8080, "
+                                  "http://[::ffff:127.0.0.1], https://my_app.example"})
     assert settings.cors_origins == ("https://app.example.com", "http://127.0.0.1:8080",
-                                     "http://[::1]", "capacitor://localhost", "*")
+                                     "http://[::1]", "capacitor://localhost", "*",
+                                     "https://xn--bcher-kva.example", "http://[::1]:8080",
+                                     "http://[::ffff:7f00:1]", "https://my_app.example")
     assert Settings().with_overrides(cors_origins=("https://A.example",)).cors_origins == (
         "https://a.example",)
 
