@@ -36,7 +36,7 @@ function render() {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.checked = !!doc.done;
-    const text = typeof doc.title === "string" ? doc.title : JSON.stringify(doc.title ?? "");
+    const text = typeof doc.title === "string" ? doc.title : doc.title == null ? "" : JSON.stringify(doc.title);
     box.setAttribute("aria-label", `done: ${text}`);
     box.addEventListener("change", () => save({ ...doc, done: box.checked }));
     const title = document.createElement("span");

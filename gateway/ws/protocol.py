@@ -237,7 +237,9 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
     try:
         raw = payload.decode("utf-8") if isinstance(payload, bytes) else payload
         data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nested too deep
+    except RecursionError:
+        raise ProtocolError("bad_message", f"nested more than {MAX_NESTING} levels deep") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("bad_message", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
