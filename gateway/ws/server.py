@@ -699,7 +699,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         since = sub.request.since
         assert since is not None
         budget = self.factory.settings.ws_queue_bytes
-        pages = PageSizer(target=min(max(budget // 4, 16 * 1024), 1024 * 1024),
+        pages = PageSizer(target=min(max(budget // 2, 16 * 1024), 1024 * 1024),
                           first=CATCH_UP_FIRST_DOCS if sub.request.params.include_docs
                           else PAGE_SIZE)
         more = True
