@@ -277,16 +277,15 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
 
 def _nesting(value: Any) -> int:
     """How many arrays and objects deep ``value`` goes (without recursing)."""
+    if not isinstance(value, (dict, list)):
+        return 0
     deepest = 0
-    stack = [(value, 0)]
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        elif not isinstance(item, list):
-            continue
-        deepest = max(deepest, depth + 1)
-        stack.extend((child, depth + 1) for child in item)
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
 
 
