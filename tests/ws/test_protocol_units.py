@@ -59,7 +59,7 @@ def test_messages_nested_too_deep_are_refused_before_anything_recurses() -> None
     from gateway.ws.protocol import _nesting
 
     assert [_nesting(v) for v in (3, "x", {}, [], {"a": [1, {"b": []}]}, [[[]]], [1, [2]])] \
-        == [0, 0, 1, 1, 3, 3, 2]
+        == [0, 0, 1, 1, 4, 3, 2]
     # 31 $and levels (each an object and an array) and the message itself: 64 in all
     assert parse_client_message(_nested_selector(31)).params.selector is not None
     with pytest.raises(ProtocolError):
