@@ -53,7 +53,7 @@ from gateway.errors import (
 
 __all__ = [
     "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "body_complete", "read_body",
-    "stream_body", "writes",
+    "stream_body", "unsure_of_write", "writes",
 ]
 
 T = TypeVar("T")
@@ -111,7 +111,9 @@ def writes(method: str, segments: Sequence[str]) -> bool:
     return not (method == "POST" and _READS_BY_POST.intersection(segments[-3:]))
 
 
-def _unsure(exc: CouchUnreachable, method: str, segments: Sequence[str]) -> CouchUnreachable:
+def unsure_of_write(
+    exc: CouchUnreachable, method: str, segments: Sequence[str]
+) -> CouchUnreachable:
     """A write that went out without an answer may have been applied: say so.
 
     No ``Retry-After`` then: a client sending it again could store a document twice. A
@@ -569,7 +571,7 @@ class CouchTransport:
             if answer.status == 401 and replayable and await auth.renew():
                 answer = await self._with_timeout(attempt, limit)
         except CouchUnreachable as exc:
-            unsure = _unsure(exc, method, segments)
+            unsure = unsure_of_write(exc, method, segments)
             if unsure is exc:
                 raise
             raise unsure from exc
@@ -630,7 +632,7 @@ class CouchTransport:
                 await read_body(response, clock=self.reactor, timeout=limit)
                 response = await self._with_timeout(attempt, limit)
         except CouchUnreachable as exc:
-            unsure = _unsure(exc, method, segments)
+            unsure = unsure_of_write(exc, method, segments)
             if unsure is exc:
                 raise
             raise unsure from exc

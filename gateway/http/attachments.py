@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol as BodyProtocol
 
 from gateway.config import Settings
 from gateway.couch import CouchServer
-from gateway.couch.transport import Reactor, read_body
+from gateway.couch.transport import Reactor, read_body, unsure_of_write
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import CouchError, CouchTimeout, PayloadTooLarge, RangeNotSatisfiable
 from gateway.http.conditional import (
@@ -262,15 +262,18 @@ class Attachments:
         )
         if streamed:
             producer.splicer = self.splicer  # not to pouchdb-server: spooled before
-            send = self._timeout_after_body(producer, send)
+            send = self._timeout_after_body(producer, send, attachment_path(*where))
         answer = await self._timed(request, send)
         return json_response(request, answer.status, answer.body, etag_header(answer))
 
-    async def _timeout_after_body(self, pipe: BodyPipe, call: Coroutine[Any, Any, T]) -> T:
+    async def _timeout_after_body(
+        self, pipe: BodyPipe, call: Coroutine[Any, Any, T], segments: list[str]
+    ) -> T:
         """``call``, timed out ``request_timeout`` seconds after the body has arrived.
 
         A streamed upload lasts as long as the client takes to send its body (a slow
-        client is not an upstream timeout); the upstream's answer after it is bounded.
+        client is not an upstream timeout); the upstream's answer after it is bounded,
+        and its absence leaves the write's outcome unknown (no ``Retry-After``).
         """
         deferred = ensureDeferred(call)
         timers: list[Any] = []
@@ -285,9 +288,9 @@ class Attachments:
             return await deferred
         except CancelledError:
             if timers and not timers[0].active():
-                raise CouchTimeout(
-                    f"CouchDB did not answer within {self.settings.request_timeout:g} s"
-                ) from None
+                late = CouchTimeout(
+                    f"CouchDB did not answer within {self.settings.request_timeout:g} s")
+                raise unsure_of_write(late, "PUT", segments) from None  # it had the body
             raise
         finally:
             for timer in timers:

@@ -463,6 +463,14 @@ async def test_a_write_that_may_have_been_applied_is_not_offered_a_retry(
             assert write.status == status, (method, path, write.status, write.body[:200])
             assert "may have been applied" in write.json["reason"]
             assert write.header("Retry-After") is None
+        # An attachment streamed upstream (the stand-in is no pouchdb-server), timed
+        # once its body is sent: the same.
+        upload = await client.request(
+            "PUT", "/api/v1/db/x/docs/d/attachments/a.bin?rev=1-a", data=b"x" * 50_000,
+            headers={"Content-Type": "application/octet-stream"})
+        assert upload.status == status, (upload.status, upload.body[:200])
+        assert "may have been applied" in upload.json["reason"]
+        assert upload.header("Retry-After") is None
     finally:
         await listening.stopListening()
 
