@@ -12,10 +12,13 @@ import ipaddress
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
+
+import idna
 
 from gateway.couch.urls import split_credentials
 from gateway.http.client_address import parse_networks
@@ -67,20 +70,37 @@ def web_origin(value: str) -> str:
 
 
 def _origin_host(value: str, host: str) -> str:
-    """A host as browsers serialize it: IPv6 compressed in brackets, IDN as punycode."""
+    """A host as browsers serialize it (the WHATWG URL standard's host parser).
+
+    IPv6 compressed in brackets (no zone), IPv4 in any of its numeric forms as a dotted
+    quad (``127.1`` is ``127.0.0.1``), a domain mapped by UTS #46 (non-transitional,
+    as browsers do: ``faß.de`` is ``xn--fa-hia.de``), each non-ASCII label in punycode.
+    """
+    refused = ValueError(f"{value!r} is not an origin: {host!r} is not a host name or address")
     if ":" in host:
         try:
-            return f"[{ipaddress.IPv6Address(host).compressed}]"
+            address = ipaddress.IPv6Address(host)
         except ValueError:
-            pass
-    else:
+            raise refused from None
+        if address.scope_id:
+            raise refused  # browsers take no zone
+        return f"[{address.compressed}]"
+    try:
+        mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+        labels = [label if label.isascii() else idna.alabel(label).decode("ascii")
+                  for label in mapped.split(".")]
+    except (idna.IDNAError, UnicodeError):
+        raise refused from None
+    name = ".".join(labels)
+    last = labels[-2] if len(labels) > 1 and not labels[-1] else labels[-1]
+    if _NUMBER_LABEL.fullmatch(last):  # ends in a number: an IPv4 address, or nothing
         try:
-            ascii_host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            ascii_host = ""
-        if _HOST_NAME.fullmatch(ascii_host):
-            return ascii_host.lower()
-    raise ValueError(f"{value!r} is not an origin: {host!r} is not a host name or address")
+            return socket.inet_ntoa(socket.inet_aton(name.rstrip(".")))
+        except OSError:
+            raise refused from None
+    if not _HOST_NAME.fullmatch(name):
+        raise refused
+    return name
 
 
 #: Settings that take one of a few words.
@@ -89,10 +109,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cookie_samesite": ("Strict", "Lax", "None"),
     "log_format": ("json", "text"),
 }
-#: A host name as browsers send it in ``Origin``: dotted labels of letters, digits,
-#: hyphens and underscores (IPv4 addresses match too).
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.IGNORECASE)
+#: A host name as browsers send it in ``Origin`` once mapped: dotted labels of letters,
+#: digits, hyphens and underscores, maybe a final dot.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+#: A last label that makes a host an IPv4 address (decimal, or hexadecimal after 0x).
+_NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 #: A cookie name: an RFC 9110 token (RFC 6265, section 4.1.1).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A whole number in ASCII digits (``int()`` also takes other scripts' digits and ``_``).

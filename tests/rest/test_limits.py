@@ -65,6 +65,16 @@ async def test_cors_preflight_and_simple_requests(start_gateway: StartGateway) -
     assert foreign.header("Access-Control-Allow-Origin") is None
 
 
+async def test_an_idn_origin_is_matched_as_the_browser_sends_it(
+    start_gateway: StartGateway,
+) -> None:
+    """Configured as written, sent by browsers in punycode (UTS #46): it never matched."""
+    gateway = await start_gateway(cors_origins=("https://faß.de",))
+    reply = await gateway.client.get("/health", headers={"Origin": "https://xn--fa-hia.de"})
+    assert reply.header("Access-Control-Allow-Origin") == "https://xn--fa-hia.de"
+    assert reply.header("Access-Control-Allow-Credentials") == "true"
+
+
 async def test_preflight_allows_every_request_header_the_contract_documents(
     start_gateway: StartGateway,
 ) -> None:
