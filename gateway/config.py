@@ -65,7 +65,7 @@ def web_origin(value: str) -> str:
         )
     host = _origin_host(value, parts.hostname)
     scheme = parts.scheme.lower()
-    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    default = {"ftp": 21, "http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
     return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
@@ -94,6 +94,8 @@ def _origin_host(value: str, host: str) -> str:
     name = ".".join(labels)
     last = labels[-2] if len(labels) > 1 and not labels[-1] else labels[-1]
     if _NUMBER_LABEL.fullmatch(last):  # ends in a number: an IPv4 address, or nothing
+        if not all(_NUMBER_LABEL.fullmatch(label) for label in name.rstrip(".").split(".")):
+            raise refused  # inet_aton would stop at a space and keep what came before
         try:
             return socket.inet_ntoa(socket.inet_aton(name.rstrip(".")))
         except OSError:

@@ -310,7 +310,11 @@ def test_cors_origins_are_kept_as_browsers_serialize_them() -> None:
                              ("https://example.com.", "https://example.com."),
                              ("https://-x.example.com", "https://-x.example.com")):
         assert Settings.from_env({"WALLABY_CORS_ORIGINS": configured}).cors_origins == (sent,)
-    for never_sent in ("http://[fe80::1%25eth0]", "http://1.2.3.4.5", "http://999.1.1.1"):
+    assert Settings.from_env({"WALLABY_CORS_ORIGINS": "ftp://example.com:21"}).cors_origins \
+        == ("ftp://example.com",)
+    # inet_aton stops at whitespace: "10.0.0.1 evil.7" became http://10.0.0.1
+    for never_sent in ("http://[fe80::1%25eth0]", "http://1.2.3.4.5", "http://999.1.1.1",
+                       "http://10.0.0.1 evil.7", "http://1.2.3.4\x0b.5", "http://1.2.3.4\x0c.5"):
         with pytest.raises(ValueError, match="WALLABY_CORS_ORIGINS"):
             Settings.from_env({"WALLABY_CORS_ORIGINS": never_sent})
     assert Settings().with_overrides(cors_origins=("https://A.example",)).cors_origins == (
