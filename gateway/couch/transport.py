@@ -130,6 +130,17 @@ def unsure_of_write(
     return AnswerLost(f"CouchDB's answer to the {method} was lost ({exc.reason}): {unsure}")
 
 
+async def _as_write_outcome(call: Awaitable[T], method: str, segments: Sequence[str]) -> T:
+    """Await an exchange with CouchDB; a lost answer to a write says so (see above)."""
+    try:
+        return await call
+    except CouchUnreachable as exc:
+        unsure = unsure_of_write(exc, method, segments)
+        if unsure is exc:
+            raise
+        raise unsure from exc
+
+
 _JSON_TYPE: Final = [b"application/json"]
 #: CouchDB answers ``attachments=true`` or ``open_revs`` with multipart unless told JSON.
 _ACCEPT_JSON: Final = {b"accept": _JSON_TYPE}
@@ -566,15 +577,13 @@ class CouchTransport:
             return CouchResponse(response.code, response.headers, parsed,
                                  raw if raw and response.code < 400 else None)
 
-        try:
+        async def exchange() -> CouchResponse:
             answer = await self._with_timeout(attempt, limit)
             if answer.status == 401 and replayable and await auth.renew():
                 answer = await self._with_timeout(attempt, limit)
-        except CouchUnreachable as exc:
-            unsure = unsure_of_write(exc, method, segments)
-            if unsure is exc:
-                raise
-            raise unsure from exc
+            return answer
+
+        answer = await _as_write_outcome(exchange(), method, segments)
         if raise_for_status and answer.status >= 400:
             raise CouchError.from_response(answer.status, answer.body)
         return answer
@@ -626,16 +635,14 @@ class CouchTransport:
             auth.observe(_set_cookies(response))
             return response
 
-        try:
+        async def exchange() -> IResponse:
             response = await self._with_timeout(attempt, limit)
             if response.code == 401 and body is None and await auth.renew():
                 await read_body(response, clock=self.reactor, timeout=limit)
                 response = await self._with_timeout(attempt, limit)
-        except CouchUnreachable as exc:
-            unsure = unsure_of_write(exc, method, segments)
-            if unsure is exc:
-                raise
-            raise unsure from exc
+            return response
+
+        response = await _as_write_outcome(exchange(), method, segments)
         if raise_for_status and response.code >= 400:
             raw = await read_body(response, clock=self.reactor, timeout=limit)
             raise CouchError.from_response(response.code, _decode_json(raw, response.code))

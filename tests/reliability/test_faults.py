@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +318,20 @@ async def test_stalled_upstream_detected_by_heartbeat_and_recovered(
 
 # --------------------------------------------------------------------------- broken upstream
 
+@asynccontextmanager
+async def _through_stand_in(
+    start_gateway: Any, reactor: Any, fake: resource.Resource, *, request_timeout: float,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A gateway in front of a stand-in CouchDB, and its client with Basic credentials."""
+    listening = reactor.listenTCP(0, server.Site(fake), interface="127.0.0.1")
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
+                                      request_timeout=request_timeout)
+        yield gateway, gateway.client.with_headers(basic_header("u", "pw"))
+    finally:
+        await listening.stopListening()
+
+
 class BrokenCouch(resource.Resource):
     """A stand-in CouchDB: ``/_session`` works; every other answer follows ``mode``."""
 
@@ -365,11 +381,8 @@ async def test_broken_upstream_answers_give_clean_error_envelopes(
     start_gateway: Any, reactor: Any, mode: str, expected: set[int],
 ) -> None:
     fake = BrokenCouch()
-    listening = reactor.listenTCP(0, server.Site(fake), interface="127.0.0.1")
-    try:
-        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
-                                      request_timeout=5.0)
-        client = gateway.client.with_headers(basic_header("u", "pw"))
+    async with _through_stand_in(start_gateway, reactor, fake,
+                                 request_timeout=5.0) as (gateway, client):
         assert (await client.get("/api/v1/db/x")).status == 200
         fake.mode = mode
         statuses = []
@@ -385,8 +398,6 @@ async def test_broken_upstream_answers_give_clean_error_envelopes(
         assert (await client.get("/api/v1/db/x")).status == 200  # recovered
         record("faults", f"upstream_{mode}", requests=len(statuses), statuses=statuses,
                clean_envelopes=len(statuses), healthy_after=True, passed=True)
-    finally:
-        await listening.stopListening()
 
 
 async def test_a_write_whose_answer_is_lost_is_not_offered_a_retry(
@@ -396,11 +407,8 @@ async def test_a_write_whose_answer_is_lost_is_not_offered_a_retry(
     503 with Retry-After, but a write may have been applied, and a POST sent again
     stores a second document. It is 502 upstream_answer_lost, without Retry-After."""
     fake = BrokenCouch()
-    listening = reactor.listenTCP(0, server.Site(fake), interface="127.0.0.1")
-    try:
-        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
-                                      request_timeout=5.0)
-        client = gateway.client.with_headers(basic_header("u", "pw"))
+    async with _through_stand_in(start_gateway, reactor, fake,
+                                 request_timeout=5.0) as (_gateway, client):
         fake.mode = "reset"
         read = await client.get("/api/v1/db/x/docs/d")
         assert read.status == 503 and read.json["error"] == "upstream_unavailable"
@@ -413,8 +421,6 @@ async def test_a_write_whose_answer_is_lost_is_not_offered_a_retry(
             assert write.json["error"] == "upstream_answer_lost"
             assert "may have been applied" in write.json["reason"]
             assert write.header("Retry-After") is None
-    finally:
-        await listening.stopListening()
 
 
 class WriteBreakingCouch(resource.Resource):
@@ -450,12 +456,8 @@ async def test_a_write_that_may_have_been_applied_is_not_offered_a_retry(
 ) -> None:
     """A POST without an _id sent again on a Retry-After's invitation stores a second
     document: a write whose answer was lost, cut or late is answered without one."""
-    listening = reactor.listenTCP(0, server.Site(WriteBreakingCouch(mode)),
-                                  interface="127.0.0.1")
-    try:
-        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
-                                      request_timeout=1.0)
-        client = gateway.client.with_headers(basic_header("u", "pw"))
+    async with _through_stand_in(start_gateway, reactor, WriteBreakingCouch(mode),
+                                 request_timeout=1.0) as (_gateway, client):
         for method, path, body in (("POST", "/api/v1/db/x/docs", {"v": 1}),
                                    ("PUT", "/api/v1/db/x/docs/d", {"v": 1}),
                                    ("POST", "/api/v1/db/x/bulk_docs", {"docs": [{"v": 1}]})):
@@ -471,8 +473,6 @@ async def test_a_write_that_may_have_been_applied_is_not_offered_a_retry(
         assert upload.status == status, (upload.status, upload.body[:200])
         assert "may have been applied" in upload.json["reason"]
         assert upload.header("Retry-After") is None
-    finally:
-        await listening.stopListening()
 
 
 @pytest.mark.parametrize("path,body", [
@@ -484,15 +484,9 @@ async def test_a_write_that_may_have_been_applied_is_not_offered_a_retry(
 async def test_a_read_sent_as_a_post_is_still_offered_a_retry(
     start_gateway: Any, reactor: Any, path: str, body: Any,
 ) -> None:
-    listening = reactor.listenTCP(0, server.Site(WriteBreakingCouch("reset")),
-                                  interface="127.0.0.1")
-    try:
-        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}",
-                                      request_timeout=5.0)
-        client = gateway.client.with_headers(basic_header("u", "pw"))
+    async with _through_stand_in(start_gateway, reactor, WriteBreakingCouch("reset"),
+                                 request_timeout=5.0) as (_gateway, client):
         read = await client.post(path, json_body=body)
         assert read.status == 503 and read.json["error"] == "upstream_unavailable", read.body
         assert read.header("Retry-After") == "5"
-    finally:
-        await listening.stopListening()
 
