@@ -97,6 +97,8 @@ class GatewayError(Exception):
 
     default_status: ClassVar[int] = 500
     default_error: ClassVar[str] = "internal_error"
+    #: Seconds after which the client may try again (``Retry-After``); ``None``: not said.
+    retry_after: float | None = None
 
     def __init__(
         self, reason: str = "", *, error: str | None = None, status: int | None = None
@@ -115,7 +117,7 @@ class GatewayError(Exception):
 
     def headers(self) -> dict[str, str]:
         """Extra HTTP response headers this error implies (e.g. ``Retry-After``)."""
-        return {}
+        return {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
 
 
 class CouchError(GatewayError):
@@ -279,13 +281,7 @@ class CouchUnreachable(CouchError):
 
     default_status = 503
     default_error = "upstream_unavailable"
-    retry_after: ClassVar[int] = 5
-    #: Whether clients are told to try again (not for a write that may have been applied).
-    invites_retry: bool = True
-
-    def headers(self) -> dict[str, str]:
-        """Tell clients when to try again (if they may)."""
-        return {"Retry-After": str(self.retry_after)} if self.invites_retry else {}
+    retry_after: float | None = 5  # none for a write that may have been applied
 
 
 class AnswerLost(CouchUnreachable):
@@ -297,7 +293,7 @@ class AnswerLost(CouchUnreachable):
 
     default_status = 502
     default_error = "upstream_answer_lost"
-    invites_retry = False
+    retry_after = None
 
 
 class CouchTimeout(CouchUnreachable):
@@ -371,11 +367,7 @@ class ShuttingDown(GatewayRequestError):
 
     default_status = 503
     default_error = "shutting_down"
-    retry_after: ClassVar[int] = 5
-
-    def headers(self) -> dict[str, str]:
-        """Tell clients when to try again."""
-        return {"Retry-After": str(self.retry_after)}
+    retry_after = 5
 
 
 class InsufficientStorage(GatewayError):
@@ -388,11 +380,7 @@ class InsufficientStorage(GatewayError):
 
     default_status = 507
     default_error = "insufficient_storage"
-    retry_after: ClassVar[int] = 30
-
-    def headers(self) -> dict[str, str]:
-        """Tell clients when to try again."""
-        return {"Retry-After": str(self.retry_after)}
+    retry_after = 30
 
 
 class ClientStalled(GatewayRequestError):
@@ -417,6 +405,7 @@ class RateLimited(GatewayRequestError):
 
     def headers(self) -> dict[str, str]:
         """Tell clients when to try again."""
+        assert self.retry_after is not None  # set by __init__
         return {"Retry-After": str(max(1, round(self.retry_after + 0.4999)))}
 
 

@@ -120,12 +120,12 @@ def unsure_of_write(
     write that certainly did not leave (refused connection) stays an invitation to retry.
     """
     if not writes(method, segments) or isinstance(exc.__cause__, _NOT_SENT) \
-            or not exc.invites_retry:
+            or exc.retry_after is None:
         return exc
     unsure = "it may have been applied; read before writing again"
     if isinstance(exc, CouchTimeout):
         timed_out = CouchTimeout(f"{exc.reason}: {unsure}")
-        timed_out.invites_retry = False
+        timed_out.retry_after = None
         return timed_out
     return AnswerLost(f"CouchDB's answer to the {method} was lost ({exc.reason}): {unsure}")
 
