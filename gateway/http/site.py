@@ -149,9 +149,8 @@ class GatewayRequest(server.Request):
         if self._limit is None:
             site = getattr(self.channel, "site", None)
             limit = int(getattr(site, "max_upload_bytes", 2**62))
-            target = getattr(self.channel, "_path", None) or b""
-            command = getattr(self.channel, "_command", None)
-            if command != b"PUT" or not ATTACHMENT_TARGETS.match(target):
+            line = self._request_line()
+            if line is None or line[0] != b"PUT" or not ATTACHMENT_TARGETS.match(line[1]):
                 limit = min(limit, int(getattr(site, "max_json_bytes", limit)))
             self._limit = limit
         return self._limit
@@ -187,16 +186,14 @@ class GatewayRequest(server.Request):
         too_large = length is not None and length > self._body_limit()
         self.too_large = self.too_large or too_large
         channel: Any = self.channel
-        command = getattr(channel, "_command", None)  # the request line, parsed by
-        target = getattr(channel, "_path", None)  # the channel before the headers
-        version = getattr(channel, "_version", None)
+        line = self._request_line()
         pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
         # Over the cap, any request is answered at its headers (a client waiting for
         # 100 Continue is refused without being invited to send, and the connection
         # closed); within it, only attachment PUTs are dispatched before their body.
-        if command is None or target is None or version is None or channel.transport is None \
-                or (not too_large and (length == 0 or command != b"PUT" or pattern is None
-                                      or not pattern.match(target))):
+        if line is None or channel.transport is None \
+                or (not too_large and (length == 0 or line[0] != b"PUT" or pattern is None
+                                      or not pattern.match(line[1]))):
             try:
                 super().gotLength(0 if too_large else length)  # type: ignore[no-untyped-call]
             except OSError as exc:  # no temporary file for a body over 100 kB
@@ -211,12 +208,22 @@ class GatewayRequest(server.Request):
                 channel.persistent = False
                 self._body_done = True
         else:
-            self._continue_due = bool(expects) and version == b"HTTP/1.1"
+            self._continue_due = bool(expects) and line[2] == b"HTTP/1.1"
             self._widened = widen(channel.transport)
             self.body_pipe = BodyPipe(length, channel.transport,
                                       source=self if length is not None else None,
                                       on_start=self._send_continue)
-        self.requestReceived(command, target, version)
+        self.requestReceived(*line)
+
+    def _request_line(self) -> tuple[bytes, bytes, bytes] | None:
+        """Method, target and version, as the channel parsed them before the headers."""
+        channel: Any = self.channel
+        command = getattr(channel, "_command", None)
+        target = getattr(channel, "_path", None)
+        version = getattr(channel, "_version", None)
+        if command is None or target is None or version is None:
+            return None
+        return command, target, version
 
     def _outgrown(self, pipe: BodyPipe) -> None:
         """A chunked upload passed the cap: answer 413 and close (the rest is not read)."""
@@ -362,9 +369,7 @@ class GatewayRequest(server.Request):
         if self.body_pipe is not None and not self._body_done:
             self._body_done = True
             self.body_pipe.abort(reason)
-        if self.content is not None and not isinstance(self.content, io.BytesIO):
-            close_quietly(self.content)  # Twisted's close() would raise on a full disk
-            self.content = io.BytesIO()
+        self._drop_spool()  # Twisted's close() would raise on a full disk
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
@@ -389,12 +394,10 @@ class GatewayRequest(server.Request):
             assert self.content is not None
             self.content.seek(0)
             self.content.truncate()
-            channel: Any = self.channel
-            command, target = getattr(channel, "_command", None), getattr(channel, "_path", None)
-            version = getattr(channel, "_version", None)
-            if not self._dispatched and command and target and version:
+            line = self._request_line()
+            if not self._dispatched and line is not None:
                 self._early, self._body_done = True, False
-                self.requestReceived(command, target, version)
+                self.requestReceived(*line)
             return
         try:
             super().handleContentChunk(data)  # type: ignore[no-untyped-call]
@@ -404,8 +407,13 @@ class GatewayRequest(server.Request):
     def _cannot_spool(self, exc: OSError) -> None:
         """The body cannot be stored: drop it, and answer 507 once it has arrived."""
         self.spool_error = exc
-        close_quietly(self.content)
-        self.content = io.BytesIO()
+        self._drop_spool()
+
+    def _drop_spool(self) -> None:
+        """Close the body's temporary file, if Twisted made one, without raising."""
+        if not isinstance(self.content, io.BytesIO):
+            close_quietly(self.content)
+            self.content = io.BytesIO()
 
 
 def _aborted(request: Any, outcome: Any) -> bool:
