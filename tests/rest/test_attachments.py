@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -239,13 +240,14 @@ class _Raw(Protocol):
 
     def __init__(self) -> None:
         self.data = b""
-        self.closed: defer.Deferred[None] = defer.Deferred()
+        #: Fires with the ``time.monotonic()`` of the close.
+        self.closed: defer.Deferred[float] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
+        self.closed.callback(time.monotonic())
 
 
 async def _connect(base: str) -> _Raw:

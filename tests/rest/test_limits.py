@@ -286,27 +286,14 @@ async def test_silent_connections_are_closed_after_the_idle_timeout(
     import time
 
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
     from twisted.internet.task import deferLater
 
+    from tests.rest.test_attachments import _connect
+
     gateway = await start_gateway(idle_timeout=1.0)
-    port = int(gateway.url.rstrip("/").rsplit(":", 1)[1])
 
-    class Raw(Protocol):
-        def __init__(self) -> None:
-            self.data = b""
-            self.closed: defer.Deferred[float] = defer.Deferred()
-
-        def dataReceived(self, data: bytes) -> None:
-            self.data += data
-
-        def connectionLost(self, reason: Any = None) -> None:
-            self.closed.callback(time.monotonic())
-
-    async def connect() -> Raw:
-        raw = Raw()
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
-        return raw
+    async def connect() -> Any:
+        return await _connect(gateway.url)
 
     kept_alive = await connect()
     assert kept_alive.transport is not None
