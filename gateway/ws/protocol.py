@@ -261,6 +261,11 @@ def parse_client_message(payload: bytes | str) -> ClientMessage:
         where = "/".join(str(part) for part in error.absolute_path) or "message"
         raise ProtocolError("bad_message", f"invalid {kind} ({where}): {error.message}", sub_id)
     if kind == "subscribe":
+        if isinstance(data.get("since"), float):
+            # JSON Schema's "integer" takes 1e308 and 2.0; CouchDB's seqs never look so.
+            raise ProtocolError("bad_message", "invalid subscribe (since): a number seq must "
+                                "be written as a whole number, without a fraction or exponent",
+                                sub_id)
         params = FeedParams.build(
             filter=data.get("filter"),
             doc_ids=data.get("doc_ids"),

@@ -42,6 +42,16 @@ def test_subscribe_is_parsed_and_normalised() -> None:
     assert parse_client_message(b'{"type":"subscribe","id":"x","db":"d","since":0}').catch_up
 
 
+@pytest.mark.parametrize("since", [b"1e308", b"2.0", b"1E2"])
+def test_a_number_seq_with_a_fraction_or_exponent_is_refused(since: bytes) -> None:
+    """JSON Schema's ``integer`` takes them; they were echoed back as floats."""
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message(b'{"type":"subscribe","id":"x","db":"d","since":' + since + b"}")
+    assert info.value.error == "bad_message" and info.value.sub_id == "x"
+    assert "(since)" in info.value.reason and "whole number" in info.value.reason
+    assert parse_client_message(b'{"type":"subscribe","id":"x","db":"d","since":20}').since == 20
+
+
 def _nested_selector(depth: int) -> bytes:
     return (b'{"type":"subscribe","id":"deep","db":"d","filter":"_selector","selector":'
             + b'{"$and":[' * depth + b'{"a":1}' + b"]}" * depth + b"}")
