@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     """Environment settings overridden by CLI flags."""
     settings = Settings.from_env(environ)
-    return settings.with_overrides(
+    overrides = dict(
         host=args.host, port=args.port, couchdb_url=args.couchdb_url,
         cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip())
         if args.cors_origins else None,
@@ -109,6 +109,20 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         max_attachment_bytes=args.max_attachment_bytes, log_format=args.log_format,
         embedded_data_dir=args.data_dir,
     )
+    try:
+        return settings.with_overrides(**overrides)
+    except ValueError as exc:
+        # Settings name the variable; the value came from a flag here.
+        message = str(exc)
+        for field, value in overrides.items():
+            variable = Settings.env_name(field)
+            if value is not None and message.startswith(variable + ":"):
+                flag = "--" + _FLAGS.get(field, field).replace("_", "-")
+                message = f"{flag} (or {variable}){message[len(variable):]}"
+        raise ValueError(message) from None
+
+
+_FLAGS = {"embedded_data_dir": "data_dir"}
 
 
 def run(args: argparse.Namespace) -> int:

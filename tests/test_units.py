@@ -291,6 +291,16 @@ def test_settings_from_environment() -> None:
         Settings(couchdb_password="hunter2"))
 
 
+def test_a_bad_flag_is_named_as_the_flag_not_only_as_its_variable() -> None:
+    from gateway.__main__ import _parser, settings_from
+    with pytest.raises(ValueError, match=r"^--port \(or WALLABY_PORT\): 70000 is not a TCP port"):
+        settings_from(_parser().parse_args(["run", "--port", "70000"]), {})
+    with pytest.raises(ValueError, match=r"^--request-timeout \(or WALLABY_REQUEST_TIMEOUT\)"):
+        settings_from(_parser().parse_args(["run", "--request-timeout", "nan"]), {})
+    with pytest.raises(ValueError, match=r"^WALLABY_PORT: 70000"):
+        settings_from(_parser().parse_args(["run"]), {"WALLABY_PORT": "70000"})
+
+
 def test_cors_origins_are_kept_as_browsers_serialize_them() -> None:
     settings = Settings.from_env({"WALLABY_CORS_ORIGINS":
                                   "https://App.Example.com:443, http://127.0.0.1:8080, "
