@@ -52,8 +52,8 @@ from gateway.errors import (
 )
 
 __all__ = [
-    "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "body_complete", "read_body",
-    "stream_body", "unsure_of_write", "writes",
+    "BytesBody", "CouchResponse", "CouchTransport", "Reactor", "abandon", "abort_connection",
+    "body_complete", "read_body", "stream_body", "unsure_of_write", "writes",
 ]
 
 T = TypeVar("T")
@@ -312,6 +312,39 @@ class _BodyStream(Protocol):
         transport: Any = self.transport  # the response body's IPushProducer
         if transport is not None:
             transport.stopProducing()
+
+
+def abort_connection(transport: Any) -> None:
+    """Cut the connection a response body arrives on, at once.
+
+    Args:
+        transport: What Twisted gave the body's protocol (a ``TransportProxyProducer``);
+            the TCP transport behind it can abort even when the peer never answers.
+    """
+    producer = getattr(transport, "_producer", None)
+    abort = getattr(producer, "abortConnection", None) or getattr(
+        transport, "abortConnection", None
+    )
+    if callable(abort):
+        abort()
+    elif transport is not None:
+        transport.stopProducing()
+
+
+class _Abandoned(Protocol):
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        abort_connection(self.transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        pass  # the abort's own failure: expected
+
+
+def abandon(response: IResponse) -> None:
+    """Drop a response whose body nobody will read (see :meth:`CouchTransport.open_stream`).
+
+    Its connection is cut rather than read to the end: an attachment may be gigabytes.
+    """
+    response.deliverBody(_Abandoned())  # type: ignore[no-untyped-call]
 
 
 def idle_timeout(

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol as BodyProtocol
 
 from gateway.config import Settings
 from gateway.couch import CouchServer
-from gateway.couch.transport import Reactor, read_body, unsure_of_write
+from gateway.couch.transport import Reactor, abandon, read_body, unsure_of_write
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import CouchError, CouchTimeout, PayloadTooLarge, RangeNotSatisfiable
 from gateway.http.conditional import (
@@ -148,13 +148,17 @@ class Attachments:
         skip, limit = 0, None
         if status == 200 and (length is None or wanted is not None):
             # Upstream sent no length or ignored Range (pouchdb-server): the stub knows.
-            stub = await self._stub_length(request, couch, where, query, etag)
+            try:
+                stub = await self._stub_length(request, couch, where, query, etag)
+            except BaseException:  # an error, a timeout, or the client leaving (cancelled)
+                abandon(response)
+                raise
             length = str(stub) if stub is not None else None
             if wanted is not None and stub is not None:
                 try:
                     span = parse_range(wanted, stub)
                 except ValueError:
-                    response.deliverBody(Discard())
+                    abandon(response)  # not read to its end: it may be gigabytes
                     request.setHeader("Content-Range", f"bytes */{stub}")
                     raise RangeNotSatisfiable("the range is outside the attachment") from None
                 if span is not None:

@@ -33,7 +33,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -97,6 +97,8 @@ MAX_INVALID_STREAK = 20
 
 #: Seconds a successful subscribe authorization of a (credential, database) is reused.
 AUTHORIZATION_TTL = 5.0
+#: Seconds a close handshake, or the flush of a closing socket, may take.
+CLOSE_HANDSHAKE_SECONDS = 2.0
 
 
 #: Rows of a catch-up's first page with documents (their size is not known yet).
@@ -220,6 +222,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._shares_identity = False
         self._watched: set[str] = set()
         self._lost: Deferred[None] = Deferred()
+        self._drop_deadline: IDelayedCall | None = None
         #: The HTTP request that asked for the upgrade, when served through Twisted Web
         #: (set by ``UpgradingResource``); ended once the handshake is decided.
         self.upgrade_request: Any = None
@@ -407,13 +410,34 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         super().dataReceived(data)
 
     def dropConnection(self, abort: bool = False) -> None:  # noqa: N802 - Autobahn's name
-        """Close the TCP connection; the hub writes to this socket no more."""
+        """Close the TCP connection; the hub writes to this socket no more.
+
+        A graceful drop waits for the send buffer to flush, which a client that stopped
+        reading never lets happen (after a close handshake it began itself, no Autobahn
+        timer runs): past the close-handshake timeout the connection is aborted.
+        """
         self._leave_direct_rosters()
+        if not abort and self._drop_deadline is None and self.transport is not None:
+            self._drop_deadline = self.factory.clock.callLater(CLOSE_HANDSHAKE_SECONDS,
+                                                               self.abort)
         super().dropConnection(abort)
+
+    def abort(self) -> None:
+        """Cut the TCP connection now, whatever the WebSocket's state.
+
+        Autobahn's ``dropConnection`` does nothing once it counts the connection closed,
+        which it does as soon as it has asked Twisted for a graceful close.
+        """
+        self._leave_direct_rosters()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         """The connection is gone; the hub writes to this socket no more."""
         self._leave_direct_rosters()
+        if self._drop_deadline is not None and self._drop_deadline.active():
+            self._drop_deadline.cancel()
+        self._drop_deadline = None
         super().connectionLost(reason)
         # Autobahn resolves is_closed with the protocol itself. That one reference cycle
         # would keep the whole closed connection (transport, Deferreds, validator…)
@@ -546,17 +570,22 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """Close the connection after a ``closing`` message with the resume seqs."""
         if self._ending or not self._open:
             return
+        self._ending = True
         self._leave_direct_rosters()
         resume = self.resume_seqs()
         self.outbox.clear()
         for sub in self.subs.values():
             if sub.join is not None:
                 sub.join.buffer, sub.join.buffer_bytes = [], 0
+        if self.state != self.STATE_OPEN:
+            # The client began the close handshake and Autobahn answered it: nothing
+            # more can be sent, and a client that stopped reading would hold the socket.
+            self.abort()
+            return
         self.sendMessage(  # type: ignore[no-untyped-call,unused-ignore]
             encode(closing_message(code, reason, resume))
         )
         self.factory.metrics.messages_sent += 1
-        self._ending = True
         # sendClose() only accepts 1000 and 3000-4999; 1001/1008 are valid server codes.
         self.sendCloseFrame(  # type: ignore[no-untyped-call,unused-ignore]
             code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False
@@ -739,10 +768,11 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             join.buffer_bytes -= change.size
             verdict = join.take(change)
             if verdict is Verdict.CHECK:
-                if not await self._still_current(sub, change):
-                    continue
+                current = await self._still_current(sub, change)
                 if not sub.active or self._ending or sub.join is not join:
-                    return
+                    return  # ended (unsubscribed, refused, closed) while CouchDB answered
+                if not current:
+                    continue
                 join.passed(change.doc_id, change.rev)
             elif verdict is Verdict.SENT:
                 continue
@@ -1074,7 +1104,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             maxFramePayloadSize=settings.ws_max_message_bytes,
             autoPingInterval=settings.ws_ping_interval or 0,
             autoPingTimeout=max(1.0, min(settings.ws_ping_interval or 10.0, 30.0)),
-            closeHandshakeTimeout=2,
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_SECONDS,
             failByDrop=False,
             openHandshakeTimeout=30,
             versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)

@@ -6,7 +6,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
@@ -89,13 +89,13 @@ class ChangesService(Service):
             waiting = DeferredList(closed, consumeErrors=True)
             timer = self.clock.callLater(max(1.0, self.settings.shutdown_grace), waiting.cancel)
             try:
-                await waiting
-            except CancelledError:
-                for connection in connections:
-                    connection.dropConnection(abort=True)
+                await waiting  # a DeferredList fires, not fails, when the timer cancels it
             finally:
                 if timer.active():
                     timer.cancel()
+            for connection in connections:
+                if connection in self.factory.connections:  # past the grace: drop it
+                    connection.abort()
         self.factory.rechecks.stop()
         await self.factory.drain_tasks()
         await self.hub.stopService()

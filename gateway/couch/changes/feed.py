@@ -92,7 +92,7 @@ from gateway.couch.changes.parser import (
     Heartbeat,
 )
 from gateway.couch.idle import IdleTimeout
-from gateway.couch.transport import BytesBody
+from gateway.couch.transport import BytesBody, abort_connection
 from gateway.couch.urls import changes_query
 from gateway.errors import CouchError, CouchUnreachable, FeedProtocolError, GatewayError
 
@@ -210,19 +210,6 @@ class _RecentRevisions:
         return repeat
 
 
-def _abort_transport(transport: Any) -> None:
-    # The response body's transport is Twisted's TransportProxyProducer; the TCP
-    # transport behind it can abort at once, even when the peer never answers.
-    producer = getattr(transport, "_producer", None)
-    abort = getattr(producer, "abortConnection", None) or getattr(
-        transport, "abortConnection", None
-    )
-    if callable(abort):
-        abort()
-    elif transport is not None:
-        transport.stopProducing()
-
-
 class _FeedConnection(Protocol):
     """Streams one response body into the parser; watches for silence; pauses on demand."""
 
@@ -310,7 +297,7 @@ class _FeedConnection(Protocol):
         self.detail = detail
         self._disarm()
         self._backlog.clear()
-        _abort_transport(self.transport)
+        abort_connection(self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
         self._closing = True
