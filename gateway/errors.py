@@ -33,7 +33,9 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── AuthenticationRequired     401
         ├── AccessDenied               403 (path not exposed, origin not allowed)
         ├── RouteNotFound              404
+        ├── MethodNotAllowedHere       405 (the route takes other methods)
         ├── PayloadTooLarge            413
+        ├── NotJsonBody                415 (a JSON body without application/json)
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
         ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
         ├── ShuttingDown               503 (shutting down: /ready, new WebSockets; Retry-After)
@@ -67,8 +69,10 @@ __all__ = [
     "InsufficientStorage",
     "InvalidRequest",
     "MethodNotAllowed",
+    "MethodNotAllowedHere",
     "NotAcceptable",
     "NotFound",
+    "NotJsonBody",
     "PayloadTooLarge",
     "PreconditionFailed",
     "RangeNotSatisfiable",
@@ -308,6 +312,20 @@ class GatewayRequestError(GatewayError):
 
     default_status = 400
     default_error = "bad_request"
+
+
+class MethodNotAllowedHere(GatewayRequestError):
+    """The route exists but takes other methods (405)."""
+
+    default_status = 405
+    default_error = "method_not_allowed"
+
+
+class NotJsonBody(GatewayRequestError):
+    """A body the route reads as JSON came with another ``Content-Type`` (415)."""
+
+    default_status = 415
+    default_error = "bad_content_type"
 
 
 class InvalidRequest(GatewayRequestError):

@@ -54,8 +54,9 @@ from gateway.errors import (
     CouchUnreachable,
     Forbidden,
     GatewayError,
-    GatewayRequestError,
     InvalidRequest,
+    MethodNotAllowedHere,
+    NotJsonBody,
     PayloadTooLarge,
     RouteNotFound,
     ServiceRefused,
@@ -325,10 +326,7 @@ class GatewayApp:
             )
         media = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if media != "application/json":
-            raise GatewayRequestError(
-                "the request body must be application/json", error="bad_content_type",
-                status=415,
-            )
+            raise NotJsonBody("the request body must be application/json")
         content.seek(0)
         try:
             body = strict_json(content.read())
@@ -449,9 +447,7 @@ class GatewayApp:
         if isinstance(exc, CancelledError):
             return None  # the client went away: nobody to answer
         if isinstance(exc, wz.MethodNotAllowed):
-            exc = GatewayRequestError(
-                "method not allowed on this route", error="method_not_allowed", status=405
-            )
+            exc = MethodNotAllowedHere("method not allowed on this route")
         elif isinstance(exc, wz.HTTPException):
             exc = RouteNotFound("no such route")
         if getattr(request, "startedWriting", False):
@@ -860,10 +856,7 @@ class GatewayApp:
         allowed = _methods_of(bytes(request.path).decode("latin-1"))
         if allowed:
             request.setHeader("Allow", ", ".join(sorted(allowed)))
-            raise GatewayRequestError(
-                f"this route takes {', '.join(sorted(allowed))}",
-                error="method_not_allowed", status=405,
-            )
+            raise MethodNotAllowedHere(f"this route takes {', '.join(sorted(allowed))}")
         special = re.search(r"/docs/(_design|_local)/", bytes(request.path).decode("latin-1"))
         if special:
             raise RouteNotFound(

@@ -42,9 +42,6 @@ _UNLIMITED = (b"/health", b"/ready", b"/metrics")
 
 #: Request targets whose ``PUT`` body is streamed upstream (attachment uploads).
 STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?]+(\?|$)")
-#: Targets whose bodies may be as large as an attachment (any others: a JSON body's).
-ATTACHMENT_TARGETS = STREAMED_UPLOADS
-
 
 #: Seconds the rest of a body answered before it arrived is read (and dropped) at most.
 DRAIN_SECONDS = 5.0
@@ -150,7 +147,9 @@ class GatewayRequest(server.Request):
             site = getattr(self.channel, "site", None)
             limit = int(getattr(site, "max_upload_bytes", 2**62))
             line = self._request_line()
-            if line is None or line[0] != b"PUT" or not ATTACHMENT_TARGETS.match(line[1]):
+            pattern = getattr(site, "streamed_uploads", None)
+            if line is None or line[0] != b"PUT" or pattern is None \
+                    or not pattern.match(line[1]):
                 limit = min(limit, int(getattr(site, "max_json_bytes", limit)))
             self._limit = limit
         return self._limit

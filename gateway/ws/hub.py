@@ -370,7 +370,6 @@ class FeedHub(Service):
         self.max_feeds = max_feeds
         self._feeds: dict[FeedKey, SharedFeed] = {}
         self._ids = itertools.count(1)
-        self._stopping: list[Deferred[Any]] = []
         self.feeds_opened = 0
         self.changes_received = 0
         #: Fan-outs (one per upstream batch and feed), the seconds they took, the longest.

@@ -182,13 +182,6 @@ class FeedParams:
             return {"selector": self.selector}
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-friendly description (for logs and metrics)."""
-        return {
-            "filter": self.filter, "doc_ids": list(self.doc_ids), "selector": self.selector,
-            "view": self.view, "query": dict(self.query), "include_docs": self.include_docs,
-        }
-
 
 @dataclass(frozen=True)
 class Subscribe:

@@ -25,7 +25,12 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
-from gateway.errors import GatewayError, GatewayRequestError, InvalidRequest, UpgradeRequired
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowedHere,
+    UpgradeRequired,
+)
 from gateway.http.responses import render_error
 
 __all__ = ["UpgradingResource", "malformed_handshake", "refusal_response", "served_protocol"]
@@ -156,8 +161,7 @@ def malformed_handshake(code: int, reason: str) -> GatewayError:
     """
     if code == 405:
         # As the REST layer answers a method a route does not serve.
-        return GatewayRequestError("method not allowed on this route",
-                                   error="method_not_allowed", status=405)
+        return MethodNotAllowedHere("method not allowed on this route")
     what = next((said for start, said in _MALFORMED if reason.startswith(start)), None)
     detail = f"not a valid WebSocket handshake: {what}" if what else \
         "not a valid WebSocket handshake"

@@ -361,7 +361,6 @@ class ChangesFeed(Service):
         self.connect_timeout = connect_timeout
         self.max_line_bytes = max_line_bytes
         self.duplicates_dropped = 0
-        self.rows_delivered = 0
         self.connections = 0
         #: A resumed connection that has sent no heartbeat yet (it may replay rows).
         self._replaying = False
@@ -621,7 +620,6 @@ class ChangesFeed(Service):
                 break
         if not rows:
             return None
-        self.rows_delivered += len(rows)
         result = call_handler(
             self._on_changes, rows, rows[-1]["seq"], what="changes handler", db=self.db_name
         )
