@@ -25,7 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+
 from gateway.config import Settings
+from gateway.couch.tls import load_trust_root
 from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch, free_port
 
@@ -125,6 +128,16 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 _FLAGS = {"embedded_data_dir": "data_dir"}
 
 
+def _trust_root(settings: Settings) -> IOpenSSLTrustRoot | None:
+    """The CA certificates of ``WALLABY_COUCHDB_CA_FILE`` (``None``: the system's)."""
+    if not settings.couchdb_ca_file:
+        return None
+    try:
+        return load_trust_root(settings.couchdb_ca_file)
+    except ValueError as exc:
+        raise ValueError(f"{Settings.env_name('couchdb_ca_file')}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Start (embedded CouchDB and) the gateway; return when stopped."""
     from twisted.internet import reactor as global_reactor
@@ -144,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     try:
         settings = settings_from(args, environ)
+        trust_root = _trust_root(settings)
     except ValueError as exc:
         sys.stderr.write(f"wallaby: bad setting: {exc}\n")
         return 2
@@ -176,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             "wallaby: warning: no service credentials (COUCHDB_USER, or user:password@ in "
             "COUCHDB_URL): live changes of a database anonymous users may not read will "
             "be refused (service_refused)\n")
-    pool = connection_pool(reactor)
+    pool = connection_pool(reactor, tls_trust_root=trust_root)
     pool.maxPersistentPerHost = 32
     service_auth = (BasicAuth(settings.couchdb_user, settings.couchdb_password or "")
                     if settings.couchdb_user else None)

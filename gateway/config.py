@@ -145,6 +145,8 @@ class Settings:
         couchdb_user: Service user (``COUCHDB_USER``), used only for the gateway's own
             checks (readiness), never for a user's request.
         couchdb_password: Its password (``COUCHDB_PASSWORD``).
+        couchdb_ca_file: For an ``https://`` ``couchdb_url``: a PEM file of the CA
+            certificates to trust instead of the system's (a private CA).
         host: Listen address.
         port: Listen port.
         public_url: The externally visible base URL (for links and cookies), optional.
@@ -203,6 +205,7 @@ class Settings:
     couchdb_url: str = "http://127.0.0.1:5984"
     couchdb_user: str | None = None
     couchdb_password: str | None = field(default=None, repr=False)
+    couchdb_ca_file: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = None

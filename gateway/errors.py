@@ -24,6 +24,7 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   ├── ServiceRefused             502 (CouchDB refused the gateway's own identity)
     │   └── CouchUnreachable           no answer at all (status 503)
     │       ├── CouchTimeout           no answer in time (status 504)
+    │       ├── UpstreamTLSFailed      CouchDB's certificate refused (502, no Retry-After)
     │       └── AnswerLost             a write went out, its answer did not (502, no
     │                                   Retry-After: it may have been applied)
     ├── InsufficientStorage            507 (no room left to hold a request body the
@@ -86,6 +87,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UpgradeRequired",
     "UpstreamServerError",
+    "UpstreamTLSFailed",
     "error_body",
 ]
 
@@ -297,6 +299,18 @@ class AnswerLost(CouchUnreachable):
 
     default_status = 502
     default_error = "upstream_answer_lost"
+    retry_after = None
+
+
+class UpstreamTLSFailed(CouchUnreachable):
+    """The TLS handshake with CouchDB failed: its certificate (or protocol) was refused (502).
+
+    Nothing was sent. Waiting does not mend a certificate, so no ``Retry-After``; the
+    shared feeds keep retrying, for an operator may mend it.
+    """
+
+    default_status = 502
+    default_error = "upstream_tls_failed"
     retry_after = None
 
 

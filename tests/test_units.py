@@ -291,6 +291,21 @@ def test_settings_from_environment() -> None:
         Settings(couchdb_password="hunter2"))
 
 
+def test_a_ca_file_is_read_at_start_up_and_refused_naming_its_variable(tmp_path: Any) -> None:
+    from gateway.__main__ import _trust_root
+    from tests.support import tlscerts
+    assert _trust_root(Settings()) is None
+    with pytest.raises(ValueError, match=r"^WALLABY_COUCHDB_CA_FILE: cannot read"):
+        _trust_root(Settings(couchdb_ca_file=str(tmp_path / "missing.pem")))
+    (tmp_path / "empty.pem").write_text("no certificate here\n")
+    with pytest.raises(ValueError, match=r"^WALLABY_COUCHDB_CA_FILE: .* holds no PEM"):
+        _trust_root(Settings(couchdb_ca_file=str(tmp_path / "empty.pem")))
+    bundle = tmp_path / "bundle.pem"  # two CAs in one file, as CA bundles are
+    bundle.write_bytes(tlscerts.make_ca(tmp_path, "One").path.read_bytes()
+                       + tlscerts.make_ca(tmp_path, "Two").path.read_bytes())
+    assert _trust_root(Settings(couchdb_ca_file=str(bundle))) is not None
+
+
 def test_a_bad_flag_is_named_as_the_flag_not_only_as_its_variable() -> None:
     from gateway.__main__ import _parser, settings_from
     with pytest.raises(ValueError, match=r"^--port \(or WALLABY_PORT\): 70000 is not a TCP port"):

@@ -18,9 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from twisted.internet import error as neterror
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import (
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import TaskStopped
 from twisted.python.failure import Failure
@@ -41,6 +46,7 @@ from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_head
 from gateway.couch.idle import IdleTimeout, PausingProducer, ProgressBody
 from gateway.couch.pool import connection_pool
 from gateway.couch.spill import SpilledBody, body_complete, read_or_spill
+from gateway.couch.tls import HandshakeEndpoint, TLSHandshakeFailed, client_tls
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
 from gateway.errors import (
     AnswerLost,
@@ -49,6 +55,7 @@ from gateway.errors import (
     CouchUnreachable,
     Unauthorized,
     UpstreamServerError,
+    UpstreamTLSFailed,
 )
 
 __all__ = [
@@ -87,6 +94,8 @@ def _unreachable(exc: Exception) -> Exception:
     reasons = getattr(exc, "reasons", None) or []
     if any(reason.check(CancelledError) for reason in reasons):
         return CancelledError()
+    if isinstance(exc, TLSHandshakeFailed):
+        return UpstreamTLSFailed(exc.detail) if exc.refused else CouchUnreachable(exc.detail)
     if isinstance(exc, RequestGenerationFailed):
         local = [r.value for r in reasons if not r.check(*_UNREACHABLE_ERRORS, TaskStopped)]
         if local and isinstance(local[0], Exception):
@@ -100,8 +109,9 @@ _READS_BY_POST = frozenset({
     "_local_docs", "_missing_revs", "_revs_diff", "_session", "_view",
 })
 #: Failures that leave a request certainly unsent (so certainly not applied).
-_NOT_SENT = (neterror.ConnectError, neterror.DNSLookupError, RequestNotSent,
-             RequestTransmissionFailed, RequestGenerationFailed)
+_NOT_SENT = (neterror.ConnectError, neterror.ConnectingCancelledError,
+             neterror.DNSLookupError, RequestNotSent, RequestTransmissionFailed,
+             RequestGenerationFailed)
 
 
 def writes(method: str, segments: Sequence[str]) -> bool:
@@ -155,14 +165,15 @@ def _progress(body: IBodyProducer | None, idle: IdleTimeout | None) -> IBodyProd
 
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
-    """Twisted's standard endpoints (TCP for http, TCP+TLS for https), made once.
+    """TCP endpoints for http, TCP then a whole TLS handshake for https, made once.
 
     ``Agent`` otherwise builds a ``HostnameEndpoint`` per request, IDNA-encoding the
     host name every time, even when the pool has a connection ready.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, trust_root: IOpenSSLTrustRoot | None = None) -> None:
         self._reactor = reactor
+        self._trust_root = trust_root
         self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:  # noqa: N802
@@ -173,8 +184,8 @@ class _Endpoints:
                 raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
             endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=10)
             if uri.scheme == b"https":
-                policy = webclient.BrowserLikePolicyForHTTPS()
-                endpoint = wrapClientTLS(policy.creatorForNetloc(uri.host, uri.port), endpoint)
+                endpoint = HandshakeEndpoint(self._reactor, endpoint,
+                                             client_tls(uri.host, self._trust_root))
             self._made[key] = endpoint
         return endpoint
 
@@ -186,7 +197,8 @@ def _agent_for(reactor: Any, pool: webclient.HTTPConnectionPool) -> webclient.Ag
     """
     agent: webclient.Agent | None = vars(pool).get("_wallaby_agent")
     if agent is None:
-        agent = webclient.Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        endpoints = _Endpoints(reactor, getattr(pool, "tls_trust_root", None))
+        agent = webclient.Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         vars(pool)["_wallaby_agent"] = agent  # lives and dies with the pool
     return agent
 
@@ -526,9 +538,12 @@ class CouchTransport:
         holder.append(deferred)
         try:
             return await deferred
-        except CancelledError:
+        except CancelledError as exc:
             if idle is not None and idle.expired:
-                raise CouchTimeout(f"CouchDB did not answer within {timeout:g} s") from None
+                # Cut while connecting (a connect or a TLS handshake that hangs): nothing
+                # was sent, which the cause tells unsure_of_write.
+                unsent = exc.__cause__ if isinstance(exc.__cause__, _NOT_SENT) else None
+                raise CouchTimeout(f"CouchDB did not answer within {timeout:g} s") from unsent
             raise
         finally:
             if idle is not None:
