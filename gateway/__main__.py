@@ -223,10 +223,13 @@ def run(args: argparse.Namespace) -> int:
         reactor.stop()
 
     async def shutdown() -> None:
-        # /ready fails first (load balancers stop sending), WebSockets close (closing +
-        # 1001, upstream feeds closed), then HTTP stops accepting and drains.
+        # /ready fails first; the gateway serves on for WALLABY_SHUTDOWN_DRAIN while load
+        # balancers notice; then WebSockets close (closing + 1001, upstream feeds closed),
+        # HTTP stops accepting and finishes what is in flight.
         app.draining = True
         try:
+            if settings.shutdown_drain > 0:
+                await service.drain(settings.shutdown_drain)
             await changes.stopService()
         finally:
             await service.stopService()

@@ -130,6 +130,7 @@ _POSITIVE = (
 #: Where 0 means "off" (or "at once").
 _NOT_NEGATIVE = (
     "rate_limit_per_second", "login_max_failures", "login_lockout_seconds", "shutdown_grace",
+    "shutdown_drain",
     "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
     "header_timeout", "idle_timeout",
 )
@@ -149,7 +150,8 @@ class Settings:
             certificates to trust instead of the system's (a private CA).
         host: Listen address.
         port: Listen port.
-        public_url: The externally visible base URL (for links and cookies), optional.
+        public_url: The externally visible base URL, optional and informational (neither
+            links nor cookies are built from it).
         cors_origins: Origins allowed by CORS and for WebSocket handshakes (``*`` allows any).
         trusted_proxies: Addresses or ranges of reverse proxies whose ``X-Forwarded-For``
             names the client (rate limits, failed logins, access log).
@@ -177,6 +179,10 @@ class Settings:
         send_stall_timeout: Seconds a client may read nothing of a streamed response
             (a download, a large answer) before its connection is cut.
         shutdown_grace: Seconds in-flight requests get after SIGTERM.
+        shutdown_drain: Seconds the gateway keeps serving after SIGTERM, with ``/ready``
+            failing and every answer closing its connection, before it closes its
+            WebSockets and stops listening: time for a load balancer's health checks to
+            take it out of rotation (0: none).
         splice_downloads: Relay large attachment downloads with ``splice(2)`` (Linux).
         splice_uploads: Relay large attachment upload bodies with ``splice(2)`` (Linux).
         compress_min_bytes: gzip JSON answers from CouchDB of at least this many bytes
@@ -228,6 +234,7 @@ class Settings:
     login_max_failures: int = 5
     login_lockout_seconds: float = 300.0
     shutdown_grace: float = 10.0
+    shutdown_drain: float = 0.0
     splice_downloads: bool = True
     splice_uploads: bool = True
     compress_min_bytes: int = 1400

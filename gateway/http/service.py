@@ -13,10 +13,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from gateway.http.app import GatewayApp
+from gateway.http.site import GatewaySite
 
 __all__ = ["GatewayService"]
 
@@ -53,6 +55,7 @@ class GatewayService(Service):
         self.pool = pool
         self.backlog = backlog
         self.listening_port: IListeningPort | None = None
+        self.site: GatewaySite | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
     @property
@@ -68,7 +71,8 @@ class GatewayService(Service):
         endpoint: Any = TCP4ServerEndpoint(  # type: ignore[no-untyped-call]
             self.reactor, self.requested_port, backlog=self.backlog, interface=self.host
         )
-        listening: Deferred[IListeningPort] = endpoint.listen(self.app.site())
+        self.site = self.app.site()
+        listening: Deferred[IListeningPort] = endpoint.listen(self.site)
 
         def started(port: IListeningPort) -> IListeningPort:
             self.listening_port = port
@@ -96,6 +100,18 @@ class GatewayService(Service):
                     timer.cancel()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
+
+    async def drain(self, seconds: float) -> None:
+        """Keep serving for ``seconds``, every answer closing its connection.
+
+        The caller has made ``/ready`` fail: a load balancer takes the gateway out of
+        rotation meanwhile, and clients' next requests open connections it sends
+        elsewhere, instead of meeting a closed port.
+        """
+        if self.site is not None:
+            self.site.closing_connections = True
+        _log.info("draining for {seconds}s before stopping (/ready fails)", seconds=seconds)
+        await deferLater(self.reactor, seconds, lambda: None)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting, finish in-flight requests (within the grace), close the pool."""

@@ -111,6 +111,9 @@ class GatewayRequest(server.Request):
                 # chunked one (of no known length to drain): this answer is the last.
                 self._refused_before_body()
             channel: Any = self.channel
+            site = getattr(channel, "site", None)
+            if channel is not None and getattr(site, "closing_connections", False):
+                channel.persistent = False  # draining: the next request goes elsewhere
             if channel is not None and not channel.persistent:
                 self.responseHeaders.setRawHeaders(b"connection", [b"close"])
             if self.session_refresh is not None:
@@ -450,7 +453,13 @@ class GatewaySite(server.Site):
             connection is dropped (``None``: no limit).
         streamed_uploads: Request targets whose ``PUT`` bodies are streamed, not
             stored (``None``: store every body).
+
+    Attributes:
+        closing_connections: Every answer from now on closes its connection (set while
+            the gateway drains before stopping; see ``WALLABY_SHUTDOWN_DRAIN``).
     """
+
+    closing_connections = False
 
     def __init__(
         self, resource: IResource, max_upload_bytes: int, max_json_bytes: int | None = None,
