@@ -19,8 +19,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import IResource, Resource
 
@@ -83,11 +85,14 @@ class GatewayRequest(server.Request):
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
         self._drain_deadline: Any = None  # cuts off a body still sent after its answer
-        # The request line is in; the headers must follow within the site's deadline,
-        # however steadily they trickle (the channel's idle timeout restarts on each byte).
+        # The headers must be in within the site's deadline, however steadily they
+        # trickle (the channel's idle timeout restarts on each byte): counted from the
+        # request's first byte (GatewayChannel), or else from its request line.
         head_timeout = getattr(getattr(self.channel, "site", None), "header_timeout", None)
-        self._head_deadline: Any = None
-        if head_timeout and getattr(self.channel, "callLater", None) is not None:
+        take_deadline = getattr(self.channel, "take_head_deadline", None)
+        self._head_deadline: Any = take_deadline() if take_deadline is not None else None
+        if self._head_deadline is None and head_timeout \
+                and getattr(self.channel, "callLater", None) is not None:
             channel: Any = self.channel
             self._head_deadline = channel.callLater(head_timeout, self._head_too_slow)
 
@@ -442,6 +447,53 @@ def _truncated(request: Any) -> bool:
     return int(request.sentLength) < int(declared[0])
 
 
+class GatewayChannel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel, whose header deadline starts at a request's first byte.
+
+    Twisted makes the request, and so its deadline (:class:`GatewayRequest`), only once
+    the request line is complete, and the idle timeout restarts on every byte: a request
+    line trickled a byte at a time (up to 16 KiB of it) would hold its connection for
+    days.
+
+    Attributes:
+        head_deadline: Drops the connection if the head of the request begun is not in
+            by the site's ``header_timeout``; the request takes it over.
+    """
+
+    head_deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Bytes in; the first of a request starts its deadline."""
+        if not self.requests and self.head_deadline is None:
+            timeout = getattr(getattr(self, "site", None), "header_timeout", None)
+            if timeout:
+                self.head_deadline = self.callLater(  # type: ignore[no-untyped-call]
+                    timeout, self._head_too_slow)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def take_head_deadline(self) -> IDelayedCall | None:
+        """Hand the running deadline to the request just made (its request line is in)."""
+        deadline, self.head_deadline = self.head_deadline, None
+        return deadline
+
+    def _head_too_slow(self) -> None:
+        self.head_deadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Gone: no deadline outlives the connection."""
+        deadline = self.take_head_deadline()
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+
+def _gateway_channel(site: server.Site) -> Any:
+    """What ``Site.protocol`` makes: Twisted's protocol switcher around our channel."""
+    return http._GenericHTTPChannelProtocol(GatewayChannel())  # type: ignore[no-untyped-call]
+
+
 class GatewaySite(server.Site):
     """A ``Site`` producing :class:`GatewayRequest` s.
 
@@ -460,6 +512,7 @@ class GatewaySite(server.Site):
     """
 
     closing_connections = False
+    protocol = _gateway_channel
 
     def __init__(
         self, resource: IResource, max_upload_bytes: int, max_json_bytes: int | None = None,
