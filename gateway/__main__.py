@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
+import resource
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 
+from gateway.accept_errors import AcceptErrorSummary
 from gateway.config import Settings
 from gateway.couch.tls import load_trust_root
 from gateway.couch.urls import split_credentials
@@ -128,6 +132,19 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 _FLAGS = {"embedded_data_dir": "data_dir"}
 
 
+def _raise_descriptor_limit() -> None:
+    """Raise the soft limit of open files to the hard one (as Go programs do).
+
+    Every WebSocket holds a descriptor; a soft limit of 1024 (a common default) would
+    refuse connections past about a thousand, while the hard limit allows more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's nr_open
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _trust_root(settings: Settings) -> IOpenSSLTrustRoot | None:
     """The CA certificates of ``WALLABY_COUCHDB_CA_FILE`` (``None``: the system's)."""
     if not settings.couchdb_ca_file:
@@ -183,7 +200,12 @@ def run(args: argparse.Namespace) -> int:
         )
     observer = (json_lines_observer(sys.stdout) if settings.log_format == "json"
                 else textFileLogObserver(sys.stdout))
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([AcceptErrorSummary(observer, reactor.seconds)],
+                                     redirectStandardIO=False)
+    _raise_descriptor_limit()
+    # Found once now: asked first with no descriptor left (to spool a body), tempfile
+    # would fail as "no usable temporary directory", not as too many open files.
+    tempfile.gettempdir()
 
     if not settings.couchdb_user and split_credentials(settings.couchdb_url)[1] is None:
         sys.stderr.write(

@@ -25,6 +25,8 @@ REST layer and the WebSocket layer translate errors in exactly one place
     │   └── CouchUnreachable           no answer at all (status 503)
     │       ├── CouchTimeout           no answer in time (status 504)
     │       ├── UpstreamTLSFailed      CouchDB's certificate refused (502, no Retry-After)
+    │       ├── TooManyOpenFiles       the gateway is out of file descriptors (503): no
+    │       │                           connection to CouchDB, or no temporary file, for now
     │       └── AnswerLost             a write went out, its answer did not (502, no
     │                                   Retry-After: it may have been applied)
     ├── InsufficientStorage            507 (no room left to hold a request body the
@@ -83,6 +85,7 @@ __all__ = [
     "ServiceRefused",
     "ShuttingDown",
     "TooManyFeeds",
+    "TooManyOpenFiles",
     "Unauthorized",
     "UnsupportedMediaType",
     "UpgradeRequired",
@@ -312,6 +315,17 @@ class UpstreamTLSFailed(CouchUnreachable):
     default_status = 502
     default_error = "upstream_tls_failed"
     retry_after = None
+
+
+class TooManyOpenFiles(CouchUnreachable):
+    """The gateway has no file descriptor left for a connection or a temporary file (503).
+
+    A shortage of the gateway's own, not of CouchDB's: its reason says so, so that an
+    operator looks at the gateway's descriptor limit, not at a healthy CouchDB.
+    """
+
+    default_status = 503
+    default_error = "too_many_open_files"
 
 
 class CouchTimeout(CouchUnreachable):

@@ -12,6 +12,7 @@ error answers become the matching :class:`~gateway.errors.CouchError`.
 
 from __future__ import annotations
 
+import errno
 import json as jsonlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from gateway.errors import (
     CouchError,
     CouchTimeout,
     CouchUnreachable,
+    TooManyOpenFiles,
     Unauthorized,
     UpstreamServerError,
     UpstreamTLSFailed,
@@ -96,6 +98,9 @@ def _unreachable(exc: Exception) -> Exception:
         return CancelledError()
     if isinstance(exc, TLSHandshakeFailed):
         return UpstreamTLSFailed(exc.detail) if exc.refused else CouchUnreachable(exc.detail)
+    if getattr(exc, "osError", None) in (errno.EMFILE, errno.ENFILE):
+        return TooManyOpenFiles("the gateway has too many open files to connect to CouchDB "
+                                "(its descriptor limit is reached); try again shortly")
     if isinstance(exc, RequestGenerationFailed):
         local = [r.value for r in reasons if not r.check(*_UNREACHABLE_ERRORS, TaskStopped)]
         if local and isinstance(local[0], Exception):

@@ -29,6 +29,7 @@ memory in flight stays bounded by about two chunks per direction.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import tempfile
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from gateway.couch.idle import StallWatch
 from gateway.couch.spill import lost_midway, stalled_midway
 from gateway.couch.transport import body_complete
 from gateway.eager_write import queued_bytes, write_now
-from gateway.errors import InsufficientStorage
+from gateway.errors import InsufficientStorage, TooManyOpenFiles
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
@@ -322,10 +323,21 @@ async def spool(pipe: BodyPipe) -> SpooledBody:
     return SpooledBody(file)
 
 
-def no_room(exc: OSError) -> InsufficientStorage:
-    """The error answering a body that could not be spooled, logged for the operator."""
+def no_room(exc: OSError) -> InsufficientStorage | TooManyOpenFiles:
+    """The error answering a body that could not be spooled, logged for the operator.
+
+    Out of file descriptors is the gateway's own passing shortage (503), not a full
+    disk (507). ``tempfile.gettempdir()`` is not asked: the first time, it needs a
+    descriptor itself.
+    """
+    directory = tempfile.tempdir or "the temporary directory"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        _log.warn("cannot hold a request body in {directory}: too many open files",
+                  directory=directory)
+        return TooManyOpenFiles("the gateway has too many open files to receive this "
+                                "body; try again shortly")
     _log.error("cannot hold a request body in {directory}: {error}",
-               directory=tempfile.gettempdir(), error=exc.strerror or str(exc))
+               directory=directory, error=exc.strerror or str(exc))
     return InsufficientStorage("the gateway has no room left to receive this body; "
                                "try again later")
 

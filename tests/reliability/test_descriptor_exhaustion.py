@@ -1,4 +1,4 @@
-"""Review (fds): operating-system resource exhaustion and connection floods, real sockets.
+"""Operating-system resource exhaustion and connection floods, real sockets (session 20).
 
 Each test runs a real ``python -m gateway run`` process, some of them with a low
 ``RLIMIT_NOFILE`` (as ``prlimit --nofile=N`` would set), and attacks it over loopback
@@ -258,3 +258,7 @@ def test_descriptor_exhaustion_does_not_flood_the_log(
         for sock in held:
             sock.close()
     assert grown <= 20, f"{grown} log lines for {attempts} refused connection attempts"
+    summaries = [line for line in gateway.logs().splitlines()
+                 if "could not accept connections" in line]
+    assert summaries and "too many open files" in summaries[0], gateway.logs()[-2000:]
+    assert '"level": "warn"' in summaries[0]
