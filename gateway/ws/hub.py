@@ -285,6 +285,9 @@ class SharedFeed:
     state: str = "starting"
     service: ChangesFeed | None = None
     interrupted: bool = False
+    #: The ``feed_state interrupted`` message sent (prepared, and its size) while
+    #: interrupted: a subscriber joining then is told too.
+    interruption: tuple[Any, int] | None = field(default=None, repr=False)
     started: _Latch = field(default_factory=_Latch, repr=False)
     closed: bool = False
     recent: RecentChanges = field(default_factory=RecentChanges, repr=False)
@@ -629,6 +632,7 @@ class FeedHub(Service):
                   if notice == "interrupted" else None)
         payload = encode(feed_state_message(feed.id, notice, reason))
         message = self.prepare(payload)
+        feed.interruption = (message, len(payload)) if notice == "interrupted" else None
         for sink in list(feed.subscribers):
             try:
                 sink.feed_state(feed, notice, message, len(payload))

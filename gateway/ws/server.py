@@ -686,6 +686,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 # is in memory, and live changes follow them with no await in between.
                 backlog = feed.changes_after(request.since)
             self._reply(subscribed_message(sub.id, request.db, feed.id, start), sub)
+            if feed.interruption is not None:  # joined while it is down: say so
+                self._enqueue(Outgoing(*feed.interruption), None)
             if backlog is not None:
                 sub.join = None
                 factory.metrics.resumes_from_memory += 1

@@ -1,4 +1,4 @@
-"""Review (fds): a subscriber that joins a shared feed while it is interrupted.
+"""A subscriber that joins a shared feed while it is interrupted (session 20).
 
 Found while exhausting the gateway's descriptors: after the flood the shared feed waits
 out its reconnection backoff (up to 30 s) while REST, and so the access check of a new
