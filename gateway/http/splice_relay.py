@@ -484,7 +484,12 @@ class _SpliceWorker:
         except OSError:
             os.close(src_fd)
             raise
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError:  # out of descriptors: the duplicates must not leak
+            os.close(src_fd)
+            os.close(dst_fd)
+            raise
         self.state = "splice"
         reactor = self.splicer.reactor
         self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
