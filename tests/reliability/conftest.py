@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -175,9 +176,13 @@ class GatewayProcess:
 SPAWNED: list[GatewayProcess] = []  # every gateway process of this session (log scans)
 
 
-def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0,
+def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0, nofile: int | None = None,
                   **env: str) -> GatewayProcess:
-    """Start ``python -m gateway run`` and wait (≤ 30 s) for its ``READY <port>`` line."""
+    """Start ``python -m gateway run`` and wait (≤ 30 s) for its ``READY <port>`` line.
+
+    With ``nofile``, the process may open that many descriptors (soft and hard limit,
+    as ``prlimit --nofile=N:N`` sets).
+    """
     tag = uuid.uuid4().hex[:8]
     out, err = logdir / f"gateway-{tag}.out", logdir / f"gateway-{tag}.err"
     environment = {
@@ -186,9 +191,15 @@ def spawn_gateway(couchdb_url: str, logdir: Path, *, port: int = 0,
         "WALLABY_RATE_LIMIT_PER_SECOND": "0", "PYTHONUNBUFFERED": "1", **env,
     }
     argv = [sys.executable, "-m", "gateway", "run"]
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with out.open("wb") as out_file, err.open("wb") as err_file:
         process = subprocess.Popen(argv, cwd=ROOT, env=environment, stdout=out_file,
-                                   stderr=err_file, stdin=subprocess.DEVNULL)
+                                   stderr=err_file, stdin=subprocess.DEVNULL,
+                                   preexec_fn=limit if nofile is not None else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in err.read_text(errors="replace").splitlines():

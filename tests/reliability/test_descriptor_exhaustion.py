@@ -10,62 +10,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import resource
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CouchBackend
-from tests.reliability.conftest import ROOT, SPAWNED, GatewayProcess, basic_header
+from tests.reliability.conftest import GatewayProcess, basic_header, spawn_gateway
 
 
 def _spawn(couch_backend: CouchBackend, logdir: Path, nofile: int | None = None,
            **env: str) -> GatewayProcess:
-    """``python -m gateway run`` (optionally with ``RLIMIT_NOFILE`` = ``nofile``)."""
-    tag = uuid.uuid4().hex[:8]
-    out, err = logdir / f"gateway-{tag}.out", logdir / f"gateway-{tag}.err"
-    environment = {
-        **os.environ, "COUCHDB_URL": couch_backend.admin_url, "WALLABY_PORT": "0",
-        "WALLABY_HOST": "127.0.0.1", "WALLABY_LOG_FORMAT": "json",
-        "WALLABY_RATE_LIMIT_PER_SECOND": "0", "PYTHONUNBUFFERED": "1", **env,
-    }
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with out.open("wb") as out_file, err.open("wb") as err_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run"], cwd=ROOT, env=environment,
-            stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL, preexec_fn=limit,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in err.read_text(errors="replace").splitlines():
-            if line.startswith("READY "):
-                child = GatewayProcess(process, int(line.split()[1]), out, err, env)
-                SPAWNED.append(child)
-                return child
-        if process.poll() is not None:
-            raise AssertionError(err.read_text(errors="replace")[-2000:])
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("gateway did not start within 30 s")
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[GatewayProcess]]:
-    children: list[GatewayProcess] = []
-    yield children
-    for child in children:
-        child.stop()
+    return spawn_gateway(couch_backend.admin_url, logdir, nofile=nofile, **env)
 
 
 def _exhaust(gateway: GatewayProcess, nofile: int, settle: float = 0.0) -> list[socket.socket]:
@@ -102,7 +60,7 @@ NOFILE = 128
 # --------------------------------------------------------------------------- slowloris
 
 def test_a_request_line_trickled_byte_by_byte_is_cut_at_the_header_timeout(
-    couch_backend: CouchBackend, tmp_path: Path, started: list[GatewayProcess],
+    couch_backend: CouchBackend, tmp_path: Path, gateways: list[GatewayProcess],
 ) -> None:
     """docs/rest-api.md: the head must arrive within WALLABY_HEADER_TIMEOUT, "slow-loris
     clients are dropped". The deadline starts only once the request line is complete
@@ -111,7 +69,7 @@ def test_a_request_line_trickled_byte_by_byte_is_cut_at_the_header_timeout(
     ``idle_timeout - ε``) holds its connection and descriptor for days."""
     gateway = _spawn(couch_backend, tmp_path, WALLABY_HEADER_TIMEOUT="1",
                      WALLABY_IDLE_TIMEOUT="2")
-    started.append(gateway)
+    gateways.append(gateway)
     payloads = {
         "headers": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100,
         "request_line": b"GET /health" + b"a" * 100,
@@ -159,7 +117,7 @@ def test_a_request_line_trickled_byte_by_byte_is_cut_at_the_header_timeout(
 
 @pytest.mark.parametrize("history", ["fresh", "after_a_spooled_body"])
 def test_a_body_that_cannot_be_spooled_for_lack_of_descriptors_is_a_clean_503(
-    couch_backend: CouchBackend, tmp_path: Path, started: list[GatewayProcess], history: str,
+    couch_backend: CouchBackend, tmp_path: Path, gateways: list[GatewayProcess], history: str,
 ) -> None:
     """With every descriptor taken by idle connections, a JSON body over 100 kB on an
     already open keep-alive connection cannot get its temporary file (EMFILE).
@@ -172,7 +130,7 @@ def test_a_body_that_cannot_be_spooled_for_lack_of_descriptors_is_a_clean_503(
     of the gateway's own, as docs/rest-api.md answers an unreachable upstream), no
     traceback."""
     gateway = _spawn(couch_backend, tmp_path, nofile=NOFILE)
-    started.append(gateway)
+    gateways.append(gateway)
     admin = basic_header(couch_backend.admin_username, couch_backend.admin_password)
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
     db = "fds_" + uuid.uuid4().hex[:10]
@@ -198,7 +156,7 @@ def test_a_body_that_cannot_be_spooled_for_lack_of_descriptors_is_a_clean_503(
 
 
 def test_descriptor_exhaustion_is_not_reported_as_couchdb_unreachable(
-    couch_backend: CouchBackend, tmp_path: Path, started: list[GatewayProcess],
+    couch_backend: CouchBackend, tmp_path: Path, gateways: list[GatewayProcess],
 ) -> None:
     """With its descriptors exhausted the gateway cannot open an upstream connection.
     Observed: every REST call on a kept-alive connection and ``/ready`` answer 503
@@ -206,7 +164,7 @@ def test_descriptor_exhaustion_is_not_reported_as_couchdb_unreachable(
     is unreachable": the operator is sent to look at a healthy CouchDB. Expected: 503 that
     names the gateway's own limit (too many open files), and a log line that says so."""
     gateway = _spawn(couch_backend, tmp_path, nofile=NOFILE)
-    started.append(gateway)
+    gateways.append(gateway)
     admin = basic_header(couch_backend.admin_username, couch_backend.admin_password)
     ready_conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
     rest_conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
@@ -234,7 +192,7 @@ def test_descriptor_exhaustion_is_not_reported_as_couchdb_unreachable(
 
 
 def test_descriptor_exhaustion_does_not_flood_the_log(
-    couch_backend: CouchBackend, tmp_path: Path, started: list[GatewayProcess],
+    couch_backend: CouchBackend, tmp_path: Path, gateways: list[GatewayProcess],
 ) -> None:
     """Once its descriptors are exhausted, every connection attempt makes Twisted's
     EMFILE recovery write three info lines ("EMFILE encountered; releasing reserved file
@@ -243,7 +201,7 @@ def test_descriptor_exhaustion_does_not_flood_the_log(
     (464 bytes per attempt). Expected: a bounded, aggregated warning (e.g. one line per
     interval with a count), as for any other refused connection."""
     gateway = _spawn(couch_backend, tmp_path, nofile=NOFILE)
-    started.append(gateway)
+    gateways.append(gateway)
     held = _exhaust(gateway, NOFILE)
     try:
         time.sleep(0.5)
