@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.gatewayproc import ROOT, GatewayProcess
+
 _READY = re.compile(r"^READY (\d+)$", re.MULTILINE)
 
 
@@ -50,21 +51,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
-class Gateway:
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+class Gateway(GatewayProcess):
+    """A gateway process with a name (its ``server`` line in HAProxy's configuration)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    name: str = ""
 
     def alive(self) -> bool:
         return self.process.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def start_gateway(name: str, couchdb_url: str, workdir: Path, env: Mapping[str, str] = (),
@@ -83,7 +76,7 @@ def start_gateway(name: str, couchdb_url: str, workdir: Path, env: Mapping[str, 
         text = log.read_text(errors="replace")
         found = _READY.search(text)
         if found:
-            return Gateway(name, process, int(found.group(1)), log)
+            return Gateway(process, int(found.group(1)), log, name=name)
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait()
