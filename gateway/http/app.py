@@ -35,7 +35,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import parse_qs
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 from twisted.web.static import File
 from werkzeug import exceptions as wz
 from werkzeug import routing as wz_routing
@@ -89,6 +89,7 @@ from gateway.http.ratelimit import RateLimiter
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
+from gateway.http.static_files import STATIC_DIR, StaticFiles
 from gateway.http.streaming import (
     client_backlog,
 )
@@ -98,7 +99,6 @@ __all__ = ["STATIC_DIR", "GatewayApp"]
 
 T = TypeVar("T")
 _log = Logger(namespace="gateway.http")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
 
@@ -540,7 +540,7 @@ class GatewayApp:
         if not self.static_dir.is_dir():
             raise RouteNotFound("no static files")
         request.responseHeaders.removeHeader(b"cache-control")
-        return _StaticFiles(str(self.static_dir))
+        return StaticFiles(str(self.static_dir))
 
     @app.route("/", methods=["GET"])
     def index(self, request: Any) -> IResource:
@@ -880,26 +880,3 @@ def _methods_of(path: str) -> set[str]:
     except wz.HTTPException:
         return set()
 
-
-class _Missing(Resource):
-    """A missing static file, answered with the error envelope."""
-
-    isLeaf = True  # noqa: N815 - Twisted's name
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-
-    def render(self, request: Any) -> bytes:
-        """404 in the envelope."""
-        return render_error(request, RouteNotFound("no such file"))
-
-
-class _StaticFiles(File):
-    """``/static/``: files only (no directory listings), errors in the envelope."""
-
-    childNotFound: Any = _Missing()  # noqa: N815 - Twisted's name
-    forbidden: Any = _Missing()
-
-    def directoryListing(self) -> Any:  # noqa: N802 - Twisted's name
-        """No listings."""
-        return self.childNotFound
