@@ -26,7 +26,6 @@ import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import ForwardedAuth
 from gateway.couch.bulk import in_request_order
-from gateway.couch.transport import CouchResponse, Reactor
+from gateway.couch.transport import Reactor
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AccessDenied,
@@ -67,22 +66,15 @@ from gateway.http import paths
 from gateway.http.accesslog import AccessLog
 from gateway.http.attachments import Attachments
 from gateway.http.client_address import ClientAddress
-from gateway.http.compression import gzip_answer, gzip_stream
 from gateway.http.conditional import (
     DOC_META_OPTIONS,
-    content_etag,
-    etag_header,
-    etag_matches,
     if_match_revision,
-    is_revision_tag,
-    must_revalidate,
-    not_modified,
-    set_revision_etag,
 )
 from gateway.http.contract import Contract, load_contract, strict_json
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
 from gateway.http.document_bodies import check_documents
+from gateway.http.forwarding import Forwarder
 from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
@@ -90,9 +82,6 @@ from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles
-from gateway.http.streaming import (
-    client_backlog,
-)
 from gateway.http.upstream_timing import UpstreamTimer
 from gateway.identity import Identity, IdentityCache, basic_user, identify
 
@@ -126,22 +115,6 @@ def _as_served(document: Mapping[str, Any], settings: Settings) -> dict[str, Any
     if "cookieAuth" in schemes:
         schemes["cookieAuth"]["name"] = settings.cookie_name
     return served
-
-
-def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
-    """A 200 or 304 from CouchDB as an answer the browser may keep and revalidate.
-
-    Its ``ETag`` is CouchDB's, or one made from the bytes when CouchDB gives none. A
-    match with ``If-None-Match`` (``condition``), or CouchDB's own 304, is answered 304.
-    """
-    etag = answer.header("ETag")
-    if etag is None and answer.raw is not None:
-        etag = content_etag(answer.raw)
-    if answer.status == 304 or etag_matches(condition, etag):
-        return not_modified(request, etag)
-    must_revalidate(request)
-    return json_response(request, answer.status, answer.body, {"ETag": etag} if etag else {},
-                         encoded=answer.raw)
 
 
 class GatewayApp:
@@ -183,6 +156,7 @@ class GatewayApp:
         self.splicer.enabled = self.splicer.enabled and settings.splice_downloads
         self.splicer.uploads_enabled = self.splicer.uploads_enabled and settings.splice_uploads
         self.metrics.add_collector(self.splicer.render_metrics)
+        self.forwarder = Forwarder(settings, reactor, self._timed)
         self.attachments = Attachments(settings, service=couch, reactor=reactor,
                                        splicer=self.splicer, timed=self._timed)
         self.identities = IdentityCache(clock=reactor.seconds)
@@ -336,101 +310,6 @@ class GatewayApp:
             raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
         self.contract.check_body(operation, body)
         return body
-
-    async def _forward(
-        self,
-        request: Any,
-        couch: CouchServer,
-        method: str,
-        segments: list[str],
-        *,
-        revalidate: bool = False,
-        amend: Callable[[Any], Any] | None = None,
-        rev_etag: str | None = None,
-        stream_large: bool = False,
-        **kwargs: Any,
-    ) -> bytes:
-        """Send a JSON request upstream and answer with CouchDB's status and body.
-
-        The body is relayed as CouchDB wrote it (it was decoded, so it is JSON): not
-        re-encoding saves a view's worth of ``json.dumps`` per request and keeps its
-        numbers exactly as CouchDB wrote them.
-
-        With ``revalidate`` (GETs of documents and views) the browser may keep the answer
-        and revalidate it. Its ``ETag`` is CouchDB's, or one made from the bytes when
-        CouchDB gives none (views, ``_all_docs``). The client's ``If-None-Match`` goes
-        to CouchDB too; CouchDB's 304, or a match with the current ``ETag``, is answered
-        304 with no body. Large answers are gzip-coded for clients that accept it
-        (:func:`~gateway.http.compression.gzip_answer`).
-
-        ``amend`` may give a successful answer's body in another form; only a body it
-        changes (returns another object) is encoded again. ``rev_etag`` names the body
-        member holding a document's revision, which becomes the ``ETag`` as on CouchDB.
-
-        With ``stream_large`` (query answers, which grow with the database) a successful
-        answer over ``buffer_answer_bytes`` is not held but streamed
-        (:meth:`_relay_spilled`).
-        """
-        condition = request.getHeader("if-none-match") if revalidate else None
-        if condition is not None:
-            kwargs["headers"] = {"If-None-Match": condition}
-        if stream_large and amend is None and request.method != b"HEAD":
-            # A HEAD gives the length and maybe a tag made from the body: held whole.
-            kwargs["spill_over"] = self.settings.buffer_answer_bytes
-        answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
-        if answer.spilled is not None:
-            if rev_etag is not None and not is_revision_tag(answer.header("ETag")):
-                # The revision is in the body, which has not been read: only an upstream
-                # tag that is a revision (CouchDB's) may stand for it (see If-Match).
-                answer.headers.removeHeader(b"etag")
-            return await self._relay_spilled(request, couch, answer, revalidate)
-        if rev_etag is not None:
-            set_revision_etag(answer, rev_etag)
-        if amend is not None and 200 <= answer.status < 300:
-            amended = amend(answer.body)
-            if amended is not answer.body:
-                answer = replace(answer, body=amended, raw=None)
-        if revalidate and answer.status in (200, 304):
-            data = _revalidatable(request, answer, condition)
-        else:
-            data = json_response(request, answer.status, answer.body, etag_header(answer),
-                                 encoded=answer.raw)
-        return gzip_answer(request, data, self.settings.compress_min_bytes)
-
-    async def _relay_spilled(
-        self, request: Any, couch: CouchServer, answer: CouchResponse, revalidate: bool
-    ) -> bytes:
-        """Stream a successful answer too large to hold, as CouchDB sends it.
-
-        It goes chunked, gzip-coded on the fly for clients that take it, with CouchDB's
-        own ``ETag`` if any (one made from the bytes would come after them). A client
-        slower than CouchDB pauses the upstream connection. If the answer breaks off,
-        the client's connection is cut (:meth:`on_error`), so a truncated answer never
-        looks complete.
-        """
-        spilled = answer.spilled
-        assert spilled is not None
-        try:
-            request.setResponseCode(answer.status)
-            request.setHeader("Content-Type", "application/json")
-            etag = answer.header("ETag")
-            if etag:
-                request.setHeader("ETag", etag)
-            if revalidate:
-                must_revalidate(request)
-            compressor = gzip_stream(request, self.settings.compress_min_bytes)
-        except BaseException:
-            spilled.abort()
-            raise
-        def write(chunk: bytes) -> None:
-            # Looked up each time: Twisted swaps ``request.write`` after the headers of
-            # answers that must have no body.
-            request.write(chunk if compressor is None else compressor.compress(chunk))
-
-        await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout,
-                            stall_timeout=self.settings.send_stall_timeout,
-                            backlog=client_backlog(request))
-        return compressor.flush() if compressor is not None else b""
 
     # -- errors ----------------------------------------------------------------
 
@@ -602,7 +481,7 @@ class GatewayApp:
         """Database information."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "getDatabase", db=name)
-        return await self._forward(request, couch, "GET", [name], params=query)
+        return await self.forwarder.forward(request, couch, "GET", [name], params=query)
 
     @app.route(_DB, methods=["PUT"])
     async def create_database(self, request: Any, db: str) -> bytes:
@@ -610,7 +489,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createDatabase", db=name)
         self._require_server_admin(request)
-        return await self._forward(request, couch, "PUT", [name], params=query)
+        return await self.forwarder.forward(request, couch, "PUT", [name], params=query)
 
     @app.route(_DB, methods=["DELETE"])
     async def delete_database(self, request: Any, db: str) -> bytes:
@@ -618,7 +497,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "deleteDatabase", db=name)
         self._require_server_admin(request)
-        return await self._forward(request, couch, "DELETE", [name], params=query)
+        return await self.forwarder.forward(request, couch, "DELETE", [name], params=query)
 
     # -- documents -------------------------------------------------------------
 
@@ -631,7 +510,7 @@ class GatewayApp:
         check_documents([body])
         if "_id" in body:
             paths.document_id(body["_id"].replace("%", "%25"))
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name], params=query, json=body, rev_etag="rev"
         )
 
@@ -642,7 +521,7 @@ class GatewayApp:
         couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
         plain = not doc_id.startswith("_local/") and not any(
             query.get(option) for option in DOC_META_OPTIONS)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
             rev_etag="_rev" if plain else None, stream_large=True,
         )
@@ -657,7 +536,7 @@ class GatewayApp:
         if body.get("_id", doc_id) != doc_id:
             raise InvalidRequest("the body's '_id' differs from the id in the path")
         if_match_revision(request, query)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "PUT", doc_path(name, doc_id), params=query, json=body,
             rev_etag="rev",
         )
@@ -671,7 +550,7 @@ class GatewayApp:
         if "rev" not in query:
             # CouchDB's answer; pouchdb-server would delete whatever revision is current.
             raise Conflict("Document update conflict: deleting needs 'rev' or 'If-Match'")
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "DELETE", doc_path(name, doc_id), params=query, rev_etag="rev"
         )
 
@@ -682,7 +561,7 @@ class GatewayApp:
         couch, query = await self._begin(request, "bulkDocs", db=name)
         body = self._json_body(request, "bulkDocs")
         check_documents(body["docs"])
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
             amend=lambda answer: in_request_order(body, answer),
         )
@@ -697,7 +576,7 @@ class GatewayApp:
         if not body["docs"]:
             # CouchDB's answer; pouchdb-server never answers an empty list.
             return json_response(request, 200, {"results": []})
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_bulk_get"], params=query, json=body,
             stream_large=True,
         )
@@ -740,7 +619,7 @@ class GatewayApp:
             request, "deleteAttachment", db=name, docid=doc_id, attname=att
         )
         if_match_revision(request, query)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "DELETE", attachment_path(name, doc_id, att), params=query
         )
 
@@ -751,7 +630,7 @@ class GatewayApp:
         """``_all_docs`` with every view parameter."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "allDocs", db=name)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "GET", [name, "_all_docs"], params=query, revalidate=True,
             stream_large=True,
         )
@@ -762,7 +641,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "allDocsKeys", db=name)
         body = self._json_body(request, "allDocsKeys")
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_all_docs"], params=query, json=body,
             stream_large=True,
         )
@@ -775,7 +654,7 @@ class GatewayApp:
         couch, query = await self._begin(
             request, "queryView", db=name, ddoc=design, view=view_name
         )
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "GET", [name, "_design", design, "_view", view_name], params=query,
             revalidate=True, stream_large=True,
         )
@@ -789,7 +668,7 @@ class GatewayApp:
             request, "queryViewKeys", db=name, ddoc=design, view=view_name
         )
         body = self._json_body(request, "queryViewKeys")
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_design", design, "_view", view_name],
             params=query, json=body, stream_large=True,
         )
@@ -801,7 +680,7 @@ class GatewayApp:
         couch, query = await self._begin(request, "find", db=name)
         body = self._json_body(request, "find")
         await self._require_reader(request, couch, name)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_find"], params=query, json=body, stream_large=True
         )
 
@@ -811,7 +690,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "listIndexes", db=name)
         await self._require_reader(request, couch, name)
-        return await self._forward(request, couch, "GET", [name, "_index"], params=query)
+        return await self.forwarder.forward(request, couch, "GET", [name, "_index"], params=query)
 
     @app.route(_DB + "/indexes", methods=["POST"])
     async def create_index(self, request: Any, db: str) -> bytes:
@@ -825,7 +704,7 @@ class GatewayApp:
             # prefix it again (_design/_design/x, which no route could delete).
             body = {**body, "ddoc": ddoc[len("_design/"):]}
         await self._require_db_admin(request, couch, name)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "POST", [name, "_index"], params=query, json=body
         )
 
@@ -838,7 +717,7 @@ class GatewayApp:
             request, "deleteIndex", db=name, ddoc=design, name=index_name
         )
         await self._require_db_admin(request, couch, name)
-        return await self._forward(
+        return await self.forwarder.forward(
             request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name],
             params=query,
         )

@@ -1,0 +1,176 @@
+"""Relaying a JSON request to CouchDB and its answer back to the client, as CouchDB wrote it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gateway.config import Settings
+from gateway.couch import CouchServer
+from gateway.couch.transport import CouchResponse, Reactor
+from gateway.http.attachments import TimedCall
+from gateway.http.compression import gzip_answer, gzip_stream
+from gateway.http.conditional import (
+    content_etag,
+    etag_header,
+    etag_matches,
+    is_revision_tag,
+    must_revalidate,
+    not_modified,
+    set_revision_etag,
+)
+from gateway.http.responses import json_response
+from gateway.http.streaming import client_backlog
+
+__all__ = ["Forwarder"]
+
+
+def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
+    """A 200 or 304 from CouchDB as an answer the browser may keep and revalidate.
+
+    Its ``ETag`` is CouchDB's, or one made from the bytes when CouchDB gives none. A
+    match with ``If-None-Match`` (``condition``), or CouchDB's own 304, is answered 304.
+    """
+    etag = answer.header("ETag")
+    if etag is None and answer.raw is not None:
+        etag = content_etag(answer.raw)
+    if answer.status == 304 or etag_matches(condition, etag):
+        return not_modified(request, etag)
+    must_revalidate(request)
+    return json_response(request, answer.status, answer.body, {"ETag": etag} if etag else {},
+                         encoded=answer.raw)
+
+
+class Forwarder:
+    """Sends JSON requests upstream and answers with CouchDB's status and body.
+
+    Args:
+        settings: Configuration (answer buffering, gzip threshold, send stall timeout).
+        reactor: Clock for a streamed answer's deadlines.
+        timed: Awaits an upstream call and records its latency.
+    """
+
+    def __init__(self, settings: Settings, reactor: Reactor, timed: TimedCall) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self._timed = timed
+
+    async def forward(
+        self,
+        request: Any,
+        couch: CouchServer,
+        method: str,
+        segments: list[str],
+        *,
+        revalidate: bool = False,
+        amend: Callable[[Any], Any] | None = None,
+        rev_etag: str | None = None,
+        stream_large: bool = False,
+        **kwargs: Any,
+    ) -> bytes:
+        """Send a JSON request upstream and answer with CouchDB's status and body.
+
+        The body is relayed as CouchDB wrote it (it was decoded, so it is JSON): not
+        re-encoding saves a view's worth of ``json.dumps`` per request and keeps its
+        numbers exactly as CouchDB wrote them.
+
+        With ``revalidate`` (GETs of documents and views) the browser may keep the answer
+        and revalidate it. Its ``ETag`` is CouchDB's, or one made from the bytes when
+        CouchDB gives none (views, ``_all_docs``). The client's ``If-None-Match`` goes
+        to CouchDB too; CouchDB's 304, or a match with the current ``ETag``, is answered
+        304 with no body. Large answers are gzip-coded for clients that accept it
+        (:func:`~gateway.http.compression.gzip_answer`).
+
+        ``amend`` may give a successful answer's body in another form; only a body it
+        changes (returns another object) is encoded again. ``rev_etag`` names the body
+        member holding a document's revision, which becomes the ``ETag`` as on CouchDB.
+
+        With ``stream_large`` (query answers, which grow with the database) a successful
+        answer over ``buffer_answer_bytes`` is not held but streamed
+        (:meth:`relay_spilled`).
+
+        Args:
+            request: The client's request.
+            couch: The upstream server, as the user.
+            method: The upstream method.
+            segments: The upstream path's segments.
+            revalidate: Whether the browser may keep the answer and revalidate it.
+            amend: Gives a successful answer's body in another form.
+            rev_etag: The body member holding the document's revision, for the ``ETag``.
+            stream_large: Whether an answer too large to hold is streamed.
+            **kwargs: Passed to ``couch.transport.send`` (``params``, ``json``…).
+
+        Returns:
+            The body for Klein to write; for a streamed answer, only what is left (the
+            end of its gzip stream, or nothing).
+        """
+        condition = request.getHeader("if-none-match") if revalidate else None
+        if condition is not None:
+            kwargs["headers"] = {"If-None-Match": condition}
+        if stream_large and amend is None and request.method != b"HEAD":
+            # A HEAD gives the length and maybe a tag made from the body: held whole.
+            kwargs["spill_over"] = self.settings.buffer_answer_bytes
+        answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
+        if answer.spilled is not None:
+            if rev_etag is not None and not is_revision_tag(answer.header("ETag")):
+                # The revision is in the body, which has not been read: only an upstream
+                # tag that is a revision (CouchDB's) may stand for it (see If-Match).
+                answer.headers.removeHeader(b"etag")
+            return await self.relay_spilled(request, couch, answer, revalidate)
+        if rev_etag is not None:
+            set_revision_etag(answer, rev_etag)
+        if amend is not None and 200 <= answer.status < 300:
+            amended = amend(answer.body)
+            if amended is not answer.body:
+                answer = replace(answer, body=amended, raw=None)
+        if revalidate and answer.status in (200, 304):
+            data = _revalidatable(request, answer, condition)
+        else:
+            data = json_response(request, answer.status, answer.body, etag_header(answer),
+                                 encoded=answer.raw)
+        return gzip_answer(request, data, self.settings.compress_min_bytes)
+
+    async def relay_spilled(
+        self, request: Any, couch: CouchServer, answer: CouchResponse, revalidate: bool
+    ) -> bytes:
+        """Stream a successful answer too large to hold, as CouchDB sends it.
+
+        It goes chunked, gzip-coded on the fly for clients that take it, with CouchDB's
+        own ``ETag`` if any (one made from the bytes would come after them). A client
+        slower than CouchDB pauses the upstream connection. If the answer breaks off,
+        the client's connection is cut (:meth:`gateway.http.app.GatewayApp.on_error`), so
+        a truncated answer never looks complete.
+
+        Args:
+            request: The client's request.
+            couch: The upstream server the answer came from (its timeout applies).
+            answer: The answer, spilled (its body not read yet).
+            revalidate: Whether the browser may keep the answer and revalidate it.
+
+        Returns:
+            The end of the gzip stream, if the answer is gzip-coded, else nothing.
+        """
+        spilled = answer.spilled
+        assert spilled is not None
+        try:
+            request.setResponseCode(answer.status)
+            request.setHeader("Content-Type", "application/json")
+            etag = answer.header("ETag")
+            if etag:
+                request.setHeader("ETag", etag)
+            if revalidate:
+                must_revalidate(request)
+            compressor = gzip_stream(request, self.settings.compress_min_bytes)
+        except BaseException:
+            spilled.abort()
+            raise
+        def write(chunk: bytes) -> None:
+            # Looked up each time: Twisted swaps ``request.write`` after the headers of
+            # answers that must have no body.
+            request.write(chunk if compressor is None else compressor.compress(chunk))
+
+        await spilled.relay(write, request, clock=self.reactor, timeout=couch.transport.timeout,
+                            stall_timeout=self.settings.send_stall_timeout,
+                            backlog=client_backlog(request))
+        return compressor.flush() if compressor is not None else b""
