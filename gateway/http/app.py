@@ -46,7 +46,6 @@ from gateway.couch.bulk import in_request_order
 from gateway.couch.transport import Reactor
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
-    AccessDenied,
     AuthenticationRequired,
     Conflict,
     CouchError,
@@ -75,6 +74,7 @@ from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
 from gateway.http.document_bodies import check_documents
 from gateway.http.forwarding import Forwarder
+from gateway.http.guards import require_db_admin, require_reader, require_server_admin
 from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
@@ -262,35 +262,6 @@ class GatewayApp:
         setattr(request, "route", operation)  # noqa: B010 - metrics label
         self.contract.check_path(operation, path)
         return self.contract.check_query(operation, _decode_args(request))
-
-    # Defence in depth: CouchDB 3 enforces ``_security`` on every endpoint, but not every
-    # CouchDB-compatible server does (pouchdb-server 4.2, the embedded default, leaves
-    # ``_find``, ``_bulk_get`` and ``_index`` open). These endpoints first ask CouchDB,
-    # as the user, what CouchDB itself would have answered.
-
-    async def _require_reader(self, request: Any, couch: CouchServer, db: str) -> None:
-        """Raise unless the user may read ``db`` (``GET /db`` as the user)."""
-        await self._timed(request, couch.transport.request("GET", [db]))
-
-    def _require_server_admin(self, request: Any) -> None:
-        """Raise unless the user is a server admin.
-
-        CouchDB 3's rule for creating and deleting databases; pouchdb-server crashes on
-        such a request from anyone else.
-        """
-        if not request.identity.is_admin:
-            raise AccessDenied("only server admins may create or delete databases")
-
-    async def _require_db_admin(self, request: Any, couch: CouchServer, db: str) -> None:
-        """Raise unless the user administers ``db`` (server admin or ``_security`` admin)."""
-        identity: Identity = request.identity
-        security = await self._timed(request, couch.transport.request("GET", [db, "_security"]))
-        admins = (security or {}).get("admins") or {}
-        if identity.is_admin or identity.name in (admins.get("names") or []) or any(
-            role in (admins.get("roles") or []) for role in identity.roles
-        ):
-            return
-        raise AccessDenied("only database admins may manage indexes")
 
     def _json_body(self, request: Any, operation: str) -> Any:
         content: Any = request.content
@@ -488,7 +459,7 @@ class GatewayApp:
         """Create a database (server admins only, as on CouchDB 3)."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "createDatabase", db=name)
-        self._require_server_admin(request)
+        require_server_admin(request)
         return await self.forwarder.forward(request, couch, "PUT", [name], params=query)
 
     @app.route(_DB, methods=["DELETE"])
@@ -496,7 +467,7 @@ class GatewayApp:
         """Delete a database (server admins only)."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "deleteDatabase", db=name)
-        self._require_server_admin(request)
+        require_server_admin(request)
         return await self.forwarder.forward(request, couch, "DELETE", [name], params=query)
 
     # -- documents -------------------------------------------------------------
@@ -572,7 +543,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "bulkGet", db=name)
         body = self._json_body(request, "bulkGet")
-        await self._require_reader(request, couch, name)
+        await require_reader(request, couch, name, self._timed)
         if not body["docs"]:
             # CouchDB's answer; pouchdb-server never answers an empty list.
             return json_response(request, 200, {"results": []})
@@ -679,7 +650,7 @@ class GatewayApp:
         name = paths.database_name(db)
         couch, query = await self._begin(request, "find", db=name)
         body = self._json_body(request, "find")
-        await self._require_reader(request, couch, name)
+        await require_reader(request, couch, name, self._timed)
         return await self.forwarder.forward(
             request, couch, "POST", [name, "_find"], params=query, json=body, stream_large=True
         )
@@ -689,7 +660,7 @@ class GatewayApp:
         """Mango indexes."""
         name = paths.database_name(db)
         couch, query = await self._begin(request, "listIndexes", db=name)
-        await self._require_reader(request, couch, name)
+        await require_reader(request, couch, name, self._timed)
         return await self.forwarder.forward(request, couch, "GET", [name, "_index"], params=query)
 
     @app.route(_DB + "/indexes", methods=["POST"])
@@ -703,7 +674,7 @@ class GatewayApp:
             # CouchDB takes the name with or without the prefix; pouchdb-server would
             # prefix it again (_design/_design/x, which no route could delete).
             body = {**body, "ddoc": ddoc[len("_design/"):]}
-        await self._require_db_admin(request, couch, name)
+        await require_db_admin(request, couch, name, self._timed)
         return await self.forwarder.forward(
             request, couch, "POST", [name, "_index"], params=query, json=body
         )
@@ -716,7 +687,7 @@ class GatewayApp:
         couch, query = await self._begin(
             request, "deleteIndex", db=name, ddoc=design, name=index_name
         )
-        await self._require_db_admin(request, couch, name)
+        await require_db_admin(request, couch, name, self._timed)
         return await self.forwarder.forward(
             request, couch, "DELETE", [name, "_index", f"_design/{design}", "json", index_name],
             params=query,
