@@ -33,7 +33,6 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
 from twisted.web.static import File
 from werkzeug import exceptions as wz
@@ -54,8 +53,6 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     MethodNotAllowedHere,
-    NotJsonBody,
-    PayloadTooLarge,
     RouteNotFound,
     ServiceRefused,
     ShuttingDown,
@@ -69,7 +66,7 @@ from gateway.http.conditional import (
     DOC_META_OPTIONS,
     if_match_revision,
 )
-from gateway.http.contract import Contract, load_contract, strict_json
+from gateway.http.contract import Contract, as_served, load_contract
 from gateway.http.cors import Cors
 from gateway.http.docs_page import DOCS_HTML
 from gateway.http.document_bodies import check_documents
@@ -78,6 +75,7 @@ from gateway.http.guards import require_db_admin, require_reader, require_server
 from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
+from gateway.http.request_args import client_host, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
@@ -90,31 +88,6 @@ __all__ = ["STATIC_DIR", "GatewayApp"]
 _log = Logger(namespace="gateway.http")
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
-
-
-def _client_host(request: Any) -> str:
-    return str(getattr(request, "client_host", None) or "unknown")
-
-
-def _decode_args(request: Any) -> dict[str, list[str]]:
-    # The query string only: Twisted's ``request.args`` also holds the fields of a
-    # form-encoded body, which would be judged as query parameters (and the body,
-    # refused by its media type, would never be).
-    _, _, query = bytes(request.uri).partition(b"?")
-    args: dict[bytes, list[bytes]] = parse_qs(query, 1)  # type: ignore[no-untyped-call]
-    try:
-        return {k.decode("utf-8"): [v.decode("utf-8") for v in vs] for k, vs in args.items()}
-    except UnicodeDecodeError:
-        raise InvalidRequest("the query string is not valid UTF-8") from None
-
-
-def _as_served(document: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """The contract as this gateway serves it: its session cookie under its own name."""
-    served: dict[str, Any] = json.loads(json.dumps(document))
-    schemes = served.get("components", {}).get("securitySchemes", {})
-    if "cookieAuth" in schemes:
-        schemes["cookieAuth"]["name"] = settings.cookie_name
-    return served
 
 
 class GatewayApp:
@@ -169,7 +142,8 @@ class GatewayApp:
         )
         self.mounts: dict[bytes, IResource] = dict(extra_resources or {})
         self.static_dir = static_dir
-        self._spec_json = json.dumps(_as_served(self.contract.document, settings)).encode()
+        self._spec_json = json.dumps(
+            as_served(self.contract.document, settings.cookie_name)).encode()
         self._readiness: str | None = None  # the last /ready verdict's problem
         #: Set when shutdown begins: ``/ready`` fails at once, so load balancers stop
         #: sending new clients while WebSockets close and requests finish.
@@ -216,7 +190,7 @@ class GatewayApp:
             k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
         }
         basic_name = basic_user(headers.get("authorization", ""))
-        client = _client_host(request)
+        client = client_host(request)
         if basic_name is not None:
             self.failed_logins.check(client, basic_name)
         try:
@@ -261,26 +235,11 @@ class GatewayApp:
         """
         setattr(request, "route", operation)  # noqa: B010 - metrics label
         self.contract.check_path(operation, path)
-        return self.contract.check_query(operation, _decode_args(request))
+        return self.contract.check_query(operation, decode_query(request))
 
     def _json_body(self, request: Any, operation: str) -> Any:
-        content: Any = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        if size > self.settings.max_body_bytes:
-            raise PayloadTooLarge(
-                f"JSON bodies are limited to {self.settings.max_body_bytes} bytes"
-            )
-        media = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise NotJsonBody("the request body must be application/json")
-        content.seek(0)
-        try:
-            body = strict_json(content.read())
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-        self.contract.check_body(operation, body)
-        return body
+        """The request's JSON body, checked against ``operation`` and the size cap."""
+        return json_body(request, operation, self.contract, self.settings.max_body_bytes)
 
     # -- errors ----------------------------------------------------------------
 
@@ -413,7 +372,7 @@ class GatewayApp:
         """Log in with CouchDB credentials; sets the session cookie, returns a token."""
         self._checked(request, "login")
         body = self._json_body(request, "login")
-        client = _client_host(request)
+        client = client_host(request)
         self.failed_logins.check(client, body["name"])
         try:
             token = await self._timed(request, self.couch.login(body["name"], body["password"]))

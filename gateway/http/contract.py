@@ -33,7 +33,7 @@ from gateway.errors import InvalidRequest
 from gateway.http.schema_check import Check, compile_schema
 from gateway.schemas import api_schema_dir
 
-__all__ = ["SPEC_PATH", "Contract", "Operation", "load_contract"]
+__all__ = ["SPEC_PATH", "Contract", "Operation", "as_served", "load_contract"]
 
 SPEC_PATH = api_schema_dir() / "openapi.yaml"
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
@@ -316,3 +316,20 @@ def load_contract(path: Path | None = None) -> Contract:
     with (path or SPEC_PATH).open(encoding="utf-8") as handle:
         document = yaml.safe_load(handle)
     return Contract(document)
+
+
+def as_served(document: Mapping[str, Any], cookie_name: str) -> dict[str, Any]:
+    """The contract as this gateway serves it: its session cookie under its own name.
+
+    Args:
+        document: The contract's document.
+        cookie_name: The gateway's session cookie name (``Settings.cookie_name``).
+
+    Returns:
+        A copy of ``document``.
+    """
+    served: dict[str, Any] = json.loads(json.dumps(document))
+    schemes = served.get("components", {}).get("securitySchemes", {})
+    if "cookieAuth" in schemes:
+        schemes["cookieAuth"]["name"] = cookie_name
+    return served
