@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.request_args import client_host, decode_query, json_body
 from gateway.http.responses import json_response, render_error
+from gateway.http.session import presented_credentials, session_cookie, session_refresh
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles
@@ -181,14 +182,7 @@ class GatewayApp:
 
     async def identify(self, request: Any) -> Identity:
         """Authenticate the request (see :mod:`gateway.identity`)."""
-        headers = {
-            k.decode("latin-1").lower(): v[0].decode("latin-1")
-            for k, v in request.requestHeaders.getAllRawHeaders()
-        }
-        raw_cookies: dict[bytes, bytes] = request.received_cookies
-        cookies = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
-        }
+        headers, cookies = presented_credentials(request)
         basic_name = basic_user(headers.get("authorization", ""))
         client = client_host(request)
         if basic_name is not None:
@@ -204,19 +198,8 @@ class GatewayApp:
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
         presented = cookies.get(self.settings.cookie_name)
         if presented and "authorization" not in headers:
-            request.session_refresh = self._session_refresh(identity, presented)
+            request.session_refresh = session_refresh(self.settings, identity, presented)
         return identity
-
-    def _session_refresh(self, identity: Identity, presented: str) -> Callable[[], str | None]:
-        """Hand CouchDB's refreshed session cookie back to the browser, as CouchDB would."""
-
-        def refreshed() -> str | None:
-            session = getattr(identity.auth, "session", None)
-            if isinstance(session, str) and session and session != presented:
-                return self._cookie(session)
-            return None
-
-        return refreshed
 
     async def _begin(
         self, request: Any, operation: str, **path: str
@@ -358,15 +341,6 @@ class GatewayApp:
 
     # -- session ---------------------------------------------------------------
 
-    def _cookie(self, value: str, max_age: int | None = None) -> str:
-        parts = [f"{self.settings.cookie_name}={value}", "Path=/", "HttpOnly",
-                 f"SameSite={self.settings.cookie_samesite}"]
-        if self.settings.cookie_secure or self.settings.cookie_samesite.lower() == "none":
-            parts.append("Secure")
-        if max_age is not None:
-            parts.append(f"Max-Age={max_age}")
-        return "; ".join(parts)
-
     @app.route(_PREFIX + "/session", methods=["POST"])
     async def login(self, request: Any) -> bytes:
         """Log in with CouchDB credentials; sets the session cookie, returns a token."""
@@ -384,7 +358,8 @@ class GatewayApp:
         session = await self._timed(request, user.session())
         context = session.get("userCtx") or {}
         setattr(request, "user_name", context.get("name"))  # noqa: B010
-        request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie(token).encode())
+        cookie = session_cookie(self.settings, token)
+        request.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode())
         return json_response(request, 200, {
             "ok": True, "name": context.get("name") or body["name"],
             "roles": list(context.get("roles") or []), "token": token,
@@ -401,7 +376,8 @@ class GatewayApp:
     def logout(self, request: Any) -> bytes:
         """Forget the session cookie (CouchDB sessions are stateless: it simply expires)."""
         self._checked(request, "logout")
-        request.responseHeaders.addRawHeader(b"Set-Cookie", self._cookie("", 0).encode())
+        cookie = session_cookie(self.settings, "", 0)
+        request.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode())
         return json_response(request, 200, {"ok": True})
 
     # -- databases -------------------------------------------------------------
