@@ -31,7 +31,6 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.static import File
@@ -47,14 +46,10 @@ from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
     AuthenticationRequired,
     Conflict,
-    CouchError,
-    CouchUnreachable,
-    Forbidden,
     GatewayError,
     InvalidRequest,
     MethodNotAllowedHere,
     RouteNotFound,
-    ServiceRefused,
     ShuttingDown,
     Unauthorized,
 )
@@ -75,6 +70,7 @@ from gateway.http.guards import require_db_admin, require_reader, require_server
 from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
+from gateway.http.readiness import Readiness
 from gateway.http.request_args import client_host, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
@@ -86,7 +82,6 @@ from gateway.identity import Identity, IdentityCache, basic_user, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
 
-_log = Logger(namespace="gateway.http")
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
 
@@ -131,6 +126,7 @@ class GatewayApp:
         self.splicer.uploads_enabled = self.splicer.uploads_enabled and settings.splice_uploads
         self.metrics.add_collector(self.splicer.render_metrics)
         self.forwarder = Forwarder(settings, reactor, self._timed)
+        self.readiness = Readiness(couch, self._timed)
         self.attachments = Attachments(settings, service=couch, reactor=reactor,
                                        splicer=self.splicer, timed=self._timed)
         self.identities = IdentityCache(clock=reactor.seconds)
@@ -145,7 +141,6 @@ class GatewayApp:
         self.static_dir = static_dir
         self._spec_json = json.dumps(
             as_served(self.contract.document, settings.cookie_name)).encode()
-        self._readiness: str | None = None  # the last /ready verdict's problem
         #: Set when shutdown begins: ``/ready`` fails at once, so load balancers stop
         #: sending new clients while WebSockets close and requests finish.
         self.draining = False
@@ -267,32 +262,8 @@ class GatewayApp:
         self._checked(request, "getReady")
         if self.draining:
             raise ShuttingDown("the gateway is shutting down")
-        try:
-            await self._timed(request, self.couch.ready())
-        except (Unauthorized, Forbidden) as exc:
-            problem: GatewayError = ServiceRefused(
-                f"CouchDB refused the gateway's service identity ({exc.status} {exc.error}): "
-                "check COUCHDB_USER and COUCHDB_PASSWORD (or the credentials in COUCHDB_URL)"
-            )
-        except CouchUnreachable as exc:
-            problem = exc
-        except CouchError as exc:
-            problem = CouchUnreachable(f"CouchDB is not ready: {exc.status} {exc.reason}")
-        else:
-            self._readiness_changed(None)
-            return json_response(request, 200, {"ok": True})
-        self._readiness_changed(problem)
-        raise problem
-
-    def _readiness_changed(self, problem: GatewayError | None) -> None:
-        verdict = None if problem is None else f"{problem.error}: {problem.reason}"
-        if verdict == self._readiness:
-            return
-        self._readiness = verdict
-        if problem is None:
-            _log.info("ready: CouchDB takes requests again")
-        else:
-            _log.warn("not ready: {verdict}", verdict=verdict)
+        await self.readiness.check(request)
+        return json_response(request, 200, {"ok": True})
 
     @app.route("/metrics", methods=["GET"])
     def metrics_text(self, request: Any) -> bytes:
