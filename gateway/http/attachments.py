@@ -12,8 +12,8 @@ these once the caller is authenticated.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Coroutine, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.protocol import Protocol as BodyProtocol
@@ -40,6 +40,7 @@ from gateway.http.streaming import (
     spool,
     upload_producer,
 )
+from gateway.http.upstream_timing import TimedCall
 
 __all__ = ["Attachments", "Discard", "TimedCall"]
 
@@ -51,13 +52,6 @@ _COPIED_HEADERS = (
     "Content-Encoding", "Content-MD5", "Last-Modified",
 )
 _UPLOAD_BYTES_PER_SECOND = 1024 * 1024
-
-
-class TimedCall(Protocol):
-    """Awaits an upstream call and records how long it took, for the request's route."""
-
-    def __call__(self, request: Any, call: Awaitable[T], /) -> Awaitable[T]:
-        """The call's result."""
 
 
 class Discard(BodyProtocol):

@@ -9,7 +9,6 @@ from typing import Any
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.transport import CouchResponse, Reactor
-from gateway.http.attachments import TimedCall
 from gateway.http.compression import gzip_answer, gzip_stream
 from gateway.http.conditional import (
     content_etag,
@@ -22,6 +21,7 @@ from gateway.http.conditional import (
 )
 from gateway.http.responses import json_response
 from gateway.http.streaming import client_backlog
+from gateway.http.upstream_timing import TimedCall
 
 __all__ = ["Forwarder"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.couch import CouchServer
 from gateway.errors import AccessDenied
-from gateway.http.attachments import TimedCall
+from gateway.http.upstream_timing import TimedCall
 from gateway.identity import Identity
 
 __all__ = ["require_db_admin", "require_reader", "require_server_admin"]

@@ -15,7 +15,7 @@ from gateway.errors import (
     ServiceRefused,
     Unauthorized,
 )
-from gateway.http.attachments import TimedCall
+from gateway.http.upstream_timing import TimedCall
 
 __all__ = ["Readiness"]
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.http.metrics import Metrics
 
-__all__ = ["UpstreamTimer"]
+__all__ = ["TimedCall", "UpstreamTimer"]
 
 T = TypeVar("T")
+
+
+class TimedCall(Protocol):
+    """Awaits an upstream call and records how long it took, for the request's route."""
+
+    def __call__(self, request: Any, call: Awaitable[T], /) -> Awaitable[T]:
+        """The call's result."""
 
 
 class UpstreamTimer:
     """Awaits upstream calls and records their latency under the request's route.
 
-    An instance is a :class:`gateway.http.attachments.TimedCall`.
+    An instance is a :class:`TimedCall`.
 
     Args:
         metrics: Where the latencies go (``observe_upstream``).
