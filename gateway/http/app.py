@@ -18,6 +18,13 @@ Mounting: :meth:`GatewayApp.mount` (or the ``extra_resources`` argument) serves 
 traversal checks, access log) and instead of the router — the WebSocket endpoint
 ``/api/v1/changes`` is mounted so, and authenticates with the same
 :func:`gateway.identity.identify`, passing :attr:`GatewayApp.identities` as cache.
+
+The routes are declared here; what they share lives beside them: relaying to CouchDB
+(:mod:`~gateway.http.forwarding`), reading a request (:mod:`~gateway.http.request_args`),
+the access checks (:mod:`~gateway.http.guards`), the session cookie
+(:mod:`~gateway.http.session`), ``/ready`` (:mod:`~gateway.http.readiness`), upstream
+latencies (:mod:`~gateway.http.upstream_timing`) and ``/static/``
+(:mod:`~gateway.http.static_files`).
 """
 
 from __future__ import annotations
