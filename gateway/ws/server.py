@@ -82,6 +82,7 @@ from gateway.ws.protocol import (
     unsubscribed_message,
 )
 from gateway.ws.resource import malformed_handshake, refusal_response
+from gateway.ws.tasks import hold_task
 
 __all__ = [
     "Authenticate",
@@ -147,24 +148,6 @@ class Subscription:
     def ended(self) -> bool:
         """Whether the subscription has ended (re-read after every await)."""
         return not self.active
-
-
-def _hold(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
-    """Keep ``deferred`` in ``tasks`` until it fires; log a failure other than a cancel."""
-    if not deferred.called:
-        tasks.add(deferred)
-
-        def done(result: Any) -> Any:
-            tasks.discard(deferred)
-            return result
-
-        deferred.addBoth(done)
-    deferred.addErrback(_log_task_failure)
-
-
-def _log_task_failure(failure: Failure) -> None:
-    if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
-        log.error("websocket task failed: %s", failure.getTraceback())
 
 
 #: The most bytes of frames joined into one send when a run of changes is written.
@@ -625,7 +608,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             self._track(self._subscribe(message))
 
     def _track(self, coroutine: Any) -> None:
-        _hold(self._pending, Deferred.fromCoroutine(coroutine))
+        hold_task(self._pending, Deferred.fromCoroutine(coroutine))
 
     async def _subscribe(self, request: Subscribe) -> None:
         factory = self.factory
@@ -1133,7 +1116,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
 
     def track(self, deferred: Deferred[Any]) -> None:
         """Keep a background task until it ends (awaited at shutdown)."""
-        _hold(self._tasks, deferred)
+        hold_task(self._tasks, deferred)
 
     async def drain_tasks(self) -> None:
         """Wait for background tasks (feed releases) to finish."""

@@ -1,0 +1,36 @@
+"""Background tasks of the WebSocket endpoint: kept until they end, their failures logged."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+__all__ = ["hold_task"]
+
+log = logging.getLogger(__name__)
+
+
+def hold_task(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
+    """Keep ``deferred`` in ``tasks`` until it fires; log a failure other than a cancel.
+
+    Args:
+        tasks: The set holding the owner's running tasks (cancelled or awaited by it).
+        deferred: The task.
+    """
+    if not deferred.called:
+        tasks.add(deferred)
+
+        def done(result: Any) -> Any:
+            tasks.discard(deferred)
+            return result
+
+        deferred.addBoth(done)
+    deferred.addErrback(_log_task_failure)
+
+
+def _log_task_failure(failure: Failure) -> None:
+    if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
+        log.error("websocket task failed: %s", failure.getTraceback())
