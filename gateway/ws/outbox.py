@@ -6,18 +6,45 @@ a slow client is replaced by a later change to the same document of the same
 subscription (coalescing): the client gets the latest revision once, and the queue of
 a client that stops reading grows with the number of documents changed, not the number
 of changes. The connection closes a client whose queue outgrows its budget.
+
+A run of changes written while the socket takes writes goes out in few sends: their
+frames joined, up to ``JOINED_WRITE_BYTES`` a send (:func:`joined_runs`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.ws.protocol import Seq
 
-__all__ = ["Outbox", "Outgoing"]
+__all__ = ["JOINED_WRITE_BYTES", "Outbox", "Outgoing", "joined_runs"]
+
+#: The most bytes of frames joined into one send when a run of changes is written.
+JOINED_WRITE_BYTES = 64 * 1024
+
+
+def joined_runs(frames: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive runs of ``frames`` to join into one send each.
+
+    A run takes frames until it holds ``JOINED_WRITE_BYTES`` or more (one frame at least).
+
+    Args:
+        frames: The frames of a run of changes, in the order they are to be sent.
+
+    Yields:
+        The bounds of each run, in order; together they cover ``frames``.
+    """
+    start = 0
+    while start < len(frames):
+        end, size = start, 0
+        while end < len(frames) and size < JOINED_WRITE_BYTES:
+            size += len(frames[end])
+            end += 1
+        yield start, end
+        start = end
 
 
 @dataclass(eq=False)

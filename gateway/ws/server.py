@@ -25,7 +25,7 @@ import functools
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ from gateway.ws.catchup import PAGE_SIZE, Join, PageSizer, Verdict, fetch_change
 from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.metrics import WsMetrics
-from gateway.ws.outbox import Outbox, Outgoing
+from gateway.ws.outbox import Outbox, Outgoing, joined_runs
 from gateway.ws.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_SESSION_INVALID,
@@ -148,25 +148,6 @@ class Subscription:
     def ended(self) -> bool:
         """Whether the subscription has ended (re-read after every await)."""
         return not self.active
-
-
-#: The most bytes of frames joined into one send when a run of changes is written.
-JOINED_WRITE_BYTES = 64 * 1024
-
-
-def _joined_runs(frames: Sequence[bytes]) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` of consecutive runs of ``frames`` to join into one send each.
-
-    A run takes frames until it holds ``JOINED_WRITE_BYTES`` or more (one frame at least).
-    """
-    start = 0
-    while start < len(frames):
-        end, size = start, 0
-        while end < len(frames) and size < JOINED_WRITE_BYTES:
-            size += len(frames[end])
-            end += 1
-        yield start, end
-        start = end
 
 
 def _upgraded() -> Failure:
@@ -485,7 +466,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         """
         frames = [item.message.payloadHybi for _key, item in items]
         index = 0
-        for start, end in _joined_runs(frames):
+        for start, end in joined_runs(frames):
             if not self._takes_live_writes(sub):
                 break
             self._write_frame(b"".join(frames[start:end]))
@@ -919,7 +900,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         # Other runs of changes (a resume's backlog from memory): their frames joined,
         # up to JOINED_WRITE_BYTES a send, until the socket backs up.
         frames = [change.message.payloadHybi for change in changes]
-        for start, end in _joined_runs(frames):
+        for start, end in joined_runs(frames):
             if self._paused:
                 return changes[start:]
             self._write_frame(b"".join(frames[start:end]))

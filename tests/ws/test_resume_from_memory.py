@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from gateway.couch import Database
+from gateway.ws import outbox as outbox_module
 from gateway.ws import server as server_module
 from gateway.ws.hub import PreparedChange, RecentChanges
 from tests.ws.conftest import WsServer, sleep
@@ -195,7 +196,7 @@ async def test_a_backlog_from_memory_goes_out_in_few_sends_whole_and_in_order(
     """The frames of a resume's backlog are joined into sends of at most
     ``JOINED_WRITE_BYTES``; every change still arrives once, in feed order, and the
     resume seq is the last one's."""
-    monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
+    monkeypatch.setattr(outbox_module, "JOINED_WRITE_BYTES", 4096)
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
     await watcher.subscribe("w", db.name)
@@ -224,7 +225,7 @@ async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order
 ) -> None:
     """A resume older than the feed's memory reads ``_changes`` upstream; each page's
     frames are joined too, and then live changes follow, each once."""
-    monkeypatch.setattr(server_module, "JOINED_WRITE_BYTES", 4096)
+    monkeypatch.setattr(outbox_module, "JOINED_WRITE_BYTES", 4096)
     token = await ws_server.login(await make_user())
     got = await _beyond_the_feeds_memory(ws_server, db, token, "c", 60)
     catch_ups = spy_on_catch_ups(monkeypatch, ws_server)
