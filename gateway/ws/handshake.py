@@ -1,18 +1,43 @@
-"""What a WebSocket handshake's headers allow: its ``Origin``, and its cookies.
+"""What a WebSocket handshake's headers allow: its ``Origin``, its cookies, its identity.
 
 A browser sends its cookies and Basic credentials with a handshake whatever page opened
 the socket, so the ``Origin`` decides both whether the socket may open at all and
 whether those ambient credentials may count (a foreign page must not act with the
-session of a user who visits it).
+session of a user who visits it). The credentials that count are verified by an
+:data:`Authenticate` check, which answers who the connection acts as.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["origin_allowed", "origin_trusted", "request_cookies"]
+from gateway.couch.auth import Auth
+
+__all__ = [
+    "Authenticate",
+    "WsIdentity",
+    "origin_allowed",
+    "origin_trusted",
+    "request_cookies",
+]
+
+
+@dataclass(frozen=True)
+class WsIdentity:
+    """Who a connection acts as (the shape of ``gateway.identity.Identity``)."""
+
+    name: str | None
+    roles: tuple[str, ...]
+    auth: Auth = field(repr=False)
+
+
+#: Verifies a handshake's credentials: ``(headers with lower-case names, cookies)`` →
+#: an object with ``name``, ``roles`` and ``auth``; raises ``AuthenticationRequired``.
+Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Any]]
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.identity import Identity, IdentityCache, identify
-from gateway.ws.server import Authenticate
+from gateway.ws.handshake import Authenticate
 from gateway.ws.service import ChangesService
 
 __all__ = ["CHANGES_PATH", "identity_authenticator", "install_changes"]

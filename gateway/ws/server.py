@@ -25,8 +25,7 @@ import functools
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -38,7 +37,6 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from gateway.config import Settings
-from gateway.couch.auth import Auth
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import idle_socket, write_now
 from gateway.errors import (
@@ -58,7 +56,12 @@ from gateway.ws.access import (
     credential_key,
 )
 from gateway.ws.catchup import PAGE_SIZE, Join, PageSizer, Verdict, fetch_changes, row_rev
-from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
+from gateway.ws.handshake import (
+    Authenticate,
+    origin_allowed,
+    origin_trusted,
+    request_cookies,
+)
 from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
 from gateway.ws.metrics import WsMetrics
 from gateway.ws.outbox import Outbox, Outgoing, joined_runs
@@ -82,13 +85,12 @@ from gateway.ws.protocol import (
     unsubscribed_message,
 )
 from gateway.ws.resource import malformed_handshake, refusal_response
+from gateway.ws.subscription import Subscription
 from gateway.ws.tasks import hold_task
 
 __all__ = [
-    "Authenticate",
     "ChangesServerFactory",
     "ChangesServerProtocol",
-    "WsIdentity",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,50 +106,6 @@ CLOSE_HANDSHAKE_SECONDS = 2.0
 
 #: Rows of a catch-up's first page with documents (their size is not known yet).
 CATCH_UP_FIRST_DOCS = 4
-
-
-@dataclass(frozen=True)
-class WsIdentity:
-    """Who a connection acts as (the shape of ``gateway.identity.Identity``)."""
-
-    name: str | None
-    roles: tuple[str, ...]
-    auth: Auth = field(repr=False)
-
-
-#: Verifies a handshake's credentials: ``(headers with lower-case names, cookies)`` →
-#: an object with ``name``, ``roles`` and ``auth``; raises ``AuthenticationRequired``.
-Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Any]]
-
-
-@dataclass(eq=False)
-class Subscription:
-    """One subscription of one connection.
-
-    Attributes:
-        id: Client-chosen id.
-        request: The ``subscribe`` message.
-        feed: The shared feed, once attached.
-        join: Resume state while catching up (``None`` once live).
-        trailing: After the catch-up, the join whose filter drops live changes the
-            catch-up already sent, until the shared feed has passed each document of it
-            (or :data:`~gateway.ws.catchup.TRAILING_SECONDS` have gone by).
-        last_seq: Seq of the last change written to the socket; before the first one,
-            the seq the subscription started after.
-        active: False once ended.
-    """
-
-    id: str
-    request: Subscribe
-    feed: SharedFeed | None = None
-    join: Join | None = None
-    trailing: Join | None = None
-    last_seq: Seq | None = None
-    active: bool = True
-
-    def ended(self) -> bool:
-        """Whether the subscription has ended (re-read after every await)."""
-        return not self.active
 
 
 def _upgraded() -> Failure:
@@ -1016,7 +974,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
     Args:
         hub: The feed hub.
         settings: Gateway settings (``ws_*``, ``cors_origins``).
-        authenticate: Verifies handshake credentials (see :data:`Authenticate`).
+        authenticate: Verifies handshake credentials (see
+            :data:`~gateway.ws.handshake.Authenticate`).
         clock: The reactor's clock (keep-alive, re-checks, lag).
         url: The public ``ws://`` URL (only used in Autobahn's handshake checks).
         socket_send_buffer: ``SO_SNDBUF`` for accepted sockets (``None``: the OS default);

@@ -22,8 +22,8 @@ from gateway.couch import CouchServer
 from gateway.couch.auth import ForwardedAuth
 from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired
+from gateway.ws.handshake import WsIdentity
 from gateway.ws.protocol import SERVER_TYPES, validator
-from gateway.ws.server import WsIdentity
 from gateway.ws.service import ChangesService
 
 DEFAULT_TIMEOUT = 15.0

@@ -1,0 +1,41 @@
+"""One subscription of one connection: what the client asked for and where it stands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.ws.catchup import Join
+from gateway.ws.hub import SharedFeed
+from gateway.ws.protocol import Seq, Subscribe
+
+__all__ = ["Subscription"]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscription of one connection.
+
+    Attributes:
+        id: Client-chosen id.
+        request: The ``subscribe`` message.
+        feed: The shared feed, once attached.
+        join: Resume state while catching up (``None`` once live).
+        trailing: After the catch-up, the join whose filter drops live changes the
+            catch-up already sent, until the shared feed has passed each document of it
+            (or :data:`~gateway.ws.catchup.TRAILING_SECONDS` have gone by).
+        last_seq: Seq of the last change written to the socket; before the first one,
+            the seq the subscription started after.
+        active: False once ended.
+    """
+
+    id: str
+    request: Subscribe
+    feed: SharedFeed | None = None
+    join: Join | None = None
+    trailing: Join | None = None
+    last_seq: Seq | None = None
+    active: bool = True
+
+    def ended(self) -> bool:
+        """Whether the subscription has ended (re-read after every await)."""
+        return not self.active
