@@ -55,7 +55,7 @@ from gateway.ws.access import (
     SharedIdentities,
     credential_key,
 )
-from gateway.ws.catchup import PAGE_SIZE, Join, PageSizer, Verdict, fetch_changes, row_rev
+from gateway.ws.catchup import Join, Verdict
 from gateway.ws.handshake import (
     Authenticate,
     origin_allowed,
@@ -74,7 +74,6 @@ from gateway.ws.protocol import (
     Seq,
     Subscribe,
     Unsubscribe,
-    change_message,
     closing_message,
     encode,
     error_message,
@@ -85,6 +84,7 @@ from gateway.ws.protocol import (
     unsubscribed_message,
 )
 from gateway.ws.resource import malformed_handshake, refusal_response
+from gateway.ws.resume import catch_up, settle, still_current
 from gateway.ws.subscription import Subscription
 from gateway.ws.tasks import hold_task
 
@@ -102,10 +102,6 @@ MAX_INVALID_STREAK = 20
 AUTHORIZATION_TTL = 5.0
 #: Seconds a close handshake, or the flush of a closing socket, may take.
 CLOSE_HANDSHAKE_SECONDS = 2.0
-
-
-#: Rows of a catch-up's first page with documents (their size is not known yet).
-CATCH_UP_FIRST_DOCS = 4
 
 
 def _upgraded() -> Failure:
@@ -646,88 +642,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 raise NotFound(f"no {singular} {name!r} in _design/{ddoc}", error="not_found")
 
     async def _catch_up(self, sub: Subscription, feed: SharedFeed) -> None:
-        transport = self.user_transport
-        join = sub.join
-        assert transport is not None and join is not None
-        since = sub.request.since
-        assert since is not None
-        budget = self.factory.settings.ws_queue_bytes
-        pages = PageSizer(target=min(max(budget // 2, 16 * 1024), 1024 * 1024),
-                          first=CATCH_UP_FIRST_DOCS if sub.request.params.include_docs
-                          else PAGE_SIZE)
-        more = True
-        while more:
-            rows, since, more = await fetch_changes(
-                transport, sub.request.db, sub.request.params, since, page_size=pages.size,
-                heartbeat_ms=self.factory.settings.feed_heartbeat_ms,
-            )
-            if not sub.active or self._ending:
-                return
-            page: list[tuple[Hashable, Outgoing]] = []
-            for row in rows:
-                if "id" not in row or "seq" not in row:
-                    continue
-                join.record(row["id"], row_rev(row))
-                payload = encode(change_message(feed.id, row))
-                item = Outgoing(self.factory.prepareMessage(payload), len(payload), sub, row["seq"])
-                page.append((("c", id(sub), row["id"]), item))
-            pages.record(len(page), sum(item.size for _key, item in page))
-            del rows
-            self._enqueue_run(sub, page)
-            if sub.ended() or self._ending:
-                return
-        await self._settle(sub, join)
+        await catch_up(self, sub, feed)
 
     async def _settle(self, sub: Subscription, join: Join) -> None:
-        """Deliver the live changes ``join`` holds, in order, then let live ones through.
-
-        More changes may be buffered while a document's current revision is asked for
-        (:meth:`_still_current`): they wait their turn. Afterwards the join's filter
-        stays on for the changes that follow (``sub.trailing``) until it is done.
-        """
-        taken = 0
-        while taken < len(join.buffer):
-            change = join.buffer[taken]
-            taken += 1
-            join.buffer_bytes -= change.size
-            verdict = join.take(change)
-            if verdict is Verdict.CHECK:
-                current = await self._still_current(sub, change)
-                if not sub.active or self._ending or sub.join is not join:
-                    return  # ended (unsubscribed, refused, closed) while CouchDB answered
-                if not current:
-                    continue
-                join.passed(change.doc_id, change.rev)
-            elif verdict is Verdict.SENT:
-                continue
-            self._deliver(sub, change)
-        join.buffer, join.buffer_bytes = [], 0
-        if sub.join is join:
-            sub.join = None
-        if not join.merged:
-            join.merged = True
-            join.keep_filtering(self.factory.clock.seconds())
-        if join.trailing(self.factory.clock.seconds()):
-            sub.trailing = join
+        await settle(self, sub, join)
 
     async def _still_current(self, sub: Subscription, change: PreparedChange) -> bool:
-        """Whether a change of another revision than was sent, not newer, is the winner now.
-
-        Asked as the user, with ``_all_docs`` and the document's id (its winning revision,
-        deleted or not, without its body). When CouchDB cannot say, the change goes out:
-        a repeat is better than a loss.
-        """
-        transport = self.user_transport
-        if transport is None:
-            return True
-        try:
-            answer = await transport.request(
-                "POST", [sub.request.db, "_all_docs"], json={"keys": [change.doc_id]})
-        except CouchError:
-            return True
-        rows = answer.get("rows") if isinstance(answer, dict) else None
-        value = rows[0].get("value") if rows and isinstance(rows[0], dict) else None
-        return not isinstance(value, dict) or value.get("rev") == change.rev
+        return await still_current(self, sub, change)
 
     async def _unsubscribe(self, request: Unsubscribe) -> None:
         sub = self.subs.get(request.id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-import gateway.ws.server as server_module
+import gateway.ws.resume as resume_module
 from gateway.couch import Database
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import CLOSE_GOING_AWAY
@@ -136,7 +136,7 @@ async def test_no_change_follows_unsubscribed_while_a_resume_asks_couchdb(
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
     await watcher.subscribe("w", db.name)  # the shared feed runs
-    original_fetch, raced = server_module.fetch_changes, []
+    original_fetch, raced = resume_module.fetch_changes, []
 
     async def racing_fetch(*args: Any, **kwargs: Any) -> Any:
         if not raced:
@@ -164,7 +164,7 @@ async def test_no_change_follows_unsubscribed_while_a_resume_asks_couchdb(
             await release  # the client unsubscribes meanwhile
         return await original_request(self, method, segments, *args, **kwargs)
 
-    monkeypatch.setattr(server_module, "fetch_changes", racing_fetch)
+    monkeypatch.setattr(resume_module, "fetch_changes", racing_fetch)
     monkeypatch.setattr(CouchTransport, "request", holding_request)
     client = await ws_server.connect(token)
     await client.subscribe("s", db.name, since=0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-import gateway.ws.server as server_module
+import gateway.ws.resume as resume_module
 from gateway.couch import Database
 from tests.conftest import CouchBackend
 from tests.ws.conftest import WsServer, sleep
@@ -129,7 +129,7 @@ async def test_a_stale_conflicting_row_never_follows_the_winner_of_a_resume(
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
     await watcher.subscribe("w", db.name)  # the shared feed runs
-    original, raced = server_module.fetch_changes, []
+    original, raced = resume_module.fetch_changes, []
 
     async def racing_fetch(*args: Any, **kwargs: Any) -> Any:
         if not raced:
@@ -141,7 +141,7 @@ async def test_a_stale_conflicting_row_never_follows_the_winner_of_a_resume(
             await sleep(reactor, 0.1)
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "fetch_changes", racing_fetch)
+    monkeypatch.setattr(resume_module, "fetch_changes", racing_fetch)
     client = await ws_server.connect(token)
     await client.subscribe("s", db.name, since=0)
     await sleep(reactor, 0.5)
@@ -164,7 +164,7 @@ async def test_a_winner_that_returns_to_the_revision_a_resume_sent_is_delivered(
     token = await ws_server.login(await make_user())
     watcher = await ws_server.connect(token)
     await watcher.subscribe("w", db.name)  # the shared feed runs
-    original, raced = server_module.fetch_changes, []
+    original, raced = resume_module.fetch_changes, []
 
     async def slow_fetch(*args: Any, **kwargs: Any) -> Any:
         result = await original(*args, **kwargs)
@@ -175,7 +175,7 @@ async def test_a_winner_that_returns_to_the_revision_a_resume_sent_is_delivered(
             await sleep(reactor, 0.2)
         return result
 
-    monkeypatch.setattr(server_module, "fetch_changes", slow_fetch)
+    monkeypatch.setattr(resume_module, "fetch_changes", slow_fetch)
     client = await ws_server.connect(token)
     await client.subscribe("s", db.name, since=0)
     first, second = await client.collect_changes(2)
