@@ -1,9 +1,9 @@
-"""The WebSocket endpoint of live changes (Autobahn on Twisted): its connections.
+"""The WebSocket endpoint of live changes (Autobahn on Twisted): one client connection.
 
-:class:`ChangesServerFactory` builds :class:`ChangesServerProtocol` connections sharing
-one :class:`~gateway.ws.hub.FeedHub`. :class:`~gateway.ws.service.ChangesService` owns
-both and closes every socket with code 1001 (after a ``closing`` message with resume
-seqs) on shutdown; the factory can also listen on its own port (as the tests do).
+:class:`ChangesServerProtocol` is one connection; the
+:class:`~gateway.ws.factory.ChangesServerFactory` that builds them holds what they share
+(the :class:`~gateway.ws.hub.FeedHub`, settings, metrics, per-credential transports
+and re-checks).
 
 Per connection: handshake authentication (the REST API's identities, checked by the
 same code) and Origin check; every client message validated against its schema; at most
@@ -18,7 +18,6 @@ Connections presenting the same credential (keyed by its hash, see
 once per (credential, database) pair, its outcome fanned out to every connection of
 the pair, instead of once per connection.
 """
-
 from __future__ import annotations
 
 import functools
@@ -26,17 +25,16 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from gateway.config import Settings
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import idle_socket, write_now
 from gateway.errors import (
@@ -48,22 +46,10 @@ from gateway.errors import (
     ShuttingDown,
     Unauthorized,
 )
-from gateway.http.site import SERVER_NAME
-from gateway.ws.access import (
-    AccessRechecks,
-    AuthorizationCache,
-    SharedIdentities,
-    credential_key,
-)
+from gateway.ws.access import credential_key
 from gateway.ws.catchup import Join, Verdict
-from gateway.ws.handshake import (
-    Authenticate,
-    origin_allowed,
-    origin_trusted,
-    request_cookies,
-)
-from gateway.ws.hub import ChangeBatch, FeedHub, PreparedChange, SharedFeed
-from gateway.ws.metrics import WsMetrics
+from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
+from gateway.ws.hub import ChangeBatch, PreparedChange, SharedFeed
 from gateway.ws.outbox import Outbox, Outgoing, joined_runs
 from gateway.ws.protocol import (
     CLOSE_POLICY_VIOLATION,
@@ -88,18 +74,15 @@ from gateway.ws.resume import catch_up, settle, still_current
 from gateway.ws.subscription import Subscription
 from gateway.ws.tasks import hold_task
 
-__all__ = [
-    "ChangesServerFactory",
-    "ChangesServerProtocol",
-]
+if TYPE_CHECKING:
+    from gateway.ws.factory import ChangesServerFactory
+
+__all__ = ["ChangesServerProtocol"]
 
 log = logging.getLogger(__name__)
 
 #: Consecutive invalid messages after which a connection is closed with 1008.
 MAX_INVALID_STREAK = 20
-
-#: Seconds a successful subscribe authorization of a (credential, database) is reused.
-AUTHORIZATION_TTL = 5.0
 #: Seconds a close handshake, or the flush of a closing socket, may take.
 CLOSE_HANDSHAKE_SECONDS = 2.0
 
@@ -887,99 +870,3 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
             self._lost.addBoth(fire)
         return waiter
-
-
-class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-ignore]
-    """Builds connections sharing one hub, settings and metrics.
-
-    Args:
-        hub: The feed hub.
-        settings: Gateway settings (``ws_*``, ``cors_origins``).
-        authenticate: Verifies handshake credentials (see
-            :data:`~gateway.ws.handshake.Authenticate`).
-        clock: The reactor's clock (keep-alive, re-checks, lag).
-        url: The public ``ws://`` URL (only used in Autobahn's handshake checks).
-        socket_send_buffer: ``SO_SNDBUF`` for accepted sockets (``None``: the OS default);
-            bounds the kernel memory a client that does not read can pin.
-    """
-
-    protocol = ChangesServerProtocol  # type: ignore[assignment,unused-ignore]
-
-    def __init__(
-        self,
-        hub: FeedHub,
-        settings: Settings,
-        authenticate: Authenticate,
-        clock: IReactorTime,
-        *,
-        url: str | None = None,
-        socket_send_buffer: int | None = None,
-        metrics: WsMetrics | None = None,
-    ) -> None:
-        super().__init__(  # type: ignore[no-untyped-call,unused-ignore]
-            url, reactor=clock, server=SERVER_NAME.decode("ascii"))
-        self.hub = hub
-        self.settings = settings
-        self.authenticate = authenticate
-        self.clock = clock
-        self.socket_send_buffer = socket_send_buffer
-        self.metrics = metrics or WsMetrics()
-        self.connections: set[ChangesServerProtocol] = set()
-        #: Per user (by name; per credential for anonymous callers), over all their
-        #: connections: the subscriptions on each distinct feed key. One user must not open
-        #: the upstream feeds of many; any number of subscriptions may share a feed.
-        self.user_feeds: dict[str, Counter[Hashable]] = {}
-        #: One upstream transport per credential, shared by its connections.
-        self.identities = SharedIdentities(hub.transport)
-        #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
-        #: reused for a few seconds, never longer than the re-check interval.
-        ttl = AUTHORIZATION_TTL
-        if settings.ws_auth_recheck > 0:
-            ttl = min(ttl, settings.ws_auth_recheck)
-        self.authorizations = AuthorizationCache(clock, ttl)
-        #: Access re-checks per (credential, database) pair.
-        self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck,
-                                       on_revoked=self.authorizations.invalidate)
-        #: False once shutting down: new handshakes are refused with 503.
-        self.accepting = True
-        #: The HTTP request whose socket ``UpgradingResource`` is handing over, meanwhile.
-        self.upgrading: Any = None
-        self._tasks: set[Deferred[Any]] = set()
-        self.setProtocolOptions(  # type: ignore[no-untyped-call,unused-ignore]
-            maxMessagePayloadSize=settings.ws_max_message_bytes,
-            maxFramePayloadSize=settings.ws_max_message_bytes,
-            autoPingInterval=settings.ws_ping_interval or 0,
-            autoPingTimeout=max(1.0, min(settings.ws_ping_interval or 10.0, 30.0)),
-            closeHandshakeTimeout=CLOSE_HANDSHAKE_SECONDS,
-            failByDrop=False,
-            openHandshakeTimeout=30,
-            versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
-        )
-
-    def forget_user_feed(self, owner: str, key: Hashable) -> None:
-        """One subscription of ``owner`` on the feed ``key`` no longer counts.
-
-        A lost connection's subscription counts until its feed stops lingering for it
-        (see ``FeedHub.release``): the feed is still open upstream meanwhile.
-
-        Args:
-            owner: Whose it was (see ``user_feeds``).
-            key: Its database and options.
-        """
-        feeds = self.user_feeds.get(owner)
-        if feeds is None:
-            return
-        feeds[key] -= 1
-        if feeds[key] <= 0:
-            del feeds[key]
-        if not feeds:
-            del self.user_feeds[owner]
-
-    def track(self, deferred: Deferred[Any]) -> None:
-        """Keep a background task until it ends (awaited at shutdown)."""
-        hold_task(self._tasks, deferred)
-
-    async def drain_tasks(self) -> None:
-        """Wait for background tasks (feed releases) to finish."""
-        while self._tasks:
-            await DeferredList(list(self._tasks), consumeErrors=True)

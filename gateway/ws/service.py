@@ -11,12 +11,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
 from gateway.couch.transport import CouchTransport
+from gateway.ws.factory import ChangesServerFactory
 from gateway.ws.handshake import Authenticate
 from gateway.ws.hub import FeedHub
 from gateway.ws.metrics import WsMetrics
 from gateway.ws.protocol import CLOSE_GOING_AWAY
 from gateway.ws.resource import UpgradingResource
-from gateway.ws.server import ChangesServerFactory
 
 __all__ = ["ChangesService"]
 

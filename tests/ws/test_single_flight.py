@@ -155,8 +155,8 @@ async def test_concurrent_subscribes_of_one_user_share_one_authorization(
 
 @pytest.mark.parametrize("recheck, expected", [(0.0, 5.0), (30.0, 5.0), (2.0, 2.0)])
 def test_authorization_ttl_never_exceeds_the_recheck_interval(recheck: float, expected: float) -> None:
+    from gateway.ws.factory import ChangesServerFactory
     from gateway.ws.hub import FeedHub
-    from gateway.ws.server import ChangesServerFactory
 
     clock = Clock()
     hub = FeedHub(Any, lambda payload: payload, clock)  # type: ignore[arg-type]

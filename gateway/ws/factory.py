@@ -1,0 +1,130 @@
+"""What the connections of the live-changes endpoint share: the factory that builds them.
+
+:class:`ChangesServerFactory` builds :class:`~gateway.ws.server.ChangesServerProtocol`
+connections sharing one :class:`~gateway.ws.hub.FeedHub`, the settings, the metrics,
+the per-user feed counts, one upstream transport per credential and the access
+re-checks and subscribe authorizations per (credential, database).
+:class:`~gateway.ws.service.ChangesService` owns both and closes every socket with code
+1001 (after a ``closing`` message with resume seqs) on shutdown; the factory can also
+listen on its own port (as the tests do).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.config import Settings
+from gateway.http.site import SERVER_NAME
+from gateway.ws.access import AccessRechecks, AuthorizationCache, SharedIdentities
+from gateway.ws.handshake import Authenticate
+from gateway.ws.hub import FeedHub
+from gateway.ws.metrics import WsMetrics
+from gateway.ws.server import CLOSE_HANDSHAKE_SECONDS, ChangesServerProtocol
+from gateway.ws.tasks import hold_task
+
+__all__ = ["AUTHORIZATION_TTL", "ChangesServerFactory"]
+
+#: Seconds a successful subscribe authorization of a (credential, database) is reused.
+AUTHORIZATION_TTL = 5.0
+
+
+class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-ignore]
+    """Builds connections sharing one hub, settings and metrics.
+
+    Args:
+        hub: The feed hub.
+        settings: Gateway settings (``ws_*``, ``cors_origins``).
+        authenticate: Verifies handshake credentials (see
+            :data:`~gateway.ws.handshake.Authenticate`).
+        clock: The reactor's clock (keep-alive, re-checks, lag).
+        url: The public ``ws://`` URL (only used in Autobahn's handshake checks).
+        socket_send_buffer: ``SO_SNDBUF`` for accepted sockets (``None``: the OS default);
+            bounds the kernel memory a client that does not read can pin.
+    """
+
+    protocol = ChangesServerProtocol  # type: ignore[assignment,unused-ignore]
+
+    def __init__(
+        self,
+        hub: FeedHub,
+        settings: Settings,
+        authenticate: Authenticate,
+        clock: IReactorTime,
+        *,
+        url: str | None = None,
+        socket_send_buffer: int | None = None,
+        metrics: WsMetrics | None = None,
+    ) -> None:
+        super().__init__(  # type: ignore[no-untyped-call,unused-ignore]
+            url, reactor=clock, server=SERVER_NAME.decode("ascii"))
+        self.hub = hub
+        self.settings = settings
+        self.authenticate = authenticate
+        self.clock = clock
+        self.socket_send_buffer = socket_send_buffer
+        self.metrics = metrics or WsMetrics()
+        self.connections: set[ChangesServerProtocol] = set()
+        #: Per user (by name; per credential for anonymous callers), over all their
+        #: connections: the subscriptions on each distinct feed key. One user must not open
+        #: the upstream feeds of many; any number of subscriptions may share a feed.
+        self.user_feeds: dict[str, Counter[Hashable]] = {}
+        #: One upstream transport per credential, shared by its connections.
+        self.identities = SharedIdentities(hub.transport)
+        #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
+        #: reused for a few seconds, never longer than the re-check interval.
+        ttl = AUTHORIZATION_TTL
+        if settings.ws_auth_recheck > 0:
+            ttl = min(ttl, settings.ws_auth_recheck)
+        self.authorizations = AuthorizationCache(clock, ttl)
+        #: Access re-checks per (credential, database) pair.
+        self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck,
+                                       on_revoked=self.authorizations.invalidate)
+        #: False once shutting down: new handshakes are refused with 503.
+        self.accepting = True
+        #: The HTTP request whose socket ``UpgradingResource`` is handing over, meanwhile.
+        self.upgrading: Any = None
+        self._tasks: set[Deferred[Any]] = set()
+        self.setProtocolOptions(  # type: ignore[no-untyped-call,unused-ignore]
+            maxMessagePayloadSize=settings.ws_max_message_bytes,
+            maxFramePayloadSize=settings.ws_max_message_bytes,
+            autoPingInterval=settings.ws_ping_interval or 0,
+            autoPingTimeout=max(1.0, min(settings.ws_ping_interval or 10.0, 30.0)),
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_SECONDS,
+            failByDrop=False,
+            openHandshakeTimeout=30,
+            versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
+        )
+
+    def forget_user_feed(self, owner: str, key: Hashable) -> None:
+        """One subscription of ``owner`` on the feed ``key`` no longer counts.
+
+        A lost connection's subscription counts until its feed stops lingering for it
+        (see ``FeedHub.release``): the feed is still open upstream meanwhile.
+
+        Args:
+            owner: Whose it was (see ``user_feeds``).
+            key: Its database and options.
+        """
+        feeds = self.user_feeds.get(owner)
+        if feeds is None:
+            return
+        feeds[key] -= 1
+        if feeds[key] <= 0:
+            del feeds[key]
+        if not feeds:
+            del self.user_feeds[owner]
+
+    def track(self, deferred: Deferred[Any]) -> None:
+        """Keep a background task until it ends (awaited at shutdown)."""
+        hold_task(self._tasks, deferred)
+
+    async def drain_tasks(self) -> None:
+        """Wait for background tasks (feed releases) to finish."""
+        while self._tasks:
+            await DeferredList(list(self._tasks), consumeErrors=True)
