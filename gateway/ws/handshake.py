@@ -4,7 +4,8 @@ A browser sends its cookies and Basic credentials with a handshake whatever page
 the socket, so the ``Origin`` decides both whether the socket may open at all and
 whether those ambient credentials may count (a foreign page must not act with the
 session of a user who visits it). The credentials that count are verified by an
-:data:`Authenticate` check, which answers who the connection acts as.
+:data:`Authenticate` check, which answers who the connection acts as; :func:`admit`
+runs these checks for a handshake.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.couch.auth import Auth
+from gateway.errors import AccessDenied, AuthenticationRequired, ShuttingDown, Unauthorized
+from gateway.ws.access import credential_key
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.ws.metrics import WsMetrics
 
 __all__ = [
     "Authenticate",
     "WsIdentity",
+    "admit",
     "origin_allowed",
     "origin_trusted",
     "request_cookies",
@@ -74,3 +82,56 @@ def request_cookies(header: str | None) -> dict[str, str]:
         except Exception:
             return {}
     return {name: morsel.value for name, morsel in jar.items()}
+
+
+async def admit(
+    request: Any,
+    *,
+    settings: Settings,
+    authenticate: Authenticate,
+    metrics: WsMetrics,
+    accepting: bool,
+) -> tuple[Any, str]:
+    """Check a handshake's ``Origin`` and credentials before it is accepted.
+
+    Args:
+        request: Autobahn's ``ConnectionRequest`` (``headers``, ``params``).
+        settings: Gateway settings (``cors_origins``, ``allow_anonymous``, ``cookie_name``).
+        authenticate: Verifies the credentials that count.
+        metrics: Counts the handshakes refused for the client's fault.
+        accepting: False once shutting down.
+
+    Returns:
+        Who the connection acts as, and the hash of its credential
+        (:func:`~gateway.ws.access.credential_key`).
+
+    Raises:
+        ShuttingDown: The gateway is shutting down.
+        AccessDenied: The ``Origin`` is not allowed (or ``authenticate`` refused).
+        AuthenticationRequired: No identity, and anonymous callers are not allowed.
+        Unauthorized: ``authenticate`` refused the credentials.
+    """
+    if not accepting:
+        raise ShuttingDown("the gateway is shutting down: connect again shortly")
+    headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
+    if not origin_allowed(headers.get("origin"), headers.get("host"), settings.cors_origins):
+        metrics.rejected_handshakes += 1
+        raise AccessDenied("origin not allowed")
+    if not origin_trusted(headers.get("origin"), headers.get("host"), settings.cors_origins):
+        # Let in by "*" only: the browser's ambient credentials do not count.
+        headers.pop("authorization", None)
+        headers.pop("cookie", None)
+    token = (request.params.get("token") or [None])[0]
+    if token and "authorization" not in headers:
+        headers["authorization"] = f"Bearer {token}"
+    cookies = request_cookies(headers.get("cookie"))
+    try:
+        identity = await authenticate(headers, cookies)
+    except (AuthenticationRequired, Unauthorized, AccessDenied):
+        metrics.rejected_handshakes += 1
+        raise
+    if getattr(identity, "name", None) is None and not settings.allow_anonymous:
+        metrics.rejected_handshakes += 1
+        raise AuthenticationRequired("authentication required")
+    return identity, credential_key(headers, cookies, settings.cookie_name,
+                                    getattr(identity, "name", None))

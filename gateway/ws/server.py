@@ -38,17 +38,12 @@ from twisted.python.failure import Failure
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import idle_socket, write_now
 from gateway.errors import (
-    AccessDenied,
-    AuthenticationRequired,
     CouchError,
     GatewayError,
     NotFound,
-    ShuttingDown,
-    Unauthorized,
 )
-from gateway.ws.access import credential_key
 from gateway.ws.catchup import Join, Verdict
-from gateway.ws.handshake import origin_allowed, origin_trusted, request_cookies
+from gateway.ws.handshake import admit
 from gateway.ws.hub import ChangeBatch, PreparedChange, SharedFeed
 from gateway.ws.outbox import Outbox, Outgoing, joined_runs
 from gateway.ws.protocol import (
@@ -197,33 +192,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     async def _handshake(self, request: Any) -> None:
         factory = self.factory
-        if not factory.accepting:
-            raise ShuttingDown("the gateway is shutting down: connect again shortly")
-        headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
-        if not origin_allowed(headers.get("origin"), headers.get("host"),
-                              factory.settings.cors_origins):
-            factory.metrics.rejected_handshakes += 1
-            raise AccessDenied("origin not allowed")
-        if not origin_trusted(headers.get("origin"), headers.get("host"),
-                              factory.settings.cors_origins):
-            # Let in by "*" only: the browser's ambient credentials do not count.
-            headers.pop("authorization", None)
-            headers.pop("cookie", None)
-        token = (request.params.get("token") or [None])[0]
-        if token and "authorization" not in headers:
-            headers["authorization"] = f"Bearer {token}"
-        cookies = request_cookies(headers.get("cookie"))
-        try:
-            identity = await factory.authenticate(headers, cookies)
-        except (AuthenticationRequired, Unauthorized, AccessDenied):
-            factory.metrics.rejected_handshakes += 1
-            raise
-        if getattr(identity, "name", None) is None and not factory.settings.allow_anonymous:
-            factory.metrics.rejected_handshakes += 1
-            raise AuthenticationRequired("authentication required")
-        self.identity = identity
-        self.credential = credential_key(headers, cookies, factory.settings.cookie_name,
-                                         getattr(identity, "name", None))
+        self.identity, self.credential = await admit(
+            request, settings=factory.settings, authenticate=factory.authenticate,
+            metrics=factory.metrics, accepting=factory.accepting)
 
     def onOpen(self) -> None:  # noqa: N802 - Autobahn's name
         """Start flow control; share the caller's upstream transport."""
