@@ -12,16 +12,20 @@ A refused handshake is answered as the REST API answers an error
 (:func:`refusal_response`): the error envelope rendered by
 :func:`gateway.http.responses.render_error`, with the headers the front door put on the
 upgrade request (``X-Request-Id``, CORS, ``Vary``) and the error's own (``Retry-After``),
-instead of the bare status line Autobahn writes.
+instead of the bare status line Autobahn writes. What Autobahn is told meanwhile, a
+``ConnectionDeny``, comes from :func:`as_connection_deny`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.websocket.types import ConnectionDeny
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
@@ -33,7 +37,15 @@ from gateway.errors import (
 )
 from gateway.http.responses import render_error
 
-__all__ = ["UpgradingResource", "malformed_handshake", "refusal_response", "served_protocol"]
+__all__ = [
+    "UpgradingResource",
+    "as_connection_deny",
+    "malformed_handshake",
+    "refusal_response",
+    "served_protocol",
+]
+
+log = logging.getLogger(__name__)
 
 
 def served_protocol(transport: Any) -> Any:
@@ -169,3 +181,25 @@ def malformed_handshake(code: int, reason: str) -> GatewayError:
     if 400 <= code < 500:
         return InvalidRequest(detail, status=code)
     return GatewayError(detail, status=code)
+
+
+def as_connection_deny(failure: Failure) -> tuple[GatewayError, Failure]:
+    """What a handshake's checks raised, as the REST API would answer it and as Autobahn.
+
+    Autobahn gets a ``ConnectionDeny`` (anything else it would answer with the
+    exception's text). An unexpected exception is logged here, with its traceback,
+    and refused as an opaque 500.
+
+    Args:
+        failure: Why the checks refused (its traceback is still there, for the log).
+
+    Returns:
+        The error to answer with (:func:`refusal_response`), and the ``ConnectionDeny``
+        failure for Autobahn.
+    """
+    exc = failure.value
+    if not isinstance(exc, GatewayError):
+        log.error("websocket handshake check failed: %s", failure.getTraceback())
+        exc = GatewayError("internal server error")  # as error_body words it
+    return exc, Failure(ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
+        exc.status, "refused"))

@@ -21,14 +21,12 @@ the pair, instead of once per connection.
 from __future__ import annotations
 
 import functools
-import logging
 import socket
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
@@ -37,11 +35,7 @@ from twisted.python.failure import Failure
 
 from gateway.couch.transport import CouchTransport
 from gateway.eager_write import idle_socket, write_now
-from gateway.errors import (
-    CouchError,
-    GatewayError,
-    NotFound,
-)
+from gateway.errors import CouchError, NotFound
 from gateway.ws.catchup import Join, Verdict
 from gateway.ws.handshake import admit
 from gateway.ws.hub import ChangeBatch, PreparedChange, SharedFeed
@@ -64,7 +58,7 @@ from gateway.ws.protocol import (
     subscribed_message,
     unsubscribed_message,
 )
-from gateway.ws.resource import malformed_handshake, refusal_response
+from gateway.ws.resource import as_connection_deny, malformed_handshake, refusal_response
 from gateway.ws.resume import catch_up, settle, still_current
 from gateway.ws.subscription import Subscription
 from gateway.ws.tasks import hold_task
@@ -73,8 +67,6 @@ if TYPE_CHECKING:
     from gateway.ws.factory import ChangesServerFactory
 
 __all__ = ["ChangesServerProtocol"]
-
-log = logging.getLogger(__name__)
 
 #: Consecutive invalid messages after which a connection is closed with 1008.
 MAX_INVALID_STREAK = 20
@@ -148,25 +140,21 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
     def _refused(self, failure: Failure) -> Failure:
         """Keep why the checks refused for :meth:`failHandshake`.
 
-        Autobahn gets a ``ConnectionDeny`` (anything else it would answer with the
-        exception's text). An unexpected exception is logged here, with its traceback,
-        and refused as an opaque 500. The traceback is dropped: it holds this connection
-        (in the frame of :meth:`_handshake`) and, through the frames that threw the
-        exception in, the failure itself, a cycle only the cycle collector would free.
+        Autobahn gets a ``ConnectionDeny``, an unexpected exception is logged and
+        refused as an opaque 500 (:func:`~gateway.ws.resource.as_connection_deny`).
+        The traceback is dropped: it holds this connection (in the frame of
+        :meth:`_handshake`) and, through the frames that threw the exception in, the
+        failure itself, a cycle only the cycle collector would free.
         """
         raised = failure.value
-        exc = raised
-        if not isinstance(exc, GatewayError):
-            log.error("websocket handshake check failed: %s", failure.getTraceback())
-            exc = GatewayError("internal server error")  # as error_body words it
+        exc, denial = as_connection_deny(failure)
         failure.cleanFailure()  # type: ignore[no-untyped-call,unused-ignore]
         # (by hand as well: pytest-twisted makes cleanFailure keep the traceback)
         failure.tb = None
         if raised is not None:
             raised.__traceback__ = None
         self._refusal = exc
-        return Failure(ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
-            exc.status, "refused"))
+        return denial
 
     def failHandshake(  # noqa: N802 - Autobahn's name
         self, reason: str, code: int = 400, responseHeaders: Any = None  # noqa: N803
