@@ -297,6 +297,9 @@ class Settings:
                 f"{self.env_name('attachment_csp')}: a header value cannot hold control "
                 "characters (line breaks included)"
             )
+        if not self.embedded_data_dir.strip():
+            raise ValueError(f"{self.env_name('embedded_data_dir')}: empty (the embedded "
+                             "server would write its databases into the working directory)")
         if not _TOKEN.fullmatch(self.cookie_name):
             raise ValueError(
                 f"{self.env_name('cookie_name')}: {self.cookie_name!r} is not a cookie name "

@@ -314,6 +314,8 @@ def test_a_bad_flag_is_named_as_the_flag_not_only_as_its_variable() -> None:
         settings_from(_parser().parse_args(["run", "--request-timeout", "nan"]), {})
     with pytest.raises(ValueError, match=r"^WALLABY_PORT: 70000"):
         settings_from(_parser().parse_args(["run"]), {"WALLABY_PORT": "70000"})
+    with pytest.raises(ValueError, match=r"^--data-dir \(or WALLABY_EMBEDDED_DATA_DIR\): empty"):
+        settings_from(_parser().parse_args(["run", "--data-dir", ""]), {})
 
 
 def test_cors_origins_are_kept_as_browsers_serialize_them() -> None:
