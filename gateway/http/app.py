@@ -104,6 +104,9 @@ class GatewayApp:
         contract: The API contract (loaded from ``api_schema/openapi.yaml`` if omitted).
         extra_resources: Resources served at exact paths (see :meth:`mount`).
         static_dir: Folder served at ``/static/`` (``/`` serves its ``index.html``).
+
+    ``settings``, ``couch`` and the upstream timer are given to the collaborators
+    (relay, readiness, site) when the app is built: replace them by building another.
     """
 
     app = Klein()

@@ -74,6 +74,9 @@ class ResumeHost(Protocol):
     def _deliver(self, sub: Subscription, change: PreparedChange) -> None:
         """Send (or queue) one live change of ``sub``."""
 
+    async def _settle(self, sub: Subscription, join: Join) -> None:
+        """See :func:`settle`."""
+
     async def _still_current(self, sub: Subscription, change: PreparedChange) -> bool:
         """See :func:`still_current`."""
 
@@ -119,7 +122,7 @@ async def catch_up(host: ResumeHost, sub: Subscription, feed: SharedFeed) -> Non
         host._enqueue_run(sub, page)
         if sub.ended() or host._ending:
             return
-    await settle(host, sub, join)
+    await host._settle(sub, join)  # the connection's, as for live changes
 
 
 async def settle(host: ResumeHost, sub: Subscription, join: Join) -> None:

@@ -164,8 +164,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         Instead of Autobahn's bare status line: the error envelope, ``Content-Type``,
         the front door's headers (``X-Request-Id``, CORS) and the error's (``Retry-After``)
         (:func:`~gateway.ws.resource.refusal_response`). The error is the one the checks
-        of :meth:`_handshake` raised, or, for a handshake Autobahn finds malformed, a
-        ``bad_request`` (:func:`~gateway.ws.resource.malformed_handshake`).
+        of :func:`~gateway.ws.handshake.admit` raised, or, for a handshake Autobahn finds
+        malformed, a ``bad_request`` (:func:`~gateway.ws.resource.malformed_handshake`).
         """
         exc, self._refusal = self._refusal, None
         if exc is None:

@@ -150,6 +150,7 @@ async def test_a_stale_conflicting_row_never_follows_the_winner_of_a_resume(
     while not got or got[-1][0] != "zz-after":
         change = await client.next("change", timeout=10)
         got.append((change["id"], change["changes"][0]["rev"]))
+    assert raced, "the patched fetch_changes never ran: the race was not staged"
     assert (await db.get("W"))["_rev"] == _BBB
     assert [rev for doc, rev in got if doc == "W"] == [_BBB], got
     client.check()
@@ -188,6 +189,7 @@ async def test_a_winner_that_returns_to_the_revision_a_resume_sent_is_delivered(
     following = await client.next("change", timeout=10)
     assert (following["id"], following["changes"][0]["rev"]) == ("c", _BBB), following
     assert (await client.next("change", timeout=10))["id"] == "after"
+    assert raced, "the patched fetch_changes never ran: the race was not staged"
     client.check()
 
 
