@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 import tempfile
@@ -132,6 +133,31 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 _FLAGS = {"embedded_data_dir": "data_dir"}
 
 
+def _stop_once_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor; once it is stopping, they change nothing.
+
+    Twisted's own handlers call ``reactor.stop()`` again, which raises while the
+    shutdown (the drain, the WebSockets' close, the grace) runs: a critical traceback
+    for an operator's second Ctrl-C or a supervisor repeating SIGTERM.
+    """
+    from twisted.internet.error import ReactorNotRunning
+    from twisted.logger import Logger
+
+    log = Logger(namespace="gateway")
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            log.info("already stopping: waiting for the drain and in-flight requests")
+
+    def on_signal(signum: int, frame: object) -> None:
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def _raise_descriptor_limit() -> None:
     """Raise the soft limit of open files to the hard one (as Go programs do).
 
@@ -200,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         )
     observer = (json_lines_observer(sys.stdout) if settings.log_format == "json"
                 else textFileLogObserver(sys.stdout))
-    globalLogBeginner.beginLoggingTo([AcceptErrorSummary(observer, reactor.seconds)],
+    globalLogBeginner.beginLoggingTo([AcceptErrorSummary(observer, reactor)],
                                      redirectStandardIO=False)
     _raise_descriptor_limit()
     # Found once now: asked first with no descriptor left (to spool a body), tempfile
@@ -263,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(collection.startService)  # last: everything start-up made exists
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: Deferred.fromCoroutine(shutdown()))
+    reactor.callWhenRunning(_stop_once_on_signals, reactor)
     try:
         reactor.run()
     finally:

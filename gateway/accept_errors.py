@@ -10,10 +10,11 @@ connections were refused and the limit to raise.
 from __future__ import annotations
 
 import resource
+import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogLevel
 from zope.interface import implementer
 
@@ -37,22 +38,27 @@ _REFUSED = frozenset({
 class AcceptErrorSummary:
     """A log observer in front of ``observer`` that summarises refused connections.
 
+    The first refusal is reported at once; later ones at most once per ``interval``,
+    and what is still counted when a burst ends is reported ``interval`` after the last
+    report.
+
     Args:
         observer: Where every other event goes, and the summaries.
-        clock: Seconds, monotonic enough (the reactor's ``seconds``).
-        interval: Seconds between two summaries at most one per.
+        clock: The reactor (its ``seconds`` and ``callLater``).
+        interval: Seconds between two summaries at least.
 
     Attributes:
         refused: Connections refused so far (for ``/metrics`` and tests).
     """
 
-    def __init__(self, observer: ILogObserver, clock: Callable[[], float],
+    def __init__(self, observer: ILogObserver, clock: IReactorTime,
                  interval: float = 10.0) -> None:
         self._observer = observer
         self._clock = clock
         self._interval = interval
         self._last: float | None = None
         self._unreported: Counter[str] = Counter()
+        self._flush: IDelayedCall | None = None
         self.refused = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -64,19 +70,32 @@ class AcceptErrorSummary:
             return
         self.refused += 1
         self._unreported[str(event.get("acceptError", "EMFILE"))] += 1
-        now = self._clock()
-        if self._last is not None and now - self._last < self._interval:
+        now = self._clock.seconds()
+        if self._last is None or now - self._last >= self._interval:
+            self._report()
+        elif self._flush is None:
+            self._flush = self._clock.callLater(self._last + self._interval - now,
+                                                self._report)
+
+    def _report(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        if not self._unreported:
             return
+        now = self._clock.seconds()
         since = "" if self._last is None else f" in the last {now - self._last:.0f} s"
         self._last = now
         reasons = ", ".join(f"{count} {name}" for name, count in self._unreported.items())
+        hint = ""
+        if "EMFILE" in self._unreported or "ENFILE" in self._unreported:
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            hint = (f" (EMFILE: the gateway has too many open files, limit {soft}; raise "
+                    "it with ulimit -n, LimitNOFILE or docker --ulimit nofile)")
         self._unreported.clear()
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self._observer({
             "log_level": LogLevel.warn, "log_namespace": "gateway.accept",
-            "log_time": event.get("log_time"), "log_system": "-",
-            "log_format": "could not accept connections{since}: {reasons} (EMFILE: the "
-                          "gateway has too many open files, limit {limit}; raise it with "
-                          "ulimit -n, LimitNOFILE or docker --ulimit nofile)",
-            "since": since, "reasons": reasons, "limit": soft,
+            "log_time": time.time(), "log_system": "-",
+            "log_format": "could not accept connections{since}: {reasons}{hint}",
+            "since": since, "reasons": reasons, "hint": hint,
         })

@@ -456,3 +456,30 @@ def test_client_address_behind_trusted_proxies(
     assert ClientAddress().of(request) == peer  # no trusted proxies: always the peer
     with pytest.raises(ValueError, match="WALLABY_TRUSTED_PROXIES"):
         Settings.from_env({"WALLABY_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})
+
+
+def test_refused_connections_are_summarised_once_per_interval_and_flushed() -> None:
+    from twisted.internet.task import Clock
+
+    from gateway.accept_errors import AcceptErrorSummary
+
+    seen: list[dict[str, Any]] = []
+    clock = Clock()
+    summary = AcceptErrorSummary(seen.append, clock, interval=10)
+    closed = {"log_format": "EMFILE recovery: Closed socket from {address}", "address": "x"}
+    summary({"log_format": "hello {who}", "who": "world"})  # anything else passes through
+    for _ in range(3):
+        summary({"log_format": "EMFILE encountered; releasing reserved file descriptor."})
+        summary(closed)
+    assert seen[0]["log_format"] == "hello {who}"
+    assert len(seen) == 2 and seen[1]["reasons"] == "1 EMFILE" and "too many open files" in \
+        seen[1]["hint"]
+    clock.advance(10)  # the burst's rest, without waiting for another refusal
+    assert len(seen) == 3 and seen[2]["reasons"] == "2 EMFILE"
+    assert summary.refused == 3
+    clock.advance(10)
+    summary({"log_format": "Could not accept new connection ({acceptError})",
+             "acceptError": "ECONNABORTED"})
+    assert seen[3]["reasons"] == "1 ECONNABORTED" and seen[3]["hint"] == ""
+    clock.advance(60)
+    assert len(seen) == 4  # nothing left to report

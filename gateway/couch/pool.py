@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web._newclient import RequestNotSent
+from twisted.web.client import (
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+    _RetryingHTTP11ClientProtocol,
+)
 
 __all__ = ["IDLE_TIMEOUT", "CouchConnectionPool", "connection_pool"]
 
@@ -26,8 +34,25 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+class _RetryingReadsOnly(_RetryingHTTP11ClientProtocol):
+    """Twisted's retry of a request that failed on a reused connection, for reads only.
+
+    Twisted also sends a failed ``DELETE`` again on a new connection: one that CouchDB
+    applied but whose answer was lost then looked failed (a 409 from the repeat, or the
+    repeat's own error), never "may have been applied". A request certainly not sent
+    (``RequestNotSent``) is still retried, whatever its method.
+    """
+
+    def _shouldRetry(self, method: bytes, exception: Any, bodyProducer: Any) -> bool:  # noqa: N802, N803
+        if method not in (b"GET", b"HEAD", b"OPTIONS") and not isinstance(
+                exception, RequestNotSent):
+            return False
+        return bool(super()._shouldRetry(  # type: ignore[no-untyped-call]
+            method, exception, bodyProducer))
+
+
 class CouchConnectionPool(HTTPConnectionPool):
-    """Twisted's pool, with what its ``https://`` connections trust.
+    """Twisted's pool, with what its ``https://`` connections trust; writes never replayed.
 
     Attributes:
         tls_trust_root: The only roots to trust (``WALLABY_COUCHDB_CA_FILE``), or
@@ -35,6 +60,16 @@ class CouchConnectionPool(HTTPConnectionPool):
     """
 
     tls_trust_root: IOpenSSLTrustRoot | None = None
+
+    def getConnection(self, key: Any, endpoint: Any) -> Deferred[Any]:  # noqa: N802
+        """A pooled or new connection; a pooled one retries only reads (see above)."""
+        def reads_only(connection: Any) -> Any:
+            if type(connection) is _RetryingHTTP11ClientProtocol:
+                connection.__class__ = _RetryingReadsOnly
+            return connection
+
+        connecting: Deferred[Any] = super().getConnection(key, endpoint)
+        return connecting.addCallback(reads_only)
 
 
 def connection_pool(

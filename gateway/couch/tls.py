@@ -122,6 +122,7 @@ class _Watch(ProtocolWrapper):
 
 class _WatchingFactory(WrappingFactory):
     protocol = _Watch
+    noisy = False  # no "Starting factory" line per upstream connection
 
     def __init__(self, wrapped: IProtocolFactory, ready: Deferred[IProtocol]) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]

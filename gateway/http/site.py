@@ -464,7 +464,9 @@ class GatewayChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         """Bytes in; the first of a request starts its deadline."""
-        if not self.requests and self.head_deadline is None:
+        # RFC 9112 2.2: empty lines before a request line are ignored, so they start
+        # nothing (Twisted replays such a CRLF, left after a body, once a request ends).
+        if not self.requests and self.head_deadline is None and data.lstrip(b"\r\n"):
             timeout = getattr(getattr(self, "site", None), "header_timeout", None)
             if timeout:
                 self.head_deadline = self.callLater(  # type: ignore[no-untyped-call]
