@@ -41,6 +41,7 @@ from gateway.ws.handshake import admit
 from gateway.ws.hub import ChangeBatch, PreparedChange, SharedFeed
 from gateway.ws.outbox import Outbox, Outgoing, joined_runs
 from gateway.ws.protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SESSION_INVALID,
     CLOSE_SLOW_CONSUMER,
@@ -197,6 +198,10 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self.user_transport = factory.identities.acquire(self.credential, self.identity.auth)
         self._shares_identity = True
         self._register_producer()
+        if not factory.accepting:
+            # Its handshake was checked before the shutdown began and finished after
+            # the shutdown listed the connections to close: close it like them.
+            self.end(CLOSE_GOING_AWAY, "server shutting down")
 
     def _register_producer(self) -> None:
         transport: Any = self.transport

@@ -181,3 +181,31 @@ async def test_no_change_follows_unsubscribed_while_a_resume_asks_couchdb(
     after = [(m["id"], m["changes"][0]["rev"]) for m in client.messages[ended_at:]
              if m["type"] == "change"]
     assert after == [], f"changes sent after 'unsubscribed': {after}"
+
+
+async def test_a_handshake_that_finishes_after_the_shutdown_began_is_closed_too(
+    ws_server: WsServer, make_user: Any, reactor: Any
+) -> None:
+    """A handshake whose credentials were being checked when SIGTERM's shutdown listed
+    the connections to close opened afterwards: it got no ``closing`` and no 1001, and
+    was cut only when the process ended."""
+    token = await ws_server.login(await make_user())
+    factory = ws_server.service.factory
+    checking, release = Deferred[None](), Deferred[None]()
+    original = factory.authenticate
+
+    async def slow_check(*args: Any) -> Any:
+        checking.callback(None)
+        await release
+        return await original(*args)
+
+    factory.authenticate = slow_check
+    connecting = Deferred.fromCoroutine(ws_server.connect(token))
+    await checking
+    stopping = Deferred.fromCoroutine(ws_server.service._shutdown())
+    release.callback(None)
+    client = await connecting
+    _clean, code, _reason = await client.protocol.closed
+    await stopping
+    assert code == CLOSE_GOING_AWAY
+    assert [m["type"] for m in client.messages] == ["closing"]
