@@ -85,16 +85,6 @@ class GatewayRequest(server.Request):
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
         self._drain_deadline: Any = None  # cuts off a body still sent after its answer
-        # The headers must be in within the site's deadline, however steadily they
-        # trickle (the channel's idle timeout restarts on each byte): counted from the
-        # request's first byte (GatewayChannel), or else from its request line.
-        head_timeout = getattr(getattr(self.channel, "site", None), "header_timeout", None)
-        take_deadline = getattr(self.channel, "take_head_deadline", None)
-        self._head_deadline: Any = take_deadline() if take_deadline is not None else None
-        if self._head_deadline is None and head_timeout \
-                and getattr(self.channel, "callLater", None) is not None:
-            channel: Any = self.channel
-            self._head_deadline = channel.callLater(head_timeout, self._head_too_slow)
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
         """Set a response header; ``Server`` names the product, never its versions."""
@@ -187,9 +177,9 @@ class GatewayRequest(server.Request):
         answer. The channel's second dispatch, once the body is complete, only ends
         the pipe (:meth:`requestReceived`).
         """
-        deadline, self._head_deadline = self._head_deadline, None  # no request<->call cycle
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        head_in = getattr(self.channel, "head_complete", None)  # GatewayChannel's deadline
+        if head_in is not None:
+            head_in()
         too_large = length is not None and length > self._body_limit()
         self.too_large = self.too_large or too_large
         channel: Any = self.channel
@@ -248,13 +238,6 @@ class GatewayRequest(server.Request):
         if self._continue_due and not self.startedWriting and transport is not None:
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._continue_due = False
-
-    def _head_too_slow(self) -> None:
-        """The headers did not all come in time (a slow-loris client): drop the socket."""
-        self._head_deadline = None
-        transport = getattr(self.channel, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
 
     def _body_decoder(self) -> Any:
         """The channel's parser of this request's identity body, if it is parsing one."""
@@ -450,14 +433,14 @@ def _truncated(request: Any) -> bool:
 class GatewayChannel(http.HTTPChannel):
     """Twisted's HTTP/1.1 channel, whose header deadline starts at a request's first byte.
 
-    Twisted makes the request, and so its deadline (:class:`GatewayRequest`), only once
-    the request line is complete, and the idle timeout restarts on every byte: a request
-    line trickled a byte at a time (up to 16 KiB of it) would hold its connection for
-    days.
+    The headers must be in within the site's ``header_timeout``, however steadily they
+    trickle: the idle timeout restarts on every byte, and counted from the request line
+    (when Twisted makes the request) the deadline would let a request line trickled a
+    byte at a time (up to 16 KiB of it) hold its connection for days.
 
     Attributes:
         head_deadline: Drops the connection if the head of the request begun is not in
-            by the site's ``header_timeout``; the request takes it over.
+            in time; met once :class:`GatewayRequest` has all its headers.
     """
 
     head_deadline: IDelayedCall | None = None
@@ -473,10 +456,11 @@ class GatewayChannel(http.HTTPChannel):
                     timeout, self._head_too_slow)
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
-    def take_head_deadline(self) -> IDelayedCall | None:
-        """Hand the running deadline to the request just made (its request line is in)."""
+    def head_complete(self) -> None:
+        """The request's headers are all in: its deadline is met."""
         deadline, self.head_deadline = self.head_deadline, None
-        return deadline
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def _head_too_slow(self) -> None:
         self.head_deadline = None
@@ -485,9 +469,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         """Gone: no deadline outlives the connection."""
-        deadline = self.take_head_deadline()
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        self.head_complete()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
