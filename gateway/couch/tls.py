@@ -161,15 +161,16 @@ class HandshakeEndpoint:
         """Connect, then shake hands; fire with ``protocolFactory``'s protocol."""
         tls_protocols: list[Any] = []
 
-        def cancel(_: Deferred[IProtocol]) -> None:
-            connecting.cancel()
+        def give_up(detail: str) -> None:
+            # Failed first, so that the cancelled TCP connect cannot fail it otherwise.
+            if not ready.called:
+                ready.errback(TLSHandshakeFailed(detail, refused=False))
             for tls in tls_protocols:
                 tls.abortConnection()
-            if not ready.called:
-                ready.errback(TLSHandshakeFailed(
-                    "cancelled during the TLS handshake with CouchDB", refused=False))
+            connecting.cancel()
 
-        ready: Deferred[IProtocol] = Deferred(cancel)
+        ready: Deferred[IProtocol] = Deferred(
+            lambda _: give_up("cancelled during the TLS handshake with CouchDB"))
         watching = _WatchingFactory(protocolFactory, ready)
         connecting = self._tcp.connect(TLSMemoryBIOFactory(self._creator, True, watching))
 
@@ -182,16 +183,9 @@ class HandshakeEndpoint:
 
         connecting.addCallbacks(connected, failed)
 
-        def too_slow() -> None:
-            if not ready.called:
-                ready.errback(TLSHandshakeFailed(
-                    f"the TLS handshake with CouchDB did not finish within {self._timeout:g} s",
-                    refused=False))
-                for tls in tls_protocols:
-                    tls.abortConnection()
-                connecting.cancel()
-
-        deadline = self._clock.callLater(self._timeout, too_slow)
+        deadline = self._clock.callLater(
+            self._timeout, give_up,
+            f"the TLS handshake with CouchDB did not finish within {self._timeout:g} s")
 
         def disarm(result: object) -> object:
             if deadline.active():
