@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 
 from gateway.config import Settings
-from gateway.couch import CouchServer
+from gateway.couch import CouchServer, Database
 from gateway.couch.auth import ForwardedAuth
 from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired
@@ -202,6 +202,15 @@ def spy_on_upstream(monkeypatch: Any, record: Recorder) -> list[Any]:
 
     monkeypatch.setattr(CouchTransport, "request", spying)
     return seen
+
+
+async def replicate_in(db: Database, watcher: Client, doc_id: str, *revs: str) -> None:
+    """Revisions of ``doc_id`` replicated in one after the other (``new_edits=false``,
+    as CouchDB's replicator writes them), each seen by ``watcher``'s subscription."""
+    for rev in revs:
+        await db.bulk_save([{"_id": doc_id, "_rev": rev, "v": rev[-1]}], new_edits=False)
+    seen = [await watcher.next("change") for _ in revs]
+    assert [m["changes"][0]["rev"] for m in seen] == list(revs)
 
 
 def sleep(reactor: Any, seconds: float) -> Deferred[None]:

@@ -13,7 +13,7 @@ import gateway.ws.resume as resume_module
 from gateway.couch import Database
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import CLOSE_GOING_AWAY
-from tests.ws.conftest import StopsReading, WsServer, sleep, ws_settings
+from tests.ws.conftest import StopsReading, WsServer, replicate_in, sleep, ws_settings
 
 
 async def _client_closing_while_its_socket_is_full(
@@ -119,6 +119,8 @@ async def test_a_connection_its_client_closed_while_backed_up_is_still_released(
         f"still held {overflowed} budget overflows later (subscriptions: {list(conn.subs)})")
 
 
+
+
 _AAA, _BBB = ("2-" + c * 32 for c in "ab")
 
 
@@ -143,10 +145,7 @@ async def test_no_change_follows_unsubscribed_while_a_resume_asks_couchdb(
             raced.append(True)
             # W@2-aaa then W@2-bbb (the winner) reach the join's buffer; the catch-up,
             # read after both, sends W@2-bbb: the buffered 2-aaa is to be checked.
-            await db.bulk_save([{"_id": "W", "_rev": _AAA, "v": "a"}], new_edits=False)
-            await db.bulk_save([{"_id": "W", "_rev": _BBB, "v": "b"}], new_edits=False)
-            assert [(await watcher.next("change"))["changes"][0]["rev"]
-                    for _ in range(2)] == [_AAA, _BBB]
+            await replicate_in(db, watcher, "W", _AAA, _BBB)
             result = await original_fetch(*args, **kwargs)
             await db.save({"_id": "late"})  # buffered behind them: a new document
             assert (await watcher.next("change"))["id"] == "late"

@@ -9,7 +9,7 @@ import pytest
 import gateway.ws.resume as resume_module
 from gateway.couch import Database
 from tests.conftest import CouchBackend
-from tests.ws.conftest import WsServer, sleep
+from tests.ws.conftest import WsServer, replicate_in, sleep
 from tests.ws.resume_support import resume_point, resume_while_writing
 
 
@@ -134,10 +134,7 @@ async def test_a_stale_conflicting_row_never_follows_the_winner_of_a_resume(
     async def racing_fetch(*args: Any, **kwargs: Any) -> Any:
         if not raced:
             raced.append(True)
-            await db.bulk_save([{"_id": "W", "_rev": _AAA, "v": "a"}], new_edits=False)
-            await db.bulk_save([{"_id": "W", "_rev": _BBB, "v": "b"}], new_edits=False)
-            seen = [await watcher.next("change") for _ in range(2)]
-            assert [m["changes"][0]["rev"] for m in seen] == [_AAA, _BBB]
+            await replicate_in(db, watcher, "W", _AAA, _BBB)
             await sleep(reactor, 0.1)
         return await original(*args, **kwargs)
 
