@@ -195,8 +195,10 @@ def run(args: argparse.Namespace) -> int:
     from gateway.http.accesslog import json_lines_observer
     from gateway.http.app import GatewayApp
     from gateway.http.service import GatewayService
+    from gateway.monotonic import use_monotonic_clock
     from gateway.ws.mount import install_changes
 
+    use_monotonic_clock(reactor)
     environ = dict(os.environ)
     try:
         settings = settings_from(args, environ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ from gateway.errors import (
     UpstreamServerError,
     error_body,
 )
+from gateway.monotonic import use_monotonic_clock
 
 
 def test_doc_ids_are_one_encoded_segment() -> None:
@@ -483,3 +485,21 @@ def test_refused_connections_are_summarised_once_per_interval_and_flushed() -> N
     assert seen[3]["reasons"] == "1 ECONNABORTED" and seen[3]["hint"] == ""
     clock.advance(60)
     assert len(seen) == 4  # nothing left to report
+
+
+def test_the_reactor_clock_becomes_monotonic_only_before_anything_is_scheduled() -> None:
+    """gateway/monotonic.py: timers placed on the wall clock would fire decades early."""
+    from twisted.internet.base import ReactorBase
+
+    class Reactor(ReactorBase):
+        def installWaker(self) -> None:
+            pass
+
+    reactor = Reactor()  # type: ignore[no-untyped-call]
+    use_monotonic_clock(reactor)
+    before = time.monotonic()
+    assert before <= reactor.seconds() <= time.monotonic()
+    call = reactor.callLater(5, lambda: None)
+    assert before + 5 <= call.getTime() <= time.monotonic() + 5
+    with pytest.raises(RuntimeError, match="before anything is scheduled"):
+        use_monotonic_clock(reactor)
