@@ -87,7 +87,7 @@ class Lane {
     this.attempt = 0;
     this.timer = null;
     this.ended = false;
-    this.sentBytes = new Map(); // sub -> size of its subscribe message on this socket
+    this.unanswered = new Map(); // sub -> size of its subscribe message, until answered
     this.pinger = null;
     this.pingDue = false; // a ping went out and nothing has come since
   }
@@ -111,6 +111,7 @@ class Lane {
   /** Forget a subscription (telling the gateway if it is live there); close when empty. */
   remove(sub, { tellServer = false } = {}) {
     if (!this.subs.delete(sub.id)) return;
+    this.unanswered.delete(sub);
     if (tellServer && this.isOpen) this.ws.send(JSON.stringify({ type: "unsubscribe", id: sub.id }));
     if (!this.subs.size) this.wb._dropLane(this);
   }
@@ -118,7 +119,7 @@ class Lane {
   send(sub) {
     const since = sub.lastSeq !== null ? sub.lastSeq : sub.since;
     const text = JSON.stringify({ type: "subscribe", id: sub.id, db: sub.db, since, ...sub.params });
-    this.sentBytes.set(sub, new TextEncoder().encode(text).length);
+    this.unanswered.set(sub, new TextEncoder().encode(text).length);
     this.ws.send(text);
   }
 
@@ -129,9 +130,8 @@ class Lane {
    */
   tooBig() {
     let largest = null;
-    for (const [sub, size] of this.sentBytes) {
-      if (sub.feed !== null || !this.subs.has(sub.id)) continue;
-      if (largest === null || size > this.sentBytes.get(largest)) largest = sub;
+    for (const [sub, size] of this.unanswered) {
+      if (largest === null || size > this.unanswered.get(largest)) largest = sub;
     }
     return largest;
   }
@@ -177,7 +177,7 @@ class Lane {
       return;
     }
     this.ws = ws;
-    this.sentBytes = new Map();
+    this.unanswered = new Map();
     let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
@@ -273,6 +273,7 @@ class Lane {
       case "subscribed": {
         const sub = this.subs.get(message.id);
         if (sub) {
+          this.unanswered.delete(sub);
           this.attempt = 0;
           sub.feed = message.feed;
           sub.authRetried = false;
@@ -301,6 +302,7 @@ class Lane {
             || message.error === "too_many_subscriptions") {
           // Equal to another on this socket, or one too many for a socket: use another.
           this.subs.delete(sub.id);
+          this.unanswered.delete(sub);
           this.wb._place(sub, this);
           if (!this.subs.size) this.wb._dropLane(this);
         } else {
