@@ -38,8 +38,10 @@ REST layer and the WebSocket layer translate errors in exactly one place
         ├── RouteNotFound              404
         ├── MethodNotAllowedHere       405 (the route takes other methods)
         ├── PayloadTooLarge            413
+        ├── TargetTooLong              414 (a request line longer than the gateway reads)
         ├── NotJsonBody                415 (a JSON body without application/json)
         ├── UpgradeRequired            426 (a plain request to the WebSocket endpoint)
+        ├── HeadTooLarge               431 (a header line, or the whole head, too large)
         ├── TooManyFeeds               503 (the gateway's cap on upstream feeds)
         ├── ShuttingDown               503 (shutting down: /ready, new WebSockets; Retry-After)
         ├── ClientStalled              408 (read none of a streamed answer for too long:
@@ -69,6 +71,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "GatewayRequestError",
+    "HeadTooLarge",
     "InsufficientStorage",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -84,6 +87,7 @@ __all__ = [
     "RouteNotFound",
     "ServiceRefused",
     "ShuttingDown",
+    "TargetTooLong",
     "TooManyFeeds",
     "TooManyOpenFiles",
     "Unauthorized",
@@ -389,6 +393,20 @@ class PayloadTooLarge(GatewayRequestError):
 
     default_status = 413
     default_error = "too_large"
+
+
+class TargetTooLong(GatewayRequestError):
+    """The request line is longer than the gateway reads (414, RFC 9112 section 3)."""
+
+    default_status = 414
+    default_error = "uri_too_long"
+
+
+class HeadTooLarge(GatewayRequestError):
+    """A header line, or the head as a whole, is larger than the gateway reads (431)."""
+
+    default_status = 431
+    default_error = "header_fields_too_large"
 
 
 class UpgradeRequired(GatewayRequestError):

@@ -173,6 +173,7 @@ class GatewayApp:
             in_flight=self.in_flight,
             mounts=self.mounts,
             client_address=ClientAddress(self.settings.trusted_proxies),
+            methods_of=_methods_of,
         )
 
     def site(self) -> GatewaySite:
@@ -238,7 +239,9 @@ class GatewayApp:
         if isinstance(exc, CancelledError):
             return None  # the client went away: nobody to answer
         if isinstance(exc, wz.MethodNotAllowed):
-            exc = MethodNotAllowedHere("method not allowed on this route")
+            allowed = ", ".join(sorted(exc.valid_methods or ()))
+            request.setHeader("Allow", allowed)  # RFC 9110 15.5.6: a 405 names them
+            exc = MethodNotAllowedHere(f"this route takes {allowed}")
         elif isinstance(exc, wz.HTTPException):
             exc = RouteNotFound("no such route")
         if getattr(request, "startedWriting", False):

@@ -8,10 +8,11 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 
 from gateway.errors import GatewayError, error_body
 
-__all__ = ["json_response", "render_error"]
+__all__ = ["json_response", "refusal_before_request", "render_error"]
 
 _log = Logger(namespace="gateway.http")
 
@@ -40,7 +41,8 @@ def json_response(
 
 
 #: Reason phrases Twisted does not know (it would send "Unknown Status").
-_PHRASES: dict[int, bytes] = {426: b"Upgrade Required", 429: b"Too Many Requests"}
+_PHRASES: dict[int, bytes] = {426: b"Upgrade Required", 429: b"Too Many Requests",
+                               431: b"Request Header Fields Too Large"}
 
 
 def render_error(request: Any, exc: BaseException) -> bytes:
@@ -60,6 +62,38 @@ def render_error(request: Any, exc: BaseException) -> bytes:
     for name in (b"etag", b"content-length", b"content-disposition"):
         request.responseHeaders.removeHeader(name)
     return json_response(request, status, body, headers)
+
+
+def refusal_before_request(exc: GatewayError, request_id: str, date: bytes,
+                           server_name: bytes) -> bytes:
+    """The whole HTTP/1.1 answer to a head refused before it made a request.
+
+    The channel answers a request line or headers it cannot parse (too long, malformed)
+    itself, with no request object or resource involved; the answer is the same error
+    envelope with the headers every other answer carries, and closes the connection.
+
+    Args:
+        exc: What was wrong with the head.
+        request_id: The ``X-Request-Id`` to send.
+        date: The ``Date`` header's value (an HTTP-date).
+        server_name: The ``Server`` header's value.
+    """
+    status, body, headers = error_body(exc)
+    data = json.dumps(body, separators=(",", ":")).encode()
+    phrase = _PHRASES.get(status) or RESPONSES.get(status, b"Error")
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, phrase),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(data),
+        b"Date: " + date,
+        b"Server: " + server_name,
+        b"X-Request-Id: " + request_id.encode("ascii"),
+        b"X-Content-Type-Options: nosniff",
+        b"Cache-Control: no-store",
+        b"Connection: close",
+        *(f"{name}: {value}".encode("latin-1") for name, value in headers.items()),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + data
 
 
 def _path(request: Any) -> str:

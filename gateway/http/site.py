@@ -27,14 +27,23 @@ from twisted.web.http import _IdentityTransferDecoder
 from twisted.web.resource import IResource, Resource
 
 from gateway.eager_write import flush_now
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.errors import (
+    GatewayError,
+    HeadTooLarge,
+    InvalidRequest,
+    MethodNotAllowedHere,
+    PayloadTooLarge,
+    RouteNotFound,
+    TargetTooLong,
+)
 from gateway.http.accesslog import AccessLog
 from gateway.http.client_address import ClientAddress
 from gateway.http.cors import Cors
 from gateway.http.metrics import Metrics
 from gateway.http.paths import check_raw_path
 from gateway.http.ratelimit import RateLimiter
-from gateway.http.responses import render_error
+from gateway.http.request_target import origin_form
+from gateway.http.responses import refusal_before_request, render_error
 from gateway.http.streaming import BodyPipe, close_quietly, narrow, no_room, widen
 
 __all__ = ["STREAMED_UPLOADS", "FrontDoor", "GatewayRequest", "GatewaySite", "InFlight"]
@@ -177,12 +186,16 @@ class GatewayRequest(server.Request):
         answer. The channel's second dispatch, once the body is complete, only ends
         the pipe (:meth:`requestReceived`).
         """
-        head_in = getattr(self.channel, "head_complete", None)  # GatewayChannel's deadline
+        channel: Any = self.channel
+        head_in = getattr(channel, "head_complete", None)  # GatewayChannel's deadline
         if head_in is not None:
             head_in()
+        authority = getattr(channel, "target_authority", None)
+        if authority is not None:  # RFC 9112 3.2.2: the target's authority, not Host
+            channel.target_authority = None
+            self.requestHeaders.setRawHeaders(b"host", [authority])
         too_large = length is not None and length > self._body_limit()
         self.too_large = self.too_large or too_large
-        channel: Any = self.channel
         line = self._request_line()
         pattern = getattr(getattr(channel, "site", None), "streamed_uploads", None)
         # Over the cap, any request is answered at its headers (a client waiting for
@@ -302,6 +315,14 @@ class GatewayRequest(server.Request):
             except OSError as exc:
                 self._cannot_spool(exc)
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def _handleStar(self) -> None:  # noqa: N802 - Twisted's name
+        """``OPTIONS *`` goes through the front door, like every other target."""
+        try:
+            site: Any = self.site
+            self.render(site.getResourceFor(self))  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.processingFailed(Failure())  # type: ignore[no-untyped-call]
 
     def finish(self) -> None:
         """Finish, or (answered before the upload's body arrived) once it is drained.
@@ -431,19 +452,28 @@ def _truncated(request: Any) -> bool:
 
 
 class GatewayChannel(http.HTTPChannel):
-    """Twisted's HTTP/1.1 channel, whose header deadline starts at a request's first byte.
+    """Twisted's HTTP/1.1 channel: a deadline for each head, and heads it cannot read answered.
 
     The headers must be in within the site's ``header_timeout``, however steadily they
     trickle: the idle timeout restarts on every byte, and counted from the request line
     (when Twisted makes the request) the deadline would let a request line trickled a
     byte at a time (up to 16 KiB of it) hold its connection for days.
 
+    A head Twisted cannot read gets the error envelope, like every other error, and the
+    connection is closed: a request line over 16 KiB is 414 (Twisted closed the
+    connection without a word), a header line over 16 KiB or a head over 16 KiB or 500
+    fields is 431, a malformed one 400 (Twisted wrote a bare status line). An
+    absolute-form target (``GET http://host/path``) is served as its origin form.
+
     Attributes:
         head_deadline: Drops the connection if the head of the request begun is not in
             in time; met once :class:`GatewayRequest` has all its headers.
+        target_authority: The authority of the current request's absolute-form target,
+            which replaces its ``Host`` (RFC 9112 section 3.2.2).
     """
 
     head_deadline: IDelayedCall | None = None
+    target_authority: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         """Bytes in; the first of a request starts its deadline."""
@@ -455,6 +485,48 @@ class GatewayChannel(http.HTTPChannel):
                 self.head_deadline = self.callLater(  # type: ignore[no-untyped-call]
                     timeout, self._head_too_slow)
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        """A line of a head; an absolute-form request line becomes the origin form."""
+        request_line = not self._in_headers()
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+        target = getattr(self, "_path", None)
+        if request_line and target is not None:
+            absolute = origin_form(target)
+            if absolute is not None:
+                self._path, self.target_authority = absolute
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        """A line over 16 KiB: 414 for a request line, 431 for a header line."""
+        self._refuse_head(HeadTooLarge("a header line is longer than 16 KiB")
+                          if self._in_headers()
+                          else TargetTooLong("the request line is longer than 16 KiB"))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
+        """Twisted found the head too large or malformed."""
+        if self._receivedHeaderSize > self.totalHeadersSize \
+                or self._receivedHeaderCount > self.maxHeaders:
+            self._refuse_head(HeadTooLarge(
+                f"the request's head is larger than {self.totalHeadersSize} bytes or "
+                f"{self.maxHeaders} fields"))
+        else:
+            self._refuse_head(InvalidRequest(
+                "the request's head is not valid HTTP/1.1 (RFC 9112): a malformed request "
+                "line, header field or transfer coding"))
+
+    def _in_headers(self) -> bool:
+        """A request line was read and its headers are still coming."""
+        return getattr(self, "_command", None) is not None
+
+    def _refuse_head(self, error: GatewayError) -> None:
+        self.head_complete()
+        if self.transport is None:
+            return
+        if not any(getattr(request, "startedWriting", False) for request in self.requests):
+            self.transport.write(refusal_before_request(
+                error, os.urandom(16).hex(),
+                http.datetimeToString(), SERVER_NAME))  # type: ignore[no-untyped-call]
+        self.loseConnection()  # type: ignore[no-untyped-call]
 
     def head_complete(self) -> None:
         """The request's headers are all in: its deadline is met."""
@@ -557,6 +629,8 @@ class FrontDoor(Resource):
         in_flight: In-flight counter (graceful shutdown waits on it).
         mounts: Exact paths served by other resources (e.g. ``b"/api/v1/changes"``).
         client_address: Finds the client behind trusted proxies (none by default).
+        methods_of: The methods the routes at a path take (for the ``Allow`` of a
+            method the router would otherwise take for another).
     """
 
     isLeaf = True  # noqa: N815 - Twisted's name
@@ -573,6 +647,7 @@ class FrontDoor(Resource):
         in_flight: InFlight,
         mounts: Mapping[bytes, IResource],
         client_address: ClientAddress | None = None,
+        methods_of: Callable[[str], set[str]] = lambda path: set(),
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.router: Any = router
@@ -584,6 +659,7 @@ class FrontDoor(Resource):
         self.in_flight = in_flight
         self.mounts = mounts
         self.client_address = client_address or ClientAddress()
+        self.methods_of = methods_of
 
     def render(self, request: Any) -> bytes | int:
         """Serve one request."""
@@ -604,16 +680,22 @@ class FrontDoor(Resource):
             self.metrics.in_flight += 1
         request.notifyFinish().addBoth(self._finished, request, counted)
         try:
-            check_raw_path(request.uri)
-            if self.cors.apply(request):
-                request.route = "preflight"
-                return b""
+            self._check_head(request)
+            if request.path != b"*":
+                check_raw_path(request.uri)
+                if self.cors.apply(request):
+                    request.route = "preflight"
+                    request.write(b"")  # a 204: no Content-Length (RFC 9110 8.6)
+                    request.finish()
+                    return server.NOT_DONE_YET
             if request.path not in _UNLIMITED:
                 self.limiter.check(request.client_host)
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
             if request.spool_error is not None:
                 raise no_room(request.spool_error)
+            if request.path == b"*":
+                return self._asterisk(request)
         except GatewayError as exc:
             return render_error(request, exc)
         if mounted is not None:
@@ -625,6 +707,34 @@ class FrontDoor(Resource):
         request.postpath = request.path[1:].split(b"/")
         result = self.router.render(request)
         return result
+
+    def _check_head(self, request: Any) -> None:
+        """Refuse what RFC 9110 and 9112 have a server refuse before any routing."""
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1 or (not hosts and request.clientproto == b"HTTP/1.1"):
+            raise InvalidRequest("an HTTP/1.1 request has exactly one Host header "
+                                 "(RFC 9112 section 3.2)")
+        method: bytes = request.method
+        if not method.isupper():
+            # Methods are case-sensitive (RFC 9110 9.1): the router would take "delete"
+            # for DELETE, which a proxy filtering methods passed as an unknown one.
+            allowed = self.methods_of(request.path.decode("latin-1"))
+            if not allowed:
+                raise RouteNotFound("no such route")
+            request.setHeader("Allow", ", ".join(sorted(allowed)))
+            raise MethodNotAllowedHere(
+                f"method names are case-sensitive: this route takes {', '.join(sorted(allowed))}")
+
+    def _asterisk(self, request: Any) -> bytes:
+        """``OPTIONS *`` asks what the server takes; ``*`` means nothing to any other method."""
+        request.route = "asterisk"
+        methods = "DELETE, GET, HEAD, OPTIONS, POST, PUT"
+        if request.method != b"OPTIONS":
+            request.setHeader("Allow", "OPTIONS")
+            raise MethodNotAllowedHere("the target '*' is for OPTIONS only")
+        request.setHeader("Allow", methods)
+        request.setHeader("Content-Length", "0")
+        return b""
 
     def _finished(self, outcome: Any, request: Any, counted: bool) -> None:
         if counted:

@@ -75,6 +75,7 @@ class UpgradingResource(WebSocketResource):  # type: ignore[misc,unused-ignore]
         """
         if (request.getHeader("upgrade") or "").strip().lower() != "websocket":
             request.setHeader("Upgrade", "websocket")
+            request.setHeader("Connection", "Upgrade")  # RFC 9110 7.8: with Upgrade
             return render_error(request, UpgradeRequired(
                 "this endpoint speaks WebSocket only (see docs/websocket.md)"))
         transport = request.channel.transport

@@ -1,6 +1,7 @@
 // The browser client's REST methods in Chromium, one case per run.
 // argv: <gateway base url> <db> <user> <password> <case>
-//   json_keys       allDocs/get take key parameters as plain JS values (strings too)
+//   json_keys       allDocs/get take key parameters as plain JS values (strings too); a
+//                   long list of keys goes in a POST body
 //   put_without_id  put() of a document without _id throws TypeError and writes nothing
 //   errors          network failures and non-JSON answers reject with WallabyError
 //   request         the request() examples of docs/browser-client.md (find, view, bulk_docs)
@@ -49,6 +50,10 @@ const cases = {
         range2: ids(await wb.allDocs(db, { start_key: "a", end_key: "b1", inclusive_end: false })),
         key: ids(await wb.allDocs(db, { key: "b1" })),
         keys: ids(await wb.allDocs(db, { keys: ["c1", "a1"] })),
+        // 600 keys of 32 characters: 20 KiB of JSON, over the request line the gateway reads
+        manyKeys: (await wb.allDocs(db, { include_docs: true,
+          keys: ["c1", ...Array.from({ length: 599 }, (_, n) => n.toString(16).padStart(32, "0"))] }))
+          .rows.slice(0, 2).map((row) => [row.id, row.doc && row.doc.v, row.error]),
         numberLike: await failure(() => wb.allDocs(db, { key: "123" })),
         revs: (await wb.get(db, "x/y", { open_revs: "all" })).length,
         openRevs: (await wb.get(db, "a1", { open_revs: [(await wb.get(db, "a1"))._rev] })).length,
@@ -58,6 +63,8 @@ const cases = {
     expect(JSON.stringify(got.range) === '["b1","c1"]', "startkey/endkey as strings", got);
     expect(JSON.stringify(got.range2) === '["a1"]', "start_key/end_key as strings", got);
     expect(JSON.stringify(got.key) === '["b1"]', "key as a string", got);
+    expect(JSON.stringify(got.manyKeys) === '[["c1","c1",null],[null,null,"not_found"]]',
+      "600 keys (in a POST body)", got.manyKeys);
     expect(JSON.stringify(got.keys) === '["c1","a1"]', "keys", got);
     expect(got.numberLike === null, "key '123' is the string 123", got);
     expect(got.revs === 1 && got.openRevs === 1 && got.rev === "a1", "open_revs / rev", got);
