@@ -503,3 +503,19 @@ def test_the_reactor_clock_becomes_monotonic_only_before_anything_is_scheduled()
     assert before + 5 <= call.getTime() <= time.monotonic() + 5
     with pytest.raises(RuntimeError, match="before anything is scheduled"):
         use_monotonic_clock(reactor)
+
+
+def test_deep_json_reads_and_writes_to_its_limit_and_names_it_beyond() -> None:
+    """gateway/deep_json.py: deeper than the recursion limit, up to MAX_DEPTH levels."""
+    from gateway import deep_json
+
+    text = '{"v":' + "[" * 9000 + '"]]}"' + "]" * 9000 + "}"
+    value = deep_json.loads(text)
+    assert deep_json.dumps(value, separators=(",", ":")) == text
+    assert deep_json.dumps(deep_json.loads(text.encode()), separators=(",", ":")) == text
+    with pytest.raises(deep_json.NestedTooDeep, match="deeper than 10000 levels"):
+        deep_json.loads("[" * 10_001 + "]" * 10_001)
+    with pytest.raises(deep_json.NestedTooDeep):
+        deep_json.loads("[" * 5_000_000)  # unclosed: stops counting past the limit
+    with pytest.raises(ValueError, match="Expecting"):
+        deep_json.loads("[" * 2000 + "}")

@@ -13,7 +13,6 @@ error answers become the matching :class:`~gateway.errors.CouchError`.
 from __future__ import annotations
 
 import errno
-import json as jsonlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -43,12 +42,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from gateway import deep_json
 from gateway.couch.auth import Auth, BasicAuth, NoAuth, session_cookie_from_headers
 from gateway.couch.idle import IdleTimeout, PausingProducer, ProgressBody
 from gateway.couch.pool import connection_pool
 from gateway.couch.spill import SpilledBody, body_complete, read_or_spill
 from gateway.couch.tls import HandshakeEndpoint, TLSHandshakeFailed, client_tls
 from gateway.couch.urls import encode_query, join_url, path_bytes, split_credentials
+from gateway.deep_json import NestedTooDeep
 from gateway.errors import (
     AnswerLost,
     CouchError,
@@ -272,7 +273,10 @@ def _decode_json(raw: bytes, status: int) -> Any:
     if not raw:
         return None
     try:
-        return jsonlib.loads(raw)
+        return deep_json.loads(raw)
+    except NestedTooDeep as exc:
+        raise UpstreamServerError(f"CouchDB's answer is {exc}, more than the gateway reads",
+                                  error="too_deep") from None
     except ValueError:
         reason = f"CouchDB answered HTTP {status} with a body that is not JSON"
         if status < 400:
@@ -599,7 +603,7 @@ class CouchTransport:
         assert auth is not None
         content: bytes | IBodyProducer | None = data
         if json is not _NO_BODY:
-            content = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
+            content = deep_json.dumps(json, separators=(",", ":")).encode("utf-8")
 
         async def attempt(idle: IdleTimeout | None) -> CouchResponse:
             raw_headers = Headers(_ACCEPT_JSON)

@@ -28,6 +28,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from gateway import deep_json
 from gateway.couch.urls import JSON_NULL
 from gateway.errors import InvalidRequest
 from gateway.http.schema_check import Check, compile_schema
@@ -94,9 +95,9 @@ def strict_json(text: str | bytes) -> Any:
 
     Raises:
         ValueError: Not JSON.
-        RecursionError: Nested too deep.
+        NestedTooDeep: Nested deeper than :data:`gateway.deep_json.MAX_DEPTH` levels.
     """
-    return json.loads(text, parse_constant=_no_constant)
+    return deep_json.loads(text, parse_constant=_no_constant)
 
 
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
@@ -301,7 +302,7 @@ class Contract:
         media = (content_type or "").split(";")[0].strip()
         if "application/json" in content and media == "application/json":
             try:
-                self.validate(content["application/json"].get("schema", {}), json.loads(body),
+                self.validate(content["application/json"].get("schema", {}), deep_json.loads(body),
                               f"{operation.operation_id} {status} body")
             except InvalidRequest as exc:
                 raise AssertionError(exc.reason) from None

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.web.http import parse_qs
 
+from gateway.deep_json import NestedTooDeep
 from gateway.errors import InvalidRequest, NotJsonBody, PayloadTooLarge
 from gateway.http.contract import Contract, strict_json
 
@@ -75,7 +76,9 @@ def json_body(request: Any, operation: str, contract: Contract, max_bytes: int) 
     content.seek(0)
     try:
         body = strict_json(content.read())
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+    except NestedTooDeep as exc:
+        raise InvalidRequest(f"the request body is {exc}") from None
+    except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     contract.check_body(operation, body)
     return body

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
+from gateway import deep_json
 from gateway.errors import GatewayError, error_body
 
 __all__ = ["json_response", "refusal_before_request", "render_error"]
@@ -34,7 +35,8 @@ def json_response(
     request.setHeader("Content-Type", "application/json")
     for name, value in (headers or {}).items():
         request.setHeader(name, value)
-    data = encoded if encoded is not None else json.dumps(body, separators=(",", ":")).encode()
+    data = encoded if encoded is not None else deep_json.dumps(
+        body, separators=(",", ":")).encode()
     # A known length: no chunked framing, and the response can leave in one send.
     request.setHeader("Content-Length", str(len(data)))
     return data

@@ -19,6 +19,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 
+from gateway import deep_json
 from gateway.errors import error_body
 from gateway.schemas import api_schema_dir
 
@@ -288,8 +289,17 @@ def _nesting(value: Any) -> int:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """Serialise a server message (compact UTF-8 JSON)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    r"""Serialise a server message (compact UTF-8 JSON).
+
+    A string holding a lone surrogate (``"\ud800"``: JSON allows the escape,
+    pouchdb-server stores it, UTF-8 cannot carry it) is sent as that escape, as CouchDB's
+    own answers send it.
+    """
+    text = deep_json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return deep_json.dumps(message, separators=(",", ":")).encode("ascii")
 
 
 def subscribed_message(sub_id: str, db: str, feed: str, since: Seq | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 
+from gateway import deep_json
 from gateway.config import Settings
 from gateway.couch import CouchServer, Database
 from gateway.couch.auth import ForwardedAuth
@@ -80,7 +81,7 @@ class ClientProtocol(WebSocketClientProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N803
         self.raw.append(payload)
         try:
-            message = json.loads(payload)
+            message = deep_json.loads(payload)  # as deep as the gateway sends
             validate_server_message(message)
         except Exception as exc:  # surfaced in the test
             self.errors.append(f"{exc}: {payload[:300]!r}")

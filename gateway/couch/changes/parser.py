@@ -18,10 +18,11 @@ passes them on untouched and never compares them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gateway import deep_json
+from gateway.deep_json import NestedTooDeep
 from gateway.errors import FeedProtocolError
 
 __all__ = [
@@ -155,7 +156,9 @@ class ChangesParser:
         if not line:
             return Heartbeat()
         try:
-            value = json.loads(line.decode("utf-8"))
+            value = deep_json.loads(line.decode("utf-8"))
+        except NestedTooDeep as exc:
+            raise FeedProtocolError(f"a _changes feed row is {exc}") from None
         except (UnicodeDecodeError, ValueError):
             raise FeedProtocolError(
                 f"a _changes feed line is not valid JSON ({len(line)} bytes)"
