@@ -77,6 +77,9 @@ class ResumeHost(Protocol):
     async def _settle(self, sub: Subscription, join: Join) -> None:
         """See :func:`settle`."""
 
+    def _trail(self, sub: Subscription, join: Join) -> None:
+        """Filter ``sub``'s live changes through ``join`` until its time is up."""
+
     async def _still_current(self, sub: Subscription, change: PreparedChange) -> bool:
         """See :func:`still_current`."""
 
@@ -161,7 +164,7 @@ async def settle(host: ResumeHost, sub: Subscription, join: Join) -> None:
         join.merged = True
         join.keep_filtering(host.factory.clock.seconds())
     if join.trailing(host.factory.clock.seconds()):
-        sub.trailing = join
+        host._trail(sub, join)
 
 
 async def still_current(host: ResumeHost, sub: Subscription, change: PreparedChange) -> bool:

@@ -612,6 +612,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self._leave_direct_rosters()
         sub.active = False
         sub.join = sub.trailing = None
+        self._stop_trailing(sub)
         counted = self.subs.get(sub.id) is sub
         if counted:
             del self.subs[sub.id]
@@ -663,6 +664,35 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             if trailing is not None and not trailing.trailing(now):
                 sub.trailing = None
             self._deliver(sub, change)
+
+    def _trail(self, sub: Subscription, join: Join) -> None:
+        """Filter ``sub``'s live changes through ``join`` until its time is up.
+
+        A live change after the window lets it go (:meth:`feed_changes`); so does its
+        end, though none comes: on a quiet database the table of what the catch-up sent
+        would otherwise stay as long as the subscription.
+        """
+        sub.trailing = join
+        clock = self.factory.clock
+
+        def look() -> None:
+            sub.trailing_end = None
+            if sub.trailing is not join or not sub.active:
+                return
+            now = clock.seconds()
+            if join.trailing(now):  # the feed came back meanwhile: more time
+                sub.trailing_end = clock.callLater(join.until - now, look)
+            else:
+                sub.trailing = None
+
+        self._stop_trailing(sub)
+        sub.trailing_end = clock.callLater(max(0.0, join.until - clock.seconds()), look)
+
+    @staticmethod
+    def _stop_trailing(sub: Subscription) -> None:
+        call, sub.trailing_end = sub.trailing_end, None
+        if call is not None and call.active():
+            call.cancel()
 
     def direct_socket(self, feed: SharedFeed) -> socket.socket | None:
         """The socket to write the feed's next batch to directly, if it may be.

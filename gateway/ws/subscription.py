@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.internet.interfaces import IDelayedCall
+
 from gateway.ws.catchup import Join
 from gateway.ws.hub import SharedFeed
 from gateway.ws.protocol import Seq, Subscribe
@@ -26,6 +28,8 @@ class Subscription:
         last_seq: Seq of the last change written to the socket; before the first one,
             the seq the subscription started after.
         active: False once ended.
+        trailing_end: Lets ``trailing`` go once its time is up, though no live change
+            comes (its table holds a revision per document the catch-up sent).
     """
 
     id: str
@@ -35,6 +39,7 @@ class Subscription:
     trailing: Join | None = None
     last_seq: Seq | None = None
     active: bool = True
+    trailing_end: IDelayedCall | None = None
 
     def ended(self) -> bool:
         """Whether the subscription has ended (re-read after every await)."""
