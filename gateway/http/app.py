@@ -399,7 +399,7 @@ class GatewayApp:
         body = self._json_body(request, "createDocument")
         check_documents([body])
         if "_id" in body:
-            paths.document_id(body["_id"].replace("%", "%25"))
+            paths.body_document_id(body["_id"])
         return await self.forwarder.forward(
             request, couch, "POST", [name], params=query, json=body, rev_etag="rev"
         )
@@ -451,6 +451,12 @@ class GatewayApp:
         couch, query = await self._begin(request, "bulkDocs", db=name)
         body = self._json_body(request, "bulkDocs")
         check_documents(body["docs"])
+        for index, doc in enumerate(body["docs"]):
+            # CouchDB refuses reserved and empty ids itself, one document at a time.
+            doc_id = doc.get("_id") if isinstance(doc, dict) else None
+            if isinstance(doc_id, str) and paths.has_control_characters(doc_id):
+                raise InvalidRequest(f"docs[{index}]._id contains control characters: no "
+                                     "URL of the API could name the document")
         return await self.forwarder.forward(
             request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
             amend=lambda answer: in_request_order(body, answer),

@@ -15,7 +15,10 @@ from urllib.parse import unquote
 
 from gateway.errors import AccessDenied, InvalidRequest
 
-__all__ = ["attachment_name", "check_raw_path", "database_name", "design_name", "document_id"]
+__all__ = [
+    "attachment_name", "body_document_id", "check_raw_path", "database_name", "design_name",
+    "document_id", "has_control_characters",
+]
 
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -82,7 +85,8 @@ def document_id(raw: str) -> str:
     """Decode and validate a document id.
 
     Ordinary ids may not start with ``_`` (CouchDB reserves those for endpoints such as
-    ``_all_docs``); ``_design/name`` and ``_local/name`` are allowed.
+    ``_all_docs``); ``_design/name`` and ``_local/name`` are allowed, ``name`` holding
+    ``/`` too (written ``%2F``, as CouchDB takes ``_design/a%2Fb``).
 
     Raises:
         InvalidRequest: Empty or reserved.
@@ -94,12 +98,29 @@ def document_id(raw: str) -> str:
         for prefix in _SPECIAL_DOC_PREFIXES:
             if doc_id.startswith(prefix):
                 rest = doc_id[len(prefix):]
-                if rest and "/" not in rest and rest not in (".", ".."):
+                if rest and rest not in (".", ".."):
                     return doc_id
         raise InvalidRequest(
             "document ids starting with '_' are reserved (except '_design/x' and '_local/x')"
         )
     return doc_id
+
+
+def has_control_characters(value: str) -> bool:
+    """Whether ``value`` holds a character no path of the API takes (U+0000 to U+001F, U+007F)."""
+    return _FORBIDDEN_CHARS.search(value) is not None
+
+
+def body_document_id(doc_id: str) -> str:
+    """Validate an ``_id`` given in a body as :func:`document_id` does one in a path.
+
+    A document stored under an id no path of the API takes could never be read,
+    updated or deleted through the gateway again.
+
+    Raises:
+        InvalidRequest: Empty, reserved, or with control characters.
+    """
+    return document_id(doc_id.replace("%", "%25"))
 
 
 def attachment_owner(raw: str) -> str:
