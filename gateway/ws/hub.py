@@ -144,16 +144,18 @@ class RecentChanges:
         self.max_changes = max_changes
         self.max_bytes = max_bytes
         self._ring: deque[tuple[int, PreparedChange]] = deque()
-        self._index: dict[str, int | None] = {}
+        self._index: dict[str, int | None] = {}  # None: seen more than once, ambiguous
+        self._copies: dict[str, int] = {}  # how often each seq is in the ring
         self._keys: dict[int, str | None] = {}
         self._next = 0
         self._bytes = 0
         self._base: str | None = None
+        self._base_ambiguous = False
         self._base_set = False
 
     def start(self, seq: Seq) -> None:
         """The seq the feed follows from (before any change)."""
-        self._base, self._base_set = seq_key(seq), True
+        self._base, self._base_set, self._base_ambiguous = seq_key(seq), True, False
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -166,6 +168,7 @@ class RecentChanges:
         if key is not None:
             # A seq seen twice is ambiguous: never served from memory.
             self._index[key] = None if key in self._index or key == self._base else number
+            self._copies[key] = self._copies.get(key, 0) + 1
         self._keys[number] = key
         self._ring.append((number, change))
         self._bytes += change.size
@@ -173,9 +176,17 @@ class RecentChanges:
             old_number, old = self._ring.popleft()
             self._bytes -= old.size
             old_key = self._keys.pop(old_number)
-            if old_key is not None and self._index.get(old_key) == old_number:
-                del self._index[old_key]
-            self._base = old_key
+            ambiguous = False
+            if old_key is not None:
+                # The last copy leaving takes its entry along (a seq seen twice once
+                # stayed for ever); still ambiguous as the seq the ring follows.
+                copies = self._copies.pop(old_key) - 1
+                if copies:
+                    self._copies[old_key] = copies
+                    ambiguous = True
+                else:
+                    ambiguous = self._index.pop(old_key) is None
+            self._base, self._base_ambiguous = old_key, ambiguous
 
     def after(self, seq: Seq) -> list[PreparedChange] | None:
         """The changes after ``seq``, or ``None`` when ``seq`` is not known here."""
@@ -183,7 +194,7 @@ class RecentChanges:
         if key is None or not self._base_set:
             return None
         if key == self._base and key not in self._index:
-            return [change for _n, change in self._ring]
+            return None if self._base_ambiguous else [change for _n, change in self._ring]
         number = self._index.get(key)
         if number is None:
             return None

@@ -241,3 +241,23 @@ async def test_a_catch_up_read_upstream_goes_out_in_few_sends_whole_and_in_order
     resumed.check()
     ids = [m["id"] for m in resumed.messages if m["type"] == "change"]
     assert len(ids) == len(set(ids)) == 58  # each change once
+
+
+def test_recent_changes_forget_a_repeated_seq_once_it_has_left() -> None:
+    """A seq the feed delivered twice (a replay after a reconnect) stays ambiguous while
+    the ring holds or follows it, and takes no memory once it has left: its entry used to
+    stay for the feed's whole life, one per repeated row."""
+    ring = RecentChanges(max_changes=3, max_bytes=10_000)
+    ring.start("s0")
+    for seq in ("s1", "s2", "s1", "s3"):  # s1 twice
+        ring.append(_change(seq))
+    assert ring.after("s1") is None and ring.after("s3") == []
+    ring.append(_change("s4"))  # the second s1 is the oldest now
+    assert ring.after("s1") is None  # it is what the ring follows, and ambiguous
+    ring.append(_change("s5"))  # ... now gone too
+    assert ring.after("s1") is None and ring.after("s3") is not None
+    for number in range(6, 1006):
+        ring.append(_change(f"s{number}"))
+        ring.append(_change(f"s{number}"))  # every seq repeated
+    assert len(ring._index) <= 3 and len(ring._copies) <= 3  # the leak it had
+    assert ring.after("s1005") is None  # ambiguous, though the latest
