@@ -9,11 +9,12 @@ because CouchDB joins the remaining segments of an attachment path.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from gateway import deep_json
 
 __all__ = [
     "JSON_NULL",
@@ -113,11 +114,11 @@ def _query_value(name: str, value: Any) -> str:
     if value is JSON_NULL:
         return "null"
     if name in JSON_QUERY_PARAMS:
-        return json.dumps(value, separators=(",", ":"))
+        return deep_json.dumps(value, separators=(",", ":"))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
+        return deep_json.dumps(value, separators=(",", ":"))
     return str(value)
 
 

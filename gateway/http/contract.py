@@ -87,17 +87,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
 def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 defines it.
 
     Python's extensions ``NaN``, ``Infinity`` and ``-Infinity`` are refused: CouchDB
-    refuses them, and they could not be sent on as JSON.
+    refuses them, and they could not be sent on as JSON. So is a number too large for a
+    double (``1e999``), which Python reads as infinity and would send on as ``Infinity``.
 
     Raises:
         ValueError: Not JSON.
         NestedTooDeep: Nested deeper than :data:`gateway.deep_json.MAX_DEPTH` levels.
     """
-    return deep_json.loads(text, parse_constant=_no_constant)
+    return deep_json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def _coerce(name: str, raw: str, param: Mapping[str, Any]) -> Any:
