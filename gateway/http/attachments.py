@@ -11,6 +11,8 @@ these once the caller is authenticated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
@@ -22,7 +24,13 @@ from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.transport import Reactor, abandon, read_body, unsure_of_write
 from gateway.couch.urls import attachment_path, doc_path
-from gateway.errors import CouchError, CouchTimeout, PayloadTooLarge, RangeNotSatisfiable
+from gateway.errors import (
+    CouchError,
+    CouchTimeout,
+    InvalidRequest,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+)
 from gateway.http.conditional import (
     etag_header,
     etag_matches,
@@ -163,6 +171,8 @@ class Attachments:
         request.setResponseCode(status)
         must_revalidate(request)
         for header in _COPIED_HEADERS:
+            if header == "Content-MD5" and status != 200:
+                continue  # the whole attachment's digest: CouchDB sends it on a 200 only
             values = response.headers.getRawHeaders(header)
             if values and not request.responseHeaders.hasHeader(header.encode()):
                 request.setHeader(header, values[0])
@@ -216,6 +226,10 @@ class Attachments:
     ) -> bytes:
         """PUT the request's body upstream as the attachment; its ``Content-Type`` is kept.
 
+        A ``Content-MD5`` goes upstream with it, and CouchDB refuses a body that does not
+        match (400 ``content_md5_mismatch``). A chunked upload's digest in a trailer is
+        not checked: Twisted drops trailers, and the body goes upstream with a length.
+
         Args:
             request: The client's PUT, its body not yet read (see
                 ``GatewayRequest.gotLength``) unless the site received it whole.
@@ -228,6 +242,7 @@ class Attachments:
 
         Raises:
             PayloadTooLarge: The declared length is over ``WALLABY_MAX_ATTACHMENT_BYTES``.
+            InvalidRequest: ``Content-MD5`` is not base64.
             CouchTimeout: CouchDB did not answer in time once the body was sent.
         """
         # Streamed (a Content-Length body) or spooled (chunked, or to pouchdb-server),
@@ -237,6 +252,7 @@ class Attachments:
         declared = producer.length
         if isinstance(declared, int) and declared > self.settings.max_attachment_bytes:
             raise PayloadTooLarge("the attachment is too large")
+        _content_md5(request)  # refused before the body is read, not by CouchDB's 500
         if pipe is not None and (pipe.length is None or not await self._streams_uploads(request)):
             producer = await spool(pipe)  # a chunked body goes whole, with its length
         try:
@@ -252,11 +268,14 @@ class Attachments:
     ) -> bytes:
         """PUT an attachment's body upstream; the deadline grows with its size."""
         size = producer.length if isinstance(producer.length, int) else 0
-        content_type = request.getHeader("content-type") or "application/octet-stream"
+        headers = {"Content-Type": request.getHeader("content-type") or "application/octet-stream"}
+        digest = _content_md5(request)
+        if digest is not None:
+            headers["Content-MD5"] = digest
         timeout = self.settings.request_timeout + size / _UPLOAD_BYTES_PER_SECOND
         send = couch.transport.send(
             "PUT", attachment_path(*where), params=query, data=producer,
-            headers={"Content-Type": content_type}, timeout=None if streamed else timeout,
+            headers=headers, timeout=None if streamed else timeout,
         )
         if streamed:
             producer.splicer = self.splicer  # not to pouchdb-server: spooled before
@@ -310,3 +329,23 @@ class Attachments:
             vendor = str((body.get("vendor") or {}).get("name", "")).lower()
             self._upload_streaming = "express-pouchdb" not in body and "pouchdb" not in vendor
         return self._upload_streaming
+
+
+def _content_md5(request: Any) -> str | None:
+    """The upload's ``Content-MD5`` (``None`` if it has none), checked to be base64.
+
+    CouchDB decodes it and compares the body's digest with it; one it cannot decode
+    would be its 500, not the client's 400.
+
+    Raises:
+        InvalidRequest: The value is not base64.
+    """
+    values = request.requestHeaders.getRawHeaders(b"content-md5")
+    if not values:
+        return None
+    try:
+        base64.b64decode(values[-1].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("'Content-MD5' must be the base64 of the body's MD5 digest") \
+            from None
+    return str(values[-1].strip().decode("ascii"))
