@@ -566,7 +566,7 @@ class CouchTransport:
         params: Any = None,
         json: Any = _NO_BODY,
         data: bytes | IBodyProducer | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
         timeout: float | object | None = _NO_BODY,
         raise_for_status: bool = True,
         spill_over: int | None = None,
@@ -579,7 +579,7 @@ class CouchTransport:
             params: Query parameters (see :func:`~gateway.couch.urls.encode_query`).
             json: A JSON-serialisable body (sent with ``Content-Type: application/json``).
             data: A raw body: bytes or a body producer.
-            headers: Extra request headers.
+            headers: Extra request headers (bytes values go as they are).
             timeout: Override of the transport's timeout.
             raise_for_status: Raise a :class:`CouchError` for 4xx/5xx answers.
             spill_over: Most bytes of a successful answer to read whole; a longer one
@@ -656,7 +656,7 @@ class CouchTransport:
         *,
         params: Any = None,
         body: IBodyProducer | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
         timeout: float | object | None = _NO_BODY,
         raise_for_status: bool = True,
     ) -> IResponse:
@@ -680,9 +680,9 @@ class CouchTransport:
         assert auth is not None
 
         async def attempt(idle: IdleTimeout | None) -> IResponse:
-            request_headers = dict(headers or {})
-            request_headers.update(await auth.headers())
-            raw_headers = Headers({k: [v] for k, v in request_headers.items()})
+            raw_headers = Headers()
+            for name, value in [*(headers or {}).items(), *(await auth.headers()).items()]:
+                raw_headers.setRawHeaders(name, [value])
             try:
                 response: IResponse = await self._request(
                     method.encode("ascii"), url, raw_headers, _progress(body, idle)

@@ -38,6 +38,7 @@ from gateway.http.conditional import (
     opaque_tag,
     range_applies,
 )
+from gateway.http.request_args import raw_header
 from gateway.http.responses import json_response
 from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import (
@@ -119,9 +120,9 @@ class Attachments:
         ranged = method == "GET" and request.getHeader("range") is not None
         forwarded = ("Range", "If-None-Match") if ranged and not request.getHeader(
             "if-range") else ("If-None-Match",)
-        headers = {}
+        headers: dict[str, str | bytes] = {}
         for header in forwarded:
-            value = request.getHeader(header)
+            value = raw_header(request, header.lower().encode("ascii"))
             if value is not None:
                 headers[header] = value
         response: Any = await self._timed(request, couch.transport.open_stream(
@@ -173,8 +174,9 @@ class Attachments:
         for header in _COPIED_HEADERS:
             if header == "Content-MD5" and status != 200:
                 continue  # the whole attachment's digest: CouchDB sends it on a 200 only
-            values = response.headers.getRawHeaders(header)
-            if values and not request.responseHeaders.hasHeader(header.encode()):
+            # As bytes: a stored Content-Type may hold any byte (not UTF-8 text).
+            values = response.headers.getRawHeaders(header.encode("ascii"))
+            if values and not request.responseHeaders.hasHeader(header.encode("ascii")):
                 request.setHeader(header, values[0])
         if status != 304:  # CouchDB's 304 says nothing of ranges: neither does this one
             request.setHeader("Accept-Ranges", "bytes" if cuttable else "none")
@@ -268,7 +270,9 @@ class Attachments:
     ) -> bytes:
         """PUT an attachment's body upstream; the deadline grows with its size."""
         size = producer.length if isinstance(producer.length, int) else 0
-        headers = {"Content-Type": request.getHeader("content-type") or "application/octet-stream"}
+        headers: dict[str, str | bytes] = {
+            "Content-Type": raw_header(request, b"content-type") or b"application/octet-stream",
+        }
         digest = _content_md5(request)
         if digest is not None:
             headers["Content-MD5"] = digest

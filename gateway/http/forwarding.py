@@ -19,6 +19,7 @@ from gateway.http.conditional import (
     not_modified,
     set_revision_etag,
 )
+from gateway.http.request_args import raw_header
 from gateway.http.responses import json_response
 from gateway.http.streaming import client_backlog
 from gateway.http.upstream_timing import TimedCall
@@ -107,7 +108,7 @@ class Forwarder:
         """
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
-            kwargs["headers"] = {"If-None-Match": condition}
+            kwargs["headers"] = {"If-None-Match": raw_header(request, b"if-none-match")}
         if stream_large and amend is None and request.method != b"HEAD":
             # A HEAD gives the length and maybe a tag made from the body: held whole.
             kwargs["spill_over"] = self.settings.buffer_answer_bytes

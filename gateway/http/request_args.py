@@ -10,7 +10,7 @@ from gateway.deep_json import NestedTooDeep
 from gateway.errors import InvalidRequest, NotJsonBody, PayloadTooLarge
 from gateway.http.contract import Contract, strict_json
 
-__all__ = ["client_host", "decode_query", "json_body"]
+__all__ = ["client_host", "decode_query", "json_body", "raw_header"]
 
 
 def client_host(request: Any) -> str:
@@ -23,6 +23,20 @@ def client_host(request: Any) -> str:
         The address, as text.
     """
     return str(getattr(request, "client_host", None) or "unknown")
+
+
+def raw_header(request: Any, name: bytes) -> bytes | None:
+    """A request header's last value as the client sent it, to relay upstream unchanged.
+
+    As text (``getHeader``) a byte 0x80-0xFF would be re-encoded as UTF-8 on the way,
+    and CouchDB would store or compare other bytes than the client's.
+
+    Args:
+        request: The client's request.
+        name: The header's name, lower-case.
+    """
+    values: list[bytes] | None = request.requestHeaders.getRawHeaders(name)
+    return values[-1] if values else None
 
 
 def decode_query(request: Any) -> dict[str, list[str]]:

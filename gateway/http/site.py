@@ -15,7 +15,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, AnyStr
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -94,6 +94,20 @@ class GatewayRequest(server.Request):
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
         self._drain_deadline: Any = None  # cuts off a body still sent after its answer
+
+    def getHeader(self, key: AnyStr) -> AnyStr | None:  # noqa: N802
+        """A request header's last value; asked by a text name, as ISO-8859-1 text.
+
+        Twisted decodes it as UTF-8, and a byte 0x80-0xFF (``obs-text``, RFC 9110 5.5:
+        a browser sends "é" as 0xE9) was a ``UnicodeDecodeError`` and a 500 wherever a
+        header is read. In ISO-8859-1 every byte is a character: such a value reaches
+        the checks that ignore or refuse it. Headers relayed upstream are sent as the
+        client's bytes (``requestHeaders``), not as this text.
+        """
+        if isinstance(key, str):
+            values = self.requestHeaders.getRawHeaders(key.encode("latin-1"))
+            return values[-1].decode("latin-1") if values else None
+        return super().getHeader(key)
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
         """Set a response header; ``Server`` names the product, never its versions."""
