@@ -401,7 +401,8 @@ class GatewayApp:
         if "_id" in body:
             paths.body_document_id(body["_id"])
         return await self.forwarder.forward(
-            request, couch, "POST", [name], params=query, json=body, rev_etag="rev"
+            request, couch, "POST", [name], params=query, json=body, rev_etag="rev",
+            location=functools.partial(paths.document_url, name),
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["GET"])
@@ -428,7 +429,7 @@ class GatewayApp:
         if_match_revision(request, query)
         return await self.forwarder.forward(
             request, couch, "PUT", doc_path(name, doc_id), params=query, json=body,
-            rev_etag="rev",
+            rev_etag="rev", location=functools.partial(paths.document_url, name),
         )
 
     @app.route(_DB + "/docs/<docid>", methods=["DELETE"])

@@ -38,8 +38,9 @@ from gateway.http.conditional import (
     opaque_tag,
     range_applies,
 )
+from gateway.http.paths import attachment_url
 from gateway.http.request_args import raw_header
-from gateway.http.responses import json_response
+from gateway.http.responses import json_response, write_location
 from gateway.http.splice_relay import Splicer
 from gateway.http.streaming import (
     BodyPipe,
@@ -285,7 +286,9 @@ class Attachments:
             producer.splicer = self.splicer  # not to pouchdb-server: spooled before
             send = self._timeout_after_body(producer, send, attachment_path(*where))
         answer = await self._timed(request, send)
-        return json_response(request, answer.status, answer.body, etag_header(answer))
+        location = write_location(answer.status, answer.body, lambda _: attachment_url(*where))
+        return json_response(request, answer.status, answer.body,
+                             {**etag_header(answer), **location})
 
     async def _timeout_after_body(
         self, pipe: BodyPipe, call: Coroutine[Any, Any, T], segments: list[str]

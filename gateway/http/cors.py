@@ -14,7 +14,9 @@ _METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 _ALLOWED_HEADERS = (
     "Authorization, Content-Type, If-Match, If-None-Match, If-Range, Range, X-Request-Id"
 )
-_EXPOSED = "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-Request-Id"
+_EXPOSED = (
+    "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-Request-Id, Location"
+)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from gateway.http.conditional import (
     set_revision_etag,
 )
 from gateway.http.request_args import raw_header
-from gateway.http.responses import json_response
+from gateway.http.responses import json_response, write_location
 from gateway.http.streaming import client_backlog
 from gateway.http.upstream_timing import TimedCall
 
@@ -68,6 +68,7 @@ class Forwarder:
         amend: Callable[[Any], Any] | None = None,
         rev_etag: str | None = None,
         stream_large: bool = False,
+        location: Callable[[str], str] | None = None,
         **kwargs: Any,
     ) -> bytes:
         """Send a JSON request upstream and answer with CouchDB's status and body.
@@ -86,6 +87,8 @@ class Forwarder:
         ``amend`` may give a successful answer's body in another form; only a body it
         changes (returns another object) is encoded again. ``rev_etag`` names the body
         member holding a document's revision, which becomes the ``ETag`` as on CouchDB.
+        ``location`` gives the gateway's path of a written document from its id: a write's
+        answer names it in ``Location``, as CouchDB's names its own URL.
 
         With ``stream_large`` (query answers, which grow with the database) a successful
         answer over ``buffer_answer_bytes`` is not held but streamed
@@ -100,6 +103,7 @@ class Forwarder:
             amend: Gives a successful answer's body in another form.
             rev_etag: The body member holding the document's revision, for the ``ETag``.
             stream_large: Whether an answer too large to hold is streamed.
+            location: The gateway's path of a written document, given its id.
             **kwargs: Passed to ``couch.transport.send`` (``params``, ``json``…).
 
         Returns:
@@ -128,7 +132,10 @@ class Forwarder:
         if revalidate and answer.status in (200, 304):
             data = _revalidatable(request, answer, condition)
         else:
-            data = json_response(request, answer.status, answer.body, etag_header(answer),
+            headers = etag_header(answer)
+            if location is not None:
+                headers.update(write_location(answer.status, answer.body, location))
+            data = json_response(request, answer.status, answer.body, headers,
                                  encoded=answer.raw)
         return gzip_answer(request, data, self.settings.compress_min_bytes)
 

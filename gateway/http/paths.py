@@ -11,13 +11,13 @@ names that would reach them are refused.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from gateway.errors import AccessDenied, InvalidRequest
 
 __all__ = [
-    "attachment_name", "body_document_id", "check_raw_path", "database_name", "design_name",
-    "document_id", "has_control_characters",
+    "attachment_name", "attachment_url", "body_document_id", "check_raw_path",
+    "database_name", "design_name", "document_id", "document_url", "has_control_characters",
 ]
 
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
@@ -162,3 +162,24 @@ def attachment_name(raw: str) -> str:
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise InvalidRequest("attachment names may not contain empty or relative segments")
     return name
+
+
+def document_url(db: str, doc_id: str) -> str:
+    """The gateway's path of a document (each name one percent-encoded segment).
+
+    Args:
+        db: The database name, decoded.
+        doc_id: The document id, decoded.
+    """
+    return f"/api/v1/db/{quote(db, safe='')}/docs/{quote(doc_id, safe='')}"
+
+
+def attachment_url(db: str, doc_id: str, name: str) -> str:
+    """The gateway's path of an attachment (``/`` in its name as ``%2F``).
+
+    Args:
+        db: The database name, decoded.
+        doc_id: The document id, decoded.
+        name: The attachment name, decoded.
+    """
+    return f"{document_url(db, doc_id)}/attachments/{quote(name, safe='')}"

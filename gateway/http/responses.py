@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.logger import Logger
@@ -13,7 +13,7 @@ from twisted.web.http import RESPONSES
 from gateway import deep_json
 from gateway.errors import GatewayError, error_body
 
-__all__ = ["json_response", "refusal_before_request", "render_error"]
+__all__ = ["json_response", "refusal_before_request", "render_error", "write_location"]
 
 _log = Logger(namespace="gateway.http")
 
@@ -40,6 +40,24 @@ def json_response(
     # A known length: no chunked framing, and the response can leave in one send.
     request.setHeader("Content-Length", str(len(data)))
     return data
+
+
+def write_location(status: int, body: Any, url: Callable[[str], str]) -> dict[str, str]:
+    """The ``Location`` header of a write's answer, as CouchDB names what it wrote.
+
+    CouchDB sends it with a document created or updated by ``POST`` or ``PUT`` and with
+    an uploaded attachment, naming its own URL; the gateway names its own, relative.
+    None for an error, nor for a ``batch=ok`` answer (no revision: nothing written yet).
+
+    Args:
+        status: The answer's status.
+        body: The answer (``{"ok", "id", "rev"}`` when written).
+        url: The gateway's path of what was written, given the document's id.
+    """
+    written = isinstance(body, dict) and isinstance(body.get("rev"), str)
+    if not 200 <= status < 300 or not written or not isinstance(body.get("id"), str):
+        return {}
+    return {"Location": url(body["id"])}
 
 
 #: Reason phrases Twisted does not know (it would send "Unknown Status").
