@@ -517,7 +517,8 @@ class GatewayApp:
         )
         if_match_revision(request, query)
         return await self.forwarder.forward(
-            request, couch, "DELETE", attachment_path(name, doc_id, att), params=query
+            request, couch, "DELETE", attachment_path(name, doc_id, att), params=query,
+            rev_etag="rev",
         )
 
     # -- queries ---------------------------------------------------------------
