@@ -86,7 +86,8 @@ def document_id(raw: str) -> str:
 
     Ordinary ids may not start with ``_`` (CouchDB reserves those for endpoints such as
     ``_all_docs``); ``_design/name`` and ``_local/name`` are allowed, ``name`` holding
-    ``/`` too (written ``%2F``, as CouchDB takes ``_design/a%2Fb``).
+    ``/`` too (written ``%2F``, as CouchDB takes ``_design/a%2Fb``) but no ``.``, ``..``
+    or empty part between them.
 
     Raises:
         InvalidRequest: Empty or reserved.
@@ -98,7 +99,9 @@ def document_id(raw: str) -> str:
         for prefix in _SPECIAL_DOC_PREFIXES:
             if doc_id.startswith(prefix):
                 rest = doc_id[len(prefix):]
-                if rest and rest not in (".", ".."):
+                # No '.', '..' or empty part: a proxy between the gateway and CouchDB
+                # that decodes %2F would otherwise climb out of the database.
+                if all(part not in ("", ".", "..") for part in rest.split("/")):
                     return doc_id
         raise InvalidRequest(
             "document ids starting with '_' are reserved (except '_design/x' and '_local/x')"
