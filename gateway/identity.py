@@ -16,6 +16,11 @@ hash of the credential (never the credential itself), in a bounded cache; concur
 verifications of the same credential share one in-flight ``_session`` request
 (single-flight), so a burst of handshakes with one credential costs one request.
 
+Basic credentials are a password: with the gateway's
+:class:`~gateway.http.login_guard.FailedLogins` (and the client's address) given, a
+client locked out of the account is refused before CouchDB is asked, a failure counts
+and a success clears the count, on a REST request and a WebSocket handshake alike.
+
 The resulting :class:`Identity` carries the credentials to use *upstream* on the
 user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode=proxy``
 — CouchDB proxy-authentication headers for the verified name and roles, signed with
@@ -23,7 +28,8 @@ user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode
 
 Usage (REST and WebSocket alike)::
 
-    identity = await identify(headers, cookies, couch, settings, cache=cache)
+    identity = await identify(headers, cookies, couch, settings, cache=cache,
+                              client=client, failed_logins=failed_logins)
     user_couch = couch.as_identity(identity.auth)
 """
 
@@ -41,6 +47,7 @@ from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import Auth, BearerAuth, ForwardedAuth, NoAuth, ProxyAuth
 from gateway.errors import AuthenticationRequired, CouchError, Unauthorized
+from gateway.http.login_guard import FailedLogins
 from gateway.singleflight import Flight, single_flight
 
 __all__ = ["Identity", "IdentityCache", "basic_user", "credentials_from", "identify"]
@@ -175,6 +182,8 @@ async def identify(
     settings: Settings,
     *,
     cache: IdentityCache | None = None,
+    client: str = "unknown",
+    failed_logins: FailedLogins | None = None,
 ) -> Identity:
     """Authenticate a request (REST or WebSocket handshake) with CouchDB's help.
 
@@ -184,6 +193,9 @@ async def identify(
         couch: The server (any identity: only its pool and URL are used).
         settings: Gateway settings.
         cache: A shared :class:`IdentityCache` (verification results for a few seconds).
+        client: The client's address as the limits key it
+            (:class:`~gateway.http.client_address.ClientAddress`).
+        failed_logins: The failed-login guard Basic credentials go through.
 
     Returns:
         The verified identity; anonymous (``NoAuth``) when no credentials are presented
@@ -192,6 +204,7 @@ async def identify(
     Raises:
         AuthenticationRequired: Missing (and anonymous not allowed), malformed, wrong,
             forged or expired credentials.
+        RateLimited: Basic credentials of an account ``client`` is locked out of.
         CouchUnreachable: CouchDB could not be asked.
     """
     auth = credentials_from(headers, cookies, settings)
@@ -199,6 +212,22 @@ async def identify(
         if settings.allow_anonymous:
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
+    name = basic_user(headers.get("authorization", ""))
+    if failed_logins is None or name is None:
+        return await _cached_verify(auth, headers, cookies, couch, settings, cache)
+    return await failed_logins.attempt(
+        client, name, lambda: _cached_verify(auth, headers, cookies, couch, settings, cache))
+
+
+async def _cached_verify(
+    auth: Auth,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    couch: CouchServer,
+    settings: Settings,
+    cache: IdentityCache | None,
+) -> Identity:
+    """:func:`_verify`, through the cache and its single flight when there is one."""
     if cache is None:
         return await _verify(auth, couch, settings)
     key = _cache_key(headers, cookies, settings)

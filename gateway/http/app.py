@@ -51,14 +51,12 @@ from gateway.couch.bulk import in_request_order
 from gateway.couch.transport import Reactor
 from gateway.couch.urls import attachment_path, doc_path
 from gateway.errors import (
-    AuthenticationRequired,
     Conflict,
     GatewayError,
     InvalidRequest,
     MethodNotAllowedHere,
     RouteNotFound,
     ShuttingDown,
-    Unauthorized,
 )
 from gateway.http import paths
 from gateway.http.accesslog import AccessLog
@@ -85,7 +83,7 @@ from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles
 from gateway.http.upstream_timing import UpstreamTimer
-from gateway.identity import Identity, IdentityCache, basic_user, identify
+from gateway.identity import Identity, IdentityCache, identify
 
 __all__ = ["STATIC_DIR", "GatewayApp"]
 
@@ -189,18 +187,10 @@ class GatewayApp:
     async def identify(self, request: Any) -> Identity:
         """Authenticate the request (see :mod:`gateway.identity`)."""
         headers, cookies = presented_credentials(request)
-        basic_name = basic_user(headers.get("authorization", ""))
-        client = client_host(request)
-        if basic_name is not None:
-            self.failed_logins.check(client, basic_name)
-        try:
-            identity = await identify(
-                headers, cookies, self.couch, self.settings, cache=self.identities
-            )
-        except AuthenticationRequired:
-            if basic_name is not None:
-                self.failed_logins.failed(client, basic_name)
-            raise
+        identity = await identify(
+            headers, cookies, self.couch, self.settings, cache=self.identities,
+            client=client_host(request), failed_logins=self.failed_logins,
+        )
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
         presented = cookies.get(self.settings.cookie_name)
         if presented and "authorization" not in headers:
@@ -330,14 +320,9 @@ class GatewayApp:
         """Log in with CouchDB credentials; sets the session cookie, returns a token."""
         self._checked(request, "login")
         body = self._json_body(request, "login")
-        client = client_host(request)
-        self.failed_logins.check(client, body["name"])
-        try:
-            token = await self._timed(request, self.couch.login(body["name"], body["password"]))
-        except Unauthorized:
-            self.failed_logins.failed(client, body["name"])
-            raise
-        self.failed_logins.succeeded(client, body["name"])
+        token = await self.failed_logins.attempt(
+            client_host(request), body["name"],
+            lambda: self._timed(request, self.couch.login(body["name"], body["password"])))
         user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
         session = await self._timed(request, user.session())
         context = session.get("userCtx") or {}

@@ -5,17 +5,25 @@ CouchDB (3.5 and later) sees every attempt come from the gateway's address, so i
 lockout of an account after a few failures would lock the real user out for everyone.
 :class:`FailedLogins` counts failures per (client address, account name) and refuses
 further attempts of that pair for a while, without asking CouchDB.
+
+Every way of presenting a password goes through :meth:`FailedLogins.attempt`: ``POST
+/api/v1/session`` and Basic credentials, on a REST request or a WebSocket handshake
+(:func:`gateway.identity.identify`). One path, so each of them is refused once the pair
+is locked out, counts its failures, and clears them on success.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from gateway.errors import RateLimited
+from gateway.errors import AuthenticationRequired, RateLimited, Unauthorized
 
 __all__ = ["FailedLogins"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -35,6 +43,35 @@ class FailedLogins:
     window: float = 300.0
     max_keys: int = 10_000
     _failures: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
+
+    async def attempt(
+        self, client: str, name: str, login: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Run one login attempt of ``name`` from ``client`` under the guard.
+
+        Refused without running ``login`` while the pair is locked out; a failure
+        (``AuthenticationRequired`` or CouchDB's ``Unauthorized``) is counted, a success
+        forgets the pair's failures. Other errors (CouchDB unreachable) count for nothing.
+
+        Args:
+            client: The client's address (its key for limits).
+            name: The account name presented.
+            login: Starts the attempt (asks CouchDB).
+
+        Returns:
+            What ``login`` returned.
+
+        Raises:
+            RateLimited: The pair is locked out.
+        """
+        self.check(client, name)
+        try:
+            result = await login()
+        except (AuthenticationRequired, Unauthorized):
+            self.failed(client, name)
+            raise
+        self.succeeded(client, name)
+        return result
 
     def check(self, client: str, name: str) -> None:
         """Raise when ``client`` may not try ``name`` now.

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.couch.auth import Auth
-from gateway.errors import AccessDenied, AuthenticationRequired, ShuttingDown, Unauthorized
+from gateway.errors import (
+    AccessDenied,
+    AuthenticationRequired,
+    RateLimited,
+    ShuttingDown,
+    Unauthorized,
+)
 from gateway.ws.access import credential_key
 
 if TYPE_CHECKING:
@@ -43,9 +49,10 @@ class WsIdentity:
     auth: Auth = field(repr=False)
 
 
-#: Verifies a handshake's credentials: ``(headers with lower-case names, cookies)`` →
-#: an object with ``name``, ``roles`` and ``auth``; raises ``AuthenticationRequired``.
-Authenticate = Callable[[Mapping[str, str], Mapping[str, str]], Awaitable[Any]]
+#: Verifies a handshake's credentials: ``(headers with lower-case names, cookies, the
+#: client's address)`` → an object with ``name``, ``roles`` and ``auth``; raises
+#: ``AuthenticationRequired`` (``RateLimited`` for a client locked out of the account).
+Authenticate = Callable[[Mapping[str, str], Mapping[str, str], str], Awaitable[Any]]
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
@@ -91,6 +98,7 @@ async def admit(
     authenticate: Authenticate,
     metrics: WsMetrics,
     accepting: bool,
+    client: str = "unknown",
 ) -> tuple[Any, str]:
     """Check a handshake's ``Origin`` and credentials before it is accepted.
 
@@ -100,6 +108,7 @@ async def admit(
         authenticate: Verifies the credentials that count.
         metrics: Counts the handshakes refused for the client's fault.
         accepting: False once shutting down.
+        client: The client's address, as the REST API's limits key it.
 
     Returns:
         Who the connection acts as, and the hash of its credential
@@ -110,6 +119,7 @@ async def admit(
         AccessDenied: The ``Origin`` is not allowed (or ``authenticate`` refused).
         AuthenticationRequired: No identity, and anonymous callers are not allowed.
         Unauthorized: ``authenticate`` refused the credentials.
+        RateLimited: The client is locked out of the account its Basic credentials name.
     """
     if not accepting:
         raise ShuttingDown("the gateway is shutting down: connect again shortly")
@@ -126,8 +136,8 @@ async def admit(
         headers["authorization"] = f"Bearer {token}"
     cookies = request_cookies(headers.get("cookie"))
     try:
-        identity = await authenticate(headers, cookies)
-    except (AuthenticationRequired, Unauthorized, AccessDenied):
+        identity = await authenticate(headers, cookies, client)
+    except (AuthenticationRequired, Unauthorized, AccessDenied, RateLimited):
         metrics.rejected_handshakes += 1
         raise
     if getattr(identity, "name", None) is None and not settings.allow_anonymous:

@@ -7,8 +7,9 @@ Usage (in ``python -m gateway run``)::
     # on shutdown: await changes.stopService(), then the HTTP service's stopService()
 
 The handshake authenticates with :func:`gateway.identity.identify` — the REST API's
-code and identity cache — so a session cookie, a bearer token or ``?token=`` work the
-same way on both.
+code, identity cache and failed-login guard — so a session cookie, a bearer token,
+``?token=`` or Basic credentials work the same way on both, and a client locked out of an
+account by failed logins is locked out of its handshakes too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.couch import CouchServer
+from gateway.http.login_guard import FailedLogins
 from gateway.identity import Identity, IdentityCache, identify
 from gateway.ws.handshake import Authenticate
 from gateway.ws.service import ChangesService
@@ -28,12 +30,26 @@ CHANGES_PATH = b"/api/v1/changes"
 
 
 def identity_authenticator(
-    couch: CouchServer, settings: Settings, cache: IdentityCache | None = None
+    couch: CouchServer,
+    settings: Settings,
+    cache: IdentityCache | None = None,
+    failed_logins: FailedLogins | None = None,
 ) -> Authenticate:
-    """The handshake check: :func:`gateway.identity.identify` with the REST API's cache."""
+    """The handshake check: :func:`gateway.identity.identify` with the REST API's cache.
 
-    async def authenticate(headers: Mapping[str, str], cookies: Mapping[str, str]) -> Identity:
-        return await identify(headers, cookies, couch, settings, cache=cache)
+    Args:
+        couch: The server (any identity).
+        settings: Gateway settings.
+        cache: The REST API's identity cache.
+        failed_logins: The REST API's failed-login guard: Basic credentials on a
+            handshake are refused, counted and cleared as on a REST request.
+    """
+
+    async def authenticate(
+        headers: Mapping[str, str], cookies: Mapping[str, str], client: str
+    ) -> Identity:
+        return await identify(headers, cookies, couch, settings, cache=cache,
+                              client=client, failed_logins=failed_logins)
 
     return authenticate
 
@@ -47,7 +63,7 @@ def install_changes(
 
     Args:
         app: The REST application (``gateway.http.app.GatewayApp``): its ``mount``,
-            ``identities`` cache and ``metrics`` are used.
+            ``identities`` cache, ``failed_logins`` guard and ``metrics`` are used.
         couch: The server as the gateway's service identity (reads the shared feeds).
         settings: Gateway settings.
         reactor: The reactor.
@@ -55,7 +71,8 @@ def install_changes(
     Returns:
         The service (start it, and stop it before the HTTP service on shutdown).
     """
-    authenticate = identity_authenticator(couch, settings, getattr(app, "identities", None))
+    authenticate = identity_authenticator(couch, settings, getattr(app, "identities", None),
+                                          getattr(app, "failed_logins", None))
     service = ChangesService(couch.transport, settings, authenticate, reactor)
     app.mount(CHANGES_PATH, service.resource())
     metrics = getattr(app, "metrics", None)

@@ -183,7 +183,18 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         factory = self.factory
         self.identity, self.credential = await admit(
             request, settings=factory.settings, authenticate=factory.authenticate,
-            metrics=factory.metrics, accepting=factory.accepting)
+            metrics=factory.metrics, accepting=factory.accepting, client=self._client())
+
+    def _client(self) -> str:
+        """The client's address as the REST API's limits key it (its front door's).
+
+        Without Twisted Web in front (a factory on a port of its own), the peer's.
+        """
+        request = self.upgrade_request or self.handshake_request
+        if request is not None and getattr(request, "client_host", None):
+            return str(request.client_host)
+        peer = getattr(self.transport, "getPeer", lambda: None)()
+        return str(getattr(peer, "host", None) or "unknown")
 
     def onOpen(self) -> None:  # noqa: N802 - Autobahn's name
         """Start flow control; share the caller's upstream transport."""

@@ -42,7 +42,9 @@ def validate_server_message(message: Any) -> None:
 def session_authenticator(admin: CouchServer, cookie_name: str = "wallaby_session") -> Callable[..., Awaitable[Any]]:
     """The handshake check of the tests: a session token (bearer, ?token= or cookie)."""
 
-    async def authenticate(headers: Mapping[str, str], cookies: Mapping[str, str]) -> WsIdentity:
+    async def authenticate(
+        headers: Mapping[str, str], cookies: Mapping[str, str], client: str = "unknown"
+    ) -> WsIdentity:
         token = None
         authorization = headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):

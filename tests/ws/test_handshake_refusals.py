@@ -344,7 +344,7 @@ async def test_a_failing_check_gets_an_opaque_500_envelope(
     """Autobahn answered ``500 Internal server error: <the exception's text>``."""
     async with gateway_with_changes(reactor, admin, ws_ping_interval=0,
                                     ws_auth_recheck=0) as gateway:
-        async def broken(headers: Any, cookies: Any) -> Any:
+        async def broken(headers: Any, cookies: Any, client: Any) -> Any:
             raise RuntimeError("internal detail that must not leak")
 
         gateway.changes.factory.authenticate = broken

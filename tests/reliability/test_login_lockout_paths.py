@@ -1,0 +1,109 @@
+"""The failed-login lockout and the rate limit: every way in, keyed by client address.
+
+A lockout is a (client, account) pair with ``WALLABY_LOGIN_MAX_FAILURES`` recent failures;
+README: "Failed logins ... of one account from one client address before further attempts
+of that pair get 429 without reaching CouchDB", "How long a failed login counts" (300 s).
+Each test here is a way around it (or around the rate limit) that the gateway closed:
+
+* Basic credentials on a WebSocket handshake are a login like any other.
+
+Clients are told apart by ``X-Forwarded-For`` through a trusted proxy (127.0.0.1 here),
+as in the documented deployment behind a load balancer (docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import uuid
+from pathlib import Path
+
+from tests.conftest import CouchBackend
+from tests.reliability.conftest import Couch, GatewayProcess, spawn_gateway
+
+
+def _gateway(couch_backend: CouchBackend, logdir: Path, **env: str) -> GatewayProcess:
+    return spawn_gateway(
+        couch_backend.admin_url, logdir, WALLABY_TRUSTED_PROXIES="127.0.0.1/32",
+        WALLABY_RATE_LIMIT_PER_SECOND="50", WALLABY_RATE_LIMIT_BURST="200",
+        WALLABY_LOGIN_MAX_FAILURES="5", WALLABY_LOGIN_LOCKOUT_SECONDS="300",
+        **env)
+
+
+def _call(conn: http.client.HTTPConnection, method: str, path: str, client: str,
+          body: object = None) -> int:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"X-Forwarded-For": client}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    return answer.status
+
+
+def _login(port: int, name: str, password: str, client: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        return _call(conn, "POST", "/api/v1/session", client,
+                     {"name": name, "password": password})
+    finally:
+        conn.close()
+
+
+def _ws_handshake(port: int, authorization: str, client: str) -> int:
+    """The status of a WebSocket handshake on /api/v1/changes (101: accepted)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/api/v1/changes", headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(uuid.uuid4().bytes).decode(),
+            "Authorization": authorization, "X-Forwarded-For": client,
+        })
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_lockout_holds_for_websocket_handshakes_with_basic_credentials(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path
+) -> None:
+    """Basic credentials on the WebSocket handshake are a login like any other: the
+    lockout must refuse them (429, CouchDB not asked) and count their failures."""
+    victim, password = couch.new_user()
+    gateway = _gateway(couch_backend, tmp_path)
+    try:
+        attacker = "198.51.100.9"
+        statuses = [_login(gateway.port, victim, f"guess{i}", attacker) for i in range(6)]
+        assert statuses == [401] * 5 + [429], statuses  # locked out on the REST API
+
+        def basic(secret: str) -> str:
+            return "Basic " + base64.b64encode(f"{victim}:{secret}".encode()).decode()
+
+        # Still locked out: 20 more guesses, then the right password, by handshake.
+        guesses = [_ws_handshake(gateway.port, basic(f"ws-guess{i}"), attacker)
+                   for i in range(20)]
+        right = _ws_handshake(gateway.port, basic(password), attacker)
+        assert set(guesses) == {429} and right == 429, (
+            f"locked-out client guessed by WebSocket handshake: {guesses.count(401)} of 20 "
+            f"wrong guesses answered 401 by CouchDB, the right password {right}")
+    finally:
+        gateway.stop()
+
+
+def test_failed_websocket_handshakes_count_toward_the_lockout(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path
+) -> None:
+    victim, _password = couch.new_user()
+    gateway = _gateway(couch_backend, tmp_path)
+    try:
+        client = "198.51.100.10"
+        token = base64.b64encode(f"{victim}:wrong".encode()).decode()
+        guesses = [_ws_handshake(gateway.port, f"Basic {token}", client) for i in range(10)]
+        after = _login(gateway.port, victim, "wrong-again", client)
+        assert 429 in guesses or after == 429, (
+            f"10 failed Basic handshakes for {victim} ({guesses}) did not count: the next "
+            f"login from the same client is {after}")
+    finally:
+        gateway.stop()
