@@ -5,7 +5,8 @@ A request proves its identity with one of:
 * ``Authorization: Bearer <token>`` — the token returned by ``POST /api/v1/session``
   (the value of CouchDB's ``AuthSession`` cookie); in ``auth_mode=jwt`` a JWT that is
   passed on to CouchDB's JWT handler instead;
-* ``Authorization: Basic …`` — CouchDB credentials, forwarded as they are;
+* ``Authorization: Basic …`` — CouchDB credentials, forwarded re-encoded in canonical
+  base64 (what the failed-login guard read is what CouchDB checks);
 * the gateway's session cookie (``settings.cookie_name``), holding the ``AuthSession``
   value.
 
@@ -130,11 +131,11 @@ def credentials_from(
     if authorization:
         scheme = authorization.split(" ", 1)[0].lower()
         if scheme == "basic":
-            # Schemes are case-insensitive (RFC 9110); CouchDB is sent the canonical one.
-            canonical = "Basic " + authorization[len("basic"):].strip()
-            if not _BASIC.match(canonical):
-                raise AuthenticationRequired("malformed Basic credentials")
-            return ForwardedAuth({"Authorization": canonical})
+            name, password = _basic_pair(authorization)
+            # CouchDB is sent the canonical encoding of what the gateway read (the
+            # failed-login guard keys on this name), never the client's own spelling.
+            token = base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
+            return ForwardedAuth({"Authorization": f"Basic {token}"})
         if scheme == "bearer":
             token = authorization[len("bearer"):].strip()
             if not _TOKEN.match(token):
@@ -152,16 +153,46 @@ def credentials_from(
 
 
 def basic_user(authorization: str) -> str | None:
-    """The user name in a Basic ``Authorization`` header (``None`` for anything else)."""
-    scheme, _, encoded = authorization.strip().partition(" ")
+    """The user name in a Basic ``Authorization`` header (``None`` for another scheme).
+
+    Raises:
+        AuthenticationRequired: Malformed Basic credentials (see :func:`credentials_from`).
+    """
+    scheme = authorization.strip().split(" ", 1)[0]
     if scheme.lower() != "basic":
         return None
+    return _basic_pair(authorization)[0]
+
+
+def _basic_pair(authorization: str) -> tuple[str, str]:
+    """The name and password of a Basic ``Authorization`` header.
+
+    Decoded leniently as CouchDB does: the ``=`` padding may be left out (with or
+    without it, the same name; refusing it here while CouchDB took it would let the
+    credential past the failed-login guard unnamed).
+
+    Raises:
+        AuthenticationRequired: Not base64, not UTF-8, or no ``:`` after the name.
+    """
+    encoded = authorization.strip()[len("basic"):].strip()
+    if not _BASIC.match(f"Basic {encoded}"):
+        raise AuthenticationRequired("malformed Basic credentials: not base64")
+    data = encoded.rstrip("=")
+    if "=" in data or len(data) % 4 == 1:
+        raise AuthenticationRequired("malformed Basic credentials: not base64")
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    name, sep, _ = decoded.partition(":")
-    return name if sep else None
+        decoded = base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+    except ValueError:
+        raise AuthenticationRequired("malformed Basic credentials: not base64") from None
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthenticationRequired("malformed Basic credentials: not UTF-8") from None
+    name, sep, password = text.partition(":")
+    if not sep:
+        raise AuthenticationRequired(
+            "malformed Basic credentials: no ':' between the name and the password")
+    return name, password
 
 
 def _cache_key(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> str:

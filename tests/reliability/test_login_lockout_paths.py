@@ -5,7 +5,8 @@ README: "Failed logins ... of one account from one client address before further
 of that pair get 429 without reaching CouchDB", "How long a failed login counts" (300 s).
 Each test here is a way around it (or around the rate limit) that the gateway closed:
 
-* Basic credentials on a WebSocket handshake are a login like any other.
+* Basic credentials on a WebSocket handshake are a login like any other;
+* Basic credentials without their base64 ``=`` padding name the same account.
 
 Clients are told apart by ``X-Forwarded-For`` through a trusted proxy (127.0.0.1 here),
 as in the documented deployment behind a load balancer (docs/deployment.md).
@@ -105,5 +106,45 @@ def test_failed_websocket_handshakes_count_toward_the_lockout(
         assert 429 in guesses or after == 429, (
             f"10 failed Basic handshakes for {victim} ({guesses}) did not count: the next "
             f"login from the same client is {after}")
+    finally:
+        gateway.stop()
+
+
+def test_lockout_holds_for_basic_credentials_without_base64_padding(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path
+) -> None:
+    """Base64 without its ``=`` padding names the same account: the gateway once read
+    no name from it (so no lockout check and no failure counted) while the credential
+    still went to CouchDB, which decodes it (pouchdb-server does)."""
+    victim, password = couch.new_user()
+    gateway = _gateway(couch_backend, tmp_path)
+    try:
+        client = "198.51.100.11"
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+
+        def session(secret: str, *, pad: bool) -> int:
+            token = base64.b64encode(f"{victim}:{secret}".encode()).decode()
+            conn.request("GET", "/api/v1/session", headers={
+                "Authorization": "Basic " + (token if pad else token.rstrip("=")),
+                "X-Forwarded-For": client})
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+
+        try:
+            locked = [session(f"g{i}", pad=True) for i in range(6)]
+            assert locked == [401] * 5 + [429], locked
+            # Passwords whose "name:password" is not a multiple of 3 bytes long need padding.
+            guesses = [f"unpadded-guess{i:02d}" for i in range(20)]
+            guesses = [g if len(f"{victim}:{g}") % 3 else g + "x" for g in guesses]
+            assert len(f"{victim}:{password}") % 3  # its token has padding too
+            secrets = [*guesses, password]
+            unpadded = [session(s, pad=False) for s in secrets]
+        finally:
+            conn.close()
+        assert set(unpadded) == {429}, (
+            f"locked-out client guessing with unpadded Basic credentials: "
+            f"{unpadded.count(401)} wrong guesses reached CouchDB (401), the right password "
+            f"{'was accepted (200)' if unpadded[-1] == 200 else unpadded[-1]}")
     finally:
         gateway.stop()

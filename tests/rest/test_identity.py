@@ -21,7 +21,7 @@ import pytest
 from gateway.config import Settings
 from gateway.couch import BearerAuth, CouchServer, Database, ForwardedAuth, NoAuth, ProxyAuth
 from gateway.errors import AuthenticationRequired, CouchError
-from gateway.identity import Identity, IdentityCache, credentials_from, identify
+from gateway.identity import Identity, IdentityCache, basic_user, credentials_from, identify
 from tests.conftest import CouchBackend, TestUser
 from tests.rest.conftest import StartGateway, basic
 from tests.support.couchconfig import config_value
@@ -38,6 +38,34 @@ def test_credentials_by_mode() -> None:
     for bad in ("Basic not base64!", "Bearer a b", "Token x"):
         with pytest.raises(AuthenticationRequired):
             credentials_from({"authorization": bad}, {}, forward)
+
+
+@pytest.mark.parametrize("token", ["YW5uOnNlY3JldDE=", "YW5uOnNlY3JldDE", "  YW5uOnNlY3JldDE= "])
+async def test_basic_credentials_are_read_with_or_without_padding_and_forwarded_canonical(
+    token: str,
+) -> None:
+    """The name the failed-login guard reads is the one CouchDB is sent."""
+    assert basic_user(f"basic {token}") == "ann"
+    auth = credentials_from({"authorization": f"basic {token}"}, {}, Settings())
+    assert auth is not None
+    assert await auth.headers() == {"Authorization": "Basic YW5uOnNlY3JldDE="}
+
+
+@pytest.mark.parametrize(("token", "problem"), [
+    ("YW=5u", "not base64"),           # padding inside
+    ("YW5uO", "not base64"),           # one character past a whole group
+    ("/w==", "not UTF-8"),
+    ("YW5u", "no ':'"),                # "ann", no password part
+])
+def test_malformed_basic_credentials_are_refused_naming_the_problem(
+    token: str, problem: str
+) -> None:
+    with pytest.raises(AuthenticationRequired) as refused:
+        credentials_from({"authorization": f"Basic {token}"}, {}, Settings())
+    assert problem in refused.value.reason
+    with pytest.raises(AuthenticationRequired):
+        basic_user(f"Basic {token}")
+    assert basic_user("Bearer abc") is None
 
 
 async def test_jwt_mode_forwards_the_token_as_bearer() -> None:
