@@ -433,6 +433,50 @@ def test_failed_logins_lock_a_pair_for_the_window() -> None:
     FailedLogins(clock.seconds, limit=0).check("1.2.3.4", "ann")  # 0: off
 
 
+def test_failed_logins_keep_lockouts_through_a_flood_of_other_failures() -> None:
+    from twisted.internet.task import Clock
+
+    from gateway.errors import RateLimited
+    from gateway.http.login_guard import FailedLogins
+
+    clock = Clock()
+    guard = FailedLogins(clock.seconds, limit=2, window=100, max_keys=10, max_locked=3)
+    for account in ("ann", "bob", "cat"):
+        guard.failed("1.2.3.4", account)
+        guard.failed("1.2.3.4", account)
+    guard.failed("1.2.3.4", "dan")  # one failure: still counting
+    clock.advance(1)
+    for i in range(1000):  # made-up names: each one failure
+        guard.failed("6.6.6.6", f"junk{i}")
+    for account in ("ann", "bob", "cat"):
+        with pytest.raises(RateLimited):
+            guard.check("1.2.3.4", account)
+    assert ("1.2.3.4", "dan") not in guard._failures  # a counting pair may be forgotten
+    assert len(guard._failures) == 10
+
+    # At the ceiling (3 lockouts) a fourth is refused while remembered, not guaranteed:
+    # the flood pushes it out, never one of the three.
+    guard.failed("1.2.3.4", "eve")
+    guard.failed("1.2.3.4", "eve")
+    with pytest.raises(RateLimited):
+        guard.check("1.2.3.4", "eve")
+    for i in range(10):
+        guard.failed("6.6.6.6", f"more{i}")
+    guard.check("1.2.3.4", "eve")
+    with pytest.raises(RateLimited):
+        guard.check("1.2.3.4", "ann")
+
+    # Lockouts end with their window and make room; expired counting pairs go first.
+    clock.advance(100)
+    guard.failed("1.2.3.4", "eve")
+    assert len(guard._failures) == 1  # the flood's pairs were out of the window
+    guard.failed("1.2.3.4", "eve")
+    assert list(guard._locked) == [("1.2.3.4", "eve")]
+    guard.check("1.2.3.4", "ann")
+    guard.succeeded("1.2.3.4", "eve")
+    guard.check("1.2.3.4", "eve")
+
+
 @pytest.mark.parametrize(("peer", "forwarded", "client"), [
     ("203.0.113.9", ["1.1.1.1"], "203.0.113.9"),           # not a trusted peer: header ignored
     ("10.0.0.2", ["198.51.100.7"], "198.51.100.7"),         # the balancer names the client

@@ -10,6 +10,19 @@ Every way of presenting a password goes through :meth:`FailedLogins.attempt`: ``
 /api/v1/session`` and Basic credentials, on a REST request or a WebSocket handshake
 (:func:`gateway.identity.identify`). One path, so each of them is refused once the pair
 is locked out, counts its failures, and clears them on success.
+
+Memory is bounded without letting an attacker erase a lockout by flooding failures of
+made-up names. Pairs still counting (fewer than ``limit`` recent failures) are at most
+``max_keys``; beyond that the least recently failed one is forgotten (a pair that has
+not failed for ``window`` first), so a flood only ever costs a pair a few counted
+failures. Locked pairs are kept apart and never evicted before their lockout ends.
+Each needs ``limit`` failures within ``window``, and every failure passed the rate
+limit, so one client can hold at most ``(burst + rate * window) / limit`` of them (3,040
+with the default settings). Behind the hard ceiling ``max_locked`` (100,000: the
+lockouts of some 30 clients failing at full rate for the whole window), a new lockout
+is not given a guaranteed place: its pair stays with the counting ones, still refused
+until a flood pushes it out. Refusing that bookkeeping is preferred over forgetting an
+existing lockout to make room, and over growing without bound.
 """
 
 from __future__ import annotations
@@ -35,14 +48,21 @@ class FailedLogins:
         limit: Failures allowed within ``window`` (``<= 0``: no limit).
         window: Seconds a failure counts for; the lockout ends when the oldest one of
             the last ``limit`` failures is this old.
-        max_keys: Pairs remembered (least recently failed ones are forgotten).
+        max_keys: Pairs not locked out remembered (the least recently failed ones are
+            forgotten beyond it).
+        max_locked: Locked-out pairs kept until their lockout ends (see the module's
+            notes for what happens beyond it).
     """
 
     clock: Callable[[], float]
     limit: int = 5
     window: float = 300.0
     max_keys: int = 10_000
+    max_locked: int = 100_000
+    #: Pairs with fewer than ``limit`` recent failures, least recently failed first.
     _failures: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
+    #: Locked-out pairs (their last ``limit`` failures), in the order they were locked.
+    _locked: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
 
     async def attempt(
         self, client: str, name: str, login: Callable[[], Awaitable[_T]]
@@ -93,17 +113,37 @@ class FailedLogins:
         if self.limit <= 0:
             return
         key = (client, name.lower())
-        recent = self._recent(key)
-        recent.append(self.clock())
-        self._failures[key] = recent[-self.limit:]
-        self._failures.move_to_end(key)
-        while len(self._failures) > self.max_keys:
+        recent = [*self._recent(key), self.clock()][-self.limit:]
+        self._failures.pop(key, None)
+        self._locked.pop(key, None)
+        if len(recent) >= self.limit and self._room_to_lock():
+            self._locked[key] = recent
+            return
+        self._failures[key] = recent
+        cutoff = self.clock() - self.window
+        # Least recently failed first: the pairs whose last failure is out of the
+        # window (nothing left to count) come first, then the oldest still counting.
+        while self._failures and (
+            len(self._failures) > self.max_keys
+            or next(iter(self._failures.values()))[-1] <= cutoff
+        ):
             self._failures.popitem(last=False)
 
     def succeeded(self, client: str, name: str) -> None:
         """Forget the pair's failures (the right password was given)."""
-        self._failures.pop((client, name.lower()), None)
+        key = (client, name.lower())
+        self._failures.pop(key, None)
+        self._locked.pop(key, None)
+
+    def _room_to_lock(self) -> bool:
+        """Whether a new lockout fits below ``max_locked`` (ended ones are let go first)."""
+        cutoff = self.clock() - self.window
+        # The oldest lockouts come first: their first counted failure ends them.
+        while self._locked and next(iter(self._locked.values()))[0] <= cutoff:
+            self._locked.popitem(last=False)
+        return len(self._locked) < self.max_locked
 
     def _recent(self, key: tuple[str, str]) -> list[float]:
         cutoff = self.clock() - self.window
-        return [t for t in self._failures.get(key, ()) if t > cutoff]
+        failures = self._locked.get(key) or self._failures.get(key) or []
+        return [t for t in failures if t > cutoff]

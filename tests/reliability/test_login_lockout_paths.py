@@ -6,7 +6,8 @@ of that pair get 429 without reaching CouchDB", "How long a failed login counts"
 Each test here is a way around it (or around the rate limit) that the gateway closed:
 
 * Basic credentials on a WebSocket handshake are a login like any other;
-* Basic credentials without their base64 ``=`` padding name the same account.
+* Basic credentials without their base64 ``=`` padding name the same account;
+* a flood of failed logins of made-up names does not push a lockout out.
 
 Clients are told apart by ``X-Forwarded-For`` through a trusted proxy (127.0.0.1 here),
 as in the documented deployment behind a load balancer (docs/deployment.md).
@@ -17,7 +18,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.conftest import CouchBackend
@@ -65,6 +68,32 @@ def _ws_handshake(port: int, authorization: str, client: str) -> int:
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+def _flood_failed_logins(port: int, clients: list[str], per_client: int,
+                         deadline: float) -> dict[int, int]:
+    """``per_client`` failed logins of made-up names from each client (keep-alive)."""
+
+    def one_client(client: str) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for _ in range(per_client):
+                if time.monotonic() > deadline:
+                    break
+                status = _call(conn, "POST", "/api/v1/session", client,
+                               {"name": f"junk_{uuid.uuid4().hex[:10]}", "password": "x"})
+                counts[status] = counts.get(status, 0) + 1
+        finally:
+            conn.close()
+        return counts
+
+    total: dict[int, int] = {}
+    with ThreadPoolExecutor(8) as pool:
+        for counts in pool.map(one_client, clients):
+            for status, n in counts.items():
+                total[status] = total.get(status, 0) + n
+    return total
 
 
 def test_lockout_holds_for_websocket_handshakes_with_basic_credentials(
@@ -146,5 +175,34 @@ def test_lockout_holds_for_basic_credentials_without_base64_padding(
             f"locked-out client guessing with unpadded Basic credentials: "
             f"{unpadded.count(401)} wrong guesses reached CouchDB (401), the right password "
             f"{'was accepted (200)' if unpadded[-1] == 200 else unpadded[-1]}")
+    finally:
+        gateway.stop()
+
+
+def test_lockout_survives_a_flood_of_other_failed_logins(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path
+) -> None:
+    """A locked (client, account) pair must stay locked for the lockout period,
+    whatever other clients (or the same one) fail meanwhile."""
+    victim, _password = couch.new_user()
+    gateway = _gateway(couch_backend, tmp_path)
+    try:
+        attacker = "198.51.100.7"
+        statuses = [_login(gateway.port, victim, f"guess{i}", attacker) for i in range(6)]
+        assert statuses == [401] * 5 + [429], statuses  # locked out, as documented
+
+        # 10,200 failed logins of made-up names from 60 other addresses (each within
+        # the default burst of 200, so no 429 from the rate limit): under a minute.
+        started = time.monotonic()
+        flood = _flood_failed_logins(gateway.port, [f"203.0.113.{i}" for i in range(1, 61)],
+                                     per_client=170, deadline=started + 240)
+        took = time.monotonic() - started
+        assert flood.get(401, 0) >= 10_001, (flood, took)
+
+        # Well within the 300 s lockout: the attacker's next guess must still be refused.
+        after = _login(gateway.port, victim, "guess6", attacker)
+        assert after == 429, (
+            f"lockout of ({attacker}, {victim}) forgotten after {flood.get(401)} failed "
+            f"logins of other names in {took:.0f} s: the next guess reached CouchDB ({after})")
     finally:
         gateway.stop()
