@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import idna
 
 from gateway.couch.urls import split_credentials
-from gateway.http.client_address import parse_networks
+from gateway.http.client_address import parse_networks, valid_ipv6_prefix
 
 __all__ = ["Settings"]
 
@@ -155,6 +155,9 @@ class Settings:
         cors_origins: Origins allowed by CORS and for WebSocket handshakes (``*`` allows any).
         trusted_proxies: Addresses or ranges of reverse proxies whose ``X-Forwarded-For``
             names the client (rate limits, failed logins, access log).
+        ipv6_client_prefix: Leading bits of an IPv6 client address that the rate limit
+            and the failed-login lockout count as one client (32 to 128; an IPv6 host
+            may use any address of the /64 it is given).
         allow_anonymous: Let requests without credentials through (CouchDB still decides).
         auth_mode: How a user's identity reaches CouchDB: ``forward`` (their session
             cookie or Basic credentials), ``proxy`` (CouchDB proxy authentication, needs
@@ -217,6 +220,7 @@ class Settings:
     public_url: str | None = None
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    ipv6_client_prefix: int = 64
     allow_anonymous: bool = False
     auth_mode: str = "forward"
     proxy_secret: str | None = field(default=None, repr=False)
@@ -313,6 +317,10 @@ class Settings:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
             raise ValueError(f"{self.env_name('trusted_proxies')}: {exc}") from None
+        try:
+            valid_ipv6_prefix(self.ipv6_client_prefix)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_name('ipv6_client_prefix')}: {exc}") from None
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{self.env_name('port')}: {self.port} is not a TCP port")
         for name in _POSITIVE:

@@ -224,8 +224,8 @@ async def identify(
         couch: The server (any identity: only its pool and URL are used).
         settings: Gateway settings.
         cache: A shared :class:`IdentityCache` (verification results for a few seconds).
-        client: The client's address as the limits key it
-            (:class:`~gateway.http.client_address.ClientAddress`).
+        client: The client as the limits count it
+            (:meth:`~gateway.http.client_address.ClientAddress.key`).
         failed_logins: The failed-login guard Basic credentials go through.
 
     Returns:

@@ -504,6 +504,40 @@ def test_client_address_behind_trusted_proxies(
         Settings.from_env({"WALLABY_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})
 
 
+@pytest.mark.parametrize(("address", "prefix", "key"), [
+    ("198.51.100.7", 64, "198.51.100.7"),
+    ("::ffff:198.51.100.7", 64, "198.51.100.7"),  # IPv4-mapped: the IPv4 client
+    ("2001:db8:4a1:7::1", 64, "2001:db8:4a1:7::/64"),
+    ("2001:db8:4a1:7:abcd:1:2:3", 64, "2001:db8:4a1:7::/64"),  # same /64, same client
+    ("2001:db8:4a1:7:abcd:1:2:3", 48, "2001:db8:4a1::/48"),
+    ("2001:db8:4a1:7:abcd:1:2:3", 128, "2001:db8:4a1:7:abcd:1:2:3/128"),
+    ("unknown", 64, "unknown"),
+])
+def test_client_keys_count_an_ipv6_client_by_its_prefix(
+    address: str, prefix: int, key: str
+) -> None:
+    from gateway.http.client_address import ClientAddress
+
+    assert ClientAddress(ipv6_prefix=prefix).key(address) == key
+
+
+def test_ipv6_client_prefix_is_validated_and_mapped_proxies_are_trusted() -> None:
+    from twisted.internet.address import IPv6Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.client_address import ClientAddress
+
+    assert Settings.from_env({"WALLABY_IPV6_CLIENT_PREFIX": "56"}).ipv6_client_prefix == 56
+    for bad in ("0", "31", "129"):
+        with pytest.raises(ValueError, match="WALLABY_IPV6_CLIENT_PREFIX"):
+            Settings.from_env({"WALLABY_IPV6_CLIENT_PREFIX": bad})
+    # A dual-stack socket sees an IPv4 proxy as ::ffff:a.b.c.d: still the trusted proxy.
+    request = DummyRequest([b""])
+    request.client = IPv6Address("TCP", "::ffff:10.0.0.2", 1234)
+    request.requestHeaders.addRawHeader(b"x-forwarded-for", b"198.51.100.7")
+    assert ClientAddress(["10.0.0.0/8"]).of(request) == "198.51.100.7"
+
+
 def test_refused_connections_are_summarised_once_per_interval_and_flushed() -> None:
     from twisted.internet.task import Clock
 

@@ -76,7 +76,7 @@ from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.readiness import Readiness
-from gateway.http.request_args import client_host, decode_query, json_body
+from gateway.http.request_args import client_key, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
@@ -170,7 +170,8 @@ class GatewayApp:
             limiter=self.limiter,
             in_flight=self.in_flight,
             mounts=self.mounts,
-            client_address=ClientAddress(self.settings.trusted_proxies),
+            client_address=ClientAddress(self.settings.trusted_proxies,
+                                         self.settings.ipv6_client_prefix),
             methods_of=_methods_of,
         )
 
@@ -189,7 +190,7 @@ class GatewayApp:
         headers, cookies = presented_credentials(request)
         identity = await identify(
             headers, cookies, self.couch, self.settings, cache=self.identities,
-            client=client_host(request), failed_logins=self.failed_logins,
+            client=client_key(request), failed_logins=self.failed_logins,
         )
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
         presented = cookies.get(self.settings.cookie_name)
@@ -321,7 +322,7 @@ class GatewayApp:
         self._checked(request, "login")
         body = self._json_body(request, "login")
         token = await self.failed_logins.attempt(
-            client_host(request), body["name"],
+            client_key(request), body["name"],
             lambda: self._timed(request, self.couch.login(body["name"], body["password"])))
         user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
         session = await self._timed(request, user.session())

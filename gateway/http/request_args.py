@@ -10,7 +10,7 @@ from gateway.deep_json import NestedTooDeep
 from gateway.errors import InvalidRequest, NotJsonBody, PayloadTooLarge
 from gateway.http.contract import Contract, strict_json
 
-__all__ = ["client_host", "decode_query", "json_body", "raw_header"]
+__all__ = ["client_host", "client_key", "decode_query", "json_body", "raw_header"]
 
 
 def client_host(request: Any) -> str:
@@ -37,6 +37,18 @@ def raw_header(request: Any, name: bytes) -> bytes | None:
     """
     values: list[bytes] | None = request.requestHeaders.getRawHeaders(name)
     return values[-1] if values else None
+
+
+def client_key(request: Any) -> str:
+    """What the limits count the client as (``ClientAddress.key``; ``unknown`` if none).
+
+    Args:
+        request: The client's request.
+
+    Returns:
+        The key, as text (an IPv6 client's prefix, e.g. ``2001:db8:1:2::/64``).
+    """
+    return str(getattr(request, "client_key", None) or "unknown")
 
 
 def decode_query(request: Any) -> dict[str, list[str]]:

@@ -72,6 +72,8 @@ class GatewayRequest(server.Request):
         self.error_code: str | None = None
         #: The client's address (behind trusted proxies: from X-Forwarded-For).
         self.client_host = "unknown"
+        #: What the rate limit and the failed-login guard count it as (IPv6: its prefix).
+        self.client_key = "unknown"
         #: The connection was lost before the answer was complete.
         self.client_gone = False
         #: The gateway cut the connection after the headers (a stream that broke off).
@@ -679,6 +681,7 @@ class FrontDoor(Resource):
         """Serve one request."""
         request.started = self.clock()
         request.client_host = self.client_address.of(request)
+        request.client_key = self.client_address.key(request.client_host)
         incoming = request.getHeader("x-request-id")
         if incoming and _REQUEST_ID.match(incoming):
             request.request_id = incoming
@@ -703,7 +706,7 @@ class FrontDoor(Resource):
                     request.finish()
                     return server.NOT_DONE_YET
             if request.path not in _UNLIMITED:
-                self.limiter.check(request.client_host)
+                self.limiter.check(request.client_key)
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
             if request.spool_error is not None:

@@ -186,13 +186,13 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             metrics=factory.metrics, accepting=factory.accepting, client=self._client())
 
     def _client(self) -> str:
-        """The client's address as the REST API's limits key it (its front door's).
+        """The client as the REST API's limits count it (its front door's key).
 
         Without Twisted Web in front (a factory on a port of its own), the peer's.
         """
         request = self.upgrade_request or self.handshake_request
-        if request is not None and getattr(request, "client_host", None):
-            return str(request.client_host)
+        if request is not None and getattr(request, "client_key", None):
+            return str(request.client_key)
         peer = getattr(self.transport, "getPeer", lambda: None)()
         return str(getattr(peer, "host", None) or "unknown")
 

@@ -7,7 +7,9 @@ Each test here is a way around it (or around the rate limit) that the gateway cl
 
 * Basic credentials on a WebSocket handshake are a login like any other;
 * Basic credentials without their base64 ``=`` padding name the same account;
-* a flood of failed logins of made-up names does not push a lockout out.
+* a flood of failed logins of made-up names does not push a lockout out;
+* an IPv6 client rotating addresses within its /64 is one client (RFC 4291 2.5.1,
+  RFC 8981 temporary addresses: one host may use any of 2^64 addresses).
 
 Clients are told apart by ``X-Forwarded-For`` through a trusted proxy (127.0.0.1 here),
 as in the documented deployment behind a load balancer (docs/deployment.md).
@@ -204,5 +206,32 @@ def test_lockout_survives_a_flood_of_other_failed_logins(
         assert after == 429, (
             f"lockout of ({attacker}, {victim}) forgotten after {flood.get(401)} failed "
             f"logins of other names in {took:.0f} s: the next guess reached CouchDB ({after})")
+    finally:
+        gateway.stop()
+
+
+def test_ipv6_client_rotating_addresses_in_its_64_is_still_limited(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path
+) -> None:
+    """One IPv6 host (a /64 of its own) must not get a fresh lockout and a fresh
+    rate-limit bucket per address it picks."""
+    victim, _password = couch.new_user()
+    gateway = _gateway(couch_backend, tmp_path)
+    try:
+        prefix = "2001:db8:4a1:7::"
+        # Password guessing: one guess per address, all from the same /64.
+        guesses = [_login(gateway.port, victim, f"guess{i}", f"{prefix}{i + 1:x}")
+                   for i in range(8)]
+        # Rate limit: 400 quick requests (burst 200, 50/s), one address each.
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        try:
+            rate = [_call(conn, "GET", "/api/v1/session", f"{prefix}1:{i + 1:x}")
+                    for i in range(400)]
+        finally:
+            conn.close()
+        limited = rate.count(429)
+        assert guesses.count(429) >= 3 and limited >= 100, (
+            f"one /64: guesses {guesses} (none refused: each address has its own lockout); "
+            f"{limited} of 400 requests rate limited (each address its own bucket)")
     finally:
         gateway.stop()
