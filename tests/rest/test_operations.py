@@ -230,4 +230,4 @@ async def test_a_body_nested_too_deep_is_a_clean_400(scenario: Any) -> None:
             headers={"Content-Type": "application/json"})
         assert reply.status == 400, reply.body[:200]
         assert reply.json["error"] == "bad_request"
-        assert "not valid JSON" in reply.json["reason"]
+        assert "nested deeper than 10000 levels" in reply.json["reason"]
