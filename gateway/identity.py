@@ -243,11 +243,13 @@ async def identify(
         if settings.allow_anonymous:
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
-    name = basic_user(headers.get("authorization", ""))
-    if failed_logins is None or name is None:
+    authorization = headers.get("authorization", "")
+    if failed_logins is None or basic_user(authorization) is None:
         return await _cached_verify(auth, headers, cookies, couch, settings, cache)
+    name, password = _basic_pair(authorization)
     return await failed_logins.attempt(
-        client, name, lambda: _cached_verify(auth, headers, cookies, couch, settings, cache))
+        client, name, lambda: _cached_verify(auth, headers, cookies, couch, settings, cache),
+        password)
 
 
 async def _cached_verify(

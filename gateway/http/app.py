@@ -323,7 +323,8 @@ class GatewayApp:
         body = self._json_body(request, "login")
         token = await self.failed_logins.attempt(
             client_key(request), body["name"],
-            lambda: self._timed(request, self.couch.login(body["name"], body["password"])))
+            lambda: self._timed(request, self.couch.login(body["name"], body["password"])),
+            body["password"])
         user = self.couch.as_identity(ForwardedAuth({"Cookie": f"AuthSession={token}"}))
         session = await self._timed(request, user.session())
         context = session.get("userCtx") or {}

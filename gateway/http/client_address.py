@@ -81,8 +81,18 @@ class ClientAddress:
         self._ipv6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
 
     def _trusted(self, address: str) -> bool:
-        ip = _ip(address)
-        return ip is not None and any(ip in network for network in self.networks)
+        """Whether ``address`` is a trusted proxy's, as written or in its IPv4 form.
+
+        An IPv4 peer of a dual-stack listener shows as ``::ffff:a.b.c.d`` (as in the
+        access log), and an operator may list it either way.
+        """
+        try:
+            written = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        forms = {written, _ip(address)}
+        return any(ip in network for ip in forms for network in self.networks
+                   if ip is not None and ip.version == network.version)
 
     def key(self, address: str) -> str:
         """The client an address counts as for the rate limit and the failed-login guard.

@@ -27,6 +27,7 @@ existing lockout to make room, and over growing without bound.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,20 +64,26 @@ class FailedLogins:
     _failures: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
     #: Locked-out pairs (their last ``limit`` failures), in the order they were locked.
     _locked: OrderedDict[tuple[str, str], list[float]] = field(default_factory=OrderedDict)
+    #: Attempts being answered: per pair, how many of each password (by its hash).
+    _trying: dict[tuple[str, str], dict[bytes, int]] = field(default_factory=dict)
 
     async def attempt(
-        self, client: str, name: str, login: Callable[[], Awaitable[_T]]
+        self, client: str, name: str, login: Callable[[], Awaitable[_T]], password: str = "",
     ) -> _T:
         """Run one login attempt of ``name`` from ``client`` under the guard.
 
         Refused without running ``login`` while the pair is locked out; a failure
         (``AuthenticationRequired`` or CouchDB's ``Unauthorized``) is counted, a success
         forgets the pair's failures. Other errors (CouchDB unreachable) count for nothing.
+        Attempts with other passwords still being answered count as failures to come:
+        guesses sent together would otherwise all pass before the first one failed. The
+        same password sent many times at once (a page's parallel requests) counts once.
 
         Args:
             client: The client's address (its key for limits).
             name: The account name presented.
             login: Starts the attempt (asks CouchDB).
+            password: The password tried (only its hash is kept, while it is answered).
 
         Returns:
             What ``login`` returned.
@@ -84,20 +91,39 @@ class FailedLogins:
         Raises:
             RateLimited: The pair is locked out.
         """
-        self.check(client, name)
+        key = (client, name.lower())
+        secret = hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest()[:16]
+        trying = self._trying.get(key, {})
+        self.check(client, name, in_flight=len(trying) - (secret in trying))
+        trying[secret] = trying.get(secret, 0) + 1
+        self._trying[key] = trying
         try:
             result = await login()
         except (AuthenticationRequired, Unauthorized):
             self.failed(client, name)
             raise
+        finally:
+            left = trying[secret] - 1
+            if left:
+                trying[secret] = left
+            else:
+                del trying[secret]
+                if not trying:
+                    self._trying.pop(key, None)
         self.succeeded(client, name)
         return result
 
-    def check(self, client: str, name: str) -> None:
+    def check(self, client: str, name: str, in_flight: int = 0) -> None:
         """Raise when ``client`` may not try ``name`` now.
 
+        Args:
+            client: The client's key.
+            name: The account name.
+            in_flight: Attempts with other passwords not answered yet.
+
         Raises:
-            RateLimited: Too many recent failures; ``retry_after`` says when it may.
+            RateLimited: Too many recent failures (with those in flight); ``retry_after``
+                says when it may.
         """
         if self.limit <= 0:
             return
@@ -107,6 +133,10 @@ class FailedLogins:
                 "too many failed logins for this account from this client",
                 retry_after=max(1.0, recent[-self.limit] + self.window - self.clock()),
             )
+        if len(recent) + in_flight >= self.limit:
+            raise RateLimited(
+                "too many logins for this account from this client are being checked",
+                retry_after=1.0)
 
     def failed(self, client: str, name: str) -> None:
         """Count a failed attempt."""

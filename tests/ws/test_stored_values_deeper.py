@@ -1,4 +1,4 @@
-"""include_docs subscribers and a document within deep_json's limit, deeper than Python 3.12's C parser.
+"""include_docs subscribers and a document deeper than Python 3.12's C parser reaches.
 
 tests/ws/test_stored_values.py checks 1,200 levels; deep_json.py promises 10,000. At
 2,000 levels (pouchdb-server stores it) the shared feed must still deliver it and the
