@@ -697,7 +697,7 @@ class FrontDoor(Resource):
             self.metrics.in_flight += 1
         request.notifyFinish().addBoth(self._finished, request, counted)
         try:
-            self._check_head(request)
+            self._check_host(request)
             if request.path != b"*":
                 check_raw_path(request.uri)
                 if self.cors.apply(request):
@@ -707,6 +707,7 @@ class FrontDoor(Resource):
                     return server.NOT_DONE_YET
             if request.path not in _UNLIMITED:
                 self.limiter.check(request.client_key)
+            self._check_method(request)
             if request.too_large:
                 raise PayloadTooLarge("the request body is too large")
             if request.spool_error is not None:
@@ -725,17 +726,24 @@ class FrontDoor(Resource):
         result = self.router.render(request)
         return result
 
-    def _check_head(self, request: Any) -> None:
-        """Refuse what RFC 9110 and 9112 have a server refuse before any routing."""
+    @staticmethod
+    def _check_host(request: Any) -> None:
+        """RFC 9112 3.2: an HTTP/1.1 request names exactly one ``Host``."""
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1 or (not hosts and request.clientproto == b"HTTP/1.1"):
             raise InvalidRequest("an HTTP/1.1 request has exactly one Host header "
                                  "(RFC 9112 section 3.2)")
+
+    def _check_method(self, request: Any) -> None:
+        """Methods are case-sensitive (RFC 9110 9.1): ``delete`` is not ``DELETE``.
+
+        The router would take the one for the other, and a proxy that filters methods
+        passed it as an unknown one.
+        """
         method: bytes = request.method
         if not method.isupper():
-            # Methods are case-sensitive (RFC 9110 9.1): the router would take "delete"
-            # for DELETE, which a proxy filtering methods passed as an unknown one.
-            allowed = self.methods_of(request.path.decode("latin-1"))
+            allowed = ({"GET"} if request.path in self.mounts  # the WebSocket endpoint
+                       else self.methods_of(request.path.decode("latin-1")))
             if not allowed:
                 raise RouteNotFound("no such route")
             request.setHeader("Allow", ", ".join(sorted(allowed)))

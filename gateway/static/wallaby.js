@@ -29,9 +29,9 @@ const MESSAGE_TOO_BIG = 1009;
 const AUTH_RETRY_MS = 6000;
 /** Close code reported when a socket is given up for not answering a ping (as for a drop). */
 const NO_ANSWER = 1006;
+/** Longest `keys` (as percent-encoded JSON) that allDocs sends in the query string. */
+const KEYS_IN_QUERY = 4000;
 /** Query parameters the gateway reads as JSON even when they are strings. */
-/** Longest JSON of `keys` that allDocs sends in the query string (then in a POST body). */
-const KEYS_IN_QUERY = 2000;
 const JSON_PARAMS = new Set(["key", "keys", "startkey", "endkey", "start_key", "end_key", "atts_since"]);
 
 /**
@@ -480,7 +480,7 @@ export class Wallaby {
     // A long list of keys goes in the body: in the query it would outgrow the request
     // line a server reads (the gateway's answers 414 beyond 16 KiB). A short one stays a
     // GET, which the browser can revalidate.
-    if (keys !== undefined && JSON.stringify(keys).length > KEYS_IN_QUERY) {
+    if (keys !== undefined && enc(JSON.stringify(keys)).length > KEYS_IN_QUERY) {
       return this.request("POST", `/db/${enc(db)}/all_docs`, { keys }, rest);
     }
     return this.request("GET", `/db/${enc(db)}/all_docs`, undefined, params);

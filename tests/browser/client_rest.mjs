@@ -54,6 +54,10 @@ const cases = {
         manyKeys: (await wb.allDocs(db, { include_docs: true,
           keys: ["c1", ...Array.from({ length: 599 }, (_, n) => n.toString(16).padStart(32, "0"))] }))
           .rows.slice(0, 2).map((row) => [row.id, row.doc && row.doc.v, row.error]),
+        // 60 ids of 30 CJK characters: 2 KB of JSON, but 16.7 KB percent-encoded
+        cjkKeys: (await wb.allDocs(db, {
+          keys: Array.from({ length: 60 }, (_, n) => "\u6f22".repeat(29) + String.fromCharCode(0x4e00 + n)) }))
+          .rows.length,
         numberLike: await failure(() => wb.allDocs(db, { key: "123" })),
         revs: (await wb.get(db, "x/y", { open_revs: "all" })).length,
         openRevs: (await wb.get(db, "a1", { open_revs: [(await wb.get(db, "a1"))._rev] })).length,
@@ -65,6 +69,7 @@ const cases = {
     expect(JSON.stringify(got.key) === '["b1"]', "key as a string", got);
     expect(JSON.stringify(got.manyKeys) === '[["c1","c1",null],[null,null,"not_found"]]',
       "600 keys (in a POST body)", got.manyKeys);
+    expect(got.cjkKeys === 60, "60 long non-ASCII keys (in a POST body)", got.cjkKeys);
     expect(JSON.stringify(got.keys) === '["c1","a1"]', "keys", got);
     expect(got.numberLike === null, "key '123' is the string 123", got);
     expect(got.revs === 1 && got.openRevs === 1 && got.rev === "a1", "open_revs / rev", got);

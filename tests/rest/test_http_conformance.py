@@ -262,3 +262,20 @@ async def test_426_names_upgrade_in_connection(gateway: RunningGateway, reactor:
     assert headers.get(b"upgrade") == [b"websocket"], answer[:400]
     connection = b",".join(headers.get(b"connection", [])).lower()
     assert b"upgrade" in connection, answer[:400]
+
+
+async def test_a_lower_case_method_meets_the_checks_before_its_own(
+    gateway: RunningGateway, reactor: Any,
+) -> None:
+    """A refused path is refused as with its upper-case method (not 405 advertising GET);
+    the WebSocket endpoint, a route of its own, is 405 with ``Allow: GET``, not 404."""
+    from gateway.ws.mount import install_changes
+
+    install_changes(gateway.app, gateway.app.couch, gateway.settings, reactor)
+    port = port_of(gateway)
+    for target in (b"/static/%2e%2e/x", b"//"):
+        answer = await exchange(port, b"get " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(answer) == 400, (target, answer[:300])
+    answer = await exchange(port, b"get /api/v1/changes HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(answer) == 405, answer[:300]
+    assert headers_of(answer)[b"allow"] == [b"GET"]
