@@ -79,6 +79,8 @@ class GatewayRequest(server.Request):
         #: The gateway cut the connection after the headers (a stream that broke off).
         self.cut_short = False
         self.started = 0.0
+        #: The front door logs this request when it finishes (it has been rendered).
+        self.access_logged = False
         self.too_large = False
         #: Why the body could not be stored (its temporary file), if it could not.
         self.spool_error: OSError | None = None
@@ -519,8 +521,11 @@ class GatewayChannel(http.HTTPChannel):
                           else TargetTooLong("the request line is longer than 16 KiB"))
 
     def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - Twisted's name
-        """Twisted found the head too large or malformed."""
-        if self._receivedHeaderSize > self.totalHeadersSize \
+        """Twisted found the head too large or malformed, or a chunked body malformed."""
+        if not self.line_mode:  # reading a body
+            self._refuse_head(InvalidRequest(
+                "the request's body is not valid chunked transfer coding (RFC 9112 7.1)"))
+        elif self._receivedHeaderSize > self.totalHeadersSize \
                 or self._receivedHeaderCount > self.maxHeaders:
             self._refuse_head(HeadTooLarge(
                 f"the request's head is larger than {self.totalHeadersSize} bytes or "
@@ -535,13 +540,25 @@ class GatewayChannel(http.HTTPChannel):
         return getattr(self, "_command", None) is not None
 
     def _refuse_head(self, error: GatewayError) -> None:
+        """Answer ``error`` in place of the request being read, log it, and close."""
         self.head_complete()
         if self.transport is None:
             return
         if not any(getattr(request, "startedWriting", False) for request in self.requests):
+            # The request being read, if it was made (an upload dispatched at its headers
+            # has its access line too): the answer names its id.
+            current = self.requests[-1] if self.requests else None
+            request_id = str(getattr(current, "request_id", "") or os.urandom(16).hex())
             self.transport.write(refusal_before_request(
-                error, os.urandom(16).hex(),
+                error, request_id,
                 http.datetimeToString(), SERVER_NAME))  # type: ignore[no-untyped-call]
+            front = getattr(getattr(self, "site", None), "resource", None)
+            if getattr(current, "access_logged", False):  # logged as it ends: as refused
+                current.setResponseCode(error.status)  # type: ignore[union-attr]
+                current.error_code = error.error  # type: ignore[union-attr]
+            elif isinstance(front, FrontDoor):
+                front.record_refusal(error, request_id, self.transport.getPeer(),
+                                     getattr(self, "_command", None) or b"-")
         self.loseConnection()  # type: ignore[no-untyped-call]
 
     def head_complete(self) -> None:
@@ -696,6 +713,7 @@ class FrontDoor(Resource):
             self.in_flight.begin()
             self.metrics.in_flight += 1
         request.notifyFinish().addBoth(self._finished, request, counted)
+        request.access_logged = True
         try:
             self._check_host(request)
             if request.path != b"*":
@@ -760,6 +778,26 @@ class FrontDoor(Resource):
         request.setHeader("Allow", methods)
         request.setHeader("Content-Length", "0")
         return b""
+
+    def record_refusal(self, error: GatewayError, request_id: str, peer: Any,
+                       method: bytes) -> None:
+        """Log and count a request the channel refused before it reached :meth:`render`.
+
+        Args:
+            error: What the channel answered.
+            request_id: The ``X-Request-Id`` it sent.
+            peer: The connection's peer address.
+            method: The request's method, if its request line was read.
+        """
+        method_text = method.decode("ascii", "replace")
+        self.metrics.observe_request("refused_head", method_text, error.status, 0.0)
+        self.metrics.count_error("refused_head", error.error)
+        self.access_log.record(
+            request_id=request_id, method=method_text, path="-", route="refused_head",
+            status=error.status, duration_ms=0.0, bytes_sent=0,
+            client=str(getattr(peer, "host", "unknown")), user=None, aborted=False,
+            error=error.error,
+        )
 
     def _finished(self, outcome: Any, request: Any, counted: bool) -> None:
         if counted:
