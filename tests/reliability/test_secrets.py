@@ -178,6 +178,8 @@ def _scenario(gateway: GatewayProcess, couch: Couch, db: str, member: tuple[str,
         ])
         if n < 3:  # valid credentials: a live subscription
             assert head.startswith(b"HTTP/1.1 101") and b'"subscribed"' in b"".join(frames), head
+        elif n == 4:  # the wrong password: locked out by the "basic wrong" guesses above
+            assert head.startswith(b"HTTP/1.1 429"), head
         else:
             assert head.startswith(b"HTTP/1.1 401"), head
         capture.parts.append((f"ws {path[:40]}", head + b"\n" + b"\n".join(frames)))
