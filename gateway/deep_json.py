@@ -27,7 +27,9 @@ __all__ = ["MAX_DEPTH", "NestedTooDeep", "dumps", "loads"]
 #: The deepest nesting the gateway reads and writes (CouchDB has no such limit).
 MAX_DEPTH = 10_000
 
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# A string's closing quote is optional: an unterminated one is consumed once, to the end
+# (required, every escaped quote in it would start a scan to the end: quadratic).
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 
 
 class NestedTooDeep(ValueError):

@@ -29,10 +29,22 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def parse_networks(spec: Sequence[str]) -> tuple[Network, ...]:
     """Addresses or CIDR ranges (``10.0.0.0/8``, ``::1``).
 
+    An IPv4-mapped entry (``::ffff:10.0.0.0/104``) stands for its IPv4 range too: a
+    dual-stack listener shows IPv4 peers so, an IPv4 one plainly.
+
     Raises:
         ValueError: An entry is not an address or a range.
     """
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in spec if entry)
+    networks: list[Network] = []
+    for entry in spec:
+        if not entry:
+            continue
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+        networks.append(network)
+        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        if mapped is not None and network.prefixlen >= 96:
+            networks.append(ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}"))
+    return tuple(networks)
 
 
 #: The IPv6 client prefixes accepted: shorter than /32 (an ISP's whole allocation) would

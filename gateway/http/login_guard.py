@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from twisted.internet.defer import CancelledError
+
 from gateway.errors import AuthenticationRequired, RateLimited, Unauthorized
 
 __all__ = ["FailedLogins"]
@@ -99,7 +101,9 @@ class FailedLogins:
         self._trying[key] = trying
         try:
             result = await login()
-        except (AuthenticationRequired, Unauthorized):
+        except (AuthenticationRequired, Unauthorized, CancelledError):
+            # An attempt its client gave up on may have reached CouchDB all the same:
+            # counted, or guesses abandoned before their answer would never be.
             self.failed(client, name)
             raise
         finally:

@@ -261,7 +261,8 @@ async def test_settle_asks_about_older_rows_and_keeps_the_order() -> None:
 
     conn = SimpleNamespace(
         _still_current=still_current, _ending=False, factory=SimpleNamespace(clock=Clock()),
-        _deliver=lambda _sub, change: delivered.append(f"{change.doc_id}@{change.rev}"))
+        _deliver=lambda _sub, change: delivered.append(f"{change.doc_id}@{change.rev}"),
+        _trail=lambda sub, join: setattr(sub, "trailing", join))
     await ChangesServerProtocol._settle(conn, sub, join)  # type: ignore[arg-type]
     assert asked == ["2-stale", "2-won"]
     assert delivered == ["c@1-c", "b@2-won", "d@1-d", "e@1-e"]
