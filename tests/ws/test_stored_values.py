@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
 import treq
 
 from gateway.couch import CouchServer, Database
@@ -45,14 +46,15 @@ async def _put_raw(couch_backend: CouchBackend, db: str, doc_id: str, body: byte
     assert put.code == 201, await treq.content(put)
 
 
+@pytest.mark.parametrize("depth", [DEPTH, 2000])  # 2,000: past Python 3.12's C parser too
 async def test_a_deeply_nested_document_does_not_stall_include_docs_subscribers(
     ws_server: WsServer, db: Database, make_user: Any, couch_backend: CouchBackend,
-    reactor: Any,
+    reactor: Any, depth: int,
 ) -> None:
     client = await ws_server.connect(await ws_server.login(await make_user()))
     subscribed = await client.subscribe("s1", db.name, since="now", include_docs=True)
     assert subscribed["type"] == "subscribed", subscribed
-    deep = b'{"v":' + b"[" * DEPTH + b"]" * DEPTH + b"}"
+    deep = b'{"v":' + b"[" * depth + b"]" * depth + b"}"
     await _put_raw(couch_backend, db.name, "deep", deep, reactor)
     await db.save({"_id": "after", "n": 1})
     changes = await client.collect_changes(2, timeout=10)
