@@ -244,7 +244,7 @@ async def identify(
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
     authorization = headers.get("authorization", "")
-    if failed_logins is None or basic_user(authorization) is None:
+    if failed_logins is None or authorization.strip().split(" ", 1)[0].lower() != "basic":
         return await _cached_verify(auth, headers, cookies, couch, settings, cache)
     name, password = _basic_pair(authorization)
     return await failed_logins.attempt(
