@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from gateway.config import Settings
 from gateway.couch import Database
@@ -597,3 +598,37 @@ def test_deep_json_reads_and_writes_to_its_limit_and_names_it_beyond() -> None:
         deep_json.loads("[" * 5_000_000)  # unclosed: stops counting past the limit
     with pytest.raises(ValueError, match="Expecting"):
         deep_json.loads("[" * 2000 + "}")
+
+
+def test_an_abandoned_login_attempt_is_counted_by_its_real_answer() -> None:
+    """FailedLogins.attempt: a client that leaves (its handler cancelled) does not stop
+    the verification; a wrong password then counts, a right one locks nobody out."""
+    from twisted.internet.defer import CancelledError
+
+    from gateway.errors import Unauthorized
+    from gateway.http.login_guard import FailedLogins
+
+    clock = Clock()
+    guard = FailedLogins(clock.seconds, limit=2, window=100)
+    answers: list[Deferred[str]] = []
+
+    def login() -> Deferred[str]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    for password in ("right", "right", "right"):  # a page's requests, each abandoned
+        waiting = Deferred.fromCoroutine(guard.attempt("c", "ann", login, password))
+        waiting.cancel()
+        assert isinstance(waiting.result, Failure) and waiting.result.check(CancelledError)
+        waiting.addErrback(lambda _: None)
+        answers[-1].callback("ok")  # CouchDB answers afterwards: success
+    assert guard._trying == {}  # the verifications ended
+    guard.check("c", "ann")
+    for guess in ("g1", "g2"):  # guesses abandoned before their answer
+        waiting = Deferred.fromCoroutine(guard.attempt("c", "ann", login, guess))
+        waiting.cancel()
+        waiting.addErrback(lambda _: None)
+    for answer in answers[-2:]:
+        answer.errback(Unauthorized("Name or password is incorrect."))
+    with pytest.raises(RateLimited):
+        guard.check("c", "ann")

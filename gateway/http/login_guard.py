@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from gateway.errors import AuthenticationRequired, RateLimited, Unauthorized
 
@@ -80,6 +81,9 @@ class FailedLogins:
         Attempts with other passwords still being answered count as failures to come:
         guesses sent together would otherwise all pass before the first one failed. The
         same password sent many times at once (a page's parallel requests) counts once.
+        An attempt whose client leaves (its handler cancelled) is answered and counted
+        all the same, as it would be had the client waited: abandoned guesses count,
+        and abandoned requests with the right password (a page closed) lock nobody out.
 
         Args:
             client: The client's address (its key for limits).
@@ -99,14 +103,8 @@ class FailedLogins:
         self.check(client, name, in_flight=len(trying) - (secret in trying))
         trying[secret] = trying.get(secret, 0) + 1
         self._trying[key] = trying
-        try:
-            result = await login()
-        except (AuthenticationRequired, Unauthorized, CancelledError):
-            # An attempt its client gave up on may have reached CouchDB all the same:
-            # counted, or guesses abandoned before their answer would never be.
-            self.failed(client, name)
-            raise
-        finally:
+
+        def answered(result: object) -> object:
             left = trying[secret] - 1
             if left:
                 trying[secret] = left
@@ -114,8 +112,18 @@ class FailedLogins:
                 del trying[secret]
                 if not trying:
                     self._trying.pop(key, None)
-        self.succeeded(client, name)
-        return result
+            if not isinstance(result, Failure):
+                self.succeeded(client, name)
+            elif result.check(AuthenticationRequired, Unauthorized):  # type: ignore[no-untyped-call]
+                self.failed(client, name)
+            return result
+
+        async def run() -> _T:
+            return await login()
+
+        verification: Deferred[_T] = Deferred.fromCoroutine(run())
+        verification.addBoth(answered)
+        return await _shielded(verification)
 
     def check(self, client: str, name: str, in_flight: int = 0) -> None:
         """Raise when ``client`` may not try ``name`` now.
@@ -181,3 +189,15 @@ class FailedLogins:
         cutoff = self.clock() - self.window
         failures = self._locked.get(key) or self._failures.get(key) or []
         return [t for t in failures if t > cutoff]
+
+
+def _shielded(verification: Deferred[_T]) -> Deferred[_T]:
+    """A Deferred with ``verification``'s result whose cancelling leaves it running."""
+    waiter: Deferred[_T] = Deferred()
+
+    def relay(result: object) -> None:
+        if not waiter.called:
+            waiter.callback(result)  # type: ignore[arg-type]  # a Failure errbacks
+
+    verification.addBoth(relay)
+    return waiter
