@@ -129,7 +129,7 @@ def credentials_from(
     """
     authorization = headers.get("authorization", "").strip()
     if authorization:
-        scheme = authorization.split(" ", 1)[0].lower()
+        scheme = _scheme(authorization)
         if scheme == "basic":
             name, password = _basic_pair(authorization)
             # CouchDB is sent the canonical encoding of what the gateway read (the
@@ -158,10 +158,12 @@ def basic_user(authorization: str) -> str | None:
     Raises:
         AuthenticationRequired: Malformed Basic credentials (see :func:`credentials_from`).
     """
-    scheme = authorization.strip().split(" ", 1)[0]
-    if scheme.lower() != "basic":
-        return None
-    return _basic_pair(authorization)[0]
+    return _basic_pair(authorization)[0] if _scheme(authorization) == "basic" else None
+
+
+def _scheme(authorization: str) -> str:
+    """The authentication scheme of an ``Authorization`` value, lower-case."""
+    return authorization.strip().split(" ", 1)[0].lower()
 
 
 def _basic_pair(authorization: str) -> tuple[str, str]:
@@ -244,7 +246,7 @@ async def identify(
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
     authorization = headers.get("authorization", "")
-    if failed_logins is None or authorization.strip().split(" ", 1)[0].lower() != "basic":
+    if failed_logins is None or _scheme(authorization) != "basic":
         return await _cached_verify(auth, headers, cookies, couch, settings, cache)
     name, password = _basic_pair(authorization)
     return await failed_logins.attempt(
