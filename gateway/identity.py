@@ -131,11 +131,7 @@ def credentials_from(
     if authorization:
         scheme = _scheme(authorization)
         if scheme == "basic":
-            name, password = _basic_pair(authorization)
-            # CouchDB is sent the canonical encoding of what the gateway read (the
-            # failed-login guard keys on this name), never the client's own spelling.
-            token = base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
-            return ForwardedAuth({"Authorization": f"Basic {token}"})
+            return _forwarded_basic(*_basic_pair(authorization))
         if scheme == "bearer":
             token = authorization[len("bearer"):].strip()
             if not _TOKEN.match(token):
@@ -159,6 +155,16 @@ def basic_user(authorization: str) -> str | None:
         AuthenticationRequired: Malformed Basic credentials (see :func:`credentials_from`).
     """
     return _basic_pair(authorization)[0] if _scheme(authorization) == "basic" else None
+
+
+def _forwarded_basic(name: str, password: str) -> ForwardedAuth:
+    """Basic credentials for CouchDB, encoded anew from what the gateway read.
+
+    CouchDB is sent the canonical encoding (the failed-login guard keys on this name),
+    never the client's own spelling.
+    """
+    token = base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
+    return ForwardedAuth({"Authorization": f"Basic {token}"})
 
 
 def _scheme(authorization: str) -> str:
@@ -240,18 +246,19 @@ async def identify(
         RateLimited: Basic credentials of an account ``client`` is locked out of.
         CouchUnreachable: CouchDB could not be asked.
     """
+    authorization = headers.get("authorization", "")
+    if failed_logins is not None and authorization and _scheme(authorization) == "basic":
+        name, password = _basic_pair(authorization)
+        basic = _forwarded_basic(name, password)
+        return await failed_logins.attempt(
+            client, name, lambda: _cached_verify(basic, headers, cookies, couch, settings, cache),
+            password)
     auth = credentials_from(headers, cookies, settings)
     if auth is None:
         if settings.allow_anonymous:
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
-    authorization = headers.get("authorization", "")
-    if failed_logins is None or _scheme(authorization) != "basic":
-        return await _cached_verify(auth, headers, cookies, couch, settings, cache)
-    name, password = _basic_pair(authorization)
-    return await failed_logins.attempt(
-        client, name, lambda: _cached_verify(auth, headers, cookies, couch, settings, cache),
-        password)
+    return await _cached_verify(auth, headers, cookies, couch, settings, cache)
 
 
 async def _cached_verify(

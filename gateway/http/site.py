@@ -113,14 +113,12 @@ class GatewayRequest(server.Request):
             return values[-1].decode("latin-1") if values else None
         return super().getHeader(key)
 
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
-        """Set a response header; ``Server`` names the product, never its versions."""
-        if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
-            value = SERVER_NAME
-        super().setHeader(name, value)  # type: ignore[no-untyped-call]
-
     def write(self, data: bytes) -> None:
-        """Write body bytes; the first write hands a refreshed session cookie back.
+        """Write body bytes; the first write sends the head.
+
+        The head's ``Server`` names the product, never its versions (Twisted's default
+        would tell them, and so would a relayed CouchDB answer), and a refreshed
+        session cookie goes back with it.
 
         An answer that comes before a client waiting for ``100 Continue`` was told to
         send its body ends the connection, and says so (RFC 9110 10.1.1).
@@ -138,6 +136,7 @@ class GatewayRequest(server.Request):
                 channel.persistent = False  # draining: the next request goes elsewhere
             if channel is not None and not channel.persistent:
                 self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            self.responseHeaders.setRawHeaders(b"server", [SERVER_NAME])
             if self.session_refresh is not None:
                 refresh, self.session_refresh = self.session_refresh, None
                 cookie = refresh()

@@ -120,6 +120,8 @@ class ApiClient:
         """The contract, request-id and no-secret checks every reply must pass."""
         self.seen.append((method, path, reply.status))
         assert reply.header("X-Request-Id"), f"{method} {path}: no X-Request-Id"
+        # One Server, naming the product only: not Twisted's version, nor CouchDB's.
+        assert reply.headers_all("Server") == ["Wallaby-Gateway"], (method, path)
         for secret in self.secrets:
             assert secret.encode() not in reply.body, f"{method} {path}: secret in body"
             for _name, values in reply.headers.getAllRawHeaders():
