@@ -397,8 +397,8 @@ class GatewayApp:
         """Read a document (``rev``, ``conflicts``, ``revs``, ``revs_info``, ``attachments``…)."""
         name, doc_id = paths.database_name(db), paths.document_id(docid)
         couch, query = await self._begin(request, "getDocument", db=name, docid=doc_id)
-        plain = not doc_id.startswith("_local/") and not any(
-            query.get(option) for option in DOC_META_OPTIONS)
+        plain = not doc_id.startswith("_local/") and not (query and any(
+            query.get(option) for option in DOC_META_OPTIONS))
         return await self.forwarder.forward(
             request, couch, "GET", doc_path(name, doc_id), params=query, revalidate=True,
             rev_etag="_rev" if plain else None, stream_large=True,
