@@ -702,6 +702,10 @@ class FrontDoor(Resource):
         if incoming and _REQUEST_ID.match(incoming):
             request.request_id = incoming
         request.setHeader("X-Request-Id", request.request_id)
+        # Twisted's own names its version; the head sets this again as it goes out (a
+        # relayed CouchDB answer has a Server of its own), but a refused WebSocket
+        # handshake writes these headers itself.
+        request.responseHeaders.setRawHeaders(b"server", [SERVER_NAME])
         request.setHeader("X-Content-Type-Options", "nosniff")
         request.setHeader("Cache-Control", "no-store")
         mounted: Any = self.mounts.get(request.path)
