@@ -194,8 +194,9 @@ class Settings:
             ``_bulk_get``) or document read whole before it is relayed; a larger one
             streams to the client as CouchDB sends it, without an ``ETag`` made from it.
         ws_max_subscriptions: Subscriptions one WebSocket connection may hold.
-        ws_max_user_feeds: Distinct feeds (database and options) one user's subscriptions
-            may follow over all their connections (any number may share one).
+        ws_max_user_feeds: Distinct feeds (database and options, and for a design filter
+            its design document's revision) one user's subscriptions may follow over all
+            their connections (any number may share one).
         ws_max_feeds: Upstream ``_changes`` feeds the gateway keeps open at most.
         ws_max_message_bytes: Largest WebSocket message a client may send.
         ws_queue_bytes: Bytes queued for one slow WebSocket client before it is closed.

@@ -12,7 +12,6 @@ listen on its own port (as the tests do).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -23,8 +22,9 @@ from gateway.config import Settings
 from gateway.http.site import SERVER_NAME
 from gateway.ws.access import AccessRechecks, AuthorizationCache, SharedIdentities
 from gateway.ws.handshake import Authenticate
-from gateway.ws.hub import FeedHub
+from gateway.ws.hub import FeedHub, FeedKey
 from gateway.ws.metrics import WsMetrics
+from gateway.ws.protocol import FeedParams
 from gateway.ws.server import CLOSE_HANDSHAKE_SECONDS, ChangesServerProtocol
 from gateway.ws.tasks import hold_task
 
@@ -71,9 +71,10 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.metrics = metrics or WsMetrics()
         self.connections: set[ChangesServerProtocol] = set()
         #: Per user (by name; per credential for anonymous callers), over all their
-        #: connections: the subscriptions on each distinct feed key. One user must not open
-        #: the upstream feeds of many; any number of subscriptions may share a feed.
-        self.user_feeds: dict[str, Counter[Hashable]] = {}
+        #: connections: the subscriptions on each distinct feed key (the hub's: database,
+        #: options and design document revision). One user must not open the upstream
+        #: feeds of many; any number of subscriptions may share a feed.
+        self.user_feeds: dict[str, Counter[FeedKey]] = {}
         #: One upstream transport per credential, shared by its connections.
         self.identities = SharedIdentities(hub.transport)
         #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
@@ -101,7 +102,31 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
             versions=[13],  # RFC 6455 only (Autobahn also speaks draft 10's version 8)
         )
 
-    def forget_user_feed(self, owner: str, key: Hashable) -> None:
+    def user_feeds_full(self, owner: str, db: str, params: FeedParams) -> bool:
+        """Whether following ``(db, params)`` would take ``owner`` past ``ws_max_user_feeds``.
+
+        A feed the user follows already costs nothing more. The options of a design
+        filter not authorised yet (no ``design_rev``) stand for every revision of them:
+        the check before the authorisation refuses only what the one after it would.
+
+        Args:
+            owner: Whose subscription it is (see ``user_feeds``).
+            db: The database.
+            params: The subscription's options.
+        """
+        feeds = self.user_feeds.get(owner)
+        if not feeds or len(feeds) < self.settings.ws_max_user_feeds or (db, params) in feeds:
+            return False
+        if params.design_doc is None or params.design_rev is not None:
+            return True
+        return not any(held_db == db and held.at_revision(None) == params
+                       for held_db, held in feeds)
+
+    def hold_user_feed(self, owner: str, key: FeedKey) -> None:
+        """One more subscription of ``owner`` on the feed ``key`` (see ``user_feeds``)."""
+        self.user_feeds.setdefault(owner, Counter())[key] += 1
+
+    def forget_user_feed(self, owner: str, key: FeedKey) -> None:
         """One subscription of ``owner`` on the feed ``key`` no longer counts.
 
         A lost connection's subscription counts until its feed stops lingering for it
@@ -109,7 +134,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
 
         Args:
             owner: Whose it was (see ``user_feeds``).
-            key: Its database and options.
+            key: Its feed key, as held (:meth:`hold_user_feed`).
         """
         feeds = self.user_feeds.get(owner)
         if feeds is None:

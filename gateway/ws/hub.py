@@ -1,8 +1,14 @@
 """Fan-out: one upstream ``_changes`` feed per (db, filter parameters, include_docs).
 
 A :class:`FeedHub` keeps a refcounted :class:`SharedFeed` per key. The first subscriber
-opens it (from the database's current seq), the last one to leave closes it. Every
-change row is serialised once and framed once (``prepare``, i.e. Autobahn's
+opens it (from the database's current seq), the last one to leave closes it. The key of
+a design filter or ``_view`` feed holds the design document's revision its subscribers
+were authorised against (:attr:`~gateway.ws.protocol.FeedParams.design_rev`): CouchDB
+reads the filter's code when a feed starts, so after an update new subscribers open (and
+share) a feed of the new revision, while the old one keeps its subscribers until they
+leave, as an open CouchDB feed would.
+
+Every change row is serialised once and framed once (``prepare``, i.e. Autobahn's
 ``WebSocketServerFactory.prepareMessage``) and the same frame goes to every subscriber:
 to every idle, caught-up one in one tight ``send`` loop, settled after the last send
 (:meth:`FeedHub._fan_out`), to the others through their queues.
@@ -55,7 +61,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``(db, params)``: what makes two subscriptions share a feed.
+#: ``(db, params)``: what makes two subscriptions share a feed (``params`` holds the
+#: design document revision of a design filter, see ``FeedParams.design_rev``).
 FeedKey = tuple[str, FeedParams]
 
 #: Frames a serialised message once for many sockets (``factory.prepareMessage``).

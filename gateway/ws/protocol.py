@@ -10,6 +10,7 @@ CouchDB 3, integers on pouchdb-server) and never compared.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ class FeedParams:
         view: ``ddoc/view`` for ``_view``.
         query: Extra query parameters for a design filter.
         include_docs: Whether changes carry the documents.
+        design_rev: For a design filter or ``_view``, the ``_rev`` of the design document
+            the subscription was authorised against (``None`` until then, and for the
+            other filters). CouchDB reads a design filter's code when a feed starts, so
+            feeds of two revisions are two feeds: a subscriber never joins one that
+            runs older code than it saw.
     """
 
     filter: str | None = None
@@ -128,6 +134,7 @@ class FeedParams:
     view: str | None = None
     query: tuple[tuple[str, str], ...] = ()
     include_docs: bool = False
+    design_rev: str | None = None
     _selector_key: str = field(default="", repr=False)
 
     @classmethod
@@ -150,6 +157,10 @@ class FeedParams:
             include_docs=include_docs,
             _selector_key=json.dumps(selector, sort_keys=True) if selector is not None else "",
         )
+
+    def at_revision(self, rev: str | None) -> FeedParams:
+        """These options, on the design document revision ``rev`` (see ``design_rev``)."""
+        return dataclasses.replace(self, design_rev=rev)
 
     @property
     def design_doc(self) -> tuple[str, str, str] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -518,13 +517,9 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 sub_id=request.id, status=429))
             return
         owner = self._owner()
-        feeds = factory.user_feeds.setdefault(owner, Counter())
-        feed_key = (request.db, request.params)
-        if feed_key not in feeds and len(feeds) >= factory.settings.ws_max_user_feeds:
-            self._reply(error_message(
-                "too_many_feeds",
-                f"at most {factory.settings.ws_max_user_feeds} distinct feeds (database and "
-                "options) per user on all connections", sub_id=request.id, status=429))
+        if factory.user_feeds_full(owner, request.db, request.params):
+            # Before any upstream request; checked again once the feed key is known.
+            self._reply(self._too_many_user_feeds(request.id))
             return
         for other in self.subs.values():
             if other.request.db == request.db and other.request.params == request.params:
@@ -536,15 +531,23 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub = Subscription(request.id, request)
         self.subs[request.id] = sub
         factory.metrics.subscriptions += 1
-        feeds[feed_key] += 1
         try:
-            await self._authorize(request)
+            design_rev = await self._authorize(request)
             if not sub.active or self._ending:
                 return
+            # A design filter's feed is the one of the revision the user just read (see
+            # FeedParams.design_rev): joining an older one would run older code.
+            params = request.params.at_revision(design_rev)
+            if factory.user_feeds_full(owner, request.db, params):
+                self._reply(self._too_many_user_feeds(sub.id), sub)
+                await self._drop(sub)
+                return
+            sub.feed_key = (request.db, params)
+            factory.hold_user_feed(owner, sub.feed_key)
             self._watch(request.db)
             if request.catch_up:
                 sub.join = Join()
-            feed = factory.hub.acquire(request.db, request.params, self)
+            feed = factory.hub.acquire(request.db, params, self)
             sub.feed = feed
             self.by_feed[feed] = sub
             await factory.hub.ready(feed)
@@ -585,19 +588,33 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         name = getattr(self.identity, "name", None)
         return f"user:{name}" if name is not None else f"credential:{self.credential}"
 
-    async def _authorize(self, request: Subscribe) -> None:
-        """Check, as the user, that the database (and its filter/view) may be read."""
+    def _too_many_user_feeds(self, sub_id: str) -> dict[str, Any]:
+        cap = self.factory.settings.ws_max_user_feeds
+        return error_message(
+            "too_many_feeds", f"at most {cap} distinct feeds (database and options) per "
+            "user on all connections", sub_id=sub_id, status=429)
+
+    async def _authorize(self, request: Subscribe) -> str | None:
+        """Check, as the user, that the database (and its filter/view) may be read.
+
+        Returns:
+            The ``_rev`` of the design document of a design filter or ``_view`` (read
+            at every subscribe, never cached), else ``None``.
+        """
         transport = self.user_transport
         assert transport is not None and self.credential is not None
         await self.factory.authorizations.authorize(self.credential, request.db, transport)
         design = request.params.design_doc
-        if design is not None:
-            ddoc, name, kind = design
-            doc = await transport.request("GET", [request.db, "_design", ddoc])
-            members = doc.get(kind) if isinstance(doc, dict) else None
-            if not isinstance(members, dict) or name not in members:
-                singular = "filter" if kind == "filters" else "view"
-                raise NotFound(f"no {singular} {name!r} in _design/{ddoc}", error="not_found")
+        if design is None:
+            return None
+        ddoc, name, kind = design
+        doc = await transport.request("GET", [request.db, "_design", ddoc])
+        members = doc.get(kind) if isinstance(doc, dict) else None
+        if not isinstance(members, dict) or name not in members:
+            singular = "filter" if kind == "filters" else "view"
+            raise NotFound(f"no {singular} {name!r} in _design/{ddoc}", error="not_found")
+        rev = doc.get("_rev")
+        return rev if isinstance(rev, str) else None
 
     async def _catch_up(self, sub: Subscription, feed: SharedFeed) -> None:
         await catch_up(self, sub, feed)
@@ -624,17 +641,16 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         sub.active = False
         sub.join = sub.trailing = None
         self._stop_trailing(sub)
-        counted = self.subs.get(sub.id) is sub
-        if counted:
+        if self.subs.get(sub.id) is sub:
             del self.subs[sub.id]
             self.factory.metrics.subscriptions -= 1
         db = sub.request.db
         if db in self._watched and not any(s.request.db == db for s in self.subs.values()):
             self._unwatch(db)
         forget = None
-        if counted:  # it counts for its user until its feed no longer lingers for it
-            forget = functools.partial(self.factory.forget_user_feed, self._owner(),
-                                       (sub.request.db, sub.request.params))
+        key, sub.feed_key = sub.feed_key, None
+        if key is not None:  # it counts for its user until its feed no longer lingers for it
+            forget = functools.partial(self.factory.forget_user_feed, self._owner(), key)
         feed = sub.feed
         if feed is not None:
             if self.by_feed.get(feed) is sub:

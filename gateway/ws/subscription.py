@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall
 
 from gateway.ws.catchup import Join
-from gateway.ws.hub import SharedFeed
+from gateway.ws.hub import FeedKey, SharedFeed
 from gateway.ws.protocol import Seq, Subscribe
 
 __all__ = ["Subscription"]
@@ -21,6 +21,9 @@ class Subscription:
         id: Client-chosen id.
         request: The ``subscribe`` message.
         feed: The shared feed, once attached.
+        feed_key: The feed key it counts under for its user (``user_feeds`` of the
+            factory), once authorised: the request's database and options, on the
+            revision of the design document it was authorised against.
         join: Resume state while catching up (``None`` once live).
         trailing: After the catch-up, the join whose filter drops live changes the
             catch-up already sent, until the shared feed has passed each document of it
@@ -35,6 +38,7 @@ class Subscription:
     id: str
     request: Subscribe
     feed: SharedFeed | None = None
+    feed_key: FeedKey | None = None
     join: Join | None = None
     trailing: Join | None = None
     last_seq: Seq | None = None
