@@ -22,8 +22,8 @@ WORKDIR /src
 # README.md* so a checkout without the README still builds (pyproject names it as readme).
 COPY pyproject.toml README.md* ./
 COPY gateway ./gateway
-# The contract is data the gateway loads at start-up; pip installs it under
-# /opt/venv/share/wallaby-gateway/api_schema (see gateway/schemas.py).
+# The contract is data the gateway loads at start-up: gateway/api_schema is a symlink to
+# it, and the wheel carries it inside the package (see gateway/schemas.py).
 COPY api_schema ./api_schema
 RUN /opt/venv/bin/pip install --no-compile . \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib

@@ -36,6 +36,7 @@ from gateway.config import Settings
 from gateway.couch.tls import load_trust_root
 from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch, free_port
+from gateway.schemas import api_schema_dir
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"  # noqa: S105 - the documented local demo account
@@ -183,6 +184,11 @@ def _trust_root(settings: Settings) -> IOpenSSLTrustRoot | None:
 
 def run(args: argparse.Namespace) -> int:
     """Start (embedded CouchDB and) the gateway; return when stopped."""
+    try:
+        api_schema_dir()  # gateway.http.app loads the contract on import
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"wallaby: {exc}\n")
+        return 2
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor

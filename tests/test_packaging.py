@@ -1,7 +1,8 @@
-"""The installed package (as in the Docker image) carries its contract and static files."""
+"""The wheel carries its contract and static files; the contract is found in the package."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -18,28 +19,45 @@ def test_wheel_ships_contract_and_static_files(tmp_path: Path) -> None:
     )
     wheel = next(tmp_path.glob("wallaby_gateway-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    data = [n for n in names if ".data/data/share/wallaby-gateway/api_schema/" in n]
-    assert any(n.endswith("/api_schema/openapi.yaml") for n in data)
-    assert any(n.endswith("/api_schema/asyncapi.yaml") for n in data)
-    shipped_ws = {Path(n).name for n in data if "/api_schema/ws/" in n}
+    # The contract is package data (found next to the code, wherever pip installs it),
+    # not data-files under the install scheme's data path.
+    assert not [n for n in names if ".data/" in n]
+    assert "gateway/api_schema/openapi.yaml" in names
+    assert "gateway/api_schema/asyncapi.yaml" in names
+    shipped_ws = {Path(n).name for n in names if n.startswith("gateway/api_schema/ws/")}
     assert shipped_ws == {p.name for p in (ROOT / "api_schema" / "ws").glob("*.json")}
     assert "gateway/static/wallaby.js" in names and "gateway/static/index.html" in names
     assert "gateway/py.typed" in names
     assert "gateway/embedded_watchdog.js" in names
 
 
-def test_installed_layout_finds_the_contract(tmp_path: Path) -> None:
-    """Outside a checkout the contract is found under <prefix>/share, as pip installs it."""
-    prefix = tmp_path / "prefix"
-    target = prefix / "share" / "wallaby-gateway" / "api_schema"
-    (target / "ws").mkdir(parents=True)
+def _schema_dir(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    code = "import gateway.schemas as s; print(s.api_schema_dir())"
+    environ = {k: v for k, v in os.environ.items() if k != "WALLABY_API_SCHEMA_DIR"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={**environ, **env}, check=False)
+
+
+def test_contract_is_found_in_the_package(tmp_path: Path) -> None:
+    """The package's own ``api_schema`` (a symlink to the checkout's in a checkout)."""
+    run = _schema_dir(tmp_path)
+    assert run.returncode == 0, run.stderr
+    found = Path(run.stdout.strip())
+    assert found == ROOT / "gateway" / "api_schema"
+    assert found.resolve() == (ROOT / "api_schema").resolve()
+
+
+def test_api_schema_dir_override(tmp_path: Path) -> None:
+    target = tmp_path / "contract"
+    target.mkdir()
     (target / "openapi.yaml").write_text("openapi: 3.1.0\n")
-    code = (
-        "import sys; sys.prefix = sys.argv[1]\n"
-        "import gateway.schemas as s, pathlib\n"
-        "s.__file__ = '/nonexistent/gateway/schemas.py'\n"
-        "print(s.api_schema_dir())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(prefix)], check=True,
-                         capture_output=True, text=True, cwd=tmp_path).stdout.strip()
-    assert out == str(target)
+    run = _schema_dir(tmp_path, WALLABY_API_SCHEMA_DIR=str(target))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(target)
+
+
+def test_api_schema_dir_override_without_the_contract_is_an_error(tmp_path: Path) -> None:
+    """A wrong ``WALLABY_API_SCHEMA_DIR`` stops with its name, not a silent fallback."""
+    run = _schema_dir(tmp_path, WALLABY_API_SCHEMA_DIR=str(tmp_path / "nothing-here"))
+    assert run.returncode != 0
+    assert "WALLABY_API_SCHEMA_DIR" in run.stderr, run.stderr
