@@ -222,6 +222,11 @@ def run(args: argparse.Namespace) -> int:
                                  admin_password=password)
         try:
             embedded.start()
+        except FileNotFoundError as exc:
+            sys.stderr.write(
+                "wallaby: no CouchDB: COUCHDB_URL (or --couchdb-url) is not set, and the "
+                f"embedded development server cannot start: {exc}\n")
+            return 1
         except (RuntimeError, OSError) as exc:
             embedded.stop()
             sys.stderr.write(f"wallaby: the embedded CouchDB did not start: {exc} "

@@ -29,6 +29,7 @@ __all__ = ["EmbeddedCouch", "find_pouchdb_server", "free_port"]
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Makes the server exit when the process that started it dies (even by SIGKILL).
 _WATCHDOG = Path(__file__).resolve().parent / "embedded_watchdog.js"
+_OVERRIDE = "WALLABY_POUCHDB_SERVER"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,28 +43,37 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _node() -> str:
     node = shutil.which("node")
     if node is None:
-        raise FileNotFoundError("Node.js is not installed (the embedded server needs it)")
+        raise FileNotFoundError("Node.js is not installed (pouchdb-server needs it)")
     return node
 
 
 def find_pouchdb_server() -> Path:
-    """Locate the ``pouchdb-server`` executable installed by ``npm ci``.
+    """Locate the ``pouchdb-server`` executable.
 
-    ``WALLABY_POUCHDB_SERVER`` overrides the search; otherwise the project's
-    ``node_modules/.bin`` is used.
+    ``WALLABY_POUCHDB_SERVER``, when set, is the only place looked at; otherwise the
+    project's ``node_modules/.bin`` (installed by ``npm ci``), the current folder's, then
+    ``PATH``.
 
     Raises:
-        FileNotFoundError: It is not installed (run ``make node_modules``).
+        FileNotFoundError: ``WALLABY_POUCHDB_SERVER`` names no file, or it is unset and
+            none was found.
     """
-    override = os.environ.get("WALLABY_POUCHDB_SERVER")
-    candidates = [Path(override)] if override else []
-    candidates.append(_PROJECT_ROOT / "node_modules" / ".bin" / "pouchdb-server")
-    candidates.append(Path.cwd() / "node_modules" / ".bin" / "pouchdb-server")
+    override = os.environ.get(_OVERRIDE)
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"{_OVERRIDE}: no such file: {override}")
+        return Path(override)
+    candidates = [_PROJECT_ROOT / "node_modules" / ".bin" / "pouchdb-server",
+                  Path.cwd() / "node_modules" / ".bin" / "pouchdb-server"]
+    on_path = shutil.which("pouchdb-server")
+    if on_path is not None:
+        candidates.append(Path(on_path))
     for candidate in candidates:
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        "pouchdb-server is not installed: run 'npm ci' in the project folder (make does it)"
+        f"pouchdb-server was found neither in node_modules/.bin nor on PATH: set {_OVERRIDE} "
+        "to its executable (in a checkout of the project, 'npm ci' installs it)"
     )
 
 
@@ -141,10 +151,15 @@ class EmbeddedCouch:
         """Start the server and wait until it answers as the admin.
 
         Raises:
+            FileNotFoundError: pouchdb-server or Node.js is missing (nothing was written).
             RuntimeError: It exited or did not answer within ``timeout`` seconds.
         """
         if self.process is not None and self.process.poll() is None:
             return
+        # Found before anything is written: a start that cannot happen must not leave
+        # a config (admin password, cookie secret) in whatever folder it ran in.
+        server = find_pouchdb_server().resolve()
+        node = _node()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The folder holds the admin password's hash, the cookie secret and the data.
         self.data_dir.chmod(0o700)
@@ -154,8 +169,7 @@ class EmbeddedCouch:
         log = (self.data_dir / "stdout.log").open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [
-                _node(), "--require", str(_WATCHDOG),
-                str(find_pouchdb_server().resolve()),
+                node, "--require", str(_WATCHDOG), str(server),
                 "--port", str(self.port),
                 "--host", self.host,
                 "--dir", str(self.data_dir) + os.sep,

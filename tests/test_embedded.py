@@ -150,3 +150,49 @@ def test_a_port_left_in_time_wait_by_the_last_run_is_free_but_a_listened_one_is_
         listener.bind(("127.0.0.1", port))
         listener.listen()
         assert not _port_free("127.0.0.1", port)
+
+
+def _no_checkout_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As installed from the wheel: no node_modules next to the package or in the cwd."""
+    import gateway.embedded
+
+    monkeypatch.setattr(gateway.embedded, "_PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WALLABY_POUCHDB_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+
+
+def test_pouchdb_server_on_path_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gateway.embedded import find_pouchdb_server
+
+    _no_checkout_server(monkeypatch, tmp_path)
+    (tmp_path / "bin").mkdir()
+    executable = tmp_path / "bin" / "pouchdb-server"
+    executable.write_text("#!/usr/bin/env node\n")
+    executable.chmod(0o755)
+    assert find_pouchdb_server() == executable
+
+
+def test_no_pouchdb_server_names_the_variable_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gateway.embedded import find_pouchdb_server
+
+    _no_checkout_server(monkeypatch, tmp_path)
+    with pytest.raises(FileNotFoundError, match="WALLABY_POUCHDB_SERVER"):
+        find_pouchdb_server()
+    server = EmbeddedCouch(tmp_path / "data", admin_password="secret-pw")
+    with pytest.raises(FileNotFoundError):
+        server.start()
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_missing_pouchdb_server_override_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Set, it is the only place looked at (the checkout's node_modules is not)."""
+    from gateway.embedded import find_pouchdb_server
+
+    monkeypatch.setenv("WALLABY_POUCHDB_SERVER", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="WALLABY_POUCHDB_SERVER: no such file"):
+        find_pouchdb_server()

@@ -117,3 +117,47 @@ def test_target_install_finds_its_contract(wheel: Path, tmp_path: Path) -> None:
     assert Path(run.stdout.strip()) == target / "gateway" / "api_schema"
     assert (target / "gateway" / "api_schema" / "ws" / "subscribe.schema.json").is_file()
 
+
+def test_installed_without_couchdb_url_names_couchdb_url(venv: Path, tmp_path: Path) -> None:
+    """Installed from the wheel there is no project folder and no node_modules: without
+    COUCHDB_URL the gateway should say how to point it at a CouchDB (COUCHDB_URL /
+    --couchdb-url), not to "run 'npm ci' in the project folder"."""
+    work = tmp_path / "work"
+    work.mkdir()
+    status, stderr = _run_until_ready(
+        [str(venv / "bin" / "wallaby-gateway"), "run", "--port", "0"], _clean_env(), work)
+    assert status not in (None, -1), stderr
+    assert "COUCHDB_URL" in stderr, stderr
+    assert "project folder" not in stderr, stderr
+
+
+def test_failed_embedded_start_leaves_no_admin_config_behind(venv: Path, tmp_path: Path) -> None:
+    """When the embedded server cannot be started at all (no pouchdb-server), nothing
+    should be written into the current folder: today ``var/couch/config.json`` with the
+    admin password in plain text is left in whatever folder the command ran in."""
+    work = tmp_path / "work"
+    work.mkdir()
+    status, stderr = _run_until_ready(
+        [str(venv / "bin" / "wallaby-gateway"), "run", "--port", "0"], _clean_env(), work)
+    assert status not in (None, -1), stderr
+    left = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name != "stderr.log")
+    assert left == [], f"left behind: {left}"
+
+
+def test_pouchdb_server_override_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    """WALLABY_POUCHDB_SERVER names a file that does not exist: the gateway should stop
+    naming the variable (as it does for WALLABY_COUCHDB_CA_FILE), not silently start
+    whatever pouchdb-server it finds in node_modules."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _clean_env(WALLABY_POUCHDB_SERVER=str(tmp_path / "no" / "pouchdb-server"),
+                     WALLABY_EMBEDDED_DATA_DIR=str(tmp_path / "couch"))
+    env["PYTHONPATH"] = str(ROOT)
+    from gateway.embedded import free_port
+
+    status, stderr = _run_until_ready(
+        [sys.executable, "-m", "gateway", "run", "--port", "0",
+         "--couch-port", str(free_port())], env, work)
+    assert status not in (None, -1), f"started anyway:\n{stderr[-400:]}"
+    assert "WALLABY_POUCHDB_SERVER" in stderr, stderr
+
