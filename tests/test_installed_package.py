@@ -161,3 +161,45 @@ def test_pouchdb_server_override_that_does_not_exist_is_refused(tmp_path: Path) 
     assert status not in (None, -1), f"started anyway:\n{stderr[-400:]}"
     assert "WALLABY_POUCHDB_SERVER" in stderr, stderr
 
+
+CONSUMER = '''\
+"""A strict consumer of the documented client API."""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from gateway.couch import Database, ViewResult
+
+
+def on_changes(changes: list[dict[str, Any]], viewID: str | None = None) -> None:
+    print(changes, viewID)
+
+
+def rows(db: Database) -> Deferred[ViewResult]:
+    return db.all_docs(include_docs=True)
+
+
+def follow(db: Database) -> Deferred[None]:
+    return db.changes(cb=on_changes, since="now")
+
+
+def unfollow(db: Database) -> Deferred[bool]:
+    return db.unchanges(since="now")
+'''
+
+
+def test_public_methods_are_typed_as_deferreds(venv: Path, tmp_path: Path) -> None:
+    """README: every method returns a Deferred. ``all_docs``, ``changes`` and ``unchanges``
+    are annotated ``-> Any``, so a ``mypy --strict`` consumer of the installed wheel gets
+    ``no-any-return`` errors (and no checking of what it awaits)."""
+    mypy = Path(sys.executable).parent / "mypy"
+    if not mypy.exists():
+        pytest.skip("mypy is not installed in this venv")
+    (tmp_path / "consumer.py").write_text(CONSUMER)
+    run = subprocess.run([str(mypy), "--strict", "--no-incremental", "--python-executable",
+                          str(venv / "bin" / "python"), "consumer.py"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+

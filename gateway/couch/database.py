@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
@@ -370,7 +371,7 @@ class Database:
             answer = await self.transport.request("POST", path, params=query, json=body)
         return ViewResult(answer)
 
-    def all_docs(self, **params: Any) -> Any:
+    def all_docs(self, **params: Any) -> Deferred[ViewResult]:
         """``_all_docs`` with any view parameter (see :meth:`view`); returns a Deferred."""
         return self.view("_all_docs", **params)
 
@@ -432,7 +433,9 @@ class Database:
             self._subscriptions = ChangeSubscriptions(self.transport, self.name)
         return self._subscriptions
 
-    def changes(self, cb: ChangeCallback, since: Any = "now", **options: Any) -> Any:
+    def changes(
+        self, cb: ChangeCallback, since: Any = "now", **options: Any
+    ) -> Deferred[None]:
         """Register ``cb(changes, viewID=None)`` for the database's changes.
 
         One continuous ``_changes`` connection is kept per distinct (filter, view,
@@ -454,7 +457,7 @@ class Database:
 
     def unchanges(
         self, cb: ChangeCallback | None = None, since: Any = "now", **options: Any
-    ) -> Any:
+    ) -> Deferred[bool]:
         """Remove a registration made with the same ``since`` and options.
 
         Args:
