@@ -20,7 +20,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 # README.md* so a checkout without the README still builds (pyproject names it as readme).
-COPY pyproject.toml README.md* ./
+# LICENSE: pyproject's license-files, which the wheel (and so the image) carries.
+COPY pyproject.toml LICENSE README.md* ./
 COPY gateway ./gateway
 # The contract is data the gateway loads at start-up: gateway/api_schema is a symlink to
 # it, and the wheel carries it inside the package (see gateway/schemas.py).

@@ -8,16 +8,22 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_contract_and_static_files(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )
-    wheel = next(tmp_path.glob("wallaby_gateway-*.whl"))
+    return next(out.glob("wallaby_gateway-*.whl"))
+
+
+def test_wheel_ships_contract_and_static_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     # The contract is package data (found next to the code, wherever pip installs it),
     # not data-files under the install scheme's data path.
@@ -29,6 +35,20 @@ def test_wheel_ships_contract_and_static_files(tmp_path: Path) -> None:
     assert "gateway/static/wallaby.js" in names and "gateway/static/index.html" in names
     assert "gateway/py.typed" in names
     assert "gateway/embedded_watchdog.js" in names
+
+
+def test_wheel_carries_the_license_text(wheel: Path) -> None:
+    """pyproject declares ``license = "MIT"``, whose terms require the copyright and
+    permission notice to accompany every copy: the wheel carries LICENSE."""
+    names = zipfile.ZipFile(wheel).namelist()
+    licenses = [n for n in names if ".dist-info/licenses/" in n or
+                Path(n).name.upper().startswith(("LICENSE", "LICENCE", "COPYING"))]
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert licenses and "License-File:" in metadata, (
+        f"no license text in {wheel.name}; License-Expression: MIT declared")
+    text = zipfile.ZipFile(wheel).read(licenses[0]).decode()
+    assert "MIT License" in text and "the Wallaby Gateway authors" in text
 
 
 def _schema_dir(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
