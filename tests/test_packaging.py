@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +86,40 @@ def test_api_schema_dir_override_without_the_contract_is_an_error(tmp_path: Path
     run = _schema_dir(tmp_path, WALLABY_API_SCHEMA_DIR=str(tmp_path / "nothing-here"))
     assert run.returncode != 0
     assert "WALLABY_API_SCHEMA_DIR" in run.stderr, run.stderr
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> None:
+    """What gateway/ imports is declared (directly, or by an extra it declares, as
+    ``twisted[tls]`` brings pyOpenSSL and service_identity), not merely installed by
+    another package's requirements."""
+    declared: set[str] = set()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        declared.add(_normalized(requirement.name))
+        for extra in requirement.extras:
+            for sub in map(Requirement, metadata.requires(requirement.name) or []):
+                if sub.marker is not None and sub.marker.evaluate({"extra": extra}):
+                    declared.add(_normalized(sub.name))
+    providers = metadata.packages_distributions()
+    missing: dict[str, list[str]] = {}
+    for path in (ROOT / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("gateway", "__future__"):
+                    continue
+                dists = {_normalized(d) for d in providers.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, []).append(str(path.relative_to(ROOT)))
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
