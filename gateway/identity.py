@@ -25,7 +25,10 @@ and a success clears the count, on a REST request and a WebSocket handshake alik
 The resulting :class:`Identity` carries the credentials to use *upstream* on the
 user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode=proxy``
 — CouchDB proxy-authentication headers for the verified name and roles, signed with
-``settings.proxy_secret``.
+``settings.proxy_secret``. Proxy headers are believed by CouchDB without a look at
+``_users``, so a proxy identity also keeps the credential it was verified from
+(:attr:`Identity.credential`): a holder that outlives the cache (a WebSocket) verifies it
+again with :func:`reverify` to learn that the user was deleted or lost a role.
 
 Usage (REST and WebSocket alike)::
 
@@ -51,7 +54,14 @@ from gateway.errors import AuthenticationRequired, CouchError, Unauthorized
 from gateway.http.login_guard import FailedLogins
 from gateway.singleflight import Flight, single_flight
 
-__all__ = ["Identity", "IdentityCache", "basic_user", "credentials_from", "identify"]
+__all__ = [
+    "Identity",
+    "IdentityCache",
+    "basic_user",
+    "credentials_from",
+    "identify",
+    "reverify",
+]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.:+/]{1,4096}$")
 _BASIC = re.compile(r"^Basic [A-Za-z0-9+/=]{1,4096}$")
@@ -65,11 +75,15 @@ class Identity:
         name: The CouchDB user name (``None`` for an anonymous caller).
         roles: Its CouchDB roles.
         auth: Credentials acting as this caller upstream (``CouchServer.as_identity``).
+        credential: The caller's own credential CouchDB verified (session cookie, Basic)
+            when ``auth`` is something else (``auth_mode=proxy``: proxy headers built
+            from that verification); ``None`` when ``auth`` is that credential.
     """
 
     name: str | None
     roles: tuple[str, ...]
     auth: Auth = field(repr=False)
+    credential: Auth | None = field(default=None, repr=False)
 
     @property
     def is_admin(self) -> bool:
@@ -203,13 +217,15 @@ def _basic_pair(authorization: str) -> tuple[str, str]:
     return name, password
 
 
-def _cache_key(headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings) -> str:
+async def _cache_key(credential: Auth, settings: Settings) -> str:
+    """A hash of what ``credential`` sends CouchDB.
+
+    The same session as a bearer token or as a cookie, or Basic credentials however the
+    client encoded them: one entry.
+    """
+    headers = await credential.headers()
     material = "\0".join(
-        (
-            settings.auth_mode,
-            headers.get("authorization", ""),
-            cookies.get(settings.cookie_name, ""),
-        )
+        (settings.auth_mode, *(f"{k}:{v}" for k, v in sorted(headers.items())))
     )
     return hashlib.sha256(material.encode("utf-8", "replace")).hexdigest()
 
@@ -251,29 +267,62 @@ async def identify(
         name, password = _basic_pair(authorization)
         basic = _forwarded_basic(name, password)
         return await failed_logins.attempt(
-            client, name, lambda: _cached_verify(basic, headers, cookies, couch, settings, cache),
-            password)
+            client, name, lambda: _cached_verify(basic, couch, settings, cache), password)
     auth = credentials_from(headers, cookies, settings)
     if auth is None:
         if settings.allow_anonymous:
             return Identity(None, (), NoAuth())
         raise AuthenticationRequired("authentication required")
-    return await _cached_verify(auth, headers, cookies, couch, settings, cache)
+    return await _cached_verify(auth, couch, settings, cache)
+
+
+async def reverify(
+    identity: Identity,
+    couch: CouchServer,
+    settings: Settings,
+    *,
+    cache: IdentityCache | None = None,
+) -> Identity:
+    """Verify again the credential an identity was verified from, as CouchDB sees it now.
+
+    For a holder that outlives the cache (a WebSocket in ``auth_mode=proxy``): CouchDB is
+    always asked (an answer the cache holds may be seconds old), a verification of the
+    same credential in flight is joined, and the answer is cached for REST requests.
+
+    Args:
+        identity: An identity :func:`identify` returned.
+        couch: The server (any identity: only its pool and URL are used).
+        settings: Gateway settings.
+        cache: The shared :class:`IdentityCache`.
+
+    Returns:
+        The identity now, with fresh upstream credentials (its roles may have changed).
+
+    Raises:
+        AuthenticationRequired: The credential no longer authenticates (the user was
+            deleted, its password changed, the session expired).
+        CouchUnreachable: CouchDB could not be asked.
+    """
+    credential = identity.credential if identity.credential is not None else identity.auth
+    return await _cached_verify(credential, couch, settings, cache, fresh=True)
 
 
 async def _cached_verify(
     auth: Auth,
-    headers: Mapping[str, str],
-    cookies: Mapping[str, str],
     couch: CouchServer,
     settings: Settings,
     cache: IdentityCache | None,
+    *,
+    fresh: bool = False,
 ) -> Identity:
-    """:func:`_verify`, through the cache and its single flight when there is one."""
+    """:func:`_verify`, through the cache and its single flight when there is one.
+
+    ``fresh``: do not take a cached answer (but join one in flight, and cache this one).
+    """
     if cache is None:
         return await _verify(auth, couch, settings)
-    key = _cache_key(headers, cookies, settings)
-    cached = cache.get(key)
+    key = await _cache_key(auth, settings)
+    cached = None if fresh else cache.get(key)
     if cached is not None:
         return cached
 
@@ -301,7 +350,7 @@ async def _verify(auth: Auth, couch: CouchServer, settings: Settings) -> Identit
     if not isinstance(name, str) or not name:
         raise AuthenticationRequired("invalid or expired credentials")
     roles = tuple(r for r in context.get("roles", []) if isinstance(r, str))
-    upstream: Auth = auth
     if settings.auth_mode == "proxy":
-        upstream = ProxyAuth(name, roles, secret=settings.proxy_secret)
-    return Identity(name, roles, upstream)
+        return Identity(name, roles, ProxyAuth(name, roles, secret=settings.proxy_secret),
+                        credential=auth)
+    return Identity(name, roles, auth)

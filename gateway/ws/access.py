@@ -8,7 +8,10 @@
 * :class:`AccessRechecks` — the periodic access re-check, once per distinct
   (credential key, database) pair instead of once per connection: one jittered timer
   and one ``GET /<db>`` per pair per interval, its outcome fanned out to every
-  connection of the pair; a pair with no connections left is forgotten.
+  connection of the pair; a pair with no connections left is forgotten. When the
+  upstream identity is not the credential CouchDB verified (``auth_mode=proxy``: proxy
+  headers, which CouchDB believes without reading ``_users``), that credential is
+  verified again first (:data:`Reverify`).
 * :class:`AuthorizationCache` — the subscribe-time ``GET /<db>`` as the user, cached
   per (credential key, database) for a few seconds, single-flight.
 """
@@ -16,10 +19,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,27 +32,38 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.couch.transport import CouchTransport
-from gateway.errors import CouchError, CouchUnreachable
+from gateway.errors import AuthenticationRequired, CouchError, CouchUnreachable
 from gateway.singleflight import Flight, single_flight
 
 __all__ = [
     "AccessRechecks",
     "AccessWatcher",
     "AuthorizationCache",
+    "Reverify",
     "SharedIdentities",
     "credential_key",
 ]
 
 log = logging.getLogger(__name__)
 
+#: Verifies again the credential behind an identity (``gateway.identity.reverify``):
+#: the identity as CouchDB sees it now; raises ``AuthenticationRequired`` when the
+#: credential no longer authenticates.
+Reverify = Callable[[Any], Awaitable[Any]]
+
 
 def credential_key(headers: Mapping[str, str], cookies: Mapping[str, str], cookie_name: str,
-                   name: str | None) -> str:
-    """A SHA-256 of the credential material of a handshake and the verified name."""
+                   name: str | None, roles: Sequence[str] = ()) -> str:
+    """A SHA-256 of the credential material of a handshake and the verified name and roles.
+
+    The roles count: a proxy identity's upstream headers carry them, so a handshake
+    after a role change must not share the transport of the old roles.
+    """
     material = "\0".join((
         headers.get("authorization", ""),
         cookies.get(cookie_name, ""),
         name or "",
+        json.dumps(list(roles)),
     ))
     return hashlib.sha256(material.encode("utf-8", "replace")).hexdigest()
 
@@ -103,6 +118,8 @@ class _Pair:
     key: str
     db: str
     transport: CouchTransport
+    #: Who the pair's connections act as (its ``credential`` is verified again).
+    identity: Any = None
     watchers: set[AccessWatcher] = field(default_factory=set)
     timer: IDelayedCall | None = None
     running: Deferred[None] | None = None
@@ -117,16 +134,20 @@ class AccessRechecks:
         jitter: Each delay is ``interval`` times a random factor in ``[1 - jitter, 1]``
             (pairs created together do not check together, and none waits longer than
             the interval the documentation promises).
-        on_revoked: Called with ``(key, db)`` when a check is refused (401/403/404),
-            before the watchers hear of it (e.g. to forget cached authorizations).
+        on_revoked: Called with ``(key, db)`` when a check is refused (401/403/404) or
+            the credential no longer authenticates, before the watchers hear of it
+            (e.g. to forget cached authorizations).
+        reverify: Verifies an identity's ``credential`` again (see :meth:`watch`).
     """
 
     def __init__(self, clock: IReactorTime, interval: float, *, jitter: float = 0.2,
-                 on_revoked: Callable[[str, str], None] | None = None) -> None:
+                 on_revoked: Callable[[str, str], None] | None = None,
+                 reverify: Reverify | None = None) -> None:
         self.clock = clock
         self.interval = interval
         self.jitter = jitter
         self.on_revoked = on_revoked
+        self.reverify = reverify
         self.checks = 0
         self._pairs: dict[tuple[str, str], _Pair] = {}
 
@@ -138,13 +159,25 @@ class AccessRechecks:
     def _delay(self) -> float:
         return max(0.01, self.interval * (1 - random.uniform(0, self.jitter)))  # noqa: S311
 
-    def watch(self, key: str, db: str, transport: CouchTransport, watcher: AccessWatcher) -> None:
-        """Re-check ``db`` for ``watcher`` (idempotent)."""
+    def watch(self, key: str, db: str, transport: CouchTransport, watcher: AccessWatcher,
+              identity: Any = None) -> None:
+        """Re-check ``db`` for ``watcher`` (idempotent).
+
+        Args:
+            key: The credential key of the watcher's connection.
+            db: The database.
+            transport: The connection's upstream transport (shared per key).
+            watcher: Told of a refusal.
+            identity: Who the connection acts as. When its ``credential`` is set (the
+                upstream ``auth`` is not what CouchDB verified), each check first
+                verifies that credential again: gone → the session ended; other roles →
+                ``transport`` acts with the new upstream ``auth`` from then on.
+        """
         if self.interval <= 0:
             return
         pair = self._pairs.get((key, db))
         if pair is None:
-            pair = _Pair(key, db, transport)
+            pair = _Pair(key, db, transport, identity)
             self._pairs[(key, db)] = pair
             pair.timer = self.clock.callLater(self._delay(), self._run, pair)
         pair.watchers.add(watcher)
@@ -194,6 +227,8 @@ class AccessRechecks:
 
     async def _check(self, pair: _Pair) -> None:
         self.checks += 1
+        if not await self._credential_verifies(pair):
+            return
         try:
             await pair.transport.request("GET", [pair.db])
             return
@@ -211,6 +246,33 @@ class AccessRechecks:
             return
         for watcher in list(pair.watchers):
             watcher.access_revoked(pair.db, refusal)
+
+    async def _credential_verifies(self, pair: _Pair) -> bool:
+        """Verify the pair's credential again, when its upstream identity is not it.
+
+        Returns:
+            False when it no longer authenticates (its watchers were told).
+        """
+        identity = pair.identity
+        if self.reverify is None or getattr(identity, "credential", None) is None:
+            return True
+        try:
+            now = await self.reverify(identity)
+        except AuthenticationRequired:
+            now = None
+        except CouchError:
+            return True  # CouchDB could not say: the next check asks again
+        if now is None or now.name != identity.name:
+            if self.on_revoked is not None:
+                self.on_revoked(pair.key, pair.db)
+            for watcher in list(pair.watchers):
+                watcher.session_ended()
+            return False
+        if tuple(now.roles) != tuple(identity.roles):
+            # Every pair of this key shares the transport: one update serves them all.
+            pair.transport.auth = now.auth
+            pair.identity = now
+        return True
 
 
 async def still_authenticated(transport: CouchTransport) -> bool:

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
 from gateway.http.site import SERVER_NAME
-from gateway.ws.access import AccessRechecks, AuthorizationCache, SharedIdentities
+from gateway.ws.access import AccessRechecks, AuthorizationCache, Reverify, SharedIdentities
 from gateway.ws.handshake import Authenticate
 from gateway.ws.hub import FeedHub, FeedKey
 from gateway.ws.metrics import WsMetrics
@@ -46,6 +46,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         url: The public ``ws://`` URL (only used in Autobahn's handshake checks).
         socket_send_buffer: ``SO_SNDBUF`` for accepted sockets (``None``: the OS default);
             bounds the kernel memory a client that does not read can pin.
+        reverify: Verifies a connection's credential again at the access re-checks,
+            when its upstream identity is not that credential (``auth_mode=proxy``).
     """
 
     protocol = ChangesServerProtocol  # type: ignore[assignment,unused-ignore]
@@ -60,6 +62,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         url: str | None = None,
         socket_send_buffer: int | None = None,
         metrics: WsMetrics | None = None,
+        reverify: Reverify | None = None,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call,unused-ignore]
             url, reactor=clock, server=SERVER_NAME.decode("ascii"))
@@ -85,7 +88,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         self.authorizations = AuthorizationCache(clock, ttl)
         #: Access re-checks per (credential, database) pair.
         self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck,
-                                       on_revoked=self.authorizations.invalidate)
+                                       on_revoked=self.authorizations.invalidate,
+                                       reverify=reverify)
         #: False once shutting down: new handshakes are refused with 503.
         self.accepting = True
         #: The HTTP request whose socket ``UpgradingResource`` is handing over, meanwhile.

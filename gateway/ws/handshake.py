@@ -47,6 +47,7 @@ class WsIdentity:
     name: str | None
     roles: tuple[str, ...]
     auth: Auth = field(repr=False)
+    credential: Auth | None = field(default=None, repr=False)
 
 
 #: Verifies a handshake's credentials: ``(headers with lower-case names, cookies, the
@@ -144,4 +145,5 @@ async def admit(
         metrics.rejected_handshakes += 1
         raise AuthenticationRequired("authentication required")
     return identity, credential_key(headers, cookies, settings.cookie_name,
-                                    getattr(identity, "name", None))
+                                    getattr(identity, "name", None),
+                                    tuple(getattr(identity, "roles", ())))

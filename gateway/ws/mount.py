@@ -9,7 +9,9 @@ Usage (in ``python -m gateway run``)::
 The handshake authenticates with :func:`gateway.identity.identify` — the REST API's
 code, identity cache and failed-login guard — so a session cookie, a bearer token,
 ``?token=`` or Basic credentials work the same way on both, and a client locked out of an
-account by failed logins is locked out of its handshakes too.
+account by failed logins is locked out of its handshakes too. In ``auth_mode=proxy`` the
+access re-checks verify a socket's credential again with :func:`gateway.identity.reverify`
+(a deleted user's socket is closed, a changed role takes effect).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.http.login_guard import FailedLogins
-from gateway.identity import Identity, IdentityCache, identify
+from gateway.identity import Identity, IdentityCache, identify, reverify
+from gateway.ws.access import Reverify
 from gateway.ws.handshake import Authenticate
 from gateway.ws.service import ChangesService
 
-__all__ = ["CHANGES_PATH", "identity_authenticator", "install_changes"]
+__all__ = ["CHANGES_PATH", "identity_authenticator", "identity_reverifier", "install_changes"]
 
 CHANGES_PATH = b"/api/v1/changes"
 
@@ -54,6 +57,23 @@ def identity_authenticator(
     return authenticate
 
 
+def identity_reverifier(
+    couch: CouchServer, settings: Settings, cache: IdentityCache | None = None
+) -> Reverify:
+    """The re-check's verification: :func:`gateway.identity.reverify` with the REST cache.
+
+    Args:
+        couch: The server (any identity).
+        settings: Gateway settings.
+        cache: The REST API's identity cache (the answer is left there).
+    """
+
+    async def again(identity: Identity) -> Identity:
+        return await reverify(identity, couch, settings, cache=cache)
+
+    return again
+
+
 def install_changes(
     app: Any, couch: CouchServer, settings: Settings, reactor: Any
 ) -> ChangesService:
@@ -73,7 +93,9 @@ def install_changes(
     """
     authenticate = identity_authenticator(couch, settings, getattr(app, "identities", None),
                                           getattr(app, "failed_logins", None))
-    service = ChangesService(couch.transport, settings, authenticate, reactor)
+    service = ChangesService(
+        couch.transport, settings, authenticate, reactor,
+        reverify=identity_reverifier(couch, settings, getattr(app, "identities", None)))
     app.mount(CHANGES_PATH, service.resource())
     metrics = getattr(app, "metrics", None)
     if metrics is not None:

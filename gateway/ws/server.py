@@ -815,7 +815,8 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         if db in self._watched or self.credential is None or self.user_transport is None:
             return
         self._watched.add(db)
-        self.factory.rechecks.watch(self.credential, db, self.user_transport, self)
+        self.factory.rechecks.watch(self.credential, db, self.user_transport, self,
+                                    identity=self.identity)
 
     def _unwatch(self, db: str) -> None:
         self._watched.discard(db)

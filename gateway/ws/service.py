@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
 from gateway.couch.transport import CouchTransport
+from gateway.ws.access import Reverify
 from gateway.ws.factory import ChangesServerFactory
 from gateway.ws.handshake import Authenticate
 from gateway.ws.hub import FeedHub
@@ -30,6 +31,7 @@ class ChangesService(Service):
         authenticate: Verifies handshake credentials.
         clock: The reactor.
         socket_send_buffer: See :class:`ChangesServerFactory`.
+        reverify: See :class:`ChangesServerFactory`.
     """
 
     def __init__(
@@ -40,13 +42,15 @@ class ChangesService(Service):
         clock: IReactorTime,
         *,
         socket_send_buffer: int | None = None,
+        reverify: Reverify | None = None,
     ) -> None:
         self.settings = settings
         self.hub = FeedHub(service_transport, self._prepare, clock,
                            heartbeat_ms=settings.feed_heartbeat_ms,
                            max_feeds=settings.ws_max_feeds)
         self.factory = ChangesServerFactory(
-            self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer
+            self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer,
+            reverify=reverify,
         )
         self.clock = clock
 

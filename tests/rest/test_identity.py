@@ -21,7 +21,14 @@ import pytest
 from gateway.config import Settings
 from gateway.couch import BearerAuth, CouchServer, Database, ForwardedAuth, NoAuth, ProxyAuth
 from gateway.errors import AuthenticationRequired, CouchError
-from gateway.identity import Identity, IdentityCache, basic_user, credentials_from, identify
+from gateway.identity import (
+    Identity,
+    IdentityCache,
+    basic_user,
+    credentials_from,
+    identify,
+    reverify,
+)
 from tests.conftest import CouchBackend, TestUser
 from tests.rest.conftest import StartGateway, basic
 from tests.support.couchconfig import config_value
@@ -88,6 +95,24 @@ async def test_proxy_mode_sends_signed_proxy_headers(
     expected = hmac.new(b"s3cret", user.name.encode(), hashlib.sha256).hexdigest()
     assert headers["X-Auth-CouchDB-Token"] == expected
     assert "Authorization" not in headers
+
+
+async def test_proxy_identity_keeps_its_credential_and_reverify_asks_couchdb(
+    admin: CouchServer, make_user: Callable[..., Awaitable[TestUser]]
+) -> None:
+    """CouchDB believes proxy headers without reading ``_users``: a long-lived holder (a
+    WebSocket) verifies the credential behind them again, past the cache."""
+    user = await make_user(["editor"])
+    settings = Settings(auth_mode="proxy", proxy_secret="s3cret")
+    cache = IdentityCache(clock=lambda: 0.0)  # nothing expires
+    headers = {"authorization": basic(user.name, user.password)["Authorization"]}
+    first = await identify(headers, {}, admin, settings, cache=cache)
+    assert isinstance(first.credential, ForwardedAuth)
+    again = await reverify(first, admin, settings, cache=cache)
+    assert again is not first and (again.name, again.roles) == (user.name, ("editor",))
+    assert await identify(headers, {}, admin, settings, cache=cache) is again  # left cached
+    forwarded = await identify(headers, {}, admin, Settings())
+    assert forwarded.credential is None  # its auth is the credential itself
 
 
 async def test_identify_verifies_with_couchdb_and_caches(

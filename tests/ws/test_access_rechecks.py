@@ -6,11 +6,12 @@ In-memory: a fake clock and an upstream that refuses every check.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.task import Clock
 
-from gateway.errors import CouchError
+from gateway.errors import AuthenticationRequired, CouchError
 from gateway.ws.access import AccessRechecks
 
 
@@ -46,3 +47,80 @@ def test_a_revocation_is_found_within_the_interval_and_checks_are_spread() -> No
     assert all(at is not None and at <= interval + step for at in found), found
     # Pairs watched together do not all check at the same moment.
     assert len({round(at or 0, 1) for at in found}) > 10
+
+
+class _Recording:
+    """An upstream that records the auth of each check and answers with ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.auth: Any = "handshake-auth"
+        self.seen: list[Any] = []
+
+    async def request(self, method: str, segments: Any, **kwargs: Any) -> Any:
+        self.seen.append(self.auth)
+        if self.status >= 400:
+            raise CouchError("forbidden", status=self.status)
+        return {}
+
+
+class _Ending(_Watcher):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.ended = False
+
+    def session_ended(self) -> None:
+        self.ended = True
+
+
+def _proxy_identity(roles: tuple[str, ...], auth: Any = "proxy-auth") -> Any:
+    return SimpleNamespace(name="bob", roles=roles, auth=auth, credential="cookie")
+
+
+def test_a_proxy_identity_whose_credential_no_longer_verifies_ends_the_session() -> None:
+    """Proxy headers are believed without ``_users``: the credential behind them is what
+    tells a deleted user (or a changed password) apart."""
+    clock = Clock()
+    asked: list[Any] = []
+
+    async def reverify(identity: Any) -> Any:
+        asked.append(identity.credential)
+        raise AuthenticationRequired("invalid or expired credentials")
+
+    checks = AccessRechecks(clock, 1.0, reverify=reverify)
+    upstream, watcher = _Recording(), _Ending(clock)
+    checks.watch("k", "db", upstream, watcher, identity=_proxy_identity(("editor",)))  # type: ignore[arg-type]
+    clock.advance(1.0)
+    assert asked == ["cookie"] and watcher.ended and upstream.seen == []
+
+
+def test_a_proxy_identity_whose_roles_changed_checks_with_the_new_roles() -> None:
+    clock = Clock()
+
+    async def reverify(identity: Any) -> Any:
+        return _proxy_identity((), auth="proxy-auth-without-editor")
+
+    checks = AccessRechecks(clock, 1.0, reverify=reverify)
+    upstream, watcher = _Recording(status=403), _Ending(clock)
+    checks.watch("k", "db", upstream, watcher, identity=_proxy_identity(("editor",)))  # type: ignore[arg-type]
+    clock.advance(1.0)
+    assert upstream.auth == "proxy-auth-without-editor"
+    assert upstream.seen == ["proxy-auth-without-editor"]
+    assert watcher.revoked_at is not None and not watcher.ended
+
+
+def test_an_identity_that_is_its_own_credential_is_not_verified_again() -> None:
+    """forward and jwt modes: the check's ``GET /db`` sends the credential itself."""
+    clock = Clock()
+    asked: list[Any] = []
+
+    async def reverify(identity: Any) -> Any:
+        asked.append(identity)
+        return identity
+
+    checks = AccessRechecks(clock, 1.0, reverify=reverify)
+    upstream, watcher = _Recording(), _Ending(clock)
+    identity = SimpleNamespace(name="bob", roles=(), auth="cookie", credential=None)
+    checks.watch("k", "db", upstream, watcher, identity=identity)  # type: ignore[arg-type]
+    clock.advance(1.0)
+    assert asked == [] and upstream.seen == ["handshake-auth"] and not watcher.ended
