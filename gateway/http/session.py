@@ -60,6 +60,12 @@ def session_refresh(
 ) -> Callable[[], str | None]:
     """Hand CouchDB's refreshed session cookie back to the browser, as CouchDB would.
 
+    The session is the one the cookie's verification holds: the upstream credential
+    itself, or, when upstream requests carry something else (``auth_mode=proxy``), the
+    verified credential (:attr:`~gateway.identity.Identity.credential`), whose identity
+    checks (``GET /_session``, every few seconds while the browser is active) are the
+    requests CouchDB refreshes it on.
+
     Args:
         settings: Configuration (for the cookie).
         identity: The caller, authenticated with the cookie ``presented``.
@@ -72,6 +78,8 @@ def session_refresh(
 
     def refreshed() -> str | None:
         session = getattr(identity.auth, "session", None)
+        if session is None:
+            session = getattr(identity.credential, "session", None)
         if isinstance(session, str) and session and session != presented:
             return session_cookie(settings, session)
         return None

@@ -7,7 +7,10 @@ from typing import Any
 
 from twisted.internet.task import deferLater
 
-from gateway.couch import CouchServer
+from gateway.config import Settings
+from gateway.couch import CouchServer, ForwardedAuth, ProxyAuth
+from gateway.http.session import session_cookie, session_refresh
+from gateway.identity import Identity
 from tests.conftest import CouchBackend, TestUser
 from tests.rest.conftest import RunningGateway
 from tests.support.couchconfig import config_value
@@ -46,3 +49,16 @@ async def test_refreshed_session_cookie_is_handed_back_and_outlives_the_first(
         bearer = await gateway.client.get("/api/v1/session",
                                           headers={"Authorization": f"Bearer {second}"})
         assert bearer.headers_all("Set-Cookie") == [], "bearer clients get no cookie"
+
+
+def test_proxy_mode_hands_back_the_session_its_verification_refreshed() -> None:
+    """proxy mode: upstream requests carry proxy headers; the session CouchDB refreshes
+    is the verified credential's (its ``GET /_session`` identity checks)."""
+    settings = Settings(auth_mode="proxy", proxy_secret="s3cret")
+    credential = ForwardedAuth({"Cookie": "AuthSession=first"})
+    identity = Identity("bob", ("editor",), ProxyAuth("bob", ["editor"], secret="s3cret"),
+                        credential=credential)
+    refresh = session_refresh(settings, identity, "first")
+    assert refresh() is None
+    credential.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
+    assert refresh() == session_cookie(settings, "second")

@@ -1,0 +1,75 @@
+"""An active browser session keeps living, in ``forward`` and ``proxy`` mode alike.
+
+gateway/http/session.py: "The gateway's session cookie is set, refreshed and cleared as
+CouchDB would set its own ``AuthSession``." CouchDB (``couch_httpd_auth``
+``cookie_auth_header``) sends a fresh ``AuthSession`` with any answer to a request its
+cookie authenticated once 10 % of ``[chttpd_auth] timeout`` (600 s) has passed, so an
+active user is never logged out; an idle one is after the timeout.
+
+The recording CouchDB stand-in (``tests/support/couch_auth_standin.py``) does the same with a
+timeout of 8 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import GatewayProcess, http, spawn_gateway
+from tests.support.couch_auth_standin import CouchAuthStandIn
+
+SECRET = "proxy-secret"
+TIMEOUT = 8.0
+
+
+@pytest.fixture
+def fake() -> Iterator[CouchAuthStandIn]:
+    couch = CouchAuthStandIn(secret=SECRET, session_timeout=TIMEOUT).start()
+    couch.add_user("bob", "pw", ["editor"])
+    couch.add_db("alpha", roles=["editor"])
+    couch.put_doc("alpha", "d1", {"v": 1})
+    yield couch
+    couch.stop()
+
+
+@pytest.mark.parametrize("mode", ["forward", "proxy"])
+def test_an_active_cookie_session_is_refreshed(
+    fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess], mode: str,
+) -> None:
+    """A browser reading a document every second for twice the session timeout.
+
+    forward: every upstream request carries the cookie, CouchDB's refreshed cookie is
+    handed back (``ForwardedAuth.observe`` → ``session_refresh``): 200 throughout.
+    proxy: upstream requests carry proxy headers; the only cookie request is the
+    identity check (``GET /_session``, every 5 s), whose refreshed cookie is dropped with
+    the ``ForwardedAuth`` it came through (gateway/identity.py ``_verify`` keeps only a
+    ``ProxyAuth``, which has no ``session``): the user is logged out ``timeout`` after
+    logging in, however active.
+    """
+    env = {"WALLABY_AUTH_MODE": mode}
+    if mode == "proxy":
+        env["WALLABY_PROXY_SECRET"] = SECRET
+    gateway = spawn_gateway(fake.url, tmp_path, **env)
+    gateways.append(gateway)
+    login = http("POST", gateway.url + "/api/v1/session", {"name": "bob", "password": "pw"})
+    assert login.status == 200, login.body
+    cookie = login.json["token"]
+    statuses: list[tuple[float, int]] = []
+    renewals = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 2 * TIMEOUT:
+        answer = http("GET", gateway.url + "/api/v1/db/alpha/docs/d1", None,
+                      {"Cookie": f"wallaby_session={cookie}"})
+        statuses.append((round(time.monotonic() - start, 1), answer.status))
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(answer.headers.get("Set-Cookie") or "")
+        if "wallaby_session" in jar and jar["wallaby_session"].value:
+            cookie, renewals = jar["wallaby_session"].value, renewals + 1
+        time.sleep(1.0)
+    failed = [(t, s) for t, s in statuses if s != 200]
+    assert not failed, (f"{mode}: an active session was logged out; renewals handed back: "
+                        f"{renewals}; (seconds, status): {statuses}")
