@@ -3,8 +3,8 @@
 A request proves its identity with one of:
 
 * ``Authorization: Bearer <token>`` — the token returned by ``POST /api/v1/session``
-  (the value of CouchDB's ``AuthSession`` cookie); in ``auth_mode=jwt`` a JWT that is
-  passed on to CouchDB's JWT handler instead;
+  (the value of CouchDB's ``AuthSession`` cookie); in ``auth_mode=jwt`` also a JWT, passed
+  on to CouchDB's JWT handler (told apart by its form, see :func:`credentials_from`);
 * ``Authorization: Basic …`` — CouchDB credentials, forwarded re-encoded in canonical
   base64 (what the failed-login guard read is what CouchDB checks);
 * the gateway's session cookie (``settings.cookie_name``), holding the ``AuthSession``
@@ -133,6 +133,11 @@ def credentials_from(
 ) -> Auth | None:
     """The upstream credentials a request presents (unverified), or ``None``.
 
+    In ``auth_mode=jwt`` a bearer token is a JWT when it has the form of one (a compact
+    JWS: exactly two ``.``) and is passed on as ``Authorization: Bearer``; any other is the
+    session token ``POST /api/v1/session`` returned (CouchDB's ``AuthSession``, base64url,
+    never a ``.``), sent as the cookie it is.
+
     Args:
         headers: Request headers with lower-case names.
         cookies: Request cookies.
@@ -150,7 +155,7 @@ def credentials_from(
             token = authorization[len("bearer"):].strip()
             if not _TOKEN.match(token):
                 raise AuthenticationRequired("malformed bearer token")
-            if settings.auth_mode == "jwt":
+            if settings.auth_mode == "jwt" and token.count(".") == 2:
                 return BearerAuth(token)
             return ForwardedAuth({"Cookie": f"AuthSession={token}"})
         raise AuthenticationRequired("unsupported Authorization scheme")

@@ -36,7 +36,8 @@ from tests.support.couchconfig import config_value
 
 def test_credentials_by_mode() -> None:
     forward, jwt = Settings(), Settings(auth_mode="jwt")
-    assert isinstance(credentials_from({"authorization": "Bearer abc"}, {}, jwt), BearerAuth)
+    assert isinstance(credentials_from({"authorization": "Bearer e30.e30.sig"}, {}, jwt),
+                      BearerAuth)
     bearer = credentials_from({"authorization": "Bearer abc"}, {}, forward)
     assert isinstance(bearer, ForwardedAuth)
     cookie = credentials_from({}, {"wallaby_session": "abc"}, forward)
@@ -73,6 +74,15 @@ def test_malformed_basic_credentials_are_refused_naming_the_problem(
     with pytest.raises(AuthenticationRequired):
         basic_user(f"Basic {token}")
     assert basic_user("Bearer abc") is None
+
+
+async def test_jwt_mode_sends_a_session_token_as_the_cookie_it_is() -> None:
+    """The login's token (CouchDB's ``AuthSession``: base64url, no ``.``) is no JWT."""
+    jwt = Settings(auth_mode="jwt")
+    for token in ("Ym9iOjZCMEEwRjU2OjM3YjMzOTQ1", "a.b", "a.b.c.d"):
+        auth = credentials_from({"authorization": f"Bearer {token}"}, {}, jwt)
+        assert isinstance(auth, ForwardedAuth)
+        assert await auth.headers() == {"Cookie": f"AuthSession={token}"}
 
 
 async def test_jwt_mode_forwards_the_token_as_bearer() -> None:
