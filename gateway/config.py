@@ -108,6 +108,7 @@ def _origin_host(value: str, host: str) -> str:
 #: Settings that take one of a few words.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "auth_mode": ("forward", "jwt", "proxy"),
+    "proxy_hash": ("sha256", "sha1", "sha224", "sha384", "sha512"),
     "cookie_samesite": ("Strict", "Lax", "None"),
     "log_format": ("json", "text"),
 }
@@ -163,6 +164,9 @@ class Settings:
             cookie or Basic credentials), ``proxy`` (CouchDB proxy authentication, needs
             ``proxy_secret``) or ``jwt`` (bearer tokens passed to CouchDB's JWT handler).
         proxy_secret: ``[chttpd_auth] secret`` for proxy authentication.
+        proxy_hash: The HMAC hash of the proxy token: ``sha256`` for CouchDB 3.3.2 and
+            later (one of its ``[chttpd_auth] hash_algorithms``, by default ``sha256,
+            sha``), ``sha1`` for CouchDB 3.0 to 3.3.1, which check HMAC-SHA1 only.
         cookie_name: Name of the gateway's session cookie.
         cookie_secure: Mark the cookie ``Secure`` (on behind TLS).
         cookie_samesite: ``Strict``, ``Lax`` or ``None``.
@@ -225,6 +229,7 @@ class Settings:
     allow_anonymous: bool = False
     auth_mode: str = "forward"
     proxy_secret: str | None = field(default=None, repr=False)
+    proxy_hash: str = "sha256"
     cookie_name: str = "wallaby_session"
     cookie_secure: bool = False
     cookie_samesite: str = "Lax"

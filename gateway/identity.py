@@ -25,10 +25,11 @@ and a success clears the count, on a REST request and a WebSocket handshake alik
 The resulting :class:`Identity` carries the credentials to use *upstream* on the
 user's behalf: the forwarded cookie/Basic header, the JWT, or — in ``auth_mode=proxy``
 — CouchDB proxy-authentication headers for the verified name and roles, signed with
-``settings.proxy_secret``. Proxy headers are believed by CouchDB without a look at
-``_users``, so a proxy identity also keeps the credential it was verified from
-(:attr:`Identity.credential`): a holder that outlives the cache (a WebSocket) verifies it
-again with :func:`reverify` to learn that the user was deleted or lost a role.
+``settings.proxy_secret`` (HMAC with ``settings.proxy_hash``). Proxy headers are
+believed by CouchDB without a look at ``_users``, so a proxy identity also keeps the
+credential it was verified from (:attr:`Identity.credential`): a holder that outlives the
+cache (a WebSocket) verifies it again with :func:`reverify` to learn that the user was
+deleted or lost a role.
 
 Usage (REST and WebSocket alike)::
 
@@ -356,6 +357,6 @@ async def _verify(auth: Auth, couch: CouchServer, settings: Settings) -> Identit
         raise AuthenticationRequired("invalid or expired credentials")
     roles = tuple(r for r in context.get("roles", []) if isinstance(r, str))
     if settings.auth_mode == "proxy":
-        return Identity(name, roles, ProxyAuth(name, roles, secret=settings.proxy_secret),
-                        credential=auth)
+        proxy = ProxyAuth(name, roles, secret=settings.proxy_secret, digest=settings.proxy_hash)
+        return Identity(name, roles, proxy, credential=auth)
     return Identity(name, roles, auth)

@@ -147,6 +147,23 @@ async def test_proxy_auth_headers_follow_couchdb() -> None:
     assert "s3cret" not in repr(auth)
 
 
+@pytest.mark.parametrize(("setting", "digest"), [
+    ("sha256", hashlib.sha256),  # CouchDB 3.3.2 and later ([chttpd_auth] hash_algorithms)
+    ("sha1", hashlib.sha1),      # CouchDB 3.0 to 3.3.1: HMAC-SHA1 only
+])
+async def test_proxy_token_is_signed_with_the_configured_hash(setting: str, digest: Any) -> None:
+    settings = Settings.from_env({"WALLABY_AUTH_MODE": "proxy", "WALLABY_PROXY_SECRET": "s3cret",
+                                  "WALLABY_PROXY_HASH": setting.upper()})
+    assert settings.proxy_hash == setting
+    auth = ProxyAuth("alice", ["a"], secret="s3cret", digest=settings.proxy_hash)
+    token = (await auth.headers())["X-Auth-CouchDB-Token"]
+    assert token == hmac.new(b"s3cret", b"alice", digest).hexdigest()
+    assert len(token) == 2 * digest().digest_size
+    assert Settings().proxy_hash == "sha256"
+    with pytest.raises(ValueError, match=r"^WALLABY_PROXY_HASH: 'md5' is not one of"):
+        Settings.from_env({"WALLABY_PROXY_HASH": "md5"})
+
+
 async def test_session_auth_adopts_refreshed_cookie() -> None:
     logins: list[str] = []
 

@@ -269,8 +269,9 @@ class ProxyAuth:
         username: The user the request acts as.
         roles: Its roles.
         secret: The shared ``[chttpd_auth] secret``; when given, a token is added.
-        digest: Hash of the HMAC token (CouchDB 3 accepts any of its
-            ``[chttpd_auth] hash_algorithms``, ``sha256`` by default).
+        digest: Hash of the HMAC token. CouchDB 3.3.2 and later accept any of their
+            ``[chttpd_auth] hash_algorithms`` (by default ``sha256, sha``); CouchDB 3.0
+            to 3.3.1 accept only ``sha1``.
     """
 
     def __init__(

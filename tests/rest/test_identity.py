@@ -91,18 +91,19 @@ async def test_jwt_mode_forwards_the_token_as_bearer() -> None:
     assert await auth.headers() == {"Authorization": "Bearer e30.e30.sig"}
 
 
+@pytest.mark.parametrize("digest", ["sha256", "sha1"])
 async def test_proxy_mode_sends_signed_proxy_headers(
-    admin: CouchServer, make_user: Callable[..., Awaitable[TestUser]]
+    admin: CouchServer, make_user: Callable[..., Awaitable[TestUser]], digest: str
 ) -> None:
     user = await make_user(["editor"])
-    settings = Settings(auth_mode="proxy", proxy_secret="s3cret")
+    settings = Settings(auth_mode="proxy", proxy_secret="s3cret", proxy_hash=digest)
     identity = await identify({"authorization": basic(user.name, user.password)["Authorization"]},
                               {}, admin, settings)
     assert isinstance(identity.auth, ProxyAuth)
     headers = await identity.auth.headers()
     assert headers["X-Auth-CouchDB-UserName"] == user.name
     assert headers["X-Auth-CouchDB-Roles"] == "editor"
-    expected = hmac.new(b"s3cret", user.name.encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(b"s3cret", user.name.encode(), digest).hexdigest()
     assert headers["X-Auth-CouchDB-Token"] == expected
     assert "Authorization" not in headers
 

@@ -17,7 +17,9 @@ enables only its own of JWT and proxy, the stand-in always has both):
   (``cookie_auth_header``); an expired or unknown cookie is anonymous, not refused. Roles
   are read from the user's current document on every request.
 * proxy (``proxy_authentication_handler``): ``X-Auth-CouchDB-UserName``/``-Roles``,
-  token = hex HMAC-SHA256 of the name with ``secret``; ``_users`` is not consulted.
+  token = hex HMAC-SHA256 of the name with ``secret`` (as CouchDB 3.3.2 and later with
+  the default ``hash_algorithms``; 3.0 to 3.3.1 check HMAC-SHA1); ``_users`` is not
+  consulted.
 * Basic (``default_authentication_handler``): the admin or a user's password.
 
 Deliberately simplified: no ``_users`` database (``users`` is a dict), a cookie value is
