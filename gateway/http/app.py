@@ -68,7 +68,7 @@ from gateway.http.conditional import (
 )
 from gateway.http.contract import Contract, as_served, load_contract
 from gateway.http.cors import Cors
-from gateway.http.docs_page import DOCS_HTML
+from gateway.http.docs_page import DOCS_HEADERS, DOCS_HTML
 from gateway.http.document_bodies import check_documents
 from gateway.http.forwarding import Forwarder
 from gateway.http.guards import require_db_admin, require_reader, require_server_admin
@@ -81,7 +81,7 @@ from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
-from gateway.http.static_files import STATIC_DIR, StaticFiles
+from gateway.http.static_files import STATIC_DIR, StaticFiles, page_headers
 from gateway.http.upstream_timing import UpstreamTimer
 from gateway.identity import Identity, IdentityCache, identify
 
@@ -287,11 +287,8 @@ class GatewayApp:
     def docs(self, request: Any) -> bytes:
         """A self-contained page rendering the contract."""
         self._checked(request, "getApiDocs")
-        request.setHeader("Content-Type", "text/html; charset=utf-8")
-        request.setHeader(
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-        )
+        for name, value in DOCS_HEADERS.items():
+            request.setHeader(name, value)
         return DOCS_HTML.encode("utf-8")
 
     @app.route("/static/", branch=True, methods=["GET"])
@@ -300,7 +297,7 @@ class GatewayApp:
         setattr(request, "route", "static")  # noqa: B010
         if not self.static_dir.is_dir():
             raise RouteNotFound("no static files")
-        request.responseHeaders.removeHeader(b"cache-control")
+        page_headers(request)
         return StaticFiles(str(self.static_dir))
 
     @app.route("/", methods=["GET"])
@@ -310,7 +307,7 @@ class GatewayApp:
         page = self.static_dir / "index.html"
         if not page.is_file():
             raise RouteNotFound("no demo page installed; see /docs")
-        request.responseHeaders.removeHeader(b"cache-control")
+        page_headers(request)
         request.postpath = []  # the file itself, not a child of it
         return File(str(page), defaultType="text/html")
 

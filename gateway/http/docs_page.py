@@ -3,7 +3,18 @@
 
 from __future__ import annotations
 
-__all__ = ["DOCS_HTML"]
+__all__ = ["DOCS_HEADERS", "DOCS_HTML"]
+
+#: Headers of ``/docs``: its inline script and style only, and framed by no page at all.
+DOCS_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
 
 DOCS_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -11,9 +11,29 @@ from twisted.web.static import File
 from gateway.errors import RouteNotFound
 from gateway.http.responses import render_error
 
-__all__ = ["STATIC_DIR", "StaticFiles"]
+__all__ = ["PAGE_HEADERS", "STATIC_DIR", "StaticFiles", "page_headers"]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+#: Headers of the demo page (``/``) and its files (``/static/``). Only this origin may
+#: frame them: a signed-in page in another site's frame is clickjacking bait (its delete
+#: buttons), and the session cookie is sent to another port of the same host. The page
+#: loads nothing from elsewhere (``'self'`` covers the same host's WebSocket too; its
+#: empty ``data:`` icon keeps browsers from asking for ``/favicon.ico``), names itself to
+#: no other origin, and is revalidated before each use (they have
+#: ``Last-Modified``), so an upgrade never pairs a cached ``wallaby.js`` with a new page.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-cache",
+}
+
+
+def page_headers(request: Any) -> None:
+    """Set :data:`PAGE_HEADERS` on ``request`` (replacing the site's ``no-store``)."""
+    for name, value in PAGE_HEADERS.items():
+        request.setHeader(name, value)
 
 
 class _Missing(Resource):

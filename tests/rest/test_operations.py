@@ -184,6 +184,43 @@ async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:
     assert missing.status == 404
 
 
+async def test_demo_page_static_files_and_docs_refuse_other_origins_frames(
+    gateway: RunningGateway,
+) -> None:
+    """A signed-in page framed by another site (or another port of the same host, which
+    gets the session cookie) is clickjacking bait: only this origin frames the demo page
+    and its files, nobody frames /docs. The files are revalidated before each use, so an
+    upgrade never pairs a cached wallaby.js with a new page."""
+    import treq
+
+    from gateway.http.app import STATIC_DIR
+
+    paths = ["/static/wallaby.js"]
+    if (STATIC_DIR / "index.html").is_file():
+        paths.append("/")
+    for path in paths:
+        response = await gateway.client.open("GET", path)
+        await treq.content(response)
+        assert response.code == 200, path
+
+        def header(name: str, response: Any = response) -> str:
+            return str(response.headers.getRawHeaders(name, [""])[0])
+
+        assert header("Content-Security-Policy") == (
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'"), path
+        assert header("X-Frame-Options") == "SAMEORIGIN", path
+        assert header("Referrer-Policy") == "same-origin", path
+        assert header("Cache-Control") == "no-cache", path
+        again = await gateway.client.open(
+            "GET", path, headers={"If-Modified-Since": header("Last-Modified")})
+        await treq.content(again)
+        assert again.code == 304, path
+    docs = await gateway.client.get("/docs")
+    assert "frame-ancestors 'none'" in str(docs.header("Content-Security-Policy"))
+    assert "script-src 'unsafe-inline'" in str(docs.header("Content-Security-Policy"))
+    assert docs.header("X-Frame-Options") == "DENY"
+
+
 async def test_mounted_resources_pass_the_front_door(start_gateway: StartGateway) -> None:
     from twisted.web.resource import Resource
 
