@@ -31,10 +31,10 @@ await runCheck(browser, async () => {
   await b.waitForFunction(() => document.getElementById("status").textContent === "open");
 
   await a.click("#logout");
-  await a.waitForSelector("#login:not([hidden])");
+  await a.waitForSelector("#login", { state: "visible" });
 
   await add(b, "after the other tab logged out");
-  await b.waitForSelector("#login:not([hidden])", { timeout: 10000 }).catch(async () => {
+  await b.waitForSelector("#login", { state: "visible", timeout: 10000 }).catch(async () => {
     const error = await b.textContent("#error");
     throw new Error(`tab B still shows the list (error shown: ${JSON.stringify(error)})`);
   });
@@ -43,7 +43,8 @@ await runCheck(browser, async () => {
   await b.fill("#name", user);
   await b.fill("#password", password);
   await b.click("[data-testid=login]");
-  await b.waitForSelector("#app:not([hidden])");
+  await b.waitForSelector("#app", { state: "visible" });
+  await b.waitForSelector("#login", { state: "hidden" });
   await add(b, "back again");
   await b.waitForSelector("li:has-text('back again')", { timeout: 10000 });
 });

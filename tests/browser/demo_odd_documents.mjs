@@ -23,7 +23,8 @@ async function logIn(page, name, secret) {
   await page.fill("#name", name);
   await page.fill("#password", secret);
   await page.click("[data-testid=login]");
-  await page.waitForSelector("#app:not([hidden])");
+  await page.waitForSelector("#app", { state: "visible" });
+  await page.waitForSelector("#login", { state: "hidden" });
 }
 
 async function add(page, title) {
@@ -56,7 +57,7 @@ await runCheck(browser, async () => {
   // The session ends (logged out elsewhere); the next action asks to log in again.
   await page.evaluate(() => fetch("/api/v1/session", { method: "DELETE" }));
   await add(page, "after the session ended");
-  await page.waitForSelector("#login:not([hidden])", { timeout: 10000 });
+  await page.waitForSelector("#login", { state: "visible", timeout: 10000 });
   await logIn(page, otherUser, otherPassword); // may not read this database
   await page.waitForFunction(() => document.getElementById("error").textContent !== "", null,
     { timeout: 10000 }).catch(() => {});

@@ -29,7 +29,7 @@ await runCheck(browser, async () => {
   await page.waitForFunction(
     () => document.getElementById("status").textContent === "unauthenticated", null,
     { timeout: 20000 });
-  await page.waitForSelector("#login:not([hidden])");
+  await page.waitForSelector("#login", { state: "visible" });
   console.log("LOGGED_OUT");
 
   const reply = await nextLine();
@@ -37,7 +37,8 @@ await runCheck(browser, async () => {
   await page.fill("#name", user);
   await page.fill("#password", password);
   await page.click("[data-testid=login]");
-  await page.waitForSelector("#app:not([hidden])");
+  await page.waitForSelector("#app", { state: "visible" });
+  await page.waitForSelector("#login", { state: "hidden" });
   const want = ["before expiry", ...meanwhile].sort();
   await page.waitForFunction(
     (expected) => {

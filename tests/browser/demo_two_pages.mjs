@@ -37,10 +37,12 @@ await runCheck(browser, async () => {
   await pageA.fill("#name", user);
   await pageA.fill("#password", password);
   await pageA.click("[data-testid=login]");
-  await pageA.waitForSelector("#app:not([hidden])");
+  await pageA.waitForSelector("#app", { state: "visible" });
+  await pageA.waitForSelector("#login", { state: "hidden" });
   // Page B shares the browser profile, so the session cookie logs it in directly.
   await pageB.goto(`${base}/?db=${db}`);
-  await pageB.waitForSelector("#app:not([hidden])");
+  await pageB.waitForSelector("#app", { state: "visible" });
+  await pageB.waitForSelector("#login", { state: "hidden" });
   await pageA.waitForFunction(() => document.getElementById("status").textContent === "open");
   await pageB.waitForFunction(() => document.getElementById("status").textContent === "open");
 

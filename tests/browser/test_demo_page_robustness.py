@@ -62,7 +62,23 @@ def _run(couch_backend: CouchBackend, case: str, *args: str, prepare: Any = None
         _call(couch_backend, "DELETE", f"/{member.db}")
 
 
+def test_demo_login_form_hidden_once_signed_in(couch_backend: CouchBackend) -> None:
+    """Signed in, the login form is neither shown nor in the accessibility tree (a
+    `form {display: flex}` rule used to beat the user agent's `[hidden]`)."""
+    _run(couch_backend, "login_form_hidden")
+
+
 def test_demo_page_cannot_be_framed_by_another_origin(couch_backend: CouchBackend) -> None:
     """Another origin of the same site cannot frame the signed-in page (clickjacking of
     its delete buttons): `/` sends `frame-ancestors 'self'` and `X-Frame-Options`."""
     _run(couch_backend, "framed")
+
+
+def test_demo_status_is_a_live_region(couch_backend: CouchBackend) -> None:
+    """The connection status is a live region, its changes status messages (WCAG 4.1.3)."""
+    _run(couch_backend, "status_live_region")
+
+
+def test_demo_done_items_have_enough_contrast(couch_backend: CouchBackend) -> None:
+    """A done item's text has at least 4.5:1 contrast (WCAG 1.4.3; it was 3.15:1)."""
+    _run(couch_backend, "done_contrast")
