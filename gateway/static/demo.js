@@ -26,6 +26,7 @@ function askToLogIn() {
 const wb = new Wallaby({
   onStatus: (state) => {
     $("status").textContent = state;
+    if (state === "open") $("error").textContent = ""; // whatever failed, the gateway is back
     if (state === "unauthenticated") askToLogIn();
   },
 });
@@ -132,10 +133,11 @@ function showError(error) {
   if (error.status === 401) askToLogIn(); // a REST call found the session gone
 }
 
-/** Runs a write, showing its error. Whether it worked. */
+/** Runs a write: shows its error, or clears an earlier one. Whether it worked. */
 async function write(action) {
   try {
     await action();
+    $("error").textContent = "";
     return true;
   } catch (error) {
     showError(error);
@@ -156,7 +158,7 @@ async function toggle(id, box) {
   if (busy.has(id)) return; // the save in flight saves the box's state again when done
   busy.add(id);
   let stored = docs.get(id);
-  await write(async () => {
+  const saved = await write(async () => {
     while (stored && box.checked !== !!stored.done) {
       const doc = { ...stored, done: box.checked };
       await wb.put(DB, doc); // sets doc._rev
@@ -165,6 +167,7 @@ async function toggle(id, box) {
     }
   });
   busy.delete(id);
+  if (!saved) box.checked = !!stored.done; // what is stored, not the click that failed
 }
 
 async function erase(id) {
@@ -214,8 +217,9 @@ $("add").addEventListener("submit", async (event) => {
   const title = $("title").value.trim();
   if (!title) return;
   const id = `todo-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-  $("title").value = "";
-  await write(() => wb.put(DB, { _id: id, title, done: false, created: new Date().toISOString() }));
+  const doc = { _id: id, title, done: false, created: new Date().toISOString() };
+  // The text stays until it is saved (and unless the user typed on meanwhile).
+  if ((await write(() => wb.put(DB, doc))) && $("title").value.trim() === title) $("title").value = "";
 });
 
 function stop() {
@@ -231,8 +235,18 @@ function stop() {
 }
 
 $("logout").addEventListener("click", async () => {
+  try {
+    await wb.logout();
+  } catch (error) {
+    // Unreachable, or refused: the HttpOnly cookie is still set, so the page stays signed
+    // in (a reload would be), and the live list that logout() stopped resumes.
+    if (error.status !== 401) { // 401: the session was gone already
+      $("error").textContent = `Could not log out: ${error.message}`;
+      follow(subscription?.lastSeq ?? 0);
+      return;
+    }
+  }
   stop();
-  await wb.logout().catch(() => {});
   askToLogIn();
 });
 

@@ -93,6 +93,29 @@ def test_demo_quick_clicks_write_from_the_latest_revision(couch_backend: CouchBa
     _run(couch_backend, "double_clicks")
 
 
+def test_demo_add_keeps_the_text_when_the_gateway_is_down(couch_backend: CouchBackend) -> None:
+    """A failed Add keeps the typed text in the field (it used to be emptied first)."""
+    _run(couch_backend, "down_add_keeps_text")
+
+
+def test_demo_failed_toggle_does_not_stay_ticked(couch_backend: CouchBackend) -> None:
+    """A tick whose save failed is undone: the box shows what the document says."""
+    _run(couch_backend, "down_toggle_reverts")
+
+
+def test_demo_error_clears_after_recovery(couch_backend: CouchBackend) -> None:
+    """An error shown while the gateway was down ("Failed to fetch") goes away once it
+    is back and a later action succeeded (it used to stay until the next login)."""
+    _run(couch_backend, "error_clears_after_recovery")
+
+
+def test_demo_logout_while_down_is_not_silent(couch_backend: CouchBackend) -> None:
+    """Log out with the gateway unreachable says so and stays signed in: the HttpOnly
+    cookie could not be cleared, so showing the login form would lie (a reload signed
+    in again)."""
+    _run(couch_backend, "down_logout")
+
+
 def test_demo_page_cannot_be_framed_by_another_origin(couch_backend: CouchBackend) -> None:
     """Another origin of the same site cannot frame the signed-in page (clickjacking of
     its delete buttons): `/` sends `frame-ancestors 'self'` and `X-Frame-Options`."""
