@@ -239,12 +239,9 @@ $("logout").addEventListener("click", async () => {
     await wb.logout();
   } catch (error) {
     // Unreachable, or refused: the HttpOnly cookie is still set, so the page stays signed
-    // in (a reload would be), and the live list that logout() stopped resumes.
-    if (error.status !== 401) { // 401: the session was gone already
-      $("error").textContent = `Could not log out: ${error.message}`;
-      follow(subscription?.lastSeq ?? 0);
-      return;
-    }
+    // in (a reload would be), and logout() left the live list running.
+    $("error").textContent = `Could not log out: ${error.message}`;
+    return;
   }
   stop();
   askToLogIn();

@@ -434,10 +434,22 @@ export class Wallaby {
   }
 
   /** Log out (clears the cookie and the token) and stop live changes. */
+  /**
+   * End the session: the gateway clears its cookie, then this client drops its token and
+   * every subscription. When the gateway cannot be reached (or fails) this throws and
+   * changes nothing: the HttpOnly cookie is still set, so the page is still signed in,
+   * and its subscriptions go on. A 401 (the session was over already) counts as done.
+   */
   async logout() {
+    let answer = null;
+    try {
+      answer = await this.request("DELETE", "/session");
+    } catch (error) {
+      if (!(error instanceof WallabyError && error.status === 401)) throw error;
+    }
     this.close();
     this.token = null;
-    return this.request("DELETE", "/session");
+    return answer;
   }
 
   /** The current user ({name, roles}); throws WallabyError 401 when logged out. */

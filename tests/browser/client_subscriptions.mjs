@@ -20,6 +20,9 @@
 //                the change made meanwhile arrives
 //   online       a socket waiting out a long backoff reconnects at once when the browser
 //                says it is back online
+//   logout_fails logout() while DELETE /session cannot reach the gateway throws and leaves
+//                the client signed in, its subscription live; a logout that gets through
+//                ends it
 //   remount_leak a component subscribing and unsubscribing 100 times on a socket that
 //                another subscription keeps open: what its callbacks held is freed
 // Prints "OK" or "FAIL <why>".
@@ -308,6 +311,26 @@ const cases = {
     } finally {
       proxy.close();
     }
+  },
+
+  async logout_fails(page) {
+    await page.evaluate((db) => follow("a", db, { since: "now" }), db);
+    await page.waitForFunction(() => subs.a.lastSeq !== null, null, { timeout: 10000 });
+    const cut = (route) => (route.request().method() === "DELETE" ? route.abort() : route.continue());
+    await page.route("**/api/v1/session", cut);
+    const failed = await page.evaluate(() => wb.logout().then(() => "resolved", (error) => error.name));
+    expect(failed !== "resolved", "logout() throws when the gateway cannot be reached", failed);
+    await writeDirect("after-failed-logout");
+    const live = await page.waitForFunction(() => got.a.includes("after-failed-logout"), null,
+      { timeout: 10000 }).then(() => true, () => false);
+    expect(live, "the subscription goes on after a failed logout", await page.evaluate(() => got));
+    const session = await page.evaluate(() => wb.session().then((s) => s.name, (e) => e.status));
+    expect(session === user, "still signed in", session);
+    await page.unroute("**/api/v1/session", cut);
+    await page.evaluate(() => wb.logout());
+    await page.waitForFunction(() => statuses.includes("closed"), null, { timeout: 10000 });
+    const after = await page.evaluate(() => wb.session().then((s) => s.name, (e) => e.status));
+    expect(after === 401, "signed out once the logout got through", after);
   },
 
   async login_switch(page) {

@@ -285,7 +285,7 @@ def test_client_rest(couch_backend: CouchBackend, case: str) -> None:
 
 @pytest.mark.parametrize("case", ["identical", "error_closes", "resubscribe", "too_many",
                                   "status_throws", "too_big", "too_big_first", "dead_path",
-                                  "online", "remount_leak"])
+                                  "online", "remount_leak", "logout_fails"])
 def test_client_subscriptions(couch_backend: CouchBackend, case: str) -> None:
     """identical: two subscriptions with equal options on one client both work;
     error_closes: the last subscription ending with an error closes the socket;
@@ -296,7 +296,8 @@ def test_client_subscriptions(couch_backend: CouchBackend, case: str) -> None:
     too_big_first: also when it was sent before another one (which went on unanswered
     and was ended in its place); dead_path: a silent dead path is noticed by unanswered
     pings and nothing is lost; online: the browser's online event ends a backoff;
-    remount_leak: subscriptions ended on a socket that stays open are freed."""
+    remount_leak: subscriptions ended on a socket that stays open are freed;
+    logout_fails: a logout that cannot reach the gateway throws and stops nothing."""
     _run_case(couch_backend, "client_subscriptions.mjs", case)
 
 
