@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import idna
 
-from gateway.couch.urls import split_credentials
+from gateway.couch.urls import check_upstream_host, split_credentials
 from gateway.http.client_address import parse_networks, valid_ipv6_prefix
 
 __all__ = ["Settings"]
@@ -297,6 +297,10 @@ class Settings:
                 f"{self.env_name('couchdb_url')}: not an http:// or https:// URL with a host "
                 "(e.g. http://admin:password@127.0.0.1:5984)"
             )
+        try:
+            check_upstream_host(self.couchdb_url)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_name('couchdb_url')}: {exc}") from None
         try:
             origins = tuple(web_origin(origin) for origin in self.cors_origins)
         except ValueError as exc:

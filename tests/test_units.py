@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -649,3 +650,49 @@ def test_an_abandoned_login_attempt_is_counted_by_its_real_answer() -> None:
         answer.errback(Unauthorized("Name or password is incorrect."))
     with pytest.raises(RateLimited):
         guard.check("c", "ann")
+
+
+@pytest.mark.parametrize(("url", "complaint"), [
+    ("http://admin:pw@-bad-.example:5984", "COUCHDB_URL: '-bad-.example' is not a host name"),
+    ("http://a b:5984", "COUCHDB_URL: 'a b' is not a host name"),
+    ("http://bücher.example:5984",
+     "COUCHDB_URL: write the host 'bücher.example' in its ASCII form (xn--bcher-kva.example)"),
+    ("https://couch_db:6984", "COUCHDB_URL: 'couch_db': an https:// host must be a name"),
+])
+def test_a_couchdb_url_the_gateway_could_never_connect_to_is_refused(
+    url: str, complaint: str
+) -> None:
+    """Refused at start, not answered 500 at every request."""
+    with pytest.raises(ValueError, match=f"^{re.escape(complaint)}"):
+        Settings(couchdb_url=url)
+
+
+def test_an_upstream_host_name_with_an_underscore_goes_to_the_resolver_as_it_is() -> None:
+    """``couch_db`` (a docker compose service name): Twisted's ``HostnameEndpoint`` would
+    IDNA-refuse it ("invalid hostname") before asking any resolver."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import URI
+
+    from gateway.couch.transport import _Endpoints
+
+    asked: list[str] = []
+
+    class Resolver:
+        def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,  # noqa: N803
+                            *args: Any, **kwargs: Any) -> Any:
+            asked.append(hostName)
+            receiver.resolutionBegan(None)
+            receiver.addressResolved(IPv4Address("TCP", "127.0.0.1", portNumber))
+            receiver.resolutionComplete()
+            return None
+
+    reactor = MemoryReactorClock()
+    reactor.installNameResolver(Resolver())
+    assert Settings(couchdb_url="http://admin:pw@couch_db:5984").couchdb_url
+    endpoint = _Endpoints(reactor).endpointForURI(URI.fromBytes(b"http://couch_db:5984/"))
+    endpoint.connect(Factory.forProtocol(Protocol))
+    reactor.advance(0)
+    assert asked == ["couch_db"]
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 5984)]

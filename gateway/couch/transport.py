@@ -169,6 +169,22 @@ def _progress(body: IBodyProducer | None, idle: IdleTimeout | None) -> IBodyProd
     return ProgressBody(body, idle.touch)
 
 
+class _AsciiHostnameEndpoint(HostnameEndpoint):
+    """A ``HostnameEndpoint`` that gives an ASCII host name to the resolver as it is.
+
+    ``HostnameEndpoint`` IDNA-checks every name, and IDNA refuses ``_``: every
+    connection to ``couch_db`` (a docker compose service name, which Docker's DNS
+    resolves) would fail with "invalid hostname". An ASCII name has nothing to encode;
+    the resolver (``getaddrinfo``) takes it, and happy eyeballs work as before.
+    """
+
+    @staticmethod
+    def _hostAsBytesAndText(host: bytes | str) -> tuple[bool, bytes, str]:  # noqa: N802
+        if isinstance(host, bytes) and host.isascii():
+            return False, host, host.decode("ascii")
+        return HostnameEndpoint._hostAsBytesAndText(host)
+
+
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
     """TCP endpoints for http, TCP then a whole TLS handshake for https, made once.
@@ -188,7 +204,7 @@ class _Endpoints:
         if endpoint is None:
             if uri.scheme not in (b"http", b"https"):
                 raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
-            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=10)
+            endpoint = _AsciiHostnameEndpoint(self._reactor, uri.host, uri.port, timeout=10)
             if uri.scheme == b"https":
                 endpoint = HandshakeEndpoint(self._reactor, endpoint,
                                              client_tls(uri.host, self._trust_root))

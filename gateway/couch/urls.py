@@ -9,10 +9,14 @@ because CouchDB joins the remaining segments of an attachment path.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
+
+import idna
 
 from gateway import deep_json
 
@@ -22,6 +26,7 @@ __all__ = [
     "Verbatim",
     "attachment_path",
     "changes_query",
+    "check_upstream_host",
     "database_path",
     "doc_path",
     "encode_query",
@@ -36,6 +41,9 @@ JSON_QUERY_PARAMS = frozenset(
 )
 
 _SPECIAL_PREFIXES = ("_design/", "_local/")
+#: One label of an ASCII host name: letters, digits, ``-`` and ``_`` (service and
+#: container names have it, and resolvers take it), no ``-`` first or last.
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 @lru_cache(maxsize=4096)  # database names, ids and fixed segments repeat
@@ -203,3 +211,47 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     netloc = f"{host}:{port}" if port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
     return clean, username, password
+
+
+def check_upstream_host(url: str) -> None:
+    """Refuse a CouchDB URL whose host the gateway could never connect to.
+
+    An IP address, or an ASCII host name of dot-separated labels (``_`` included:
+    ``couch_db``, a docker compose service name, resolves on Docker's network). Over
+    ``https://`` the name must also be one a certificate can be for (IDNA: no ``_``),
+    since Twisted's TLS checks the certificate against its IDNA form.
+
+    Args:
+        url: The CouchDB URL (``split_credentials`` has accepted it).
+
+    Raises:
+        ValueError: Says what is wrong with the host; quotes nothing but the host.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+        return
+    if not host.isascii():
+        try:
+            ascii_form = f" ({idna.encode(host, uts46=True).decode('ascii')})"
+        except (idna.IDNAError, UnicodeError):
+            ascii_form = ""
+        raise ValueError(f"write the host {host!r} in its ASCII form{ascii_form}")
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{host!r} is not a host name (labels of letters, digits, '-' and '_', "
+            "separated by dots, none starting or ending with '-')"
+        )
+    if parts.scheme == "https":
+        try:
+            idna.encode(host)  # as Twisted's TLS does, for the name it checks
+        except (idna.IDNAError, UnicodeError):
+            raise ValueError(
+                f"{host!r}: an https:// host must be a name a certificate can be for "
+                "(IDNA; no '_' in it): use http:// on a private network, or another name"
+            ) from None
