@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     reactor: Any = global_reactor
     from twisted.internet.defer import Deferred
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
     from gateway.couch import BasicAuth, CouchServer
     from gateway.couch.pool import connection_pool
@@ -241,16 +241,19 @@ def run(args: argparse.Namespace) -> int:
                 else textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo([AcceptErrorSummary(observer, reactor)],
                                      redirectStandardIO=False)
+    # From here on every message is a log event (WALLABY_LOG_FORMAT); only the banner and
+    # READY are written to stderr as they are.
+    log = Logger(namespace="gateway")
     _raise_descriptor_limit()
     # Found once now: asked first with no descriptor left (to spool a body), tempfile
     # would fail as "no usable temporary directory", not as too many open files.
     tempfile.gettempdir()
 
     if not settings.couchdb_user and split_credentials(settings.couchdb_url)[1] is None:
-        sys.stderr.write(
-            "wallaby: warning: no service credentials (COUCHDB_USER, or user:password@ in "
-            "COUCHDB_URL): live changes of a database anonymous users may not read will "
-            "be refused (service_refused)\n")
+        log.warn(
+            "no service credentials (COUCHDB_USER, or user:password@ in COUCHDB_URL): live "
+            "changes of a database anonymous users may not read will be refused "
+            "(service_refused)")
     pool = connection_pool(reactor, tls_trust_root=trust_root)
     pool.maxPersistentPerHost = 32
     service_auth = (BasicAuth(settings.couchdb_user, settings.couchdb_password or "")
@@ -280,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     def failed(failure: Any) -> None:
         nonlocal exit_status
         exit_status = 1
-        sys.stderr.write(f"cannot listen: {failure.getErrorMessage()}\n")
+        log.error("cannot listen: {reason}", reason=failure.getErrorMessage())
         reactor.stop()
 
     async def shutdown() -> None:

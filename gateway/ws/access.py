@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from gateway.couch.transport import CouchTransport
@@ -44,7 +44,7 @@ __all__ = [
     "credential_key",
 ]
 
-log = logging.getLogger(__name__)
+_log = Logger(namespace="gateway.ws.access")
 
 #: Verifies again the credential behind an identity (``gateway.identity.reverify``):
 #: the identity as CouchDB sees it now; raises ``AuthenticationRequired`` when the
@@ -217,7 +217,7 @@ class AccessRechecks:
             pair.running = None
             self._reschedule(pair)
             if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
-                log.error("access re-check: %s", result.value)
+                _log.failure("access re-check", result, LogLevel.error)
 
         running.addBoth(done)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from typing import Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger, LogLevel
 
 from gateway.couch.changes.feed import ChangesFeed
 from gateway.couch.transport import CouchTransport
@@ -59,7 +59,7 @@ __all__ = [
     "SharedFeed",
 ]
 
-log = logging.getLogger(__name__)
+_log = Logger(namespace="gateway.ws.hub")
 
 #: ``(db, params)``: what makes two subscriptions share a feed (``params`` holds the
 #: design document revision of a design filter, see ``FeedParams.design_rev``).
@@ -422,7 +422,7 @@ class FeedHub(Service):
             self._feeds[key] = feed
             self.feeds_opened += 1
             starting = Deferred.fromCoroutine(self._start(feed))
-            starting.addErrback(lambda failure: log.error("feed start: %s", failure.value))
+            starting.addErrback(lambda failure: _log.failure("feed start", failure, LogLevel.error))
         elif feed.linger_timer is not None:
             feed.end_linger()  # taken over: a resume
         feed.subscribers[sink] = None
@@ -524,7 +524,7 @@ class FeedHub(Service):
         if feed.subscribers or feed.closed:
             return
         closing = Deferred.fromCoroutine(self._close(feed))
-        closing.addErrback(lambda failure: log.error("feed close: %s", failure.value))
+        closing.addErrback(lambda failure: _log.failure("feed close", failure, LogLevel.error))
 
     async def _close(self, feed: SharedFeed) -> None:
         feed.end_linger()
@@ -608,7 +608,7 @@ class FeedHub(Service):
                     sinks.append(sink)
                     sockets.append(sock)
             except Exception:
-                log.exception("subscriber failed to take changes")
+                _log.failure("subscriber failed to take changes", level=LogLevel.error)
         if not sockets:
             return
         frame = changes.frame()
@@ -618,7 +618,7 @@ class FeedHub(Service):
                 sink.wrote_directly(feed, changes, frame, sent)
             except Exception:
                 direct.pop(sink, None)
-                log.exception("subscriber failed to take changes")
+                _log.failure("subscriber failed to take changes", level=LogLevel.error)
                 continue
             if sent == whole and sink in feed.subscribers:
                 direct[sink] = sock
@@ -655,14 +655,13 @@ class FeedHub(Service):
             try:
                 sink.feed_state(feed, notice, message, len(payload))
             except Exception:
-                log.exception("subscriber failed to take a feed state")
+                _log.failure("subscriber failed to take a feed state", level=LogLevel.error)
 
     def _on_error(self, feed: SharedFeed, exc: BaseException) -> None:
         # The upstream feed stopped for good (database deleted, access revoked, a
         # malformed feed): forget it, so the next subscriber opens a fresh one, and
-        # end every subscription on it.
+        # end every subscription on it. (The feed has logged why it stopped.)
         exc = _as_service_error(exc, feed.db)
-        log.warning("feed %s on %s stopped: %s", feed.id, feed.db, exc)
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
         if feed.closed:
@@ -671,7 +670,7 @@ class FeedHub(Service):
             try:
                 sink.feed_failed(feed, exc)
             except Exception:
-                log.exception("subscriber failed to take a feed error")
+                _log.failure("subscriber failed to take a feed error", level=LogLevel.error)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
         """Close every shared feed."""

@@ -18,12 +18,12 @@ instead of the bare status line Autobahn writes. What Autobahn is told meanwhile
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
@@ -45,7 +45,7 @@ __all__ = [
     "served_protocol",
 ]
 
-log = logging.getLogger(__name__)
+_log = Logger(namespace="gateway.ws.resource")
 
 
 def served_protocol(transport: Any) -> Any:
@@ -200,7 +200,7 @@ def as_connection_deny(failure: Failure) -> tuple[GatewayError, Failure]:
     """
     exc = failure.value
     if not isinstance(exc, GatewayError):
-        log.error("websocket handshake check failed: %s", failure.getTraceback())
+        _log.failure("websocket handshake check failed", failure, LogLevel.error)
         exc = GatewayError("internal server error")  # as error_body words it
     return exc, Failure(ConnectionDeny(  # type: ignore[no-untyped-call,unused-ignore]
         exc.status, "refused"))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 __all__ = ["hold_task"]
 
-log = logging.getLogger(__name__)
+_log = Logger(namespace="gateway.ws.tasks")
 
 
 def hold_task(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
@@ -33,4 +33,4 @@ def hold_task(tasks: set[Deferred[Any]], deferred: Deferred[Any]) -> None:
 
 def _log_task_failure(failure: Failure) -> None:
     if not failure.check(CancelledError):  # type: ignore[no-untyped-call,unused-ignore]
-        log.error("websocket task failed: %s", failure.getTraceback())
+        _log.failure("websocket task failed", failure, LogLevel.error)

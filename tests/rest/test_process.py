@@ -230,15 +230,19 @@ async def test_a_bad_setting_stops_the_gateway_with_a_message(
 
 
 async def test_no_service_credentials_is_warned_of_at_start(
-    spawn: Callable[..., Any], couch_backend: CouchBackend
+    spawn: Callable[..., Any], couch_backend: CouchBackend, tmp_path: Path
 ) -> None:
     """Live changes read as the service identity: without one they are refused, so the
-    operator hears of it when the gateway starts, not from a user's failed subscription."""
-    bare = await spawn(couch_backend.url)
-    assert "no service credentials" in bare.output()
-    assert "COUCHDB_USER" in bare.output()
+    operator hears of it when the gateway starts, not from a user's failed subscription.
+    The warning is a log event (JSON here), on the log stream (stdout), before READY."""
+    log = tmp_path / "gateway.out"  # every spawned gateway's stdout, appended
+    await spawn(couch_backend.url)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    warned = [e for e in events if "no service credentials" in e.get("message", "")]
+    assert [e["level"] for e in warned] == ["warn"] and "COUCHDB_USER" in warned[0]["message"]
+    seen = len(log.read_text())
     with_user = await spawn(couch_backend.admin_url)
-    assert "no service credentials" not in with_user.output()
+    assert "no service credentials" not in log.read_text()[seen:] + with_user.output()
 
 
 async def test_a_port_it_cannot_listen_on_is_a_failed_start(
