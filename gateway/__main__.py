@@ -6,7 +6,7 @@ data in ``WALLABY_EMBEDDED_DATA_DIR``, port 5984 unless busy), creates a demo us
 ``demo``/``demo`` and a demo database ``demo`` that user may use, then serves the
 gateway: the REST API, and live changes over WebSocket at ``/api/v1/changes``.
 
-SIGTERM or Ctrl-C first closes every WebSocket (a ``closing`` message with the resume
+SIGTERM, Ctrl-C or SIGHUP first closes every WebSocket (a ``closing`` message with the resume
 seqs, then close code 1001) and the upstream ``_changes`` feeds, then stops accepting
 HTTP connections, lets in-flight requests finish within ``WALLABY_SHUTDOWN_GRACE``
 seconds, and stops the embedded server.
@@ -135,28 +135,32 @@ _FLAGS = {"embedded_data_dir": "data_dir"}
 
 
 def _stop_once_on_signals(reactor: Any) -> None:
-    """SIGTERM and SIGINT stop the reactor; once it is stopping, they change nothing.
+    """SIGTERM, SIGINT and SIGHUP stop the reactor; once it is stopping, they change nothing.
 
     Twisted's own handlers call ``reactor.stop()`` again, which raises while the
     shutdown (the drain, the WebSockets' close, the grace) runs: a critical traceback
-    for an operator's second Ctrl-C or a supervisor repeating SIGTERM.
+    for an operator's second Ctrl-C or a supervisor repeating SIGTERM. SIGHUP (a closed
+    terminal or ssh session) has no handler of Twisted's: by default it kills the
+    process at once, cutting every WebSocket without its ``closing`` message.
     """
     from twisted.internet.error import ReactorNotRunning
     from twisted.logger import Logger
 
     log = Logger(namespace="gateway")
 
-    def stop() -> None:
+    def stop(signum: int) -> None:
         try:
             reactor.stop()
         except ReactorNotRunning:
             log.info("already stopping: waiting for the drain and in-flight requests")
+        else:
+            log.info("{signal}: shutting down", signal=signal.Signals(signum).name)
 
     def on_signal(signum: int, frame: object) -> None:
-        reactor.callFromThread(stop)
+        reactor.callFromThread(stop, signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
 
 def _raise_descriptor_limit() -> None:

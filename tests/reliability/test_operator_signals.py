@@ -1,0 +1,133 @@
+"""signals an operator (or a terminal, or a supervisor) sends the gateway.
+
+``gateway/__main__.py``: "SIGTERM or Ctrl-C first closes every WebSocket (a ``closing``
+message with the resume seqs, then close code 1001) …"; docs/deployment.md describes the
+same graceful sequence for SIGTERM.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CouchBackend
+from tests.reliability.conftest import Couch, GatewayProcess, spawn_gateway
+from tests.reliability.test_operator_logs import ws_open, ws_recv, ws_send
+
+
+def test_sighup_does_not_kill_the_gateway_without_its_graceful_shutdown(
+        couch_backend: CouchBackend, couch: Couch, tmp_path: Path,
+        gateways: list[GatewayProcess]) -> None:
+    """SIGHUP (the terminal of ``./wallaby run`` closing, an ssh session dropping, or an
+    operator's habitual ``kill -HUP`` to "reload") has no handler: the default action
+    kills the process at once (exit status -1). Every WebSocket is cut without its
+    ``closing`` message and resume seqs, in-flight requests are cut, nothing is logged.
+    Expected: either ignored (still serving) or the same graceful shutdown as SIGTERM
+    (``closing`` + 1001 to subscribers, exit 0)."""
+    gateway = spawn_gateway(couch_backend.admin_url, tmp_path)
+    gateways.append(gateway)
+    db = couch.new_db()
+    auth = base64.b64encode(
+        f"{couch_backend.admin_username}:{couch_backend.admin_password}".encode()).decode()
+    sock = ws_open(gateway.port, {"Authorization": f"Basic {auth}"})
+    ws_send(sock, {"type": "subscribe", "id": "s", "db": db, "since": 0})
+    assert json.loads(ws_recv(sock)[1])["type"] == "subscribed"
+    os.kill(gateway.process.pid, signal.SIGHUP)
+    time.sleep(2)
+    code = gateway.process.poll()
+    if code is None:  # ignored: still serving
+        with urllib.request.urlopen(gateway.url + "/health", timeout=10) as answer:
+            assert answer.status == 200
+        sock.close()
+        return
+    frames: list[tuple[int, bytes]] = []
+    try:
+        while True:
+            frames.append(ws_recv(sock))
+    except (ConnectionError, OSError):
+        pass
+    sock.close()
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == 1]
+    assert code == 0 and any(t.get("type") == "closing" for t in texts), (code, frames)
+
+
+class _SlowCouch(http.server.BaseHTTPRequestHandler):
+    """Answers at once, except a database named ``slow``, which takes 30 s."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(30)
+        body: dict[str, Any] = {"ok": True, "userCtx": {"name": "u", "roles": []}} \
+            if self.path.startswith("/_session") else {"db_name": "slow", "doc_count": 0}
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass
+
+
+def test_a_request_cut_at_the_shutdown_deadline_is_not_blamed_on_couchdb(
+        tmp_path: Path, gateways: list[GatewayProcess]) -> None:
+    """A request still waiting for CouchDB when ``WALLABY_SHUTDOWN_GRACE`` runs out: the
+    gateway closes its upstream pool, and the client gets ``503 upstream_unavailable``
+    "CouchDB is unreachable (ResponseNeverReceived)" with ``Retry-After``; the access log
+    and ``wallaby_errors_total`` say ``upstream_unavailable`` too. CouchDB was fine: the
+    gateway itself cut the call, and an operator reading the logs of a rolling restart
+    is sent to look at CouchDB. Other runs of the same race: the connection is closed
+    with no answer, and the access line says ``"status": 200, "aborted": true, "error":
+    null`` — a 200 that never left. Expected: the gateway's own ``503 shutting_down``
+    (and an access line that says ``shutting_down`` either way)."""
+    couch = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowCouch)
+    couch.daemon_threads = True
+    threading.Thread(target=couch.serve_forever, daemon=True).start()
+    try:
+        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch.server_address[1]}", tmp_path,
+                                WALLABY_SHUTDOWN_GRACE="1", WALLABY_REQUEST_TIMEOUT="60")
+        gateways.append(gateway)
+        answer: dict[str, Any] = {}
+
+        def call() -> None:
+            request = urllib.request.Request(
+                gateway.url + "/api/v1/db/slow",
+                headers={"Authorization": "Basic " + base64.b64encode(b"u:p").decode()})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    answer.update(status=reply.status, body=json.loads(reply.read()))
+            except urllib.error.HTTPError as exc:
+                answer.update(status=exc.code, body=json.loads(exc.read()))
+            except OSError as exc:  # cut with no answer at all
+                answer.update(cut=repr(exc))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(1.0)  # the request waits for CouchDB
+        os.kill(gateway.process.pid, signal.SIGTERM)
+        caller.join(20)
+        gateway.process.wait(20)
+    finally:
+        couch.shutdown()
+    access = [json.loads(line) for line in gateway.out.read_text().splitlines()
+              if '"type": "access"' in line and "/api/v1/db/slow" in line]
+    # Whether the client got an answer or only a closed connection, the access line
+    # must say why (today: "upstream_unavailable", or status 200 with no error at all).
+    assert access and access[0]["error"] == "shutting_down", (access, answer)
+    if "status" in answer:
+        assert (answer["status"], answer["body"]["error"]) == (503, "shutting_down"), answer
