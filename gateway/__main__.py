@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 from gateway.accept_errors import AcceptErrorSummary
-from gateway.config import Settings
+from gateway.config import Settings, parse_whole_number
 from gateway.couch.tls import load_trust_root
 from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch, free_port
@@ -84,46 +84,58 @@ def provision_demo(url: str, admin: tuple[str, str]) -> None:
            "members": {"names": [DEMO_USER], "roles": []}})
 
 
+def _embedded_port(raw: str) -> int:
+    """``--couch-port``: a TCP port (0: the default), read as settings' whole numbers are."""
+    try:
+        port = parse_whole_number(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0 to 65535)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallaby-gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the gateway")
+    # Setting flags stay text here: settings_from reads them as the variables are read.
     run.add_argument("--host", help="listen address (WALLABY_HOST, default 127.0.0.1)")
-    run.add_argument("--port", type=int, help="listen port (WALLABY_PORT, default 8080)")
+    run.add_argument("--port", help="listen port (WALLABY_PORT, default 8080)")
     run.add_argument("--couchdb-url", help="upstream CouchDB (COUCHDB_URL); embedded if unset")
     run.add_argument("--cors-origins", help="comma-separated allowed origins")
     run.add_argument("--allow-anonymous", action="store_true", default=None,
                      help="let requests without credentials through")
-    run.add_argument("--auth-mode", choices=["forward", "proxy", "jwt"])
-    run.add_argument("--request-timeout", type=float, help="upstream timeout in seconds")
-    run.add_argument("--max-body-bytes", type=int)
-    run.add_argument("--max-attachment-bytes", type=int)
-    run.add_argument("--log-format", choices=["json", "text"])
+    run.add_argument("--auth-mode", metavar="{forward,proxy,jwt}")
+    run.add_argument("--request-timeout", help="upstream timeout in seconds")
+    run.add_argument("--max-body-bytes")
+    run.add_argument("--max-attachment-bytes")
+    run.add_argument("--log-format", metavar="{json,text}")
     run.add_argument("--data-dir", help="data folder of the embedded server")
-    run.add_argument("--couch-port", type=int,
+    run.add_argument("--couch-port", type=_embedded_port,
                      help="port of the embedded server (default 5984, or a free one)")
     return parser
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
-    """Environment settings overridden by CLI flags."""
+    """Environment settings overridden by CLI flags, each read as its variable is."""
     settings = Settings.from_env(environ)
-    overrides = dict(
+    flags = dict(
         host=args.host, port=args.port, couchdb_url=args.couchdb_url,
-        cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip())
-        if args.cors_origins else None,
-        allow_anonymous=args.allow_anonymous, auth_mode=args.auth_mode,
-        request_timeout=args.request_timeout, max_body_bytes=args.max_body_bytes,
-        max_attachment_bytes=args.max_attachment_bytes, log_format=args.log_format,
-        embedded_data_dir=args.data_dir,
+        cors_origins=args.cors_origins or None, allow_anonymous=args.allow_anonymous,
+        auth_mode=args.auth_mode, request_timeout=args.request_timeout,
+        max_body_bytes=args.max_body_bytes, max_attachment_bytes=args.max_attachment_bytes,
+        log_format=args.log_format, embedded_data_dir=args.data_dir,
     )
     try:
+        overrides = {field: Settings.parse(field, value) if isinstance(value, str) else value
+                     for field, value in flags.items()}
         return settings.with_overrides(**overrides)
     except ValueError as exc:
         # Settings name the variable; the value came from a flag here.
         message = str(exc)
-        for field, value in overrides.items():
+        for field, value in flags.items():
             variable = Settings.env_name(field)
             if value is not None and message.startswith(variable + ":"):
                 flag = "--" + _FLAGS.get(field, field).replace("_", "-")

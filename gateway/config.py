@@ -23,7 +23,7 @@ import idna
 from gateway.couch.urls import check_upstream_host, split_credentials
 from gateway.http.client_address import parse_networks, valid_ipv6_prefix
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "parse_number", "parse_whole_number"]
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -121,6 +121,9 @@ _NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A whole number in ASCII digits (``int()`` also takes other scripts' digits and ``_``).
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+#: A decimal number in ASCII digits, maybe with an exponent (``float()`` also takes
+#: other scripts' digits, ``_``, ``nan`` and ``inf``).
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 #: Sizes and durations where 0 would refuse or time out everything.
 _POSITIVE = (
     "max_body_bytes", "max_attachment_bytes", "request_timeout", "rate_limit_burst",
@@ -135,6 +138,34 @@ _NOT_NEGATIVE = (
     "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
     "header_timeout", "idle_timeout",
 )
+
+
+def parse_whole_number(raw: str) -> int:
+    """A whole number written in ASCII digits (``-5``, ``8080``), for settings and flags.
+
+    Raises:
+        ValueError: Anything else: ``1_000``, other scripts' digits, ``0x50``, ``1.5``.
+    """
+    if not _INTEGER.fullmatch(raw.strip()):
+        raise ValueError(f"{raw!r} is not a whole number")
+    return int(raw)
+
+
+def parse_number(raw: str) -> float:
+    """A finite decimal number written in ASCII digits (``2.5``, ``30``, ``1e3``).
+
+    Raises:
+        ValueError: Anything else: ``1_0``, other scripts' digits, ``nan``, ``inf``.
+    """
+    text = raw.strip()
+    if not _DECIMAL.fullmatch(text):
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ValueError(f"{raw!r} is not a finite number")
+        raise ValueError(f"{raw!r} is not a number (ASCII digits, e.g. 2.5)")
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError(f"{raw!r} is not a finite number")
+    return number
 
 
 @dataclass(frozen=True)
@@ -364,24 +395,24 @@ class Settings:
             raw = env.get(cls.env_name(spec.name))
             if raw is None:
                 continue
-            values[spec.name] = cls._parse(spec.name, raw)
+            values[spec.name] = cls.parse(spec.name, raw)
         return cls(**values)
 
     @classmethod
-    def _parse(cls, name: str, raw: str) -> Any:
+    def parse(cls, name: str, raw: str) -> Any:
+        """The value of field ``name`` written as ``raw`` (a variable's or a flag's).
+
+        Raises:
+            ValueError: It does not parse; the message names the variable.
+        """
         default = getattr(cls, name, None)
         try:
             if isinstance(default, bool):
                 return _bool(raw)
             if isinstance(default, int):
-                if not _INTEGER.fullmatch(raw.strip()):
-                    raise ValueError(f"{raw!r} is not a whole number")
-                return int(raw)
+                return parse_whole_number(raw)
             if isinstance(default, float):
-                number = float(raw)
-                if not math.isfinite(number):
-                    raise ValueError(f"{raw!r} is not a finite number")
-                return number
+                return parse_number(raw)
             if isinstance(default, tuple):
                 return _split(raw)
         except ValueError as exc:

@@ -696,3 +696,62 @@ def test_an_upstream_host_name_with_an_underscore_goes_to_the_resolver_as_it_is(
     reactor.advance(0)
     assert asked == ["couch_db"]
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 5984)]
+
+
+@pytest.mark.parametrize(("url", "complaint"), [
+    ("http://127.0.0.1:99999", "COUCHDB_URL: port 99999 is not a TCP port"),
+    ("http://[::1]:70000", "COUCHDB_URL: port 70000 is not a TCP port"),
+    ("http://couch.example:0", "COUCHDB_URL: port 0 is not a TCP port"),
+])
+def test_an_out_of_range_couchdb_port_is_named(url: str, complaint: str) -> None:
+    """Not blamed on a password that was not percent-encoded (the URL has none)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(complaint)}"):
+        Settings(couchdb_url=url)
+
+
+@pytest.mark.parametrize(("variable", "flag", "raw"), [
+    ("WALLABY_REQUEST_TIMEOUT", "--request-timeout", "1_0"),
+    ("WALLABY_REQUEST_TIMEOUT", "--request-timeout", "\u0663\u0660"),
+    ("WALLABY_REQUEST_TIMEOUT", "--request-timeout", "nan"),
+    ("WALLABY_MAX_BODY_BYTES", "--max-body-bytes", "1_000"),
+    ("WALLABY_MAX_BODY_BYTES", "--max-body-bytes", "\u0663\u0660"),
+    ("WALLABY_PORT", "--port", "-5"),
+    ("WALLABY_PORT", "--port", "8_080"),
+])
+def test_numbers_are_read_alike_from_variables_and_flags(
+    variable: str, flag: str, raw: str
+) -> None:
+    """ASCII digits only, whole or decimal: ``float()`` and argparse's ``int()`` took
+    ``1_0`` as 10 and other scripts' digits."""
+    from gateway.__main__ import _parser, settings_from
+
+    with pytest.raises(ValueError, match=f"^{variable}: "):
+        settings_from(_parser().parse_args(["run"]), {variable: raw})
+    with pytest.raises(ValueError, match=f"^{re.escape(flag)} \\(or {variable}\\): "):
+        settings_from(_parser().parse_args(["run", flag, raw]), {})
+
+
+def test_flags_and_variables_take_the_same_words_and_numbers() -> None:
+    from gateway.__main__ import _parser, settings_from
+
+    by_flags = settings_from(_parser().parse_args(
+        ["run", "--log-format", "JSON", "--auth-mode", "Proxy", "--request-timeout", "2.5e1",
+         "--max-body-bytes", "+1000", "--cors-origins", "http://a, http://b"]),
+        {"WALLABY_PROXY_SECRET": "s"})
+    by_variables = Settings.from_env({
+        "WALLABY_LOG_FORMAT": "JSON", "WALLABY_AUTH_MODE": "Proxy", "WALLABY_PROXY_SECRET": "s",
+        "WALLABY_REQUEST_TIMEOUT": "2.5e1", "WALLABY_MAX_BODY_BYTES": "+1000",
+        "WALLABY_CORS_ORIGINS": "http://a, http://b"})
+    assert by_flags == by_variables
+    assert (by_flags.log_format, by_flags.auth_mode, by_flags.request_timeout) == (
+        "json", "proxy", 25.0)
+    assert by_flags.max_body_bytes == 1000 and by_flags.cors_origins == ("http://a", "http://b")
+
+
+@pytest.mark.parametrize("raw", ["-5", "70000", "1_0", "\u0663"])
+def test_the_embedded_server_port_flag_is_a_tcp_port(raw: str, capsys: Any) -> None:
+    from gateway.__main__ import _parser
+
+    with pytest.raises(SystemExit) as refused:
+        _parser().parse_args(["run", "--couch-port", raw])
+    assert refused.value.code == 2 and "--couch-port" in capsys.readouterr().err

@@ -43,6 +43,8 @@ JSON_QUERY_PARAMS = frozenset(
 _SPECIAL_PREFIXES = ("_design/", "_local/")
 #: One label of an ASCII host name: letters, digits, ``-`` and ``_`` (service and
 #: container names have it, and resolvers take it), no ``-`` first or last.
+#: A port as written in a URL (``int()`` would also take other scripts' digits).
+_PORT_DIGITS = re.compile(r"[0-9]+")
 _HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -182,7 +184,8 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     Raises:
         ValueError: The port is not a number, or an ``@`` comes after the host (both
             mean a password with a character that was not percent-encoded); the
-            message quotes nothing of the URL.
+            message quotes nothing of the URL. Or the port is a number out of range
+            (0, or above 65535), which the message names.
     """
     from urllib.parse import unquote
 
@@ -191,7 +194,13 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
         port = parts.port
     except ValueError:
         port = -1
-    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+    misplaced = "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+    host_and_port = parts.netloc.rpartition("@")[2]
+    written = "" if host_and_port.endswith("]") else host_and_port.rpartition(":")[2]
+    if not misplaced and port in (-1, 0) and _PORT_DIGITS.fullmatch(written):
+        # Only digits after the host, and no "@" further on: a port, not a password.
+        raise ValueError(f"port {written} is not a TCP port (1 to 65535)")
+    if misplaced:
         # "user:1234/x@host": the password's digits parsed as a port, "admin" as the
         # host, and the rest of it as the path, printed with the URL.
         port = -1
