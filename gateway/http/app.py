@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.static import File
@@ -79,7 +79,7 @@ from gateway.http.readiness import Readiness
 from gateway.http.request_args import client_key, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
-from gateway.http.site import FrontDoor, GatewaySite, InFlight
+from gateway.http.site import SHUTDOWN_CUT, FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles, page_headers
 from gateway.http.upstream_timing import UpstreamTimer
@@ -89,6 +89,20 @@ __all__ = ["STATIC_DIR", "GatewayApp"]
 
 _PREFIX = "/api/v1"
 _DB = _PREFIX + "/db/<db>"
+
+
+class _Klein(Klein):
+    """Klein, keeping each running route handler's Deferred on its request.
+
+    The shutdown cancels the handlers still running when its grace is over
+    (:meth:`~gateway.http.site.GatewayRequest.stop_for_shutdown`).
+    """
+
+    def execute_endpoint(self, endpoint: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super().execute_endpoint(endpoint, request, *args, **kwargs)
+        if isinstance(result, Deferred) and not result.called and hasattr(request, "handler"):
+            request.handler = result
+        return result
 
 
 class GatewayApp:
@@ -107,7 +121,7 @@ class GatewayApp:
     (relay, readiness, site) when the app is built: replace them by building another.
     """
 
-    app = Klein()
+    app = _Klein()
 
     def __init__(
         self,
@@ -227,7 +241,11 @@ class GatewayApp:
     def on_error(self, request: Any, failure: Failure) -> bytes | None:  # type: ignore[misc]
         """Map every failure to the error envelope, once."""
         exc: BaseException = failure.value or Exception("unknown failure")
-        if isinstance(exc, CancelledError):
+        if getattr(request, "shutting_down", False):
+            # Cancelled (or its call to CouchDB cut) by the end of the shutdown's grace:
+            # the gateway's doing, not CouchDB's.
+            exc = ShuttingDown(SHUTDOWN_CUT)
+        elif isinstance(exc, CancelledError):
             return None  # the client went away: nobody to answer
         if isinstance(exc, wz.MethodNotAllowed):
             allowed = ", ".join(sorted(exc.valid_methods or ()))

@@ -2,7 +2,9 @@
 
 ``stopService`` (run on SIGTERM via the reactor's ``before shutdown`` trigger) stops
 accepting connections first, then waits for in-flight requests to finish — at most
-``settings.shutdown_grace`` seconds — and finally closes the upstream connection pool.
+``settings.shutdown_grace`` seconds — ends those still running (``503 shutting_down``,
+or a cut connection once their answer has begun), and finally closes the upstream
+connection pool.
 """
 
 from __future__ import annotations
@@ -93,8 +95,13 @@ class GatewayService(Service):
             try:
                 await idle
             except Exception:
-                _log.warn("shutdown deadline passed with {n} requests in flight",
+                _log.warn("shutdown deadline passed with {n} requests in flight: "
+                          "ending them (503 shutting_down, or cut once answering)",
                           n=self.app.in_flight.count)
+                for request in self.app.in_flight.requests:
+                    stop = getattr(request, "stop_for_shutdown", None)
+                    if stop is not None:
+                        stop()
             finally:
                 if timer.active():
                     timer.cancel()

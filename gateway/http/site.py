@@ -34,6 +34,7 @@ from gateway.errors import (
     MethodNotAllowedHere,
     PayloadTooLarge,
     RouteNotFound,
+    ShuttingDown,
     TargetTooLong,
 )
 from gateway.http.accesslog import AccessLog
@@ -57,6 +58,10 @@ STREAMED_UPLOADS = re.compile(rb"^/api/v1/db/[^/?]+/docs/[^/?]+/attachments/[^/?
 #: Seconds the rest of a body answered before it arrived is read (and dropped) at most.
 DRAIN_SECONDS = 5.0
 
+#: Why a request still served when the shutdown's grace ran out was answered 503.
+SHUTDOWN_CUT = ("the gateway is shutting down, and this request did not finish within "
+                "its grace (WALLABY_SHUTDOWN_GRACE); send it again")
+
 #: The ``Server`` header: Twisted's and Autobahn's would tell their versions to anyone.
 SERVER_NAME = b"Wallaby-Gateway"
 
@@ -78,6 +83,10 @@ class GatewayRequest(server.Request):
         self.client_gone = False
         #: The gateway cut the connection after the headers (a stream that broke off).
         self.cut_short = False
+        #: The route handler's Deferred while it runs (see :meth:`stop_for_shutdown`).
+        self.handler: Deferred[Any] | None = None
+        #: The shutdown's grace ran out while this request was being served.
+        self.shutting_down = False
         self.started = 0.0
         #: The front door logs this request when it finishes (it has been rendered).
         self.access_logged = False
@@ -98,6 +107,34 @@ class GatewayRequest(server.Request):
         self._idle_timeout: Any = None  # the channel's, while a splice reads the body
         self._limit: int | None = None
         self._drain_deadline: Any = None  # cuts off a body still sent after its answer
+
+    def stop_for_shutdown(self) -> None:
+        """The shutdown's grace is over and this request is still being served: end it.
+
+        Its head not sent yet, it is answered ``503 shutting_down`` (its route handler
+        is cancelled, which also cancels its call to CouchDB, and its error handler
+        answers); otherwise its connection is cut, and its access line says
+        ``shutting_down``. Either way it is not left to the reactor's stop, which closed
+        the connections with no answer (the access line said 200), or failed the call to
+        CouchDB first (``503 upstream_unavailable``, blaming CouchDB).
+        """
+        if self.finished or self._disconnected:
+            return
+        self.shutting_down = True
+        if not self.startedWriting:
+            handler = self.handler
+            if handler is not None and not handler.called:
+                handler.cancel()
+            if not self.startedWriting and not self.finished and not self._disconnected:
+                # Nothing of a handler's waits on it (a body still arriving): answer here.
+                self.write(render_error(self, ShuttingDown(SHUTDOWN_CUT)))
+                self.finish()
+            return
+        self.error_code = "shutting_down"
+        self.cut_short = True
+        transport = getattr(self.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
     def getHeader(self, key: AnyStr) -> AnyStr | None:  # noqa: N802
         """A request header's last value; asked by a text name, as ISO-8859-1 text.
@@ -621,19 +658,28 @@ class GatewaySite(server.Site):
 
 
 class InFlight:
-    """Counts requests being served; fires waiters when none are left."""
+    """The requests being served; fires waiters when none are left."""
 
     def __init__(self) -> None:
         self.count = 0
+        self._requests: dict[Any, None] = {}
         self._idle: list[Deferred[None]] = []
 
-    def begin(self) -> None:
+    @property
+    def requests(self) -> list[Any]:
+        """The requests being served, oldest first."""
+        return list(self._requests)
+
+    def begin(self, request: Any = None) -> None:
         """One more request."""
         self.count += 1
+        if request is not None:
+            self._requests[request] = None
 
-    def end(self) -> None:
+    def end(self, request: Any = None) -> None:
         """One request fewer."""
         self.count -= 1
+        self._requests.pop(request, None)
         if self.count <= 0:
             waiters, self._idle = self._idle, []
             for waiter in waiters:
@@ -713,7 +759,7 @@ class FrontDoor(Resource):
         # they are logged but not counted in flight (shutdown does not wait for them).
         counted = mounted is None
         if counted:
-            self.in_flight.begin()
+            self.in_flight.begin(request)
             self.metrics.in_flight += 1
         request.notifyFinish().addBoth(self._finished, request, counted)
         request.access_logged = True
@@ -804,7 +850,7 @@ class FrontDoor(Resource):
 
     def _finished(self, outcome: Any, request: Any, counted: bool) -> None:
         if counted:
-            self.in_flight.end()
+            self.in_flight.end(request)
             self.metrics.in_flight -= 1
         duration = self.clock() - request.started
         self.metrics.observe_request(
