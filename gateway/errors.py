@@ -431,7 +431,7 @@ class ShuttingDown(GatewayRequestError):
 
     default_status = 503
     default_error = "shutting_down"
-    retry_after = 5
+    retry_after: float | None = 5  # none for a write that may have been applied
 
 
 class InsufficientStorage(GatewayError):

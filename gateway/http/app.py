@@ -79,7 +79,7 @@ from gateway.http.readiness import Readiness
 from gateway.http.request_args import client_key, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
-from gateway.http.site import SHUTDOWN_CUT, FrontDoor, GatewaySite, InFlight
+from gateway.http.site import FrontDoor, GatewaySite, InFlight, shutdown_cut
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles, page_headers
 from gateway.http.upstream_timing import UpstreamTimer
@@ -244,7 +244,7 @@ class GatewayApp:
         if getattr(request, "shutting_down", False):
             # Cancelled (or its call to CouchDB cut) by the end of the shutdown's grace:
             # the gateway's doing, not CouchDB's.
-            exc = ShuttingDown(SHUTDOWN_CUT)
+            exc = shutdown_cut(request)
         elif isinstance(exc, CancelledError):
             return None  # the client went away: nobody to answer
         if isinstance(exc, wz.MethodNotAllowed):

@@ -62,6 +62,30 @@ DRAIN_SECONDS = 5.0
 SHUTDOWN_CUT = ("the gateway is shutting down, and this request did not finish within "
                 "its grace (WALLABY_SHUTDOWN_GRACE); send it again")
 
+#: Routes whose method is not GET but which only read (their repeat changes nothing).
+_READING_ROUTES = frozenset({"login", "allDocsKeys", "bulkGet", "queryViewKeys", "find"})
+
+
+def shutdown_cut(request: Any) -> ShuttingDown:
+    """The answer to a request the end of the shutdown's grace cut, before its head left.
+
+    A write whose whole body had arrived may have reached CouchDB, which then applies it
+    though its answer is lost: like :class:`~gateway.errors.AnswerLost`, that answer
+    carries no ``Retry-After`` and says to read before writing again (a ``POST`` sent
+    twice stores two documents). A read, or a write whose body was still arriving (CouchDB
+    applies no cut upload), may simply be sent again.
+    """
+    method = getattr(request, "method", b"GET")
+    if (method in (b"GET", b"HEAD", b"OPTIONS")
+            or getattr(request, "route", "") in _READING_ROUTES
+            or not getattr(request, "_body_done", True)):
+        return ShuttingDown(SHUTDOWN_CUT)
+    unsure = ShuttingDown(
+        "the gateway is shutting down, and this request did not finish within its grace "
+        "(WALLABY_SHUTDOWN_GRACE): it may have been applied; read before writing again")
+    unsure.retry_after = None
+    return unsure
+
 #: The ``Server`` header: Twisted's and Autobahn's would tell their versions to anyone.
 SERVER_NAME = b"Wallaby-Gateway"
 
@@ -127,7 +151,7 @@ class GatewayRequest(server.Request):
                 handler.cancel()
             if not self.startedWriting and not self.finished and not self._disconnected:
                 # Nothing of a handler's waits on it (a body still arriving): answer here.
-                self.write(render_error(self, ShuttingDown(SHUTDOWN_CUT)))
+                self.write(render_error(self, shutdown_cut(self)))
                 self.finish()
             return
         self.error_code = "shutting_down"
