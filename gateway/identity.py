@@ -48,6 +48,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.logger import Logger
+
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.auth import Auth, BearerAuth, ForwardedAuth, NoAuth, ProxyAuth
@@ -63,6 +65,8 @@ __all__ = [
     "identify",
     "reverify",
 ]
+
+_log = Logger(namespace="gateway.identity")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-=.:+/]{1,4096}$")
 _BASIC = re.compile(r"^Basic [A-Za-z0-9+/=]{1,4096}$")
@@ -341,6 +345,22 @@ async def _cached_verify(
     return result
 
 
+def _proxy_roles(name: str, roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The roles that can travel in ``X-Auth-CouchDB-Roles`` as they are.
+
+    CouchDB splits that header at commas (trimming spaces), and its ``_users`` check only
+    refuses roles that *start* with ``_``: a stored role ``"staff,_admin"`` would arrive
+    as ``staff`` and ``_admin``, a server admin. Such a role (or one CouchDB's split would
+    trim) is dropped, never split: the user acts without it.
+    """
+    kept = tuple(role for role in roles if "," not in role and role == role.strip())
+    if len(kept) != len(roles):
+        _log.warn("proxy auth: {name}'s roles {dropped!r} are not sent: CouchDB would split "
+                  "them at commas (or trim them) into other roles",
+                  name=name, dropped=[role for role in roles if role not in kept])
+    return kept
+
+
 async def _verify(auth: Auth, couch: CouchServer, settings: Settings) -> Identity:
     """Ask CouchDB who ``auth`` is (``GET /_session`` as that caller)."""
     try:
@@ -357,6 +377,7 @@ async def _verify(auth: Auth, couch: CouchServer, settings: Settings) -> Identit
         raise AuthenticationRequired("invalid or expired credentials")
     roles = tuple(r for r in context.get("roles", []) if isinstance(r, str))
     if settings.auth_mode == "proxy":
+        roles = _proxy_roles(name, roles)
         proxy = ProxyAuth(name, roles, secret=settings.proxy_secret, digest=settings.proxy_hash)
         return Identity(name, roles, proxy, credential=auth)
     return Identity(name, roles, auth)

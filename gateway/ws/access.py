@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from gateway.couch.auth import ProxyAuth
 from gateway.couch.transport import CouchTransport
 from gateway.errors import AuthenticationRequired, CouchError, CouchUnreachable
 from gateway.singleflight import Flight, single_flight
@@ -87,6 +88,10 @@ class SharedIdentities:
             self._entries[key] = (transport, 1)
             return transport
         self._entries[key] = (entry[0], entry[1] + 1)
+        if isinstance(auth, ProxyAuth):
+            # Built from the verification this holder just had: a re-check may have moved
+            # the shared transport to other roles since, which this one supersedes.
+            entry[0].auth = auth
         return entry[0]
 
     def release(self, key: str) -> None:
@@ -150,6 +155,9 @@ class AccessRechecks:
         self.reverify = reverify
         self.checks = 0
         self._pairs: dict[tuple[str, str], _Pair] = {}
+        #: Per credential key, the latest re-verification and when it was answered: the
+        #: pairs of one credential (one per database) share it for an interval.
+        self._verified: dict[str, tuple[float, Any]] = {}
 
     @property
     def pairs(self) -> int:
@@ -194,6 +202,8 @@ class AccessRechecks:
     def _forget(self, pair: _Pair) -> None:
         if self._pairs.get((pair.key, pair.db)) is pair:
             del self._pairs[(pair.key, pair.db)]
+            if not any(key == pair.key for key, _db in self._pairs):
+                self._verified.pop(pair.key, None)
         if pair.timer is not None and pair.timer.active():
             pair.timer.cancel()
         pair.timer = None
@@ -256,22 +266,27 @@ class AccessRechecks:
         identity = pair.identity
         if self.reverify is None or getattr(identity, "credential", None) is None:
             return True
-        try:
-            now = await self.reverify(identity)
-        except AuthenticationRequired:
-            now = None
-        except CouchError:
-            return True  # CouchDB could not say: the next check asks again
+        recent = self._verified.get(pair.key)
+        if recent is not None and self.clock.seconds() - recent[0] < self.interval:
+            now = recent[1]  # another database's check of this credential just asked
+        else:
+            try:
+                now = await self.reverify(identity)
+            except AuthenticationRequired:
+                now = None
+            except CouchError:
+                return True  # CouchDB could not say: the next check asks again
+            self._verified[pair.key] = (self.clock.seconds(), now)
         if now is None or now.name != identity.name:
             if self.on_revoked is not None:
                 self.on_revoked(pair.key, pair.db)
             for watcher in list(pair.watchers):
                 watcher.session_ended()
             return False
-        if tuple(now.roles) != tuple(identity.roles):
-            # Every pair of this key shares the transport: one update serves them all.
-            pair.transport.auth = now.auth
-            pair.identity = now
+        # Every pair of this key shares the transport, whose roles another pair (or a
+        # new handshake) may have changed since: it always acts as verified just now.
+        pair.transport.auth = now.auth
+        pair.identity = now
         return True
 
 
