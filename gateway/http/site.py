@@ -175,11 +175,7 @@ class GatewayRequest(server.Request):
         return super().getHeader(key)
 
     def write(self, data: bytes) -> None:
-        """Write body bytes; the first write sends the head.
-
-        The head's ``Server`` names the product, never its versions (Twisted's default
-        would tell them, and so would a relayed CouchDB answer), and a refreshed
-        session cookie goes back with it.
+        """Write body bytes; the first write sends the head, with a refreshed session cookie.
 
         An answer that comes before a client waiting for ``100 Continue`` was told to
         send its body ends the connection, and says so (RFC 9110 10.1.1).
@@ -197,7 +193,6 @@ class GatewayRequest(server.Request):
                 channel.persistent = False  # draining: the next request goes elsewhere
             if channel is not None and not channel.persistent:
                 self.responseHeaders.setRawHeaders(b"connection", [b"close"])
-            self.responseHeaders.setRawHeaders(b"server", [SERVER_NAME])
             if self.session_refresh is not None:
                 refresh, self.session_refresh = self.session_refresh, None
                 cookie = refresh()
@@ -772,9 +767,9 @@ class FrontDoor(Resource):
         if incoming and _REQUEST_ID.match(incoming):
             request.request_id = incoming
         request.setHeader("X-Request-Id", request.request_id)
-        # Twisted's own names its version; the head sets this again as it goes out (a
-        # relayed CouchDB answer has a Server of its own), but a refused WebSocket
-        # handshake writes these headers itself.
+        # Twisted's own names its version. Set once here, where every request passes
+        # (a refused WebSocket handshake writes these headers itself); no relay copies
+        # CouchDB's Server.
         request.responseHeaders.setRawHeaders(b"server", [SERVER_NAME])
         request.setHeader("X-Content-Type-Options", "nosniff")
         request.setHeader("Cache-Control", "no-store")

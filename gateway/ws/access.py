@@ -158,6 +158,8 @@ class AccessRechecks:
         #: Per credential key, the latest re-verification and when it was answered: the
         #: pairs of one credential (one per database) share it for an interval.
         self._verified: dict[str, tuple[float, Any]] = {}
+        #: Pairs per credential key: its re-verification is forgotten with its last pair.
+        self._pairs_of: dict[str, int] = {}
 
     @property
     def pairs(self) -> int:
@@ -187,6 +189,7 @@ class AccessRechecks:
         if pair is None:
             pair = _Pair(key, db, transport, identity)
             self._pairs[(key, db)] = pair
+            self._pairs_of[key] = self._pairs_of.get(key, 0) + 1
             pair.timer = self.clock.callLater(self._delay(), self._run, pair)
         pair.watchers.add(watcher)
 
@@ -202,7 +205,10 @@ class AccessRechecks:
     def _forget(self, pair: _Pair) -> None:
         if self._pairs.get((pair.key, pair.db)) is pair:
             del self._pairs[(pair.key, pair.db)]
-            if not any(key == pair.key for key, _db in self._pairs):
+            left = self._pairs_of.pop(pair.key, 1) - 1
+            if left:
+                self._pairs_of[pair.key] = left
+            else:
                 self._verified.pop(pair.key, None)
         if pair.timer is not None and pair.timer.active():
             pair.timer.cancel()
