@@ -13,6 +13,9 @@ const rows = new Map(); // id -> its <li>, for the ones listed
 const changed = new Set(); // ids changed since the last render
 let frame = 0; // the render requested for the next animation frame, if any
 const busy = new Set(); // ids with a save or delete in flight
+// id -> generation of the page's last write to it, until the live list brings that one
+// (the feed may deliver an older change after the write's answer: it is stale by then).
+const written = new Map();
 let subscription = null;
 let signedIn = null; // whose items are listed
 
@@ -145,12 +148,16 @@ async function write(action) {
   }
 }
 
+const generation = (rev) => Number.parseInt(rev, 10) || 0;
+
 // A write's answer may come before the live list brings its change: the list takes it
 // (unless it brought a newer one), so that the next write starts from the new revision.
-function wrote(id, was, doc) {
-  if (docs.get(id) !== was) return;
+function wrote(id, was, doc, rev) {
+  const held = docs.get(id);
+  if (held !== was && !(held && was && held._rev === was._rev)) return;
   if (doc) docs.set(id, doc);
   else docs.delete(id);
+  written.set(id, generation(rev));
   schedule(id);
 }
 
@@ -162,7 +169,7 @@ async function toggle(id, box) {
     while (stored && box.checked !== !!stored.done) {
       const doc = { ...stored, done: box.checked };
       await wb.put(DB, doc); // sets doc._rev
-      wrote(id, stored, doc);
+      wrote(id, stored, doc, doc._rev);
       stored = doc;
     }
   });
@@ -174,11 +181,18 @@ async function erase(id) {
   const doc = docs.get(id);
   if (!doc || busy.has(id)) return;
   busy.add(id);
-  if (await write(() => wb.delete(DB, id, doc._rev))) wrote(id, doc, null);
+  let answer;
+  if (await write(async () => { answer = await wb.delete(DB, id, doc._rev); })) wrote(id, doc, null, answer.rev);
   busy.delete(id);
 }
 
 function onChange(change) {
+  const mine = written.get(change.id);
+  if (mine !== undefined) {
+    const rev = change.doc?._rev ?? change.changes?.[0]?.rev;
+    if (rev !== undefined && generation(rev) < mine) return; // older than the page's own write
+    written.delete(change.id);
+  }
   if (change.deleted) docs.delete(change.id);
   else if (change.doc && !change.id.startsWith("_design/")) docs.set(change.id, change.doc);
   else return;
@@ -228,7 +242,7 @@ function stop() {
   signedIn = null;
   cancelAnimationFrame(frame);
   frame = 0;
-  for (const map of [docs, keys, rows, changed, busy]) map.clear();
+  for (const map of [docs, keys, rows, changed, busy, written]) map.clear();
   order = [];
   $("items").replaceChildren();
   $("more").hidden = true;

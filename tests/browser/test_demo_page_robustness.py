@@ -93,6 +93,13 @@ def test_demo_quick_clicks_write_from_the_latest_revision(couch_backend: CouchBa
     _run(couch_backend, "double_clicks")
 
 
+def test_demo_late_feed_change_does_not_undo_the_pages_write(couch_backend: CouchBackend) -> None:
+    """A change the feed delivers after the page's own later write (revision 2 after the answer
+    for revision 3) neither redraws the box to the older state nor becomes the revision the
+    next click writes from (that was a 409, and a flaky quick-clicks test)."""
+    _run(couch_backend, "late_feed_change")
+
+
 def test_demo_add_keeps_the_text_when_the_gateway_is_down(couch_backend: CouchBackend) -> None:
     """A failed Add keeps the typed text in the field (it used to be emptied first)."""
     _run(couch_backend, "down_add_keeps_text")
