@@ -37,6 +37,7 @@ from gateway.couch.tls import load_trust_root
 from gateway.couch.urls import split_credentials
 from gateway.embedded import EmbeddedCouch, free_port
 from gateway.schemas import api_schema_dir
+from gateway.stdlib_logging import route_stdlib_logging
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"  # noqa: S105 - the documented local demo account
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
     reactor: Any = global_reactor
     from twisted.internet.defer import Deferred
-    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+    from twisted.logger import Logger, globalLogBeginner, globalLogPublisher, textFileLogObserver
 
     from gateway.couch import BasicAuth, CouchServer
     from gateway.couch.pool import connection_pool
@@ -257,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
                 else textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo([AcceptErrorSummary(observer, reactor)],
                                      redirectStandardIO=False)
+    route_stdlib_logging(globalLogPublisher)
     # From here on every message is a log event (WALLABY_LOG_FORMAT); only the banner and
     # READY are written to stderr as they are.
     log = Logger(namespace="gateway")
