@@ -119,11 +119,16 @@ def test_in_flight_download_through_the_proxy_finishes_after_sigterm(lab: Any) -
                   headers={**basic(*lab.admin), "Content-Type": "application/octet-stream"},
                   body=payload)
     assert put.status == 201, put
+    # pouchdb-server storing 32 MiB can keep /ready waiting past HAProxy's check timeout:
+    # both replicas back in rotation first, or the GET meets a 503 (no server).
+    proxy.wait_up(timeout=60)
     connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
     connection.request("GET", f"/api/v1/db/{db}/docs/doc/attachments/blob", headers=basic(*lab.admin))
     response = connection.getresponse()
     assert response.status == 200
-    got = response.read(256 * 1024)
+    # A bytearray: `bytes += chunk` copies everything read so far on each read (~8 GB
+    # for 32 MiB), which made this "15 MB/s" reader take 20-45 s on a loaded machine.
+    got = bytearray(response.read(256 * 1024))
     busy = [g for g in (a, b) if metric(g.port, "wallaby_http_requests_in_flight") > 1]
     assert len(busy) == 1, "cannot tell which gateway serves the download"
     busy[0].process.send_signal(signal.SIGTERM)
