@@ -87,6 +87,7 @@ class GatewayService(Service):
         if self.listening_port is not None:
             await maybeDeferred(self.listening_port.stopListening)
         grace = self.app.settings.shutdown_grace
+        self.app.splicer.start_grace()  # spliced transfers: the same deadline
         if self.app.in_flight.count > 0:
             _log.info("waiting up to {grace}s for {n} in-flight requests",
                       grace=grace, n=self.app.in_flight.count)

@@ -280,7 +280,8 @@ class Splicer:
             :meth:`try_relay` and :meth:`try_upload` decline.
         min_bytes: Smallest body spliced.
         stall_timeout: Seconds without progress before a transfer is aborted.
-        shutdown_grace: Seconds a running transfer may go on once shutdown began.
+        shutdown_grace: Seconds a running transfer may go on once the shutdown's grace
+            for requests in flight began (:meth:`start_grace`).
     """
 
     def __init__(
@@ -306,6 +307,20 @@ class Splicer:
         self.uploads = 0
         self.uploads_failed = 0
         self.upload_bytes = 0
+        self._grace_started = False
+        self._awaiting_grace: list[_SpliceWorker] = []
+
+    def start_grace(self) -> None:
+        """The shutdown's grace for requests in flight begins.
+
+        That is after the drain and the WebSockets' close: running transfers get
+        ``shutdown_grace`` seconds from now, as the other requests do, not from the
+        ``before shutdown`` trigger (SIGTERM).
+        """
+        self._grace_started = True
+        workers, self._awaiting_grace = self._awaiting_grace, []
+        for worker in workers:
+            worker.start_grace_timer()
 
     def _busy(self) -> bool:
         return self.active + self.active_uploads >= self.max_active
@@ -512,20 +527,32 @@ class _SpliceWorker:
             os.eventfd_write(self._wake, 1)
 
     def _on_shutdown(self) -> Deferred[None] | None:
-        """Shutdown began: let the transfer run for the grace period, then stop it."""
+        """Shutdown began: the reactor waits for the transfer.
+
+        It is stopped once the grace (:meth:`Splicer.start_grace`) has run out.
+        """
         if self.state != "splice":
             return None
         waiter: Deferred[None] = Deferred()
         self._shutdown_waiters.append(waiter)
-        self._timers.append(
-            self.splicer.reactor.callLater(self.splicer.shutdown_grace, self._stop_for_shutdown)
-        )
+        if self.splicer._grace_started:
+            self.start_grace_timer()
+        else:
+            self.splicer._awaiting_grace.append(self)
         return waiter
+
+    def start_grace_timer(self) -> None:
+        """Stop the transfer ``shutdown_grace`` seconds from now, unless it ends first."""
+        if self.state == "splice":
+            self._timers.append(self.splicer.reactor.callLater(
+                self.splicer.shutdown_grace, self._stop_for_shutdown))
 
     def _release(self) -> None:
         """Timers, eventfd, shutdown trigger and its waiters: what every end releases."""
         self.state = "ended"
         self._cancel_timers()
+        with suppress(ValueError):  # not waiting for the grace
+            self.splicer._awaiting_grace.remove(self)
         if self._wake is not None:
             os.close(self._wake)
             self._wake = None

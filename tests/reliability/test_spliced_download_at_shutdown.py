@@ -1,0 +1,62 @@
+"""A spliced download gets the same shutdown grace as every other request in flight.
+
+docs/deployment.md: on SIGTERM the gateway fails ``/ready``, serves on for
+WALLABY_SHUTDOWN_DRAIN, closes the WebSockets, "then stops accepting and gives in-flight
+requests WALLABY_SHUTDOWN_GRACE seconds". A download relayed with ``splice(2)``
+(gateway/http/splice_relay.py) started its own grace timer at the ``before shutdown``
+trigger, that is at SIGTERM: it was cut ``drain`` seconds before the others' deadline
+(found by the flaky multigw test of an in-flight download behind HAProxy, cut at exactly
+SIGTERM + 20 s while the gateway said it was "waiting up to 20.0s" from SIGTERM + 7 s).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from http import client as httpclient
+from pathlib import Path
+
+from tests.conftest import CouchBackend
+from tests.reliability.conftest import Couch, GatewayProcess, basic_header, http, spawn_gateway
+
+DRAIN, GRACE = 6, 4
+
+
+def test_a_spliced_download_gets_the_grace_after_the_drain(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path, gateways: list[GatewayProcess],
+) -> None:
+    gateway = spawn_gateway(couch_backend.admin_url, tmp_path,
+                            WALLABY_SHUTDOWN_DRAIN=str(DRAIN), WALLABY_SHUTDOWN_GRACE=str(GRACE))
+    gateways.append(gateway)
+    db = couch.new_db()
+    payload = bytes(range(256)) * (96 * 1024)  # 24 MiB: more than the socket buffers hold
+    auth = basic_header(couch_backend.admin_username, couch_backend.admin_password)
+    made = couch.call("PUT", f"/{db}/doc", {"x": 1})
+    rev = made.json["rev"]
+    stored = http("PUT", f"{couch_backend.url}/{db}/doc/blob?rev={rev}", raw=payload,
+                  headers={**auth, "Content-Type": "application/octet-stream"}, timeout=120)
+    assert stored.status == 201, stored.body[:200]
+
+    connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+    connection.request("GET", f"/api/v1/db/{db}/docs/doc/attachments/blob",
+                       headers={**auth, "X-Request-Id": uuid.uuid4().hex})
+    response = connection.getresponse()
+    assert response.status == 200
+    got = bytearray(response.read(64 * 1024))
+    metrics = http("GET", gateway.url + "/metrics").body.decode()
+    assert "wallaby_spliced_downloads_active 1" in metrics, "the download is not spliced"
+    gateway.process.send_signal(signal.SIGTERM)
+    # The client reads nothing for longer than the grace, well within drain + grace.
+    time.sleep(GRACE + 1)
+    try:
+        while chunk := response.read(1 << 20):
+            got += chunk
+    except (httpclient.IncompleteRead, OSError) as exc:
+        got += getattr(exc, "partial", b"")
+    connection.close()
+    assert len(got) == len(payload), (
+        f"{len(got)} of {len(payload)} bytes: the spliced download was cut at SIGTERM + "
+        f"{GRACE} s, before the drain ({DRAIN} s) and the grace ({GRACE} s) after it")
+    assert got == payload
+    assert gateway.process.wait(30) == 0
