@@ -11,16 +11,15 @@ time, no level, tracebacks over many lines), whatever the format.
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
 from tests.conftest import CouchBackend
 from tests.reliability.conftest import GatewayProcess, spawn_gateway
+from tests.support.standin_http import JsonAnswers, serving
 
 #: What ``python -m gateway run`` itself prints on stderr at start (a console banner,
 #: and the ``READY <port>`` line the test harness waits for).
@@ -73,35 +72,22 @@ def ws_recv(sock: socket.socket) -> tuple[int, bytes]:
     return first & 0x0F, _exact(sock, length)
 
 
-class _DeletedDatabaseCouch(http.server.BaseHTTPRequestHandler):
+class _DeletedDatabaseCouch(JsonAnswers):
     """A CouchDB whose database is deleted once the live feed opens: every GET answers
     as CouchDB would, except the continuous ``_changes`` request, which is a 404 (the
     feed stops for good, as after ``DELETE /db`` on CouchDB)."""
 
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.path.startswith("/_session"):
-            self._send(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
+            self.send_json(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
         elif self.path.startswith("/_up"):
-            self._send(200, {"status": "ok"})
+            self.send_json(200, {"status": "ok"})
         elif "_changes" in self.path and "feed=continuous" in self.path:
-            self._send(404, {"error": "not_found", "reason": "Database does not exist."})
+            self.send_json(404, {"error": "not_found", "reason": "Database does not exist."})
         elif "_changes" in self.path:
-            self._send(200, {"results": [], "last_seq": "0"})
+            self.send_json(200, {"results": [], "last_seq": "0"})
         else:
-            self._send(200, {"db_name": "x", "update_seq": "0", "doc_count": 0})
+            self.send_json(200, {"db_name": "x", "update_seq": "0", "doc_count": 0})
 
     do_POST = do_GET  # noqa: N815 - BaseHTTPRequestHandler's name
 
@@ -121,10 +107,8 @@ def test_a_shared_feed_that_stops_is_logged_as_json_not_bare_text_on_stderr(
     errors, ``websocket handshake check failed: <traceback>`` and ``websocket task failed:
     <traceback>`` (multi-line) the same way. Expected: every log event through the
     configured JSON observer (one object per line), nothing but the banner on stderr."""
-    couch = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DeletedDatabaseCouch)
-    threading.Thread(target=couch.serve_forever, daemon=True).start()
-    try:
-        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch.server_address[1]}", tmp_path)
+    with serving(_DeletedDatabaseCouch) as couch_port:
+        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch_port}", tmp_path)
         gateways.append(gateway)
         sock = ws_open(gateway.port, {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()})
         try:
@@ -136,8 +120,6 @@ def test_a_shared_feed_that_stops_is_logged_as_json_not_bare_text_on_stderr(
             sock.close()
         time.sleep(0.5)
         gateway.stop()
-    finally:
-        couch.shutdown()
     stray = log_events_on_stderr(gateway)
     assert not stray, stray
     for line in gateway.out.read_text(errors="replace").splitlines():

@@ -23,6 +23,7 @@ from typing import Any
 from tests.conftest import CouchBackend
 from tests.reliability.conftest import Couch, GatewayProcess, spawn_gateway
 from tests.reliability.test_operator_logs import ws_open, ws_recv, ws_send
+from tests.support.standin_http import JsonAnswers, serving
 
 
 def test_sighup_does_not_kill_the_gateway_without_its_graceful_shutdown(
@@ -58,26 +59,20 @@ def test_sighup_does_not_kill_the_gateway_without_its_graceful_shutdown(
     assert code == 0 and any(t.get("type") == "closing" for t in texts), (code, frames)
 
 
-class _SlowCouch(http.server.BaseHTTPRequestHandler):
+class _SlowCouch(JsonAnswers):
     """Answers at once, except a database named ``slow``, which takes 30 s."""
 
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
+    slow_request_arrived = threading.Event()
 
     def do_GET(self) -> None:
-        if self.path.startswith("/slow"):
-            time.sleep(30)
-        body: dict[str, Any] = {"ok": True, "userCtx": {"name": "u", "roles": []}} \
-            if self.path.startswith("/_session") else {"db_name": "slow", "doc_count": 0}
-        data = json.dumps(body).encode()
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            if self.path.startswith("/_session"):
+                self.send_json(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
+                return
+            if self.path.startswith("/slow"):
+                self.slow_request_arrived.set()
+                time.sleep(30)
+            self.send_json(200, {"db_name": "slow", "doc_count": 0})
         except OSError:
             pass
 
@@ -93,11 +88,9 @@ def test_a_request_cut_at_the_shutdown_deadline_is_not_blamed_on_couchdb(
     with no answer, and the access line says ``"status": 200, "aborted": true, "error":
     null`` — a 200 that never left. Expected: the gateway's own ``503 shutting_down``
     (and an access line that says ``shutting_down`` either way)."""
-    couch = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowCouch)
-    couch.daemon_threads = True
-    threading.Thread(target=couch.serve_forever, daemon=True).start()
-    try:
-        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch.server_address[1]}", tmp_path,
+    _SlowCouch.slow_request_arrived.clear()
+    with serving(_SlowCouch) as couch_port:
+        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch_port}", tmp_path,
                                 WALLABY_SHUTDOWN_GRACE="1", WALLABY_REQUEST_TIMEOUT="60")
         gateways.append(gateway)
         answer: dict[str, Any] = {}
@@ -116,12 +109,10 @@ def test_a_request_cut_at_the_shutdown_deadline_is_not_blamed_on_couchdb(
 
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(1.0)  # the request waits for CouchDB
+        assert _SlowCouch.slow_request_arrived.wait(20), "the request did not reach CouchDB"
         os.kill(gateway.process.pid, signal.SIGTERM)
         caller.join(20)
         gateway.process.wait(20)
-    finally:
-        couch.shutdown()
     access = [json.loads(line) for line in gateway.out.read_text().splitlines()
               if '"type": "access"' in line and "/api/v1/db/slow" in line]
     # Whether the client got an answer or only a closed connection, the access line
@@ -131,23 +122,13 @@ def test_a_request_cut_at_the_shutdown_deadline_is_not_blamed_on_couchdb(
         assert (answer["status"], answer["body"]["error"]) == (503, "shutting_down"), answer
 
 
-class _TricklingCouch(http.server.BaseHTTPRequestHandler):
+class _TricklingCouch(JsonAnswers):
     """Sends an attachment's head and its first bytes, then nothing for 30 s."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         try:
             if self.path.startswith("/_session"):
-                data = json.dumps({"ok": True, "userCtx": {"name": "u", "roles": []}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -166,11 +147,8 @@ def test_a_download_cut_at_the_shutdown_deadline_says_so_in_its_access_line(
     """Its head (200) has left when ``WALLABY_SHUTDOWN_GRACE`` runs out: the gateway cuts
     the connection, and the access line says ``aborted`` with the error
     ``shutting_down``, not a bare 200 or a CouchDB failure."""
-    couch = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TricklingCouch)
-    couch.daemon_threads = True
-    threading.Thread(target=couch.serve_forever, daemon=True).start()
-    try:
-        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch.server_address[1]}", tmp_path,
+    with serving(_TricklingCouch) as couch_port:
+        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch_port}", tmp_path,
                                 WALLABY_SHUTDOWN_GRACE="1", WALLABY_REQUEST_TIMEOUT="60")
         gateways.append(gateway)
         request = urllib.request.Request(
@@ -186,8 +164,6 @@ def test_a_download_cut_at_the_shutdown_deadline_says_so_in_its_access_line(
                 rest = b""
             assert len(rest) < 100000 - 100
         gateway.process.wait(20)
-    finally:
-        couch.shutdown()
     access = [json.loads(line) for line in gateway.out.read_text().splitlines()
               if '"type": "access"' in line and "attachments" in line]
     assert len(access) == 1, access

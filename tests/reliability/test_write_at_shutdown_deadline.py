@@ -9,44 +9,30 @@ Retry-After after the shutdown deadline fix, until the refix review of session 2
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.reliability.conftest import GatewayProcess, spawn_gateway
+from tests.support.standin_http import JsonAnswers, serving
 
 AUTH = b"Basic " + base64.b64encode(b"u:p")
 STORED: list[Any] = []
 
 
-class _CouchStoringSlowly(http.server.BaseHTTPRequestHandler):
+class _CouchStoringSlowly(JsonAnswers):
     """Stores a POSTed document at once, answers 30 s later."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _json(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         try:
             if self.path.startswith("/_session"):
-                self._json(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
+                self.send_json(200, {"ok": True, "userCtx": {"name": "u", "roles": []}})
             else:
-                self._json(200, {"couchdb": "Welcome", "version": "3.3.3"})
+                self.send_json(200, {"couchdb": "Welcome", "version": "3.3.3"})
         except OSError:
             pass
 
@@ -55,18 +41,15 @@ class _CouchStoringSlowly(http.server.BaseHTTPRequestHandler):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             STORED.append(json.loads(body))  # committed
             time.sleep(30)  # ... and the answer is slow
-            self._json(201, {"ok": True, "id": "generated", "rev": "1-a"})
+            self.send_json(201, {"ok": True, "id": "generated", "rev": "1-a"})
         except OSError:
             pass
 
 
 def test_a_write_cut_at_the_deadline_is_not_an_invitation_to_send_it_again(
         tmp_path: Path, gateways: list[GatewayProcess]) -> None:
-    couch = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CouchStoringSlowly)
-    couch.daemon_threads = True
-    threading.Thread(target=couch.serve_forever, daemon=True).start()
-    try:
-        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch.server_address[1]}", tmp_path,
+    with serving(_CouchStoringSlowly) as couch_port:
+        gateway = spawn_gateway(f"http://svc:pw@127.0.0.1:{couch_port}", tmp_path,
                                 WALLABY_SHUTDOWN_GRACE="1", WALLABY_REQUEST_TIMEOUT="60")
         gateways.append(gateway)
         port = int(gateway.url.rsplit(":", 1)[1].strip("/"))
@@ -88,8 +71,6 @@ def test_a_write_cut_at_the_deadline_is_not_an_invitation_to_send_it_again(
             received += b" <" + repr(exc).encode() + b">"
         sock.close()
         gateway.process.wait(20)
-    finally:
-        couch.shutdown()
     head, _, payload = received.partition(b"\r\n\r\n")
     # It was: HTTP/1.1 503, Retry-After: 5, {"error": "shutting_down", "reason": "... send
     # it again"}: a client following it stores the order twice.
