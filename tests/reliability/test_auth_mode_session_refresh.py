@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import GatewayProcess, http, spawn_gateway
+from tests.reliability.authmodes import SECRET, spawn_in_mode
+from tests.reliability.conftest import GatewayProcess, http
 from tests.support.couch_auth_standin import CouchAuthStandIn
 
-SECRET = "proxy-secret"
 TIMEOUT = 8.0
 
 
@@ -50,11 +50,7 @@ def test_an_active_cookie_session_is_refreshed(
     ``ProxyAuth``, which has no ``session``): the user is logged out ``timeout`` after
     logging in, however active.
     """
-    env = {"WALLABY_AUTH_MODE": mode}
-    if mode == "proxy":
-        env["WALLABY_PROXY_SECRET"] = SECRET
-    gateway = spawn_gateway(fake.url, tmp_path, **env)
-    gateways.append(gateway)
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode)
     login = http("POST", gateway.url + "/api/v1/session", {"name": "bob", "password": "pw"})
     assert login.status == 200, login.body
     cookie = login.json["token"]

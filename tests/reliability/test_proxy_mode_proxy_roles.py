@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import GatewayProcess, basic_header, http, spawn_gateway
+from tests.reliability.authmodes import SECRET, spawn_in_mode
+from tests.reliability.conftest import GatewayProcess, basic_header, http
 from tests.support.couch_auth_standin import CouchAuthStandIn
-
-SECRET = "proxy-secret"
 
 
 @pytest.fixture
@@ -36,11 +35,7 @@ def fake() -> Iterator[CouchAuthStandIn]:
 def test_a_role_with_a_comma_is_not_split_into_admin(
     fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess], mode: str,
 ) -> None:
-    env = {"WALLABY_AUTH_MODE": mode}
-    if mode == "proxy":
-        env["WALLABY_PROXY_SECRET"] = SECRET
-    gateway = spawn_gateway(fake.url, tmp_path, **env)
-    gateways.append(gateway)
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode)
     answer = http("GET", gateway.url + "/api/v1/db/private", None, basic_header("eve", "pw"))
     sent = [r.get("X-Auth-CouchDB-Roles") for r in fake.recorded("/private")]
     assert answer.status == 403, (

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import threads
 
-from tests.reliability.conftest import GatewayProcess, basic_header, http, spawn_gateway
+from tests.reliability.authmodes import SECRET, bearer_of_login, spawn_in_mode
+from tests.reliability.conftest import GatewayProcess, basic_header
 from tests.reliability.wsclient import open_socket
 from tests.support.couch_auth_standin import CouchAuthStandIn
 from tests.ws.conftest import sleep
 
-SECRET = "proxy-secret"
 DBS = [f"db{i}" for i in range(6)]
 
 
@@ -56,15 +55,10 @@ async def test_proxy_recheck_verifies_a_credential_once_per_interval(
     reactor: Any, fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess],
     credential: str,
 ) -> None:
-    gateway = spawn_gateway(fake.url, tmp_path, WALLABY_AUTH_MODE="proxy",
-                            WALLABY_PROXY_SECRET=SECRET, WALLABY_WS_AUTH_RECHECK="1",
-                            WALLABY_WS_PING_INTERVAL="0")
-    gateways.append(gateway)
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, "proxy",
+                            WALLABY_WS_AUTH_RECHECK="1", WALLABY_WS_PING_INTERVAL="0")
     if credential == "bearer":
-        login = await threads.deferToThread(http, "POST", gateway.url + "/api/v1/session",
-                                            {"name": "bob", "password": "pw"})
-        assert login.status == 200, login.body
-        headers = {"Authorization": f"Bearer {login.json['token']}"}
+        headers = await bearer_of_login(gateway, "bob", "pw")
     else:
         headers = basic_header("bob", "pw")
     proto = await _subscribe_all(reactor, gateway, headers)

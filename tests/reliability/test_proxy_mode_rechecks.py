@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 from twisted.internet import threads
 
-from tests.reliability.conftest import GatewayProcess, http, spawn_gateway
+from tests.reliability.authmodes import RECHECK_EVERY_SECOND, SECRET, bearer_of_login, spawn_in_mode
+from tests.reliability.conftest import GatewayProcess, http
 from tests.reliability.wsclient import open_socket
 from tests.support.couch_auth_standin import CouchAuthStandIn, hs256
 from tests.ws.conftest import sleep
-
-SECRET = "proxy-secret"
 
 
 @pytest.fixture
@@ -37,13 +36,7 @@ def fake() -> Iterator[CouchAuthStandIn]:
 
 def _gateway(fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess],
              mode: str) -> GatewayProcess:
-    env = {"WALLABY_AUTH_MODE": mode, "WALLABY_WS_AUTH_RECHECK": "1",
-           "WALLABY_WS_PING_INTERVAL": "0", "WALLABY_FEED_HEARTBEAT_MS": "500"}
-    if mode == "proxy":
-        env["WALLABY_PROXY_SECRET"] = SECRET
-    gateway = spawn_gateway(fake.url, tmp_path, **env)
-    gateways.append(gateway)
-    return gateway
+    return spawn_in_mode(fake.url, tmp_path, gateways, mode, **RECHECK_EVERY_SECOND)
 
 
 async def _subscribe(reactor: Any, gateway: GatewayProcess, headers: dict[str, str],
@@ -88,11 +81,7 @@ async def test_ws_subscriber_of_a_deleted_user_is_closed(
     fake.add_user("bob", "pw", ["editor"])
     fake.add_db(db, roles=["editor"])
     gateway = _gateway(fake, tmp_path, gateways, mode)
-    login = await threads.deferToThread(http, "POST", gateway.url + "/api/v1/session",
-                                        {"name": "bob", "password": "pw"})
-    assert login.status == 200, login.body
-    token = login.json["token"]
-    bearer = {"Authorization": f"Bearer {token}"}
+    bearer = await bearer_of_login(gateway, "bob", "pw")
     proto = await _subscribe(reactor, gateway, bearer, db)
     fake.put_doc(db, "before", {"v": 1})
     await sleep(reactor, 1.0)
@@ -123,9 +112,7 @@ async def test_ws_subscriber_who_lost_the_role_gets_access_revoked(
     fake.add_user("bob", "pw", ["editor"])
     fake.add_db(db, roles=["editor"])
     gateway = _gateway(fake, tmp_path, gateways, mode)
-    login = await threads.deferToThread(http, "POST", gateway.url + "/api/v1/session",
-                                        {"name": "bob", "password": "pw"})
-    bearer = {"Authorization": f"Bearer {login.json['token']}"}
+    bearer = await bearer_of_login(gateway, "bob", "pw")
     proto = await _subscribe(reactor, gateway, bearer, db)
 
     with fake.lock:

@@ -32,12 +32,11 @@ from typing import Any
 import pytest
 from twisted.internet import threads
 
-from tests.reliability.conftest import GatewayProcess, http, spawn_gateway
+from tests.reliability.authmodes import RECHECK_EVERY_SECOND, SECRET, bearer_of_login, spawn_in_mode
+from tests.reliability.conftest import GatewayProcess, http
 from tests.reliability.wsclient import open_socket
 from tests.support.couch_auth_standin import CouchAuthStandIn
 from tests.ws.conftest import sleep
-
-SECRET = "proxy-secret"
 
 
 @pytest.fixture
@@ -63,16 +62,8 @@ async def test_a_role_granted_then_removed_is_revoked_on_the_socket(
     reactor: Any, fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess],
     mode: str,
 ) -> None:
-    env = {"WALLABY_AUTH_MODE": mode, "WALLABY_WS_AUTH_RECHECK": "1",
-           "WALLABY_WS_PING_INTERVAL": "0", "WALLABY_FEED_HEARTBEAT_MS": "500"}
-    if mode == "proxy":
-        env["WALLABY_PROXY_SECRET"] = SECRET
-    gateway = spawn_gateway(fake.url, tmp_path, **env)
-    gateways.append(gateway)
-    login = await threads.deferToThread(http, "POST", gateway.url + "/api/v1/session",
-                                        {"name": "bob", "password": "pw"})
-    assert login.status == 200, login.body
-    bearer = {"Authorization": f"Bearer {login.json['token']}"}
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode, **RECHECK_EVERY_SECOND)
+    bearer = await bearer_of_login(gateway, "bob", "pw")
     proto = await open_socket(reactor, gateway.port, gateway.ws_url, headers=bearer)
 
     proto.send({"type": "subscribe", "id": "p", "db": "pub", "since": "now"})
@@ -113,15 +104,8 @@ async def test_a_new_socket_after_a_role_removal_is_refused(
     the session (identity verified anew, roles ``[]``) gets the credential key of the
     first socket (same session, name and roles ``[]``) and so its shared transport, still
     switched to ``ProxyAuth(bob, [editor])``: its subscribe to ``alpha`` is accepted."""
-    env = {"WALLABY_AUTH_MODE": mode, "WALLABY_WS_AUTH_RECHECK": "1",
-           "WALLABY_WS_PING_INTERVAL": "0", "WALLABY_FEED_HEARTBEAT_MS": "500"}
-    if mode == "proxy":
-        env["WALLABY_PROXY_SECRET"] = SECRET
-    gateway = spawn_gateway(fake.url, tmp_path, **env)
-    gateways.append(gateway)
-    login = await threads.deferToThread(http, "POST", gateway.url + "/api/v1/session",
-                                        {"name": "bob", "password": "pw"})
-    bearer = {"Authorization": f"Bearer {login.json['token']}"}
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode, **RECHECK_EVERY_SECOND)
+    bearer = await bearer_of_login(gateway, "bob", "pw")
     first = await open_socket(reactor, gateway.port, gateway.ws_url, headers=bearer)
     first.send({"type": "subscribe", "id": "p", "db": "pub", "since": "now"})
     await _wait_for(reactor, first, "subscribed", "p")
