@@ -268,3 +268,17 @@ async def test_a_body_nested_too_deep_is_a_clean_400(scenario: Any) -> None:
         assert reply.status == 400, reply.body[:200]
         assert reply.json["error"] == "bad_request"
         assert "nested deeper than 10000 levels" in reply.json["reason"]
+
+
+async def test_metrics_do_not_grow_a_series_per_made_up_method(gateway: RunningGateway) -> None:
+    """HTTP methods are client-chosen tokens: each made-up one (``QRX1``, ``QRX2`` …) must
+    not become a new ``method`` label value — that is unbounded memory in the gateway and
+    a cardinality explosion in Prometheus for anyone who can reach the port."""
+    for i in range(40):
+        reply = await gateway.client.request(f"QRX{i}", "/health")
+        assert reply.status in (405, 501), reply.status
+    text = (await gateway.client.get("/metrics")).body.decode()
+    methods = {line.split('method="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+               if line.startswith("wallaby_http_requests_total{")}
+    assert not any(m.startswith("QRX") for m in methods), sorted(methods)
+    assert "OTHER" in methods, sorted(methods)
