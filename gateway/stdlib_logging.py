@@ -49,6 +49,7 @@ def route_stdlib_logging(observer: ILogObserver, level: int = logging.WARNING) -
         The handler installed on the root logger (remove it to undo).
     """
     handler = TwistedLogHandler(observer)
+    handler.setLevel(level)  # a library's logger set to DEBUG still hands the root its records
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

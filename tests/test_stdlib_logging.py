@@ -69,3 +69,15 @@ def test_a_bad_format_string_still_logs_and_does_not_raise() -> None:
                                    ("not a number",), None))
     [record] = _records(stream)
     assert "%d items" in str(record["message"]) and "not a number" in str(record["message"])
+
+
+def test_a_logger_set_to_a_lower_level_still_passes_only_warnings(lines: io.StringIO) -> None:
+    noisy = logging.getLogger("some.noisy.library")
+    noisy.setLevel(logging.DEBUG)  # libraries (or their users) do this
+    try:
+        noisy.debug("debug detail %s", 1)
+        noisy.info("info detail")
+        noisy.warning("a warning")
+    finally:
+        noisy.setLevel(logging.NOTSET)
+    assert [r["message"] for r in _records(lines)] == ["a warning"]
