@@ -106,6 +106,7 @@ class GatewayService(Service):
             finally:
                 if timer.active():
                     timer.cancel()
+        await self.app.splicer.idle()  # bounded: each transfer has the grace's deadline
         if self.pool is not None:
             await self.pool.closeCachedConnections()
 

@@ -308,19 +308,47 @@ class Splicer:
         self.uploads_failed = 0
         self.upload_bytes = 0
         self._grace_started = False
-        self._awaiting_grace: list[_SpliceWorker] = []
+        #: Workers whose thread runs, and who waits for there to be none.
+        self._running: set[_SpliceWorker] = set()
+        self._idle_waiters: list[Deferred[None]] = []
 
     def start_grace(self) -> None:
         """The shutdown's grace for requests in flight begins.
 
         That is after the drain and the WebSockets' close: running transfers get
         ``shutdown_grace`` seconds from now, as the other requests do, not from the
-        ``before shutdown`` trigger (SIGTERM).
+        ``before shutdown`` trigger (SIGTERM); so do transfers that begin later.
         """
         self._grace_started = True
-        workers, self._awaiting_grace = self._awaiting_grace, []
-        for worker in workers:
+        for worker in list(self._running):
             worker.start_grace_timer()
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no transfer's thread runs (at once if none does).
+
+        After :meth:`start_grace` every running transfer has a deadline, so this is
+        bounded: the shutdown waits here, and no thread is left for the reactor's
+        thread pool to join when it stops (a transfer begun during the drain has no
+        ``before shutdown`` trigger of its own: that phase had begun).
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._running:
+            self._idle_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def _thread_started(self, worker: _SpliceWorker) -> None:
+        self._running.add(worker)
+        if self._grace_started:
+            worker.start_grace_timer()
+
+    def _thread_ended(self, worker: _SpliceWorker) -> None:
+        self._running.discard(worker)
+        if not self._running:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _busy(self) -> bool:
         return self.active + self.active_uploads >= self.max_active
@@ -472,6 +500,7 @@ class _SpliceWorker:
         self.progress = Progress()
         self._wake: int | None = None
         self._trigger: Any = None
+        self._grace_timer: Any = None
         self._timers: list[Any] = []
         self._shutdown_waiters: list[Deferred[None]] = []
 
@@ -508,6 +537,7 @@ class _SpliceWorker:
         self.state = "splice"
         reactor = self.splicer.reactor
         self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
+        self.splicer._thread_started(self)
         work = deferToThreadPool(
             reactor, reactor.getThreadPool(), self._work, src_fd, dst_fd, length, self._wake
         )
@@ -535,24 +565,20 @@ class _SpliceWorker:
             return None
         waiter: Deferred[None] = Deferred()
         self._shutdown_waiters.append(waiter)
-        if self.splicer._grace_started:
-            self.start_grace_timer()
-        else:
-            self.splicer._awaiting_grace.append(self)
         return waiter
 
     def start_grace_timer(self) -> None:
         """Stop the transfer ``shutdown_grace`` seconds from now, unless it ends first."""
-        if self.state == "splice":
-            self._timers.append(self.splicer.reactor.callLater(
-                self.splicer.shutdown_grace, self._stop_for_shutdown))
+        if self.state == "splice" and self._grace_timer is None:
+            self._grace_timer = self.splicer.reactor.callLater(
+                self.splicer.shutdown_grace, self._stop_for_shutdown)
+            self._timers.append(self._grace_timer)
 
     def _release(self) -> None:
         """Timers, eventfd, shutdown trigger and its waiters: what every end releases."""
         self.state = "ended"
         self._cancel_timers()
-        with suppress(ValueError):  # not waiting for the grace
-            self.splicer._awaiting_grace.remove(self)
+        self.splicer._thread_ended(self)
         if self._wake is not None:
             os.close(self._wake)
             self._wake = None

@@ -60,3 +60,53 @@ def test_a_spliced_download_gets_the_grace_after_the_drain(
         f"{GRACE} s, before the drain ({DRAIN} s) and the grace ({GRACE} s) after it")
     assert got == payload
     assert gateway.process.wait(30) == 0
+
+
+def test_a_download_spliced_during_the_drain_still_ends_at_the_deadline(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path, gateways: list[GatewayProcess],
+) -> None:
+    """Begun after SIGTERM (the drain still serves), read slowly: its shutdown trigger was
+    added after the ``before shutdown`` phase had begun, so it never fired; at the deadline
+    the gateway stopped waiting, and the reactor's thread pool then waited for the splice
+    thread, which sent on for as long as the client read (still at SIGTERM + 26 s)."""
+    drain, grace = 3, 3
+    gateway = spawn_gateway(couch_backend.admin_url, tmp_path,
+                            WALLABY_SHUTDOWN_DRAIN=str(drain), WALLABY_SHUTDOWN_GRACE=str(grace))
+    gateways.append(gateway)
+    db = couch.new_db()
+    payload = bytes(range(256)) * (96 * 1024)
+    auth = basic_header(couch_backend.admin_username, couch_backend.admin_password)
+    rev = couch.call("PUT", f"/{db}/doc", {"x": 1}).json["rev"]
+    stored = http("PUT", f"{couch_backend.url}/{db}/doc/blob?rev={rev}", raw=payload,
+                  headers={**auth, "Content-Type": "application/octet-stream"}, timeout=120)
+    assert stored.status == 201
+    sigterm = time.monotonic()
+    gateway.process.send_signal(signal.SIGTERM)
+    time.sleep(1)  # within the drain: still served
+    connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+    connection.request("GET", f"/api/v1/db/{db}/docs/doc/attachments/blob",
+                       headers={**auth, "X-Request-Id": uuid.uuid4().hex})
+    response = connection.getresponse()
+    assert response.status == 200
+    got = 0
+    cut_at = None
+    try:
+        while time.monotonic() - sigterm < drain + grace + 20:
+            chunk = response.read(16 * 1024)  # a slow reader: about 64 KiB/s
+            if not chunk:
+                cut_at = time.monotonic() - sigterm
+                break
+            got += len(chunk)
+            time.sleep(0.25)
+    except (httpclient.IncompleteRead, OSError):
+        cut_at = time.monotonic() - sigterm
+    connection.close()
+    alive = gateway.process.poll() is None
+    assert got < len(payload)
+    assert cut_at is not None, (
+        f"still receiving at SIGTERM + {drain + grace + 20} s ({got} bytes, gateway alive: {alive})")
+    assert cut_at < drain + grace + 3, f"cut at SIGTERM + {cut_at:.1f} s"
+    assert gateway.process.wait(15) == 0
+    access = [line for line in gateway.out.read_text().splitlines()
+              if '"type": "access"' in line and "attachments/blob" in line]
+    assert len(access) == 1 and '"shutting_down"' in access[0], access
