@@ -191,7 +191,7 @@ function onChange(change) {
   if (mine !== undefined) {
     const rev = change.doc?._rev ?? change.changes?.[0]?.rev;
     if (rev !== undefined && generation(rev) < mine) return; // older than the page's own write
-    written.delete(change.id);
+    if (rev !== undefined) written.delete(change.id); // the feed has caught up with it
   }
   if (change.deleted) docs.delete(change.id);
   else if (change.doc && !change.id.startsWith("_design/")) docs.set(change.id, change.doc);
