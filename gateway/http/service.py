@@ -107,6 +107,7 @@ class GatewayService(Service):
                 if timer.active():
                     timer.cancel()
         await self.app.splicer.idle()  # bounded: each transfer has the grace's deadline
+        self.app.splicer.close()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
 

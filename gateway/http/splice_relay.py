@@ -308,6 +308,8 @@ class Splicer:
         self.uploads_failed = 0
         self.upload_bytes = 0
         self._grace_started = False
+        #: Set once the shutdown stopped waiting for transfers: none may start a thread.
+        self.closed = False
         #: Workers whose thread runs, and who waits for there to be none.
         self._running: set[_SpliceWorker] = set()
         self._idle_waiters: list[Deferred[None]] = []
@@ -338,6 +340,13 @@ class Splicer:
             waiter.callback(None)
         return waiter
 
+    def close(self) -> None:
+        """The shutdown waits no longer: a transfer not yet spliced is not, from now on.
+
+        Its thread would run while the reactor stops, with no deadline that can fire.
+        """
+        self.closed = True
+
     def _thread_started(self, worker: _SpliceWorker) -> None:
         self._running.add(worker)
         if self._grace_started:
@@ -345,10 +354,10 @@ class Splicer:
 
     def _thread_ended(self, worker: _SpliceWorker) -> None:
         self._running.discard(worker)
-        if not self._running:
+        if not self._running and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            # Next turn: the shutdown goes on once this transfer's own ending is done.
+            self.reactor.callLater(0, _fire_all, waiters)
 
     def _busy(self) -> bool:
         return self.active + self.active_uploads >= self.max_active
@@ -471,6 +480,11 @@ class Splicer:
             "# TYPE wallaby_spliced_uploads_active gauge",
             f"wallaby_spliced_uploads_active {self.active_uploads}",
         ]) + "\n"
+
+
+def _fire_all(waiters: list[Deferred[None]]) -> None:
+    for waiter in waiters:
+        waiter.callback(None)
 
 
 def _usable(transport: Any) -> bool:
@@ -701,6 +715,9 @@ class _Transfer(_SpliceWorker, Protocol):
         if not (_usable(plan.client) and _usable(plan.upstream)):
             self._fail(_failure(ClientGone("a connection closed before the splice")))
             return
+        if self.splicer.closed:
+            self._fail(_failure(SpliceStopped("the gateway shut down before the transfer")))
+            return
         self._start_thread(plan.upstream, plan.client, plan.length - self._relayed)
 
     def _stop_thread(self) -> None:
@@ -789,7 +806,7 @@ class _Upload(_SpliceWorker):
         # left in the socket is exactly what the upstream request still expects.
         if (
             not self._taken or remaining != self.encoder._length
-            or not (_usable(self.client) and _usable(self.upstream))
+            or not (_usable(self.client) and _usable(self.upstream)) or self.splicer.closed
         ):
             self._end(None)
             return
