@@ -16,6 +16,7 @@ import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.web.client import HTTPConnectionPool
 
 from gateway import deep_json
 from gateway.config import Settings
@@ -26,6 +27,7 @@ from gateway.errors import AuthenticationRequired
 from gateway.ws.handshake import WsIdentity
 from gateway.ws.protocol import SERVER_TYPES, validator
 from gateway.ws.service import ChangesService
+from tests.support.faultproxy import FaultProxy
 
 DEFAULT_TIMEOUT = 15.0
 
@@ -316,6 +318,26 @@ async def stop_server(server: WsServer) -> None:
         await server.service.stopService()
     if server.port.connected:
         await server.port.stopListening()
+
+
+@asynccontextmanager
+async def server_behind_fault_proxy(
+    reactor: Any, couch_backend: Any, admin: CouchServer, settings: Settings,
+) -> AsyncIterator[tuple[WsServer, FaultProxy]]:
+    """A live-changes server whose CouchDB connections pass through a :class:`FaultProxy`
+    (close it to make CouchDB unreachable; stopped, with the proxy, when the block ends)."""
+    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
+    proxy.listen()
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=admin.transport.auth,
+                          timeout=5)
+    server = await start_server(reactor, through, settings)
+    try:
+        yield server, proxy
+    finally:
+        await stop_server(server)
+        await proxy.close()
+        await pool.closeCachedConnections()
 
 
 @pytest_twisted.async_yield_fixture

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.client import HTTPConnectionPool
-
 from gateway.couch import CouchServer, Database
 from tests.conftest import CouchBackend
-from tests.support.faultproxy import FaultProxy
-from tests.ws.conftest import start_server, stop_server, ws_settings
+from tests.ws.conftest import server_behind_fault_proxy, ws_settings
 
 HEARTBEAT_MS = 300
 
@@ -20,13 +17,8 @@ HEARTBEAT_MS = 300
 async def test_a_subscriber_joining_after_the_feed_recovered_is_not_told_interrupted(
     couch_backend: CouchBackend, admin: CouchServer, db: Database, make_user: Any, reactor: Any,
 ) -> None:
-    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
-    proxy.listen()
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=admin.transport.auth,
-                          timeout=5)
-    server = await start_server(reactor, through, ws_settings(feed_heartbeat_ms=HEARTBEAT_MS))
-    try:
+    async with server_behind_fault_proxy(reactor, couch_backend, admin,
+                                         ws_settings(feed_heartbeat_ms=HEARTBEAT_MS)) as (server, proxy):
         token = await server.login(await make_user())
         first = await server.connect(token)
         assert (await first.subscribe("s", db.name))["type"] == "subscribed"
@@ -44,7 +36,3 @@ async def test_a_subscriber_joining_after_the_feed_recovered_is_not_told_interru
         states = [m for m in second.messages if m["type"] == "feed_state"]
         assert states == [], f"a subscriber of a live feed was told: {states}"
         assert server.feeds() == 1
-    finally:
-        await stop_server(server)
-        await proxy.close()
-        await pool.closeCachedConnections()

@@ -7,12 +7,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.web.client import HTTPConnectionPool
-
 from gateway.couch import CouchServer, Database
 from tests.conftest import CouchBackend
-from tests.support.faultproxy import FaultProxy
-from tests.ws.conftest import start_server, stop_server, ws_settings
+from tests.ws.conftest import server_behind_fault_proxy, ws_settings
 
 HEARTBEAT_MS = 300
 #: Silence is detected after 2 heartbeats; this leaves room for a busy test machine.
@@ -22,13 +19,8 @@ DETECTION_BOUND = 3.0
 async def test_stalled_upstream_is_detected_by_heartbeat_and_recovers(
     couch_backend: CouchBackend, admin: CouchServer, db: Database, make_user: Any, reactor: Any,
 ) -> None:
-    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
-    proxy.listen()
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=admin.transport.auth,
-                          timeout=5)
-    server = await start_server(reactor, through, ws_settings(feed_heartbeat_ms=HEARTBEAT_MS))
-    try:
+    async with server_behind_fault_proxy(reactor, couch_backend, admin,
+                                         ws_settings(feed_heartbeat_ms=HEARTBEAT_MS)) as (server, proxy):
         client = await server.connect(await server.login(await make_user()))
         assert (await client.subscribe("s", db.name))["type"] == "subscribed"
         await db.bulk_save([{"_id": f"a{i}"} for i in range(5)])
@@ -64,7 +56,3 @@ async def test_stalled_upstream_is_detected_by_heartbeat_and_recovers(
         assert states == ["interrupted", "live"], states
         assert server.feeds() == 1
         client.check()
-    finally:
-        await stop_server(server)
-        await proxy.close()
-        await pool.closeCachedConnections()

@@ -8,14 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.web.client import HTTPConnectionPool
 
 from gateway.couch import CouchServer, Database
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import CLOSE_SLOW_CONSUMER
 from tests.conftest import CouchBackend
-from tests.support.faultproxy import FaultProxy
-from tests.ws.conftest import WsServer, sleep, start_server, stop_server, ws_settings
+from tests.ws.conftest import (
+    WsServer,
+    server_behind_fault_proxy,
+    sleep,
+    ws_settings,
+)
 
 
 async def test_one_interrupted_notice_however_many_reconnections_fail(
@@ -24,13 +27,8 @@ async def test_one_interrupted_notice_however_many_reconnections_fail(
     """Kills hub.py ``_on_state`` without ``not feed.interrupted``: every failed
     reconnection attempt (``connecting`` → ``interrupted``) sent subscribers another
     ``feed_state interrupted`` (docs/websocket.md: ``interrupted`` then ``live``)."""
-    proxy = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
-    proxy.listen()
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    through = CouchServer(proxy.url, reactor=reactor, pool=pool, auth=admin.transport.auth,
-                          timeout=5)
-    server = await start_server(reactor, through, ws_settings(feed_heartbeat_ms=300))
-    try:
+    async with server_behind_fault_proxy(reactor, couch_backend, admin,
+                                         ws_settings(feed_heartbeat_ms=300)) as (server, proxy):
         client = await server.connect(await server.login(await make_user()))
         assert (await client.subscribe("s", db.name))["type"] == "subscribed"
         await db.save({"_id": "before"})
@@ -41,10 +39,6 @@ async def test_one_interrupted_notice_however_many_reconnections_fail(
         await sleep(reactor, 4.5)
         states = [m["state"] for m in client.messages if m["type"] == "feed_state"]
         assert states == ["interrupted"], states
-    finally:
-        await stop_server(server)
-        await proxy.close()
-        await pool.closeCachedConnections()
 
 
 async def test_valid_messages_between_invalid_ones_reset_the_streak(
