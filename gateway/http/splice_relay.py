@@ -329,9 +329,8 @@ class Splicer:
         """Fires once no transfer's thread runs (at once if none does).
 
         After :meth:`start_grace` every running transfer has a deadline, so this is
-        bounded: the shutdown waits here, and no thread is left for the reactor's
-        thread pool to join when it stops (a transfer begun during the drain has no
-        ``before shutdown`` trigger of its own: that phase had begun).
+        bounded: the shutdown waits here (``GatewayService``), and no thread is left
+        for the reactor's thread pool to join when it stops.
         """
         waiter: Deferred[None] = Deferred()
         if self._running:
@@ -503,9 +502,10 @@ class _SpliceWorker:
     """What a spliced transfer in either direction does around its worker thread.
 
     The thread runs :func:`splice_loop` on duplicated descriptors; an ``eventfd`` wakes
-    it; a shutdown trigger gives it ``shutdown_grace`` seconds; timers guard the steps
-    before it. Subclasses set ``state`` and implement ``_end`` (every path ends there
-    once) and ``_stop_for_shutdown``.
+    it; the splicer gives it ``shutdown_grace`` seconds at shutdown
+    (:meth:`Splicer.start_grace`; the shutdown waits in :meth:`Splicer.idle`); timers
+    guard the steps before it. Subclasses set ``state`` and implement ``_end`` (every
+    path ends there once) and ``_stop_for_shutdown``.
     """
 
     def __init__(self, splicer: Splicer) -> None:
@@ -513,10 +513,8 @@ class _SpliceWorker:
         self.state = ""
         self.progress = Progress()
         self._wake: int | None = None
-        self._trigger: Any = None
         self._grace_timer: Any = None
         self._timers: list[Any] = []
-        self._shutdown_waiters: list[Deferred[None]] = []
 
     def _end(self, outcome: int | Failure | None) -> None:
         raise NotImplementedError
@@ -550,7 +548,6 @@ class _SpliceWorker:
             raise
         self.state = "splice"
         reactor = self.splicer.reactor
-        self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
         self.splicer._thread_started(self)
         work = deferToThreadPool(
             reactor, reactor.getThreadPool(), self._work, src_fd, dst_fd, length, self._wake
@@ -570,17 +567,6 @@ class _SpliceWorker:
         if self._wake is not None:
             os.eventfd_write(self._wake, 1)
 
-    def _on_shutdown(self) -> Deferred[None] | None:
-        """Shutdown began: the reactor waits for the transfer.
-
-        It is stopped once the grace (:meth:`Splicer.start_grace`) has run out.
-        """
-        if self.state != "splice":
-            return None
-        waiter: Deferred[None] = Deferred()
-        self._shutdown_waiters.append(waiter)
-        return waiter
-
     def start_grace_timer(self) -> None:
         """Stop the transfer ``shutdown_grace`` seconds from now, unless it ends first."""
         if self.state == "splice" and self._grace_timer is None:
@@ -589,19 +575,13 @@ class _SpliceWorker:
             self._timers.append(self._grace_timer)
 
     def _release(self) -> None:
-        """Timers, eventfd, shutdown trigger and its waiters: what every end releases."""
+        """What every end releases: timers, the eventfd, its place among running threads."""
         self.state = "ended"
         self._cancel_timers()
         self.splicer._thread_ended(self)
         if self._wake is not None:
             os.close(self._wake)
             self._wake = None
-        if self._trigger is not None:
-            with suppress(ValueError):  # already fired
-                self.splicer.reactor.removeSystemEventTrigger(self._trigger)
-        waiters, self._shutdown_waiters = self._shutdown_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
 
 @implementer(IPushProducer)
