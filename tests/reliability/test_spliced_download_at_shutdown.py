@@ -23,26 +23,41 @@ from tests.reliability.conftest import Couch, GatewayProcess, basic_header, http
 DRAIN, GRACE = 6, 4
 
 
-def test_a_spliced_download_gets_the_grace_after_the_drain(
-    couch_backend: CouchBackend, couch: Couch, tmp_path: Path, gateways: list[GatewayProcess],
-) -> None:
+#: 24 MiB: more than the socket buffers hold.
+PAYLOAD = bytes(range(256)) * (96 * 1024)
+
+
+def _gateway_with_blob(couch_backend: CouchBackend, couch: Couch, tmp_path: Path,
+                       gateways: list[GatewayProcess], drain: int, grace: int,
+                       ) -> tuple[GatewayProcess, str, dict[str, str]]:
+    """A gateway with that drain and grace, and a database whose ``doc`` holds PAYLOAD."""
     gateway = spawn_gateway(couch_backend.admin_url, tmp_path,
-                            WALLABY_SHUTDOWN_DRAIN=str(DRAIN), WALLABY_SHUTDOWN_GRACE=str(GRACE))
+                            WALLABY_SHUTDOWN_DRAIN=str(drain), WALLABY_SHUTDOWN_GRACE=str(grace))
     gateways.append(gateway)
     db = couch.new_db()
-    payload = bytes(range(256)) * (96 * 1024)  # 24 MiB: more than the socket buffers hold
     auth = basic_header(couch_backend.admin_username, couch_backend.admin_password)
-    made = couch.call("PUT", f"/{db}/doc", {"x": 1})
-    rev = made.json["rev"]
-    stored = http("PUT", f"{couch_backend.url}/{db}/doc/blob?rev={rev}", raw=payload,
+    rev = couch.call("PUT", f"/{db}/doc", {"x": 1}).json["rev"]
+    stored = http("PUT", f"{couch_backend.url}/{db}/doc/blob?rev={rev}", raw=PAYLOAD,
                   headers={**auth, "Content-Type": "application/octet-stream"}, timeout=120)
     assert stored.status == 201, stored.body[:200]
+    return gateway, db, auth
 
+
+def _download(gateway: GatewayProcess, db: str, auth: dict[str, str],
+              ) -> tuple[httpclient.HTTPConnection, httpclient.HTTPResponse]:
     connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
     connection.request("GET", f"/api/v1/db/{db}/docs/doc/attachments/blob",
                        headers={**auth, "X-Request-Id": uuid.uuid4().hex})
     response = connection.getresponse()
     assert response.status == 200
+    return connection, response
+
+
+def test_a_spliced_download_gets_the_grace_after_the_drain(
+    couch_backend: CouchBackend, couch: Couch, tmp_path: Path, gateways: list[GatewayProcess],
+) -> None:
+    gateway, db, auth = _gateway_with_blob(couch_backend, couch, tmp_path, gateways, DRAIN, GRACE)
+    connection, response = _download(gateway, db, auth)
     got = bytearray(response.read(64 * 1024))
     metrics = http("GET", gateway.url + "/metrics").body.decode()
     assert "wallaby_spliced_downloads_active 1" in metrics, "the download is not spliced"
@@ -55,10 +70,10 @@ def test_a_spliced_download_gets_the_grace_after_the_drain(
     except (httpclient.IncompleteRead, OSError) as exc:
         got += getattr(exc, "partial", b"")
     connection.close()
-    assert len(got) == len(payload), (
-        f"{len(got)} of {len(payload)} bytes: the spliced download was cut at SIGTERM + "
+    assert len(got) == len(PAYLOAD), (
+        f"{len(got)} of {len(PAYLOAD)} bytes: the spliced download was cut at SIGTERM + "
         f"{GRACE} s, before the drain ({DRAIN} s) and the grace ({GRACE} s) after it")
-    assert got == payload
+    assert got == PAYLOAD
     assert gateway.process.wait(30) == 0
 
 
@@ -68,26 +83,14 @@ def test_a_download_spliced_during_the_drain_still_ends_at_the_deadline(
     """Begun after SIGTERM (the drain still serves), read slowly: its shutdown trigger was
     added after the ``before shutdown`` phase had begun, so it never fired; at the deadline
     the gateway stopped waiting, and the reactor's thread pool then waited for the splice
-    thread, which sent on for as long as the client read (still at SIGTERM + 26 s)."""
+    thread, which sent on for as long as the client read (still at SIGTERM + 26 s). The
+    splicer now tracks its running transfers, and the shutdown waits for them."""
     drain, grace = 3, 3
-    gateway = spawn_gateway(couch_backend.admin_url, tmp_path,
-                            WALLABY_SHUTDOWN_DRAIN=str(drain), WALLABY_SHUTDOWN_GRACE=str(grace))
-    gateways.append(gateway)
-    db = couch.new_db()
-    payload = bytes(range(256)) * (96 * 1024)
-    auth = basic_header(couch_backend.admin_username, couch_backend.admin_password)
-    rev = couch.call("PUT", f"/{db}/doc", {"x": 1}).json["rev"]
-    stored = http("PUT", f"{couch_backend.url}/{db}/doc/blob?rev={rev}", raw=payload,
-                  headers={**auth, "Content-Type": "application/octet-stream"}, timeout=120)
-    assert stored.status == 201
+    gateway, db, auth = _gateway_with_blob(couch_backend, couch, tmp_path, gateways, drain, grace)
     sigterm = time.monotonic()
     gateway.process.send_signal(signal.SIGTERM)
     time.sleep(1)  # within the drain: still served
-    connection = httpclient.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
-    connection.request("GET", f"/api/v1/db/{db}/docs/doc/attachments/blob",
-                       headers={**auth, "X-Request-Id": uuid.uuid4().hex})
-    response = connection.getresponse()
-    assert response.status == 200
+    connection, response = _download(gateway, db, auth)
     got = 0
     cut_at = None
     try:
@@ -102,7 +105,7 @@ def test_a_download_spliced_during_the_drain_still_ends_at_the_deadline(
         cut_at = time.monotonic() - sigterm
     connection.close()
     alive = gateway.process.poll() is None
-    assert got < len(payload)
+    assert got < len(PAYLOAD)
     assert cut_at is not None, (
         f"still receiving at SIGTERM + {drain + grace + 20} s ({got} bytes, gateway alive: {alive})")
     assert cut_at < drain + grace + 3, f"cut at SIGTERM + {cut_at:.1f} s"
