@@ -320,6 +320,29 @@ async def stop_server(server: WsServer) -> None:
         await server.port.stopListening()
 
 
+#: Body of each document :func:`slow_and_healthy_subscribers` writes.
+BLOB = "x" * 8000
+
+
+async def slow_and_healthy_subscribers(
+    make_server: Callable[..., Awaitable[WsServer]], make_user: Callable[..., Awaitable[Any]],
+    db: Database, batches: int,
+) -> tuple[WsServer, Client, Client]:
+    """A server with small socket buffers, a subscriber that stops reading and one that
+    reads, both with documents; then ``batches`` batches of 5 documents of :data:`BLOB`, each batch
+    read by the healthy subscriber (enough batches fill the slow one's buffers)."""
+    server = await make_server(socket_send_buffer=16 * 1024)
+    token = await server.login(await make_user())
+    slow = await server.connect(token, protocol=StopsReading)
+    slow.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
+    healthy = await server.connect(token)
+    await healthy.subscribe("s", db.name, include_docs=True)
+    for batch in range(batches):
+        await db.bulk_save([{"_id": f"b{batch}-{i}", "blob": BLOB} for i in range(5)])
+        await healthy.collect_changes(5)
+    return server, slow, healthy
+
+
 @asynccontextmanager
 async def server_behind_fault_proxy(
     reactor: Any, couch_backend: Any, admin: CouchServer, settings: Settings,

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
-from tests.ws.conftest import StopsReading, WsServer, record_first_arguments, sleep
+from tests.ws.conftest import (
+    BLOB,
+    WsServer,
+    record_first_arguments,
+    sleep,
+    slow_and_healthy_subscribers,
+)
 
 
 async def test_subscribe_receives_live_changes(ws_server: WsServer, db: Database, make_user: Any) -> None:
@@ -234,19 +240,10 @@ async def test_what_a_full_socket_does_not_take_follows_in_order(
     """A subscriber whose socket fills up mid-broadcast gets the rest of the frame, and
     every later change behind it, intact and in the feed's order."""
     phases = _record_send_phases(monkeypatch)
-    server: WsServer = await make_server(socket_send_buffer=16 * 1024)
-    token = await server.login(await make_user())
-    slow = await server.connect(token, protocol=StopsReading)
-    slow.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
-    healthy = await server.connect(token)
-    await healthy.subscribe("s", db.name, include_docs=True)
-    blob = "x" * 8000
-    for batch in range(6):
-        await db.bulk_save([{"_id": f"b{batch}-{i}", "blob": blob} for i in range(5)])
-        await healthy.collect_changes(5)
+    _, slow, healthy = await slow_and_healthy_subscribers(make_server, make_user, db, 6)
     assert any(0 <= taken < size for size, sent in phases for taken in sent), phases
     slow.protocol.transport.resumeProducing()
     got = await slow.collect_changes(30)
     expected = [m["id"] for m in healthy.messages if m["type"] == "change"]
     assert [c["id"] for c in got] == expected
-    assert all(c["doc"]["blob"] == blob for c in got)
+    assert all(c["doc"]["blob"] == BLOB for c in got)

@@ -10,22 +10,13 @@ from collections import Counter
 from typing import Any
 
 from gateway.couch import Database
-from tests.ws.conftest import StopsReading, WsServer
+from tests.ws.conftest import slow_and_healthy_subscribers
 
 
 async def test_queued_changes_of_one_document_reach_a_slow_client_once(
     make_server: Any, db: Database, make_user: Any
 ) -> None:
-    server: WsServer = await make_server(socket_send_buffer=16 * 1024)
-    token = await server.login(await make_user())
-    slow = await server.connect(token, protocol=StopsReading)
-    slow.send({"type": "subscribe", "id": "s", "db": db.name, "include_docs": True})
-    healthy = await server.connect(token)
-    await healthy.subscribe("s", db.name, include_docs=True)
-    blob = "x" * 8000
-    for batch in range(10):  # fill the kernel buffers of the slow client's socket
-        await db.bulk_save([{"_id": f"b{batch}-{i}", "blob": blob} for i in range(5)])
-        await healthy.collect_changes(5)
+    server, slow, healthy = await slow_and_healthy_subscribers(make_server, make_user, db, 10)
     hot = await db.save({"_id": "hot", "n": 0})
     rev = hot["rev"]
     for n in range(1, 20):  # 20 changes of one document while the client reads nothing
