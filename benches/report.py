@@ -81,11 +81,12 @@ def stream_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def send_floor_table(data: dict[str, Any]) -> str:
-    lines = ["| clients | send loop ms | CPU µs/send | arrival p50 ms | p99 ms | max ms |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| clients | sender threads | send loop ms | CPU µs/send | arrival p50 ms | p99 ms "
+             "| max ms |",
+             "|---|---|---|---|---|---|---|"]
     for result in data["results"]:
         m = result["median"]
-        lines.append(f"| {result['clients']} | {m['loop_ms']:.1f} | "
+        lines.append(f"| {result['clients']} | {result.get('threads', 1)} | {m['loop_ms']:.1f} | "
                      f"{m['loop_cpu_us_per_send']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
                      f"{m['max_ms']:.1f} |")
     return "\n".join(lines)

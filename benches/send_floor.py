@@ -8,12 +8,16 @@ client sockets in one ``epoll`` (``selectors``) and timestamping each frame's ar
 CPU time of the send loop and the latency of every arrival (receipt minus start of the send
 loop): what any single-threaded process on this machine pays to put one frame on N
 sockets, against which the gateway's broadcast latency (benchmark 2) is read.
+``--threads 1 2`` measures it also with the sockets split between two threads, as the
+gateway's ``WALLABY_WS_SEND_THREADS`` does (``send`` runs outside the GIL).
 Loopback only, bounded (a few rounds of a few seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import itertools
 import json
 import os
 import resource
@@ -59,6 +63,22 @@ def _receiver(port: int, clients: int, report: int, stop: int) -> None:
                 pass
 
 
+def _send_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.send(FRAME)
+
+
+def _send_split(sockets: list[socket.socket], pool: concurrent.futures.ThreadPoolExecutor,
+                threads: int) -> None:
+    """Send on equal slices of ``sockets`` at once: this thread the first, the pool the rest."""
+    bounds = [len(sockets) * index // threads for index in range(threads + 1)]
+    others = [pool.submit(_send_all, sockets[start:stop])
+              for start, stop in itertools.pairwise(bounds[1:])]
+    _send_all(sockets[:bounds[1]])
+    for other in others:
+        other.result()
+
+
 def _read_exact(fd: int, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -69,7 +89,7 @@ def _read_exact(fd: int, size: int) -> bytes:
     return data
 
 
-def measure(clients: int, rounds: int) -> dict[str, object]:
+def measure(clients: int, rounds: int, threads: int = 1) -> dict[str, object]:
     """Run the floor measurement; returns per-round and summary figures."""
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
@@ -91,11 +111,12 @@ def measure(clients: int, rounds: int) -> dict[str, object]:
     _read_exact(report_r, 1)
     time.sleep(1.0)
     runs = []
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, threads - 1))
+    pool.submit(time.sleep, 0).result()  # its thread exists before the first round
     try:
         for _ in range(rounds):
             started, cpu = time.monotonic(), time.process_time()
-            for sock in senders:
-                sock.send(FRAME)
+            _send_split(senders, pool, threads)
             loop_s, loop_cpu = time.monotonic() - started, time.process_time() - cpu
             time.sleep(1.0)
             os.write(stop_w, b"F")
@@ -110,13 +131,14 @@ def measure(clients: int, rounds: int) -> dict[str, object]:
                 "p99_ms": latencies[int(len(latencies) * 0.99) - 1], "max_ms": latencies[-1],
             })
     finally:
+        pool.shutdown()
         os.write(stop_w, b"Q")
         os.waitpid(pid, 0)
         for sock in senders:
             sock.close()
         listener.close()
     return {
-        "clients": clients, "rounds": runs,
+        "clients": clients, "threads": threads, "rounds": runs,
         "median": {key: statistics.median(r[key] for r in runs)  # type: ignore[misc]
                    for key in ("loop_ms", "loop_cpu_us_per_send", "p50_ms", "p99_ms", "max_ms")},
     }
@@ -127,19 +149,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="sender threads (each count measured in turn)")
     parser.add_argument("--output", default=str(RESULTS / "send_floor.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()
-    results = [measure(n, args.rounds) for n in args.clients]
+    results = [measure(n, args.rounds, threads) for n in args.clients for threads in args.threads]
     Path(args.output).write_text(json.dumps(
         {"benchmark": "send_floor", "loadavg_before": load_before,
          "loadavg_after": os.getloadavg(), "results": results}, indent=2))
-    print("| clients | send loop ms | CPU µs/send | arrival p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|")
+    print("| clients | sender threads | send loop ms | CPU µs/send | arrival p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|---|")
     for result in results:
         m = result["median"]
         assert isinstance(m, dict)
-        print(f"| {result['clients']} | {m['loop_ms']:.1f} | {m['loop_cpu_us_per_send']:.1f} | "
+        print(f"| {result['clients']} | {result['threads']} | {m['loop_ms']:.1f} | {m['loop_cpu_us_per_send']:.1f} | "
               f"{m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['max_ms']:.1f} |")
 
 

@@ -131,11 +131,14 @@ _POSITIVE = (
     "ws_max_message_bytes", "ws_queue_bytes", "feed_heartbeat_ms", "buffer_answer_bytes",
     "send_stall_timeout",
 )
+#: The most threads a broadcast's send loop may be split into (``ws_send_threads``).
+MAX_SEND_THREADS = 64
 #: Where 0 means "off" (or "at once").
 _NOT_NEGATIVE = (
     "rate_limit_per_second", "login_max_failures", "login_lockout_seconds", "shutdown_grace",
     "shutdown_drain",
-    "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "gc_freeze_after_ms",
+    "compress_min_bytes", "ws_ping_interval", "ws_auth_recheck", "ws_send_threads",
+    "gc_freeze_after_ms",
     "header_timeout", "idle_timeout",
 )
 
@@ -237,6 +240,9 @@ class Settings:
         ws_queue_bytes: Bytes queued for one slow WebSocket client before it is closed.
         ws_ping_interval: Seconds between keep-alive pings.
         ws_auth_recheck: Seconds between re-checks that a subscriber may still read.
+        ws_send_threads: Threads that share the send loop of a change broadcast to many
+            subscribers, the reactor thread included (0: the CPUs the process may run
+            on, at most 4; 1: the reactor thread alone).
         feed_heartbeat_ms: Heartbeat CouchDB sends on upstream ``_changes`` feeds.
         gc_freeze_after_ms: A full garbage collection that paused the gateway this long
             (milliseconds) freezes what survived it, so later ones skip it (0: off).
@@ -288,6 +294,7 @@ class Settings:
     ws_queue_bytes: int = 1024 * 1024
     ws_ping_interval: float = 20.0
     ws_auth_recheck: float = 30.0
+    ws_send_threads: int = 0
     feed_heartbeat_ms: int = 10_000
     gc_freeze_after_ms: int = 50
     log_format: str = "json"
@@ -374,6 +381,11 @@ class Settings:
                 raise ValueError(
                     f"{self.env_name(name)}: must be 0 or more, not {getattr(self, name)}"
                 )
+        if self.ws_send_threads > MAX_SEND_THREADS:
+            raise ValueError(
+                f"{self.env_name('ws_send_threads')}: at most {MAX_SEND_THREADS} (more threads "
+                f"than CPUs only take turns), not {self.ws_send_threads}"
+            )
 
     @classmethod
     def env_name(cls, name: str) -> str:

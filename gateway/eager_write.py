@@ -28,7 +28,8 @@ from typing import Any
 from twisted.internet import tcp
 
 __all__ = [
-    "flush_now", "idle_socket", "nothing_queued", "queued_bytes", "send_each", "write_now",
+    "flush_now", "idle_socket", "nothing_queued", "queued_bytes", "send_each", "send_range",
+    "write_now",
 ]
 
 
@@ -118,12 +119,23 @@ def send_each(sockets: Sequence[socket.socket], data: bytes) -> list[int]:
         data: The bytes for every one of them.
     """
     sent = [0] * len(sockets)
-    for index, sock in enumerate(sockets):
+    send_range(sockets, data, sent, 0, len(sockets))
+    return sent
+
+
+def send_range(
+    sockets: Sequence[socket.socket], data: bytes, sent: list[int], start: int, stop: int,
+) -> None:
+    """:func:`send_each` over ``sockets[start:stop]``, into ``sent[start:stop]``.
+
+    Each entry is set once its ``send`` has returned, so a loop that ends early (an
+    unexpected error) leaves 0 for exactly the sockets it did not write to.
+    """
+    for index in range(start, stop):
         try:
-            sent[index] = sock.send(data)
+            sent[index] = sockets[index].send(data)
         except OSError:
             sent[index] = 0
-    return sent
 
 
 def flush_now(transport: Any) -> None:

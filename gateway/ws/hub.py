@@ -67,6 +67,9 @@ FeedKey = tuple[str, FeedParams]
 
 #: Frames a serialised message once for many sockets (``factory.prepareMessage``).
 Prepare = Callable[[bytes], Any]
+#: Sends one frame on each of many sockets; how much each took
+#: (:func:`gateway.eager_write.send_each`, :meth:`gateway.send_threads.SendThreads.send_each`).
+SendEach = Callable[[Sequence[socket.socket], bytes], list[int]]
 
 #: Least seconds an upstream feed waits for response headers (plus one heartbeat).
 CONNECT_TIMEOUT_MIN = 5.0
@@ -369,6 +372,8 @@ class FeedHub(Service):
         linger: Seconds a feed stays open after its last subscriber was lost (0: none).
         max_feeds: Feeds with subscribers open at most (``None``: no cap); a subscription
             that needs another one is refused with :class:`~gateway.errors.TooManyFeeds`.
+        send_each: The send loop of a broadcast (by default one loop on the reactor
+            thread; :class:`~gateway.send_threads.SendThreads` splits it between threads).
     """
 
     def __init__(
@@ -380,6 +385,7 @@ class FeedHub(Service):
         heartbeat_ms: int = 10_000,
         linger: float = LINGER_SECONDS,
         max_feeds: int | None = None,
+        send_each: SendEach = send_each,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be positive")
@@ -389,6 +395,7 @@ class FeedHub(Service):
         self.heartbeat = heartbeat_ms / 1000
         self.linger = linger
         self.max_feeds = max_feeds
+        self.send_each = send_each
         self._feeds: dict[FeedKey, SharedFeed] = {}
         self._ids = itertools.count(1)
         self.feeds_opened = 0
@@ -581,8 +588,7 @@ class FeedHub(Service):
         feed.pacing = (self.clock.callLater(pause, self._end_pacing, feed), resume)
         return resume
 
-    @staticmethod
-    def _fan_out(feed: SharedFeed, changes: ChangeBatch) -> None:
+    def _fan_out(self, feed: SharedFeed, changes: ChangeBatch) -> None:
         """Give a batch to every subscriber, the idle ones in one tight send loop.
 
         A broadcast's last frame leaves when the loop reaches the last socket, so the
@@ -613,7 +619,8 @@ class FeedHub(Service):
             return
         frame = changes.frame()
         whole = len(frame)
-        for sink, sock, sent in zip(sinks, sockets, send_each(sockets, frame), strict=True):
+        sent_each = self.send_each(sockets, frame)
+        for sink, sock, sent in zip(sinks, sockets, sent_each, strict=True):
             try:
                 sink.wrote_directly(feed, changes, frame, sent)
             except Exception:

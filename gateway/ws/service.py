@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
 from gateway.couch.transport import CouchTransport
+from gateway.send_threads import SendThreads
 from gateway.ws.access import Reverify
 from gateway.ws.factory import ChangesServerFactory
 from gateway.ws.handshake import Authenticate
@@ -23,7 +24,7 @@ __all__ = ["ChangesService"]
 
 
 class ChangesService(Service):
-    """The live-changes endpoint as a service: hub + factory + graceful shutdown.
+    """The live-changes endpoint as a service: hub + factory + send threads + shutdown.
 
     Args:
         service_transport: The gateway's own CouchDB identity (reads shared feeds).
@@ -32,6 +33,8 @@ class ChangesService(Service):
         clock: The reactor.
         socket_send_buffer: See :class:`ChangesServerFactory`.
         reverify: See :class:`ChangesServerFactory`.
+        send_threads: The threads of the hub's broadcast send loops (by default
+            ``SendThreads(settings.ws_send_threads)``); started and stopped with this service.
     """
 
     def __init__(
@@ -43,11 +46,14 @@ class ChangesService(Service):
         *,
         socket_send_buffer: int | None = None,
         reverify: Reverify | None = None,
+        send_threads: SendThreads | None = None,
     ) -> None:
         self.settings = settings
+        self.send_threads = send_threads or SendThreads(settings.ws_send_threads)
         self.hub = FeedHub(service_transport, self._prepare, clock,
                            heartbeat_ms=settings.feed_heartbeat_ms,
-                           max_feeds=settings.ws_max_feeds)
+                           max_feeds=settings.ws_max_feeds,
+                           send_each=self.send_threads.send_each)
         self.factory = ChangesServerFactory(
             self.hub, settings, authenticate, clock, socket_send_buffer=socket_send_buffer,
             reverify=reverify,
@@ -75,8 +81,9 @@ class ChangesService(Service):
         return UpgradingResource(self.factory)  # type: ignore[no-untyped-call,unused-ignore]
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
-        """Start the hub."""
+        """Start the send threads and the hub."""
         super().startService()  # type: ignore[no-untyped-call,unused-ignore]
+        self.send_threads.startService()
         self.hub.startService()  # type: ignore[no-untyped-call,unused-ignore]
 
     def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
@@ -103,4 +110,7 @@ class ChangesService(Service):
                     connection.abort()
         self.factory.rechecks.stop()
         await self.factory.drain_tasks()
-        await self.hub.stopService()
+        try:
+            await self.hub.stopService()
+        finally:
+            self.send_threads.stopService()

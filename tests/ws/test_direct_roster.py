@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred
 
 from gateway.couch import Database
 from gateway.eager_write import nothing_queued
-from gateway.ws import hub as hub_module
 from gateway.ws.hub import SharedFeed
 from gateway.ws.server import ChangesServerProtocol
 from tests.ws.conftest import Client, StopsReading, WsServer, sleep
@@ -155,7 +154,7 @@ async def test_the_roster_only_ever_holds_sockets_a_direct_write_may_go_to(
     server: WsServer = await make_server(socket_send_buffer=16 * 1024)
     violations: list[str] = []
     direct_sends = 0
-    original = hub_module.send_each
+    original = server.service.hub.send_each
     may_write = ChangesServerProtocol.direct_socket  # not the counting one below
 
     def checked(sockets: Any, frame: bytes) -> list[int]:
@@ -174,7 +173,7 @@ async def test_the_roster_only_ever_holds_sockets_a_direct_write_may_go_to(
         direct_sends += len(sockets)
         return original(sockets, frame)
 
-    monkeypatch.setattr(hub_module, "send_each", checked)
+    monkeypatch.setattr(server.service.hub, "send_each", checked)
     asked = _count_asks(monkeypatch)
     token = await server.login(await make_user())
     healthy = await server.connect(token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.couch import Database
+from gateway.send_threads import SendThreads
 from tests.ws.conftest import (
     BLOB,
     WsServer,
@@ -192,27 +193,27 @@ async def test_a_batch_of_changes_goes_out_in_one_write(
 
 
 def _record_send_phases(monkeypatch: Any) -> list[tuple[int, list[int]]]:
-    """Each broadcast send loop of the hub: (frame size, bytes each socket took)."""
-    from gateway.ws import hub as hub_module
-
+    """Each broadcast send loop of the hubs of servers started from now on: (frame
+    size, bytes each socket took)."""
     phases: list[tuple[int, list[int]]] = []
-    original = hub_module.send_each
+    original = SendThreads.send_each
 
-    def recording(sockets: Any, frame: bytes) -> list[int]:
-        sent = original(sockets, frame)
+    def recording(self: SendThreads, sockets: Any, frame: bytes) -> list[int]:
+        sent = original(self, sockets, frame)
         phases.append((len(frame), list(sent)))
         return sent
 
-    monkeypatch.setattr(hub_module, "send_each", recording)
+    monkeypatch.setattr(SendThreads, "send_each", recording)
     return phases
 
 
 async def test_a_broadcast_goes_out_in_one_send_loop(
-    ws_server: WsServer, db: Database, make_user: Any, monkeypatch: Any
+    make_server: Any, db: Database, make_user: Any, monkeypatch: Any
 ) -> None:
     """Every idle subscriber's frame is sent in one loop, and each is settled after it:
     resume seq moved, delivery counted."""
     phases = _record_send_phases(monkeypatch)
+    ws_server: WsServer = await make_server()
     token = await ws_server.login(await make_user())
     clients = [await ws_server.connect(token) for _ in range(6)]
     for n, client in enumerate(clients):
