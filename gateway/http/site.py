@@ -680,33 +680,34 @@ class InFlight:
     """The requests being served; fires waiters when none are left."""
 
     def __init__(self) -> None:
-        self.count = 0
         self._requests: dict[Any, None] = {}
         self._idle: list[Deferred[None]] = []
+
+    @property
+    def count(self) -> int:
+        """How many requests are being served."""
+        return len(self._requests)
 
     @property
     def requests(self) -> list[Any]:
         """The requests being served, oldest first."""
         return list(self._requests)
 
-    def begin(self, request: Any = None) -> None:
-        """One more request."""
-        self.count += 1
-        if request is not None:
-            self._requests[request] = None
+    def begin(self, request: Any) -> None:
+        """``request`` is being served."""
+        self._requests[request] = None
 
-    def end(self, request: Any = None) -> None:
-        """One request fewer."""
-        self.count -= 1
+    def end(self, request: Any) -> None:
+        """``request`` is done (again: nothing)."""
         self._requests.pop(request, None)
-        if self.count <= 0:
+        if not self._requests:
             waiters, self._idle = self._idle, []
             for waiter in waiters:
                 waiter.callback(None)
 
     def wait_idle(self) -> Deferred[None]:
         """A Deferred firing once no request is in flight."""
-        if self.count <= 0:
+        if not self._requests:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idle.append(waiter)
