@@ -241,8 +241,9 @@ class Settings:
         ws_ping_interval: Seconds between keep-alive pings.
         ws_auth_recheck: Seconds between re-checks that a subscriber may still read.
         ws_send_threads: Threads that share the send loop of a change broadcast to many
-            subscribers, the reactor thread included (0: the CPUs the process may run
-            on, at most 4; 1: the reactor thread alone).
+            subscribers, the reactor thread included (0: the CPUs the process may use,
+            by its affinity and its cgroup's CPU quota, at most 4; 1: the reactor thread
+            alone).
         feed_heartbeat_ms: Heartbeat CouchDB sends on upstream ``_changes`` feeds.
         gc_freeze_after_ms: A full garbage collection that paused the gateway this long
             (milliseconds) freezes what survived it, so later ones skip it (0: off).

@@ -19,10 +19,12 @@ lasts, and a broadcast must never wait behind them.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from socket import socket
 from typing import TypeAlias
 
@@ -31,7 +33,7 @@ from twisted.logger import Logger
 
 from gateway.eager_write import send_range
 
-__all__ = ["MAX_AUTO_THREADS", "MIN_SLICE", "SendThreads", "usable_cpus"]
+__all__ = ["MAX_AUTO_THREADS", "MIN_SLICE", "SendThreads", "cpu_quota", "usable_cpus"]
 
 _log = Logger()
 
@@ -47,12 +49,75 @@ _Reply: TypeAlias = "queue.SimpleQueue[BaseException | None]"
 _Job = tuple[Sequence[socket], bytes, list[int], int, int, _Reply]
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask), at least 1."""
+def usable_cpus(cgroups: Path = Path("/sys/fs/cgroup"),
+                membership: Path = Path("/proc/self/cgroup")) -> int:
+    """The CPUs this process may use, at least 1.
+
+    Its affinity mask, or its cgroup's CPU quota rounded up when that is smaller (a
+    container limited to 1.5 CPUs gets 2).
+
+    Args:
+        cgroups: Where the cgroup file systems are mounted.
+        membership: The process's cgroups (``/proc/self/cgroup``).
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(cgroups, membership)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def cpu_quota(cgroups: Path, membership: Path) -> float | None:
+    """The CPU time per period the process's cgroups allow it, in CPUs.
+
+    The smallest quota along the path to the root; ``None`` when none is set or nothing
+    can be read. Reads cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us``). Start-up only: the files are small and read once.
+    """
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        number, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if number == "0" and not controllers:
+            folders = [cgroups]
+            read = _v2_quota
+        elif "cpu" in controllers.split(","):
+            folders = [cgroups / controllers, cgroups / "cpu"]
+            read = _v1_quota
+        else:
+            continue
+        for folder in folders:
+            own = folder / path.strip("/")
+            for level in [own, *own.parents]:
+                quota = read(level)
+                if quota is not None:
+                    quotas.append(quota)
+                if level == folder:
+                    break
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        limit = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return None if limit <= 0 else limit / period
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 class SendThreads(Service):
@@ -121,13 +186,16 @@ class SendThreads(Service):
             reply: _Reply = queue.SimpleQueue()
             jobs.put((sockets, data, sent, start, stop, reply))
             replies.append(reply)
-        send_range(sockets, data, sent, 0, bounds[1])
-        for reply in replies:
-            failure = reply.get()
-            if failure is not None:
-                # The sockets its helper did not reach count 0 and get the whole frame
-                # through their transports.
-                _log.error("a send thread failed: {error!r}", error=failure)
+        try:
+            send_range(sockets, data, sent, 0, bounds[1])
+        finally:
+            # Whatever happened here, no helper may still be sending once this returns.
+            for reply in replies:
+                failure = reply.get()
+                if failure is not None:
+                    # The sockets its helper did not reach count 0 and get the whole
+                    # frame through their transports.
+                    _log.error("a send thread failed: {error!r}", error=failure)
         return sent
 
 
@@ -135,9 +203,13 @@ def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
     """A helper thread: send the slices it is given until it is given ``None``."""
     while (job := jobs.get()) is not None:
         sockets, data, sent, start, stop, reply = job
+        failure: BaseException | None = None
         try:
             send_range(sockets, data, sent, start, stop)
         except BaseException as exc:  # the reactor thread waits for a reply whatever happens
-            reply.put(exc)
-        else:
-            reply.put(None)
+            failure = exc
+        # Hold nothing of this broadcast while waiting for the next one (a batch frame
+        # can be megabytes, the roster thousands of sockets).
+        job = sockets = data = sent = None  # type: ignore[assignment]
+        reply.put(failure)
+        failure = reply = None  # type: ignore[assignment]
