@@ -141,7 +141,7 @@ class SendThreads(Service):
         self.threads = threads or min(usable_cpus(), MAX_AUTO_THREADS)
         self.min_slice = min_slice
         self._helpers: list[tuple[threading.Thread, queue.SimpleQueue[_Job | None]]] = []
-        #: Send loops split between threads so far (``/metrics`` could show it; tests do).
+        #: Send loops split between threads so far.
         self.split_loops = 0
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
