@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DOC_META_OPTIONS", "REVALIDATE", "content_etag", "etag_header", "etag_matches",
     "if_match_revision",
-    "is_revision_tag", "must_revalidate", "not_modified", "opaque_tag", "range_applies",
+    "is_revision_tag", "matched_weak", "must_revalidate", "not_modified", "opaque_tag",
+    "range_applies",
     "set_revision_etag",
 ]
 
@@ -70,6 +71,18 @@ def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
         return True
     current = opaque_tag(etag.strip())
     return any(opaque_tag(tag) == current for tag in _ENTITY_TAG.findall(if_none_match))
+
+
+def matched_weak(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` in its weak form (``W/"x"`` for ``"x"``).
+
+    Then the client's copy came with a weak tag.
+    """
+    if if_none_match is None:
+        return False
+    current = opaque_tag(etag.strip())
+    return any(tag.startswith("W/") and opaque_tag(tag) == current
+               for tag in _ENTITY_TAG.findall(if_none_match))
 
 
 def range_applies(if_range: str | None, etag: str | None) -> bool:

@@ -9,34 +9,47 @@ from typing import Any
 from gateway.config import Settings
 from gateway.couch import CouchServer
 from gateway.couch.transport import CouchResponse, Reactor
-from gateway.http.compression import gzip_answer, gzip_stream
+from gateway.http.compression import codes, gzip_answer, gzip_stream, takes_gzip
 from gateway.http.conditional import (
     content_etag,
     etag_header,
     etag_matches,
     is_revision_tag,
+    matched_weak,
     must_revalidate,
     not_modified,
     set_revision_etag,
 )
 from gateway.http.request_args import raw_header
-from gateway.http.responses import json_response, write_location
+from gateway.http.responses import encode_json, json_response, write_location
 from gateway.http.streaming import client_backlog
 from gateway.http.upstream_timing import TimedCall
 
 __all__ = ["Forwarder"]
 
 
-def _revalidatable(request: Any, answer: CouchResponse, condition: str | None) -> bytes:
+def _revalidatable(
+    request: Any, answer: CouchResponse, condition: str | None, min_bytes: int,
+) -> bytes:
     """A 200 or 304 from CouchDB as an answer the browser may keep and revalidate.
 
     Its ``ETag`` is CouchDB's, or one made from the bytes when CouchDB gives none. A
-    match with ``If-None-Match`` (``condition``), or CouchDB's own 304, is answered 304.
+    match with ``If-None-Match`` (``condition``), or CouchDB's own 304, is answered 304,
+    with the ``ETag`` the 200 would have had (RFC 9110, 15.4.5): weak when that 200 would
+    be gzip-coded (``min_bytes``), or else a cache would not freshen its coded copy with it.
     """
     etag = answer.header("ETag")
     if etag is None and answer.raw is not None:
         etag = content_etag(answer.raw)
     if answer.status == 304 or etag_matches(condition, etag):
+        if etag is not None and not etag.startswith("W/"):
+            if answer.status == 304:  # CouchDB's: the size is unknown, the client's copy tells
+                coded = matched_weak(condition, etag) and takes_gzip(request, min_bytes)
+            else:
+                body = answer.raw if answer.raw is not None else encode_json(answer.body)
+                coded = codes(request, len(body), min_bytes)
+            if coded:
+                etag = "W/" + etag
         return not_modified(request, etag)
     must_revalidate(request)
     return json_response(request, answer.status, answer.body, {"ETag": etag} if etag else {},
@@ -130,7 +143,7 @@ class Forwarder:
             if amended is not answer.body:
                 answer = replace(answer, body=amended, raw=None)
         if revalidate and answer.status in (200, 304):
-            data = _revalidatable(request, answer, condition)
+            data = _revalidatable(request, answer, condition, self.settings.compress_min_bytes)
         else:
             headers = etag_header(answer)
             if location is not None:
