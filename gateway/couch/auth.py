@@ -147,10 +147,11 @@ class SessionAuth:
     """Cookie authentication via ``POST /_session``, renewed transparently.
 
     The first request logs in; CouchDB's refreshed cookies (sent when a session is
-    near expiry) are adopted; a 401 triggers one fresh login and a retry. CouchDB does
-    not answer 401 to an *expired* cookie: it serves the request as anonymous. So a
-    cookie neither issued nor refreshed for ``max_age`` seconds (an idle client) is
-    replaced by a fresh login before it is used.
+    near expiry) are adopted; a 401 triggers one fresh login and a retry (a request
+    whose body was streamed cannot be sent again: it fails, and the next one logs in).
+    CouchDB does not answer 401 to an *expired* cookie: it serves the request as
+    anonymous. So a cookie neither issued nor refreshed for ``max_age`` seconds (an idle
+    client) is replaced by a fresh login before it is used.
 
     Args:
         username: The CouchDB user name.

@@ -652,7 +652,9 @@ class CouchTransport:
 
         async def exchange() -> CouchResponse:
             answer = await self._with_timeout(attempt, limit)
-            if answer.status == 401 and replayable and await auth.renew():
+            # A 401 drops the refused session whether or not this request can be sent
+            # again (a streamed body cannot): the next request logs in afresh.
+            if answer.status == 401 and await auth.renew() and replayable:
                 answer = await self._with_timeout(attempt, limit)
             return answer
 
@@ -710,7 +712,7 @@ class CouchTransport:
 
         async def exchange() -> IResponse:
             response = await self._with_timeout(attempt, limit)
-            if response.code == 401 and body is None and await auth.renew():
+            if response.code == 401 and await auth.renew() and body is None:
                 await read_body(response, clock=self.reactor, timeout=limit)
                 response = await self._with_timeout(attempt, limit)
             return response

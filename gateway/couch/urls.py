@@ -69,20 +69,41 @@ def doc_path(db: str, doc_id: str) -> list[str]:
 
     Args:
         db: The database name.
-        doc_id: Any document id.
+        doc_id: Any document id that a URL can name (see Raises).
 
     Returns:
         Unencoded segments; :func:`join_url` encodes each of them.
+
+    Raises:
+        ValueError: The id is empty (the URL would name the database), or is (after
+            ``_design/`` or ``_local/``) ``.`` or ``..``, which URL normalisation
+            removes (RFC 3986, 6.2.2.3): a proxy on the way could turn ``DELETE
+            /db/_design/..`` into ``DELETE /db``.
     """
     for prefix in _SPECIAL_PREFIXES:
         if doc_id.startswith(prefix) and len(doc_id) > len(prefix):
-            return [db, prefix[:-1], doc_id[len(prefix) :]]
-    return [db, doc_id]
+            return [db, prefix[:-1], _addressable(doc_id[len(prefix) :], "document id", doc_id)]
+    return [db, _addressable(doc_id, "document id", doc_id)]
 
 
 def attachment_path(db: str, doc_id: str, name: str) -> list[str]:
-    """Path segments of an attachment; ``/`` in its name separates segments."""
-    return [*doc_path(db, doc_id), *name.split("/")]
+    """Path segments of an attachment; ``/`` in its name separates segments.
+
+    Raises:
+        ValueError: As :func:`doc_path`; or a part of the name between ``/`` is empty,
+            ``.`` or ``..``.
+    """
+    return [*doc_path(db, doc_id), *(_addressable(part, "attachment name", name)
+                                     for part in name.split("/"))]
+
+
+def _addressable(segment: str, what: str, whole: str) -> str:
+    if segment in ("", ".", ".."):
+        raise ValueError(
+            f"the {what} {whole!r} cannot be named in a URL: an empty, '.' or '..' path "
+            "segment is dropped or resolved on the way to CouchDB"
+        )
+    return segment
 
 
 def join_url(base: str, segments: Sequence[str], query: str = "") -> str:
