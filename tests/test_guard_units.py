@@ -205,9 +205,9 @@ def test_body_ids_are_taken_literally_and_refused_when_no_path_could_reach_them(
     from gateway.errors import InvalidRequest
     from gateway.http import paths
 
-    for literal in ("%5Fx", "%C0", "a%2F..", "100%"):
+    for literal in ("%5Fx", "%C0", "a%2F..", "100%", "...", ".a"):
         assert paths.body_document_id(literal) == literal
-    for bad in ("", "a\nb", "a\x00", "a\x7fb", "_x", "_design/a/../b"):
+    for bad in ("", ".", "..", "a\nb", "a\x00", "a\x7fb", "_x", "_design/a/../b"):
         with pytest.raises(InvalidRequest):
             paths.body_document_id(bad)
     with pytest.raises(InvalidRequest):

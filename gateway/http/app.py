@@ -457,9 +457,9 @@ class GatewayApp:
         for index, doc in enumerate(body["docs"]):
             # CouchDB refuses reserved and empty ids itself, one document at a time.
             doc_id = doc.get("_id") if isinstance(doc, dict) else None
-            if isinstance(doc_id, str) and paths.has_control_characters(doc_id):
-                raise InvalidRequest(f"docs[{index}]._id contains control characters: no "
-                                     "URL of the API could name the document")
+            problem = paths.unaddressable_id(doc_id) if isinstance(doc_id, str) else None
+            if problem is not None:
+                raise InvalidRequest(f"docs[{index}]._id {problem}")
         return await self.forwarder.forward(
             request, couch, "POST", [name, "_bulk_docs"], params=query, json=body,
             amend=lambda answer: in_request_order(body, answer),

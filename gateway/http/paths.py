@@ -18,6 +18,7 @@ from gateway.errors import AccessDenied, InvalidRequest
 __all__ = [
     "attachment_name", "attachment_url", "body_document_id", "check_raw_path",
     "database_name", "design_name", "document_id", "document_url", "has_control_characters",
+    "unaddressable_id",
 ]
 
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
@@ -81,6 +82,12 @@ def database_name(raw: str) -> str:
     return name
 
 
+#: Ids that are a whole path segment URL normalisation removes (RFC 3986, 6.2.2.3).
+_DOT_SEGMENTS = (".", "..")
+_DOT_SEGMENT_REASON = ("is a '.' or '..' path segment, which URL normalisation removes: "
+                       "no URL could name the document")
+
+
 def document_id(raw: str) -> str:
     """Decode and validate a document id.
 
@@ -90,11 +97,13 @@ def document_id(raw: str) -> str:
     or empty part between them.
 
     Raises:
-        InvalidRequest: Empty or reserved.
+        InvalidRequest: Empty, ``.`` or ``..``, or reserved.
     """
     doc_id = _decode(raw, "the document id")
     if not doc_id:
         raise InvalidRequest("the document id is empty")
+    if doc_id in _DOT_SEGMENTS:
+        raise InvalidRequest(f"the document id {doc_id!r} {_DOT_SEGMENT_REASON}")
     if doc_id.startswith("_"):
         for prefix in _SPECIAL_DOC_PREFIXES:
             if doc_id.startswith(prefix):
@@ -109,6 +118,19 @@ def document_id(raw: str) -> str:
     return doc_id
 
 
+def unaddressable_id(doc_id: str) -> str | None:
+    """Why no URL of the API could name a document of this id (``None``: one can).
+
+    For ids CouchDB itself takes in a ``_bulk_docs`` body; it refuses empty and reserved
+    ones on its own, one document at a time.
+    """
+    if has_control_characters(doc_id):
+        return "contains control characters: no URL of the API could name the document"
+    if doc_id in _DOT_SEGMENTS:
+        return _DOT_SEGMENT_REASON
+    return None
+
+
 def has_control_characters(value: str) -> bool:
     """Whether ``value`` holds a character no path of the API takes (U+0000 to U+001F, U+007F)."""
     return _FORBIDDEN_CHARS.search(value) is not None
@@ -121,7 +143,7 @@ def body_document_id(doc_id: str) -> str:
     updated or deleted through the gateway again.
 
     Raises:
-        InvalidRequest: Empty, reserved, or with control characters.
+        InvalidRequest: Empty, ``.`` or ``..``, reserved, or with control characters.
     """
     return document_id(doc_id.replace("%", "%25"))
 
