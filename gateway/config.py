@@ -69,6 +69,31 @@ def web_origin(value: str) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
+def whatwg_ipv6(address: ipaddress.IPv6Address) -> str:
+    """An IPv6 address as browsers write it (the WHATWG URL standard's IPv6 serializer).
+
+    Eight hex pieces, the first longest run of two or more zero pieces written ``::``,
+    and never a dotted IPv4 tail: ``::ffff:7f00:1``, where Python 3.13's ``compressed``
+    writes ``::ffff:127.0.0.1``.
+    """
+    number = int(address)
+    pieces = [(number >> (16 * (7 - index))) & 0xFFFF for index in range(8)]
+    run_start, run_length = -1, 1
+    index = 0
+    while index < 8:
+        end = index
+        while end < 8 and pieces[end] == 0:
+            end += 1
+        if end - index > run_length:
+            run_start, run_length = index, end - index
+        index = max(end, index + 1)
+    if run_start < 0:
+        return ":".join(f"{piece:x}" for piece in pieces)
+    head = ":".join(f"{piece:x}" for piece in pieces[:run_start])
+    tail = ":".join(f"{piece:x}" for piece in pieces[run_start + run_length:])
+    return f"{head}::{tail}"
+
+
 def _origin_host(value: str, host: str) -> str:
     """A host as browsers serialize it (the WHATWG URL standard's host parser).
 
@@ -84,7 +109,7 @@ def _origin_host(value: str, host: str) -> str:
             raise refused from None
         if address.scope_id:
             raise refused  # browsers take no zone
-        return f"[{address.compressed}]"
+        return f"[{whatwg_ipv6(address)}]"
     try:
         mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
         labels = [label if label.isascii() else idna.alabel(label).decode("ascii")

@@ -64,16 +64,25 @@ def test_collections_are_measured_by_generation(
     assert service._on_collection not in gc.callbacks
 
 
+def _interpreters_own_frozen() -> int:
+    """What the interpreter keeps frozen with nothing of ours frozen: 0 on 3.11 and 3.13;
+    on 3.12 a full collection moves the immortal objects it meets there (375 on 3.12.1)."""
+    gc.unfreeze()
+    gc.collect()
+    return gc.get_freeze_count()
+
+
 def test_start_up_objects_are_frozen_while_running(
     running: Callable[..., GarbageCollection],
 ) -> None:
-    assert gc.get_freeze_count() == 0
+    baseline = _interpreters_own_frozen()
     service = running()
     frozen = gc.get_freeze_count()
-    assert frozen > 1000  # this test process's modules, classes and functions
+    assert frozen > baseline + 1000  # this test process's modules, classes and functions
     assert f"wallaby_gc_frozen_objects {frozen}\n" in service.prometheus()
     service.stopService()
-    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gc.get_freeze_count() <= baseline
 
 
 def test_a_long_pause_is_logged_and_a_short_one_is_not(

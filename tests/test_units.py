@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -755,3 +756,18 @@ def test_the_embedded_server_port_flag_is_a_tcp_port(raw: str, capsys: Any) -> N
     with pytest.raises(SystemExit) as refused:
         _parser().parse_args(["run", "--couch-port", raw])
     assert refused.value.code == 2 and "--couch-port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("written", "browsers_write"), [
+    ("::", "::"), ("::1", "::1"), ("1::", "1::"),
+    ("::ffff:127.0.0.1", "::ffff:7f00:1"),  # Python 3.13's compressed form is dotted
+    ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),  # the longest run of zeros
+    ("1:0:0:2:0:0:3:4", "1::2:0:0:3:4"),  # the first of two as long
+    ("1:0:2:3:4:5:6:7", "1:0:2:3:4:5:6:7"),  # a single zero piece stays
+    ("FE80::ABCD", "fe80::abcd"),
+])
+def test_ipv6_hosts_are_written_as_browsers_write_them(written: str, browsers_write: str) -> None:
+    """The WHATWG URL standard's IPv6 serializer, on every Python version."""
+    from gateway.config import whatwg_ipv6
+
+    assert whatwg_ipv6(ipaddress.IPv6Address(written)) == browsers_write

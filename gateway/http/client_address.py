@@ -42,7 +42,8 @@ def parse_networks(spec: Sequence[str]) -> tuple[Network, ...]:
             continue
         network = ipaddress.ip_network(entry.strip(), strict=False)
         networks.append(network)
-        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        mapped = (network.network_address.ipv4_mapped
+                  if isinstance(network, ipaddress.IPv6Network) else None)
         if mapped is not None and network.prefixlen >= 96:
             networks.append(ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}"))
     return tuple(networks)
