@@ -25,10 +25,12 @@ run: install
 test: install
 	$(BIN)/pytest $(ARGS)
 
-## lint: ruff and mypy --strict
+## lint: ruff and mypy --strict (for Python 3.11, the floor, and 3.12 and 3.13)
 lint: install
 	$(BIN)/ruff check gateway tests benches deploy
 	$(BIN)/mypy
+	$(BIN)/mypy --python-version 3.12
+	$(BIN)/mypy --python-version 3.13
 
 check: lint test
 

@@ -82,10 +82,19 @@ def test_attachment_names_keep_slashes_as_separators() -> None:
     assert url == "http://h/db/d/img/a%20b.png"
 
 
-@given(st.text(min_size=1))
+@given(st.one_of(st.text(min_size=1), st.sampled_from(
+    [".", "..", "_design/..", "_local/.", "_design/", "_local/"])))
 def test_any_doc_id_never_escapes_its_segment(doc_id: str) -> None:
+    """Each id is one segment (two for ``_design/x`` and ``_local/x``), never a dot
+    segment: an id that would be one is refused before any URL is made."""
+    rest = doc_id.split("/", 1)[1] if doc_id.startswith(("_design/", "_local/")) else ""
+    if doc_id in (".", "..") or rest in (".", ".."):
+        with pytest.raises(ValueError, match="cannot be named in a URL"):
+            doc_path("db", doc_id)
+        return
     url = join_url("http://h", doc_path("db", doc_id))
     path = url[len("http://h/db/"):]
+    assert path.split("/")[-1] not in (".", "..", "")
     if doc_id.startswith(("_design/", "_local/")) and len(doc_id.split("/", 1)[1]) > 0:
         prefix, rest = path.split("/", 1)
         assert "/" not in rest and prefix in ("_design", "_local")
