@@ -102,8 +102,9 @@ def document_id(raw: str) -> str:
     doc_id = _decode(raw, "the document id")
     if not doc_id:
         raise InvalidRequest("the document id is empty")
-    if doc_id in _DOT_SEGMENTS:
-        raise InvalidRequest(f"the document id {doc_id!r} {_DOT_SEGMENT_REASON}")
+    problem = unaddressable_id(doc_id)  # control characters: refused by _decode already
+    if problem is not None:
+        raise InvalidRequest(f"the document id {doc_id!r} {problem}")
     if doc_id.startswith("_"):
         for prefix in _SPECIAL_DOC_PREFIXES:
             if doc_id.startswith(prefix):
