@@ -22,6 +22,7 @@ from gateway.couch import (
     PreconditionFailed,
     Unauthorized,
 )
+from gateway.couch.auth import SessionAuth
 from gateway.embedded import free_port
 from tests.conftest import CouchBackend, unique_name
 from tests.support.couchconfig import config_value
@@ -196,11 +197,7 @@ async def test_wrong_password_is_401_and_never_echoed(
 async def test_session_auth_logs_in_and_renews(
     couch_backend: CouchBackend, admin: CouchServer, make_user: Any, db: Database
 ) -> None:
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
+    user, auth, as_user = await member_session(admin, make_user, db)
     doc: dict[str, Any] = {"_id": "mine"}
     await as_user.save(doc)
     who = await admin.as_identity(auth).session()
@@ -216,12 +213,8 @@ async def test_requests_meeting_an_expired_session_at_once_all_renew_it(
     admin: CouchServer, make_user: Any, db: Database
 ) -> None:
     """Each gets its 401 and retries; the later ones must not fail for want of a cookie."""
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
+    user, auth, as_user = await member_session(admin, make_user, db)
     await db.save({"_id": "mine"})
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
     assert (await as_user.get("mine"))["_id"] == "mine"  # logged in
     auth._cookie = expired_session(user.name)  # CouchDB serves it as anonymous: 401
     results = await DeferredList([as_user.get("mine") for _ in range(4)], consumeErrors=True)
@@ -237,6 +230,18 @@ def expired_session(name: str) -> str:
     """
     raw = f"{name}:1:".encode() + b"\x01" * 32
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def member_session(
+    admin: CouchServer, make_user: Any, db: Database,
+) -> tuple[Any, SessionAuth, Database]:
+    """A new user made the only member of ``db``, its session auth (not logged in yet)
+    and ``db`` as that user."""
+    user = await make_user()
+    await db.set_security({"members": {"names": [user.name], "roles": []},
+                           "admins": {"names": [], "roles": []}})
+    auth = admin.session_auth(user.name, user.password)
+    return user, auth, admin.as_identity(auth).database(db.name)
 
 
 async def test_idle_session_logs_in_again_before_couchdb_forgets_it(
@@ -320,12 +325,8 @@ async def test_session_renewal_covers_attachments(
     couch_backend: CouchBackend, admin: CouchServer, make_user: Any, db: Database
 ) -> None:
     """An expired session is renewed for attachment reads and byte uploads too."""
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
+    user, auth, as_user = await member_session(admin, make_user, db)
     await db.put_attachment("d", "a.txt", b"hello", content_type="text/plain")
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
     expired = expired_session(user.name)
     auth._cookie = expired
     assert await as_user.get_attachment("d", "a.txt") == b"hello"

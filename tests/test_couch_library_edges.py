@@ -13,7 +13,7 @@ import pytest
 
 from gateway.couch import Conflict, Database, Unauthorized
 from gateway.couch.urls import attachment_path, doc_path, path_bytes
-from tests.test_couch_documents import expired_session
+from tests.test_couch_documents import expired_session, member_session
 
 
 async def test_delete_sends_the_rev_so_a_stale_rev_is_a_conflict(db: Database) -> None:
@@ -130,17 +130,8 @@ async def test_a_streamed_upload_is_not_replayed_after_a_401(
     """Guards against a body producer counted as replayable: the file was consumed by the
     first attempt, so a replay would send an empty body under the first one's length.
     The 401 must come back as ``Unauthorized`` (and the session renew on the next call)."""
-    import io
-
-    from gateway.couch import Unauthorized
-    from tests.test_couch_documents import expired_session
-
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
+    user, auth, as_user = await member_session(admin, make_user, db)
     await db.save({"_id": "d"})
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
     doc = await as_user.get("d")
     auth._cookie = expired_session(user.name)
     with pytest.raises(Unauthorized):
@@ -151,20 +142,11 @@ async def test_a_streamed_request_body_is_not_replayed_by_open_stream_after_a_40
     admin: Any, make_user: Any, db: Database
 ) -> None:
     """Guards against ``open_stream`` retrying a request whose body was a producer."""
-    import io
-
     from twisted.web.client import FileBodyProducer
 
-    from gateway.couch import Unauthorized
-    from tests.test_couch_documents import expired_session
-
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
+    user, auth, as_user = await member_session(admin, make_user, db)
     doc: dict[str, Any] = {"_id": "d"}
     await db.save(doc)
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
     await as_user.get("d")  # logged in
     auth._cookie = expired_session(user.name)
     body = FileBodyProducer(io.BytesIO(b"y" * 100_000))
@@ -249,7 +231,6 @@ async def test_a_forwarded_session_sends_the_refreshed_cookie_it_adopted(
     """Guards against ``ForwardedAuth.observe`` updating ``session`` but not the header it
     sends: after adopting a refreshed cookie the next request must carry it."""
     from gateway.couch.auth import ForwardedAuth
-    from tests.test_couch_documents import expired_session
 
     user = await make_user()
     await db.set_security({"members": {"names": [user.name], "roles": []},
@@ -261,7 +242,6 @@ async def test_a_forwarded_session_sends_the_refreshed_cookie_it_adopted(
     assert auth.session == fresh
     as_user = admin.as_identity(auth).database(db.name)
     assert (await as_user.get("mine"))["_id"] == "mine"
-
 
 
 async def test_open_stream_raises_for_a_400(db: Database) -> None:
@@ -284,12 +264,8 @@ async def test_a_401_to_a_streamed_upload_still_renews_the_session(
     """A streamed upload (a file object) cannot be sent again after a 401, but the 401
     still drops the refused cookie: the uploads after it log in afresh, instead of each
     failing with 401 until the cookie ages out (up to 540 s)."""
-    user = await make_user()
-    await db.set_security({"members": {"names": [user.name], "roles": []},
-                           "admins": {"names": [], "roles": []}})
+    user, auth, as_user = await member_session(admin, make_user, db)
     await db.save({"_id": "d"})
-    auth = admin.session_auth(user.name, user.password)
-    as_user = admin.as_identity(auth).database(db.name)
     doc = await as_user.get("d")
     auth._cookie = expired_session(user.name)  # e.g. CouchDB restarted with a new secret
     with pytest.raises(Unauthorized):
