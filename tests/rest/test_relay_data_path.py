@@ -68,6 +68,20 @@ def test_vary_names_accept_encoding_once_whatever_its_case() -> None:
             assert request.responseHeaders.getRawHeaders(b"vary") == [present]
 
 
+def _couchdb_answers_304(monkeypatch: pytest.MonkeyPatch, headers: Headers) -> None:
+    """From now on CouchDB answers every request with ``If-None-Match`` 304 itself, with
+    ``headers``."""
+    original = CouchTransport.send
+
+    async def couch_says_304(self: CouchTransport, method: str, segments: Any,
+                             **kwargs: Any) -> CouchResponse:
+        if "If-None-Match" in (kwargs.get("headers") or {}):
+            return CouchResponse(304, headers, None, None)
+        return await original(self, method, segments, **kwargs)
+
+    monkeypatch.setattr(CouchTransport, "send", couch_says_304)
+
+
 async def test_couchdbs_own_304_is_answered_304_even_without_a_tag(
     scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,15 +90,7 @@ async def test_couchdbs_own_304_is_answered_304_even_without_a_tag(
     client = scenario.member_client
     url = f"/api/v1/db/{scenario.db.name}/docs/kept"
     await client.put(url, json_body={"v": 1})
-    original = CouchTransport.send
-
-    async def couch_says_304(self: CouchTransport, method: str, segments: Any,
-                             **kwargs: Any) -> CouchResponse:
-        if "If-None-Match" in (kwargs.get("headers") or {}):
-            return CouchResponse(304, Headers(), None, None)
-        return await original(self, method, segments, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "send", couch_says_304)
+    _couchdb_answers_304(monkeypatch, Headers())
     same = await client.get(url, headers={"If-None-Match": '"1-whatever"'})
     assert same.status == 304 and same.body == b""
     assert same.header("Content-Type") is None and same.header("Content-Length") is None
@@ -101,15 +107,7 @@ async def test_couchdbs_own_304_carries_the_tag_in_the_form_of_the_clients_copy(
     url = f"/api/v1/db/{scenario.db.name}/docs/kept"
     await client.put(url, json_body={"v": 1})
     rev = (await client.get(url)).json["_rev"]
-    original = CouchTransport.send
-
-    async def couch_says_304(self: CouchTransport, method: str, segments: Any,
-                             **kwargs: Any) -> CouchResponse:
-        if "If-None-Match" in (kwargs.get("headers") or {}):
-            return CouchResponse(304, Headers({b"ETag": [f'"{rev}"'.encode()]}), None, None)
-        return await original(self, method, segments, **kwargs)
-
-    monkeypatch.setattr(CouchTransport, "send", couch_says_304)
+    _couchdb_answers_304(monkeypatch, Headers({b"ETag": [f'"{rev}"'.encode()]}))
     for sent, encoding, expected in (
         (f'W/"{rev}"', "gzip", f'W/"{rev}"'),
         (f'"{rev}"', "gzip", f'"{rev}"'),
