@@ -54,8 +54,9 @@ def start(started: list[SendThreads], threads: int, min_slice: int) -> SendThrea
     return service
 
 
-def helper_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("wallaby-send-")]
+def helper_threads() -> set[threading.Thread]:
+    """The send threads alive now."""
+    return {t for t in threading.enumerate() if t.name.startswith("wallaby-send-")}
 
 
 def test_real_sockets_each_get_the_frame_once(started: list[SendThreads]) -> None:

@@ -4,7 +4,6 @@ mid-stream, and the threads start and stop with the live-changes service."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,11 +11,8 @@ from twisted.internet import defer
 
 from gateway.couch import Database
 from gateway.send_threads import SendThreads
+from tests.test_send_threads import helper_threads
 from tests.ws.conftest import WsServer, sleep, stop_server, ws_settings
-
-
-def helper_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("wallaby-send-")}
 
 
 async def test_split_send_loops_deliver_every_change_once_in_order(
