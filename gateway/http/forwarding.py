@@ -105,7 +105,8 @@ class Forwarder:
 
         With ``stream_large`` (query answers, which grow with the database) a successful
         answer over ``buffer_answer_bytes`` is not held but streamed
-        (:meth:`relay_spilled`).
+        (:meth:`relay_spilled`); a HEAD of one gets the streamed GET's headers and the
+        rest of the body is never read.
 
         Args:
             request: The client's request.
@@ -126,8 +127,7 @@ class Forwarder:
         condition = request.getHeader("if-none-match") if revalidate else None
         if condition is not None:
             kwargs["headers"] = {"If-None-Match": raw_header(request, b"if-none-match")}
-        if stream_large and amend is None and request.method != b"HEAD":
-            # A HEAD gives the length and maybe a tag made from the body: held whole.
+        if stream_large and amend is None:
             kwargs["spill_over"] = self.settings.buffer_answer_bytes
         answer = await self._timed(request, couch.transport.send(method, segments, **kwargs))
         if answer.spilled is not None:
@@ -161,7 +161,8 @@ class Forwarder:
         own ``ETag`` if any (one made from the bytes would come after them). A client
         slower than CouchDB pauses the upstream connection. If the answer breaks off,
         the client's connection is cut (:meth:`gateway.http.app.GatewayApp.on_error`), so
-        a truncated answer never looks complete.
+        a truncated answer never looks complete. A HEAD gets the same headers (no
+        ``Content-Length``: the GET's is unknown too) and the upstream body is dropped.
 
         Args:
             request: The client's request.
@@ -186,6 +187,9 @@ class Forwarder:
         except BaseException:
             spilled.abort()
             raise
+        if request.method == b"HEAD":
+            spilled.abort()
+            return b""
         def write(chunk: bytes) -> None:
             # Looked up each time: Twisted swaps ``request.write`` after the headers of
             # answers that must have no body.
