@@ -218,8 +218,8 @@ async def test_a_head_of_a_large_answer_reads_no_more_of_it_than_a_get(
     start_gateway: StartGateway, scenario: Scenario, proxy: FaultProxy, reactor: Any
 ) -> None:
     base = await _seed(scenario)
-    client = (await start_gateway(couchdb_url=proxy.url, buffer_answer_bytes=LIMIT)).as_user(
-        scenario.member)
+    gateway = await start_gateway(couchdb_url=proxy.url, buffer_answer_bytes=LIMIT)
+    client = gateway.as_user(scenario.member)
     url = f"{base}/all_docs?include_docs=true"
     assert (await client.get(url)).status == 200  # checks the user once, before the stall
     proxy.stall_after(3 * LIMIT)
@@ -237,3 +237,6 @@ async def test_a_head_of_a_large_answer_reads_no_more_of_it_than_a_get(
     assert get.status == 200 and len(get.json["rows"]) == COUNT + 1  # and the design doc
     for name in ("Content-Type", "Content-Encoding", "Vary", "Cache-Control", "ETag"):
         assert head.header(name) == get.header(name), name
+    metrics = (await gateway.client.get("/metrics")).body.decode()
+    assert "wallaby_errors_total{" not in metrics  # dropping the rest is no upstream error
+    assert 'route="allDocs",method="HEAD",status="200"} 1' in metrics
