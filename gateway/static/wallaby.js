@@ -234,7 +234,7 @@ class Lane {
   }
 
   scheduleReconnect() {
-    if (this.timer || this.ended || this.wb._waitingForLogin) return;
+    if (this.ws || this.timer || this.ended || this.wb._waitingForLogin) return;
     const { minBackoff, maxBackoff } = this.wb;
     const ceiling = Math.min(maxBackoff, minBackoff * 2 ** this.attempt);
     this.attempt += 1;
@@ -350,7 +350,10 @@ export class Wallaby {
     this._lanes = []; // sockets; a subscription goes on the first without an equal one
     this._nextId = 1;
     this._waitingForLogin = false;
-    this._sessionCheck = null;
+    // Bumped whenever the credentials change (login(), logout()): a session check sent
+    // with older ones says nothing about the current ones (see _checkSession).
+    this._credentials = 0;
+    this._sessionCheck = null; // {credentials, answer}: the check in flight
     // CouchDB sessions expire unless used; while live changes run, touching the session
     // lets the gateway hand back CouchDB's refreshed cookie, so reconnects keep working.
     this.keepAliveMs = options.keepAliveMs ?? 60000;
@@ -418,6 +421,7 @@ export class Wallaby {
   async login(name, password) {
     const result = await this.request("POST", "/session", { name, password });
     if (this._tokenMode) this.token = result.token;
+    this._credentials += 1;
     this._waitingForLogin = false;
     // Sockets carry the credentials they were opened with: every one is opened again
     // with the new ones (maybe another user's), each subscription from its last seq.
@@ -449,6 +453,7 @@ export class Wallaby {
     }
     this.close();
     this.token = null;
+    this._credentials += 1;
     return answer;
   }
 
@@ -580,8 +585,11 @@ export class Wallaby {
       // Forbidden, or not logged in any more? Only the session can tell. The other
       // subscriptions on the socket go on meanwhile.
       sub.checking = true;
+      const credentials = this._credentials;
       const state = await this._checkSession();
       if (!this._subs.has(sub.id)) return; // unsubscribed meanwhile
+      // A login() meanwhile already sent it again with the new credentials.
+      if (credentials !== this._credentials) return;
       if (state === "invalid") {
         sub.checking = false; // kept: resubscribed after the next login()
         return;
@@ -612,21 +620,27 @@ export class Wallaby {
     }
   }
 
-  /** "valid", "invalid" (then the client waits for login()) or "unknown" (no answer). */
+  /**
+   * "valid", "invalid" (then the client waits for login()) or "unknown" (no answer, or
+   * the credentials changed while it was asked: a late 401 about the old ones must not
+   * close the sockets login() just opened with the new ones).
+   */
   _checkSession() {
-    if (!this._sessionCheck) {
-      this._sessionCheck = this.session().then(
-        () => "valid",
-        (error) => {
-          if (!(error instanceof WallabyError && error.status === 401)) return "unknown";
-          this._unauthenticated();
-          return "invalid";
-        },
-      ).finally(() => {
-        this._sessionCheck = null;
-      });
-    }
-    return this._sessionCheck;
+    const credentials = this._credentials;
+    if (this._sessionCheck?.credentials === credentials) return this._sessionCheck.answer;
+    const answer = this.session().then(
+      () => (credentials === this._credentials ? "valid" : "unknown"),
+      (error) => {
+        if (credentials !== this._credentials) return "unknown";
+        if (!(error instanceof WallabyError && error.status === 401)) return "unknown";
+        this._unauthenticated();
+        return "invalid";
+      },
+    ).finally(() => {
+      if (this._sessionCheck?.answer === answer) this._sessionCheck = null;
+    });
+    this._sessionCheck = { credentials, answer };
+    return answer;
   }
 
   _unauthenticated() {

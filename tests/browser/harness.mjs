@@ -50,3 +50,30 @@ export async function runCheck(browser, check) {
     await closeBrowser(browser);
   }
 }
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Throws (a failed check: runCheck prints "FAIL <what>: <detail>") unless `condition`. */
+export function expect(condition, what, detail) {
+  if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+}
+
+/** Copies the page's console and uncaught errors to stderr (the test's log). */
+export function logPage(page) {
+  page.on("console", (message) => console.error("[browser]", message.type(), message.text()));
+  page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
+  return page;
+}
+
+/**
+ * PUT a document straight to the gateway as the user (not through a page); its new rev.
+ * `to`: {base, db, user, password}, as the scripts' argv gives them.
+ */
+export async function putDirect({ base, db, user, password }, doc) {
+  const url = `${base}/api/v1/db/${encodeURIComponent(db)}/docs/${encodeURIComponent(doc._id)}`;
+  const answer = await fetch(url, { method: "PUT", body: JSON.stringify(doc), headers: {
+    "Content-Type": "application/json",
+    Authorization: `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}` } });
+  expect(answer.status === 201, "written", answer.status);
+  return (await answer.json()).rev;
+}
