@@ -26,9 +26,10 @@
 //   remount_leak a component subscribing and unsubscribing 100 times on a socket that
 //                another subscription keeps open: what its callbacks held is freed
 // Prints "OK" or "FAIL <why>".
-import net from "node:net";
-
-import { launchBrowser, runCheck } from "./harness.mjs";
+import {
+  clientPage as sharedClientPage, expect, launchBrowser, metric, proxyToGateway, putDirect, runCheck,
+  sleep, slowCloses,
+} from "./harness.mjs";
 
 const [base, db, user, password, which, ...extra] = process.argv.slice(2);
 // forbidden: <db the user may not read>; login_switch: <other user> <other password>
@@ -36,98 +37,15 @@ const [forbidden] = extra;
 const [otherUser, otherPassword] = extra;
 const browser = await launchBrowser();
 const { context } = browser;
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const writeDirect = (id) => putDirect({ base, db, user, password }, { _id: id });
 
-function expect(condition, what, detail) {
-  if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
-}
-
-/**
- * A close that takes a while to complete (a slow network, a busy gateway): the page's
- * WebSockets go through a route that forwards everything but delays the close handshake
- * by a second, so an old socket's close event comes after its successor subscribed.
- */
-async function slowCloses(page) {
-  await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
-    const server = ws.connectToServer();
-    ws.onClose((code, reason) => setTimeout(() => {
-      server.close({ code, reason });
-      ws.close({ code, reason });
-    }, 1000));
-  });
-}
-
-/**
- * A loopback TCP proxy to the gateway. `silence()` makes its connections so far pass
- * nothing and close nothing (a dead path); `drop()` closes them; new ones work.
- */
-function proxyToGateway() {
-  const pairs = new Set();
-  const server = net.createServer((down) => {
-    const up = net.connect(Number(new URL(base).port), "127.0.0.1");
-    const pair = { down, up, silent: false };
-    pairs.add(pair);
-    down.on("data", (data) => { if (!pair.silent) up.write(data); });
-    up.on("data", (data) => { if (!pair.silent) down.write(data); });
-    const closeBoth = () => { if (!pair.silent) { down.destroy(); up.destroy(); } pairs.delete(pair); };
-    down.on("close", closeBoth);
-    up.on("close", closeBoth);
-    down.on("error", () => {});
-    up.on("error", () => {});
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({
-    origin: `http://127.0.0.1:${server.address().port}`,
-    silence() { for (const pair of pairs) pair.silent = true; },
-    drop() { for (const pair of [...pairs]) { pair.down.destroy(); pair.up.destroy(); } },
-    close() { this.drop(); server.close(); },
-  })));
-}
-
-/** PUT a document straight to the gateway (not through the page or the proxy). */
-async function writeDirect(id) {
-  const answer = await fetch(`${base}/api/v1/db/${encodeURIComponent(db)}/docs/${encodeURIComponent(id)}`, {
-    method: "PUT", body: "{}", headers: {
-      "Content-Type": "application/json",
-      Authorization: `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}` } });
-  expect(answer.status === 201, "written", answer.status);
-}
-
-async function clientPage(origin = base, options = {}) {
-  const page = await context.newPage();
-  if (which === "resubscribe") await slowCloses(page);
-  page.on("console", (message) => console.error("[browser]", message.type(), message.text()));
-  page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
-  await page.goto(`${origin}/health`); // any page of the gateway's origin
-  await page.evaluate(async ([user, password, options]) => {
-    window.W = await import("/static/wallaby.js");
-    window.statuses = [];
-    window.wb = new window.W.Wallaby({ ...options, onStatus: (state) => {
-      window.statuses.push(state);
-      if (window.throwOnStatus) throw new Error(`onStatus bug (${state})`);
-    } });
-    await window.wb.login(user, password);
-    window.got = {};
-    window.errors = {};
-    window.subs = {};
-    window.follow = (name, database, options) => {
-      window.got[name] = [];
-      window.errors[name] = [];
-      window.subs[name] = window.wb.subscribe(database, {
-        ...options,
-        onError: (error) => window.errors[name].push({
-          isWallaby: error instanceof window.W.WallabyError, status: error.status, error: error.error }),
-      }, (change) => window.got[name].push(change.id));
-    };
-  }, [user, password, options]);
-  return page;
+function clientPage(origin = base, options = {}) {
+  return sharedClientPage(context, { origin, user, password, options,
+    before: which === "resubscribe" ? slowCloses : null });
 }
 
 /** Open WebSocket connections to the gateway (its metrics gauge). */
-async function openSockets() {
-  const text = await (await fetch(`${base}/metrics`)).text();
-  const line = text.split("\n").find((l) => /^wallaby_ws_connections(_open|_active)?\s/.test(l));
-  return line === undefined ? null : Number(line.split(/\s+/)[1]);
-}
+const openSockets = () => metric(base, "wallaby_ws_connections");
 
 const cases = {
   async forbidden(page) {
@@ -276,7 +194,7 @@ const cases = {
   },
 
   async dead_path() {
-    const proxy = await proxyToGateway();
+    const proxy = await proxyToGateway(base);
     try {
       const page = await clientPage(proxy.origin, { pingMs: 1000 });
       await page.evaluate((db) => follow("a", db, { since: 0 }), db);
@@ -296,7 +214,7 @@ const cases = {
   },
 
   async online() {
-    const proxy = await proxyToGateway();
+    const proxy = await proxyToGateway(base);
     try {
       const page = await clientPage(proxy.origin, { minBackoff: 60000, maxBackoff: 60000 });
       await page.evaluate((db) => follow("a", db, { since: 0 }), db);

@@ -1,0 +1,153 @@
+// The demo page (gateway/static/demo.js) in Chromium: errors, late answers and quick
+// clicks. One case per run.
+// argv: <gateway base url> <db> <user> <password> <case>
+//   error_open   an error shown by a failed write clears once the live socket is open again
+//                (onStatus "open"), before any further action
+//   late_reply   a toggle whose PUT answer comes late, after the feed already showed a newer
+//                revision written by someone else: the page keeps the newer revision
+//   clicks_undo  a box ticked and unticked while the first save is slow to answer (and
+//                the live feed a second late) ends unticked and stored done: false
+//   clicks_three three quick clicks during a slow save: no conflict error, ends ticked
+//   design_doc   a design document in the database (an admin wrote it) is not listed as an item
+// Prints "OK" or "FAIL <why>".
+import { expect, launchBrowser, logPage, putDirect, runCheck, sleep } from "./harness.mjs";
+
+const [base, db, user, password, which] = process.argv.slice(2);
+const gateway = { base, db, user, password };
+const browser = await launchBrowser();
+const { context } = browser;
+const basic = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+const docUrl = (id) => `${base}/api/v1/db/${encodeURIComponent(db)}/docs/${encodeURIComponent(id)}`;
+const put = (doc) => putDirect(gateway, doc);
+
+async function getDoc(id) {
+  return (await fetch(docUrl(id), { headers: { Authorization: basic } })).json();
+}
+
+async function open(page) {
+  logPage(page);
+  await page.goto(`${base}/?db=${db}`);
+  await page.fill("#name", user);
+  await page.fill("#password", password);
+  await page.click("[data-testid=login]");
+  await page.waitForSelector("#app", { state: "visible" });
+  await page.waitForFunction(() => document.getElementById("status").textContent === "open");
+}
+
+const cases = {
+  async error_open() {
+    const page = await context.newPage();
+    const sockets = [];
+    await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
+      sockets.push(ws);
+      ws.connectToServer();
+    });
+    await open(page);
+    const cut = (route) => route.abort();
+    await page.route("**/api/v1/db/**", cut); // REST unreachable for a moment
+    await page.fill("[data-testid=new-title]", "fails");
+    await page.click("[data-testid=add]");
+    await page.waitForFunction(() => document.getElementById("error").textContent !== "");
+    await page.unroute("**/api/v1/db/**", cut);
+    sockets[sockets.length - 1].close({ code: 1001, reason: "going away" }); // the socket drops
+    await page.waitForFunction((n) => document.getElementById("status").textContent === "open",
+      null, { timeout: 15000 });
+    await page.waitForFunction(() => document.getElementById("status").textContent !== "open",
+      null, { timeout: 5000 }).catch(() => {});
+    await page.waitForFunction(() => document.getElementById("status").textContent === "open",
+      null, { timeout: 15000 });
+    await sleep(300);
+    const error = await page.textContent("#error");
+    expect(error === "", "the error stays shown after the gateway is back (status open)", error);
+  },
+
+  async clicks_undo() {
+    await put({ _id: "a", title: "a", done: false, created: "1" });
+    const page = await context.newPage();
+    // The live feed is a second behind (a busy gateway): its changes land mid-save.
+    await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
+      const server = ws.connectToServer();
+      server.onMessage((message) => setTimeout(() => ws.send(message), 1000));
+    });
+    await open(page);
+    await page.waitForSelector('#items li[data-id="a"]');
+    await page.route("**/api/v1/db/**/docs/a", async (route) => {
+      if (route.request().method() !== "PUT") return route.continue();
+      const answer = await route.fetch();
+      await sleep(800); // a slow answer: the page keeps rendering meanwhile
+      await route.fulfill({ response: answer });
+    });
+    const box = '#items li[data-id="a"] input[type=checkbox]';
+    await page.click(box);
+    await sleep(100);
+    await page.click(box); // changed her mind while the first save is in flight
+    await sleep(4000);
+    const checked = await page.isChecked(box);
+    const stored = await getDoc("a");
+    const error = await page.textContent("#error");
+    expect(!checked && stored.done === false && error === "",
+      "the last click wins", { checked, done: stored.done, rev: stored._rev, error });
+  },
+
+  async clicks_three() {
+    await put({ _id: "a", title: "a", done: false, created: "1" });
+    const page = await context.newPage();
+    await open(page);
+    await page.waitForSelector('#items li[data-id="a"]');
+    await page.route("**/api/v1/db/**/docs/a", async (route) => {
+      if (route.request().method() !== "PUT") return route.continue();
+      const answer = await route.fetch();
+      await sleep(800);
+      await route.fulfill({ response: answer });
+    });
+    const box = '#items li[data-id="a"] input[type=checkbox]';
+    for (let i = 0; i < 3; i++) {
+      await page.click(box);
+      await sleep(50);
+    }
+    await sleep(4000);
+    const checked = await page.isChecked(box);
+    const stored = await getDoc("a");
+    const error = await page.textContent("#error");
+    expect(checked && stored.done === true && error === "",
+      "three clicks: ticked, saved, no error", { checked, done: stored.done, error });
+  },
+
+  async design_doc() {
+    await put({ _id: "plain", title: "plain", done: false, created: "1" });
+    const page = await context.newPage();
+    await open(page);
+    await page.waitForSelector('#items li[data-id="plain"]');
+    await sleep(500);
+    const ids = await page.$$eval("#items li", (nodes) => nodes.map((n) => n.dataset.id));
+    expect(JSON.stringify(ids) === '["plain"]', "only the plain document is listed", ids);
+  },
+
+  async late_reply() {
+    const first = await put({ _id: "a", title: "mine", done: false, created: "1" });
+    const page = await context.newPage();
+    await open(page);
+    await page.waitForSelector('#items li[data-id="a"]');
+    let held = false;
+    await page.route("**/api/v1/db/**/docs/a", async (route) => {
+      if (route.request().method() !== "PUT" || held) return route.continue();
+      held = true;
+      const answer = await route.fetch(); // written: rev 2 (done)
+      const stored = await getDoc("a");
+      await put({ ...stored, title: "theirs" }); // someone else's rev 3 on top of it
+      await sleep(1500); // the feed shows rev 2 and rev 3 before the page hears its answer
+      await route.fulfill({ response: answer });
+    });
+    await page.check('#items li[data-id="a"] input[type=checkbox]');
+    await sleep(2500);
+    const shown = await page.textContent('#items li[data-id="a"] .title');
+    const stored = await getDoc("a");
+    expect(stored.title === "theirs" && shown === "theirs",
+      "the page went back to its own older revision", { shown, stored, first });
+  },
+};
+
+await runCheck(browser, async () => {
+  if (!cases[which]) throw new Error(`unknown case ${which}`);
+  await cases[which]();
+});
