@@ -1,4 +1,5 @@
-"""The head handling of session 21 (GatewayChannel, FrontDoor), as its review found it.
+"""The HTTP channel (GatewayChannel, FrontDoor): the head handling of session 21, as its
+review found it, and the fields of the access lines the channel writes.
 
 A real ``python -m gateway run`` process (its JSON access log read from its output) in
 front of the session's CouchDB-compatible server; raw sockets, nothing mocked.
@@ -96,6 +97,16 @@ async def until(reactor: Any, condition: Callable[[], bool], seconds: float = 5.
         await deferLater(reactor, 0.1, lambda: None)
 
 
+async def access_line_of(reactor: Any, child: GatewayProcess, answer: bytes) -> dict[str, Any]:
+    """The access line of the request ``answer`` answered (by its ``X-Request-Id``)."""
+    request_id = headers_of(answer)[b"x-request-id"].decode()
+    await until(reactor, lambda: any(line["request_id"] == request_id
+                                     for line in access_lines(child)))
+    found = [line for line in access_lines(child) if line["request_id"] == request_id]
+    assert found, f"no access line for {request_id}: {access_lines(child)}"
+    return found[0]
+
+
 def _admin(backend: CouchBackend) -> bytes:
     token = base64.b64encode(f"{backend.admin_username}:{backend.admin_password}".encode())
     return b"Authorization: Basic " + token + b"\r\n"
@@ -130,6 +141,7 @@ async def test_a_request_refused_at_its_head_has_an_access_line_with_its_request
     assert [line["status"] for line in lines] == [414], (
         f"no access line for the 414 answered with X-Request-Id {request_id}; "
         f"access lines: {access_lines(proc)}")
+    assert lines[0]["client"] == "127.0.0.1", lines  # refused before a request was made
 
 
 async def test_a_malformed_chunk_mid_upload_is_logged_as_the_400_that_was_served(
@@ -192,3 +204,45 @@ async def test_a_lower_case_method_on_a_refused_path_does_not_advertise_get(
                                b"Connection: close\r\n\r\n")
         assert plain.startswith(b"HTTP/1.1 400 "), plain[:200]
         assert b"GET" not in headers_of(lower).get(b"allow", b""), (target, lower[:300])
+
+
+async def test_an_access_line_names_the_client_the_user_and_the_bytes_sent(
+    reactor: Any, proc: GatewayProcess, couch_backend: CouchBackend
+) -> None:
+    """docs: one structured access line per request -- its client, user and bytes sent."""
+    answer = await exchange(proc.port, b"GET /api/v1/session HTTP/1.1\r\nHost: x\r\n"
+                            + _admin(couch_backend) + b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    line = await access_line_of(reactor, proc, answer)
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert line["user"] == couch_backend.admin_username, line
+    assert line["client"] == "127.0.0.1", line
+    assert line["bytes_sent"] == len(body) > 0, line
+    assert line["aborted"] is False, line
+
+
+async def test_the_in_flight_gauge_returns_to_its_level(proc: GatewayProcess) -> None:
+    """wallaby_http_requests_in_flight: requests being served; the /metrics request that
+    reads it is the only one, however many came before."""
+    for _ in range(3):
+        await exchange(proc.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = await exchange(proc.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                            b"Connection: close\r\n\r\n")
+    assert b"\nwallaby_http_requests_in_flight 1\n" in answer, answer[-2000:]
+
+
+async def test_a_refused_handshake_s_access_line_counts_the_bytes_of_its_answer(
+    reactor: Any, proc: GatewayProcess
+) -> None:
+    """gateway.ws.resource: a refused handshake is answered (and logged) as the REST API
+    answers an error: its access line's bytes_sent is the envelope's length, as for any
+    other 401."""
+    answer = await exchange(proc.port, b"GET /api/v1/changes HTTP/1.1\r\nHost: x\r\n"
+                            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    body = answer.partition(b"\r\n\r\n")[2]
+    line = await access_line_of(reactor, proc, answer)
+    assert line["status"] == 401, line
+    assert line["bytes_sent"] == len(body) > 0, (line, len(body))

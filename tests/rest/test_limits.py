@@ -21,6 +21,13 @@ async def test_request_size_limits_answer_413(
                                               couch_backend.admin_password))
     big_json = await admin.post("/api/v1/db/anydb/docs", json_body={"x": "y" * 5_000})
     assert big_json.status == 413 and big_json.json["error"] == "too_large"
+    # The cap is the largest body a JSON route takes: one byte more is refused.
+    headers = {"Content-Type": "application/json"}
+    at_cap = await admin.post("/api/v1/db/anydb/docs", data=_json_of_size(2_000),
+                              headers=headers)
+    assert at_cap.status != 413, at_cap.body[:300]
+    over = await admin.post("/api/v1/db/anydb/docs", data=_json_of_size(2_001), headers=headers)
+    assert over.status == 413, over.body[:300]
     huge = await admin.put("/api/v1/db/anydb/docs/d/attachments/a?rev=1-x", data=b"z" * 60_000,
                            headers={"Content-Type": "application/octet-stream"})
     assert huge.status == 413
@@ -208,10 +215,12 @@ async def test_only_attachment_routes_take_attachment_sized_bodies(
 ) -> None:
     """A body over the JSON limit is refused from its declared length on every other route,
     for anyone: it is never stored up to the attachment limit first (which let anonymous
-    clients make the gateway spool gigabytes to disk before their 401)."""
+    clients make the gateway spool gigabytes to disk before their 401). Only an attachment
+    ``PUT`` is streamed and gets the attachment cap: a ``POST`` to that path gets the JSON
+    cap (``GatewayRequest._body_limit``)."""
     gateway = await start_gateway(max_body_bytes=2_000, max_attachment_bytes=500_000)
     for path in ("/api/v1/db/anydb/docs", "/api/v1/session", "/api/v1/db/anydb/bulk_docs",
-                 "/api/v1/no/such/route"):
+                 "/api/v1/no/such/route", "/api/v1/db/anydb/docs/d/attachments/a"):
         reply = await gateway.client.post(path, data=b"{" + b" " * 100_000 + b"}",
                                           headers={"Content-Type": "application/json"})
         assert reply.status == 413, (path, reply.status)
@@ -437,3 +446,39 @@ async def test_a_chunked_json_body_over_the_cap_is_answered_before_its_end(
     await _until(lambda: raw.data.count(b"HTTP/1.1 ") == 2 and raw.data.endswith(b"}"), raw=raw)
     assert b"HTTP/1.1 200 " in raw.data
     raw.transport.loseConnection()
+
+
+def _json_of_size(size: int) -> bytes:
+    """A JSON document of exactly ``size`` bytes."""
+    skeleton = json.dumps({"x": ""}).encode()
+    body = json.dumps({"x": "y" * (size - len(skeleton))}).encode()
+    assert len(body) == size
+    return body
+
+
+async def test_a_chunked_json_body_of_exactly_the_cap_is_taken(
+    start_gateway: StartGateway, couch_backend: CouchBackend
+) -> None:
+    """The same bound when the body comes chunked (its length counted as it arrives)."""
+    from tests.rest.test_attachments import _chunk, _connect, _until
+
+    running = await start_gateway(max_body_bytes=2_000, max_attachment_bytes=50_000)
+    auth = basic(couch_backend.admin_username, couch_backend.admin_password)["Authorization"]
+
+    async def status_of(size: int) -> bytes:
+        body = _json_of_size(size)
+        raw = await _connect(running.url)
+        raw.transport.write(
+            b"POST /api/v1/db/anydb/docs HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            b"Authorization: " + auth.encode() + b"\r\n\r\n"
+            + b"".join(_chunk(body[start:start + 500]) for start in range(0, size, 500))
+            + b"0\r\n\r\n")
+        await _until(lambda: b"\r\n\r\n" in raw.data, raw=raw)
+        raw.transport.loseConnection()
+        return raw.data.partition(b"\r\n")[0]
+
+    at_cap = await status_of(2_000)
+    assert not at_cap.startswith(b"HTTP/1.1 413 "), at_cap
+    over = await status_of(2_001)
+    assert over.startswith(b"HTTP/1.1 413 "), over

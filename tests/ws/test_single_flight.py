@@ -153,8 +153,10 @@ async def test_concurrent_subscribes_of_one_user_share_one_authorization(
         assert (await client.next("change"))["id"] == "x"
 
 
-@pytest.mark.parametrize("recheck, expected", [(0.0, 5.0), (30.0, 5.0), (2.0, 2.0)])
+@pytest.mark.parametrize("recheck, expected", [(0.0, 5.0), (30.0, 5.0), (2.0, 2.0), (1.0, 1.0)])
 def test_authorization_ttl_never_exceeds_the_recheck_interval(recheck: float, expected: float) -> None:
+    """With re-checks every second, a revoked user must not subscribe on a 5 s old
+    authorization; with re-checks off (0), the 5 s of ``AUTHORIZATION_TTL`` hold."""
     from gateway.ws.factory import ChangesServerFactory
     from gateway.ws.hub import FeedHub
 
