@@ -75,7 +75,7 @@ from gateway.couch.transport import body_complete
 from gateway.eager_write import nothing_queued
 
 __all__ = [
-    "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "Progress", "SpliceStalled",
+    "MIN_SPLICE_BYTES", "BodySource", "ClientGone", "PeerLost", "Progress", "SpliceStalled",
     "SpliceStopped", "Splicer", "UpstreamClosed", "available", "splice_loop",
 ]
 
@@ -126,12 +126,23 @@ class SpliceStalled(TimeoutError):
         self.destination = destination
 
 
-class UpstreamClosed(ConnectionError):
-    """The upstream connection ended before the whole body had come."""
+class PeerLost(ConnectionError):
+    """One end of a spliced transfer ended, failed or hung up before the whole body moved."""
+
+    #: Who that end is, in messages.
+    peer = "a peer"
 
 
-class ClientGone(ConnectionError):
-    """The client's connection failed or hung up."""
+class UpstreamClosed(PeerLost):
+    """The upstream connection ended or failed before the whole body had moved."""
+
+    peer = "the upstream"
+
+
+class ClientGone(PeerLost):
+    """The client's connection ended, failed or hung up before the whole body had moved."""
+
+    peer = "the client"
 
 
 @dataclass
@@ -145,11 +156,13 @@ class Progress:
 def splice_loop(
     src: int, dst: int, length: int, *, wake: int | None = None,
     stall_timeout: float = 60.0, progress: Progress | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.monotonic, src_peer: type[PeerLost] = UpstreamClosed,
+    dst_peer: type[PeerLost] = ClientGone,
 ) -> int:
     """Move exactly ``length`` bytes from socket ``src`` to socket ``dst`` in the kernel.
 
     Both sockets must be non-blocking. Blocks the calling thread (run it in a worker).
+    The defaults name the ends of a download; an upload's source is the client.
 
     Args:
         src: The readable socket's descriptor.
@@ -159,6 +172,8 @@ def splice_loop(
         stall_timeout: Seconds without any progress before giving up.
         progress: Updated as bytes move.
         clock: Monotonic seconds.
+        src_peer: Who ``src`` is: raised when it ends or fails (a reset) early.
+        dst_peer: Who ``dst`` is: raised when it hangs up.
 
     Returns:
         ``length``.
@@ -166,9 +181,9 @@ def splice_loop(
     Raises:
         SpliceStopped: ``wake`` became readable.
         SpliceStalled: Nothing moved for ``stall_timeout`` seconds.
-        UpstreamClosed: ``src`` reached its end (or failed) before ``length`` bytes.
-        ClientGone: ``dst`` hung up or failed.
-        OSError: Any other failure of ``splice(2)`` (``EPIPE``, ``ECONNRESET``, ...).
+        PeerLost: ``src`` reached its end or failed before ``length`` bytes
+            (``src_peer``), or ``dst`` hung up (``dst_peer``).
+        OSError: ``splice(2)`` failed to write to ``dst`` (``EPIPE``, ``ECONNRESET``, ...).
     """
     done = progress or Progress()
     pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -197,11 +212,16 @@ def splice_loop(
                     moved = True
                     continue
             if done.received < length and queued < capacity:
-                count = _splice(src, pipe_w, min(capacity - queued, length - done.received),
-                                _FLAGS)
+                try:
+                    count = _splice(src, pipe_w, min(capacity - queued, length - done.received),
+                                    _FLAGS)
+                except OSError as exc:  # a reset: the source broke off, as at its end
+                    raise src_peer(
+                        f"{src_peer.peer} failed after {done.received} of {length} bytes: {exc}"
+                    ) from exc
                 if count == 0:
-                    raise UpstreamClosed(
-                        f"the upstream closed after {done.received} of {length} bytes"
+                    raise src_peer(
+                        f"{src_peer.peer} closed after {done.received} of {length} bytes"
                     )
                 if count > 0:
                     done.received += count
@@ -226,9 +246,10 @@ def splice_loop(
                 if fd == wake:
                     raise SpliceStopped(f"stopped after {done.sent} of {length} bytes")
                 if fd == dst and events & _GONE and not events & select.POLLOUT:
-                    raise ClientGone(f"the client hung up after {done.sent} of {length} bytes")
+                    raise dst_peer(
+                        f"{dst_peer.peer} hung up after {done.sent} of {length} bytes")
                 if fd == src and events & select.POLLNVAL:
-                    raise UpstreamClosed("the upstream descriptor is not open")
+                    raise src_peer(f"{src_peer.peer}'s descriptor is not open")
         return length
     finally:
         os.close(pipe_r)
@@ -505,8 +526,12 @@ class _SpliceWorker:
     it; the splicer gives it ``shutdown_grace`` seconds at shutdown
     (:meth:`Splicer.start_grace`; the shutdown waits in :meth:`Splicer.idle`); timers
     guard the steps before it. Subclasses set ``state`` and implement ``_end`` (every
-    path ends there once) and ``_stop_for_shutdown``.
+    path ends there once) and ``_stop_for_shutdown``, and name the ends.
     """
+
+    #: Who the source and the destination are (:func:`splice_loop`'s errors name them).
+    src_peer: type[PeerLost] = UpstreamClosed
+    dst_peer: type[PeerLost] = ClientGone
 
     def __init__(self, splicer: Splicer) -> None:
         self.splicer = splicer
@@ -558,7 +583,8 @@ class _SpliceWorker:
         """Worker thread: the loop, on descriptors it owns."""
         try:
             return splice_loop(src, dst, length, wake=wake, progress=self.progress,
-                               stall_timeout=self.splicer.stall_timeout)
+                               stall_timeout=self.splicer.stall_timeout,
+                               src_peer=self.src_peer, dst_peer=self.dst_peer)
         finally:
             os.close(src)
             os.close(dst)
@@ -748,6 +774,9 @@ class _Upload(_SpliceWorker):
     worker thread runs), ``ended``.
     """
 
+    src_peer = ClientGone
+    dst_peer = UpstreamClosed
+
     def __init__(
         self, splicer: Splicer, pipe: Any, source: BodySource, client: Any, upstream: Any,
         encoder: Any,
@@ -850,17 +879,19 @@ class _Upload(_SpliceWorker):
             client.resumeProducing()
             return
         self.splicer.uploads_failed += 1
-        # The client went away (UpstreamClosed: its socket ended), stalled, or must go.
+        # The client went away (its socket ended or was reset), stalled, or must go.
         abort_client = not self._keep_client or (
             isinstance(outcome, Failure)
-            and outcome.check(UpstreamClosed, SpliceStalled) is not None  # type: ignore[no-untyped-call]
+            and outcome.check(ClientGone, SpliceStalled) is not None  # type: ignore[no-untyped-call]
         )
         if self._taken and not abort_client:
             self.source.body_taken(self.progress.received)  # the channel reads the rest
+        if abort_client:
+            # Nothing can be answered. First: its loss is then noted before the failed
+            # upstream request ends the request, whose access line says aborted.
+            client.abortConnection()
         # Its HTTP client is aborted too (connection lost while transmitting): the
         # upstream request fails, and CouchDB never stores a body cut short.
         self.upstream.abortConnection()
-        if abort_client:
-            client.abortConnection()  # nothing can be answered
-        elif pipe.stopped:
+        if not abort_client and pipe.stopped:
             client.resumeProducing()  # read and drop the rest; the error answer follows

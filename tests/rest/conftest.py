@@ -31,6 +31,7 @@ from gateway.http.app import GatewayApp
 from gateway.http.contract import Contract, load_contract
 from gateway.http.service import GatewayService
 from tests.conftest import CouchBackend, TestUser, unique_name
+from tests.support.faultproxy import FaultProxy
 
 CONTRACT = load_contract()
 
@@ -215,6 +216,15 @@ async def start_gateway(
 async def gateway(start_gateway: StartGateway) -> AsyncIterator[RunningGateway]:
     """A gateway in front of the session's CouchDB-compatible server."""
     yield await start_gateway()
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(couch_backend: CouchBackend, reactor: Any) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the session's server (``couchdb_url=proxy.url``)."""
+    fault = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
+    fault.listen()
+    yield fault
+    await fault.close()
 
 
 @dataclass

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 
-from tests.conftest import CouchBackend
 from tests.rest.conftest import ApiClient, Scenario, StartGateway
 from tests.support.faultproxy import FaultProxy
 
@@ -116,15 +114,6 @@ async def _until(reactor: Any, check: Callable[[], bool], seconds: float = 10.0)
     while not check():
         assert time.monotonic() < deadline, "timed out waiting"
         await deferLater(reactor, 0.02, lambda: None)
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(couch_backend: CouchBackend, reactor: Any) -> AsyncIterator[FaultProxy]:
-    """A fault proxy in front of the real server."""
-    fault = FaultProxy(reactor, int(couch_backend.url.rsplit(":", 1)[1]))
-    fault.listen()
-    yield fault
-    await fault.close()
 
 
 async def _stalled_midway(

@@ -8,10 +8,11 @@ import hashlib
 import http.client
 import os
 import socket
+import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,10 +30,12 @@ from gateway.http.splice_relay import (
     SpliceStopped,
     UpstreamClosed,
     _download_error,
+    _Upload,
     available,
     splice_loop,
 )
 from tests.rest.conftest import RunningGateway, Scenario, StartGateway, basic
+from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -101,6 +104,48 @@ def test_loop_fails_when_the_upstream_ends_early() -> None:
     finally:
         for sock in (up_end, client_end, client_reader):
             sock.close()
+
+
+@contextlib.contextmanager
+def _source_reset_midway() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(source end, destination end): 100 kB came on the source TCP socket, then a reset."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname(), timeout=10)
+    src_end, _ = listener.accept()
+    dst_end, dst_reader = socket.socketpair()
+    try:
+        src_end.setblocking(False)
+        dst_end.setblocking(False)
+        sender.sendall(os.urandom(100_000))
+        time.sleep(0.1)
+        # The sender (CouchDB, a proxy in between, or the client) resets in the middle.
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sender.close()
+        time.sleep(0.1)
+        yield src_end, dst_end
+    finally:
+        for sock in (listener, src_end, dst_end, dst_reader):
+            sock.close()
+
+
+def test_an_upstream_reset_midway_is_the_upstream_breaking_off() -> None:
+    """Mapped as the Python relay maps the same fault (spill.lost_midway)."""
+    with _source_reset_midway() as (up_end, client_end), pytest.raises(Exception) as raised:
+        splice_loop(up_end.fileno(), client_end.fileno(), 5_000_000, stall_timeout=3)
+    assert isinstance(raised.value, UpstreamClosed), repr(raised.value)
+    mapped = _download_error(Failure(raised.value)).value  # type: ignore[no-untyped-call]
+    assert isinstance(mapped, CouchUnreachable) and mapped.error == "upstream_unavailable"
+
+
+def test_a_client_reset_midway_of_an_upload_is_the_client_going() -> None:
+    """An upload's source is the client: its reset is not the upstream's (_Upload aborts
+    the client connection for it, and answers nothing)."""
+    with _source_reset_midway() as (client_end, up_end), pytest.raises(Exception) as raised:
+        splice_loop(client_end.fileno(), up_end.fileno(), 5_000_000, stall_timeout=3,
+                    src_peer=_Upload.src_peer, dst_peer=_Upload.dst_peer)
+    assert type(raised.value) is ClientGone, repr(raised.value)
+    assert isinstance(raised.value.__cause__, ConnectionResetError)
+    assert str(raised.value).startswith("the client failed after 100000 of 5000000 bytes")
 
 
 def test_loop_fails_when_the_client_goes_away() -> None:
@@ -350,6 +395,55 @@ async def test_client_leaving_midway_ends_the_transfer_and_leaks_nothing(
     assert again.status == 200 and len(again.body) == len(payload)
     assert hashlib.sha256(again.body).digest() == hashlib.sha256(payload).digest()
     assert splicer.spliced == spliced + 2
+
+
+async def test_an_upstream_reset_midway_is_logged_and_counted_as_upstream_unavailable(
+    scenario: Scenario, start_gateway: StartGateway, proxy: FaultProxy, reactor: Any
+) -> None:
+    """CouchDB (or a proxy in between) resets the connection in the middle of a spliced
+    download: the access line and ``wallaby_errors_total`` say ``upstream_unavailable``,
+    as for the same fault in the Python relay."""
+    from twisted.logger import capturedLogs
+
+    payload = os.urandom(8 * MIB)
+    url = await _attachment(scenario, "reset", payload)
+    gateway = await start_gateway(couchdb_url=proxy.url)
+    splicer = gateway.app.splicer
+    assert (await gateway.as_user(scenario.member).get(
+        url.rsplit("/attachments", 1)[0])).status == 200  # the user is checked
+    proxy.stall_after(2 * MIB)  # CouchDB sends 2 MiB, then the connection resets
+    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    halfway, go = threading.Event(), threading.Event()
+
+    def read_until_cut() -> int:
+        with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30) as sock:
+            sock.sendall(request)
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 16):
+                    got += len(chunk)
+                    if got > MIB:
+                        halfway.set()
+                        go.wait(20)
+        return got
+
+    with capturedLogs() as events:
+        reading = _thread(reactor, read_until_cut)
+        await _until(reactor, lambda: halfway.is_set() and splicer.active == 1)
+        proxy.reset_all()
+        go.set()
+        got = await reading
+        await _until(reactor, lambda: any(
+            isinstance(e.get("access"), dict) and e["access"]["path"] == url for e in events))
+    assert got < len(payload)  # headers included: the body was cut short
+    assert splicer.spliced == 1 and splicer.failed == 1
+    [line] = [e["access"] for e in events
+              if isinstance(e.get("access"), dict) and e["access"]["path"] == url]
+    assert line["aborted"] is True and line["error"] == "upstream_unavailable", line
+    metrics = (await gateway.client.get("/metrics")).body.decode()
+    assert 'wallaby_errors_total{route="getAttachment",error="upstream_unavailable"} 1' in metrics, [
+        row for row in metrics.splitlines() if row.startswith("wallaby_errors_total")]
 
 
 async def test_a_stalled_client_is_cut_off_and_the_request_ends(

@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import socket
+import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.logger import capturedLogs
 
 from benches.stream import StubUpstream, blocks
 from gateway.http.splice_relay import available
@@ -171,9 +173,11 @@ async def test_small_uploads_and_the_switch_use_python(
     assert "wallaby_spliced_uploads_total 0" in metrics.body.decode()
 
 
+@pytest.mark.parametrize("how", ["closes", "resets"])
 async def test_client_leaving_midway_aborts_the_upstream_and_leaks_nothing(
-    start_gateway: StartGateway, stub: StubUpstream, reactor: Any
+    how: str, start_gateway: StartGateway, stub: StubUpstream, reactor: Any
 ) -> None:
+    """Whether the client's socket ends or is reset, it is the client that went."""
     gateway = await _stub_gateway(start_gateway, stub)
     splicer = gateway.app.splicer
     await gateway.client.get("/api/v1/db/files/docs/none", headers=AUTH)  # warm the pool
@@ -187,12 +191,18 @@ async def test_client_leaving_midway_aborts_the_upstream_and_leaks_nothing(
             sock.sendall(_head("cut", len(payload)) + payload[: 4 * MIB])
             started.wait(15)
             during.update(_connections_to(stub.port))
+            if how == "resets":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
-    leaving = _thread(reactor, send_part_then_leave)
-    await _until(reactor, lambda: splicer.uploads == 1)
-    started.set()
-    await leaving
-    await _until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1)
+    with capturedLogs() as events:
+        leaving = _thread(reactor, send_part_then_leave)
+        await _until(reactor, lambda: splicer.uploads == 1)
+        started.set()
+        await leaving
+        await _until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1)
+        await _until(reactor, lambda: any(isinstance(e.get("access"), dict) for e in events))
+    [line] = [e["access"] for e in events if isinstance(e.get("access"), dict)]
+    assert line["aborted"] is True, line  # the client went: it was not answered
     await _until(reactor, lambda: not during & _connections_to(stub.port))
     assert during, "no upstream connection seen during the upload"
     await _until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]

@@ -13,15 +13,12 @@ import errno
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_twisted
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
-from tests.conftest import CouchBackend
 from tests.rest.conftest import Scenario, StartGateway, basic
 from tests.support.faultproxy import FaultProxy
 
@@ -130,14 +127,6 @@ async def test_a_slow_but_steady_reader_is_not_cut(
     assert ended and len(received) > size, f"{kind}: cut after {len(received)} bytes"
     if kind == "large answer":
         assert received.endswith(b"\r\n0\r\n\r\n"), "the chunked body did not end"
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy(couch_backend: CouchBackend, reactor: Any) -> AsyncIterator[FaultProxy]:
-    fault = FaultProxy(reactor, _port(couch_backend.url))
-    fault.listen()
-    yield fault
-    await fault.close()
 
 
 @pytest.mark.parametrize("fault", ["upstream breaks off", "upstream goes silent",
