@@ -9,7 +9,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from gateway.eager_write import flush_now, idle_socket, queued_bytes, send_each, write_now
+from gateway.eager_write import (
+    flush_now,
+    idle_socket,
+    nothing_queued,
+    queued_bytes,
+    send_each,
+    write_now,
+)
 
 
 class _Server(Protocol):
@@ -244,3 +251,20 @@ async def test_queued_bytes_counts_twisted_and_kernel_queues_until_the_peer_read
         transport.loseConnection()
         client.disconnect()
     assert queued_bytes(StringTransport()) is None  # not a TCP transport
+
+
+async def test_a_write_not_yet_handed_to_the_kernel_is_queued(reactor: Any) -> None:
+    """``transport.write`` appends to ``_tempData`` until the reactor's next turn: those
+    bytes are waiting (a splice or a direct send must not jump ahead of them, and a
+    client's backlog includes them)."""
+    transport, _reader, client = await _pair(reactor, paused=True)
+    try:
+        assert nothing_queued(transport) and queued_bytes(transport) == 0
+        transport.write(b"w" * 5000)  # no reactor turn yet: nothing went to the kernel
+        assert transport._tempDataLen == 5000
+        assert not nothing_queued(transport)
+        assert idle_socket(transport) is None
+        assert queued_bytes(transport) == 5000
+    finally:
+        transport.loseConnection()
+        client.disconnect()

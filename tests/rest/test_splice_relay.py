@@ -211,6 +211,88 @@ def test_loop_tells_a_client_that_takes_nothing_from_a_quiet_upstream() -> None:
         writer.join(10)
 
 
+def test_a_busy_loop_stops_once_woken() -> None:
+    """A transfer whose sockets are always ready never reaches poll(): the wake-up
+    (a cancel, the shutdown's deadline) must be looked at after every move, or a fast
+    transfer of gigabytes cannot be stopped until it ends."""
+    up_writer, up_end, client_end, client_reader = _pairs()
+    wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        data = os.urandom(64 * 1024)
+        up_writer.sendall(data)  # all of it is ready, and the client has room for it
+        os.eventfd_write(wake, 1)  # stopped before the loop even began
+        progress = Progress()
+        with pytest.raises(SpliceStopped):
+            splice_loop(up_end.fileno(), client_end.fileno(), len(data), wake=wake,
+                        stall_timeout=5, progress=progress)
+        assert progress.sent < len(data)
+    finally:
+        os.close(wake)
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+
+
+def test_waiting_for_a_full_client_does_not_spin_on_a_readable_upstream() -> None:
+    """While bytes wait in the pipe for the client, only the client's writability may
+    wake the loop: an upstream that has more to give must not turn the wait into a busy
+    loop burning a core until the stall timeout."""
+    up_writer, up_end, client_end, client_reader = _pairs()  # client_reader never reads
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        start = time.thread_time()
+        try:
+            splice_loop(up_end.fileno(), client_end.fileno(), 64 << 20, stall_timeout=1.5)
+        except Exception as exc:
+            out["error"] = exc
+        out["cpu"] = time.thread_time() - start
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    time.sleep(0.2)  # the loop waits for the upstream first (it registers it for reading)
+    feeder, _ = _in_thread(lambda: _send_quietly(up_writer, os.urandom(8 << 20)))
+    loop.join(20)
+    try:
+        assert not loop.is_alive()
+        assert isinstance(out.get("error"), SpliceStalled), out
+        assert out["error"].destination is True  # type: ignore[attr-defined]
+        assert out["cpu"] < 0.2, f"the wait burnt {out['cpu']:.2f} s of CPU"  # type: ignore[operator]
+    finally:
+        for sock in (up_writer, up_end, client_end, client_reader):
+            sock.close()
+        feeder.join(5)
+
+
+def test_a_client_leaving_while_the_upstream_is_quiet_ends_the_loop_at_once() -> None:
+    """Waiting for the upstream, the loop still watches the client for a hang-up: a
+    client gone during CouchDB's pause is ClientGone now, not a busy wait (poll reports
+    the hang-up at once, every time) until the stall timeout."""
+    up_writer, up_end, client_end, client_reader = _pairs()
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        start, cpu = time.monotonic(), time.thread_time()
+        try:
+            splice_loop(up_end.fileno(), client_end.fileno(), 1 << 20, stall_timeout=5)
+        except Exception as exc:
+            out["error"] = exc
+        out["seconds"], out["cpu"] = time.monotonic() - start, time.thread_time() - cpu
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    try:
+        up_writer.sendall(b"x" * 1000)  # a little, then CouchDB pauses
+        time.sleep(0.3)
+        client_reader.close()  # the client leaves meanwhile
+        loop.join(10)
+        assert not loop.is_alive()
+        assert isinstance(out.get("error"), ClientGone), out
+        assert out["seconds"] < 2 and out["cpu"] < 0.2, out  # type: ignore[operator]
+    finally:
+        for sock in (up_writer, up_end, client_end):
+            sock.close()
+
+
 def test_a_spliced_downloads_failures_are_the_python_relays() -> None:
     """The access log and the error metrics name the same culprit on both paths."""
 

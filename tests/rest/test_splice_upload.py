@@ -19,7 +19,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from benches.stream import StubUpstream, blocks
-from gateway.http.splice_relay import available
+from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
 from tests.rest.conftest import RunningGateway, StartGateway
 from tests.rest.test_splice_relay import _connections_to, _fds, _port, _thread, _until
 
@@ -153,6 +153,21 @@ async def test_a_client_waiting_for_100_continue_is_spliced_too(
     stored = json.loads(got.split(b"\r\n\r\n", 1)[1])
     assert stored["size"] == len(payload) and stored["crc"] == zlib.crc32(payload)
     assert gateway.app.splicer.uploads == 1 and gateway.app.splicer.uploads_failed == 0
+
+
+async def test_an_upload_of_exactly_one_mib_is_spliced(
+    start_gateway: StartGateway, stub: StubUpstream, reactor: Any
+) -> None:
+    """README: uploads "of 1 MiB or more" are spliced (the boundary itself included)."""
+    assert MIN_SPLICE_BYTES == MIB
+    gateway = await _stub_gateway(start_gateway, stub)
+    splicer = gateway.app.splicer
+    payload = _payload(MIB)
+    status, stored = await _thread(reactor, lambda: _put(_port(gateway), "exact", payload))
+    assert status == 201 and stored["size"] == len(payload)
+    assert stored["crc"] == zlib.crc32(payload)
+    assert splicer.uploads == 1 and splicer.uploads_failed == 0, "1 MiB upload not spliced"
+    await _until(reactor, lambda: splicer.active_uploads == 0)
 
 
 async def test_small_uploads_and_the_switch_use_python(
