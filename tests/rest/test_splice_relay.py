@@ -377,6 +377,12 @@ def _auth(scenario: Scenario) -> dict[str, str]:
     return basic(scenario.member.name, scenario.member.password)
 
 
+def _raw_get(scenario: Scenario, url: str) -> bytes:
+    """The member's GET of ``url``, to send on a socket of one's own."""
+    return (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+
+
 def _port(gateway: RunningGateway) -> int:
     return urlsplit(gateway.url).port or 80
 
@@ -451,8 +457,7 @@ async def test_client_leaving_midway_ends_the_transfer_and_leaks_nothing(
     fds_before = _fds()
     spliced, failed = splicer.spliced, splicer.failed
     during: set[int] = set()
-    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    request = _raw_get(scenario, url)
 
     def read_a_little_then_leave() -> int:
         with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30) as sock:
@@ -494,8 +499,7 @@ async def test_an_upstream_reset_midway_is_logged_and_counted_as_upstream_unavai
     assert (await gateway.as_user(scenario.member).get(
         url.rsplit("/attachments", 1)[0])).status == 200  # the user is checked
     proxy.stall_after(2 * MIB)  # CouchDB sends 2 MiB, then the connection resets
-    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    request = _raw_get(scenario, url)
     halfway, go = threading.Event(), threading.Event()
 
     def read_until_cut() -> int:
@@ -537,8 +541,7 @@ async def test_a_stalled_client_is_cut_off_and_the_request_ends(
     splicer.stall_timeout = 0.5
     failed = splicer.failed
     go = threading.Event()
-    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    request = _raw_get(scenario, url)
 
     def send_then_wait() -> int:
         with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30) as sock:

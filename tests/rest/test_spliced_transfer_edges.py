@@ -14,7 +14,15 @@ from twisted.logger import capturedLogs
 
 from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
 from tests.rest.conftest import RunningGateway, Scenario
-from tests.rest.test_splice_relay import MIB, _attachment, _auth, _port, _thread, _until
+from tests.rest.test_splice_relay import (
+    MIB,
+    _attachment,
+    _auth,
+    _port,
+    _raw_get,
+    _thread,
+    _until,
+)
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -49,8 +57,7 @@ async def test_at_most_four_downloads_splice_at_once(
     assert splicer.max_active == 4
     payload = os.urandom(24 * MIB)
     url = await _attachment(scenario, "held", payload)
-    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    request = _raw_get(scenario, url)
     before = splicer.spliced
     held: list[socket.socket] = []
     try:
@@ -139,8 +146,7 @@ async def test_a_transfer_begun_during_the_shutdown_grace_is_stopped_at_its_end(
     url = await _attachment(scenario, "late", payload)
     splicer = gateway.app.splicer
     failed, grace = splicer.failed, splicer.shutdown_grace
-    request = (f"GET {url} HTTP/1.1\r\nHost: gateway\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in _auth(scenario).items()) + "\r\n").encode()
+    request = _raw_get(scenario, url)
     splicer.shutdown_grace = 0.5
     splicer.start_grace()  # nothing runs yet
     sock = socket.create_connection(("127.0.0.1", _port(gateway)), timeout=30)
