@@ -93,6 +93,8 @@ def _unreachable(exc: Exception) -> Exception:
 
     A request body that failed to produce (``RequestGenerationFailed``: a file that
     could not be read, say) is the caller's failure, not CouchDB's: its own exception.
+    One that failed with a cancellation (its source went away: a client leaving an
+    upload that streams upstream fails its body with a ``CancelledError``) stays one.
     """
     reasons = getattr(exc, "reasons", None) or []
     if any(reason.check(CancelledError) for reason in reasons):

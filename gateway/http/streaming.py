@@ -53,8 +53,8 @@ from gateway.errors import InsufficientStorage, TooManyOpenFiles
 from gateway.http.splice_relay import BodySource, Splicer
 
 __all__ = [
-    "CHUNK", "BodyPipe", "SpooledBody", "client_backlog", "close_quietly", "narrow", "no_room",
-    "parse_range", "relay", "spool", "upload_producer", "widen",
+    "CHUNK", "BodyPipe", "ClientLeft", "SpooledBody", "client_backlog", "close_quietly",
+    "narrow", "no_room", "parse_range", "relay", "spool", "upload_producer", "widen",
 ]
 
 _log = Logger(namespace="gateway.http")
@@ -93,6 +93,15 @@ def upload_producer(request: Any) -> IBodyProducer:
     content: Any = request.content
     content.seek(0)
     return FileBodyProducer(content, readSize=CHUNK)
+
+
+class ClientLeft(CancelledError):
+    """The client's connection ended or failed before its whole upload body had arrived.
+
+    What a :class:`BodyPipe` fails with then. A cancellation, not a fault: nobody is
+    left to answer, and the upstream request it cuts short is not CouchDB failing
+    (:func:`gateway.couch.transport.send` keeps a body producer's cancellation one).
+    """
 
 
 @implementer(IBodyProducer)
@@ -168,7 +177,16 @@ class BodyPipe:
             self._finish_producing().callback(None)
 
     def abort(self, reason: Failure) -> None:
-        """The client went away before the end of the body: fail the upstream request."""
+        """The body ends early: fail the upstream request.
+
+        Args:
+            reason: Why. The client's connection ending or failing (the request's
+                ``connectionLost``) fails it as :class:`ClientLeft`.
+        """
+        if reason.check(ConnectionLost, ConnectionDone):  # type: ignore[no-untyped-call]
+            left = ClientLeft(f"the client left before the end of the body ({reason.value})")
+            left.__cause__ = reason.value
+            reason = Failure(left)  # type: ignore[no-untyped-call]
         self._failure = reason
         if self._upload is not None and self._upload.stop(keep_client=False):
             # Once the thread is out the upstream connection is aborted: the request fails.
@@ -304,7 +322,8 @@ async def spool(pipe: BodyPipe) -> SpooledBody:
     """Receive a pipe's whole body into a temporary file; a producer re-reading it.
 
     For upstreams that must not see an upload cut short, and for chunked bodies (see
-    ``put_attachment``). Raises what ended the body early (the client went away).
+    ``put_attachment``). Raises what ended the body early (:class:`ClientLeft`: the
+    client went away, nobody to answer).
     """
     try:
         file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the producer
@@ -314,9 +333,6 @@ async def spool(pipe: BodyPipe) -> SpooledBody:
         except BaseException:
             close_quietly(file)  # the body ended early: nothing will read the partial spool
             raise
-    except (ConnectionLost, ConnectionDone) as exc:
-        # The client went away: nobody to answer, nothing unexpected to report.
-        raise CancelledError() from exc
     except OSError as exc:
         pipe.discard()
         raise no_room(exc) from exc
