@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -12,13 +13,50 @@ from gateway.config import Settings
 from tests.conftest import CouchBackend, unique_name
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+CONFIGURATION = README[README.index("## Configuration"):README.index("## Project layout")]
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = README[README.index("## Configuration"):README.index("## Project layout")]
     missing = [Settings.env_name(f.name) for f in fields(Settings)
-               if not f.name.startswith("_") and f"| `{Settings.env_name(f.name)}` |" not in table]
+               if not f.name.startswith("_")
+               and f"| `{Settings.env_name(f.name)}` |" not in CONFIGURATION]
     assert not missing, f"undocumented settings: {missing}"
+
+
+def _documented_defaults() -> dict[str, str]:
+    """Variable -> the first `code` value of its README default column (if it has one)."""
+    found = {}
+    for match in re.finditer(r"^\| `([A-Z0-9_]+)` \| ([^|]*) \|", CONFIGURATION, re.M):
+        value = re.match(r"\s*`([^`]*)`", match.group(2))
+        if value is not None:
+            found[match.group(1)] = value.group(1)
+    return found
+
+
+def test_every_default_is_the_one_the_readme_table_documents() -> None:
+    documented = _documented_defaults()
+    checked, wrong = 0, []
+    for spec in fields(Settings):
+        if spec.name.startswith("_"):
+            continue
+        variable = Settings.env_name(spec.name)
+        if variable not in documented:
+            continue  # "—", "*(none)*", "*(system roots)*": no value to compare
+        checked += 1
+        default = getattr(Settings(), spec.name)
+        if Settings.parse(spec.name, documented[variable]) != default:
+            wrong.append((variable, documented[variable], default))
+    assert not wrong, f"README default differs from the code: {wrong}"
+    assert checked >= 35, checked  # the table was really read
+
+
+def test_the_readme_table_defaults_parse_into_the_default_settings() -> None:
+    # The same, from the other side: setting every documented default changes nothing.
+    documented = {name: value for name, value in _documented_defaults().items()
+                  if name.startswith("WALLABY_") and name not in (
+                      "WALLABY_POUCHDB_SERVER", "WALLABY_API_SCHEMA_DIR",
+                      "WALLABY_EMBEDDED_ADMIN_PASSWORD")}
+    assert Settings.from_env(documented) == Settings()
 
 
 def test_readme_names_the_two_commands() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from gateway.couch import BasicAuth, CouchServer, ForwardedAuth, NoAuth, Unauthorized
 from gateway.embedded import EmbeddedCouch
 from tests.conftest import CouchBackend
+from tests.support.gatewayproc import ROOT
 
 
 def _alive(pid: int) -> bool:
@@ -196,3 +200,77 @@ def test_a_missing_pouchdb_server_override_is_refused(
     monkeypatch.setenv("WALLABY_POUCHDB_SERVER", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="WALLABY_POUCHDB_SERVER: no such file"):
         find_pouchdb_server()
+
+
+def _run_without_couchdb_url(tmp_path: Path, pouchdb_server: Path, **env: str
+                             ) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway run`` with no COUCHDB_URL, starting ``pouchdb_server``."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k != "COUCHDB_URL" and not k.startswith("WALLABY_")}
+    environment.update(WALLABY_POUCHDB_SERVER=str(pouchdb_server), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--port", "0",
+         "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_no_pouchdb_server_is_a_failed_start_with_exit_status_1(tmp_path: Path) -> None:
+    ran = _run_without_couchdb_url(tmp_path, tmp_path / "nowhere")
+    assert ran.returncode == 1, (ran.returncode, ran.stderr)
+    assert "COUCHDB_URL" in ran.stderr and "WALLABY_POUCHDB_SERVER" in ran.stderr, ran.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_embedded_server_listens_on_5984_by_default(tmp_path: Path) -> None:
+    """__main__'s docstring: the embedded server's port is 5984 unless busy. A stand-in
+    pouchdb-server records the arguments it was started with, then exits."""
+    from gateway.__main__ import _port_free
+
+    if not _port_free("127.0.0.1", 5984):
+        pytest.skip("5984 is busy here: the gateway would rightly pick another port")
+    argv_file = tmp_path / "argv.json"
+    fake = tmp_path / "pouchdb-server.js"
+    fake.write_text(f"require('fs').writeFileSync({json.dumps(str(argv_file))}, "
+                    "JSON.stringify(process.argv)); process.exit(3);\n")
+    ran = _run_without_couchdb_url(tmp_path, fake)
+    assert ran.returncode == 1, (ran.returncode, ran.stderr)  # it exited: a failed start
+    assert "the embedded CouchDB did not start" in ran.stderr, ran.stderr
+    argv = json.loads(argv_file.read_text())
+    assert argv[argv.index("--port") + 1] == "5984", argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1", argv
+
+
+def test_the_embedded_admin_password_setting_is_the_one_the_server_is_given(
+        tmp_path: Path) -> None:
+    """README: WALLABY_EMBEDDED_ADMIN_PASSWORD is the embedded server's admin password."""
+    config_copy = tmp_path / "config-seen.json"
+    fake = tmp_path / "pouchdb-server.js"
+    fake.write_text(
+        "const fs = require('fs'); const a = process.argv;\n"
+        "fs.copyFileSync(a[a.indexOf('--config') + 1], "
+        f"{json.dumps(str(config_copy))}); process.exit(3);\n")
+    ran = _run_without_couchdb_url(tmp_path, fake,
+                                   WALLABY_EMBEDDED_ADMIN_PASSWORD="not-the-default-pw")
+    assert ran.returncode == 1, ran.stderr
+    assert json.loads(config_copy.read_text())["admins"] == {"admin": "not-the-default-pw"}
+
+
+def test_a_server_that_does_not_take_the_admin_credentials_is_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EmbeddedCouch.start waits until the server answers *as the admin*: a server that
+    answers /_session as anonymous (its admin not configured) never becomes ready."""
+    fake = tmp_path / "pouchdb-server.js"
+    fake.write_text(
+        "const a = process.argv; const port = Number(a[a.indexOf('--port') + 1]);\n"
+        "require('http').createServer((q, r) => { r.setHeader('Content-Type', "
+        "'application/json'); r.end(JSON.stringify({ok: true, userCtx: {name: null, "
+        "roles: []}})); }).listen(port, '127.0.0.1');\n")
+    monkeypatch.setenv("WALLABY_POUCHDB_SERVER", str(fake))
+    server = EmbeddedCouch(tmp_path / "data")
+    try:
+        with pytest.raises(RuntimeError, match="did not become ready within 3 s"):
+            server.start(timeout=3)
+        assert server.process is None  # stopped
+    finally:
+        server.stop()

@@ -16,7 +16,7 @@ import pytest
 from twisted.logger import LogEvent, globalLogPublisher
 
 from gateway import send_threads
-from gateway.config import Settings
+from gateway.config import MAX_SEND_THREADS, Settings
 from gateway.send_threads import SendThreads, cpu_quota
 
 FRAME = b"\x81\x05hello"
@@ -195,10 +195,12 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_the_setting_is_read_and_checked() -> None:
     assert Settings.from_env({}).ws_send_threads == 0
+    assert MAX_SEND_THREADS == 64  # README: "at most 64"
+    assert Settings.from_env({"WALLABY_WS_SEND_THREADS": "64"}).ws_send_threads == 64
     assert Settings.from_env({"WALLABY_WS_SEND_THREADS": "2"}).ws_send_threads == 2
     with pytest.raises(ValueError, match="WALLABY_WS_SEND_THREADS: must be 0 or more"):
         Settings.from_env({"WALLABY_WS_SEND_THREADS": "-1"})
-    with pytest.raises(ValueError, match="WALLABY_WS_SEND_THREADS: at most 64"):
+    with pytest.raises(ValueError, match=r"^WALLABY_WS_SEND_THREADS: at most 64"):
         Settings.from_env({"WALLABY_WS_SEND_THREADS": "65"})
     with pytest.raises(ValueError, match="WALLABY_WS_SEND_THREADS"):
         Settings.from_env({"WALLABY_WS_SEND_THREADS": "two"})

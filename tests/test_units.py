@@ -232,6 +232,53 @@ async def test_session_auth_logs_in_again_once_the_cookie_is_max_age_old() -> No
     assert await auth.headers() == {"Cookie": "AuthSession=second"}
 
 
+#: CouchDB 3.x's default ``[chttpd_auth] timeout``: a session cookie older than this is
+#: no longer honoured (the request is then served as anonymous, not answered 401).
+COUCHDB_SESSION_TIMEOUT = 600
+
+
+async def test_a_default_session_is_renewed_before_couchdb_lets_its_cookie_expire() -> None:
+    clock = Clock()
+    cookies = iter(["first", "second"])
+
+    async def login(name: str, password: str) -> str:
+        return next(cookies)
+
+    auth = SessionAuth("bob", "pw", login, clock=clock)  # the default max_age
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    # A request sent a second before CouchDB's own expiry would arrive with a cookie
+    # CouchDB no longer honours (and it answers as anonymous, without a 401).
+    clock.advance(COUCHDB_SESSION_TIMEOUT - 1)
+    assert await auth.headers() == {"Cookie": "AuthSession=second"}
+
+
+async def test_a_cleared_session_cookie_is_not_adopted() -> None:
+    async def login(name: str, password: str) -> str:
+        return "first"
+
+    auth = SessionAuth("bob", "pw", login)
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    auth.observe(["AuthSession=; Version=1; Path=/; HttpOnly; Max-Age=0"])
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+
+
+async def test_couch_server_session_auth_uses_the_max_age_it_is_given() -> None:
+    from gateway.couch import CouchServer
+
+    clock = Clock()
+    server = CouchServer("http://127.0.0.1:9", reactor=clock)  # never contacted
+    cookies = iter(["first", "second"])
+
+    async def login(name: str, password: str) -> str:
+        return next(cookies)
+
+    server.transport.login = login  # type: ignore[method-assign]
+    auth = server.session_auth("bob", "pw", max_age=10)
+    assert await auth.headers() == {"Cookie": "AuthSession=first"}
+    clock.advance(10)
+    assert await auth.headers() == {"Cookie": "AuthSession=second"}
+
+
 @pytest.mark.parametrize("password", ["s3cr3t/x", "s3cr3t#x", "s3cr3t?x",
                                       # digits first: they parse as a port of host "admin"
                                       "1234/s3cr3t", "5984?s3cr3t", "99#s3cr3t"])
@@ -320,6 +367,51 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"WALLABY_PORT": "eighty"})
     assert "password" not in repr(Settings(couchdb_password="hunter2")) or "hunter2" not in repr(
         Settings(couchdb_password="hunter2"))
+
+
+def test_the_highest_tcp_port_is_accepted_and_the_next_refused() -> None:
+    assert Settings.from_env({"WALLABY_PORT": "65535"}).port == 65535
+    with pytest.raises(ValueError, match=r"^WALLABY_PORT: 65536 is not a TCP port"):
+        Settings.from_env({"WALLABY_PORT": "65536"})
+
+
+@pytest.mark.parametrize("variable", [
+    "WALLABY_MAX_BODY_BYTES", "WALLABY_MAX_ATTACHMENT_BYTES", "WALLABY_REQUEST_TIMEOUT",
+    "WALLABY_RATE_LIMIT_BURST", "WALLABY_WS_MAX_SUBSCRIPTIONS", "WALLABY_WS_MAX_USER_FEEDS",
+    "WALLABY_WS_MAX_FEEDS", "WALLABY_WS_MAX_MESSAGE_BYTES", "WALLABY_WS_QUEUE_BYTES",
+    "WALLABY_FEED_HEARTBEAT_MS", "WALLABY_BUFFER_ANSWER_BYTES", "WALLABY_SEND_STALL_TIMEOUT",
+])
+def test_sizes_and_durations_where_zero_cannot_work_refuse_zero(variable: str) -> None:
+    with pytest.raises(ValueError, match=f"^{variable}: must be more than 0, not 0"):
+        Settings.from_env({variable: "0"})
+
+
+@pytest.mark.parametrize("variable", [
+    "WALLABY_RATE_LIMIT_PER_SECOND", "WALLABY_LOGIN_MAX_FAILURES",
+    "WALLABY_LOGIN_LOCKOUT_SECONDS", "WALLABY_SHUTDOWN_GRACE", "WALLABY_SHUTDOWN_DRAIN",
+    "WALLABY_COMPRESS_MIN_BYTES", "WALLABY_WS_PING_INTERVAL", "WALLABY_WS_AUTH_RECHECK",
+    "WALLABY_WS_SEND_THREADS", "WALLABY_GC_FREEZE_AFTER_MS", "WALLABY_HEADER_TIMEOUT",
+    "WALLABY_IDLE_TIMEOUT",
+])
+def test_settings_where_zero_means_off_take_zero_and_refuse_negatives(variable: str) -> None:
+    assert Settings.from_env({variable: "0"}) is not None
+    with pytest.raises(ValueError, match=f"^{variable}: must be 0 or more, not -1"):
+        Settings.from_env({variable: "-1"})
+
+
+def test_an_attachment_csp_with_a_delete_character_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^WALLABY_ATTACHMENT_CSP: .*control"):
+        Settings.from_env({"WALLABY_ATTACHMENT_CSP": "sandbox\x7f"})
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    *[(word, True) for word in ("1", "true", "YES", "On")],
+    *[(word, False) for word in ("0", "false", "No", "OFF", "")],
+])
+def test_boolean_words(raw: str, value: bool) -> None:
+    assert Settings.from_env({"WALLABY_COOKIE_SECURE": raw}).cookie_secure is value
+    with pytest.raises(ValueError, match=r"^WALLABY_COOKIE_SECURE: not a boolean"):
+        Settings.from_env({"WALLABY_COOKIE_SECURE": "maybe"})
 
 
 def test_a_ca_file_is_read_at_start_up_and_refused_naming_its_variable(tmp_path: Any) -> None:
@@ -758,10 +850,11 @@ def test_flags_and_variables_take_the_same_words_and_numbers() -> None:
     assert by_flags.max_body_bytes == 1000 and by_flags.cors_origins == ("http://a", "http://b")
 
 
-@pytest.mark.parametrize("raw", ["-5", "70000", "1_0", "\u0663"])
+@pytest.mark.parametrize("raw", ["-5", "65536", "70000", "1_0", "\u0663"])
 def test_the_embedded_server_port_flag_is_a_tcp_port(raw: str, capsys: Any) -> None:
     from gateway.__main__ import _parser
 
+    assert _parser().parse_args(["run", "--couch-port", "65535"]).couch_port == 65535
     with pytest.raises(SystemExit) as refused:
         _parser().parse_args(["run", "--couch-port", raw])
     assert refused.value.code == 2 and "--couch-port" in capsys.readouterr().err

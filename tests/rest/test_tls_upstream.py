@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 
+from gateway.couch.tls import HANDSHAKE_SECONDS, HandshakeEndpoint, TLSHandshakeFailed, client_tls
 from tests.conftest import CouchBackend, unique_name
 from tests.rest.conftest import ApiClient, basic
 from tests.support import tlscerts
@@ -447,6 +449,27 @@ async def test_stalled_tls_handshake_times_out_cleanly(
     assert ready.status == 504 and doc.status == 504, (ready.json, doc.json)
     assert reactor.seconds() - started < 10
     _no_unhandled(gw)
+
+
+class _NeverConnects:
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return Deferred()
+
+
+def test_a_tls_handshake_is_given_up_after_handshake_seconds() -> None:
+    """A stalled handshake fails as a connect error after HANDSHAKE_SECONDS (10, as long
+    as a TCP connect may), not only when the request's own timeout (30 s) expires."""
+    assert HANDSHAKE_SECONDS == 10.0
+    clock = Clock()
+    endpoint = HandshakeEndpoint(clock, _NeverConnects(), client_tls(b"localhost", None))
+    outcome: list[Any] = []
+    endpoint.connect(None).addBoth(outcome.append)  # type: ignore[arg-type]
+    clock.advance(9.9)
+    assert outcome == []
+    clock.advance(0.1)
+    assert len(outcome) == 1 and isinstance(outcome[0].value, TLSHandshakeFailed)
+    assert "within 10 s" in outcome[0].value.detail
+    assert outcome[0].value.refused is False
 
 
 async def test_live_feed_recovers_after_a_stalled_tls_handshake(
