@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"wallaby: bad setting: {exc}\n")
         return 2
     embedded: EmbeddedCouch | None = None
-    if not (args.couchdb_url or environ.get("COUCHDB_URL")):
+    # Unset only: settings_from has refused an empty COUCHDB_URL or --couchdb-url.
+    if args.couchdb_url is None and "COUCHDB_URL" not in environ:
         password = environ.get("WALLABY_EMBEDDED_ADMIN_PASSWORD", "admin")
         port = args.couch_port or 5984
         if not _port_free("127.0.0.1", port):

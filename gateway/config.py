@@ -34,7 +34,7 @@ def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {value!r}")
 
@@ -440,10 +440,26 @@ class Settings:
     def parse(cls, name: str, raw: str) -> Any:
         """The value of field ``name`` written as ``raw`` (a variable's or a flag's).
 
+        Empty is a value only for text and lists: an empty number, boolean or
+        ``COUCHDB_URL`` is refused rather than read as something the operator did not write.
+
         Raises:
-            ValueError: It does not parse; the message names the variable.
+            ValueError: It does not parse, or is empty where that means nothing; the
+                message names the variable.
         """
         default = getattr(cls, name, None)
+        if not raw.strip():
+            # Compose files' ${FOO:-} set a variable empty: not "unset", and no value.
+            if name == "couchdb_url":
+                raise ValueError(
+                    f"{cls.env_name(name)}: empty; unset it to start the embedded development "
+                    "server (an empty value never does: it would serve another data store)")
+            if isinstance(default, bool | int | float):
+                written = (str(default).lower() if isinstance(default, bool)
+                           else f"{default:g}" if isinstance(default, float) else str(default))
+                raise ValueError(
+                    f"{cls.env_name(name)}: empty; unset it for the default ({written}) "
+                    "or give a value")
         try:
             if isinstance(default, bool):
                 return _bool(raw)

@@ -221,6 +221,15 @@ def test_no_pouchdb_server_is_a_failed_start_with_exit_status_1(tmp_path: Path) 
     assert not (tmp_path / "data").exists()
 
 
+def test_an_empty_couchdb_url_is_a_bad_setting_not_the_embedded_server(tmp_path: Path) -> None:
+    """``COUCHDB_URL=${COUCHDB_URL:-}`` in a compose file: exit 2, saying to unset it for
+    the embedded server; never the embedded server (another data store) in its place."""
+    ran = _run_without_couchdb_url(tmp_path, tmp_path / "nowhere", COUCHDB_URL="")
+    assert ran.returncode == 2, (ran.returncode, ran.stderr)
+    assert "COUCHDB_URL: empty; unset it" in ran.stderr and "embedded" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr and not (tmp_path / "data").exists()
+
+
 def test_the_embedded_server_listens_on_5984_by_default(tmp_path: Path) -> None:
     """__main__'s docstring: the embedded server's port is 5984 unless busy. A stand-in
     pouchdb-server records the arguments it was started with, then exits."""

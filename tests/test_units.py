@@ -406,12 +406,37 @@ def test_an_attachment_csp_with_a_delete_character_is_refused() -> None:
 
 @pytest.mark.parametrize(("raw", "value"), [
     *[(word, True) for word in ("1", "true", "YES", "On")],
-    *[(word, False) for word in ("0", "false", "No", "OFF", "")],
+    *[(word, False) for word in ("0", "false", "No", "OFF")],
 ])
 def test_boolean_words(raw: str, value: bool) -> None:
     assert Settings.from_env({"WALLABY_COOKIE_SECURE": raw}).cookie_secure is value
     with pytest.raises(ValueError, match=r"^WALLABY_COOKIE_SECURE: not a boolean"):
         Settings.from_env({"WALLABY_COOKIE_SECURE": "maybe"})
+
+
+@pytest.mark.parametrize(("variable", "default"), [
+    ("WALLABY_SPLICE_DOWNLOADS", "true"), ("WALLABY_COOKIE_SECURE", "false"),
+    ("WALLABY_PORT", "8080"), ("WALLABY_REQUEST_TIMEOUT", "30"),
+])
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_an_empty_yes_no_or_number_setting_is_refused_not_read_as_a_value(
+    variable: str, default: str, raw: str
+) -> None:
+    """A compose file's ``FOO=${FOO:-}`` sets FOO empty: an empty boolean read as false
+    silently turned off a default-on setting (WALLABY_SPLICE_DOWNLOADS)."""
+    with pytest.raises(ValueError, match=(
+            f"^{variable}: empty; unset it for the default \\({default}\\) or give a value")):
+        Settings.from_env({variable: raw})
+
+
+def test_an_empty_couchdb_url_is_refused_saying_to_unset_it_for_the_embedded_server() -> None:
+    """Never the embedded server for an empty COUCHDB_URL: it serves another data store."""
+    from gateway.__main__ import _parser, settings_from
+
+    with pytest.raises(ValueError, match=r"^COUCHDB_URL: empty; unset it .*embedded"):
+        Settings.from_env({"COUCHDB_URL": ""})
+    with pytest.raises(ValueError, match=r"^--couchdb-url \(or COUCHDB_URL\): empty; unset it"):
+        settings_from(_parser().parse_args(["run", "--couchdb-url", ""]), {})
 
 
 def test_a_ca_file_is_read_at_start_up_and_refused_naming_its_variable(tmp_path: Any) -> None:
