@@ -112,7 +112,9 @@ class _Watch(ProtocolWrapper):
     transport: Any
 
     def handshakeCompleted(self) -> None:  # noqa: N802 - Twisted's name
-        if not self.transport.disconnecting:  # not refused by the host name check
+        # Twisted 24.7 (the floor) checks the host name after the handshake and aborts
+        # the connection here; 26.x fails the handshake itself (connectionLost).
+        if not self.transport.disconnecting:
             self.factory.done(self, None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
