@@ -47,7 +47,10 @@ from gateway.http.request_target import origin_form
 from gateway.http.responses import refusal_before_request, render_error
 from gateway.http.streaming import BodyPipe, close_quietly, narrow, no_room, widen
 
-__all__ = ["STREAMED_UPLOADS", "FrontDoor", "GatewayRequest", "GatewaySite", "InFlight"]
+__all__ = [
+    "CLIENT_CLOSED_REQUEST", "STREAMED_UPLOADS", "FrontDoor", "GatewayRequest", "GatewaySite",
+    "InFlight", "logged_status",
+]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 _UNLIMITED = (b"/health", b"/ready", b"/metrics")
@@ -89,6 +92,11 @@ def shutdown_cut(request: Any) -> ShuttingDown:
 #: The ``Server`` header: Twisted's and Autobahn's would tell their versions to anyone.
 SERVER_NAME = b"Wallaby-Gateway"
 
+#: The status logged and counted for a request whose client left before any answer
+#: was written (nginx's 499): no status was sent, and Twisted's default 200 would count
+#: a cut upload or an abandoned read as a success.
+CLIENT_CLOSED_REQUEST = 499
+
 
 class GatewayRequest(server.Request):
     """A request that knows its id, route label and whether its body was too large."""
@@ -105,6 +113,10 @@ class GatewayRequest(server.Request):
         self.client_key = "unknown"
         #: The connection was lost before the answer was complete.
         self.client_gone = False
+        #: It was lost before the answer's head was written: no status reached the client.
+        self.unanswered = False
+        #: The channel answered in its place (a body it could not read), not the request.
+        self.answered_by_channel = False
         #: The gateway cut the connection after the headers (a stream that broke off).
         self.cut_short = False
         #: The route handler's Deferred while it runs (see :meth:`stop_for_shutdown`).
@@ -449,6 +461,8 @@ class GatewayRequest(server.Request):
         # Marked first: failing the upload may finish the request before Twisted notes
         # the loss, and its access line must still say aborted.
         self.client_gone = not self.finished
+        self.unanswered = (
+            not self.finished and not self.startedWriting and not self.answered_by_channel)
         self._stop_draining()
         if self.body_pipe is not None and not self._body_done:
             self._body_done = True
@@ -509,6 +523,18 @@ def _aborted(request: Any, outcome: Any) -> bool:
     return (
         request.client_gone or request.cut_short or _truncated(request) or outcome is not None
     )
+
+
+def logged_status(request: Any) -> int:
+    """The status a finished request is logged and counted with.
+
+    The one sent, or :data:`CLIENT_CLOSED_REQUEST` when the client left before the
+    answer's head was written (whatever was written after went nowhere; an upgraded
+    WebSocket's 101 is not written through the request).
+    """
+    if request.unanswered and request.route != "mounted":
+        return CLIENT_CLOSED_REQUEST
+    return int(request.code)
 
 
 def _truncated(request: Any) -> bool:
@@ -610,6 +636,7 @@ class GatewayChannel(http.HTTPChannel):
             front = getattr(getattr(self, "site", None), "resource", None)
             if getattr(current, "access_logged", False):  # logged as it ends: as refused
                 current.setResponseCode(error.status)  # type: ignore[union-attr]
+                current.answered_by_channel = True  # type: ignore[union-attr]
                 current.error_code = error.error  # type: ignore[union-attr]
             elif isinstance(front, FrontDoor):
                 front.record_refusal(error, request_id, self.transport.getPeer(),
@@ -873,8 +900,9 @@ class FrontDoor(Resource):
             self.in_flight.end(request)
             self.metrics.in_flight -= 1
         duration = self.clock() - request.started
+        status = logged_status(request)
         self.metrics.observe_request(
-            request.route, request.method.decode("ascii", "replace"), request.code, duration
+            request.route, request.method.decode("ascii", "replace"), status, duration
         )
         if request.error_code is not None:
             self.metrics.count_error(request.route, request.error_code)
@@ -883,7 +911,7 @@ class FrontDoor(Resource):
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("ascii", "replace"),
             route=request.route,
-            status=request.code,
+            status=status,
             duration_ms=round(duration * 1000, 2),
             bytes_sent=request.sentLength,
             client=request.client_host,
