@@ -233,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
     # Unset only: settings_from has refused an empty COUCHDB_URL or --couchdb-url.
     if args.couchdb_url is None and "COUCHDB_URL" not in environ:
         password = environ.get("WALLABY_EMBEDDED_ADMIN_PASSWORD", "admin")
+        if not password:
+            sys.stderr.write("wallaby: bad setting: WALLABY_EMBEDDED_ADMIN_PASSWORD: empty; "
+                             "unset it for the default (admin) or give a password\n")
+            return 2
         port = args.couch_port or 5984
         if not _port_free("127.0.0.1", port):
             port = free_port()

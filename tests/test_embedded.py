@@ -230,6 +230,15 @@ def test_an_empty_couchdb_url_is_a_bad_setting_not_the_embedded_server(tmp_path:
     assert "Traceback" not in ran.stderr and not (tmp_path / "data").exists()
 
 
+def test_an_empty_embedded_admin_password_is_a_bad_setting(tmp_path: Path) -> None:
+    """An admin account with an empty password is never made: exit 2, naming the setting."""
+    ran = _run_without_couchdb_url(tmp_path, tmp_path / "nowhere",
+                                   WALLABY_EMBEDDED_ADMIN_PASSWORD="")
+    assert ran.returncode == 2, (ran.returncode, ran.stderr)
+    assert "WALLABY_EMBEDDED_ADMIN_PASSWORD: empty" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr and not (tmp_path / "data").exists()
+
+
 def test_the_embedded_server_listens_on_5984_by_default(tmp_path: Path) -> None:
     """__main__'s docstring: the embedded server's port is 5984 unless busy. A stand-in
     pouchdb-server records the arguments it was started with, then exits."""
