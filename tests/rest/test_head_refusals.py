@@ -79,18 +79,6 @@ def headers_of(answer: bytes) -> dict[bytes, bytes]:
     return found
 
 
-def access_lines(child: GatewayProcess) -> list[dict[str, Any]]:
-    lines = []
-    for line in child.output().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("type") == "access":
-            lines.append(event)
-    return lines
-
-
 async def until(reactor: Any, condition: Callable[[], bool], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -101,9 +89,9 @@ async def access_line_of(reactor: Any, child: GatewayProcess, answer: bytes) -> 
     """The access line of the request ``answer`` answered (by its ``X-Request-Id``)."""
     request_id = headers_of(answer)[b"x-request-id"].decode()
     await until(reactor, lambda: any(line["request_id"] == request_id
-                                     for line in access_lines(child)))
-    found = [line for line in access_lines(child) if line["request_id"] == request_id]
-    assert found, f"no access line for {request_id}: {access_lines(child)}"
+                                     for line in child.access_lines()))
+    found = [line for line in child.access_lines() if line["request_id"] == request_id]
+    assert found, f"no access line for {request_id}: {child.access_lines()}"
     return found[0]
 
 
@@ -136,11 +124,11 @@ async def test_a_request_refused_at_its_head_has_an_access_line_with_its_request
     assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
     request_id = headers_of(answer)[b"x-request-id"].decode()
     await until(reactor, lambda: any(line["request_id"] == request_id
-                                     for line in access_lines(proc)))
-    lines = [line for line in access_lines(proc) if line["request_id"] == request_id]
+                                     for line in proc.access_lines()))
+    lines = [line for line in proc.access_lines() if line["request_id"] == request_id]
     assert [line["status"] for line in lines] == [414], (
         f"no access line for the 414 answered with X-Request-Id {request_id}; "
-        f"access lines: {access_lines(proc)}")
+        f"access lines: {proc.access_lines()}")
     assert lines[0]["client"] == "127.0.0.1", lines  # refused before a request was made
 
 
@@ -168,8 +156,8 @@ async def test_a_malformed_chunk_mid_upload_is_logged_as_the_400_that_was_served
         assert last_answer(answer).startswith(b"HTTP/1.1 400 "), answer[:400]
         request_id = headers_of(answer)[b"x-request-id"].decode()
         await until(reactor, lambda: any(line["method"] == "PUT"
-                                         for line in access_lines(proc)))
-        puts = [(line["request_id"], line["status"]) for line in access_lines(proc)
+                                         for line in proc.access_lines()))
+        puts = [(line["request_id"], line["status"]) for line in proc.access_lines()
                 if line["method"] == "PUT" and "/attachments/" in line["path"]]
         assert puts == [(request_id, 400)], (
             f"the client got 400 with X-Request-Id {request_id}; the access log says {puts}")

@@ -13,7 +13,6 @@ away midway stays ``upstream_unavailable``.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 import struct
@@ -113,18 +112,6 @@ def _metrics(port: int) -> str:
         return str(answer.read().decode())
 
 
-def _access_lines(child: GatewayProcess) -> list[dict[str, Any]]:
-    lines = []
-    for line in child.output().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("type") == "access":
-            lines.append(event)
-    return lines
-
-
 async def _until(reactor: Any, condition: Callable[[], bool], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -134,7 +121,7 @@ async def _until(reactor: Any, condition: Callable[[], bool], seconds: float = 1
 
 async def _line_of(reactor: Any, child: GatewayProcess, doc: str) -> dict[str, Any]:
     def found() -> list[dict[str, Any]]:
-        return [line for line in _access_lines(child) if line["path"] == _path(doc)]
+        return [line for line in child.access_lines() if line["path"] == _path(doc)]
 
     await _until(reactor, lambda: bool(found()))
     [line] = found()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -31,6 +32,18 @@ class GatewayProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The JSON access lines logged so far (``WALLABY_LOG_FORMAT=json``, on ``log``)."""
+        lines = []
+        for line in self.output().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") == "access":
+                lines.append(event)
+        return lines
 
     def rss_kib(self, field: str = "VmRSS") -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
