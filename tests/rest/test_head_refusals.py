@@ -35,12 +35,7 @@ async def proc(
            "WALLABY_RATE_LIMIT_PER_SECOND": "0", "WALLABY_PORT": "0"}
     child = await spawn_gateway(reactor, env, tmp_path / "gateway.log")
     yield child
-    child.process.terminate()
-    try:
-        child.process.wait(10)
-    except Exception:
-        child.process.kill()
-        child.process.wait()
+    child.stop()
 
 
 def _exchange(port: int, parts: list[bytes], pause: float = 0.3, timeout: float = 5.0) -> bytes:

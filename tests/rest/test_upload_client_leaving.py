@@ -66,12 +66,7 @@ async def processes() -> AsyncIterator[list[GatewayProcess]]:
     started: list[GatewayProcess] = []
     yield started
     for child in started:
-        child.process.terminate()
-        try:
-            child.process.wait(10)
-        except Exception:
-            child.process.kill()
-            child.process.wait()
+        child.stop()
 
 
 def _path(doc: str) -> str:

@@ -33,6 +33,15 @@ class GatewayProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within ``grace`` seconds."""
+        self.process.terminate()
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def access_lines(self) -> list[dict[str, Any]]:
         """The JSON access lines logged so far (``WALLABY_LOG_FORMAT=json``, on ``log``)."""
         lines = []
