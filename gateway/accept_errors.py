@@ -4,7 +4,8 @@ Out of file descriptors, Twisted accepts and at once closes each new connection,
 three lines for every one: anyone who can connect could then grow the log without limit
 (about 700 KiB a second from one client in a loop). :class:`AcceptErrorSummary` keeps
 those lines from the log and writes one warning per interval instead, with how many
-connections were refused and the limit to raise.
+connections were refused and the limit to raise (the gateway's for EMFILE, the system's
+for ENFILE).
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ class AcceptErrorSummary:
         self._last = now
         reasons = ", ".join(f"{count} {name}" for name, count in self._unreported.items())
         hint = ""
-        if "EMFILE" in self._unreported or "ENFILE" in self._unreported:
+        if "EMFILE" in self._unreported:
             soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            hint = (f" (EMFILE: the gateway has too many open files, limit {soft}; raise "
-                    "it with ulimit -n, LimitNOFILE or docker --ulimit nofile)")
+            hint += (f" (EMFILE: the gateway has too many open files, limit {soft}; raise "
+                     "it with ulimit -n, LimitNOFILE or docker --ulimit nofile)")
+        if "ENFILE" in self._unreported:
+            # The system's table, not this process's limit: ulimit -n would not help.
+            hint += (" (ENFILE: the system has too many open files, the system-wide limit "
+                     "fs.file-max is reached; find what holds them with lsof, or raise it "
+                     "with sysctl fs.file-max)")
         self._unreported.clear()
         self._observer({
             "log_level": LogLevel.warn, "log_namespace": "gateway.accept",

@@ -711,6 +711,46 @@ def test_refused_connections_are_summarised_once_per_interval_and_flushed() -> N
     assert len(seen) == 4  # nothing left to report
 
 
+def _enfile_hint() -> str:
+    from gateway.accept_errors import AcceptErrorSummary
+
+    seen: list[dict[str, Any]] = []
+    summary = AcceptErrorSummary(seen.append, Clock(), interval=10)
+    summary({"log_format": "Could not accept new connection ({acceptError})",
+             "acceptError": "ENFILE"})
+    assert seen[0]["reasons"] == "1 ENFILE"
+    return str(seen[0]["hint"])
+
+
+def test_enfile_gets_an_open_files_hint_too() -> None:
+    assert "open files" in _enfile_hint()
+
+
+def test_the_enfile_hint_names_the_system_wide_limit() -> None:
+    """ENFILE is the system's open-file table being full (accept(2): "The system-wide
+    limit on the total number of open files has been reached"); raising the gateway's
+    own ulimit -n does not help. The hint must not call it EMFILE nor only point there."""
+    hint = _enfile_hint()
+    assert "EMFILE:" not in hint, hint
+    assert "file-max" in hint or "system-wide" in hint, hint
+
+
+def test_a_summary_of_emfile_and_enfile_gives_each_its_own_hint() -> None:
+    from gateway.accept_errors import AcceptErrorSummary
+
+    seen: list[dict[str, Any]] = []
+    clock = Clock()
+    summary = AcceptErrorSummary(seen.append, clock, interval=10)
+    summary({"log_format": "EMFILE recovery: Closed socket from {address}", "address": "x"})
+    summary({"log_format": "EMFILE recovery: Closed socket from {address}", "address": "x"})
+    summary({"log_format": "Could not accept new connection ({acceptError})",
+             "acceptError": "ENFILE"})
+    clock.advance(10)
+    assert seen[1]["reasons"] == "1 EMFILE, 1 ENFILE"
+    assert "(EMFILE: " in seen[1]["hint"] and "ulimit -n" in seen[1]["hint"]
+    assert "(ENFILE: " in seen[1]["hint"] and "fs.file-max" in seen[1]["hint"]
+
+
 def test_the_reactor_clock_becomes_monotonic_only_before_anything_is_scheduled() -> None:
     """gateway/monotonic.py: timers placed on the wall clock would fire decades early."""
     from twisted.internet.base import ReactorBase
