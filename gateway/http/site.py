@@ -811,7 +811,7 @@ class FrontDoor(Resource):
         request.notifyFinish().addBoth(self._finished, request, counted)
         request.access_logged = True
         try:
-            self._check_host(request)
+            self._check_singletons(request)
             if request.path != b"*":
                 check_raw_path(request.uri)
                 if self.cors.apply(request):
@@ -841,12 +841,22 @@ class FrontDoor(Resource):
         return result
 
     @staticmethod
-    def _check_host(request: Any) -> None:
-        """RFC 9112 3.2: an HTTP/1.1 request names exactly one ``Host``."""
+    def _check_singletons(request: Any) -> None:
+        """Refuse a request naming ``Host`` or ``Authorization`` more than once.
+
+        ``Host`` is named exactly once in HTTP/1.1 (RFC 9112 3.2), ``Authorization`` at
+        most once (RFC 9110 11.6.2, 5.3). With two, whoever reads the other one (a proxy
+        in front, Autobahn joining them) takes another host or another caller than the
+        gateway would. REST requests and WebSocket handshakes alike (the endpoint is
+        mounted here).
+        """
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1 or (not hosts and request.clientproto == b"HTTP/1.1"):
             raise InvalidRequest("an HTTP/1.1 request has exactly one Host header "
                                  "(RFC 9112 section 3.2)")
+        if len(request.requestHeaders.getRawHeaders(b"authorization") or []) > 1:
+            raise InvalidRequest("a request has at most one Authorization header "
+                                 "(RFC 9110 section 11.6.2)")
 
     def _check_method(self, request: Any) -> None:
         """Methods are case-sensitive (RFC 9110 9.1): ``delete`` is not ``DELETE``.

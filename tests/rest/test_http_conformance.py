@@ -7,6 +7,7 @@ test names the rule it checks; each failed on the build before session 21's fixe
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from typing import Any
@@ -150,6 +151,37 @@ async def test_request_with_two_host_headers_is_refused(gateway: RunningGateway)
     answer = await exchange(port_of(gateway),
                             b"GET /health HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n")
     assert status_of(answer) == 400, answer[:300]
+
+
+async def test_request_with_two_authorization_headers_is_refused(
+    gateway: RunningGateway, scenario: Scenario
+) -> None:
+    """RFC 9110 sections 11.6.2 and 5.3: ``Authorization`` is a singleton field.
+
+    With two, a proxy in front that reads the last one and the gateway that read the
+    first disagree about who is calling (valid then bogus Basic credentials were served
+    as the user, bogus then valid refused 401). Refused as two ``Host`` are, with the
+    same 400 envelope, whichever comes first.
+    """
+    port = port_of(gateway)
+    bogus = b"Authorization: Basic " + base64.b64encode(b"nobody:wrong") + b"\r\n"
+    head = b"GET /api/v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    one = await exchange(port, head + auth_line(scenario) + b"\r\n")
+    assert status_of(one) == 200, one[:300]
+    two_hosts = await exchange(port, b"GET /api/v1/session HTTP/1.1\r\nHost: a\r\n"
+                               b"Host: b\r\n" + auth_line(scenario) + b"\r\n")
+    for lines in (auth_line(scenario) + bogus, bogus + auth_line(scenario),
+                  auth_line(scenario) + auth_line(scenario)):
+        answer = await exchange(port, head + lines + b"\r\n")
+        assert status_of(answer) == 400, answer[:300]
+        envelope = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert envelope["error"] == json.loads(two_hosts.partition(b"\r\n\r\n")[2])["error"]
+        assert "Authorization" in envelope["reason"], envelope
+        assert scenario.member.name.encode() not in answer, answer[:300]
+    # Cookie is left alone: HTTP/2 front ends may split it into several field lines.
+    cookies = await exchange(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Cookie: a=1\r\nCookie: b=2\r\n\r\n")
+    assert status_of(cookies) == 200, cookies[:300]
 
 
 # -- methods ---------------------------------------------------------------------------

@@ -125,11 +125,12 @@ def parse_answer(raw: bytes) -> RawAnswer:
 async def raw_handshake(
     reactor: Any, port: int, *, method: str = "GET", target: str = "/api/v1/changes",
     headers: dict[str, str | None] | None = None, timeout: float = 10.0,
-    wait_close: bool = True,
+    wait_close: bool = True, repeated: tuple[tuple[str, str], ...] = (),
 ) -> RawAnswer:
     """Send one handshake request and read everything until the gateway closes.
 
-    ``headers`` add to (or, with ``None``, remove from) a valid RFC 6455 handshake.
+    ``headers`` add to (or, with ``None``, remove from) a valid RFC 6455 handshake;
+    ``repeated`` are field lines sent after them (a name of ``headers`` again, say).
     ``wait_close`` off: until the answer is complete (a keep-alive answer).
 
     Raises:
@@ -142,6 +143,7 @@ async def raw_handshake(
     fields.update(headers or {})
     lines = [f"{method} {target} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in fields.items() if value is not None]
+    lines += [f"{name}: {value}" for name, value in repeated]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     done: Deferred[bytes] = Deferred()
     connector = reactor.connectTCP("127.0.0.1", port, _Connect(request, done, wait_close),
@@ -302,6 +304,25 @@ async def test_malformed_upgrades_get_the_400_envelope(
                 assert answer.header("sec-websocket-version") == "13", answer.headers
         posted = await raw_handshake(reactor, gateway.port, method="POST")
         assert_refused(posted, 405, "method_not_allowed")
+        assert gateway.changes.metrics.connections_total == 0
+
+
+async def test_two_authorization_headers_get_the_400_envelope(
+    reactor: Any, admin: CouchServer, make_user: Any
+) -> None:
+    """As a REST request with two: the gateway and a proxy in front could take different
+    ones for the caller (RFC 9110 11.6.2: ``Authorization`` is a singleton field)."""
+    user = await make_user()
+    valid, bogus = basic(user.name, user.password), basic(user.name, "not-" + user.password)
+    async with gateway_with_changes(reactor, admin, ws_ping_interval=0,
+                                    ws_auth_recheck=0) as gateway:
+        for first, second in ((valid, bogus), (bogus, valid)):
+            answer = await raw_handshake(reactor, gateway.port, wait_close=False,
+                                         headers={"Authorization": first},
+                                         repeated=(("Authorization", second),))
+            envelope = assert_refused(answer, 400, "bad_request", closes=False)
+            assert "Authorization" in envelope["reason"], envelope
+            assert user.password.encode() not in answer.raw
         assert gateway.changes.metrics.connections_total == 0
 
 
