@@ -200,6 +200,48 @@ def test_an_hour_after_a_freeze_a_full_collection_frees_cycles_that_died_frozen(
     assert gc.get_freeze_count() > 1000
 
 
+def test_a_thaw_happens_once_per_refreeze_period_not_at_every_collection_after(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    """After a thaw the hour starts again: the next full collections walk only what came
+    after the re-freeze (else every full collection walks every object, the pauses the
+    module exists to avoid)."""
+    clock = _Clock(0.25)
+    service = running(clock, warn_after=10.0, freeze_after=0.1, refreeze_every=3600.0)
+    kept = [_Node() for _ in range(1000)]
+    gc.collect(2)
+    assert service.freezes == 1
+    clock.jump(3601.0)
+    gc.collect(2)
+    assert service.thaws == 1
+    for _ in range(3):
+        clock.jump(10.0)
+        gc.collect(2)
+    assert service.thaws == 1, service.thaws
+    assert len(kept) == 1000
+
+
+def test_a_thawing_collection_refreezes_even_while_requests_are_in_flight(
+    running: Callable[..., GarbageCollection],
+) -> None:
+    """A thaw unfreezes start-up's objects too; they are frozen again at once however
+    busy the gateway is (the docstring's "frozen again however short it was"), else
+    every later full collection walks all of them until the gateway is idle."""
+    in_flight = [0]
+    clock = _Clock(0.25)
+    service = running(clock, warn_after=10.0, freeze_after=0.1, refreeze_every=3600.0,
+                      quiet=lambda: in_flight[0] == 0)
+    kept = [_Node() for _ in range(1000)]
+    gc.collect(2)
+    assert service.freezes == 1
+    in_flight[0] = 5
+    clock.jump(3601.0)
+    gc.collect(2)
+    assert service.thaws == 1
+    assert service.freezes == 2 and service.freezes_skipped == 0
+    assert gc.get_freeze_count() >= len(kept)
+
+
 def test_a_collection_full_of_garbage_freezes_nothing(
     running: Callable[..., GarbageCollection],
 ) -> None:

@@ -711,6 +711,48 @@ def test_refused_connections_are_summarised_once_per_interval_and_flushed() -> N
     assert len(seen) == 4  # nothing left to report
 
 
+_CLOSED = {"log_format": "EMFILE recovery: Closed socket from {address}", "address": "x"}
+
+
+def test_a_flood_keeps_one_pending_flush_and_one_summary_per_interval() -> None:
+    """Thousands of refusals a second for a minute: one timer pending at any time (not
+    one per refused connection), one line per interval, and every refusal counted once."""
+    from gateway.accept_errors import AcceptErrorSummary
+
+    seen: list[dict[str, Any]] = []
+    clock = Clock()
+    summary = AcceptErrorSummary(seen.append, clock, interval=10)
+    for _second in range(60):
+        for _ in range(1000):
+            summary({"log_format": "EMFILE encountered; releasing reserved file descriptor."})
+            summary(_CLOSED)
+            summary({"log_format": "Re-reserving EMFILE recovery file descriptor."})
+            assert len(clock.getDelayedCalls()) <= 1
+        clock.advance(1)
+    clock.advance(10)
+    assert summary.refused == 60_000
+    counts = [int(event["reasons"].split()[0]) for event in seen]
+    assert sum(counts) == 60_000, counts
+    assert 6 <= len(seen) <= 8, [event["since"] for event in seen]
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_flush_comes_one_interval_after_the_last_summary() -> None:
+    """The rest of a burst is reported ``interval`` after the last report, not
+    ``interval`` after the refusal that came later."""
+    from gateway.accept_errors import AcceptErrorSummary
+
+    seen: list[dict[str, Any]] = []
+    clock = Clock()
+    summary = AcceptErrorSummary(seen.append, clock, interval=10)
+    summary(_CLOSED)  # reported at once (t=0)
+    clock.advance(7)
+    summary(_CLOSED)  # t=7: to be flushed at t=10
+    clock.advance(3)
+    assert len(seen) == 2 and seen[1]["reasons"] == "1 EMFILE", seen
+    assert seen[1]["since"] == " in the last 10 s"
+
+
 def _enfile_hint() -> str:
     from gateway.accept_errors import AcceptErrorSummary
 

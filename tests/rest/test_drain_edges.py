@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 
 from gateway.http.site import SHUTDOWN_CUT, shutdown_cut
@@ -38,6 +40,19 @@ async def test_answers_close_their_connection_while_draining(
     during = await _head(gateway.url)
     await draining
     assert b"\r\nconnection: close" in during, during
+
+
+async def test_a_stopped_gateway_no_longer_accepts_connections(
+    start_gateway: StartGateway,
+) -> None:
+    """SIGTERM: the listening socket closes first (a load balancer's next connection is
+    refused at once and goes elsewhere, instead of being served by a gateway that is
+    about to cut it)."""
+    gateway = await start_gateway()
+    assert (await _head(gateway.url)).startswith(b"http/1.1 200")
+    await gateway.service.stopService()
+    with pytest.raises(error.ConnectionRefusedError):
+        await _head(gateway.url)
 
 
 def test_a_write_cut_while_its_body_still_arrived_may_be_sent_again() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
-from tests.rest.conftest import RunningGateway, StartGateway
+from tests.rest.conftest import Reply, RunningGateway, StartGateway
 
 
 async def test_health_ready_and_request_id(gateway: RunningGateway) -> None:
@@ -44,25 +44,52 @@ async def test_ready_names_refused_service_credentials_and_logs_it_once(
     assert len(warnings) == 1 and "service_refused" in warnings[0]["verdict"]
 
 
-class _DrainedCouch(Resource):
-    """A CouchDB node whose ``/_up`` says ``maintenance_mode`` until ``up`` is set."""
+class _ScriptedCouch(Resource):
+    """A CouchDB node whose ``/_up`` answers ``up_status``: 200 ok, 404 maintenance mode
+    (CouchDB 3's drained node), 403 the service identity forbidden, else an error."""
 
     isLeaf = True  # noqa: N815 - Twisted's name
 
     def __init__(self) -> None:
         super().__init__()
-        self.up = False
+        self.up_status = 404
         self.root_hits = 0
 
     def render(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         if request.path == b"/_up":
-            if self.up:
-                return b'{"status":"ok"}'
-            request.setResponseCode(404)
-            return b'{"status":"maintenance_mode"}'
+            request.setResponseCode(self.up_status)
+            return {200: b'{"status":"ok"}', 404: b'{"status":"maintenance_mode"}',
+                    403: b'{"error":"forbidden","reason":"You are not a server admin."}',
+                    }.get(self.up_status, b'{"error":"unknown","reason":"boom"}')
         self.root_hits += 1
         return b'{"couchdb":"Welcome","version":"3.5.0"}'
+
+
+async def _ready_replies(start_gateway: StartGateway, reactor: Any, statuses: list[int]
+                         ) -> tuple[list[Reply], list[dict[str, Any]]]:
+    """``/ready`` once per ``/_up`` status of a scripted CouchDB, and the verdicts logged."""
+    from twisted.logger import globalLogPublisher
+    from twisted.web.server import Site
+
+    couch = _ScriptedCouch()
+    listening = reactor.listenTCP(0, Site(couch), interface="127.0.0.1")
+    events: list[dict[str, Any]] = []
+    replies = []
+    try:
+        gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}")
+        globalLogPublisher.addObserver(events.append)
+        try:
+            for status in statuses:
+                couch.up_status = status
+                replies.append(await gateway.client.get("/ready"))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+    finally:
+        await listening.stopListening()
+    verdicts = [e for e in events if e.get("log_namespace") == "gateway.http"
+                and ("not ready" in e.get("log_format", "") or "ready:" in e.get("log_format", ""))]
+    return replies, verdicts
 
 
 async def test_ready_fails_while_couchdb_is_in_maintenance_mode(
@@ -72,7 +99,7 @@ async def test_ready_fails_while_couchdb_is_in_maintenance_mode(
     is drained (CouchDB 3: 404 ``{"status": "maintenance_mode"}``)."""
     from twisted.web.server import Site
 
-    couch = _DrainedCouch()
+    couch = _ScriptedCouch()
     listening = reactor.listenTCP(0, Site(couch), interface="127.0.0.1")
     try:
         gateway = await start_gateway(couchdb_url=f"http://127.0.0.1:{listening.getHost().port}")
@@ -80,11 +107,34 @@ async def test_ready_fails_while_couchdb_is_in_maintenance_mode(
         assert drained.status == 503 and drained.json["error"] == "upstream_unavailable"
         assert "maintenance_mode" in drained.json["reason"]
         assert drained.header("Retry-After")
-        couch.up = True
+        couch.up_status = 200
         assert (await gateway.client.get("/ready")).status == 200
         assert couch.root_hits == 0  # a server with /_up is not asked anything else
     finally:
         await listening.stopListening()
+
+
+async def test_a_403_to_the_service_identity_names_the_credentials(
+    start_gateway: StartGateway, reactor: Any,
+) -> None:
+    """CouchDB (or a proxy before it) forbids the gateway's identity: that is the service
+    credentials' problem (502 service_refused), not "CouchDB is not ready"."""
+    replies, _ = await _ready_replies(start_gateway, reactor, [403])
+    assert replies[0].status == 502, replies[0].json
+    assert replies[0].json["error"] == "service_refused"
+    assert "COUCHDB_USER" in replies[0].json["reason"]
+
+
+async def test_an_outage_a_recovery_and_the_same_outage_again_are_each_logged_once(
+    start_gateway: StartGateway, reactor: Any,
+) -> None:
+    """Each change of verdict is logged once: down, up again, and down again (the
+    second outage must not be hidden because it looks like the first one)."""
+    replies, verdicts = await _ready_replies(start_gateway, reactor,
+                                             [500, 500, 200, 200, 500, 500])
+    assert [r.status for r in replies] == [503, 503, 200, 200, 503, 503]
+    kinds = ["down" if "not ready" in e["log_format"] else "up" for e in verdicts]
+    assert kinds == ["down", "up", "down"], [e["log_format"] for e in verdicts]
 
 
 async def test_metrics_count_requests_by_route_and_status(gateway: RunningGateway) -> None:
@@ -184,6 +234,74 @@ async def test_demo_page_and_static_files(gateway: RunningGateway) -> None:
     assert missing.status == 404
 
 
+async def _fetch(gateway: RunningGateway, path: str) -> tuple[int, Any, bytes]:
+    """Status, headers and body of a GET whatever its content type."""
+    import treq
+
+    response = await gateway.client.open("GET", path)
+    body = await treq.content(response)
+    return response.code, response.headers, body
+
+
+async def test_static_directory_is_not_listed(gateway: RunningGateway) -> None:
+    """``/static/`` lists nothing: the front door refuses the trailing '/' (400) before
+    StaticFiles.directoryListing is reached; every answer is the JSON envelope."""
+    for path in ("/static/", "/static", "/static/./", "/static/?x"):
+        code, headers, body = await _fetch(gateway, path)
+        assert code in (400, 404), (path, code, body[:200])
+        assert b"wallaby.js" not in body, body[:300]
+        assert headers.getRawHeaders("Content-Type") == ["application/json"], path
+
+
+async def test_static_files_do_not_escape_their_directory(gateway: RunningGateway) -> None:
+    """Path traversal, raw or percent-encoded, reaches nothing outside gateway/static."""
+    from gateway.http.app import STATIC_DIR
+
+    secret = (STATIC_DIR.parent / "http" / "static_files.py").read_bytes()
+    for path in ("/static/../http/static_files.py", "/static/%2e%2e/http/static_files.py",
+                 "/static/..%2fhttp%2fstatic_files.py", "/static/%2e%2e%2fhttp/static_files.py",
+                 "/static/..%5chttp%5cstatic_files.py"):
+        code, _headers, body = await _fetch(gateway, path)
+        assert code in (400, 404), (path, code)
+        assert secret not in body and b"PAGE_HEADERS" not in body, path
+
+
+async def test_static_content_types(gateway: RunningGateway) -> None:
+    from gateway.http.app import STATIC_DIR
+
+    for name, expected in (("wallaby.js", ("text/javascript", "application/javascript")),
+                           ("demo.css", ("text/css",)), ("index.html", ("text/html",))):
+        if not (STATIC_DIR / name).is_file():
+            continue
+        code, headers, _body = await _fetch(gateway, f"/static/{name}")
+        assert code == 200, name
+        ctype = headers.getRawHeaders("Content-Type")[0]
+        assert ctype.split(";")[0].strip() in expected, (name, ctype)
+
+
+def test_an_unreadable_static_file_is_a_404_envelope_not_twisted_html(monkeypatch: Any) -> None:
+    """The tests run as root, so EACCES cannot come from file modes: the file's opening
+    fails with EACCES instead (Twisted's File then renders its ``forbidden`` resource)."""
+    import errno
+    import json
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.http.app import STATIC_DIR
+    from gateway.http.static_files import StaticFiles
+
+    def refuse(self: Any) -> Any:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(StaticFiles, "openForReading", refuse)
+    child = StaticFiles(str(STATIC_DIR)).getChild(b"wallaby.js", DummyRequest([b""]))
+    request = DummyRequest([b""])
+    body = child.render(request)
+    assert request.responseCode == 404
+    assert json.loads(body)["error"] == "not_found", body[:200]
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+
+
 async def test_demo_page_static_files_and_docs_refuse_other_origins_frames(
     gateway: RunningGateway,
 ) -> None:
@@ -215,9 +333,14 @@ async def test_demo_page_static_files_and_docs_refuse_other_origins_frames(
             "GET", path, headers={"If-Modified-Since": header("Last-Modified")})
         await treq.content(again)
         assert again.code == 304, path
+    # /docs is an HTML page (else a browser shows its source), loads nothing but its own
+    # origin and inline code, and names itself to no other origin.
     docs = await gateway.client.get("/docs")
-    assert "frame-ancestors 'none'" in str(docs.header("Content-Security-Policy"))
-    assert "script-src 'unsafe-inline'" in str(docs.header("Content-Security-Policy"))
+    assert str(docs.header("Content-Type")).startswith("text/html"), docs.header("Content-Type")
+    assert docs.header("Content-Security-Policy") == (
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "frame-ancestors 'none'")
+    assert docs.header("Referrer-Policy") == "same-origin"
     assert docs.header("X-Frame-Options") == "DENY"
 
 

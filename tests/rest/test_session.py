@@ -175,3 +175,66 @@ async def test_a_right_password_clears_the_failures(
     for _ in range(3):
         assert (await _login(gateway, user.name, "guess")).status == 401
         assert (await _login(gateway, user.name, user.password)).status == 200
+
+
+def _cookie_attributes(cookie: str) -> tuple[str, dict[str, str]]:
+    """A ``Set-Cookie`` value's ``name=value`` and its attributes (lower-case names)."""
+    first, *rest = [part.strip() for part in cookie.split(";")]
+    attrs: dict[str, str] = {}
+    for part in rest:
+        name, _, value = part.partition("=")
+        attrs[name.lower()] = value
+    return first, attrs
+
+
+async def test_login_and_logout_cookies_are_scoped_to_the_whole_site(
+    gateway: RunningGateway, make_user: MakeUser
+) -> None:
+    """The cookie is sent to /, /static/, the WebSocket and the API alike: Path=/ exactly
+    (a narrower path would leave the demo page's WebSocket unauthenticated, and a logout
+    with another path would not clear the login's cookie)."""
+    user = await make_user()
+    login = await gateway.client.post(
+        "/api/v1/session", json_body={"name": user.name, "password": user.password})
+    (cookie,) = login.headers_all("Set-Cookie")
+    _first, attrs = _cookie_attributes(cookie)
+    assert attrs.get("path") == "/", cookie
+    assert "secure" not in attrs, cookie  # plain-HTTP default: a Secure cookie would be lost
+    out = await gateway.client.delete("/api/v1/session")
+    (cleared,) = out.headers_all("Set-Cookie")
+    first, attrs = _cookie_attributes(cleared)
+    assert first == f"{gateway.settings.cookie_name}=", cleared
+    assert attrs.get("path") == "/" and attrs.get("max-age") == "0", cleared
+
+
+async def test_samesite_none_cookie_is_always_secure(
+    start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    """RFC 6265bis 5.6.7 / browsers: a ``SameSite=None`` cookie without ``Secure`` is
+    rejected, so the browser could never log in. The gateway adds ``Secure`` itself
+    (gateway/http/session.py) whatever WALLABY_COOKIE_SECURE says, and whatever case the
+    operator wrote the setting in."""
+    user = await make_user()
+    for spelled in ("None", "none"):
+        gateway = await start_gateway(cookie_samesite=spelled, cookie_secure=False)
+        login = await gateway.client.post(
+            "/api/v1/session", json_body={"name": user.name, "password": user.password})
+        assert login.status == 200
+        (cookie,) = login.headers_all("Set-Cookie")
+        _first, attrs = _cookie_attributes(cookie)
+        assert attrs.get("samesite") == "None", cookie
+        assert "secure" in attrs, cookie
+        out = await gateway.client.delete("/api/v1/session")
+        (cleared,) = out.headers_all("Set-Cookie")
+        assert "secure" in _cookie_attributes(cleared)[1], cleared  # else the browser ignores it
+
+
+async def test_samesite_strict_is_what_the_cookie_says(
+    start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    gateway = await start_gateway(cookie_samesite="strict")
+    login = await gateway.client.post(
+        "/api/v1/session", json_body={"name": user.name, "password": user.password})
+    (cookie,) = login.headers_all("Set-Cookie")
+    assert _cookie_attributes(cookie)[1].get("samesite") == "Strict", cookie
