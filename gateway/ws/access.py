@@ -8,7 +8,9 @@
 * :class:`AccessRechecks` — the periodic access re-check, once per distinct
   (credential key, database) pair instead of once per connection: one jittered timer
   and one ``GET /<db>`` per pair per interval, its outcome fanned out to every
-  connection of the pair; a pair with no connections left is forgotten. When the
+  connection of the pair; a pair with no connections left is forgotten. A new pair's
+  first check is due an interval after the authorization it starts from was asked
+  upstream (not after the pair began: it may start from a cached one). When the
   upstream identity is not the credential CouchDB verified (``auth_mode=proxy``: proxy
   headers, which CouchDB believes without reading ``_users``), that credential is
   verified again first (:data:`Reverify`).
@@ -142,16 +144,21 @@ class AccessRechecks:
         on_revoked: Called with ``(key, db)`` when a check is refused (401/403/404) or
             the credential no longer authenticates, before the watchers hear of it
             (e.g. to forget cached authorizations).
+        on_forgotten: Called with ``(key, db)`` when a pair is forgotten (its last
+            watcher left, or shutdown): nothing re-checks it any more, so an
+            authorization cached for it must not outlive it.
         reverify: Verifies an identity's ``credential`` again (see :meth:`watch`).
     """
 
     def __init__(self, clock: IReactorTime, interval: float, *, jitter: float = 0.2,
                  on_revoked: Callable[[str, str], None] | None = None,
+                 on_forgotten: Callable[[str, str], None] | None = None,
                  reverify: Reverify | None = None) -> None:
         self.clock = clock
         self.interval = interval
         self.jitter = jitter
         self.on_revoked = on_revoked
+        self.on_forgotten = on_forgotten
         self.reverify = reverify
         self.checks = 0
         self._pairs: dict[tuple[str, str], _Pair] = {}
@@ -170,7 +177,7 @@ class AccessRechecks:
         return max(0.01, self.interval * (1 - random.uniform(0, self.jitter)))  # noqa: S311
 
     def watch(self, key: str, db: str, transport: CouchTransport, watcher: AccessWatcher,
-              identity: Any = None) -> None:
+              identity: Any = None, checked_at: float | None = None) -> None:
         """Re-check ``db`` for ``watcher`` (idempotent).
 
         Args:
@@ -182,6 +189,11 @@ class AccessRechecks:
                 upstream ``auth`` is not what CouchDB verified), each check first
                 verifies that credential again: gone → the session ended; other roles →
                 ``transport`` acts with the new upstream ``auth`` from then on.
+            checked_at: When the authorization the watcher subscribed on was asked
+                upstream (``AuthorizationCache.authorize``): a new pair's first check
+                is due an interval after it, so a user who lost access between that
+                check and a subscribe answered from the cache hears of it within the
+                interval.
         """
         if self.interval <= 0:
             return
@@ -190,7 +202,10 @@ class AccessRechecks:
             pair = _Pair(key, db, transport, identity)
             self._pairs[(key, db)] = pair
             self._pairs_of[key] = self._pairs_of.get(key, 0) + 1
-            pair.timer = self.clock.callLater(self._delay(), self._run, pair)
+            delay = self._delay()
+            if checked_at is not None:
+                delay = max(0.01, delay - (self.clock.seconds() - checked_at))
+            pair.timer = self.clock.callLater(delay, self._run, pair)
         pair.watchers.add(watcher)
 
     def unwatch(self, key: str, db: str, watcher: AccessWatcher) -> None:
@@ -210,6 +225,8 @@ class AccessRechecks:
                 self._pairs_of[pair.key] = left
             else:
                 self._verified.pop(pair.key, None)
+            if self.on_forgotten is not None:
+                self.on_forgotten(pair.key, pair.db)
         if pair.timer is not None and pair.timer.active():
             pair.timer.cancel()
         pair.timer = None
@@ -314,8 +331,9 @@ class AuthorizationCache:
     """Successful subscribe authorizations per (credential key, database), for ``ttl`` s.
 
     Concurrent authorizations of one pair share one upstream request (single-flight);
-    a refusal is not cached (the next subscribe asks again), and a re-check refusal
-    forgets the pair (:meth:`invalidate`).
+    a refusal is not cached (the next subscribe asks again), and a re-check refusal or
+    the end of the pair's re-checks (its last subscription went) forgets the pair
+    (:meth:`invalidate`): while nothing re-checks a pair, nothing may answer for it.
 
     Args:
         clock: The reactor's clock.
@@ -327,32 +345,39 @@ class AuthorizationCache:
         self.clock = clock
         self.ttl = ttl
         self.max_entries = max_entries
+        #: When each pair's successful authorization was asked upstream.
         self._ok: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._inflight: dict[Any, Flight] = {}
 
     def invalidate(self, key: str, db: str) -> None:
-        """Forget a pair (its access was refused)."""
+        """Forget a pair (its access was refused, or is no longer re-checked)."""
         self._ok.pop((key, db), None)
 
-    async def authorize(self, key: str, db: str, transport: CouchTransport) -> None:
-        """``GET /<db>`` as the user, unless it succeeded less than ``ttl`` s ago.
+    async def authorize(self, key: str, db: str, transport: CouchTransport) -> float:
+        """``GET /<db>`` as the user, unless one was asked less than ``ttl`` s ago.
+
+        Returns:
+            When the upstream was asked (the reactor's seconds): what the answer is as
+            old as, for the first re-check of the subscription (``AccessRechecks.watch``).
 
         Raises:
             CouchError: The upstream refused (or could not be asked).
         """
         pair = (key, db)
-        expires = self._ok.get(pair)
-        if expires is not None:
-            if expires > self.clock.seconds():
-                return
+        asked = self._ok.get(pair)
+        if asked is not None:
+            if self.clock.seconds() - asked < self.ttl:
+                return asked
             del self._ok[pair]
 
-        async def ask() -> None:
+        async def ask() -> float:
+            asked = self.clock.seconds()
             await transport.request("GET", [db])
             if self.ttl > 0:
-                self._ok[pair] = self.clock.seconds() + self.ttl
+                self._ok[pair] = asked
                 self._ok.move_to_end(pair)
                 while len(self._ok) > self.max_entries:
                     self._ok.popitem(last=False)
+            return asked
 
-        await single_flight(self._inflight, pair, ask)
+        return await single_flight(self._inflight, pair, ask)

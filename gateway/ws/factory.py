@@ -81,7 +81,8 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         #: One upstream transport per credential, shared by its connections.
         self.identities = SharedIdentities(hub.transport)
         #: Subscribe authorizations (``GET /db`` as the user) per (credential, database),
-        #: reused for a few seconds, never longer than the re-check interval.
+        #: reused for a few seconds, never longer than the re-check interval, and
+        #: forgotten with the re-checks of the pair (no subscription of it left).
         ttl = AUTHORIZATION_TTL
         if settings.ws_auth_recheck > 0:
             ttl = min(ttl, settings.ws_auth_recheck)
@@ -89,6 +90,7 @@ class ChangesServerFactory(WebSocketServerFactory):  # type: ignore[misc,unused-
         #: Access re-checks per (credential, database) pair.
         self.rechecks = AccessRechecks(clock, settings.ws_auth_recheck,
                                        on_revoked=self.authorizations.invalidate,
+                                       on_forgotten=self.authorizations.invalidate,
                                        reverify=reverify)
         #: False once shutting down: new handshakes are refused with 503.
         self.accepting = True

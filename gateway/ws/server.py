@@ -532,7 +532,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
         self.subs[request.id] = sub
         factory.metrics.subscriptions += 1
         try:
-            design_rev = await self._authorize(request)
+            design_rev, checked_at = await self._authorize(request)
             if not sub.active or self._ending:
                 return
             # A design filter's feed is the one of the revision the user just read (see
@@ -544,7 +544,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
                 return
             sub.feed_key = (request.db, params)
             factory.hold_user_feed(owner, sub.feed_key)
-            self._watch(request.db)
+            self._watch(request.db, checked_at)
             if request.catch_up:
                 sub.join = Join()
             feed = factory.hub.acquire(request.db, params, self)
@@ -594,19 +594,21 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             "too_many_feeds", f"at most {cap} distinct feeds (database and options) per "
             "user on all connections", sub_id=sub_id, status=429)
 
-    async def _authorize(self, request: Subscribe) -> str | None:
+    async def _authorize(self, request: Subscribe) -> tuple[str | None, float]:
         """Check, as the user, that the database (and its filter/view) may be read.
 
         Returns:
             The ``_rev`` of the design document of a design filter or ``_view`` (read
-            at every subscribe, never cached), else ``None``.
+            at every subscribe, never cached), else ``None``; and when the database's
+            authorization was asked upstream (it may be a cached one).
         """
         transport = self.user_transport
         assert transport is not None and self.credential is not None
-        await self.factory.authorizations.authorize(self.credential, request.db, transport)
+        checked_at = await self.factory.authorizations.authorize(
+            self.credential, request.db, transport)
         design = request.params.design_doc
         if design is None:
-            return None
+            return None, checked_at
         ddoc, name, kind = design
         doc = await transport.request("GET", [request.db, "_design", ddoc])
         members = doc.get(kind) if isinstance(doc, dict) else None
@@ -614,7 +616,7 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
             singular = "filter" if kind == "filters" else "view"
             raise NotFound(f"no {singular} {name!r} in _design/{ddoc}", error="not_found")
         rev = doc.get("_rev")
-        return rev if isinstance(rev, str) else None
+        return (rev if isinstance(rev, str) else None), checked_at
 
     async def _catch_up(self, sub: Subscription, feed: SharedFeed) -> None:
         await catch_up(self, sub, feed)
@@ -811,12 +813,12 @@ class ChangesServerProtocol(WebSocketServerProtocol):  # type: ignore[misc,unuse
 
     # -- access re-check -------------------------------------------------------------
 
-    def _watch(self, db: str) -> None:
+    def _watch(self, db: str, checked_at: float) -> None:
         if db in self._watched or self.credential is None or self.user_transport is None:
             return
         self._watched.add(db)
         self.factory.rechecks.watch(self.credential, db, self.user_transport, self,
-                                    identity=self.identity)
+                                    identity=self.identity, checked_at=checked_at)
 
     def _unwatch(self, db: str) -> None:
         self._watched.discard(db)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from gateway.errors import AuthenticationRequired, CouchError
@@ -124,3 +125,51 @@ def test_an_identity_that_is_its_own_credential_is_not_verified_again() -> None:
     checks.watch("k", "db", upstream, watcher, identity=identity)  # type: ignore[arg-type]
     clock.advance(1.0)
     assert asked == [] and upstream.seen == ["handshake-auth"] and not watcher.ended
+
+
+class _Allowing:
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def request(self, method: str, segments: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        return {}
+
+
+def test_a_pair_from_a_cached_authorization_is_checked_an_interval_after_the_real_check() -> None:
+    """A subscribe answered from ``AuthorizationCache`` (no pair behind the entry: e.g.
+    after a ``too_many_feeds`` refusal) must not restart the interval: the promise is
+    measured from the last request that really asked."""
+    from gateway.ws.access import AuthorizationCache
+
+    clock = Clock()
+    interval = 3.0
+    cache = AuthorizationCache(clock, ttl=interval)
+    checks = AccessRechecks(clock, interval, jitter=0.0, on_forgotten=cache.invalidate)
+    upstream = _Allowing()
+    Deferred.fromCoroutine(cache.authorize("k", "db", upstream))  # type: ignore[arg-type]
+    clock.advance(2.5)
+    cached = Deferred.fromCoroutine(cache.authorize("k", "db", upstream))  # type: ignore[arg-type]
+    assert upstream.asked == 1 and cached.result == 0.0
+    watcher = _Watcher(clock)
+    checks.watch("k", "db", _Refusing(), watcher, checked_at=cached.result)  # type: ignore[arg-type]
+    clock.advance(0.6)
+    assert watcher.revoked_at == 3.1, watcher.revoked_at
+
+
+def test_a_pair_forgotten_forgets_its_cached_authorization() -> None:
+    """With no subscription left nothing re-checks the pair: the next subscribe asks."""
+    from gateway.ws.access import AuthorizationCache
+
+    clock = Clock()
+    cache = AuthorizationCache(clock, ttl=5.0)
+    checks = AccessRechecks(clock, 30.0, on_forgotten=cache.invalidate)
+    upstream = _Allowing()
+    asked = Deferred.fromCoroutine(cache.authorize("k", "db", upstream))  # type: ignore[arg-type]
+    watcher = _Watcher(clock)
+    checks.watch("k", "db", upstream, watcher, checked_at=asked.result)  # type: ignore[arg-type]
+    Deferred.fromCoroutine(cache.authorize("k", "db", upstream))  # type: ignore[arg-type]
+    assert upstream.asked == 1
+    checks.unwatch("k", "db", watcher)
+    Deferred.fromCoroutine(cache.authorize("k", "db", upstream))  # type: ignore[arg-type]
+    assert upstream.asked == 2
