@@ -224,6 +224,15 @@ def sleep(reactor: Any, seconds: float) -> Deferred[None]:
     return deferred
 
 
+async def wait_until(reactor: Any, condition: Callable[[], Any], seconds: float = 5.0) -> None:
+    """Poll ``condition`` every 20 ms for up to ``seconds``; assert it holds then."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await sleep(reactor, 0.02)
+    assert condition()
+
+
 @dataclass
 class WsServer:
     """A running live-changes endpoint."""

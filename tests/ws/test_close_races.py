@@ -13,7 +13,14 @@ import gateway.ws.resume as resume_module
 from gateway.couch import Database
 from gateway.couch.transport import CouchTransport
 from gateway.ws.protocol import CLOSE_GOING_AWAY
-from tests.ws.conftest import StopsReading, WsServer, replicate_in, sleep, ws_settings
+from tests.ws.conftest import (
+    StopsReading,
+    WsServer,
+    replicate_in,
+    sleep,
+    wait_until,
+    ws_settings,
+)
 
 
 async def _client_closing_while_its_socket_is_full(
@@ -208,3 +215,55 @@ async def test_a_handshake_that_finishes_after_the_shutdown_began_is_closed_too(
     await stopping
     assert code == CLOSE_GOING_AWAY
     assert [m["type"] for m in client.messages] == ["closing"]
+
+
+async def test_a_client_that_closed_and_stopped_reading_is_cut_without_more_changes(
+    make_server: Any, db: Database, make_user: Any, reactor: Any
+) -> None:
+    """The graceful drop after a close handshake the client began waits for a send
+    buffer that never drains: past the close-handshake timeout (2 s) the connection must
+    be aborted even when no more changes come (nothing calls ``end()``)."""
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=64 * 1024 * 1024),
+                                         socket_send_buffer=16 * 1024)
+    token = await server.login(await make_user())
+    _stuck, conn = await _client_closing_while_its_socket_is_full(server, db, token, reactor)
+    try:
+        await wait_until(reactor, lambda: conn not in server.service.factory.connections, 6.0)
+        await wait_until(reactor, lambda: server.feeds() == 0, 3.0)
+    finally:
+        if conn.transport is not None:
+            conn.transport.abortConnection()
+
+
+async def test_shutdown_cuts_a_client_that_closed_and_stopped_reading_at_once(
+    make_server: Any, db: Database, make_user: Any, reactor: Any
+) -> None:
+    """``end()`` on a connection whose client began the close handshake cannot send
+    ``closing``: it aborts at once instead of leaving the shutdown waiting for the
+    close-handshake timeout."""
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=64 * 1024 * 1024),
+                                         socket_send_buffer=16 * 1024)
+    token = await server.login(await make_user())
+    _stuck, conn = await _client_closing_while_its_socket_is_full(server, db, token, reactor)
+    started = reactor.seconds()
+    conn.end(1001, "server shutting down")
+    await wait_until(reactor, lambda: conn not in server.service.factory.connections, 4.0)
+    assert reactor.seconds() - started < 1.0
+
+
+async def test_nothing_is_sent_after_the_close_frame(
+    ws_server: WsServer, make_user: Any, db: Database, reactor: Any
+) -> None:
+    """RFC 6455 5.5.1: after sending a Close frame an endpoint must not send more data
+    frames. A feed notice arriving while the server's close handshake is under way
+    (here: right after ``end()``) must not be written."""
+    client = await ws_server.connect(await ws_server.login(await make_user()))
+    assert (await client.subscribe("s", db.name))["type"] == "subscribed"
+    (conn,) = list(ws_server.service.factory.connections)
+    feed = conn.subs["s"].feed
+    conn.end(1001, "server shutting down")
+    sent = ws_server.service.metrics.messages_sent
+    ws_server.service.hub._on_state(feed, "interrupted", "CouchDB went away")
+    assert ws_server.service.metrics.messages_sent == sent
+    await wait_until(reactor, lambda: client.protocol.closed.called, 5.0)
+    assert [m["type"] for m in client.messages] == ["subscribed", "closing"]

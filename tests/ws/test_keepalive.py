@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import protocol
 
 from gateway.couch import Database
-from tests.ws.conftest import WsServer, sleep, ws_settings
+from tests.ws.conftest import StopsReading, WsServer, sleep, wait_until, ws_settings
 
 PING_INTERVAL = 0.5
 #: Ping interval + pong timeout (at least 1 s) + scheduling slack on a busy machine.
@@ -107,3 +107,36 @@ async def test_dead_client_is_dropped_and_its_feed_closed(
     assert change["id"] == "after" and change["doc"]["v"] == 1
     assert not healthy.protocol.closed.called
     healthy.check()
+
+
+class _StopsReadingCountsPongs(StopsReading):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pongs: list[bytes] = []
+
+    def onPong(self, payload: bytes) -> None:  # Autobahn's name
+        self.pongs.append(payload)
+
+
+async def test_the_ping_held_while_backed_up_is_answered_once_the_socket_drains(
+    make_server: Any, make_user: Any, reactor: Any
+) -> None:
+    """RFC 6455 5.5.2/5.5.3: a ping gets a pong (the latest one may stand for earlier
+    ones). The one held while the socket is backed up must go out when it drains."""
+    server: WsServer = await make_server(ws_settings(ws_queue_bytes=256 * 1024),
+                                         socket_send_buffer=16 * 1024)
+    client = await server.connect(await server.login(await make_user()),
+                                  protocol=_StopsReadingCountsPongs)
+    (conn,) = list(server.service.factory.connections)
+    for _round in range(200):
+        if conn._paused:
+            break
+        for _ in range(500):
+            client.protocol.sendPing(b"p" * 125)
+        await sleep(reactor, 0.01)
+    assert conn._paused
+    client.protocol.sendPing(b"the-last-one")
+    await wait_until(reactor, lambda: conn._pong_due == b"the-last-one")
+    client.protocol.transport.resumeProducing()
+    await wait_until(reactor, lambda: b"the-last-one" in client.protocol.pongs, 10.0)
+    assert conn.state == conn.STATE_OPEN
