@@ -33,8 +33,9 @@ SPOOFED = [
     ("X-Forwarded-Host", "evil"),
     ("Proxy-Authorization", "Basic YWRtaW46YWRtaW5wdw=="),
     ("Cookie", "AuthSession=forged; other=1"),
-    ("Authorization", "Basic YWRtaW46YWRtaW5wdw=="),  # a second one: admin's
 ]
+#: A second Authorization, admin's: the request is refused (400), never served as either.
+SECOND_AUTHORIZATION = ("Authorization", "Basic YWRtaW46YWRtaW5wdw==")
 
 
 @pytest.fixture
@@ -88,14 +89,18 @@ async def test_client_identity_headers_never_reach_couchdb(
     reactor: Any, fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess], mode: str,
 ) -> None:
     """Control (passes): upstream requests are built from scratch; only the gateway's own
-    credential headers go (the first Authorization counts, REST and WS alike)."""
+    credential headers go, REST and WS alike. Two Authorization fields are refused (400)
+    before anything goes upstream."""
     gateway = _gateway(fake, tmp_path, gateways, mode)
     since = len(fake.recorded())
     headers = [("Authorization", _credential(fake, mode)), *SPOOFED]
+    status, body = _raw_get(gateway.port, "/api/v1/db/alpha/docs/d1",
+                            [*headers, SECOND_AUTHORIZATION])
+    assert status == 400 and b"Authorization" in body, body
+    assert not _user_requests(fake, since)
     status, body = _raw_get(gateway.port, "/api/v1/db/alpha/docs/d1", headers)
     assert status == 200, body
-    ws_headers = {"Authorization": _credential(fake, mode),
-                  **{k: v for k, v in SPOOFED if k.lower() != "authorization"}}
+    ws_headers = {"Authorization": _credential(fake, mode), **dict(SPOOFED)}
     proto = await open_socket(reactor, gateway.port, gateway.ws_url, headers=ws_headers)
     proto.send({"type": "subscribe", "id": "s", "db": "alpha", "since": 0})
     await sleep(reactor, 1.5)
