@@ -18,22 +18,24 @@ import socket
 import struct
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from benches.stream import StubUpstream, blocks
 from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
 from tests.support.gatewayproc import GatewayProcess, spawn_gateway
+from tests.ws.conftest import wait_until
 
 MIB = 1 << 20
 SEED = bytes(range(256)) * 4
 AUTH = "Basic " + base64.b64encode(b"admin:stub").decode()
+pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
+
 #: The upload paths: whether the gateway may splice, and the declared body length.
 MODES = {
     "python": ("false", 8 * MIB),
@@ -107,23 +109,15 @@ def _metrics(port: int) -> str:
         return str(answer.read().decode())
 
 
-async def _until(reactor: Any, condition: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "not met in time"
-        await deferLater(reactor, 0.05, lambda: None)
-
-
 async def _line_of(reactor: Any, child: GatewayProcess, doc: str) -> dict[str, Any]:
     def found() -> list[dict[str, Any]]:
         return [line for line in child.access_lines() if line["path"] == _path(doc)]
 
-    await _until(reactor, lambda: bool(found()))
+    await wait_until(reactor, lambda: bool(found()), 15.0)
     [line] = found()
     return line
 
 
-@pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_a_client_leaving_a_streamed_upload_is_not_counted_against_couchdb(
     mode: str, reactor: Any, tmp_path: Path, stub: StubUpstream,
@@ -150,7 +144,6 @@ async def test_a_client_leaving_a_streamed_upload_is_not_counted_against_couchdb
     assert spliced in metrics  # each upload took the path the case is about
 
 
-@pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_couchdb_leaving_a_streamed_upload_is_upstream_unavailable(
     mode: str, reactor: Any, tmp_path: Path, stub: StubUpstream,
