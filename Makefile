@@ -67,9 +67,15 @@ bench-browser-reads: install
 bench-big-answers: install
 	timeout 300 $(BIN)/python -m benches.big_answers
 
-.PHONY: bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers
+## bench-calls: Python calls per REST request (GET, PUT, view), counted by cProfile; with
+## BASE=<commit> also that commit's, and the functions whose counts differ (~1-2 min)
+bench-calls: install
+	timeout 600 $(BIN)/python -m benches.call_counts $(if $(BASE),--compare-commit $(BASE))
+
+.PHONY: bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers bench-calls
 ## bench: every benchmark in turn (results in benches/results/, see BENCHMARKS.md)
-bench: bench-rest bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers
+bench: bench-rest bench-fanout bench-reconnect bench-stream bench-browser-reads bench-big-answers \
+	bench-calls
 
 ## soak: mixed REST + WebSocket soak against a real gateway (SOAK_SECONDS, default 600; report in var/reliability/)
 soak: install ; timeout $$(( $${SOAK_SECONDS:-600} + 300 )) $(BIN)/python -m tests.reliability.soak --duration $${SOAK_SECONDS:-600}

@@ -242,14 +242,18 @@ class Gateway:
 
     @classmethod
     def start(cls, upstream_admin_url: str, extra_env: dict[str, str] | None = None,
-              module: str = "gateway", nofile: int = 65536, checkout: Path = ROOT) -> Gateway:
+              module: str = "gateway", nofile: int = 65536, checkout: Path = ROOT,
+              script: Path | None = None) -> Gateway:
         """Start the gateway and wait for ``/health``.
 
         ``module`` is ``gateway`` (``python -m gateway run``) or ``benches.gateway_ws``
         (the same, with the live-changes endpoint and ``/bench/ws-metrics``). The
         child's open-files limit is raised to ``nofile``. ``checkout`` runs the gateway
         of another checkout (e.g. a ``git worktree`` of an older commit) with this one's
-        Python environment, for a before/after comparison in one run.
+        Python environment, for a before/after comparison in one run. ``script`` runs
+        that file (``python <script> run``) instead of ``module``, importing ``gateway``
+        from ``checkout`` (e.g. ``benches/profiled_gateway.py``, which older checkouts
+        lack).
         """
         port = free_port()
         env = dict(os.environ)
@@ -262,9 +266,10 @@ class Gateway:
         })
         env.update(extra_env or {})
         log = open(ROOT / "var" / f"bench-gateway-{port}.log", "wb")  # noqa: SIM115
-        if checkout != ROOT:
+        if checkout != ROOT or script is not None:
             env["PYTHONPATH"] = str(checkout)
-        process = subprocess.Popen([sys.executable, "-m", module, "run"], cwd=checkout, env=env,
+        command = [sys.executable, str(script)] if script else [sys.executable, "-m", module]
+        process = subprocess.Popen([*command, "run"], cwd=checkout, env=env,
                                    stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=lambda: raise_nofile(nofile))
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
