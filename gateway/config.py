@@ -413,6 +413,15 @@ class Settings:
                 f"than CPUs only take turns), not {self.ws_send_threads}"
             )
 
+    @property
+    def cookie_is_secure(self) -> bool:
+        """Whether the session cookie is ``Secure`` (asked, or implied by ``SameSite=None``).
+
+        Browsers keep such a cookie only from an ``https`` origin: the gateway is served
+        over TLS.
+        """
+        return self.cookie_secure or self.cookie_samesite.lower() == "none"
+
     @classmethod
     def env_name(cls, name: str) -> str:
         """The environment variable of a field."""

@@ -48,7 +48,7 @@ def session_cookie(settings: Settings, value: str, max_age: int | None = None) -
     """
     parts = [f"{settings.cookie_name}={value}", "Path=/", "HttpOnly",
              f"SameSite={settings.cookie_samesite}"]
-    if settings.cookie_secure or settings.cookie_samesite.lower() == "none":
+    if settings.cookie_is_secure:
         parts.append("Secure")
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")

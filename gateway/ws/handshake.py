@@ -10,6 +10,7 @@ runs these checks for a handshake.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -56,21 +57,28 @@ class WsIdentity:
 Authenticate = Callable[[Mapping[str, str], Mapping[str, str], str], Awaitable[Any]]
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str], *,
+                   https_only: bool = False) -> bool:
     """Whether a handshake's ``Origin`` may connect.
 
-    No Origin (not a browser), the gateway's own origin (same host and port), ``*``
-    or an origin listed in ``cors_origins`` are allowed.
+    No Origin (not a browser), the gateway's own origin (see :func:`origin_trusted`),
+    ``*`` or an origin listed in ``cors_origins`` are allowed.
     """
-    return "*" in allowed or origin_trusted(origin, host, allowed)
+    return "*" in allowed or origin_trusted(origin, host, allowed, https_only=https_only)
 
 
-def origin_trusted(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+def origin_trusted(origin: str | None, host: str | None, allowed: Sequence[str], *,
+                   https_only: bool = False) -> bool:
     """Whether a handshake may carry the browser's own credentials (cookie, Basic).
 
     Not a browser, the gateway's own origin, or an origin listed by name. An origin
     let in only by ``*`` must bring its credentials itself (``?token=``): a foreign
     page must not act with the session of a user who visits it.
+
+    The own origin is the ``Host`` the handshake names, with ``https_only`` (the gateway
+    is served over TLS: its cookie is ``Secure``) under ``https`` only. A ``Secure``
+    cookie goes with a handshake from an ``http://`` page of the same host too, and
+    such a page is what anyone on the network path can write into.
     """
     if not origin:
         return True
@@ -78,7 +86,25 @@ def origin_trusted(origin: str | None, host: str | None, allowed: Sequence[str])
         return True
     if origin == "null" or host is None:
         return False
-    return urlsplit(origin).netloc.lower() == host.strip().lower()
+    parts = urlsplit(origin)
+    if parts.netloc.lower() != host.strip().lower():
+        return False
+    return not https_only or parts.scheme.lower() == "https" or _trustworthy(parts.hostname)
+
+
+def _trustworthy(hostname: str | None) -> bool:
+    """Whether browsers count plain ``http`` to this host as secure: a loopback name.
+
+    (W3C Secure Contexts, "potentially trustworthy origin"): a developer's
+    ``http://localhost`` keeps working with ``Secure`` cookies.
+    """
+    name = (hostname or "").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def request_cookies(header: str | None) -> dict[str, str]:
@@ -125,10 +151,11 @@ async def admit(
     if not accepting:
         raise ShuttingDown("the gateway is shutting down: connect again shortly")
     headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
-    if not origin_allowed(headers.get("origin"), headers.get("host"), settings.cors_origins):
+    origin, host, https_only = headers.get("origin"), headers.get("host"), settings.cookie_is_secure
+    if not origin_allowed(origin, host, settings.cors_origins, https_only=https_only):
         metrics.rejected_handshakes += 1
         raise AccessDenied("origin not allowed")
-    if not origin_trusted(headers.get("origin"), headers.get("host"), settings.cors_origins):
+    if not origin_trusted(origin, host, settings.cors_origins, https_only=https_only):
         # Let in by "*" only: the browser's ambient credentials do not count.
         headers.pop("authorization", None)
         headers.pop("cookie", None)

@@ -46,6 +46,43 @@ async def test_origin_is_checked(make_server: Any, make_user: Any) -> None:
     await server.connect(token, headers={"Origin": own})
 
 
+async def test_behind_tls_an_http_page_of_the_gateways_host_is_not_its_own(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    """A ``Secure`` cookie also goes with a handshake from ``http://`` pages of the same
+    host, which anyone on the network path can write; such a page must not act as the
+    user. The handshake names the host a browser would (``Host: gw.example:<port>``) and
+    still goes to 127.0.0.1."""
+    server: WsServer = await make_server(ws_settings(cookie_secure=True))
+    token = await server.login(await make_user())
+    port = server.port.getHost().port
+    named = server.url.replace("127.0.0.1", "gw.example")
+    cookie = {"Cookie": f"wallaby_session={token}"}
+    with pytest.raises(ConnectionError, match="handshake failed"):
+        await open_client(server.reactor, named,
+                          headers={**cookie, "Origin": f"http://gw.example:{port}"})
+    secure = await open_client(server.reactor, named,
+                               headers={**cookie, "Origin": f"https://gw.example:{port}"})
+    assert (await secure.subscribe("s", db.name))["type"] == "subscribed"
+    local = await server.connect(headers={**cookie, "Origin": f"http://127.0.0.1:{port}"})
+    assert (await local.subscribe("s", db.name))["type"] == "subscribed"
+    for client in (secure, local):
+        client.protocol.dropConnection(abort=True)
+
+
+async def test_without_tls_the_own_origin_is_its_host_over_http(
+    make_server: Any, make_user: Any, db: Database
+) -> None:
+    server: WsServer = await make_server(ws_settings())
+    token = await server.login(await make_user())
+    port = server.port.getHost().port
+    plain = await open_client(server.reactor, server.url.replace("127.0.0.1", "gw.example"),
+                              headers={"Cookie": f"wallaby_session={token}",
+                                       "Origin": f"http://gw.example:{port}"})
+    assert (await plain.subscribe("s", db.name))["type"] == "subscribed"
+    plain.protocol.dropConnection(abort=True)
+
+
 async def test_an_origin_let_in_by_star_must_bring_its_own_credentials(
     make_server: Any, make_user: Any, db: Database
 ) -> None:

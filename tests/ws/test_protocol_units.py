@@ -179,6 +179,23 @@ def test_origins() -> None:
     assert not origin_allowed("null", "h:1", ("http://app",))
 
 
+def test_behind_tls_the_own_origin_is_https_but_for_loopback_names() -> None:
+    """With a ``Secure`` cookie the gateway is served over TLS: an ``http://`` page of
+    its host (what a network attacker can write) is not its own, save the names browsers
+    count as secure over plain http (a developer's localhost)."""
+    assert origin_allowed("http://gw.example", "gw.example", ())  # not known to be TLS
+    assert not origin_allowed("http://gw.example", "gw.example", (), https_only=True)
+    assert origin_allowed("https://gw.example", "gw.example", (), https_only=True)
+    assert origin_allowed("HTTPS://GW.example", "gw.example", (), https_only=True)
+    assert not origin_allowed("https://gw.example", "other.example", (), https_only=True)
+    for loopback in ("localhost:8080", "app.localhost:8080", "127.0.0.1:8080", "[::1]:8080"):
+        assert origin_allowed(f"http://{loopback}", loopback, (), https_only=True), loopback
+    assert not origin_allowed("http://localhost.example", "localhost.example", (),
+                              https_only=True)
+    assert origin_allowed("http://app.example", "gw.example", ("http://app.example",),
+                          https_only=True)  # listed by name: the operator's choice
+
+
 async def test_a_full_catch_up_page_resumes_after_its_last_row_not_last_seq() -> None:
     """A clustered CouchDB stopping at ``limit`` can report a ``last_seq`` past rows it
     never sent (fabric_view_changes): the next page must start at the last row's seq."""
