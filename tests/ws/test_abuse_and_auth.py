@@ -357,6 +357,7 @@ async def test_one_user_cannot_spread_feeds_over_connections(
         assert answer["type"] == "subscribed", answer
     refused = await second.subscribe("d", db.name, filter="_doc_ids", doc_ids=["d"])
     assert refused["error"] == "too_many_feeds" and "per user" in refused["reason"]
+    assert refused["status"] == 429  # the user's doing
     assert server.feeds() == 3
     screens = [await server.connect(await server.login(user)) for _ in range(5)]
     for screen in screens:  # the same feeds again: no new upstream feed, not refused
@@ -482,6 +483,7 @@ async def test_upstream_feeds_are_capped_but_shared_ones_still_join(
         assert answer["type"] == "subscribed"
     refused = await client.subscribe("c", db.name, filter="_doc_ids", doc_ids=["c"])
     assert refused["error"] == "too_many_feeds" and refused["id"] == "c"
+    assert refused["status"] == 503  # the gateway's capacity
     assert server.feeds() == 2
     other = await server.connect(await server.login(await make_user()))
     shared = await other.subscribe("a2", db.name, filter="_doc_ids", doc_ids=["a"])
