@@ -76,10 +76,11 @@ from gateway.http.login_guard import FailedLogins
 from gateway.http.metrics import Metrics
 from gateway.http.ratelimit import RateLimiter
 from gateway.http.readiness import Readiness
+from gateway.http.request import shutdown_cut
 from gateway.http.request_args import client_key, decode_query, json_body
 from gateway.http.responses import json_response, render_error
 from gateway.http.session import presented_credentials, session_cookie, session_refresh
-from gateway.http.site import FrontDoor, GatewaySite, InFlight, shutdown_cut
+from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles, page_headers
 from gateway.http.upstream_timing import UpstreamTimer
@@ -95,7 +96,7 @@ class _Klein(Klein):
     """Klein, keeping each running route handler's Deferred on its request.
 
     The shutdown cancels the handlers still running when its grace is over
-    (:meth:`~gateway.http.site.GatewayRequest.stop_for_shutdown`).
+    (:meth:`~gateway.http.request.GatewayRequest.stop_for_shutdown`).
     """
 
     def execute_endpoint(self, endpoint: str, request: Any, *args: Any, **kwargs: Any) -> Any:

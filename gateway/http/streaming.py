@@ -1,7 +1,7 @@
 """Proxying bodies without buffering them in memory.
 
 Upload: an attachment ``PUT`` with a ``Content-Length`` is dispatched as soon as its
-headers are in (:class:`~gateway.http.site.GatewayRequest`); its body flows through a
+headers are in (:class:`~gateway.http.request.GatewayRequest`); its body flows through a
 :class:`BodyPipe`, the upstream request's body producer: chunks go upstream as they
 arrive, a slow upstream pauses the client's socket, and chunks that arrive before the
 upstream request has started (while the caller is authenticated) are held — one read

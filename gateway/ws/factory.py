@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Settings
-from gateway.http.site import SERVER_NAME
+from gateway.http.channel import SERVER_NAME
 from gateway.ws.access import AccessRechecks, AuthorizationCache, Reverify, SharedIdentities
 from gateway.ws.handshake import Authenticate
 from gateway.ws.hub import FeedHub, FeedKey

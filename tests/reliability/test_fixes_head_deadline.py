@@ -1,4 +1,4 @@
-"""GatewayChannel (gateway/http/site.py, session 20): the header deadline starts at a
+"""GatewayChannel (gateway/http/channel.py; session 20): the header deadline starts at a
 request's first byte. An empty line between requests (RFC 9112 section 2.2: a server
 "SHOULD ignore at least one empty line (CRLF) received prior to the request-line"; old
 browsers sent one after a POST body) starts it too, on a keep-alive connection that then

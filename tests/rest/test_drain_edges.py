@@ -1,8 +1,8 @@
-"""The shutdown paths of ``gateway/http/site.py``: the drain and the grace's cut.
+"""The shutdown paths of ``gateway/http/request.py``: the drain and the grace's cut.
 
 docs/rest-api.md (WALLABY_SHUTDOWN_DRAIN): after SIGTERM the gateway serves on "with
 ``Connection: close``" so that clients' next requests open connections elsewhere.
-``gateway.http.site.shutdown_cut``: a write whose body was still arriving when the grace
+``gateway.http.request.shutdown_cut``: a write whose body was still arriving when the grace
 ran out cannot have been applied (CouchDB applies no cut upload): it may simply be sent
 again (503 with Retry-After), unlike one whose whole body had arrived.
 """
@@ -15,7 +15,7 @@ import pytest
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 
-from gateway.http.site import SHUTDOWN_CUT, shutdown_cut
+from gateway.http.request import SHUTDOWN_CUT, shutdown_cut
 from tests.rest.conftest import StartGateway
 
 

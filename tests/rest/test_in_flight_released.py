@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from gateway.http.site import GatewayRequest
+from gateway.http.request import GatewayRequest
 from tests.rest.conftest import RunningGateway
 
 

@@ -394,10 +394,10 @@ async def test_an_answered_refusal_is_done_and_a_body_still_sent_is_cut_off(
     sending was read for as long as it liked."""
     from twisted.logger import globalLogPublisher
 
-    import gateway.http.site
+    import gateway.http.request
     from tests.rest.test_attachments import _connect, _until
 
-    monkeypatch.setattr(gateway.http.site, "DRAIN_SECONDS", 1.0)
+    monkeypatch.setattr(gateway.http.request, "DRAIN_SECONDS", 1.0)
     running = await start_gateway(max_body_bytes=2_000)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)

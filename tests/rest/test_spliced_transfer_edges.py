@@ -83,7 +83,7 @@ async def test_a_spliced_download_is_logged_with_all_its_bytes_and_not_aborted(
     scenario: Scenario, gateway: RunningGateway, reactor: Any
 ) -> None:
     """The access log's ``bytes_sent`` counts the spliced bytes too (Request.sentLength),
-    so a complete spliced download is not logged as cut short (site._truncated)."""
+    so a complete spliced download is not logged as cut short (request._truncated)."""
 
     payload = os.urandom(4 * MIB + 5)
     url = await _attachment(scenario, "logged", payload)

@@ -21,7 +21,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from gateway.couch import Database
-from gateway.http.site import GatewayRequest
+from gateway.http.request import GatewayRequest
 from gateway.ws.server import ChangesServerProtocol
 from tests.ws.conftest import (
     Client,
