@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benches.stream import StubUpstream
-from gateway.http.splice_relay import available
+from gateway.http.splice_loop import available
 from tests.reliability.conftest import GatewayProcess, http, spawn_gateway
 from tests.rest.test_splice_upload import SEED, _head
 

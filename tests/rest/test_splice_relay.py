@@ -23,17 +23,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from gateway.errors import ClientStalled, CouchTimeout, CouchUnreachable
-from gateway.http.splice_relay import (
+from gateway.http.splice_loop import (
     ClientGone,
     Progress,
     SpliceStalled,
     SpliceStopped,
     UpstreamClosed,
-    _download_error,
-    _Upload,
     available,
     splice_loop,
 )
+from gateway.http.splice_relay import _download_error, _Upload
 from tests.rest.conftest import RunningGateway, Scenario, StartGateway, basic
 from tests.support.faultproxy import FaultProxy
 

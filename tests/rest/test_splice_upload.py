@@ -19,7 +19,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from benches.stream import StubUpstream, blocks
-from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
+from gateway.http.splice_loop import MIN_SPLICE_BYTES, available
 from tests.rest.conftest import RunningGateway, StartGateway
 from tests.rest.test_splice_relay import _connections_to, _fds, _port, _thread, _until
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from twisted.logger import capturedLogs
 
-from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
+from gateway.http.splice_loop import MIN_SPLICE_BYTES, available
 from tests.rest.conftest import RunningGateway, Scenario
 from tests.rest.test_splice_relay import (
     MIB,

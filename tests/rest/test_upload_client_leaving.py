@@ -27,7 +27,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from benches.stream import StubUpstream, blocks
-from gateway.http.splice_relay import MIN_SPLICE_BYTES, available
+from gateway.http.splice_loop import MIN_SPLICE_BYTES, available
 from tests.support.gatewayproc import GatewayProcess, spawn_gateway
 from tests.ws.conftest import wait_until
 
