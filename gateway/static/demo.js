@@ -13,9 +13,11 @@ const rows = new Map(); // id -> its <li>, for the ones listed
 const changed = new Set(); // ids changed since the last render
 let frame = 0; // the render requested for the next animation frame, if any
 const busy = new Set(); // ids with a save or delete in flight
-// id -> generation of the page's last write to it, until the live list brings that one
-// (the feed may deliver an older change after the write's answer: it is stale by then).
-const written = new Map();
+// id -> the revisions the page's own writes to it replaced, until the live list brings
+// another one: the feed may deliver one of them after the write's answer (stale by then).
+// A lower revision that is not among them is news: a conflict's other branch, which a
+// delete of the winner brought back.
+const replaced = new Map();
 let subscription = null;
 let signedIn = null; // whose items are listed
 
@@ -148,16 +150,15 @@ async function write(action) {
   }
 }
 
-const generation = (rev) => Number.parseInt(rev, 10) || 0;
-
 // A write's answer may come before the live list brings its change: the list takes it
 // (unless it brought a newer one), so that the next write starts from the new revision.
-function wrote(id, was, doc, rev) {
+function wrote(id, was, doc) {
   const held = docs.get(id);
   if (held !== was && !(held && was && held._rev === was._rev)) return;
   if (doc) docs.set(id, doc);
   else docs.delete(id);
-  written.set(id, generation(rev));
+  if (!replaced.has(id)) replaced.set(id, new Set());
+  replaced.get(id).add(was._rev);
   schedule(id);
 }
 
@@ -169,7 +170,7 @@ async function toggle(id, box) {
     while (stored && box.checked !== !!stored.done) {
       const doc = { ...stored, done: box.checked };
       await wb.put(DB, doc); // sets doc._rev
-      wrote(id, stored, doc, doc._rev);
+      wrote(id, stored, doc);
       stored = doc;
     }
   });
@@ -181,17 +182,16 @@ async function erase(id) {
   const doc = docs.get(id);
   if (!doc || busy.has(id)) return;
   busy.add(id);
-  let answer;
-  if (await write(async () => { answer = await wb.delete(DB, id, doc._rev); })) wrote(id, doc, null, answer.rev);
+  if (await write(() => wb.delete(DB, id, doc._rev))) wrote(id, doc, null);
   busy.delete(id);
 }
 
 function onChange(change) {
-  const mine = written.get(change.id);
-  if (mine !== undefined) {
-    const rev = change.doc?._rev ?? change.changes?.[0]?.rev;
-    if (rev !== undefined && generation(rev) < mine) return; // older than the page's own write
-    if (rev !== undefined) written.delete(change.id); // the feed has caught up with it
+  const stale = replaced.get(change.id);
+  const rev = change.doc?._rev ?? change.changes?.[0]?.rev;
+  if (stale && rev !== undefined) {
+    if (stale.has(rev)) return; // the page's own write replaced it
+    replaced.delete(change.id); // the feed has caught up with it
   }
   if (change.deleted) docs.delete(change.id);
   else if (change.doc && !change.id.startsWith("_design/")) docs.set(change.id, change.doc);
@@ -242,7 +242,7 @@ function stop() {
   signedIn = null;
   cancelAnimationFrame(frame);
   frame = 0;
-  for (const map of [docs, keys, rows, changed, busy, written]) map.clear();
+  for (const map of [docs, keys, rows, changed, busy, replaced]) map.clear();
   order = [];
   $("items").replaceChildren();
   $("more").hidden = true;

@@ -9,6 +9,12 @@
 //                the live feed a second late) ends unticked and stored done: false
 //   clicks_three three quick clicks during a slow save: no conflict error, ends ticked
 //   design_doc   a design document in the database (an admin wrote it) is not listed as an item
+//   conflict     "a" has two branches (the prepare step wrote them): once the feed showed
+//                the page's own write, the lower branch that another client's delete
+//                brings back is listed
+//   conflict_own_delete  the same two branches: the page deletes the winner itself, and
+//                lists the other branch the feed brings after the delete's answer (not
+//                taken for an older echo)
 // Prints "OK" or "FAIL <why>".
 import { expect, launchBrowser, logPage, putDirect, runCheck, sleep } from "./harness.mjs";
 
@@ -32,6 +38,18 @@ async function open(page) {
   await page.click("[data-testid=login]");
   await page.waitForSelector("#app", { state: "visible" });
   await page.waitForFunction(() => document.getElementById("status").textContent === "open");
+}
+
+/** Records the messages of the page's live-changes sockets: `sent` by it, `received`. */
+async function recordSockets(page) {
+  const sent = [];
+  const received = [];
+  await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((message) => { sent.push(JSON.parse(message)); server.send(message); });
+    server.onMessage((message) => { received.push(JSON.parse(message)); ws.send(message); });
+  });
+  return { sent, received };
 }
 
 const cases = {
@@ -144,6 +162,51 @@ const cases = {
     const stored = await getDoc("a");
     expect(stored.title === "theirs" && shown === "theirs",
       "the page went back to its own older revision", { shown, stored, first });
+  },
+
+  async conflict() {
+    const page = await context.newPage();
+    const { received } = await recordSockets(page);
+    await open(page);
+    const title = '#items li[data-id="a"] .title';
+    await page.waitForSelector(title);
+    expect(await page.textContent(title) === "winner", "the winning branch is listed",
+      await page.textContent(title));
+    await page.check('#items li[data-id="a"] input[type=checkbox]'); // the page writes 2-…
+    const echoed = () => received.some((m) => m.type === "change" && m.id === "a"
+      && m.doc?._rev?.startsWith("2-"));
+    for (let i = 0; i < 100 && !echoed(); i++) await sleep(100);
+    expect(echoed(), "the feed brought the page's own write", received);
+    await sleep(300); // and the page has taken it
+    // Another client deletes the page's revision: the other branch (generation 1) is the
+    // document again, and the feed brings it.
+    const { _rev: rev } = await getDoc("a");
+    const deleted = await fetch(`${docUrl("a")}?rev=${encodeURIComponent(rev)}`,
+      { method: "DELETE", headers: { Authorization: basic } });
+    expect(deleted.status === 200, "the page's revision is deleted", deleted.status);
+    const shown = await page.waitForFunction((selector) =>
+      document.querySelector(selector)?.textContent === "loser", title, { timeout: 10000 })
+      .then(() => true, () => false);
+    expect(shown, "the branch the delete brought back is listed",
+      { title: await page.textContent(title).catch(() => null), stored: await getDoc("a") });
+  },
+
+  async conflict_own_delete() {
+    const page = await context.newPage();
+    // The live feed is a second behind: the delete's answer comes before its change.
+    await page.routeWebSocket(/\/api\/v1\/changes/, (ws) => {
+      const server = ws.connectToServer();
+      server.onMessage((message) => setTimeout(() => ws.send(message), 1000));
+    });
+    await open(page);
+    const title = '#items li[data-id="a"] .title';
+    await page.waitForSelector(title);
+    await page.click('#items li[data-id="a"] button.delete'); // the tombstone is generation 2
+    const shown = await page.waitForFunction((selector) =>
+      document.querySelector(selector)?.textContent === "loser", title, { timeout: 10000 })
+      .then(() => true, () => false);
+    expect(shown, "the branch the page's delete brought back is listed",
+      { title: await page.textContent(title).catch(() => null), stored: await getDoc("a") });
   },
 };
 

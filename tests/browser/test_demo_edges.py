@@ -1,5 +1,5 @@
 """The demo page (gateway/static/demo.js, tests/browser/demo_edges.mjs) in Chromium: errors
-clearing, late save answers, quick clicks, design documents."""
+clearing, late save answers, quick clicks, design documents, conflicts."""
 
 from __future__ import annotations
 
@@ -27,3 +27,33 @@ def test_demo_hides_design_documents(couch_backend: CouchBackend) -> None:
             "map": "function (doc) { emit(doc._id, null); }"}}})
 
     _run_case(couch_backend, "demo_edges.mjs", "design_doc", prepare=design_doc)
+
+
+def _two_branches(couch_backend: CouchBackend, member: Member) -> None:
+    """Document "a" with two generation-1 branches (a replication conflict): "winner" wins."""
+    _call(couch_backend, "POST", f"/{member.db}/_bulk_docs", {"new_edits": False, "docs": [
+        {"_id": "a", "_rev": f"1-{'f' * 32}", "title": "winner", "done": False, "created": "1"},
+        {"_id": "a", "_rev": f"1-{'1' * 32}", "title": "loser", "done": False, "created": "1"},
+    ]})
+
+
+def test_demo_lists_a_conflict_branch_after_its_own_write_was_seen(
+    couch_backend: CouchBackend,
+) -> None:
+    """Once the feed brought the page's own write, the page stops treating lower revisions
+    of that document as late echoes of it: another client deleting that revision brings
+    back the document's other branch (generation 1), and the page lists it."""
+    _run_case(couch_backend, "demo_edges.mjs", "conflict",
+              prepare=lambda member: _two_branches(couch_backend, member))
+
+
+def test_demo_lists_the_conflict_branch_its_own_delete_brought_back(
+    couch_backend: CouchBackend,
+) -> None:
+    """The page deletes the winning branch of a conflicted document: the feed brings the
+    other branch (generation 1, below the page's generation-2 tombstone) and the page lists
+    it. It used to take it for a late echo of something older than its own delete, hide the
+    document for good (until a write of generation 2 or more) and keep its entry in the map
+    of its own writes for the life of the page."""
+    _run_case(couch_backend, "demo_edges.mjs", "conflict_own_delete",
+              prepare=lambda member: _two_branches(couch_backend, member))
