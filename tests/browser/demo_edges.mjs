@@ -15,10 +15,18 @@
 //   conflict_own_delete  the same two branches: the page deletes the winner itself, and
 //                lists the other branch the feed brings after the delete's answer (not
 //                taken for an older echo)
+//   switch_user  <other user> <other password>: after the session ended, another member logs
+//                in at the same page: the gateway holds one subscription (the new user's)
+//   same_user    the same user logs in again after the session ended: the list resumes as it
+//                was (same rows, no catch-up from the start again)
+//   pruned       three items ticked, each write seen back on the feed: the page's map of the
+//                revisions its writes replaced is empty again, not one entry per write
 // Prints "OK" or "FAIL <why>".
-import { expect, launchBrowser, logPage, putDirect, runCheck, sleep } from "./harness.mjs";
+import {
+  expect, launchBrowser, logInToDemo, logPage, metric, putDirect, runCheck, sleep,
+} from "./harness.mjs";
 
-const [base, db, user, password, which] = process.argv.slice(2);
+const [base, db, user, password, which, ...args] = process.argv.slice(2);
 const gateway = { base, db, user, password };
 const browser = await launchBrowser();
 const { context } = browser;
@@ -33,11 +41,16 @@ async function getDoc(id) {
 async function open(page) {
   logPage(page);
   await page.goto(`${base}/?db=${db}`);
-  await page.fill("#name", user);
-  await page.fill("#password", password);
-  await page.click("[data-testid=login]");
-  await page.waitForSelector("#app", { state: "visible" });
+  await logInToDemo(page, user, password);
   await page.waitForFunction(() => document.getElementById("status").textContent === "open");
+}
+
+/** The session ends (logged out in another tab): the page's next write asks to log in. */
+async function endSession(page) {
+  await page.evaluate(() => fetch("/api/v1/session", { method: "DELETE" }));
+  await page.fill("[data-testid=new-title]", "after the session ended");
+  await page.click("[data-testid=add]");
+  await page.waitForSelector("#login", { state: "visible", timeout: 10000 });
 }
 
 /** Records the messages of the page's live-changes sockets: `sent` by it, `received`. */
@@ -50,6 +63,37 @@ async function recordSockets(page) {
     server.onMessage((message) => { received.push(JSON.parse(message)); ws.send(message); });
   });
   return { sent, received };
+}
+
+/**
+ * The size of a Map or Set that the page's module script keeps to itself, read through the
+ * DevTools protocol from the scopes of the #logout button's click listener: demo.js exposes
+ * no state, and gets no hook for a test.
+ */
+async function moduleSize(page, name) {
+  const cdp = await page.context().newCDPSession(page);
+  const properties = async (objectId) =>
+    (await cdp.send("Runtime.getProperties", { objectId, ownProperties: true }));
+  try {
+    const { result: button } = await cdp.send("Runtime.evaluate",
+      { expression: 'document.getElementById("logout")', objectGroup: "test" }); // handlers need one
+    const { listeners } = await cdp.send("DOMDebugger.getEventListeners",
+      { objectId: button.objectId });
+    const { handler } = listeners.find((listener) => listener.type === "click");
+    const { internalProperties } = await properties(handler.objectId);
+    const scopes = internalProperties.find((property) => property.name === "[[Scopes]]").value;
+    for (const scope of (await properties(scopes.objectId)).result) {
+      if (!scope.value?.objectId) continue;
+      const found = (await properties(scope.value.objectId)).result.find((v) => v.name === name);
+      if (!found) continue;
+      const { result } = await cdp.send("Runtime.callFunctionOn", { objectId: found.value.objectId,
+        functionDeclaration: "function () { return this.size; }", returnByValue: true });
+      return result.value;
+    }
+    throw new Error(`no ${name} in the scopes of demo.js`);
+  } finally {
+    await cdp.detach();
+  }
 }
 
 const cases = {
@@ -207,6 +251,62 @@ const cases = {
       .then(() => true, () => false);
     expect(shown, "the branch the page's delete brought back is listed",
       { title: await page.textContent(title).catch(() => null), stored: await getDoc("a") });
+  },
+
+  async switch_user() {
+    const [otherUser, otherPassword] = args;
+    await put({ _id: "a", title: "a", done: false, created: "1" });
+    const page = await context.newPage();
+    await open(page);
+    await page.waitForSelector('#items li[data-id="a"]');
+    const first = await metric(base, "wallaby_ws_subscriptions");
+    await endSession(page);
+    await logInToDemo(page, otherUser, otherPassword);
+    // The list is live for the new user: a change written now shows up.
+    await putDirect({ ...gateway, user: otherUser, password: otherPassword },
+      { _id: "b", title: "b", done: false, created: "2" });
+    await page.waitForSelector('#items li[data-id="b"]', { timeout: 10000 });
+    await sleep(1000); // every socket the page opened has subscribed by now
+    const after = await metric(base, "wallaby_ws_subscriptions");
+    expect(first === 1 && after === 1,
+      "one subscription before and after another user logged in", { first, after });
+  },
+
+  async same_user() {
+    await put({ _id: "a", title: "a", done: false, created: "1" });
+    const page = await context.newPage();
+    const { sent } = await recordSockets(page);
+    await open(page);
+    const row = await page.waitForSelector('#items li[data-id="a"]');
+    await endSession(page);
+    const before = sent.length;
+    await logInToDemo(page, user, password);
+    await put({ _id: "b", title: "b", done: false, created: "2" });
+    await page.waitForSelector('#items li[data-id="b"]', { timeout: 10000 });
+    const kept = await row.evaluate((li) => li.isConnected);
+    const fromStart = sent.slice(before).filter((m) => m.type === "subscribe" && m.since === 0);
+    expect(kept && fromStart.length === 0,
+      "the list resumes after the same user's login: its rows kept, no catch-up from the start",
+      { kept, fromStart });
+  },
+
+  async pruned() {
+    const ids = ["a", "b", "c"];
+    for (const id of ids) await put({ _id: id, title: id, done: false, created: id });
+    const page = await context.newPage();
+    const { received } = await recordSockets(page);
+    await open(page);
+    await page.waitForSelector('#items li[data-id="c"]');
+    const echoed = (id) => received.some((m) => m.type === "change" && m.id === id
+      && m.doc?._rev?.startsWith("2-"));
+    for (const id of ids) {
+      await page.check(`#items li[data-id="${id}"] input[type=checkbox]`);
+      for (let i = 0; i < 100 && !echoed(id); i++) await sleep(100);
+      expect(echoed(id), "the feed brought the page's write", { id, received });
+    }
+    await sleep(300); // the page has taken the last one
+    const size = await moduleSize(page, "replaced");
+    expect(size === 0, "the page forgets its writes once the feed brought them", { size });
   },
 };
 

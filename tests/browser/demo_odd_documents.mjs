@@ -5,7 +5,7 @@
 //      the first user's items are no longer shown.
 // argv: <gateway base url> <db> <user> <password> <other user> <other password>
 // Prints "OK" or "FAIL <why>".
-import { launchBrowser, runCheck } from "./harness.mjs";
+import { launchBrowser, logInToDemo, runCheck } from "./harness.mjs";
 
 const [base, db, user, password, otherUser, otherPassword] = process.argv.slice(2);
 const browser = await launchBrowser();
@@ -19,14 +19,6 @@ async function titles(page) {
   return page.$$eval("#items li .title", (spans) => spans.map((span) => span.textContent));
 }
 
-async function logIn(page, name, secret) {
-  await page.fill("#name", name);
-  await page.fill("#password", secret);
-  await page.click("[data-testid=login]");
-  await page.waitForSelector("#app", { state: "visible" });
-  await page.waitForSelector("#login", { state: "hidden" });
-}
-
 async function add(page, title) {
   await page.fill("[data-testid=new-title]", title);
   await page.click("[data-testid=add]");
@@ -37,7 +29,7 @@ await runCheck(browser, async () => {
   const failures = [];
   page.on("pageerror", (error) => failures.push(error.message));
   await page.goto(`${base}/?db=${db}`);
-  await logIn(page, user, password);
+  await logInToDemo(page, user, password);
   await add(page, "first");
   await page.waitForFunction(() => document.querySelectorAll("#items li").length === 1);
 
@@ -58,7 +50,7 @@ await runCheck(browser, async () => {
   await page.evaluate(() => fetch("/api/v1/session", { method: "DELETE" }));
   await add(page, "after the session ended");
   await page.waitForSelector("#login", { state: "visible", timeout: 10000 });
-  await logIn(page, otherUser, otherPassword); // may not read this database
+  await logInToDemo(page, otherUser, otherPassword); // may not read this database
   await page.waitForFunction(() => document.getElementById("error").textContent !== "", null,
     { timeout: 10000 }).catch(() => {});
   const left = await titles(page);

@@ -66,6 +66,15 @@ export function logPage(page) {
   return page;
 }
 
+/** Logs in on the demo page's form as `name`; resolves once the list is shown. */
+export async function logInToDemo(page, name, password) {
+  await page.fill("#name", name);
+  await page.fill("#password", password);
+  await page.click("[data-testid=login]");
+  await page.waitForSelector("#app", { state: "visible" });
+  await page.waitForSelector("#login", { state: "hidden" });
+}
+
 /**
  * PUT a document straight to the gateway as the user (not through a page); its new rev.
  * `to`: {base, db, user, password}, as the scripts' argv gives them.

@@ -1,11 +1,11 @@
 """The demo page (gateway/static/demo.js, tests/browser/demo_edges.mjs) in Chromium: errors
-clearing, late save answers, quick clicks, design documents, conflicts."""
+clearing, late save answers, quick clicks, design documents, logging in again, conflicts."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_demo import Member, _call, _run_case
+from tests.browser.test_demo import Member, _call, _member_of_new_database, _run_case
 from tests.browser.test_demo import pytestmark as _browser_marks
 from tests.conftest import CouchBackend
 
@@ -57,3 +57,33 @@ def test_demo_lists_the_conflict_branch_its_own_delete_brought_back(
     of its own writes for the life of the page."""
     _run_case(couch_backend, "demo_edges.mjs", "conflict_own_delete",
               prepare=lambda member: _two_branches(couch_backend, member))
+
+
+def test_demo_another_user_logging_in_ends_the_old_subscription(couch_backend: CouchBackend) -> None:
+    """The session ended and another member of the database logs in at the same page: the
+    list starts again for them, and the first user's subscription ends (the gateway holds
+    one, not two)."""
+    other = _member_of_new_database(couch_backend)
+
+    def both_members(member: Member) -> None:
+        _call(couch_backend, "PUT", f"/{member.db}/_security",
+              {"members": {"names": [member.name, other.name], "roles": []}})
+
+    try:
+        _run_case(couch_backend, "demo_edges.mjs", "switch_user", other.name, other.password,
+                  prepare=both_members)
+    finally:
+        _call(couch_backend, "DELETE", f"/{other.db}")
+
+
+def test_demo_same_user_logging_in_again_resumes_the_list(couch_backend: CouchBackend) -> None:
+    """The session ended and the same user logs in again: the list goes on from where it
+    stopped (its rows stay, no subscription from the start again)."""
+    _run_case(couch_backend, "demo_edges.mjs", "same_user")
+
+
+def test_demo_forgets_its_writes_once_the_feed_brought_them(couch_backend: CouchBackend) -> None:
+    """The page's map of the revisions its own writes replaced (to tell late echoes from
+    news) is emptied as the feed brings each write back, instead of growing for the life of
+    the page; read from demo.js's module scope through the DevTools protocol."""
+    _run_case(couch_backend, "demo_edges.mjs", "pruned")
