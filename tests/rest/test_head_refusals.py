@@ -15,16 +15,16 @@ import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.conftest import CouchBackend
 from tests.support.gatewayproc import GatewayProcess, spawn_gateway
+from tests.ws.conftest import wait_until
 
 
 @pytest_twisted.async_yield_fixture
@@ -74,17 +74,11 @@ def headers_of(answer: bytes) -> dict[bytes, bytes]:
     return found
 
 
-async def until(reactor: Any, condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        await deferLater(reactor, 0.1, lambda: None)
-
-
 async def access_line_of(reactor: Any, child: GatewayProcess, answer: bytes) -> dict[str, Any]:
     """The access line of the request ``answer`` answered (by its ``X-Request-Id``)."""
     request_id = headers_of(answer)[b"x-request-id"].decode()
-    await until(reactor, lambda: any(line["request_id"] == request_id
-                                     for line in child.access_lines()))
+    await wait_until(reactor, lambda: any(line["request_id"] == request_id
+                                          for line in child.access_lines()))
     found = [line for line in child.access_lines() if line["request_id"] == request_id]
     assert found, f"no access line for {request_id}: {child.access_lines()}"
     return found[0]
@@ -118,8 +112,8 @@ async def test_a_request_refused_at_its_head_has_an_access_line_with_its_request
                             + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 414 "), answer[:200]
     request_id = headers_of(answer)[b"x-request-id"].decode()
-    await until(reactor, lambda: any(line["request_id"] == request_id
-                                     for line in proc.access_lines()))
+    await wait_until(reactor, lambda: any(line["request_id"] == request_id
+                                          for line in proc.access_lines()))
     lines = [line for line in proc.access_lines() if line["request_id"] == request_id]
     assert [line["status"] for line in lines] == [414], (
         f"no access line for the 414 answered with X-Request-Id {request_id}; "
@@ -150,8 +144,8 @@ async def test_a_malformed_chunk_mid_upload_is_logged_as_the_400_that_was_served
         )
         assert last_answer(answer).startswith(b"HTTP/1.1 400 "), answer[:400]
         request_id = headers_of(answer)[b"x-request-id"].decode()
-        await until(reactor, lambda: any(line["method"] == "PUT"
-                                         for line in proc.access_lines()))
+        await wait_until(reactor, lambda: any(line["method"] == "PUT"
+                                              for line in proc.access_lines()))
         puts = [(line["request_id"], line["status"]) for line in proc.access_lines()
                 if line["method"] == "PUT" and "/attachments/" in line["path"]]
         assert puts == [(request_id, 400)], (

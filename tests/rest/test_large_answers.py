@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 
 from tests.rest.conftest import ApiClient, Scenario, StartGateway
 from tests.support.faultproxy import FaultProxy
+from tests.ws.conftest import wait_until
 
 #: The setting in these tests: every answer of the seeded database is larger.
 LIMIT = 4096
@@ -109,13 +108,6 @@ class _Collect(Protocol):
         self.ended.callback(None)
 
 
-async def _until(reactor: Any, check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await deferLater(reactor, 0.02, lambda: None)
-
-
 async def _stalled_midway(
     reactor: Any, client: ApiClient, proxy: FaultProxy, url: str
 ) -> tuple[_Collect, int]:
@@ -129,7 +121,7 @@ async def _stalled_midway(
     assert response.code == 200
     body = _Collect()
     response.deliverBody(body)
-    await _until(reactor, lambda: len(body.data) > LIMIT)
+    await wait_until(reactor, lambda: len(body.data) > LIMIT, 10.0)
     assert len(body.data) < len(whole.body)  # the rest is still upstream
     return body, len(whole.body)
 
@@ -220,7 +212,7 @@ async def test_a_head_of_a_large_answer_reads_no_more_of_it_than_a_get(
     def stalled_links() -> list[Any]:
         return [side for side in proxy.connections if side.peer is not None and side.peer.held]
 
-    await _until(reactor, lambda: not stalled_links())  # the gateway dropped the rest
+    await wait_until(reactor, lambda: not stalled_links(), 10.0)  # the gateway dropped the rest
     proxy.resume()
     get = await client.get(url, headers=GZIP)  # on a fresh connection, not the dropped one
     assert get.status == 200 and len(get.json["rows"]) == COUNT + 1  # and the design doc

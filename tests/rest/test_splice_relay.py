@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -35,6 +34,7 @@ from gateway.http.splice_loop import (
 from gateway.http.splice_relay import _download_error, _Upload
 from tests.rest.conftest import RunningGateway, Scenario, StartGateway, basic
 from tests.support.faultproxy import FaultProxy
+from tests.ws.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -348,14 +348,6 @@ def _connections_to(port: int) -> set[int]:
     return found
 
 
-async def _until(reactor: Any, check: Callable[[], bool], seconds: float = 15.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if check():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("not met in time")
-
-
 def _thread(reactor: Any, call: Callable[[], Any]) -> Deferred[Any]:
     return deferToThreadPool(reactor, reactor.getThreadPool(), call)
 
@@ -414,7 +406,7 @@ async def test_large_download_is_spliced_intact_and_keep_alive_goes_on(
     assert splicer.spliced == before + 1 and splicer.failed == 0
     assert status2 == 200 and b'"kind":"splice"' in doc.replace(b" ", b"")
     assert same_connection, "the keep-alive connection was closed after the spliced body"
-    await _until(reactor, lambda: splicer.active == 0)
+    await wait_until(reactor, lambda: splicer.active == 0, 15.0)
     assert splicer.bytes_spliced > 0
     metrics = await gateway.client.get("/metrics")
     assert f"wallaby_spliced_downloads_total {splicer.spliced}" in metrics.body.decode()
@@ -469,13 +461,13 @@ async def test_client_leaving_midway_ends_the_transfer_and_leaks_nothing(
         return got
 
     assert await _thread(reactor, read_a_little_then_leave) >= 2 * MIB
-    await _until(reactor, lambda: splicer.active == 0)
+    await wait_until(reactor, lambda: splicer.active == 0, 15.0)
     assert splicer.spliced == spliced + 1 and splicer.failed == failed + 1
     assert during, "no upstream connection seen during the download"
     # abortConnection closes the socket on the next reactor turn, not at once.
-    await _until(reactor, lambda: not during <= _connections_to(couch_port))
-    await _until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]
-                 and _fds()["anon:eventfd"] == fds_before["anon:eventfd"])
+    await wait_until(reactor, lambda: not during <= _connections_to(couch_port), 15.0)
+    await wait_until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]
+                     and _fds()["anon:eventfd"] == fds_before["anon:eventfd"], 15.0)
     # The gateway goes on serving, spliced downloads included.
     again = await scenario.member_client.get(url)
     assert again.status == 200 and len(again.body) == len(payload)
@@ -515,12 +507,13 @@ async def test_an_upstream_reset_midway_is_logged_and_counted_as_upstream_unavai
 
     with capturedLogs() as events:
         reading = _thread(reactor, read_until_cut)
-        await _until(reactor, lambda: halfway.is_set() and splicer.active == 1)
+        await wait_until(reactor, lambda: halfway.is_set() and splicer.active == 1, 15.0)
         proxy.reset_all()
         go.set()
         got = await reading
-        await _until(reactor, lambda: any(
-            isinstance(e.get("access"), dict) and e["access"]["path"] == url for e in events))
+        await wait_until(reactor, lambda: any(
+            isinstance(e.get("access"), dict) and e["access"]["path"] == url for e in events),
+            15.0)
     assert got < len(payload)  # headers included: the body was cut short
     assert splicer.spliced == 1 and splicer.failed == 1
     [line] = [e["access"] for e in events
@@ -556,7 +549,7 @@ async def test_a_stalled_client_is_cut_off_and_the_request_ends(
             return got
 
     reading = _thread(reactor, send_then_wait)
-    await _until(reactor, lambda: splicer.failed == failed + 1)
+    await wait_until(reactor, lambda: splicer.failed == failed + 1, 15.0)
     go.set()
     got = await reading
     assert got < len(payload)  # headers included, the body was cut short
