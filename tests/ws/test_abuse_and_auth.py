@@ -46,14 +46,16 @@ async def test_origin_is_checked(make_server: Any, make_user: Any) -> None:
     await server.connect(token, headers={"Origin": own})
 
 
+@pytest.mark.parametrize("secure", [{"cookie_secure": True}, {"cookie_samesite": "None"}],
+                         ids=["cookie_secure", "samesite_none"])
 async def test_behind_tls_an_http_page_of_the_gateways_host_is_not_its_own(
-    make_server: Any, make_user: Any, db: Database
+    make_server: Any, make_user: Any, db: Database, secure: dict[str, Any]
 ) -> None:
     """A ``Secure`` cookie also goes with a handshake from ``http://`` pages of the same
     host, which anyone on the network path can write; such a page must not act as the
     user. The handshake names the host a browser would (``Host: gw.example:<port>``) and
     still goes to 127.0.0.1."""
-    server: WsServer = await make_server(ws_settings(cookie_secure=True))
+    server: WsServer = await make_server(ws_settings(**secure))
     token = await server.login(await make_user())
     port = server.port.getHost().port
     named = server.url.replace("127.0.0.1", "gw.example")
