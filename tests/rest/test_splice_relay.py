@@ -9,6 +9,8 @@ import http.client
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -67,6 +69,17 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(1 << 16):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_the_loop_runs_without_a_reactor() -> None:
+    """The loop is plain descriptor I/O for a worker thread: importing it loads no
+    network framework, so it tests (as below) on bare socket pairs."""
+    probe = ("import sys, gateway.http.splice_loop; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & "
+             "{'twisted', 'autobahn', 'klein', 'treq', 'zope'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    assert loaded == "[]", loaded
 
 
 def test_loop_moves_exactly_the_length_and_leaves_the_rest() -> None:
