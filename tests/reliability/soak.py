@@ -8,7 +8,8 @@ Without ``COUCHDB_URL`` (admin credentials in it) an embedded pouchdb-server is 
 a temporary folder. For the given duration, REST workers (as a database member) create,
 read, list, query and miss documents, read their session and ``/health``; browser-style
 WebSocket clients stay subscribed to the database, drop their socket every few seconds and
-resume from their last seq. Every REST answer is checked against the status expected for
+resume from their last seq (logging in again once their token, a CouchDB session, has
+expired: after 10 minutes by default). Every REST answer is checked against the status expected for
 its operation (anything else is an *unexpected error*); every client must end with every
 document written after it first subscribed, none twice (*changes lost* must be 0).
 
@@ -209,7 +210,18 @@ async def run_soak(reactor: Any, gateway: GatewayProcess, couch: Couch, config: 
         gauges_before = ws_gauges(gateway)
         samples = [before]
         # a concrete starting seq (fresh, empty database): see wsclient's docs
-        clients = [ResumingClient(reactor, gateway.port, token, db, name=f"ws{i}", last_seq=0)
+        async def log_in_again() -> str:
+            # Past CouchDB's session timeout (10 min by default) a reconnect with the old
+            # token is refused 401: the app logs in again and resumes, as wallaby.js users do.
+            answer = await treq.post(gateway.url + "/api/v1/session", agent=agent,
+                                     json={"name": user, "password": password}, timeout=30)
+            body = await answer.json()
+            if answer.code != 200:
+                raise AssertionError(f"login again: {answer.code} {body}")
+            return str(body["token"])
+
+        clients = [ResumingClient(reactor, gateway.port, token, db, name=f"ws{i}", last_seq=0,
+                                  renew=log_in_again)
                    for i in range(config.ws_clients)]
         for client in clients:
             await client.connect()
@@ -287,6 +299,7 @@ async def run_soak(reactor: Any, gateway: GatewayProcess, couch: Couch, config: 
             "unexpected_sample": state.unexpected[:10],
             "docs_written": len(state.written), "ws_socket_drops_and_resumes": drops,
             "ws_reconnects": sum(c.connects - 1 for c in clients),
+            "ws_logins_again": sum(c.renewals for c in clients),
             "changes_expected_per_client": len(expected),
             "changes_lost": lost, "duplicates": duplicates, "lost_detail": lost_detail,
             "catch_up_after_load_s": catch_up_s,

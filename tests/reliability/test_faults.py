@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.web import resource, server
 from twisted.web.client import HTTPConnectionPool
@@ -32,6 +33,7 @@ from tests.reliability.conftest import (
     spawn_gateway,
 )
 from tests.reliability.wsclient import ResumingClient
+from tests.support.couchconfig import config_value
 from tests.support.faultproxy import FaultProxy
 from tests.ws.conftest import WsServer, session_authenticator, sleep, stop_server, ws_settings
 
@@ -229,6 +231,55 @@ async def test_entry_point_serves_websocket(
         record("faults", "entry_point_serves_websocket", passed=True)
     finally:
         couch.delete_db(db)
+
+
+async def test_a_client_whose_token_expired_logs_in_again_and_loses_nothing(
+    couch_backend: CouchBackend, logdir: Path, gateways: list[GatewayProcess], couch: Couch,
+    reactor: Any, admin: CouchServer,
+) -> None:
+    """A token is a CouchDB session: a reconnect after it expired is refused 401. An app
+    logs in again and resumes from its last seq; nothing written meanwhile is lost (what
+    the soak's clients do past the 10-minute default session)."""
+    async with config_value(admin, couch_backend.is_pouchdb, "chttpd_auth", "timeout", "3"):
+        gateway = await deferToThread(spawn_gateway, couch_backend.admin_url, logdir)
+        gateways.append(gateway)
+        user, password = couch.new_user()
+        db = couch.new_db(members=[user])
+
+        async def log_in() -> str:
+            answer = await deferToThread(http, "POST", gateway.url + "/api/v1/session",
+                                         {"name": user, "password": password})
+            assert answer.status == 200, answer
+            return str(answer.json["token"])
+
+        first = await log_in()
+        client = ResumingClient(reactor, gateway.port, first, db, last_seq=0, renew=log_in)
+        try:
+            await client.connect(deadline_s=10)
+            running = defer.ensureDeferred(client.run())
+            couch.call("PUT", f"/{db}/before", {})
+            await wait_until(reactor, lambda: client.ids() == ["before"], 15, "the first change")
+            await sleep(reactor, 9)  # past the session (3 s) and the gateway's identity cache (5 s)
+            stale = await deferToThread(http, "GET", gateway.url + "/api/v1/session",
+                                        headers={"Authorization": f"Bearer {first}"})
+            assert stale.status == 401, stale  # the old token is dead
+            assert client.protocol is not None
+            client.protocol.dropConnection(abort=True)
+            couch.call("PUT", f"/{db}/while-away", {})
+            await wait_until(reactor, lambda: client.renewals >= 1, 15, "a new login")
+            couch.call("PUT", f"/{db}/after", {})
+            await wait_until(reactor, lambda: "after" in client.ids(), 15, "the change after")
+            assert client.ids() == ["before", "while-away", "after"], client.ids()
+            assert client.token != first
+            await client.stop()
+            await running
+            record("faults", "token_expired_relogin_resumes", renewals=client.renewals,
+                   passed=True)
+        finally:
+            client.stopped = True
+            if client.protocol is not None and not client.protocol.closed.called:
+                client.protocol.dropConnection(abort=True)
+            couch.delete_db(db)
 
 
 async def test_resume_before_the_first_change_loses_nothing(

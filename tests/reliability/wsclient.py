@@ -7,11 +7,14 @@ it from a concrete seq (``last_seq=0`` on a fresh database): a client that subsc
 with ``"now"`` and drops before its first change has no seq to resume from (see
 ``test_resume_before_the_first_change_loses_nothing``). It records
 every change it receives so a test can check that nothing is lost and nothing comes twice.
+With ``renew``, a handshake refused 401 (its token, a CouchDB session, expired) gets a new
+token from it, as an app logs in again, and the client resumes from where it was.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,9 @@ class ResumingClient:
     _cursor: int = 0
     stopped: bool = False
     resumes: list[Any] = field(default_factory=list)  # the since of every subscribe
+    #: A new token when the gateway refuses the current one (none: keep retrying it).
+    renew: Callable[[], Awaitable[str]] | None = None
+    renewals: int = 0
 
     @property
     def url(self) -> str:
@@ -66,6 +72,10 @@ class ResumingClient:
             except Exception as exc:  # refused while the gateway restarts
                 if self.reactor.seconds() > give_up:
                     raise AssertionError(f"{self.name}: cannot reconnect: {exc}") from exc
+                if self.renew is not None and "401" in str(exc):
+                    self.token = await self.renew()
+                    self.renewals += 1
+                    continue
                 await sleep(self.reactor, backoff * (0.5 + random.random()))
                 backoff = min(2.0, backoff * 2)
         self.protocol, self._cursor = proto, 0
