@@ -1,7 +1,7 @@
 // Shared by the browser scripts: lines from the Python test on stdin, and a headless
 // Debian Chromium in a fresh profile (playwright-core, no downloaded browser).
 import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,9 +21,18 @@ export async function nextLine() {
   return incoming.shift();
 }
 
-/** A Chromium context in a new empty profile; close it with closeBrowser(). */
-export async function launchBrowser() {
+/**
+ * A Chromium context in a new empty profile; close it with closeBrowser().
+ * `thirdPartyCookies`: the profile sends cookies with cross-site requests, as a user's who
+ * allows them (a new profile of this Chromium blocks them: "UserPreferences").
+ */
+export async function launchBrowser({ thirdPartyCookies = false } = {}) {
   const profile = mkdtempSync(join(tmpdir(), "wallaby-chromium-"));
+  if (thirdPartyCookies) {
+    mkdirSync(join(profile, "Default"));
+    writeFileSync(join(profile, "Default", "Preferences"),
+      JSON.stringify({ profile: { cookie_controls_mode: 0 } })); // 0: allow all cookies
+  }
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: "/usr/bin/chromium",
     headless: true,
