@@ -79,7 +79,12 @@ from gateway.http.readiness import Readiness
 from gateway.http.request import shutdown_cut
 from gateway.http.request_args import client_key, decode_query, json_body
 from gateway.http.responses import json_response, render_error
-from gateway.http.session import presented_credentials, session_cookie, session_refresh
+from gateway.http.session import (
+    presented_credentials,
+    presented_session,
+    session_cookie,
+    session_refresh,
+)
 from gateway.http.site import FrontDoor, GatewaySite, InFlight
 from gateway.http.splice_relay import Splicer
 from gateway.http.static_files import STATIC_DIR, StaticFiles, page_headers
@@ -208,9 +213,11 @@ class GatewayApp:
             client=client_key(request), failed_logins=self.failed_logins,
         )
         setattr(request, "user_name", identity.name)  # noqa: B010 - for the access log
-        presented = cookies.get(self.settings.cookie_name)
-        if presented and "authorization" not in headers:
-            request.session_refresh = session_refresh(self.settings, identity, presented)
+        presented = presented_session(headers, cookies, self.settings)
+        if presented is not None:
+            value, bearer = presented
+            request.session_refresh = session_refresh(self.settings, identity, value,
+                                                      bearer=bearer)
         return identity
 
     async def _begin(

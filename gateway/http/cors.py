@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import AccessDenied
+from gateway.http.session import TOKEN_HEADER
 
 __all__ = ["Cors"]
 
@@ -15,7 +16,8 @@ _ALLOWED_HEADERS = (
     "Authorization, Content-Type, If-Match, If-None-Match, If-Range, Range, X-Request-Id"
 )
 _EXPOSED = (
-    "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-Request-Id, Location"
+    "ETag, Content-Length, Content-Range, Accept-Ranges, Retry-After, X-Request-Id, Location, "
+    f"{TOKEN_HEADER}"
 )
 
 
@@ -28,6 +30,10 @@ class Cors:
     ``Access-Control-Allow-Origin: *`` without credentials: browsers then never attach a
     cookie (their own credentials, e.g. a bearer token, still work), so a foreign page
     cannot act with the session of a user who visits it.
+
+    Either may read the refreshed token of a bearer client
+    (:data:`~gateway.http.session.TOKEN_HEADER`): it only answers a request that
+    presented that session's previous token itself.
 
     Args:
         origins: Allowed origins (``*``: any, without credentials).

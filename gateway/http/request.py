@@ -98,8 +98,9 @@ class GatewayRequest(server.Request):
         #: Why the body could not be stored (its temporary file), if it could not.
         self.spool_error: OSError | None = None
         self._body_seen = 0
-        #: Returns a ``Set-Cookie`` value when the user's CouchDB session was refreshed.
-        self.session_refresh: Callable[[], str | None] | None = None
+        #: Returns the header (``Set-Cookie``, or the bearer client's token) to add when
+        #: the user's CouchDB session was refreshed (:func:`~gateway.http.session.session_refresh`).
+        self.session_refresh: Callable[[], tuple[str, str] | None] | None = None
         #: The body of an upload dispatched before its body arrived (see gotLength).
         self.body_pipe: BodyPipe | None = None
         self._early = False  # to be dispatched from gotLength
@@ -155,7 +156,7 @@ class GatewayRequest(server.Request):
         return super().getHeader(key)
 
     def write(self, data: bytes) -> None:
-        """Write body bytes; the first write sends the head, with a refreshed session cookie.
+        """Write body bytes; the first write sends the head, with a refreshed session.
 
         An answer that comes before a client waiting for ``100 Continue`` was told to
         send its body ends the connection, and says so (RFC 9110 10.1.1).
@@ -175,9 +176,11 @@ class GatewayRequest(server.Request):
                 self.responseHeaders.setRawHeaders(b"connection", [b"close"])
             if self.session_refresh is not None:
                 refresh, self.session_refresh = self.session_refresh, None
-                cookie = refresh()
-                if cookie:
-                    self.responseHeaders.addRawHeader(b"Set-Cookie", cookie.encode("latin-1"))
+                header = refresh()
+                if header is not None:
+                    name, value = header
+                    self.responseHeaders.addRawHeader(name.encode("latin-1"),
+                                                      value.encode("latin-1"))
         super().write(data)  # type: ignore[no-untyped-call]
 
     def _refused_before_body(self) -> None:

@@ -1,18 +1,29 @@
-"""The browser's session: the credentials a request presents, and the cookie's lifecycle.
+"""The client's session: the credentials a request presents, and the session's lifecycle.
 
 The gateway's session cookie is set, refreshed and cleared as CouchDB would set its own
-``AuthSession``.
+``AuthSession``. A client that presents the session as a bearer token (the ``token`` of
+``POST /api/v1/session``) gets the refreshed session as :data:`TOKEN_HEADER` instead: a
+script cannot read a ``Set-Cookie``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config import Settings
 from gateway.identity import Identity
 
-__all__ = ["presented_credentials", "session_cookie", "session_refresh"]
+__all__ = [
+    "TOKEN_HEADER",
+    "presented_credentials",
+    "presented_session",
+    "session_cookie",
+    "session_refresh",
+]
+
+#: The response header carrying a bearer client's refreshed session token.
+TOKEN_HEADER = "X-Wallaby-Token"  # noqa: S105 - a header's name, not a secret
 
 
 def presented_credentials(request: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -33,6 +44,31 @@ def presented_credentials(request: Any) -> tuple[dict[str, str], dict[str, str]]
         k.decode("latin-1"): v.decode("latin-1") for k, v in raw_cookies.items()
     }
     return headers, cookies
+
+
+def presented_session(
+    headers: Mapping[str, str], cookies: Mapping[str, str], settings: Settings
+) -> tuple[str, bool] | None:
+    """The session a request authenticates with, as :func:`gateway.identity.identify` reads it.
+
+    Args:
+        headers: Request headers, lower-case names.
+        cookies: Request cookies.
+        settings: Configuration (the cookie's name).
+
+    Returns:
+        The presented value and whether it came as a bearer token (else as the cookie);
+        ``None`` for Basic credentials or none. A bearer that is a JWT is returned too:
+        its identity holds no session, so nothing is refreshed for it.
+    """
+    authorization = headers.get("authorization", "").strip()
+    if authorization:
+        if authorization.split(" ", 1)[0].lower() != "bearer":
+            return None
+        token = authorization[len("bearer"):].strip()
+        return (token, True) if token else None
+    cookie = cookies.get(settings.cookie_name)
+    return (cookie, False) if cookie else None
 
 
 def session_cookie(settings: Settings, value: str, max_age: int | None = None) -> str:
@@ -56,32 +92,39 @@ def session_cookie(settings: Settings, value: str, max_age: int | None = None) -
 
 
 def session_refresh(
-    settings: Settings, identity: Identity, presented: str
-) -> Callable[[], str | None]:
-    """Hand CouchDB's refreshed session cookie back to the browser, as CouchDB would.
+    settings: Settings, identity: Identity, presented: str, *, bearer: bool = False
+) -> Callable[[], tuple[str, str] | None]:
+    """Hand CouchDB's refreshed session back to the client, as CouchDB would.
 
-    The session is the one the cookie's verification holds: the upstream credential
-    itself, or, when upstream requests carry something else (``auth_mode=proxy``), the
-    verified credential (:attr:`~gateway.identity.Identity.credential`), whose identity
-    checks (``GET /_session``, every few seconds while the browser is active) are the
-    requests CouchDB refreshes it on.
+    The session is the one the presented credential's verification holds: the upstream
+    credential itself, or, when upstream requests carry something else
+    (``auth_mode=proxy``), the verified credential
+    (:attr:`~gateway.identity.Identity.credential`), whose identity checks
+    (``GET /_session``, every few seconds while the client is active) are the requests
+    CouchDB refreshes it on. Either is a ``ForwardedAuth`` of that very session: it adopts
+    only the ``AuthSession`` CouchDB sends in answer to requests it authenticated, so the
+    same user's. A JWT (``auth_mode=jwt``) holds no session: nothing is handed back.
 
     Args:
         settings: Configuration (for the cookie).
-        identity: The caller, authenticated with the cookie ``presented``.
-        presented: The session the browser presented.
+        identity: The caller, authenticated with the session ``presented``.
+        presented: The session the client presented.
+        bearer: It came as a bearer token: the refreshed one goes back as
+            :data:`TOKEN_HEADER`, not as the cookie.
 
     Returns:
-        Called when the answer's headers go: the ``Set-Cookie`` value when CouchDB
+        Called when the answer's headers go: the header (name, value) to add when CouchDB
         refreshed the session meanwhile, else ``None``.
     """
 
-    def refreshed() -> str | None:
+    def refreshed() -> tuple[str, str] | None:
         session = getattr(identity.auth, "session", None)
         if session is None:
             session = getattr(identity.credential, "session", None)
-        if isinstance(session, str) and session and session != presented:
-            return session_cookie(settings, session)
-        return None
+        if not isinstance(session, str) or not session or session == presented:
+            return None
+        if bearer:
+            return TOKEN_HEADER, session
+        return "Set-Cookie", session_cookie(settings, session)
 
     return refreshed

@@ -69,3 +69,34 @@ def test_an_active_cookie_session_is_refreshed(
     failed = [(t, s) for t, s in statuses if s != 200]
     assert not failed, (f"{mode}: an active session was logged out; renewals handed back: "
                         f"{renewals}; (seconds, status): {statuses}")
+
+
+@pytest.mark.parametrize("mode", ["forward", "proxy", "jwt"])
+def test_an_active_bearer_session_is_refreshed(
+    fake: CouchAuthStandIn, tmp_path: Path, gateways: list[GatewayProcess], mode: str,
+) -> None:
+    """A token client (``Authorization: Bearer``) reading a document every second for
+    twice the session timeout, adopting ``X-Wallaby-Token`` whenever it comes: 200
+    throughout, in every mode a session token means a CouchDB session (in ``jwt`` mode,
+    a bearer that is not a JWT)."""
+    gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode)
+    login = http("POST", gateway.url + "/api/v1/session", {"name": "bob", "password": "pw"})
+    assert login.status == 200, login.body
+    token = login.json["token"]
+    statuses: list[tuple[float, int]] = []
+    renewals = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 2 * TIMEOUT:
+        answer = http("GET", gateway.url + "/api/v1/db/alpha/docs/d1", None,
+                      {"Authorization": f"Bearer {token}"})
+        statuses.append((round(time.monotonic() - start, 1), answer.status))
+        assert not answer.headers.get("Set-Cookie"), "a bearer client gets no cookie"
+        fresh = answer.headers.get("X-Wallaby-Token")
+        if fresh:
+            assert fresh != token
+            token, renewals = fresh, renewals + 1
+        time.sleep(1.0)
+    failed = [(t, s) for t, s in statuses if s != 200]
+    assert not failed, (f"{mode}: an active token session was logged out; renewals handed "
+                        f"back: {renewals}; (seconds, status): {statuses}")
+    assert renewals >= 1
