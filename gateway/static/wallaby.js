@@ -17,6 +17,8 @@
 // every change exactly once, in order.
 
 const API = "/api/v1";
+/** Response header: a bearer client's refreshed session token (see docs/rest-api.md). */
+const TOKEN_HEADER = "X-Wallaby-Token";
 /** Close code: the session behind the socket expired (see api_schema/asyncapi.yaml). */
 const SESSION_INVALID = 4001;
 /** Close code: a message larger than the gateway accepts (WALLABY_WS_MAX_MESSAGE_BYTES). */
@@ -218,8 +220,8 @@ class Lane {
         reason: "the subscribe message is larger than the gateway accepts (doc_ids, selector)" }));
     }
     if (this.ended || !this.subs.size) return;
-    // 4001: the session behind the socket expired; a token cannot renew itself, so if
-    // it is still the one in use, that session is over.
+    // 4001: the session behind the socket expired; if the socket's token is still the
+    // one in use (no refreshed token taken since), that session is over.
     if (event.code === SESSION_INVALID && token && token === wb.token) {
       wb._unauthenticated();
     } else if (event.code === SESSION_INVALID || !opened) {
@@ -327,7 +329,9 @@ export class Wallaby {
    * @param {string} [options.baseUrl] Gateway origin (default: the page's).
    * @param {string} [options.wsUrl] WebSocket URL (default: derived from baseUrl).
    * @param {string} [options.token] A bearer token (instead of the session cookie); such
-   *   an instance keeps using tokens: login() replaces it with the new session's token.
+   *   an instance keeps using tokens: login() replaces it with the new session's token,
+   *   and the refreshed token the gateway hands back while the session is used replaces
+   *   it too (`this.token`), so an active client outlives CouchDB's session timeout.
    * @param {number} [options.minBackoff] First reconnect delay in ms (default 250).
    * @param {number} [options.maxBackoff] Largest reconnect delay in ms (default 10000).
    * @param {number} [options.keepAliveMs] Session touch interval while subscribed (default 60000, 0 = off).
@@ -355,7 +359,8 @@ export class Wallaby {
     this._credentials = 0;
     this._sessionCheck = null; // {credentials, answer}: the check in flight
     // CouchDB sessions expire unless used; while live changes run, touching the session
-    // lets the gateway hand back CouchDB's refreshed cookie, so reconnects keep working.
+    // lets the gateway hand back CouchDB's refreshed cookie (or token), so reconnects keep
+    // working.
     this.keepAliveMs = options.keepAliveMs ?? 60000;
     this._keepAlive = null;
     this.pingMs = options.pingMs ?? 30000;
@@ -388,7 +393,9 @@ export class Wallaby {
   async request(method, path, body, params) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const token = this.token;
+    const credentials = this._credentials;
+    if (token) headers.Authorization = `Bearer ${token}`;
     let answer;
     let text;
     try {
@@ -398,6 +405,13 @@ export class Wallaby {
         body: body === undefined ? undefined : JSON.stringify(body),
         credentials: "include",
       });
+      // CouchDB refreshed the session this token is: the gateway hands the new token
+      // back (as it hands a cookie client its cookie). The same session, not a new
+      // login: the credentials generation stays. Unless login()/logout() came meanwhile.
+      const refreshed = answer.headers.get(TOKEN_HEADER);
+      if (refreshed && token && this.token === token && this._credentials === credentials) {
+        this.token = refreshed;
+      }
       text = await answer.text();
     } catch (error) {
       throw new WallabyError(0, { error: "network_error", reason: error.message });
@@ -628,10 +642,13 @@ export class Wallaby {
   _checkSession() {
     const credentials = this._credentials;
     if (this._sessionCheck?.credentials === credentials) return this._sessionCheck.answer;
+    const token = this.token;
     const answer = this.session().then(
       () => (credentials === this._credentials ? "valid" : "unknown"),
       (error) => {
         if (credentials !== this._credentials) return "unknown";
+        // A 401 about a token replaced meanwhile by its refresh says nothing of the new one.
+        if (token !== this.token) return "unknown";
         if (!(error instanceof WallabyError && error.status === 401)) return "unknown";
         this._unauthenticated();
         return "invalid";

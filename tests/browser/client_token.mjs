@@ -6,12 +6,16 @@
 //   refused_sub a new subscription is refused with 401 on a socket opened earlier
 //   refused     the handshake is refused (a token that is no good): unauthenticated
 //   ws_url_query a wsUrl that has a query string of its own gets the token added to it
+//   outlives    <session timeout s>: subscribed with a small keepAliveMs, the client stays
+//               signed in past CouchDB's session timeout (it adopts the refreshed token
+//               the gateway hands back): a socket dropped after the login token expired
+//               reconnects and resumes, REST calls work, no "unauthenticated"
 // stdio (relogin, refused_sub): prints "SUBSCRIBED", waits for "GONE" (the user was
 // removed), prints "LOGGED_OUT" once `unauthenticated` was reported, waits for "RELOGIN
 // <doc id>", then prints "OK" or "FAIL <why>".
 import { launchBrowser, nextLine, runCheck } from "./harness.mjs";
 
-const [base, db, user, password, which] = process.argv.slice(2);
+const [base, db, user, password, which, sessionSeconds] = process.argv.slice(2);
 const browser = await launchBrowser();
 const { context } = browser;
 
@@ -19,22 +23,22 @@ function expect(condition, what, detail) {
   if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
 }
 
-async function tokenPage(token) {
+async function tokenPage(token, options = {}) {
   const page = await context.newPage();
   page.on("console", (message) => console.error("[browser]", message.type(), message.text()));
   page.on("pageerror", (error) => console.error("[browser] pageerror", error.message));
   await page.goto(`${base}/health`); // any page of the gateway's origin
-  await page.evaluate(async (token) => {
+  await page.evaluate(async ([token, options]) => {
     window.W = await import("/static/wallaby.js");
     window.statuses = [];
     window.got = { first: [], second: [] };
     window.errors = [];
-    window.wb = new window.W.Wallaby({ token, minBackoff: 100, maxBackoff: 500,
+    window.wb = new window.W.Wallaby({ token, minBackoff: 100, maxBackoff: 500, ...options,
       onStatus: (state, detail) => window.statuses.push(detail && detail.code ? `${state}:${detail.code}` : state) });
     window.follow = (name, db, options) => window.wb.subscribe(db, {
       since: 0, ...options, onError: (error) => window.errors.push([name, error.status, error.error]),
     }, (change) => window.got[name].push(change.id));
-  }, token);
+  }, [token, options]);
   return page;
 }
 
@@ -77,7 +81,35 @@ async function relogin(page, { subscribeAfterGone }) {
     "REST works after login()", "");
 }
 
+async function outlives(page) {
+  const first = await page.evaluate(() => wb.token);
+  await page.evaluate((db) => wb.put(db, { _id: "before" }), db);
+  await page.evaluate((db) => { window.first = follow("first", db); }, db);
+  await page.waitForFunction(() => window.got.first.includes("before"), null, { timeout: 10000 });
+  await new Promise((resolve) => setTimeout(resolve, (Number(sessionSeconds) + 3) * 1000));
+  const state = await page.evaluate(async (first) => {
+    const refused = await fetch("/api/v1/session", { headers: { Authorization: `Bearer ${first}` } });
+    return { refused: refused.status, renewed: wb.token !== first, statuses: window.statuses };
+  }, first);
+  expect(state.refused === 401, "the login's token has expired meanwhile", state);
+  expect(state.renewed, "the client took the refreshed token", state);
+  // The socket drops (a proxy, a network change): it reconnects with the token now held.
+  await page.evaluate(() => { for (const lane of wb._lanes) lane.ws.close(); });
+  await page.evaluate((db) => wb.put(db, { _id: "after" }), db); // REST works
+  await page.waitForFunction(() => window.got.first.includes("after"), null, { timeout: 15000 })
+    .catch(async () => {
+      throw new Error(`not resumed: ${JSON.stringify(await page.evaluate(() => ({ got, statuses, errors })))}`);
+    });
+  const got = await page.evaluate(() => ({ got, errors, statuses }));
+  expect(!got.statuses.includes("unauthenticated"), "never logged out", got.statuses);
+  expect(got.statuses.filter((s) => s === "connecting").length === 2, "one reconnect", got.statuses);
+  expect(got.errors.length === 0, "no subscription was dropped", got.errors);
+  expect(await page.evaluate(() => wb.session().then((s) => s.name, (e) => e.status)) === user,
+    "the session is this user's", "");
+}
+
 const cases = {
+  outlives: (page) => outlives(page),
   relogin: (page) => relogin(page, { subscribeAfterGone: false }),
   refused_sub: (page) => relogin(page, { subscribeAfterGone: true }),
 
@@ -132,5 +164,6 @@ await runCheck(browser, async () => {
   }, [user, password]);
   await context.clearCookies();
   await page.close();
-  await cases[which](await tokenPage(token));
+  const options = which === "outlives" ? { keepAliveMs: 1000, pingMs: 0 } : {};
+  await cases[which](await tokenPage(token, options));
 });

@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from gateway.couch import CouchServer
 
 
-def _path(is_pouchdb: bool, section: str, key: str) -> list[str]:
+def config_path(is_pouchdb: bool, section: str, key: str) -> list[str]:
+    """The path segments of ``[section] key`` on the server (CouchDB 3, or pouchdb-server)."""
     if is_pouchdb:  # pouchdb-server keeps CouchDB 1.x's /_config and section names
         return ["_config", {"chttpd_auth": "couch_httpd_auth"}.get(section, section), key]
     return ["_node", "_local", "_config", section, key]
@@ -20,7 +21,7 @@ async def config_value(
     admin: CouchServer, is_pouchdb: bool, section: str, key: str, value: str
 ) -> AsyncIterator[None]:
     """Set ``[section] key = value`` for the duration of a block, then restore it."""
-    path = _path(is_pouchdb, section, key)
+    path = config_path(is_pouchdb, section, key)
     previous = await admin.transport.request("PUT", path, data=json.dumps(value).encode(),
                                              headers={"Content-Type": "application/json"})
     try:
