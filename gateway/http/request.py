@@ -98,9 +98,9 @@ class GatewayRequest(server.Request):
         #: Why the body could not be stored (its temporary file), if it could not.
         self.spool_error: OSError | None = None
         self._body_seen = 0
-        #: Returns the header (``Set-Cookie``, or the bearer client's token) to add when
-        #: the user's CouchDB session was refreshed (:func:`~gateway.http.session.session_refresh`).
-        self.session_refresh: Callable[[], tuple[str, str] | None] | None = None
+        #: Adds the user's CouchDB session to the head when it was refreshed (the cookie,
+        #: or a bearer client's token: :func:`~gateway.http.session.session_refresh`).
+        self.session_refresh: Callable[[GatewayRequest], None] | None = None
         #: The body of an upload dispatched before its body arrived (see gotLength).
         self.body_pipe: BodyPipe | None = None
         self._early = False  # to be dispatched from gotLength
@@ -176,11 +176,7 @@ class GatewayRequest(server.Request):
                 self.responseHeaders.setRawHeaders(b"connection", [b"close"])
             if self.session_refresh is not None:
                 refresh, self.session_refresh = self.session_refresh, None
-                header = refresh()
-                if header is not None:
-                    name, value = header
-                    self.responseHeaders.addRawHeader(name.encode("latin-1"),
-                                                      value.encode("latin-1"))
+                refresh(self)
         super().write(data)  # type: ignore[no-untyped-call]
 
     def _refused_before_body(self) -> None:

@@ -93,7 +93,7 @@ def session_cookie(settings: Settings, value: str, max_age: int | None = None) -
 
 def session_refresh(
     settings: Settings, identity: Identity, presented: str, *, bearer: bool = False
-) -> Callable[[], tuple[str, str] | None]:
+) -> Callable[[Any], None]:
     """Hand CouchDB's refreshed session back to the client, as CouchDB would.
 
     The session is the one the presented credential's verification holds: the upstream
@@ -113,18 +113,26 @@ def session_refresh(
             :data:`TOKEN_HEADER`, not as the cookie.
 
     Returns:
-        Called when the answer's headers go: the header (name, value) to add when CouchDB
-        refreshed the session meanwhile, else ``None``.
+        Called with the request when the answer's head goes: adds the refreshed session
+        when CouchDB refreshed it meanwhile (``Set-Cookie``, or :data:`TOKEN_HEADER`, on
+        an answer then never stored and never on a ``304``: a browser replays a stored
+        answer's headers, an older token, on a later revalidation).
     """
 
-    def refreshed() -> tuple[str, str] | None:
+    def refreshed(request: Any) -> None:
         session = getattr(identity.auth, "session", None)
         if session is None:
             session = getattr(identity.credential, "session", None)
         if not isinstance(session, str) or not session or session == presented:
-            return None
+            return
+        headers = request.responseHeaders
+        if bearer and request.code == 304:
+            return  # merged into the browser's stored answer: the next full answer has it
         if bearer:
-            return TOKEN_HEADER, session
-        return "Set-Cookie", session_cookie(settings, session)
+            headers.setRawHeaders(TOKEN_HEADER.encode("latin-1"), [session.encode("latin-1")])
+            headers.setRawHeaders(b"cache-control", [b"no-store"])
+        else:
+            cookie = session_cookie(settings, session)
+            headers.addRawHeader(b"Set-Cookie", cookie.encode("latin-1"))
 
     return refreshed

@@ -78,7 +78,8 @@ def test_an_active_bearer_session_is_refreshed(
     """A token client (``Authorization: Bearer``) reading a document every second for
     twice the session timeout, adopting ``X-Wallaby-Token`` whenever it comes: 200
     throughout, in every mode a session token means a CouchDB session (in ``jwt`` mode,
-    a bearer that is not a JWT)."""
+    a bearer that is not a JWT). A document's answer may be kept by the browser
+    (``private, no-cache``), but not one carrying a token."""
     gateway = spawn_in_mode(fake.url, tmp_path, gateways, mode)
     login = http("POST", gateway.url + "/api/v1/session", {"name": "bob", "password": "pw"})
     assert login.status == 200, login.body
@@ -94,6 +95,8 @@ def test_an_active_bearer_session_is_refreshed(
         fresh = answer.headers.get("X-Wallaby-Token")
         if fresh:
             assert fresh != token
+            # Never stored: a browser would replay a stored answer's (older) token on a 304.
+            assert answer.headers.get("Cache-Control") == "no-store", answer.headers
             token, renewals = fresh, renewals + 1
         time.sleep(1.0)
     failed = [(t, s) for t, s in statuses if s != 200]

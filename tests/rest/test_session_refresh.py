@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.task import deferLater
+from twisted.web.http_headers import Headers
 
 from gateway.config import Settings
 from gateway.couch import BearerAuth, CouchServer, ForwardedAuth, ProxyAuth
@@ -22,6 +23,24 @@ from tests.rest.conftest import RunningGateway, StartGateway
 from tests.support.couchconfig import config_value
 
 TIMEOUT = 20  # seconds a CouchDB session lives without being refreshed
+
+
+class _Head:
+    """The part of a request a refresh hook writes to: its response headers."""
+
+    def __init__(self, code: int = 200) -> None:
+        self.code = code
+        self.responseHeaders = Headers()
+
+    def added(self) -> dict[str, list[str]]:
+        return {name.decode(): [v.decode() for v in values]
+                for name, values in self.responseHeaders.getAllRawHeaders()}
+
+
+def _applied(refresh: Callable[[Any], None], code: int = 200) -> dict[str, list[str]]:
+    head = _Head(code)
+    refresh(head)
+    return head.added()
 
 
 async def test_refreshed_session_cookie_is_handed_back_and_outlives_the_first(
@@ -66,9 +85,9 @@ def test_proxy_mode_hands_back_the_session_its_verification_refreshed() -> None:
     identity = Identity("bob", ("editor",), ProxyAuth("bob", ["editor"], secret="s3cret"),
                         credential=credential)
     refresh = session_refresh(settings, identity, "first")
-    assert refresh() is None
+    assert _applied(refresh) == {}
     credential.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
-    assert refresh() == ("Set-Cookie", session_cookie(settings, "second"))
+    assert _applied(refresh) == {"Set-Cookie": [session_cookie(settings, "second")]}
 
 
 async def test_refreshed_session_reaches_a_bearer_client_and_outlives_the_first(
@@ -125,11 +144,11 @@ def test_a_jwt_is_not_a_session_no_token_is_handed_back() -> None:
     settings = Settings(auth_mode="jwt")
     jwt = "aGVhZA.Ym9keQ.c2ln"
     refresh = session_refresh(settings, Identity("bob", (), BearerAuth(jwt)), jwt, bearer=True)
-    assert refresh() is None
+    assert _applied(refresh) == {}
     session = ForwardedAuth({"Cookie": "AuthSession=first"})
     refresh = session_refresh(settings, Identity("bob", (), session), "first", bearer=True)
     session.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
-    assert refresh() == (TOKEN_HEADER, "second")
+    assert _applied(refresh) == {TOKEN_HEADER: ["second"], "Cache-Control": ["no-store"]}
 
 
 def test_proxy_mode_hands_a_bearer_client_the_session_its_verification_refreshed() -> None:
@@ -138,6 +157,18 @@ def test_proxy_mode_hands_a_bearer_client_the_session_its_verification_refreshed
     identity = Identity("bob", ("editor",), ProxyAuth("bob", ["editor"], secret="s3cret"),
                         credential=credential)
     refresh = session_refresh(settings, identity, "first", bearer=True)
-    assert refresh() is None
+    assert _applied(refresh) == {}
     credential.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
-    assert refresh() == (TOKEN_HEADER, "second")
+    assert _applied(refresh) == {TOKEN_HEADER: ["second"], "Cache-Control": ["no-store"]}
+
+
+def test_no_token_on_a_304() -> None:
+    """A browser merges a 304's headers into the answer it stored and replays them on the
+    next revalidation: a token there would come back, older, later. The next full answer
+    carries it (the gateway keeps the refreshed session)."""
+    settings = Settings()
+    session = ForwardedAuth({"Cookie": "AuthSession=first"})
+    refresh = session_refresh(settings, Identity("bob", (), session), "first", bearer=True)
+    session.observe(["AuthSession=second; Version=1; Path=/; HttpOnly"])
+    assert _applied(refresh, 304) == {}
+    assert _applied(refresh, 200) == {TOKEN_HEADER: ["second"], "Cache-Control": ["no-store"]}
