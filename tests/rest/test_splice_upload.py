@@ -21,7 +21,8 @@ from twisted.logger import capturedLogs
 from benches.stream import StubUpstream, blocks
 from gateway.http.splice_loop import MIN_SPLICE_BYTES, available
 from tests.rest.conftest import RunningGateway, StartGateway
-from tests.rest.test_splice_relay import _connections_to, _fds, _port, _thread, _until
+from tests.rest.test_splice_relay import _connections_to, _fds, _port, _thread
+from tests.ws.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -98,7 +99,7 @@ async def test_large_upload_is_spliced_intact_and_keep_alive_goes_on(
     assert 0 < splicer.upload_bytes <= len(payload)
     assert same_connection, "the keep-alive connection was closed after the spliced upload"
     assert status2 == 200 and zlib.crc32(body) == zlib.crc32(payload) and body == payload
-    await _until(reactor, lambda: splicer.active_uploads == 0)
+    await wait_until(reactor, lambda: splicer.active_uploads == 0, seconds=15)
     metrics = await gateway.client.get("/metrics")
     assert "wallaby_spliced_uploads_total 1" in metrics.body.decode()
 
@@ -167,7 +168,7 @@ async def test_an_upload_of_exactly_one_mib_is_spliced(
     assert status == 201 and stored["size"] == len(payload)
     assert stored["crc"] == zlib.crc32(payload)
     assert splicer.uploads == 1 and splicer.uploads_failed == 0, "1 MiB upload not spliced"
-    await _until(reactor, lambda: splicer.active_uploads == 0)
+    await wait_until(reactor, lambda: splicer.active_uploads == 0, seconds=15)
 
 
 async def test_small_uploads_and_the_switch_use_python(
@@ -211,18 +212,18 @@ async def test_client_leaving_midway_aborts_the_upstream_and_leaks_nothing(
 
     with capturedLogs() as events:
         leaving = _thread(reactor, send_part_then_leave)
-        await _until(reactor, lambda: splicer.uploads == 1)
+        await wait_until(reactor, lambda: splicer.uploads == 1, seconds=15)
         started.set()
         await leaving
-        await _until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1)
-        await _until(reactor, lambda: any(isinstance(e.get("access"), dict) for e in events))
+        await wait_until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1, seconds=15)
+        await wait_until(reactor, lambda: any(isinstance(e.get("access"), dict) for e in events), seconds=15)
     [line] = [e["access"] for e in events if isinstance(e.get("access"), dict)]
     # The client went: it was not answered, and CouchDB did nothing wrong.
     assert line["aborted"] is True and line["error"] is None, line
-    await _until(reactor, lambda: not during & _connections_to(stub.port))
+    await wait_until(reactor, lambda: not during & _connections_to(stub.port), seconds=15)
     assert during, "no upstream connection seen during the upload"
-    await _until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]
-                 and _fds()["anon:eventfd"] == fds_before["anon:eventfd"])
+    await wait_until(reactor, lambda: _fds()["pipe"] == fds_before["pipe"]
+                 and _fds()["anon:eventfd"] == fds_before["anon:eventfd"], seconds=15)
     # Nothing stored upstream, and the gateway goes on serving spliced uploads.
     missing = await gateway.client.get("/api/v1/db/files/docs/cut", headers=AUTH)
     assert missing.status == 404
@@ -264,14 +265,14 @@ async def test_upstream_leaving_midway_answers_an_error_and_keeps_the_connection
                 conn.close()
 
         uploading = _thread(reactor, upload_while_upstream_dies)
-        await _until(reactor, lambda: splicer.uploads == 1)
+        await wait_until(reactor, lambda: splicer.uploads == 1, seconds=15)
         await _thread(reactor, doomed.stop)
         halfway.set()
         status, body, health, same_connection = await uploading
         assert status in (502, 503), body
         # The rest of the body was read and dropped: the connection is still in step.
         assert health == 200 and same_connection
-        await _until(reactor, lambda: splicer.active_uploads == 0)
+        await wait_until(reactor, lambda: splicer.active_uploads == 0, seconds=15)
         assert splicer.uploads_failed == 1
     finally:
         if doomed.process.poll() is None:
@@ -299,7 +300,7 @@ async def test_a_stalled_client_is_cut_off(
 
     got = await _thread(reactor, send_part_then_wait)
     assert not got.startswith(b"HTTP/1.1 201")  # cut off (an abort says nothing)
-    await _until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1)
+    await wait_until(reactor, lambda: splicer.active_uploads == 0 and splicer.uploads_failed == 1, seconds=15)
     missing = await gateway.client.get("/api/v1/db/files/docs/stalled", headers=AUTH)
     assert missing.status == 404
     splicer.stall_timeout = 60.0

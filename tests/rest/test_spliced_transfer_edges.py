@@ -21,8 +21,8 @@ from tests.rest.test_splice_relay import (
     _port,
     _raw_get,
     _thread,
-    _until,
 )
+from tests.ws.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(not available(), reason="splice(2) is Linux-only")
 
@@ -46,7 +46,7 @@ async def test_a_body_of_exactly_one_mib_is_spliced_and_one_byte_less_is_not(
     down = await scenario.member_client.get(exact_url)
     assert down.status == 200 and down.body == exact
     assert splicer.spliced == before + 1, "a body of exactly 1 MiB was not spliced"
-    await _until(reactor, lambda: splicer.active == 0)
+    await wait_until(reactor, lambda: splicer.active == 0, seconds=15)
 
 
 async def test_at_most_four_downloads_splice_at_once(
@@ -66,7 +66,7 @@ async def test_at_most_four_downloads_splice_at_once(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
             sock.sendall(request)
             held.append(sock)
-        await _until(reactor, lambda: splicer.active == 4 and splicer.spliced == before + 4)
+        await wait_until(reactor, lambda: splicer.active == 4 and splicer.spliced == before + 4, seconds=15)
 
         fifth = await scenario.member_client.get(url)
         assert fifth.status == 200 and fifth.body == payload
@@ -76,7 +76,7 @@ async def test_at_most_four_downloads_splice_at_once(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                             b"\x01\x00\x00\x00\x00\x00\x00\x00")
             sock.close()
-    await _until(reactor, lambda: splicer.active == 0)
+    await wait_until(reactor, lambda: splicer.active == 0, seconds=15)
 
 
 async def test_a_spliced_download_is_logged_with_all_its_bytes_and_not_aborted(
@@ -91,9 +91,9 @@ async def test_a_spliced_download_is_logged_with_all_its_bytes_and_not_aborted(
     before = splicer.spliced
     with capturedLogs() as events:
         down = await scenario.member_client.get(url)
-        await _until(reactor, lambda: any(
+        await wait_until(reactor, lambda: any(
             isinstance(e.get("access"), dict) and e["access"]["path"].endswith("/blob")
-            and e["access"]["method"] == "GET" for e in events))
+            and e["access"]["method"] == "GET" for e in events), seconds=15)
     assert down.status == 200 and down.body == payload
     assert splicer.spliced == before + 1
     [line] = [e["access"] for e in events if isinstance(e.get("access"), dict)
@@ -133,7 +133,7 @@ async def test_a_spliced_range_shorter_than_the_first_read_sends_only_the_range(
     assert splicer.spliced == before + 1  # the splice path was taken
     assert status == 206 and body == big[:100]
     assert status2 == 200 and b'"kind":"splice"' in doc.replace(b" ", b"")
-    await _until(reactor, lambda: splicer.active == 0)
+    await wait_until(reactor, lambda: splicer.active == 0, seconds=15)
 
 
 async def test_a_transfer_begun_during_the_shutdown_grace_is_stopped_at_its_end(
@@ -153,10 +153,10 @@ async def test_a_transfer_begun_during_the_shutdown_grace_is_stopped_at_its_end(
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
         sock.sendall(request)  # a client that takes (almost) nothing
-        await _until(reactor, lambda: splicer.failed == failed + 1, seconds=10)
-        await _until(reactor, lambda: splicer.active == 0)
+        await wait_until(reactor, lambda: splicer.failed == failed + 1, seconds=10)
+        await wait_until(reactor, lambda: splicer.active == 0, seconds=15)
         idle = splicer.idle()
-        await _until(reactor, lambda: idle.called, seconds=2)
+        await wait_until(reactor, lambda: idle.called, seconds=2)
     finally:
         splicer._grace_started = False
         splicer.shutdown_grace = grace
@@ -178,6 +178,6 @@ async def test_no_splice_thread_starts_once_the_splicer_is_closed(
     except Exception:
         pass
     finally:
-        await _until(reactor, lambda: splicer.active == 0)
+        await wait_until(reactor, lambda: splicer.active == 0, seconds=15)
         splicer.closed = False
     assert splicer.bytes_spliced == moved, "a splice thread ran after Splicer.close()"
