@@ -43,6 +43,19 @@ def _applied(refresh: Callable[[Any], None], code: int = 200) -> dict[str, list[
     return head.added()
 
 
+async def _past_the_timeout(gateway: RunningGateway, reactor: Any, started: float,
+                            user: TestUser, first: dict[str, str],
+                            second: dict[str, str]) -> None:
+    """Once the first session (presented by ``first``) timed out, it is refused and the
+    refreshed one (``second``) still serves the user."""
+    await deferLater(reactor, max(0.0, TIMEOUT + 1 - (reactor.seconds() - started)),
+                     lambda: None)
+    expired = await gateway.client.get("/api/v1/session", headers=first)
+    assert expired.status == 401
+    alive = await gateway.client.get("/api/v1/session", headers=second)
+    assert alive.status == 200 and alive.json["name"] == user.name
+
+
 async def test_refreshed_session_cookie_is_handed_back_and_outlives_the_first(
     gateway: RunningGateway, admin: CouchServer, couch_backend: CouchBackend,
     make_user: Callable[..., Awaitable[TestUser]], reactor: Any,
@@ -64,14 +77,9 @@ async def test_refreshed_session_cookie_is_handed_back_and_outlives_the_first(
         second = cookies[0].split(";", 1)[0].split("=", 1)[1]
         assert second and second != first
 
-        await deferLater(reactor, max(0.0, TIMEOUT + 1 - (reactor.seconds() - started)),
-                         lambda: None)
-        expired = await gateway.client.get("/api/v1/session",
-                                           headers={"Cookie": f"wallaby_session={first}"})
-        assert expired.status == 401
-        alive = await gateway.client.get("/api/v1/session",
-                                         headers={"Cookie": f"wallaby_session={second}"})
-        assert alive.status == 200 and alive.json["name"] == user.name
+        await _past_the_timeout(gateway, reactor, started, user,
+                                {"Cookie": f"wallaby_session={first}"},
+                                {"Cookie": f"wallaby_session={second}"})
         bearer = await gateway.client.get("/api/v1/session",
                                           headers={"Authorization": f"Bearer {second}"})
         assert bearer.headers_all("Set-Cookie") == [], "bearer clients get no cookie"
@@ -127,14 +135,9 @@ async def test_refreshed_session_reaches_a_bearer_client_and_outlives_the_first(
             "Cookie": f"wallaby_session={first}"})
         assert other.header(TOKEN_HEADER) is None, "only a request that presented a token gets one"
 
-        await deferLater(reactor, max(0.0, TIMEOUT + 1 - (reactor.seconds() - started)),
-                         lambda: None)
-        expired = await gateway.client.get("/api/v1/session",
-                                           headers={"Authorization": f"Bearer {first}"})
-        assert expired.status == 401
-        alive = await gateway.client.get("/api/v1/session",
-                                         headers={"Authorization": f"Bearer {second}"})
-        assert alive.status == 200 and alive.json["name"] == user.name
+        await _past_the_timeout(gateway, reactor, started, user,
+                                {"Authorization": f"Bearer {first}"},
+                                {"Authorization": f"Bearer {second}"})
 
 
 def test_a_jwt_is_not_a_session_no_token_is_handed_back() -> None:
